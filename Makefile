@@ -1,0 +1,58 @@
+# hotswap developer entry points. `make demo` and `make test` are the README's quick start.
+SHELL := /bin/bash
+PY ?= .venv/bin/python
+VENV_STAMP := .venv/.installed
+CONTROLPLANE := .cache/bin/controlplane
+HELM := .cache/bin/helm
+
+.PHONY: all deps controlplane helm test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick clean
+
+all: deps controlplane helm
+
+# Python environment: one venv with every extra (operator, runtime, test).
+deps: $(VENV_STAMP)
+$(VENV_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[operator,runtime,test]'
+	touch $@
+
+controlplane:
+	tests/controlplane/build.sh $(CONTROLPLANE)
+
+helm:
+	scripts/install-helm.sh $(HELM)
+
+test: deps controlplane helm lint typecheck
+	$(PY) -m pytest
+
+unit: deps
+	$(PY) -m pytest tests/unit
+
+lint: deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: deps
+	$(PY) -m mypy
+
+demo: deps controlplane helm
+	$(PY) scripts/demo.py
+
+cluster: deps controlplane
+	$(PY) -m tests.harness.cluster up
+
+cluster-smoke: deps controlplane
+	$(PY) -m tests.harness.smoke
+
+e2e-smoke: deps controlplane helm
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_swap.py -k three_replica_swap -s
+
+bench-quick: deps
+	$(PY) bench/swap.py --quick
+
+bench: deps
+	$(PY) bench/swap.py
+
+clean:
+	rm -rf .cache/run build dist *.egg-info
