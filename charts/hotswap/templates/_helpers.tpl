@@ -1,0 +1,35 @@
+{{- define "hotswap.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "hotswap.labels" -}}
+app.kubernetes.io/name: hotswap-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "hotswap.selectorLabels" -}}
+app.kubernetes.io/name: hotswap-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "hotswap.serviceAccountName" -}}
+{{- default (include "hotswap.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "hotswap.image" -}}
+{{- printf "%s:%s" .image.repository (default .chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/* Runtime pod defaults, handed to the operator as HOTSWAP_RUNTIME_DEFAULTS. */}}
+{{- define "hotswap.runtimeDefaults" -}}
+{{- $rt := .Values.runtime -}}
+{{- $image := include "hotswap.image" (dict "image" $rt.image "chart" .Chart) -}}
+{{- dict "image" $image "imagePullPolicy" $rt.image.pullPolicy "resources" $rt.resources "gpu" $rt.gpu | toJson -}}
+{{- end -}}

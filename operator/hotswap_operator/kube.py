@@ -1,0 +1,200 @@
+"""The operator's few API calls, each declaring the RBAC permission it needs.
+
+`PERMISSIONS` collects (apiGroup, resource, verb) from every call here; a test checks
+the chart's ClusterRole against it (plus what kopf itself calls, in handlers.py), so
+the chart grants no more and no less than the code uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from hotswap_runtime.contract import (
+    API_GROUP,
+    API_VERSION,
+    CONFIG_KEY,
+    PLURAL,
+    ConfigError,
+    ModelConfig,
+    configmap_name,
+    parse_config,
+)
+
+from hotswap_operator.resources import MANAGER, Manifest
+from hotswap_operator.rollout import Event
+
+Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
+PERMISSIONS: set[Permission] = set()
+
+# Server-side apply of children: kind -> (API path prefix, plural, apiGroup)
+KINDS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("v1", "ConfigMap"): ("/api/v1", "configmaps", ""),
+    ("v1", "Service"): ("/api/v1", "services", ""),
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", ""),
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments", "apps"),
+    ("rbac.authorization.k8s.io/v1", "Role"): (
+        "/apis/rbac.authorization.k8s.io/v1",
+        "roles",
+        "rbac.authorization.k8s.io",
+    ),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): (
+        "/apis/rbac.authorization.k8s.io/v1",
+        "rolebindings",
+        "rbac.authorization.k8s.io",
+    ),
+}
+MD_PATH = f"/apis/{API_GROUP}/{API_VERSION}"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def requires(*permissions: Permission) -> Callable[[F], F]:
+    """Record the permissions a method needs; returns the method unchanged."""
+    PERMISSIONS.update(permissions)
+    return lambda fn: fn
+
+
+class KubeError(RuntimeError):
+    """An API call failed; `status` is the HTTP code (0 when none came back)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def load_api_client() -> Any:
+    """A kubernetes ApiClient: $KUBECONFIG when set, in-cluster config otherwise."""
+    from kubernetes import client, config
+
+    if os.environ.get("KUBECONFIG"):
+        return config.new_client_from_config(config_file=os.environ["KUBECONFIG"])  # type: ignore[no-untyped-call]
+    configuration = client.Configuration()
+    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """Typed calls to the API server through a kubernetes ApiClient."""
+
+    def __init__(self, api: Any, field_manager: str = MANAGER) -> None:
+        self.api = api
+        self.field_manager = field_manager
+
+    @classmethod
+    def from_env(cls) -> Kube:
+        return cls(load_api_client())
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any] | None:
+        """One API request; None for 404, KubeError for any other failure."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        req = self.api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self.api.call_api(*req, _request_timeout=30)
+            data = resp.read()
+        except Exception as exc:  # urllib3 errors: connection refused, timeouts
+            raise KubeError(0, f"{method} {path}: {exc}") from exc
+        if resp.status == 404:
+            return None
+        if not 200 <= resp.status < 300:
+            detail = _api_message(data)
+            raise KubeError(resp.status, f"{method} {path}: {resp.status} {detail}")
+        return json.loads(data) if data else {}
+
+    @requires(*((group, plural, "patch") for _, plural, group in KINDS.values()))
+    def apply(self, manifest: Manifest) -> dict[str, Any]:
+        """Server-side apply: creates or updates, and is a no-op when nothing changed."""
+        prefix, plural, _ = KINDS[(manifest["apiVersion"], manifest["kind"])]
+        meta = manifest["metadata"]
+        path = f"{prefix}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"
+        query = [("fieldManager", self.field_manager), ("force", "true")]
+        result = self.request("PATCH", path, manifest, query, "application/apply-patch+yaml")
+        if result is None:
+            raise KubeError(404, f"apply {plural}/{meta['name']}: namespace not found")
+        return result
+
+    @requires(("", "configmaps", "get"))
+    def model_config(self, namespace: str, name: str) -> ModelConfig | None:
+        """The current model.json of ModelDeployment `name`, None if absent or unreadable."""
+        cm = self.request(
+            "GET", f"/api/v1/namespaces/{namespace}/configmaps/{configmap_name(name)}"
+        )
+        text = ((cm or {}).get("data") or {}).get(CONFIG_KEY)
+        if not text:
+            return None
+        try:
+            return parse_config(text)
+        except ConfigError:
+            return None  # rewritten from the spec with a higher generation
+
+    @requires((API_GROUP, PLURAL, "get"))
+    def model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.request("GET", f"{MD_PATH}/namespaces/{namespace}/{PLURAL}/{name}")
+
+    @requires((API_GROUP, f"{PLURAL}/status", "patch"))
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """JSON merge patch of the status subresource (never a replace)."""
+        path = f"{MD_PATH}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        body = {"status": dict(status)}
+        if self.request("PATCH", path, body, None, "application/merge-patch+json") is None:
+            raise KubeError(404, f"ModelDeployment {namespace}/{name} is gone")
+
+    @requires(("", "pods", "list"))
+    def pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        query = [("labelSelector", ",".join(f"{k}={v}" for k, v in selector.items()))]
+        found = self.request("GET", f"/api/v1/namespaces/{namespace}/pods", None, query)
+        return list((found or {}).get("items") or [])
+
+    @requires(("", "events", "create"))
+    def post_event(self, body: Mapping[str, Any], event: Event, now: str) -> None:
+        """A core/v1 Event on the ModelDeployment `body` (unique name: never conflicts)."""
+        meta = body["metadata"]
+        record = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": body.get("kind", "ModelDeployment"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": self.field_manager},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": self.field_manager,
+            "reportingInstance": os.environ.get("POD_NAME", self.field_manager),
+        }
+        self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", record)
+
+
+def _api_message(data: bytes | None) -> str:
+    try:
+        return str(json.loads(data or b"{}").get("message") or data)
+    except ValueError:
+        return str(data)

@@ -1,0 +1,104 @@
+"""reconcile() for create, update and resume; aggregate() for pod reports.
+
+Both are idempotent and run outside kopf too (tests call them against a real API
+server): they read what they need, compute with the pure modules, and write with
+server-side apply or merge patches.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from hotswap_operator import resources, rollout, status
+from hotswap_operator.config import RuntimeDefaults
+from hotswap_operator.kube import Kube
+from hotswap_operator.rollout import Event
+from hotswap_operator.spec import SpecError, parse_spec
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def owner_of(body: Mapping[str, Any]) -> resources.Owner:
+    meta = body["metadata"]
+    return resources.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+def reconcile(kube: Kube, body: Mapping[str, Any], defaults: RuntimeDefaults) -> list[Event]:
+    """Make the children match the spec; returns the Events worth posting.
+
+    Raises SpecError for a spec that cannot work (after recording it in status) and
+    KubeError when the API refuses a write (the caller retries).
+    """
+    owner = owner_of(body)
+    old = dict(body.get("status") or {})
+    generation = int(body["metadata"].get("generation") or 0)
+    try:
+        spec = parse_spec(body.get("spec") or {}, name=owner.name)
+        current = kube.model_config(owner.namespace, owner.name)
+        plan = rollout.plan(owner.name, spec, old, current, utcnow())
+    except SpecError as exc:  # record it, so phase and conditions say why
+        kube.patch_status(
+            owner.namespace, owner.name, {"error": str(exc), "observedGeneration": generation}
+        )
+        raise
+    for manifest in resources.children(owner, spec, defaults, plan.config):
+        kube.apply(manifest)
+    fields = {**plan.status, "error": None, "observedGeneration": generation}
+    changed = {k: v for k, v in fields.items() if old.get(k) != v}
+    if changed:
+        kube.patch_status(owner.namespace, owner.name, changed)
+    return plan.events
+
+
+@dataclass
+class Aggregator:
+    """Folds pod reports into status, one ModelDeployment at a time.
+
+    Remembers each deployment's last seen pod reports (in memory) to post one Event
+    per swap; after a restart the first look only sets that baseline.
+    """
+
+    kube: Kube
+    memory: dict[tuple[str, str], status.PodMemory] = field(default_factory=dict)
+    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def _lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._guard:
+            self.memory.pop((namespace, name), None)
+            self._locks.pop((namespace, name), None)
+
+    def aggregate(self, namespace: str, name: str) -> dict[str, Any]:
+        """Read the CR and its pods, patch what changed; returns the patch ({} if none)."""
+        key = (namespace, name)
+        with self._lock(key):
+            body = self.kube.model_deployment(namespace, name)
+            if body is None:
+                self.forget(namespace, name)
+                return {}
+            old = body.get("status") or {}
+            pods = [
+                status.PodInfo.from_pod(p)
+                for p in self.kube.pods(namespace, resources.selector_labels(name))
+            ]
+            desired = int((body.get("spec") or {}).get("replicas", 1))
+            summary = status.summarize(desired, old, pods)
+            now = utcnow()
+            patch = status.status_patch(old, summary, pods, now)
+            events, self.memory[key] = status.pod_events(self.memory.get(key), old.get("pods"))
+            events += status.transition_events(old, patch)
+            if patch:
+                self.kube.patch_status(namespace, name, patch)
+            for event in events:
+                self.kube.post_event(body, event, now)
+            return patch

@@ -1,0 +1,335 @@
+"""Pure builders of the child objects of a ModelDeployment.
+
+Every function here takes values and returns a manifest (a plain dict) ready for
+server-side apply; each sets the owner reference, so deleting the ModelDeployment lets
+the garbage collector remove its children. Nothing here talks to the API.
+
+The runtime pod template depends only on the name, spec.runtime, the checkpoint's
+secretRef and the operator's runtime defaults: never on the revision, so a checkpoint
+change reaches pods through the ConfigMap alone and restarts nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hotswap_runtime.contract import (
+    API_GROUP,
+    API_VERSION,
+    CONFIG_KEY,
+    KIND,
+    PLURAL,
+    ModelConfig,
+    configmap_name,
+)
+
+from hotswap_operator.config import GPU_RESOURCE, RuntimeDefaults
+from hotswap_operator.spec import DeploymentSpec
+
+Manifest = dict[str, Any]
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_DEPLOYMENT = f"{API_GROUP}/model-deployment"
+MANAGER = "hotswap-operator"
+RUNTIME_APP = "hotswap-runtime"
+
+PORT = 8080
+CONFIG_DIR = "/etc/hotswap/model"
+CACHE_DIR = "/var/cache/hotswap"
+SECRETS_DIR = "/var/run/hotswap/secrets"
+RUNTIME_UID = 10001
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelDeployment that children belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @property
+    def runtime_name(self) -> str:
+        """Name of the runtime Deployment, Service, ServiceAccount, Role and RoleBinding."""
+        return self.name
+
+    @property
+    def account_name(self) -> str:
+        return f"{self.name}-runtime"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {LABEL_NAME: RUNTIME_APP, LABEL_DEPLOYMENT: name}
+
+
+def labels(name: str) -> dict[str, str]:
+    return {**selector_labels(name), LABEL_INSTANCE: name, LABEL_MANAGED_BY: MANAGER}
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+    }
+
+
+def _metadata(owner: Owner, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner.name),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def config_map(owner: Owner, config: ModelConfig) -> Manifest:
+    """ConfigMap `<name>-model` carrying model.json."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, configmap_name(owner.name)),
+        "data": {CONFIG_KEY: config.dumps()},
+    }
+
+
+def service_account(owner: Owner) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(owner, owner.account_name),
+    }
+
+
+def runtime_role_rules(owner: Owner) -> list[dict[str, Any]]:
+    """Runtime pods may read their one ConfigMap and report on their one ModelDeployment."""
+    return [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [configmap_name(owner.name)],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": [API_GROUP],
+            "resources": [f"{PLURAL}/status"],
+            "resourceNames": [owner.name],
+            "verbs": ["get", "patch"],
+        },
+    ]
+
+
+def role(owner: Owner) -> Manifest:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(owner, owner.account_name),
+        "rules": runtime_role_rules(owner),
+    }
+
+
+def role_binding(owner: Owner) -> Manifest:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(owner, owner.account_name),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": owner.account_name,
+        },
+        "subjects": [
+            {"kind": "ServiceAccount", "name": owner.account_name, "namespace": owner.namespace}
+        ],
+    }
+
+
+def service(owner: Owner) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, owner.runtime_name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner.name),
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """The runtime container's image, resources and placement after defaults apply."""
+
+    image: str
+    image_pull_policy: str
+    resources: dict[str, dict[str, str | int]]
+    tolerations: list[dict[str, Any]]
+    node_selector: dict[str, str]
+    runtime_class_name: str | None
+
+
+def scheduling(spec: DeploymentSpec, defaults: RuntimeDefaults) -> Scheduling:
+    """spec.runtime over the chart's defaults; GPU defaults unless the device is cpu."""
+    rt = spec.runtime
+    gpu = defaults.gpu if defaults.gpu.enabled and rt.device != "cpu" else None
+    resources = {kind: dict(values) for kind, values in defaults.resources.items()}
+    if gpu is not None and gpu.limits:
+        resources["limits"] = {**resources.get("limits", {}), **gpu.limits}
+    if rt.device == "cpu":
+        for values in resources.values():
+            values.pop(GPU_RESOURCE, None)
+    return Scheduling(
+        image=rt.image or defaults.image,
+        image_pull_policy=rt.image_pull_policy or defaults.image_pull_policy,
+        resources=rt.resources if rt.resources is not None else resources,
+        tolerations=list(
+            rt.tolerations if rt.tolerations is not None else (gpu.tolerations if gpu else ())
+        ),
+        node_selector=(
+            rt.node_selector
+            if rt.node_selector is not None
+            else (dict(gpu.node_selector) if gpu else {})
+        ),
+        runtime_class_name=rt.runtime_class_name or (gpu.runtime_class_name if gpu else None),
+    )
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def runtime_env(owner: Owner, spec: DeploymentSpec) -> list[dict[str, Any]]:
+    """The runtime's environment (docs/architecture.md, "Runtime pod interface")."""
+    env: list[dict[str, Any]] = [
+        {"name": "HOTSWAP_MODEL_NAME", "value": owner.name},
+        {"name": "HOTSWAP_CONFIG_DIR", "value": CONFIG_DIR},
+        {"name": "HOTSWAP_CONFIGMAP", "value": configmap_name(owner.name)},
+        {"name": "HOTSWAP_CACHE_DIR", "value": CACHE_DIR},
+        {"name": "HOTSWAP_DEVICE", "value": spec.runtime.device},
+        _field_env("HOTSWAP_HOST", "status.podIP"),
+        {"name": "HOTSWAP_PORT", "value": str(PORT)},
+        {"name": "HOTSWAP_SECRETS_DIR", "value": SECRETS_DIR},
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_NAMESPACE", "metadata.namespace"),
+    ]
+    if spec.runtime.cache_max_bytes is not None:
+        env.append({"name": "HOTSWAP_CACHE_MAX_BYTES", "value": str(spec.runtime.cache_max_bytes)})
+    return env
+
+
+def _volumes(owner: Owner, spec: DeploymentSpec) -> tuple[list[Manifest], list[Manifest]]:
+    volumes: list[Manifest] = [
+        {"name": "model", "configMap": {"name": configmap_name(owner.name)}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "model", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "cache", "mountPath": CACHE_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    secret = spec.checkpoint.secret_ref
+    if secret is not None:
+        volumes.append({"name": "checkpoint-secret", "secret": {"secretName": secret.name}})
+        mounts.append(
+            {
+                "name": "checkpoint-secret",
+                "mountPath": f"{SECRETS_DIR}/{secret.name}",
+                "readOnly": True,
+            }
+        )
+    return volumes, mounts
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 5,
+    }
+
+
+def runtime_container(owner: Owner, spec: DeploymentSpec, sched: Scheduling) -> Manifest:
+    _, mounts = _volumes(owner, spec)
+    return {
+        "name": "runtime",
+        "image": sched.image,
+        "imagePullPolicy": sched.image_pull_policy,
+        "env": runtime_env(owner, spec),
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "resources": sched.resources,
+        "volumeMounts": mounts,
+        # Loading torch and the first checkpoint can take minutes on a cold node.
+        "startupProbe": _probe("/v2/health/live", 2, 300),
+        "livenessProbe": _probe("/v2/health/live", 10, 6),
+        "readinessProbe": _probe("/v2/health/ready", 2, 2),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
+def pod_template(owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults) -> Manifest:
+    sched = scheduling(spec, defaults)
+    volumes, _ = _volumes(owner, spec)
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": owner.account_name,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNTIME_UID,
+            "runAsGroup": RUNTIME_UID,
+            "fsGroup": RUNTIME_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [runtime_container(owner, spec, sched)],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": 30,
+    }
+    if sched.tolerations:
+        pod_spec["tolerations"] = sched.tolerations
+    if sched.node_selector:
+        pod_spec["nodeSelector"] = sched.node_selector
+    if sched.runtime_class_name:
+        pod_spec["runtimeClassName"] = sched.runtime_class_name
+    return {"metadata": {"labels": labels(owner.name)}, "spec": pod_spec}
+
+
+def deployment(owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults) -> Manifest:
+    """The runtime Deployment. Rolling updates (image, resources) never drop capacity."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, owner.runtime_name),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector_labels(owner.name)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": pod_template(owner, spec, defaults),
+        },
+    }
+
+
+def children(
+    owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults, config: ModelConfig
+) -> list[Manifest]:
+    """Every child, in apply order: access first, then config, then the pods."""
+    return [
+        service_account(owner),
+        role(owner),
+        role_binding(owner),
+        config_map(owner, config),
+        service(owner),
+        deployment(owner, spec, defaults),
+    ]

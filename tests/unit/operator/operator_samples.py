@@ -1,0 +1,55 @@
+"""Sample ModelDeployment bodies for the operator's unit tests."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+SPEC: dict[str, Any] = {
+    "replicas": 3,
+    "model": {
+        "architecture": "torchvision/resnet18",
+        "args": {"num_classes": 10},
+        "inputShape": [3, 32, 32],
+    },
+    "checkpoint": {"uri": "file:///models/v1.safetensors", "sha256": SHA_A},
+    "rollout": {"strategy": "AllAtOnce"},
+    "runtime": {"device": "cpu"},
+}
+
+
+def body(
+    spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, generation: int = 1
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "hotswap.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "resnet", "namespace": "ml", "uid": "uid-1", "generation": generation},
+        "spec": copy.deepcopy(spec if spec is not None else SPEC),
+        "status": copy.deepcopy(status or {}),
+    }
+
+
+def with_checkpoint(uri: str, sha256: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = copy.deepcopy(spec if spec is not None else SPEC)
+    out["checkpoint"] = {"uri": uri, "sha256": sha256}
+    return out
+
+
+def report(
+    revision: int | None,
+    sha256: str | None,
+    state: str = "Serving",
+    target: int | None = None,
+    message: str = "",
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"state": state, "message": message}
+    if revision is not None:
+        entry["revision"] = revision
+        entry["sha256"] = sha256
+    if target is not None:
+        entry["targetRevision"] = target
+    return entry

@@ -1,0 +1,198 @@
+import json
+
+import pytest
+from hotswap_operator import resources, rollout
+from hotswap_operator.config import RuntimeDefaults, runtime_defaults
+from hotswap_operator.reconcile import owner_of
+from hotswap_operator.spec import parse_spec
+from hotswap_runtime.contract import CONFIG_KEY, parse_config
+from operator_samples import SHA_B, SPEC, body, with_checkpoint
+
+OWNER = resources.Owner(name="resnet", namespace="ml", uid="uid-1")
+GPU = RuntimeDefaults()  # built-in defaults: GPU on
+
+
+def build(spec_raw, status=None, defaults=GPU):
+    spec = parse_spec(spec_raw)
+    plan = rollout.plan("resnet", spec, status or {}, None, "2026-01-01T00:00:00Z")
+    return resources.children(OWNER, spec, defaults, plan.config), plan
+
+
+def by_kind(children):
+    return {c["kind"]: c for c in children}
+
+
+def test_every_child_is_owned_by_the_model_deployment():
+    children, _ = build(SPEC)
+    assert [c["kind"] for c in children] == [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+    ]
+    for child in children:
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert ref == {
+            "apiVersion": "hotswap.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "name": "resnet",
+            "uid": "uid-1",
+            "controller": True,
+        }
+        assert child["metadata"]["namespace"] == "ml"
+
+
+def test_config_map_carries_the_stable_revision():
+    children, plan = build(SPEC)
+    cm = by_kind(children)["ConfigMap"]
+    assert cm["metadata"]["name"] == "resnet-model"
+    config = parse_config(cm["data"][CONFIG_KEY])
+    assert config == plan.config
+    assert config.stable.revision == 1
+    assert config.stable.checkpoint.sha256 == SPEC["checkpoint"]["sha256"]
+    assert config.candidate is None and config.generation == 1
+
+
+def test_checkpoint_change_leaves_pod_template_byte_identical():
+    first, plan1 = build(SPEC)
+    changed = with_checkpoint("s3://models/v2.safetensors", SHA_B)
+    second, plan2 = build(changed, status=plan1.status)
+    assert plan2.config.stable.revision == 2
+    for kind in ("Deployment", "Service", "ServiceAccount", "Role", "RoleBinding"):
+        before = json.dumps(by_kind(first)[kind], sort_keys=True)
+        assert json.dumps(by_kind(second)[kind], sort_keys=True) == before, kind
+    assert by_kind(first)["ConfigMap"] != by_kind(second)["ConfigMap"]
+
+
+def env_of(deployment):
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_runtime_env_follows_the_pod_interface():
+    env = env_of(by_kind(build(SPEC)[0])["Deployment"])
+    assert env["HOTSWAP_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["HOTSWAP_MODEL_NAME"] == "resnet"
+    assert env["HOTSWAP_CONFIGMAP"] == "resnet-model"
+    assert env["HOTSWAP_CONFIG_DIR"] == resources.CONFIG_DIR
+    assert env["HOTSWAP_DEVICE"] == "cpu"
+    assert "HOTSWAP_CACHE_MAX_BYTES" not in env
+
+
+def test_config_and_cache_are_mounted_where_env_points():
+    dep = by_kind(build(SPEC)[0])["Deployment"]
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    env = env_of(dep)
+    assert mounts[env["HOTSWAP_CONFIG_DIR"]] == "model"
+    assert mounts[env["HOTSWAP_CACHE_DIR"]] == "cache"
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model"]["configMap"]["name"] == "resnet-model"
+
+
+def test_secret_ref_is_mounted_under_the_secrets_dir():
+    spec = with_checkpoint("s3://b/v1.safetensors", SHA_B)
+    spec["checkpoint"]["secretRef"] = {"name": "store"}
+    dep = by_kind(build(spec)[0])["Deployment"]
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts[f"{resources.SECRETS_DIR}/store"] == "checkpoint-secret"
+
+
+def test_pods_run_non_root_with_a_read_only_root():
+    pod = by_kind(build(SPEC)[0])["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["serviceAccountName"] == "resnet-runtime"
+
+
+def test_role_allows_only_the_own_config_map_and_status():
+    role = by_kind(build(SPEC)[0])["Role"]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["resnet-model"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["hotswap.dev"],
+            "resources": ["modeldeployments/status"],
+            "resourceNames": ["resnet"],
+            "verbs": ["get", "patch"],
+        },
+    ]
+    binding = by_kind(build(SPEC)[0])["RoleBinding"]
+    assert binding["subjects"][0]["name"] == "resnet-runtime"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_gpu_defaults_apply_unless_device_is_cpu():
+    auto = dict(SPEC, runtime={"device": "auto"})
+    defaults = runtime_defaults(
+        {
+            "HOTSWAP_RUNTIME_DEFAULTS": json.dumps(
+                {
+                    "resources": {"requests": {"cpu": "1"}},
+                    "gpu": {
+                        "enabled": True,
+                        "limits": {"nvidia.com/gpu": 1},
+                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                        "nodeSelector": {"gpu": "a100"},
+                        "runtimeClassName": "nvidia",
+                    },
+                }
+            )
+        }
+    )
+    gpu_pod = by_kind(build(auto, defaults=defaults)[0])["Deployment"]["spec"]["template"]["spec"]
+    assert gpu_pod["containers"][0]["resources"] == {
+        "requests": {"cpu": "1"},
+        "limits": {"nvidia.com/gpu": 1},
+    }
+    assert gpu_pod["runtimeClassName"] == "nvidia"
+    assert gpu_pod["nodeSelector"] == {"gpu": "a100"}
+    assert gpu_pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    cpu_pod = by_kind(build(SPEC, defaults=defaults)[0])["Deployment"]["spec"]["template"]["spec"]
+    assert cpu_pod["containers"][0]["resources"] == {"requests": {"cpu": "1"}}
+    assert "runtimeClassName" not in cpu_pod and "tolerations" not in cpu_pod
+
+
+def test_spec_runtime_overrides_defaults():
+    spec = dict(
+        SPEC,
+        runtime={
+            "device": "cuda",
+            "image": "reg/x/hotswap-runtime:dev",
+            "resources": {"limits": {"nvidia.com/gpu": 2}},
+            "nodeSelector": {},
+            "runtimeClassName": "custom",
+        },
+    )
+    pod = by_kind(build(spec)[0])["Deployment"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "reg/x/hotswap-runtime:dev"
+    assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 2}}
+    assert pod["runtimeClassName"] == "custom"
+    assert "nodeSelector" not in pod
+
+
+def test_replicas_go_to_the_deployment():
+    dep = by_kind(build(dict(SPEC, replicas=5))[0])["Deployment"]
+    assert dep["spec"]["replicas"] == 5
+    assert dep["spec"]["selector"]["matchLabels"] == resources.selector_labels("resnet")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert resources.selector_labels("resnet").items() <= labels.items()
+
+
+def test_owner_of_reads_the_body():
+    assert owner_of(body()) == OWNER
+
+
+@pytest.mark.parametrize("bad", ["{", json.dumps({"gpu": {"enabled": "maybe"}})])
+def test_malformed_runtime_defaults_are_refused(bad):
+    with pytest.raises(ValueError, match="HOTSWAP_RUNTIME_DEFAULTS"):
+        runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": bad})

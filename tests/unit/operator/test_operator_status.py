@@ -1,0 +1,152 @@
+from hotswap_operator import status
+from hotswap_operator.status import PodInfo
+from operator_samples import SHA_A, SHA_B, report
+
+NOW = "2026-01-01T00:00:00Z"
+LATER = "2026-01-01T00:05:00Z"
+STABLE2 = {"revision": 2, "uri": "file:///m/v2", "sha256": SHA_B, "digest": "d2"}
+PODS = [PodInfo("p-a", True), PodInfo("p-b", True), PodInfo("p-c", True)]
+
+
+def st(pods, **extra):
+    return {"stable": STABLE2, "observedGeneration": 2, "pods": pods, **extra}
+
+
+def patch_for(raw, pods=PODS, desired=3):
+    summary = status.summarize(desired, raw, pods)
+    return status.status_patch(raw, summary, pods, NOW)
+
+
+def cond(patch, kind):
+    return next(c for c in patch["conditions"] if c["type"] == kind)
+
+
+def test_all_pods_on_the_stable_revision_is_ready():
+    patch = patch_for(st({p.name: report(2, SHA_B) for p in PODS}))
+    assert patch["phase"] == "Ready"
+    assert (patch["updated"], patch["ready"]) == ("3/3", "3/3")
+    assert (patch["replicas"], patch["readyReplicas"], patch["updatedReplicas"]) == (3, 3, 3)
+    assert cond(patch, "Ready")["status"] == "True"
+    assert cond(patch, "Ready")["reason"] == "AllPodsServing"
+    assert cond(patch, "Progressing")["reason"] == "RolloutComplete"
+    assert cond(patch, "Degraded")["status"] == "False"
+    assert cond(patch, "Ready")["observedGeneration"] == 2
+
+
+def test_pods_still_loading_is_progressing_and_names_them():
+    reports = {"p-a": report(2, SHA_B), "p-b": report(1, SHA_A, "Loading", target=2)}
+    patch = patch_for(st(reports))
+    assert patch["phase"] == "Progressing" and patch["updated"] == "1/3"
+    message = cond(patch, "Progressing")["message"]
+    assert "p-b (Loading)" in message and "p-c (no report yet)" in message
+    assert "p-a" not in message.split("waiting for")[1]
+
+
+def test_no_pod_serving_yet_is_pending():
+    patch = patch_for(st({"p-a": report(None, None, "Loading", target=2)}))
+    assert patch["phase"] == "Pending"
+    assert cond(patch, "Progressing")["status"] == "True"
+
+
+def test_a_failed_pod_makes_it_degraded_naming_pod_and_cause():
+    reports = {p.name: report(2, SHA_B) for p in PODS}
+    stable3 = {**STABLE2, "revision": 3, "sha256": "c" * 64}
+    reports["p-b"] = report(2, SHA_B, "Failed", target=3, message="sha256 mismatch: got 12ab")
+    patch = patch_for(st(reports, stable=stable3))
+    assert patch["phase"] == "Degraded"
+    degraded = cond(patch, "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "SwapFailed"
+    assert degraded["message"] == (
+        "pod p-b failed revision 3: sha256 mismatch: got 12ab (still serving revision 2)"
+    )
+    events = status.transition_events({}, patch)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "SwapFailed")]
+
+
+def test_an_old_failure_does_not_count_against_a_newer_revision():
+    reports = {p.name: report(2, SHA_B) for p in PODS}
+    reports["p-a"] = report(2, SHA_B, "Failed", target=1, message="old")
+    assert patch_for(st(reports))["phase"] == "Ready"
+
+
+def test_every_pod_failing_with_nothing_served_is_failed():
+    reports = {p.name: report(None, None, "Failed", target=2, message="404") for p in PODS}
+    patch = patch_for(st(reports))
+    assert patch["phase"] == "Failed"
+    assert cond(patch, "Degraded")["reason"] == "NoPodServing"
+
+
+def test_unready_pods_are_not_ready_yet():
+    pods = [PodInfo("p-a", True), PodInfo("p-b", False), PodInfo("p-c", True)]
+    patch = patch_for(st({p.name: report(2, SHA_B) for p in pods}), pods)
+    assert patch["phase"] == "Progressing" and patch["ready"] == "2/3"
+
+
+def test_scaling_up_counts_against_the_new_replicas():
+    patch = patch_for(st({p.name: report(2, SHA_B) for p in PODS}), desired=5)
+    assert patch["phase"] == "Progressing" and patch["updated"] == "3/5"
+    assert "3 of 5 pods exist" in cond(patch, "Progressing")["message"]
+
+
+def test_terminating_pods_do_not_count_and_gone_pods_are_pruned():
+    pods = [PodInfo("p-a", True), PodInfo("p-b", True, terminating=True)]
+    reports = {"p-a": report(2, SHA_B), "p-b": report(2, SHA_B), "p-gone": report(2, SHA_B)}
+    patch = patch_for(st(reports), pods, desired=1)
+    assert patch["pods"] == {"p-gone": None}
+    assert patch["replicas"] == 1 and patch["phase"] == "Ready"
+
+
+def test_unreadable_report_is_a_failure_naming_the_pod():
+    reports = {p.name: report(2, SHA_B) for p in PODS}
+    reports["p-c"] = {"state": "Exploded"}
+    patch = patch_for(st(reports))
+    assert patch["phase"] == "Degraded"
+    assert "pod p-c: unreadable report" in cond(patch, "Degraded")["message"]
+
+
+def test_unchanged_status_gives_an_empty_patch_and_keeps_transition_times():
+    raw = st({p.name: report(2, SHA_B) for p in PODS})
+    first = patch_for(raw)
+    settled = {**raw, **first}
+    summary = status.summarize(3, settled, PODS)
+    assert status.status_patch(settled, summary, PODS, LATER) == {}
+    # A flip moves only the flipped conditions' lastTransitionTime.
+    degraded = {
+        **settled,
+        "pods": {**settled["pods"], "p-a": report(2, SHA_B, "Failed", target=2, message="x")},
+    }
+    patch = status.status_patch(degraded, status.summarize(3, degraded, PODS), PODS, LATER)
+    times = {c["type"]: c["lastTransitionTime"] for c in patch["conditions"]}
+    assert times == {"Ready": LATER, "Progressing": NOW, "Degraded": LATER}
+
+
+def test_spec_error_is_failed_with_the_reason():
+    patch = patch_for({"error": "spec.rollout.strategy Canary is not supported"})
+    assert patch["phase"] == "Failed"
+    assert cond(patch, "Degraded")["reason"] == "InvalidSpec"
+    assert "Canary" in cond(patch, "Ready")["message"]
+
+
+def test_ready_transition_posts_rollout_complete():
+    patch = patch_for(st({p.name: report(2, SHA_B) for p in PODS}))
+    (event,) = status.transition_events({"phase": "Progressing"}, patch)
+    assert (event.type, event.reason) == ("Normal", "RolloutComplete")
+    assert "3/3 pods serve revision 2" in event.message
+
+
+def test_pod_events_report_swaps_once_and_skip_first_sight():
+    before = {"p-a": report(1, SHA_A)}
+    events, memory = status.pod_events(None, before)
+    assert events == []
+    after = {"p-a": {**report(2, SHA_B), "swapSeconds": {"fetch": 0.5, "load": 0.25}}}
+    events, memory = status.pod_events(memory, after)
+    (event,) = events
+    assert event.reason == "Swapped"
+    assert event.message == (
+        f"pod p-a swapped to revision 2 (sha256 {SHA_B[:12]}) in 0.75s (fetch 0.50s, load 0.25s)"
+    )
+    assert status.pod_events(memory, after)[0] == []
+    failed = {"p-a": report(2, SHA_B, "Failed", target=3, message="NaN in outputs")}
+    (event,), _ = status.pod_events(memory, failed)
+    assert (event.type, event.reason) == ("Warning", "SwapFailed")
+    assert "NaN in outputs" in event.message
