@@ -1,0 +1,36 @@
+"""``hotswap-runtime`` / ``python -m hotswap_runtime``: serve one model with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import uvicorn
+
+from .server import create_app
+from .service import Runtime
+from .settings import load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    app = create_app(Runtime(settings))
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Domain exceptions of the runtime and the one table mapping them to HTTP codes.
+
+Two families:
+
+* request errors (``InvalidInput``, ``ModelNotFound``, ``VersionConflict``,
+  ``ModelNotReady``) answer an HTTP request; ``HTTP_STATUS`` maps them to codes.
+* swap errors (``SwapError`` and subclasses) explain why a revision could not be made
+  to serve. They never reach a client: the old model keeps serving and the reason shows
+  in model metadata, metrics and the pod report. ``code`` is the short label used in
+  metrics; ``transient`` says whether retrying the same revision later may succeed.
+"""
+
+# ruff: noqa: N818  (KServe-style names: InvalidInput, ModelNotFound, ...)
+from __future__ import annotations
+
+
+class HotswapError(Exception):
+    """Base of every runtime error; the message says what failed and what to do."""
+
+    code = "error"
+
+
+class InvalidInput(HotswapError):
+    """The inference request is malformed (shape, datatype, JSON layout)."""
+
+    code = "invalid_input"
+
+
+class ModelNotFound(HotswapError):
+    """The request names a model this runtime does not serve."""
+
+    code = "model_not_found"
+
+
+class VersionConflict(HotswapError):
+    """The request asks for a model version that is not the one serving now."""
+
+    code = "version_conflict"
+
+
+class ModelNotReady(HotswapError):
+    """No model is loaded yet."""
+
+    code = "model_not_ready"
+
+
+HTTP_STATUS: dict[type[HotswapError], int] = {
+    InvalidInput: 400,
+    ModelNotFound: 404,
+    VersionConflict: 409,
+    ModelNotReady: 503,
+}
+
+
+def http_status(exc: HotswapError) -> int:
+    """The HTTP code for ``exc``: the entry of its nearest class in ``HTTP_STATUS``."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+class SwapError(HotswapError):
+    """A revision could not be made to serve; the previous model keeps serving."""
+
+    code = "swap_failed"
+    transient = False
+
+
+class FetchError(SwapError):
+    """The checkpoint could not be downloaded (network, permissions, credentials)."""
+
+    code = "fetch_failed"
+    transient = True
+
+
+class CheckpointNotFound(FetchError):
+    """The checkpoint URI names nothing (404, missing key, missing file)."""
+
+    code = "not_found"
+
+
+class CheckpointTooLarge(SwapError):
+    """The checkpoint is over the runtime's size limit."""
+
+    code = "too_large"
+
+
+class IntegrityError(SwapError):
+    """The bytes fetched do not have the sha256 the revision names."""
+
+    code = "sha256_mismatch"
+
+
+class FormatError(SwapError):
+    """The file is not a checkpoint this runtime reads safely."""
+
+    code = "bad_format"
+
+
+class ArchitectureError(SwapError):
+    """The model named by ``model.architecture`` cannot be built."""
+
+    code = "bad_architecture"
+
+
+class StateDictMismatch(SwapError):
+    """The checkpoint's keys or shapes do not fit the model (strict loading)."""
+
+    code = "state_dict_mismatch"
+
+
+class ValidationFailed(SwapError):
+    """The warm-up / validation probe rejected the loaded model."""
+
+    code = "validation_failed"
+
+
+class NonFiniteWeights(ValidationFailed):
+    """The checkpoint or the probe output holds NaN or infinity."""
+
+    code = "non_finite"
+
+
+class Superseded(SwapError):
+    """A newer desired revision arrived while this one was loading."""
+
+    code = "superseded"

@@ -1,0 +1,104 @@
+"""Prometheus metrics of one runtime, in their own registry (several apps per process)."""
+
+from __future__ import annotations
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .desired import Failure, Status, SwapRecord
+from .devices import gpu_memory
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SWAP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """Swaps by result, phase durations, serving revision, requests and GPU memory."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.swaps = Counter(
+            "hotswap_swaps", "Swap attempts by result and reason", ["result", "reason"], registry=r
+        )
+        self.swap_phase = Histogram(
+            "hotswap_swap_phase_seconds",
+            "Seconds per swap phase",
+            ["phase"],
+            buckets=SWAP_BUCKETS,
+            registry=r,
+        )
+        self.revision = Gauge("hotswap_model_revision", "Revision serving now", registry=r)
+        self.model_info = Gauge(
+            "hotswap_model_info",
+            "1 for the revision and sha256 serving now",
+            ["revision", "sha256"],
+            registry=r,
+        )
+        self.config_errors = Counter(
+            "hotswap_config_errors", "model.json documents rejected", registry=r
+        )
+        self.last_failure = Gauge(
+            "hotswap_last_failure_info",
+            "1 for the last failure: revision and reason code",
+            ["revision", "reason"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "hotswap_requests",
+            "Inference requests by revision and HTTP code",
+            ["revision", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "hotswap_request_seconds",
+            "Inference latency by revision",
+            ["revision"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gpu = Gauge("hotswap_gpu_memory_bytes", "CUDA memory", ["kind"], registry=r)
+        self._info_labels: tuple[str, str] | None = None
+
+    # Observer ---------------------------------------------------------------------
+
+    def swap_finished(self, record: SwapRecord) -> None:
+        reason = record.failure.code if record.failure else record.result
+        self.swaps.labels(record.result, reason).inc()
+        for phase, seconds in record.phases.items():
+            self.swap_phase.labels(phase).observe(seconds)
+        if record.failure is not None:
+            self._set_failure(record.failure)
+
+    def config_rejected(self, failure: Failure) -> None:
+        self.config_errors.inc()
+        self._set_failure(failure)
+
+    def status_changed(self, status: Status) -> None:
+        serving = status.serving
+        if serving is None:
+            return
+        labels = (str(serving.revision.revision), serving.revision.checkpoint.sha256)
+        if labels != self._info_labels:
+            if self._info_labels is not None:
+                self.model_info.remove(*self._info_labels)
+            self.model_info.labels(*labels).set(1)
+            self._info_labels = labels
+        self.revision.set(serving.revision.revision)
+
+    def _set_failure(self, failure: Failure) -> None:
+        self.last_failure.clear()
+        self.last_failure.labels(str(failure.revision or ""), failure.code).set(1)
+
+    # Requests ---------------------------------------------------------------------
+
+    def request(self, revision: str, code: int, seconds: float) -> None:
+        self.requests.labels(revision, str(code)).inc()
+        if code < 400:
+            self.latency.labels(revision).observe(seconds)
+
+    def render(self) -> bytes:
+        for kind, value in gpu_memory(self.device).items():
+            self.gpu.labels(kind).set(value)
+        return generate_latest(self.registry)

@@ -1,0 +1,177 @@
+"""The runtime assembled from its parts: store, swapper, reconciler, watchers, reporter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import torch
+
+from .codec import check_shape, decode_request, encode_response
+from .contract import PodReport, PodState, configmap_name
+from .desired import Failure, Reconciler, Status, SwapRecord
+from .devices import resolve_device
+from .errors import HotswapError, http_status
+from .kube import api_client, runtime_env
+from .metrics import Metrics
+from .reporter import Reporter
+from .settings import Settings
+from .store import CheckpointStore
+from .swapper import Swapper
+from .watcher import ApiWatcher, FileWatcher
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """One served model: inference on leases, swaps driven by model.json."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.store = CheckpointStore(
+            settings.cache_dir,
+            settings.cache_max_bytes,
+            settings.max_checkpoint_bytes,
+            settings.secrets_dir,
+        )
+        self.swapper = Swapper(self.store, self.device, settings.swap_mode)
+        self.metrics = Metrics(self.device)
+        self.reconciler = Reconciler(self.swapper, [self.metrics, _StatusSink(self)])
+        self.pod = settings.pod_name or "local"
+        self.api: Any = None
+        self.reporter: Reporter | None = None
+        self.api_watcher: ApiWatcher | None = None
+        self._env = runtime_env()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._connect()
+        self.reconciler.start()
+        if self.reporter is not None:
+            self.reporter.start()
+        if self.api_watcher is not None:
+            self.api_watcher.start()
+        if self.settings.config_dir is not None:
+            watcher = FileWatcher(
+                self.settings.config_dir, self.reconciler, self.pod, self.settings.resync_seconds
+            )
+            self._tasks.append(asyncio.create_task(watcher.run(self._stop)))
+        self.report(self.reconciler.status())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 5)
+        if self.api_watcher is not None:
+            self.api_watcher.stop()
+        self.reconciler.stop()
+        if self.reporter is not None:
+            self.reporter.stop()
+
+    def _connect(self) -> None:
+        s = self.settings
+        if not (s.pod_name and s.pod_namespace):
+            return
+        try:
+            self.api = api_client(s.kubeconfig)
+        except Exception as exc:
+            log.warning("Kubernetes API unavailable (%s): reports and API watch are off", exc)
+        if self.api is None:
+            return
+        self.reporter = Reporter(self.api, s.pod_namespace, s.model_name, s.pod_name)
+        if s.api_watch:
+            name = s.configmap or configmap_name(s.model_name)
+            self.api_watcher = ApiWatcher(
+                self.api, s.pod_namespace, name, self.reconciler, self.pod
+            )
+
+    # ---- serving ------------------------------------------------------------------
+
+    def infer(self, body: object) -> dict[str, Any]:
+        """Run one OIP v2 infer request on the model current when it starts."""
+        start = time.perf_counter()
+        version = "none"
+        try:
+            x, name, request_id = decode_request(body)
+            with self.swapper.lease() as model:
+                version = str(model.revision.revision)
+                check_shape(x, model.revision.model.input_shape, name)
+                output = _forward(model.module, x, model.device)
+            response = encode_response(self.settings.model_name, version, output, request_id)
+        except HotswapError as exc:
+            self.metrics.request(version, http_status(exc), time.perf_counter() - start)
+            raise
+        self.metrics.request(version, 200, time.perf_counter() - start)
+        return response
+
+    # ---- reporting ----------------------------------------------------------------
+
+    def report(self, status: Status) -> None:
+        if self.reporter is not None:
+            self.reporter.submit(self.pod_report(status))
+
+    def pod_report(self, status: Status) -> PodReport:
+        serving = status.serving
+        target = status.target
+        swap = status.last_swap
+        failure = status.last_failure
+        failed = status.state == PodState.FAILED
+        return PodReport(
+            revision=serving.revision.revision if serving else None,
+            sha256=serving.revision.checkpoint.sha256 if serving else None,
+            state=status.state,
+            targetRevision=target.revision if target else None,
+            targetSha256=target.checkpoint.sha256 if target else None,
+            loadedAt=serving.loaded_at if serving else None,
+            swapSeconds=dict(swap.phases) if swap else {},
+            device=str(self.device),
+            env=self._env,
+            message=_message(status, failure if failed or _config_failure(failure) else None),
+            configGeneration=status.config_generation,
+        )
+
+
+class _StatusSink:
+    """Observer forwarding status changes to the reporter."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def swap_finished(self, record: SwapRecord) -> None:
+        return None
+
+    def config_rejected(self, failure: Failure) -> None:
+        return None
+
+    def status_changed(self, status: Status) -> None:
+        self.runtime.report(status)
+
+
+def _config_failure(failure: Failure | None) -> bool:
+    return failure is not None and failure.revision is None
+
+
+def _message(status: Status, failure: Failure | None) -> str:
+    if failure is not None:
+        return failure.reason
+    if status.state == PodState.LOADING and status.target is not None:
+        return f"loading revision {status.target.revision}"
+    if status.serving is not None:
+        return f"serving revision {status.serving.revision.revision}"
+    return "waiting for model.json"
+
+
+def _forward(module: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode():
+        out = module(x.to(device))
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"model returned {type(out).__name__}, not a tensor")
+        return out.float().cpu()

@@ -1,0 +1,106 @@
+"""Runtime settings: every ``hotswap-runtime --flag`` defaults to its environment variable.
+
+The environment variables are the runtime pod interface of docs/architecture.md; the
+operator sets them on the Deployment. A few extra knobs (size limit, resync period,
+swap mode, torch threads) have variables too so tests and benchmarks can set them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CACHE_MAX_BYTES = 8 * 1024**3
+DEFAULT_MAX_CHECKPOINT_BYTES = 4 * 1024**3
+DEVICES = ("auto", "cuda", "cpu")
+SWAP_MODES = ("auto", "standby", "inplace")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the runtime process is configured with."""
+
+    model_name: str
+    config_dir: Path | None = None
+    configmap: str | None = None
+    cache_dir: Path = Path("/var/cache/hotswap")
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    secrets_dir: Path | None = None
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+    kubeconfig: Path | None = None
+    resync_seconds: float = 30.0
+    swap_mode: str = "auto"
+    torch_threads: int | None = None
+    api_watch: bool = True
+    log_level: str = "info"
+
+
+# flag -> (environment variable, type, help)
+_FLAGS: dict[str, tuple[str, type, str]] = {
+    "model_name": ("HOTSWAP_MODEL_NAME", str, "model name served at /v2/models/<name>"),
+    "config_dir": ("HOTSWAP_CONFIG_DIR", Path, "folder where model.json is mounted"),
+    "configmap": ("HOTSWAP_CONFIGMAP", str, "ConfigMap name for the API watch"),
+    "cache_dir": ("HOTSWAP_CACHE_DIR", Path, "checkpoint cache folder"),
+    "cache_max_bytes": ("HOTSWAP_CACHE_MAX_BYTES", int, "cache size bound in bytes"),
+    "max_checkpoint_bytes": ("HOTSWAP_MAX_CHECKPOINT_BYTES", int, "largest checkpoint"),
+    "device": ("HOTSWAP_DEVICE", str, "auto, cuda or cpu"),
+    "host": ("HOTSWAP_HOST", str, "listen address"),
+    "port": ("HOTSWAP_PORT", int, "listen port"),
+    "secrets_dir": ("HOTSWAP_SECRETS_DIR", Path, "folder of mounted Secrets"),
+    "pod_name": ("POD_NAME", str, "this pod's name (reports, candidate selection)"),
+    "pod_namespace": ("POD_NAMESPACE", str, "namespace of the ModelDeployment"),
+    "kubeconfig": ("KUBECONFIG", Path, "kubeconfig outside a cluster"),
+    "resync_seconds": ("HOTSWAP_RESYNC_SECONDS", float, "periodic re-read of model.json"),
+    "swap_mode": ("HOTSWAP_SWAP_MODE", str, "auto, standby or inplace"),
+    "torch_threads": ("HOTSWAP_TORCH_THREADS", int, "torch intra-op threads"),
+    "log_level": ("HOTSWAP_LOG_LEVEL", str, "logging level"),
+}
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hotswap-runtime",
+        description="Serve a PyTorch model over Open Inference Protocol v2 and hot-swap it.",
+    )
+    defaults = Settings(model_name="")
+    for field, (var, kind, text) in _FLAGS.items():
+        raw = env.get(var)
+        default = kind(raw) if raw not in (None, "") else getattr(defaults, field)
+        parser.add_argument(
+            "--" + field.replace("_", "-"), type=kind, default=default, help=f"{text} (${var})"
+        )
+    parser.add_argument(
+        "--no-api-watch",
+        dest="api_watch",
+        action="store_false",
+        help="do not watch the ConfigMap through the Kubernetes API",
+    )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from command-line flags, falling back to environment variables."""
+    env = os.environ if env is None else env
+    args = _parser(env).parse_args(argv)
+    settings = Settings(**vars(args))
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    if not settings.model_name:
+        raise SystemExit("hotswap-runtime: set --model-name or HOTSWAP_MODEL_NAME")
+    if settings.device not in DEVICES:
+        raise SystemExit(f"hotswap-runtime: device {settings.device!r} is not one of {DEVICES}")
+    if settings.swap_mode not in SWAP_MODES:
+        raise SystemExit(f"hotswap-runtime: swap mode {settings.swap_mode!r} not in {SWAP_MODES}")

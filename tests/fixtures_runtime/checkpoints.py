@@ -1,0 +1,79 @@
+"""Write checkpoints and model.json documents the way users and kubelet do."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from hotswap_runtime.contract import CONFIG_KEY
+
+from . import tiny
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save(state: dict[str, torch.Tensor], path: Path) -> str:
+    """Save ``state`` as safetensors or .pt by suffix; return its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return sha256_of(path)
+
+
+def revision(
+    number: int,
+    uri: str,
+    sha256: str,
+    architecture: str = tiny.ARCHITECTURE,
+    input_shape: tuple[int, ...] = (tiny.FEATURES,),
+    args: dict[str, Any] | None = None,
+    secret: str | None = None,
+) -> dict[str, Any]:
+    checkpoint: dict[str, Any] = {"uri": uri, "sha256": sha256}
+    if secret:
+        checkpoint["secretRef"] = secret
+    return {
+        "revision": number,
+        "model": {
+            "architecture": architecture,
+            "args": args or {},
+            "inputShape": list(input_shape),
+        },
+        "checkpoint": checkpoint,
+    }
+
+
+def config(generation: int, stable: dict[str, Any], name: str = "tiny") -> str:
+    return json.dumps({"name": name, "generation": generation, "stable": stable})
+
+
+def publish(config_dir: Path, text: str) -> None:
+    """Replace model.json the way kubelet does: a new timestamped folder, then an
+    atomic rename of the ``..data`` symlink, with ``model.json -> ..data/model.json``."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    stamp = config_dir / f"..{time.time_ns()}"
+    stamp.mkdir()
+    (stamp / CONFIG_KEY).write_text(text)
+    tmp_link = config_dir / "..data_tmp"
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(stamp.name)
+    old = (config_dir / "..data").resolve() if (config_dir / "..data").exists() else None
+    os.replace(tmp_link, config_dir / "..data")
+    link = config_dir / CONFIG_KEY
+    if not link.is_symlink():
+        link.symlink_to(f"..data/{CONFIG_KEY}")
+    if old is not None and old != stamp.resolve():
+        for item in old.iterdir():
+            item.unlink()
+        old.rmdir()

@@ -1,0 +1,45 @@
+"""A tiny model for runtime tests: ``python/tests.fixtures_runtime.tiny:make_model``.
+
+Weights are small integers and inputs are small integers, so every output is exact in
+float32 whatever order the sums run in: a test can compare outputs with ``==``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ARCHITECTURE = "python/tests.fixtures_runtime.tiny:make_model"
+FEATURES = 4
+CLASSES = 3
+
+
+class Tiny(nn.Module):
+    def __init__(self, features: int = FEATURES, classes: int = CLASSES) -> None:
+        super().__init__()
+        self.fc = nn.Linear(features, classes)
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)) * self.scale
+
+
+def make_model(features: int = FEATURES, classes: int = CLASSES) -> nn.Module:
+    return Tiny(features, classes)
+
+
+def weights(seed: int, features: int = FEATURES, classes: int = CLASSES) -> dict[str, torch.Tensor]:
+    """A state dict of small integers; different seeds give different outputs."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "fc.weight": torch.randint(-4, 5, (classes, features), generator=g).float(),
+        "fc.bias": torch.randint(-4, 5, (classes,), generator=g).float(),
+        "scale": torch.tensor([float(seed % 3 + 1)]),
+    }
+
+
+def expected(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    model = Tiny(state["fc.weight"].shape[1], state["fc.weight"].shape[0])
+    model.load_state_dict(state)
+    with torch.no_grad():
+        return model(x)
