@@ -1,0 +1,399 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler, all from one binary built by
+tests/controlplane/build.sh.
+
+    with Cluster() as cluster:
+        cluster.kubectl("get", "nodes")
+
+Everything (certificates, etcd data, logs, kubeconfigs) lives in one temp folder that
+`stop()` removes. Each component runs in its own process group with a parent-death
+signal (see procs.py), so nothing outlives the Python process, even when it crashes.
+
+For people: `python -m tests.harness.cluster up` starts the control plane and a local
+kubelet, prints `export KUBECONFIG=...` and runs until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import functools
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import urllib3
+
+from tests.harness import procs
+from tests.harness.certs import CertificateAuthority, KeyPair, service_account_keys
+from tests.harness.kubeconfig import write_kubeconfig
+from tests.harness.rest import ApiError, KubeClient
+
+if TYPE_CHECKING:
+    import kubernetes
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "tests" / "controlplane" / "build.sh"
+DEFAULT_BINARY = REPO / ".cache" / "bin" / "controlplane"
+SERVICE_CIDR = "10.0.0.0/24"
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+COMPONENTS = ("etcd", "apiserver", "controller-manager", "scheduler")
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not start or answer."""
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl failed; the message carries its stderr."""
+
+    def __str__(self) -> str:
+        return f"{' '.join(self.cmd)} exited {self.returncode}:\n{self.stderr}{self.stdout}"
+
+
+def ensure_binary(binary: Path = DEFAULT_BINARY) -> Path:
+    """Build the control-plane binary if it is missing or stale (quick when current)."""
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    with (binary.parent / ".controlplane.build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time across test sessions
+        result = subprocess.run(
+            [str(BUILD_SCRIPT), str(binary)], capture_output=True, text=True, check=False
+        )
+    if result.returncode != 0:
+        raise ClusterError(
+            f"building {binary} with {BUILD_SCRIPT} failed (needs Go and the module "
+            f"proxy):\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        )
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_kubectl(binary: Path = DEFAULT_BINARY) -> list[str]:
+    """The kubectl command: $KUBECTL, else the controlplane's own, else kubectl on PATH."""
+    if env := os.environ.get("KUBECTL"):
+        return [env]
+    if binary.exists():
+        probe = subprocess.run(
+            [str(binary), "kubectl", "version", "--client"], capture_output=True, check=False
+        )
+        if probe.returncode == 0:
+            return [str(binary), "kubectl"]
+    if path := shutil.which("kubectl"):
+        return [path]
+    raise ClusterError("no kubectl: rebuild tests/controlplane or put kubectl on PATH")
+
+
+class Cluster:
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler on loopback."""
+
+    def __init__(self, binary: Path | None = None, root: Path | None = None) -> None:
+        self.binary = binary or DEFAULT_BINARY
+        self._own_root = root is None
+        self.root = root or Path(tempfile.mkdtemp(prefix="hotswap-cluster-"))
+        self.logs = self.root / "logs"
+        self.kubeconfig = self.root / "admin.kubeconfig"
+        self.server = ""
+        self.ca_cert = self.root / "pki" / "ca.crt"
+        self._ca: CertificateAuthority | None = None
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._kubectl: list[str] | None = None
+        self._lock = threading.Lock()
+        self.started_in: float | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self, timeout: float = 90.0) -> Cluster:
+        """Start all four components and wait until they are ready."""
+        if not self.binary.exists():
+            raise ClusterError(f"{self.binary} is missing: run {BUILD_SCRIPT} (make controlplane)")
+        began = time.monotonic()
+        deadline = began + timeout
+        atexit.register(self.stop)
+        try:
+            pki = self._make_pki()
+            ports = {name: free_port() for name in (*COMPONENTS, "etcd-peer")}
+            self.server = f"https://127.0.0.1:{ports['apiserver']}"
+            self._write_kubeconfigs(pki)
+            self._launch("etcd", self._etcd_args(ports))
+            self._launch("apiserver", self._apiserver_args(ports, pki))
+            self._launch("controller-manager", self._component_args("controller-manager", ports))
+            self._launch("scheduler", self._component_args("scheduler", ports))
+            self._wait_ready(ports, deadline)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.monotonic() - began
+        return self
+
+    def stop(self) -> None:
+        """Stop every component (SIGTERM, then SIGKILL) and remove the temp folder."""
+        atexit.unregister(self.stop)
+        with self._lock:
+            first = [self._procs.pop(n) for n in COMPONENTS[1:] if n in self._procs]
+            threads = [threading.Thread(target=procs.stop_group, args=(p, 10.0)) for p in first]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if etcd := self._procs.pop("etcd", None):
+                procs.stop_group(etcd, 10.0)
+            if self._own_root and self.root.exists() and not os.environ.get("HOTSWAP_KEEP"):
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        return self if self._procs else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process ids (= process group ids) of the running components."""
+        return {name: p.pid for name, p in self._procs.items()}
+
+    # -- clients --------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl as cluster admin; raises KubectlError (with stderr) when check fails."""
+        if self._kubectl is None:
+            self._kubectl = find_kubectl(self.binary)
+        cmd = [*self._kubectl, "--kubeconfig", str(self.kubeconfig), *args]
+        result = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, check=False, timeout=120
+        )
+        if check and result.returncode != 0:
+            raise KubectlError(result.returncode, cmd, result.stdout, result.stderr)
+        return result
+
+    def api_client(self) -> kubernetes.client.ApiClient:
+        """A kubernetes-client ApiClient authenticated as cluster admin."""
+        from kubernetes import config
+
+        client: kubernetes.client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(self.kubeconfig)
+        )
+        return client
+
+    def rest(self) -> KubeClient:
+        """A small dict-based REST client authenticated as cluster admin."""
+        return KubeClient(self.kubeconfig)
+
+    def node_kubeconfig(self, node: str) -> Path:
+        """A kubeconfig for a kubelet: user system:node:<node> in group system:nodes."""
+        assert self._ca is not None, "start() the cluster first"
+        pair = self._ca.issue(f"node-{node}", f"system:node:{node}", ("system:nodes",))
+        path = self.root / f"node-{node}.kubeconfig"
+        return write_kubeconfig(
+            path, self.server, self.ca_cert, cert=pair.cert, key=pair.key, user=node
+        )
+
+    def token_kubeconfig(self, token: str, name: str, namespace: str | None = None) -> Path:
+        """A kubeconfig that authenticates with a bearer token (e.g. a ServiceAccount's)."""
+        path = self.root / f"token-{name}.kubeconfig"
+        return write_kubeconfig(
+            path, self.server, self.ca_cert, token=token, namespace=namespace, user=name
+        )
+
+    def version(self) -> str:
+        """The API server's gitVersion."""
+        return str(self.rest().get("/version")["gitVersion"])
+
+    # -- setup ----------------------------------------------------------------------
+
+    def _make_pki(self) -> dict[str, KeyPair]:
+        ca = self._ca = CertificateAuthority(self.root / "pki")
+        hosts = (
+            *("127.0.0.1", "localhost", "10.0.0.1", "kubernetes", "kubernetes.default"),
+            *("kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
+        )
+        return {
+            "ca": ca.pair,
+            "sa": service_account_keys(self.root / "pki"),
+            "serving": ca.issue("apiserver", "kube-apiserver", hosts=hosts, server=True),
+            "admin": ca.issue("admin", "kubernetes-admin", ("system:masters",)),
+            "controller-manager": ca.issue("controller-manager", "system:kube-controller-manager"),
+            "scheduler": ca.issue("scheduler", "system:kube-scheduler"),
+        }
+
+    def _write_kubeconfigs(self, pki: dict[str, KeyPair]) -> None:
+        for name in ("admin", "controller-manager", "scheduler"):
+            path = self.kubeconfig if name == "admin" else self.root / f"{name}.kubeconfig"
+            pair = pki[name]
+            write_kubeconfig(
+                path, self.server, self.ca_cert, cert=pair.cert, key=pair.key, user=name
+            )
+
+    def _launch(self, name: str, args: list[str]) -> None:
+        log = self.logs / f"{name}.log"
+        self._procs[name] = procs.spawn([str(self.binary), name, *args], log=log, cwd=self.root)
+
+    def _etcd_args(self, ports: dict[str, int]) -> list[str]:
+        client = f"http://127.0.0.1:{ports['etcd']}"
+        peer = f"http://127.0.0.1:{ports['etcd-peer']}"
+        return [
+            "--name=default",
+            f"--data-dir={self.root / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}",
+            "--unsafe-no-fsync=true",  # throwaway data: skip fsync, much faster on slow disks
+            "--log-level=warn",
+        ]
+
+    def _apiserver_args(self, ports: dict[str, int], pki: dict[str, KeyPair]) -> list[str]:
+        return [
+            f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}",
+            f"--cert-dir={self.root / 'apiserver'}",
+            f"--tls-cert-file={pki['serving'].cert}",
+            f"--tls-private-key-file={pki['serving'].key}",
+            f"--client-ca-file={pki['ca'].cert}",
+            f"--service-account-issuer={ISSUER}",
+            f"--service-account-key-file={pki['sa'].cert}",
+            f"--service-account-signing-key-file={pki['sa'].key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=0",
+        ]
+
+    def _component_args(self, name: str, ports: dict[str, int]) -> list[str]:
+        kubeconfig = self.root / f"{name}.kubeconfig"
+        pki = self.root / "pki"
+        args = [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports[name]}",
+            f"--cert-dir={self.root / name}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
+        if name == "controller-manager":
+            args += [
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--node-monitor-period=1s",
+            ]
+        return args
+
+    # -- readiness ------------------------------------------------------------------
+
+    def _wait_ready(self, ports: dict[str, int], deadline: float) -> None:
+        admin = ssl.create_default_context(cafile=str(self.ca_cert))
+        admin.load_cert_chain(str(self.root / "pki/admin.crt"), str(self.root / "pki/admin.key"))
+        insecure = ssl._create_unverified_context()  # components' self-signed serving certs
+        checks: list[tuple[str, str, ssl.SSLContext | None]] = [
+            ("etcd", f"http://127.0.0.1:{ports['etcd']}/health", None),
+            ("apiserver", f"{self.server}/readyz", admin),
+            (
+                "controller-manager",
+                f"https://127.0.0.1:{ports['controller-manager']}/healthz",
+                insecure,
+            ),
+            ("scheduler", f"https://127.0.0.1:{ports['scheduler']}/healthz", insecure),
+        ]
+        for name, url, ctx in checks:
+            self._poll(name, functools.partial(_http_ok, url, ctx), deadline)
+        client = self.rest()
+        self._poll("controller-manager", lambda: _has_default_sa(client), deadline)
+
+    def _poll(self, name: str, check: Callable[[], bool], deadline: float) -> None:
+        while True:
+            for comp, proc in self._procs.items():
+                if proc.poll() is not None:
+                    log = self.logs / f"{comp}.log"
+                    raise ClusterError(
+                        f"{comp} exited with {proc.returncode} while starting; its log {log} "
+                        f"ends:\n{procs.tail(log)}"
+                    )
+            if check():
+                return
+            if time.monotonic() > deadline:
+                log = self.logs / f"{name}.log"
+                raise ClusterError(f"{name} not ready in time; log {log} ends:\n{procs.tail(log)}")
+            time.sleep(0.1)
+
+
+def _http_ok(url: str, ctx: ssl.SSLContext | None) -> bool:
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _has_default_sa(client: KubeClient) -> bool:
+    """The serviceaccount controller has run: pods can now be created in `default`."""
+    try:
+        client.get("/api/v1/namespaces/default/serviceaccounts/default")
+        client.get("/api/v1/namespaces/default/configmaps/kube-root-ca.crt")
+    except (ApiError, OSError, urllib3.exceptions.HTTPError):
+        return False
+    return True
+
+
+def _up() -> int:
+    from tests.harness.kubelet import LocalKubelet
+
+    binary = ensure_binary()
+    began = time.monotonic()
+    cluster = Cluster(binary).start()
+    kubelet = LocalKubelet(cluster).start()
+    print(f"# control plane {cluster.version()} ready in {time.monotonic() - began:.1f}s")
+    print(f"# local kubelet: node {kubelet.node_name}, pod logs under {kubelet.root}")
+    print(f"# component logs: {cluster.logs}; Ctrl-C stops everything")
+    print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while all(p.poll() is None for p in cluster._procs.values()):
+            time.sleep(1)
+        print("a control-plane component exited; see its log", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        kubelet.stop()
+        cluster.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["up"]:
+        print("usage: python -m tests.harness.cluster up", file=sys.stderr)
+        return 2
+    return _up()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
