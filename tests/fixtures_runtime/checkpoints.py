@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
-
 from hotswap_runtime.contract import CONFIG_KEY
 
 from . import tiny
@@ -69,7 +67,7 @@ def publish(config_dir: Path, text: str) -> None:
     tmp_link.unlink(missing_ok=True)
     tmp_link.symlink_to(stamp.name)
     old = (config_dir / "..data").resolve() if (config_dir / "..data").exists() else None
-    os.replace(tmp_link, config_dir / "..data")
+    tmp_link.replace(config_dir / "..data")
     link = config_dir / CONFIG_KEY
     if not link.is_symlink():
         link.symlink_to(f"..data/{CONFIG_KEY}")
