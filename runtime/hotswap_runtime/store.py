@@ -103,7 +103,10 @@ class CheckpointStore:
                     os.fsync(sink.fileno())
         except (FetchError, CheckpointTooLarge, Superseded):
             raise
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            cause = exc.__cause__  # fsspec's http reports connection errors this way too
+            if cause is not None and getattr(cause, "status", None) != 404:
+                raise FetchError(f"cannot fetch checkpoint {uri}: {_describe(cause)}") from None
             raise CheckpointNotFound(
                 f"checkpoint {uri} does not exist; check spec.checkpoint.uri"
             ) from None
