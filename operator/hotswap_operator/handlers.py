@@ -16,7 +16,7 @@ import kopf
 from hotswap_runtime.contract import API_GROUP, API_VERSION, PLURAL
 
 from hotswap_operator import config, resources
-from hotswap_operator.kube import Kube, KubeError, Permission
+from hotswap_operator.kube import Kube, KubeError, Permission, load_api_client
 from hotswap_operator.reconcile import Aggregator, reconcile, utcnow
 from hotswap_operator.spec import SpecError
 
@@ -36,10 +36,27 @@ KOPF_PERMISSIONS: set[Permission] = {
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """$KUBECONFIG when set (the local kubelet sets one per pod), else in-cluster."""
-    if os.environ.get("KUBECONFIG"):
-        return kopf.login_with_kubeconfig(**kwargs)
-    return kopf.login_with_service_account(**kwargs)
+    """$KUBECONFIG when set (the local kubelet sets one per pod), else in-cluster.
+
+    The kubeconfig goes through the kubernetes client, which resolves relative paths and
+    reads tokenFile; kopf calls this again on a 401, which re-reads a rotated token.
+    """
+    if not os.environ.get("KUBECONFIG"):
+        return kopf.login_with_service_account(**kwargs)
+    cfg = load_api_client().configuration
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
 
 
 @kopf.on.startup()

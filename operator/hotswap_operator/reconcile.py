@@ -42,12 +42,13 @@ def reconcile(kube: Kube, body: Mapping[str, Any], defaults: RuntimeDefaults) ->
         spec = parse_spec(body.get("spec") or {}, name=owner.name)
         current = kube.model_config(owner.namespace, owner.name)
         plan = rollout.plan(owner.name, spec, old, current, utcnow())
+        manifests = resources.children(owner, spec, defaults, plan.config)
     except SpecError as exc:  # record it, so phase and conditions say why
         kube.patch_status(
             owner.namespace, owner.name, {"error": str(exc), "observedGeneration": generation}
         )
         raise
-    for manifest in resources.children(owner, spec, defaults, plan.config):
+    for manifest in manifests:
         kube.apply(manifest)
     fields = {**plan.status, "error": None, "observedGeneration": generation}
     changed = {k: v for k, v in fields.items() if old.get(k) != v}

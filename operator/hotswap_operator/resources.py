@@ -25,7 +25,7 @@ from hotswap_runtime.contract import (
 )
 
 from hotswap_operator.config import GPU_RESOURCE, RuntimeDefaults
-from hotswap_operator.spec import DeploymentSpec
+from hotswap_operator.spec import DeploymentSpec, SpecError
 
 Manifest = dict[str, Any]
 
@@ -220,6 +220,14 @@ def runtime_env(owner: Owner, spec: DeploymentSpec) -> list[dict[str, Any]]:
     ]
     if spec.runtime.cache_max_bytes is not None:
         env.append({"name": "HOTSWAP_CACHE_MAX_BYTES", "value": str(spec.runtime.cache_max_bytes)})
+    ours = {e["name"] for e in env}
+    clash = sorted(ours & {e.name for e in spec.runtime.env})
+    if clash:
+        raise SpecError(
+            f"ModelDeployment {owner.name}: spec.runtime.env sets {', '.join(clash)}, which the "
+            "operator sets itself; use the matching spec field or remove the entry"
+        )
+    env.extend({"name": e.name, "value": e.value} for e in spec.runtime.env)
     return env
 
 

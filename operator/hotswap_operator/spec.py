@@ -57,6 +57,11 @@ class RolloutSpec(_Spec):
     paused: bool = False
 
 
+class EnvVar(_Spec):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    value: str = ""
+
+
 class RuntimeSpec(_Spec):
     """Per-deployment overrides of the runtime defaults the chart gives the operator."""
 
@@ -68,6 +73,7 @@ class RuntimeSpec(_Spec):
     node_selector: dict[str, str] | None = Field(default=None, alias="nodeSelector")
     tolerations: tuple[dict[str, Any], ...] | None = None
     runtime_class_name: str | None = Field(default=None, alias="runtimeClassName")
+    env: tuple[EnvVar, ...] = ()
 
 
 class DeploymentSpec(_Spec):

@@ -4,7 +4,7 @@ import pytest
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import RuntimeDefaults, runtime_defaults
 from hotswap_operator.reconcile import owner_of
-from hotswap_operator.spec import parse_spec
+from hotswap_operator.spec import SpecError, parse_spec
 from hotswap_runtime.contract import CONFIG_KEY, parse_config
 from operator_samples import SHA_B, SPEC, body, with_checkpoint
 
@@ -196,3 +196,13 @@ def test_owner_of_reads_the_body():
 def test_malformed_runtime_defaults_are_refused(bad):
     with pytest.raises(ValueError, match="HOTSWAP_RUNTIME_DEFAULTS"):
         runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": bad})
+
+
+def test_extra_env_is_appended_and_may_not_shadow_the_interface():
+    spec = dict(
+        SPEC, runtime={"device": "cpu", "env": [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}]}
+    )
+    assert env_of(by_kind(build(spec)[0])["Deployment"])["HOTSWAP_TORCH_THREADS"] == "1"
+    clash = dict(SPEC, runtime={"env": [{"name": "HOTSWAP_HOST", "value": "0.0.0.0"}]})
+    with pytest.raises(SpecError, match="HOTSWAP_HOST"):
+        build(clash)

@@ -1,0 +1,1 @@
+"""Samples used by the README, `make demo` and the e2e tests."""

@@ -1,0 +1,65 @@
+"""Make the example checkpoints: seeded random initialisations saved as safetensors.
+
+Nothing can be downloaded on the machines this project is built on, so the examples use
+weights generated here: `torchvision/resnet18` with 10 classes, initialised from a fixed
+seed (one seed per version) and saved with safetensors. The same torch release gives
+the same bytes, so the sha256 values in resnet18.yaml hold on any machine.
+
+    python -m examples.checkpoints            # writes v1 and v2, prints uri and sha256
+    python -m examples.checkpoints --dir /srv/models --versions 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+DEFAULT_DIR = Path("/tmp/hotswap-examples")
+ARCHITECTURE = "resnet18"
+ARGS = {"num_classes": 10}
+
+
+def checkpoint_path(version: int, folder: Path = DEFAULT_DIR) -> Path:
+    return folder / f"{ARCHITECTURE}-v{version}.safetensors"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def make(version: int, folder: Path = DEFAULT_DIR) -> tuple[Path, str]:
+    """Write checkpoint `version` (seed = version) unless present; return path, sha256."""
+    path = checkpoint_path(version, folder)
+    if not path.exists():
+        import torch
+        import torchvision
+        from safetensors.torch import save_file
+
+        torch.manual_seed(version)
+        model = torchvision.models.get_model(ARCHITECTURE, weights=None, **ARGS)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        save_file(state, str(partial), metadata={"seed": str(version)})
+        partial.replace(path)
+    return path, sha256_of(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--versions", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args(argv)
+    for version in args.versions:
+        path, sha = make(version, args.dir)
+        print(f"{path.resolve().as_uri()} {sha}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""e2e fixtures: one helm install of the chart per test module, in its own namespace."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.fleet import helm_install
+from tests.harness.cluster import Cluster
+from tests.harness.kubelet import LocalKubelet
+from tests.harness.rest import ApiError
+from tests.harness.waiting import wait_for
+
+RELEASE = "hotswap"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="module")
+def installed(
+    cluster: Cluster, kubelet: LocalKubelet, helm_bin: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A namespace with the chart installed by helm, the operator watching only it.
+
+    The operator runs as a pod on the local kubelet under the chart's ServiceAccount.
+    Yields the namespace; deletes it (and so every pod in it) afterwards.
+    """
+    stem = re.sub(r"[^a-z0-9]+", "-", request.module.__name__.split(".")[-1].lower())
+    namespace = f"{stem.strip('-')[:30]}-{uuid.uuid4().hex[:6]}"
+    helm_install(cluster, helm_bin, RELEASE, namespace, f"watchNamespaces={{{namespace}}}")
+    client = cluster.rest()
+    wait_for(
+        lambda: any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for p in client.get(
+                f"/api/v1/namespaces/{namespace}/pods",
+                {"labelSelector": "app.kubernetes.io/name=hotswap-operator"},
+            )["items"]
+            for c in p.get("status", {}).get("conditions", [])
+        ),
+        timeout=120,
+        what=f"operator pod Ready in {namespace}",
+    )
+    yield namespace
+    try:
+        client.delete(f"/api/v1/namespaces/{namespace}")
+    except ApiError as err:
+        if err.status != 404:
+            raise

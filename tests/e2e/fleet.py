@@ -1,0 +1,254 @@
+"""Driving a hotswap install the way a user does: helm, kubectl, traffic to the pods.
+
+Shared by the e2e tests and `scripts/demo.py`. Everything goes through the real API
+server, the real helm binary and real HTTP to the runtime pods' loopback IPs (the local
+kubelet has no kube-proxy, so clients talk to pod IPs directly).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.harness.cluster import REPO, Cluster
+from tests.harness.rest import ApiError, KubeClient
+from tests.harness.waiting import wait_for
+
+JSON = dict[str, Any]
+CHART = REPO / "charts" / "hotswap"
+LOCAL_VALUES = REPO / "examples" / "values-local.yaml"
+EXAMPLE = REPO / "examples" / "resnet18.yaml"
+MD_API = "/apis/hotswap.dev/v1alpha1"
+RUNTIME_PORT = 8080
+
+
+def helm_install(
+    cluster: Cluster, helm: Path, release: str, namespace: str, *sets: str, timeout: int = 240
+) -> str:
+    """`helm upgrade --install` the chart with the local values, waiting for the operator."""
+    cmd = [
+        str(helm),
+        "upgrade",
+        "--install",
+        release,
+        str(CHART),
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "-f",
+        str(LOCAL_VALUES),
+        "--wait",
+        "--timeout",
+        f"{timeout}s",
+    ]
+    for item in sets:
+        cmd += ["--set", item]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"helm install failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+@dataclass
+class Fleet:
+    """One ModelDeployment in one namespace, seen through the API."""
+
+    cluster: Cluster
+    namespace: str
+    name: str
+    client: KubeClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = self.cluster.rest()
+
+    @property
+    def path(self) -> str:
+        return f"{MD_API}/namespaces/{self.namespace}/modeldeployments/{self.name}"
+
+    def apply(self, manifest: JSON) -> None:
+        self.cluster.kubectl(
+            "apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(manifest)
+        )
+
+    def get(self) -> JSON:
+        return self.client.get(self.path)
+
+    def status(self) -> JSON:
+        return dict(self.get().get("status") or {})
+
+    def patch_spec(self, spec: JSON) -> JSON:
+        return self.client.patch(self.path, {"spec": spec})
+
+    def kubectl_get(self) -> str:
+        return self.cluster.kubectl("get", "modeldeployments", "-n", self.namespace).stdout
+
+    def pods(self) -> list[JSON]:
+        """Running runtime pods of this ModelDeployment, not terminating, by name."""
+        selector = (
+            f"app.kubernetes.io/name=hotswap-runtime,hotswap.dev/model-deployment={self.name}"
+        )
+        items = self.client.get(
+            f"/api/v1/namespaces/{self.namespace}/pods", {"labelSelector": selector}
+        )["items"]
+        live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+        return sorted(live, key=lambda p: p["metadata"]["name"])
+
+    def wait(self, check: Callable[[JSON], bool], what: str, timeout: float = 300) -> JSON:
+        """Poll status until `check(status)` holds; the timeout error shows the last status."""
+        last: list[JSON] = [{}]
+
+        def probe() -> JSON | None:
+            last[0] = self.status()
+            return last[0] if check(last[0]) else None
+
+        try:
+            return wait_for(probe, timeout=timeout, interval=0.5, what=what)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; last status: {summary(last[0])}") from exc
+
+    def wait_serving(self, revision: int, replicas: int, timeout: float = 300) -> JSON:
+        """Phase Ready with every pod serving `revision` and ready."""
+
+        def done(st: JSON) -> bool:
+            return (
+                st.get("phase") == "Ready"
+                and st.get("revision") == revision
+                and st.get("updated") == f"{replicas}/{replicas}"
+                and st.get("ready") == f"{replicas}/{replicas}"
+                and len(self.pods()) == replicas
+            )
+
+        return self.wait(
+            done, f"{self.name}: {replicas} pods Ready on revision {revision}", timeout
+        )
+
+    def gone(self) -> bool:
+        try:
+            self.get()
+        except ApiError as err:
+            return err.status == 404
+        return False
+
+
+def summary(status: JSON) -> JSON:
+    """Status without the bulky parts, for error messages."""
+    pods = {
+        name: {k: v for k, v in entry.items() if k in ("revision", "state", "message")}
+        for name, entry in (status.get("pods") or {}).items()
+    }
+    conditions = [
+        f"{c['type']}={c['status']} {c.get('reason')}: {c.get('message')}"
+        for c in status.get("conditions") or ()
+    ]
+    keep = ("phase", "revision", "updated", "ready", "error")
+    return {**{k: status.get(k) for k in keep}, "pods": pods, "conditions": conditions}
+
+
+def pod_ids(
+    fleet: Fleet, pids: Callable[[str], int | None]
+) -> dict[str, tuple[str, int | None, int]]:
+    """pod name -> (uid, process id, restartCount) for the fleet's pods."""
+    out = {}
+    for pod in fleet.pods():
+        name = pod["metadata"]["name"]
+        restarts = sum(c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", []))
+        out[name] = (pod["metadata"]["uid"], pids(name), restarts)
+    return out
+
+
+def infer_body(shape: Sequence[int]) -> JSON:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return {
+        "inputs": [
+            {"name": "input", "shape": [1, *shape], "datatype": "FP32", "data": [0.5] * count}
+        ]
+    }
+
+
+class Load:
+    """Clients sending infer requests round-robin to pod IPs until stopped.
+
+    Counts answers by pod IP and model_version; any non-200 or connection error is a
+    failed request, kept with its reason.
+    """
+
+    def __init__(self, model: str, ips: Sequence[str], shape: Sequence[int], clients: int = 2):
+        self.urls = [f"http://{ip}:{RUNTIME_PORT}/v2/models/{model}/infer" for ip in ips]
+        self.body = infer_body(shape)
+        self.ok = 0
+        self.failures: list[str] = []
+        self.versions: Counter[str] = Counter()
+        self.last_version: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    @property
+    def total(self) -> int:
+        return self.ok + len(self.failures)
+
+    def _run(self, offset: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            i = offset
+            while not self._stop.is_set():
+                url = self.urls[i % len(self.urls)]
+                i += 1
+                self._one(http, url)
+
+    def _one(self, http: httpx.Client, url: str) -> None:
+        try:
+            response = http.post(url, json=self.body)
+            version = response.json().get("model_version") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError) as exc:
+            with self._lock:
+                self.failures.append(f"{url}: {exc!r}")
+            return
+        with self._lock:
+            if version is None:
+                self.failures.append(f"{url}: HTTP {response.status_code} {response.text[:200]}")
+            else:
+                self.ok += 1
+                self.versions[str(version)] += 1
+                self.last_version[url] = str(version)
+
+    def wait_answers(self, count: int, timeout: float = 60) -> None:
+        start = self.total
+        wait_for(lambda: self.total >= start + count, timeout=timeout, what=f"{count} answers")
+
+    def all_answer(self, version: str, timeout: float = 60) -> None:
+        """Wait until every pod has answered a request with `version`."""
+
+        def check() -> bool:
+            with self._lock:
+                return len(self.last_version) == len(self.urls) and set(
+                    self.last_version.values()
+                ) == {version}
+
+        wait_for(check, timeout=timeout, what=f"every pod answering with version {version}")

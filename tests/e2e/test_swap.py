@@ -1,0 +1,216 @@
+"""End to end, as a user runs it: helm install, kubectl apply examples/, swap under load.
+
+One helm install and one 3-replica ModelDeployment (examples/resnet18.yaml) serve the
+whole module; tests run in file order and each starts from whatever revision the last
+one left, so `make e2e-smoke` can run test_three_replica_swap alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from examples import checkpoints
+from tests.e2e.fleet import EXAMPLE, Fleet, Load, pod_ids
+from tests.harness.cluster import KubectlError
+from tests.harness.rest import ApiError
+from tests.harness.waiting import wait_for
+
+SHAPE = (3, 32, 32)
+MANIFEST = yaml.safe_load(EXAMPLE.read_text())
+NAME = MANIFEST["metadata"]["name"]
+
+
+@pytest.fixture(scope="module")
+def made():
+    """The example checkpoints v1..v3 on local disk: version -> (file URI, sha256)."""
+    return {v: (path.as_uri(), sha) for v in (1, 2, 3) for path, sha in [checkpoints.make(v)]}
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster, kubelet, installed, made):
+    fleet = Fleet(cluster, installed, NAME)
+    assert MANIFEST["spec"]["checkpoint"] == {"uri": made[1][0], "sha256": made[1][1]}
+    fleet.apply(MANIFEST)
+    fleet.wait_serving(1, 3, timeout=420)
+    return fleet
+
+
+def checkpoint(made, version, sha256=None):
+    uri, sha = made[version]
+    return {"checkpoint": {"uri": uri, "sha256": sha256 or sha}}
+
+
+def events(fleet, reason):
+    items = fleet.client.get(f"/api/v1/namespaces/{fleet.namespace}/events")["items"]
+    return [e["message"] for e in items if e.get("reason") == reason]
+
+
+def test_three_replica_swap(fleet, kubelet, made):
+    rev = fleet.status()["revision"]
+    before = pod_ids(fleet, lambda pod: kubelet.pid(fleet.namespace, pod))
+    assert len(before) == 3 and all(restarts == 0 for _, _, restarts in before.values())
+    ips = [p["status"]["podIP"] for p in fleet.pods()]
+    with Load(NAME, ips, SHAPE) as load:
+        load.all_answer(str(rev))
+        fleet.patch_spec(checkpoint(made, 2))
+        status = fleet.wait_serving(rev + 1, 3)
+        load.all_answer(str(rev + 1))
+        load.wait_answers(30)
+    assert load.failures == [], f"{len(load.failures)} of {load.total} requests failed"
+    assert load.versions[str(rev)] > 0 and load.versions[str(rev + 1)] > 0
+    assert pod_ids(fleet, lambda pod: kubelet.pid(fleet.namespace, pod)) == before
+    for pod, report in status["pods"].items():
+        assert (report["revision"], report["sha256"], report["state"]) == (
+            rev + 1,
+            made[2][1],
+            "Serving",
+        ), pod
+    swapped = events(fleet, "Swapped")
+    assert all(any(pod in m and f"revision {rev + 1}" in m for m in swapped) for pod in before)
+    table = fleet.kubectl_get()
+    row = table.splitlines()[1].split()
+    assert row[:5] == [NAME, str(rev + 1), "3/3", "3/3", "Ready"]
+    assert row[5] == made[2][1][:12]
+    print(
+        f"\n{load.total} requests, {len(load.failures)} failed; "
+        f"answers by revision: {dict(load.versions)}\n"
+    )
+    print(table)
+
+
+def test_wrong_sha256_degrades_then_recovers(fleet, made):
+    status = fleet.status()
+    rev, serving_sha = status["revision"], status["stable"]["sha256"]
+    fleet.patch_spec(checkpoint(made, 3, sha256="0" * 64))
+
+    def all_failed(st):
+        reports = st.get("pods") or {}
+        return (
+            st.get("phase") == "Degraded"
+            and len(reports) == 3
+            and all(
+                r.get("state") == "Failed" and r.get("targetRevision") == rev + 1
+                for r in reports.values()
+            )
+        )
+
+    status = fleet.wait(all_failed, "every pod refusing the wrong sha256")
+    assert status["revision"] == rev + 1 and status["updated"] == "0/3"
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "SwapFailed"
+    for pod, report in status["pods"].items():
+        assert (report["revision"], report["sha256"]) == (rev, serving_sha), pod
+        assert f"pod {pod} failed revision {rev + 1}" in degraded["message"]
+    assert "sha256" in degraded["message"].lower()
+    ips = [p["status"]["podIP"] for p in fleet.pods()]
+    with Load(NAME, ips, SHAPE, clients=1) as load:
+        load.all_answer(str(rev))
+    assert load.failures == []
+    assert any("sha256" in m.lower() for m in events(fleet, "SwapFailed"))
+
+    fleet.patch_spec(checkpoint(made, 3))
+    status = fleet.wait_serving(rev + 2, 3)
+    assert {r["sha256"] for r in status["pods"].values()} == {made[3][1]}
+
+
+def test_scale_three_to_five_to_two(fleet, cluster):
+    rev = fleet.status()["revision"]
+    for replicas in (5, 2):
+        cluster.kubectl(
+            "scale", "-n", fleet.namespace, f"modeldeployment/{NAME}", f"--replicas={replicas}"
+        )
+        status = fleet.wait_serving(rev, replicas)
+        assert status["replicas"] == replicas
+    assert set(status["pods"]) == {p["metadata"]["name"] for p in fleet.pods()}
+
+
+def test_invalid_spec_is_refused_by_the_schema(fleet, cluster):
+    generation = fleet.get()["metadata"]["generation"]
+    bad = {
+        **MANIFEST,
+        "spec": {
+            **MANIFEST["spec"],
+            "replicas": 2,
+            "checkpoint": {"uri": "ftp://x", "sha256": "not-a-sha"},
+        },
+    }
+    with pytest.raises(KubectlError) as refused:
+        fleet.apply(bad)
+    assert "spec.checkpoint.sha256" in refused.value.stderr
+    assert "spec.checkpoint.uri" in refused.value.stderr
+    assert fleet.get()["metadata"]["generation"] == generation
+
+
+def test_operator_least_privilege(fleet, cluster):
+    account = f"system:serviceaccount:{fleet.namespace}:hotswap"
+    (operator,) = fleet.client.get(
+        f"/api/v1/namespaces/{fleet.namespace}/pods",
+        {"labelSelector": "app.kubernetes.io/name=hotswap-operator"},
+    )["items"]
+    assert operator["spec"]["serviceAccountName"] == "hotswap"
+
+    def can(verb, resource):
+        done = cluster.kubectl(
+            "auth", "can-i", verb, resource, "-n", fleet.namespace, "--as", account, check=False
+        )
+        return done.stdout.strip() == "yes"
+
+    assert can("patch", "deployments.apps") and can("patch", "modeldeployments/status")
+    assert not can("create", "deployments.apps") and not can("delete", "configmaps")
+    assert not can("get", "secrets") and not can("patch", "pods")
+
+
+def test_operator_restart_mid_change_resumes(fleet, cluster, made):
+    status = fleet.status()
+    rev, replicas = status["revision"], status["replicas"]
+    operator = ("-n", fleet.namespace, "deployment/hotswap")
+    cluster.kubectl("scale", *operator, "--replicas=0")
+    wait_for(
+        lambda: (
+            not fleet.client.get(
+                f"/api/v1/namespaces/{fleet.namespace}/pods",
+                {"labelSelector": "app.kubernetes.io/name=hotswap-operator"},
+            )["items"]
+        ),
+        timeout=60,
+        what="operator pod gone",
+    )
+    config_path = f"/api/v1/namespaces/{fleet.namespace}/configmaps/{NAME}-model"
+    config_version = fleet.client.get(config_path)["metadata"]["resourceVersion"]
+    changed = fleet.patch_spec(checkpoint(made, 1))
+    assert fleet.status()["observedGeneration"] < changed["metadata"]["generation"]
+    assert fleet.client.get(config_path)["metadata"]["resourceVersion"] == config_version
+    cluster.kubectl("scale", *operator, "--replicas=1")
+    status = fleet.wait_serving(rev + 1, replicas)
+    assert status["observedGeneration"] == changed["metadata"]["generation"]
+    assert {r["sha256"] for r in status["pods"].values()} == {made[1][1]}
+
+
+def test_delete_removes_every_child(fleet, cluster):
+    ns = fleet.namespace
+    children = [
+        f"/api/v1/namespaces/{ns}/configmaps/{NAME}-model",
+        f"/api/v1/namespaces/{ns}/services/{NAME}",
+        f"/api/v1/namespaces/{ns}/serviceaccounts/{NAME}-runtime",
+        f"/apis/apps/v1/namespaces/{ns}/deployments/{NAME}",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/{NAME}-runtime",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/{NAME}-runtime",
+    ]
+    for path in children:
+        fleet.client.get(path)
+    cluster.kubectl("delete", "-n", ns, f"modeldeployment/{NAME}", "--wait=true")
+
+    def missing(path):
+        try:
+            fleet.client.get(path)
+        except ApiError as err:
+            return err.status == 404
+        return False
+
+    wait_for(
+        lambda: all(missing(p) for p in children) and not fleet.pods(),
+        timeout=120,
+        what=f"children of {NAME} garbage-collected",
+    )
+    assert fleet.gone()

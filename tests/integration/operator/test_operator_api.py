@@ -1,0 +1,262 @@
+"""reconcile() and aggregate() against the real API server (no kubelet, no helm).
+
+The CRD is applied as-is, so the schema's validation, pruning and subresources are
+the real ones; pods are created by the real controller-manager (they stay Pending
+without a kubelet, which is all the aggregation needs).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hotswap_operator import resources
+from hotswap_operator.config import RuntimeDefaults
+from hotswap_operator.kube import Kube
+from hotswap_operator.reconcile import Aggregator, reconcile
+from tests.harness.cluster import KubectlError
+from tests.harness.rest import MERGE_PATCH, ApiError
+from tests.harness.waiting import wait_for
+
+REPO = Path(__file__).resolve().parents[3]
+CRD = REPO / "crds" / "modeldeployment.yaml"
+MD = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modeldeployments"
+SHA1, SHA2 = "1" * 64, "2" * 64
+SPEC = {
+    "replicas": 2,
+    "model": {
+        "architecture": "torchvision/resnet18",
+        "args": {"num_classes": 10},
+        "inputShape": [3, 32, 32],
+    },
+    "checkpoint": {"uri": "file:///m/v1.safetensors", "sha256": SHA1},
+    "runtime": {"device": "cpu"},
+}
+CHILDREN = {
+    "configmaps": "resnet-model",
+    "serviceaccounts": "resnet-runtime",
+    "services": "resnet",
+}
+GROUPED = {
+    "apps/v1/deployments": "resnet",
+    "rbac.authorization.k8s.io/v1/roles": "resnet-runtime",
+    "rbac.authorization.k8s.io/v1/rolebindings": "resnet-runtime",
+}
+CPU = RuntimeDefaults.model_validate({"gpu": {"enabled": False}})
+
+
+@pytest.fixture(scope="module")
+def crd(cluster):
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.hotswap.dev"
+    )
+    return cluster
+
+
+@pytest.fixture
+def kube(crd):
+    return Kube(crd.api_client())
+
+
+def child_paths(ns):
+    paths = {f"/api/v1/namespaces/{ns}/{kind}/{name}" for kind, name in CHILDREN.items()}
+    for prefix, name in GROUPED.items():
+        group_version, _, plural = prefix.rpartition("/")
+        paths.add(f"/apis/{group_version}/namespaces/{ns}/{plural}/{name}")
+    return sorted(paths)
+
+
+def create(client, ns, spec=SPEC, name="resnet"):
+    body = {
+        "apiVersion": "hotswap.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": copy.deepcopy(spec),
+    }
+    return client.post(MD.format(ns=ns), body)
+
+
+def get(client, ns, name="resnet"):
+    return client.get(f"{MD.format(ns=ns)}/{name}")
+
+
+def versions(client, ns):
+    return {p: client.get(p)["metadata"]["resourceVersion"] for p in child_paths(ns)}
+
+
+def test_reconcile_builds_owned_children_and_twice_changes_nothing(crd, kube, namespace):
+    client = crd.rest()
+    created = create(client, namespace)
+    events = reconcile(kube, created, CPU)
+    assert [e.reason for e in events] == ["RevisionCreated"]
+    for path in child_paths(namespace):
+        (ref,) = client.get(path)["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["uid"]) == ("ModelDeployment", created["metadata"]["uid"])
+    md = get(client, namespace)
+    assert md["status"]["revision"] == 1 and md["status"]["observedGeneration"] == 1
+    before, md_version = versions(client, namespace), md["metadata"]["resourceVersion"]
+    assert reconcile(kube, md, CPU) == []
+    assert versions(client, namespace) == before
+    assert get(client, namespace)["metadata"]["resourceVersion"] == md_version
+
+
+def test_checkpoint_change_touches_only_the_config_map(crd, kube, namespace):
+    client = crd.rest()
+    reconcile(kube, create(client, namespace), CPU)
+    before = versions(client, namespace)
+    template = client.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/resnet")
+    patch = {"spec": {"checkpoint": {"uri": "file:///m/v2.safetensors", "sha256": SHA2}}}
+    md = client.patch(f"{MD.format(ns=namespace)}/resnet", patch, MERGE_PATCH)
+    (event,) = reconcile(kube, md, CPU)
+    assert event.message.startswith("revision 2: file:///m/v2.safetensors")
+    after = versions(client, namespace)
+    changed = sorted(p for p in after if after[p] != before[p])
+    assert changed == [f"/api/v1/namespaces/{namespace}/configmaps/resnet-model"]
+    deployment = client.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/resnet")
+    assert deployment["spec"]["template"] == template["spec"]["template"]
+    config = json.loads(client.get(after and changed[0])["data"]["model.json"])
+    assert (config["stable"]["revision"], config["generation"]) == (2, 2)
+    status = get(client, namespace)["status"]
+    assert status["revision"] == 2 and status["checkpoint"] == SHA2[:12]
+    assert [h["revision"] for h in status["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"checkpoint": {"uri": "file:///m", "sha256": "XYZ"}}, "spec.checkpoint.sha256"),
+        ({"checkpoint": {"uri": "ftp://m", "sha256": SHA1}}, "spec.checkpoint.uri"),
+        ({"replicas": -1}, "spec.replicas"),
+        ({"rollout": {"strategy": "YOLO"}}, "spec.rollout.strategy"),
+        ({"runtime": {"device": "tpu"}}, "spec.runtime.device"),
+        ({"model": {"architecture": "resnet", "inputShape": [3]}}, "spec.model.architecture"),
+    ],
+)
+def test_schema_refuses_invalid_specs(crd, namespace, change, field):
+    with pytest.raises(ApiError) as refused:
+        create(crd.rest(), namespace, {**SPEC, **change})
+    assert refused.value.status == 422
+    assert field in str(refused.value)
+
+
+def test_schema_keeps_pod_reports_and_prunes_unknown_fields(crd, namespace):
+    client = crd.rest()
+    create(client, namespace)
+    entry = {
+        "revision": 1,
+        "sha256": SHA1,
+        "state": "Serving",
+        "targetRevision": 1,
+        "targetSha256": SHA1,
+        "loadedAt": "2026-01-01T00:00:00Z",
+        "swapSeconds": {"fetch": 0.5, "verify": 0.1},
+        "device": "cpu",
+        "env": {"torch": "2.14.1"},
+        "message": "",
+        "configGeneration": 1,
+    }
+    status = {"status": {"pods": {"pod-a": {**entry, "bogus": 1}}, "kopf": {"x": 1}}}
+    client.patch(f"{MD.format(ns=namespace)}/resnet/status", status, MERGE_PATCH)
+    stored = get(client, namespace)["status"]
+    assert stored["pods"]["pod-a"] == entry
+    assert "kopf" not in stored
+
+
+def test_scale_subresource_sets_spec_replicas(crd, kube, namespace):
+    client = crd.rest()
+    reconcile(kube, create(client, namespace), CPU)
+    crd.kubectl("scale", "-n", namespace, "modeldeployment/resnet", "--replicas=5")
+    md = get(client, namespace)
+    assert md["spec"]["replicas"] == 5
+    reconcile(kube, md, CPU)
+    deployment = client.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/resnet")
+    assert deployment["spec"]["replicas"] == 5
+
+
+def test_aggregate_counts_real_pods_and_prunes_gone_ones(crd, kube, namespace):
+    client = crd.rest()
+    reconcile(kube, create(client, namespace), CPU)
+    selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels("resnet").items())
+    pods = wait_for(
+        lambda: (
+            [
+                p["metadata"]["name"]
+                for p in client.get(
+                    f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}"
+                )["items"]
+            ]
+            if True
+            else None
+        ),
+        timeout=60,
+        what="pods of resnet from the controller-manager",
+    )
+    pods = wait_for(
+        lambda: len(_pods(client, namespace, selector)) == 2 and _pods(client, namespace, selector),
+        timeout=60,
+        what="2 pods",
+    )
+    serving = {"revision": 1, "sha256": SHA1, "state": "Serving", "targetRevision": 1}
+    reports = {
+        pods[0]: serving,
+        pods[1]: {
+            **serving,
+            "state": "Failed",
+            "targetRevision": 1,
+            "message": "weights contain NaN",
+        },
+        "resnet-gone-xyz": serving,
+    }
+    client.patch(
+        f"{MD.format(ns=namespace)}/resnet/status", {"status": {"pods": reports}}, MERGE_PATCH
+    )
+    patch = Aggregator(kube).aggregate(namespace, "resnet")
+    assert patch["pods"] == {"resnet-gone-xyz": None}
+    status = get(client, namespace)["status"]
+    assert set(status["pods"]) == set(pods)
+    assert status["phase"] == "Degraded" and status["updated"] == "1/2"
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert pods[1] in degraded["message"] and "weights contain NaN" in degraded["message"]
+    assert Aggregator(kube).aggregate(namespace, "resnet") == {}
+    events = client.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+    assert any(e["reason"] == "SwapFailed" and pods[1] in e["message"] for e in events)
+
+
+def _pods(client, ns, selector):
+    items = client.get(f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}")["items"]
+    return sorted(
+        p["metadata"]["name"] for p in items if not p["metadata"].get("deletionTimestamp")
+    )
+
+
+def test_kubectl_get_prints_the_columns(crd, kube, namespace):
+    client = crd.rest()
+    reconcile(kube, create(client, namespace), CPU)
+    out = crd.kubectl("get", "-n", namespace, "modeldeployments").stdout
+    header, row = out.splitlines()
+    assert header.split() == ["NAME", "REVISION", "UPDATED", "READY", "PHASE", "CHECKPOINT", "AGE"]
+    assert row.split()[:2] == ["resnet", "1"] and SHA1[:12] in row
+
+
+def test_apply_is_refused_for_unknown_kinds_of_errors(crd, namespace):
+    with pytest.raises(KubectlError):
+        crd.kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=yaml.safe_dump(
+                {
+                    "apiVersion": "hotswap.dev/v1alpha1",
+                    "kind": "ModelDeployment",
+                    "metadata": {"name": "Bad_Name"},
+                    "spec": SPEC,
+                }
+            ),
+        )

@@ -1,0 +1,112 @@
+"""The Helm chart: lint-clean, least-privilege RBAC equal to what the code calls."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hotswap_operator import handlers, resources
+from hotswap_operator.config import runtime_defaults
+from hotswap_operator.kube import PERMISSIONS
+
+REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "charts" / "hotswap"
+
+
+def helm(helm_bin, *args):
+    done = subprocess.run([str(helm_bin), *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def render(helm_bin, *sets):
+    out = helm(helm_bin, "template", "hs", str(CHART), "--namespace", "hotswap-system", *sets)
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def flatten(rules):
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def granted_to_runtime_pods():
+    return flatten(resources.runtime_role_rules(resources.Owner("x", "ns", "uid")))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["-f", str(REPO / "examples" / "values-local.yaml")], ["--set", "watchNamespaces={a,b}"]],
+)
+def test_helm_lint_is_clean(helm_bin, values):
+    out = helm(helm_bin, "lint", "--strict", str(CHART), *values)
+    assert "0 chart(s) failed" in out
+    assert "[WARNING]" not in out and "[ERROR]" not in out
+
+
+def test_cluster_role_grants_exactly_what_the_code_calls(helm_bin):
+    docs = render(helm_bin)
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    needed = PERMISSIONS | handlers.KOPF_PERMISSIONS | granted_to_runtime_pods()
+    assert flatten(role["rules"]) == needed
+    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": "hotswap-system",
+        }
+    ]
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+
+
+def test_watched_namespaces_get_roles_instead(helm_bin):
+    docs = render(helm_bin, "--set", "watchNamespaces={team-a,team-b}")
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert not [d for d in docs if d["kind"].startswith("Cluster")]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["HOTSWAP_NAMESPACES"] == "team-a,team-b"
+
+
+def operator_pod(docs):
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    return deployment["spec"]["template"]["spec"]
+
+
+def test_operator_runs_non_root_read_only_under_its_account(helm_bin):
+    pod = operator_pod(render(helm_bin))
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["image"] == "ghcr.io/hotswap-dev/hotswap-operator:0.1.0"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["serviceAccountName"] == "hs-hotswap"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+def test_runtime_gpu_defaults_reach_the_operator(helm_bin):
+    for sets, gpu in (([], True), (["-f", str(REPO / "examples" / "values-local.yaml")], False)):
+        (container,) = operator_pod(render(helm_bin, *sets))["containers"]
+        raw = next(e["value"] for e in container["env"] if e["name"] == "HOTSWAP_RUNTIME_DEFAULTS")
+        defaults = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": raw})
+        assert defaults.image == "ghcr.io/hotswap-dev/hotswap-runtime:0.1.0"
+        assert defaults.gpu.enabled is gpu
+        if gpu:
+            assert json.loads(raw)["gpu"]["limits"] == {"nvidia.com/gpu": 1}
+            assert defaults.gpu.runtime_class_name == "nvidia"
+            assert defaults.gpu.tolerations[0]["key"] == "nvidia.com/gpu"

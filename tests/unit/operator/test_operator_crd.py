@@ -1,0 +1,117 @@
+"""The CRD is the one schema: it must agree with contract.py and the chart's copy."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hotswap_runtime import contract
+
+REPO = Path(__file__).resolve().parents[3]
+CRD_PATH = REPO / "crds" / "modeldeployment.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd():
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def version(crd):
+    (only,) = crd["spec"]["versions"]
+    return only
+
+
+def props(schema, *path):
+    for key in path:
+        schema = schema["properties"][key]
+    return schema
+
+
+def test_chart_carries_a_byte_identical_copy():
+    chart_copy = REPO / "charts" / "hotswap" / "crds" / "modeldeployment.yaml"
+    assert chart_copy.read_bytes() == CRD_PATH.read_bytes(), (
+        "charts/hotswap/crds/modeldeployment.yaml differs from crds/modeldeployment.yaml: "
+        "cp crds/modeldeployment.yaml charts/hotswap/crds/"
+    )
+
+
+def test_names_match_the_contract(crd, version):
+    assert crd["spec"]["group"] == contract.API_GROUP
+    assert crd["spec"]["names"]["kind"] == contract.KIND
+    assert crd["spec"]["names"]["plural"] == contract.PLURAL
+    assert "md" in crd["spec"]["names"]["shortNames"]
+    assert version["name"] == contract.API_VERSION
+    assert crd["metadata"]["name"] == f"{contract.PLURAL}.{contract.API_GROUP}"
+
+
+def test_patterns_match_the_contract(version):
+    spec = props(version["schema"]["openAPIV3Schema"], "spec")
+    assert props(spec, "checkpoint", "sha256")["pattern"] == contract.SHA256_PATTERN
+    assert props(spec, "checkpoint", "uri")["pattern"] == contract.URI_PATTERN
+    assert props(spec, "model", "architecture")["pattern"] == contract.ARCHITECTURE_PATTERN
+    assert props(spec, "replicas")["minimum"] == 0
+    assert props(spec, "rollout", "strategy")["enum"] == ["AllAtOnce", "Canary"]
+    assert props(spec, "runtime", "device")["enum"] == ["auto", "cuda", "cpu"]
+
+
+def walk(schema, path=""):
+    yield path, schema
+    for key, child in (schema.get("properties") or {}).items():
+        yield from walk(child, f"{path}.{key}")
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        yield from walk(extra, f"{path}.*")
+    if isinstance(schema.get("items"), dict):
+        yield from walk(schema["items"], f"{path}[]")
+
+
+def test_only_model_args_preserve_unknown_fields(version):
+    preserving = [
+        path
+        for path, node in walk(version["schema"]["openAPIV3Schema"])
+        if node.get("x-kubernetes-preserve-unknown-fields")
+    ]
+    assert preserving == [".spec.model.args"]
+
+
+def test_status_pod_entries_hold_every_pod_report_field(version):
+    entry = props(version["schema"]["openAPIV3Schema"], "status", "pods")["additionalProperties"]
+    aliases = {f.alias or name for name, f in contract.PodReport.model_fields.items()}
+    assert set(entry["properties"]) == aliases
+    assert entry["properties"]["swapSeconds"]["additionalProperties"] == {"type": "number"}
+    assert entry["properties"]["env"]["additionalProperties"] == {"type": "string"}
+    states = [s.value for s in contract.PodState]
+    assert entry["properties"]["state"]["enum"] == states
+
+
+def test_status_and_scale_subresources(version):
+    assert version["subresources"]["status"] == {}
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    assert version["subresources"]["scale"]["statusReplicasPath"] == ".status.replicas"
+
+
+def test_printer_columns_read_printable_status_fields(version):
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns == {
+        "Revision": ".status.revision",
+        "Updated": ".status.updated",
+        "Ready": ".status.ready",
+        "Phase": ".status.phase",
+        "Checkpoint": ".status.checkpoint",
+        "Age": ".metadata.creationTimestamp",
+    }
+
+
+def test_status_schema_covers_what_the_operator_writes(version):
+    from hotswap_operator import rollout, status
+    from hotswap_operator.spec import parse_spec
+
+    status_props = props(version["schema"]["openAPIV3Schema"], "status")["properties"]
+    example = yaml.safe_load((REPO / "examples" / "resnet18.yaml").read_text())
+    plan = rollout.plan("x", parse_spec(example["spec"]), {}, None, "2026-01-01T00:00:00Z")
+    summary = status.summarize(3, plan.status, [])
+    written = {*plan.status, *summary.fields(), "conditions", "observedGeneration", "error"}
+    assert written <= set(status_props)
+    revision = set(status_props["stable"]["properties"])
+    assert set(plan.status["stable"]) <= revision
+    assert set(plan.status["history"][0]) <= revision
