@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.kube import Kube
 from hotswap_operator.reconcile import Aggregator, reconcile
+
 from tests.harness.cluster import KubectlError
 from tests.harness.rest import MERGE_PATCH, ApiError
 from tests.harness.waiting import wait_for

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from hotswap_operator import handlers, resources
 from hotswap_operator.config import runtime_defaults
 from hotswap_operator.kube import PERMISSIONS
