@@ -12,6 +12,17 @@ from .server import create_app
 from .service import Runtime
 from .settings import load_settings
 
+# Libraries that log request headers or signing material at DEBUG: never below INFO, so
+# credentials from the Secret folder cannot reach the log whatever the runtime's level.
+_CHATTY = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "kubernetes", "aiohttp")
+
+
+def quiet_libraries() -> None:
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    for name in _CHATTY:
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.INFO))
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(argv)
@@ -19,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    quiet_libraries()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     app = create_app(Runtime(settings))
