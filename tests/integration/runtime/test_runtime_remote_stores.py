@@ -21,6 +21,7 @@ from tests.fixtures_runtime.server import free_port, running
 S3_KEY_ID = "AKIDHOTSWAPTEST"
 S3_SECRET = "hotswap-very-secret-key"
 HTTP_TOKEN = "Bearer s3cret-token"
+SUPERSEDED = r'hotswap_swaps_total\{[^}]*result="superseded"[^}]*\} 1'
 
 
 def infer(url: str) -> tuple[str, list[float]]:
