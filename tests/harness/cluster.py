@@ -116,6 +116,7 @@ class Cluster:
         self._kubectl: list[str] | None = None
         self._lock = threading.Lock()
         self.started_in: float | None = None
+        self.timings: dict[str, float] = {}  # seconds from start() to each phase's end
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -128,14 +129,23 @@ class Cluster:
         atexit.register(self.stop)
         try:
             pki = self._make_pki()
+            self.timings["pki"] = time.monotonic() - began
             ports = {name: free_port() for name in (*COMPONENTS, "etcd-peer")}
             self.server = f"https://127.0.0.1:{ports['apiserver']}"
             self._write_kubeconfigs(pki)
             self._launch("etcd", self._etcd_args(ports))
             self._launch("apiserver", self._apiserver_args(ports, pki))
+            self._wait_ready(ports, ("etcd", "apiserver"), deadline)
+            self.timings["apiserver"] = time.monotonic() - began
+            # Only now: started earlier, they read kube-system before RBAC's bootstrap
+            # roles exist, get 403 and exit.
             self._launch("controller-manager", self._component_args("controller-manager", ports))
             self._launch("scheduler", self._component_args("scheduler", ports))
-            self._wait_ready(ports, deadline)
+            self._wait_ready(ports, ("controller-manager", "scheduler"), deadline)
+            self.timings["controllers"] = time.monotonic() - began
+            self._poll(
+                "controller-manager", functools.partial(_has_default_sa, self.rest()), deadline
+            )
         except BaseException:
             self.stop()
             raise
@@ -147,13 +157,14 @@ class Cluster:
         atexit.unregister(self.stop)
         with self._lock:
             first = [self._procs.pop(n) for n in COMPONENTS[1:] if n in self._procs]
-            threads = [threading.Thread(target=procs.stop_group, args=(p, 10.0)) for p in first]
+            # Throwaway state: no need to wait long for in-flight requests to drain.
+            threads = [threading.Thread(target=procs.stop_group, args=(p, 3.0)) for p in first]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             if etcd := self._procs.pop("etcd", None):
-                procs.stop_group(etcd, 10.0)
+                procs.stop_group(etcd, 5.0)
             if self._own_root and self.root.exists() and not os.environ.get("HOTSWAP_KEEP"):
                 shutil.rmtree(self.root, ignore_errors=True)
 
@@ -230,6 +241,7 @@ class Cluster:
             "sa": service_account_keys(self.root / "pki"),
             "serving": ca.issue("apiserver", "kube-apiserver", hosts=hosts, server=True),
             "admin": ca.issue("admin", "kubernetes-admin", ("system:masters",)),
+            "front-proxy": ca.issue("front-proxy-client", "front-proxy-client"),
             "controller-manager": ca.issue("controller-manager", "system:kube-controller-manager"),
             "scheduler": ca.issue("scheduler", "system:kube-scheduler"),
         }
@@ -266,6 +278,7 @@ class Cluster:
             f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",  # a loopback address cannot be an endpoint
             f"--secure-port={ports['apiserver']}",
             f"--cert-dir={self.root / 'apiserver'}",
             f"--tls-cert-file={pki['serving'].cert}",
@@ -275,6 +288,14 @@ class Cluster:
             f"--service-account-key-file={pki['sa'].cert}",
             f"--service-account-signing-key-file={pki['sa'].key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # Aggregation-layer settings; the components read them from kube-system.
+            f"--requestheader-client-ca-file={pki['ca'].cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki['front-proxy'].cert}",
+            f"--proxy-client-key-file={pki['front-proxy'].key}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true",
@@ -309,7 +330,7 @@ class Cluster:
 
     # -- readiness ------------------------------------------------------------------
 
-    def _wait_ready(self, ports: dict[str, int], deadline: float) -> None:
+    def _wait_ready(self, ports: dict[str, int], names: tuple[str, ...], deadline: float) -> None:
         admin = ssl.create_default_context(cafile=str(self.ca_cert))
         admin.load_cert_chain(str(self.root / "pki/admin.crt"), str(self.root / "pki/admin.key"))
         insecure = ssl._create_unverified_context()  # components' self-signed serving certs
@@ -324,9 +345,8 @@ class Cluster:
             ("scheduler", f"https://127.0.0.1:{ports['scheduler']}/healthz", insecure),
         ]
         for name, url, ctx in checks:
-            self._poll(name, functools.partial(_http_ok, url, ctx), deadline)
-        client = self.rest()
-        self._poll("controller-manager", lambda: _has_default_sa(client), deadline)
+            if name in names:
+                self._poll(name, functools.partial(_http_ok, url, ctx), deadline)
 
     def _poll(self, name: str, check: Callable[[], bool], deadline: float) -> None:
         while True:

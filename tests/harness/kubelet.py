@@ -52,6 +52,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import urllib3
+
 from tests.harness.images import ImageCommand, ImageTable
 from tests.harness.ipam import LoopbackIPs
 from tests.harness.podworker import HOST_IP, PodWorker
@@ -124,6 +126,7 @@ class LocalKubelet:
         self.server = ""
         self.ca_pem = b""
         self._ready_since = _now()
+        self._watch_response: urllib3.BaseHTTPResponse | None = None
 
     def projection_delay(self) -> float:
         """Seconds until the next volume resync of a pod."""
@@ -159,6 +162,9 @@ class LocalKubelet:
         for worker in workers:
             if worker.is_alive():
                 worker.join(timeout=self.stop_grace + 15)
+        if self._watch_response is not None:  # an open watch would delay apiserver's exit
+            with contextlib.suppress(Exception):
+                self._watch_response.shutdown()
         if self._own_root and not os.environ.get("HOTSWAP_KEEP"):
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -173,7 +179,7 @@ class LocalKubelet:
     def _worker(self, namespace: str, name: str) -> PodWorker | None:
         with self._lock:
             found = [
-                w for w in self._workers.values() if w.namespace == namespace and w.name == name
+                w for w in self._workers.values() if w.namespace == namespace and w.pod_name == name
             ]
         alive = [w for w in found if w.is_alive()]
         return (alive or found)[-1] if found else None
@@ -323,7 +329,7 @@ class LocalKubelet:
         while not self.stopping:
             params = {**selector, "resourceVersion": rv, "timeoutSeconds": 10}
             params["allowWatchBookmarks"] = "true"
-            for event in self.client.watch("/api/v1/pods", params):
+            for event in self.client.watch("/api/v1/pods", params, self._set_watch):
                 obj = event["object"]
                 if event["type"] == "ERROR":
                     return  # 410 Gone and friends: relist
@@ -334,6 +340,11 @@ class LocalKubelet:
                     self._on_pod(obj)
                 if self.stopping:
                     return
+
+    def _set_watch(self, response: urllib3.BaseHTTPResponse) -> None:
+        self._watch_response = response
+        if self.stopping:
+            response.shutdown()
 
     def _sync_all(self, pods: list[JSON]) -> None:
         uids = set()

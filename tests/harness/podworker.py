@@ -36,13 +36,13 @@ class PodWorker(threading.Thread):
 
     def __init__(self, kubelet: LocalKubelet, pod: JSON) -> None:
         meta = pod["metadata"]
+        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
         self.uid: str = meta["uid"]
         self.namespace: str = meta["namespace"]
-        self.name: str = meta["name"]
-        super().__init__(name=f"pod-{self.namespace}/{self.name}", daemon=True)
+        self.pod_name: str = meta["name"]
         self.kubelet = kubelet
         self.pod = pod
-        self.dir = kubelet.root / "pods" / f"{self.namespace}_{self.name}_{self.uid[:8]}"
+        self.dir = kubelet.root / "pods" / f"{self.namespace}_{self.pod_name}_{self.uid[:8]}"
         self.log_path = self.dir / "pod.log"
         self.log = procs.LogFile(self.log_path)
         self.ip: str | None = None
@@ -107,7 +107,7 @@ class PodWorker(threading.Thread):
         (self.dir / "cwd").mkdir(exist_ok=True)
         (self.dir / "tmp").mkdir(exist_ok=True)
         self.mounts = MountMap(self._mount_paths())
-        self.log.note(f"pod {self.namespace}/{self.name} uid {self.uid} got pod IP {self.ip}")
+        self.log.note(f"pod {self.namespace}/{self.pod_name} uid {self.uid} got pod IP {self.ip}")
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -215,7 +215,7 @@ class PodWorker(threading.Thread):
             "boundObjectRef": {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "name": self.name,
+                "name": self.pod_name,
                 "uid": self.uid,
             },
         }
@@ -325,7 +325,7 @@ class PodWorker(threading.Thread):
 
     def _env(self, spec: JSON, image_env: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")}
-        env |= {"PYTHONUNBUFFERED": "1", "HOSTNAME": self.name, "TMPDIR": str(self.dir / "tmp")}
+        env |= {"PYTHONUNBUFFERED": "1", "HOSTNAME": self.pod_name, "TMPDIR": str(self.dir / "tmp")}
         env |= self.kubelet.base_env | image_env
         if self._automount():
             env["KUBECONFIG"] = str(self.dir / "kubeconfig")
@@ -395,7 +395,7 @@ class PodWorker(threading.Thread):
         status = self.status()
         if status == self._published and not force:
             return
-        path = f"/api/v1/namespaces/{q(self.namespace)}/pods/{q(self.name)}/status"
+        path = f"/api/v1/namespaces/{q(self.namespace)}/pods/{q(self.pod_name)}/status"
         try:
             self.kubelet.client.patch(path, {"metadata": {"uid": self.uid}, "status": status})
         except ApiError as err:
@@ -430,12 +430,12 @@ class PodWorker(threading.Thread):
             run.done = True
         if self.ip:
             self.kubelet.ips.release(self.ip)
-        self.log.note(f"pod {self.namespace}/{self.name} stopped")
+        self.log.note(f"pod {self.namespace}/{self.pod_name} stopped")
         if "deletionTimestamp" in self.pod["metadata"] and not self._gone:
             self._finish_deletion()
 
     def _finish_deletion(self) -> None:
-        path = f"/api/v1/namespaces/{q(self.namespace)}/pods/{q(self.name)}"
+        path = f"/api/v1/namespaces/{q(self.namespace)}/pods/{q(self.pod_name)}"
         body = {"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}}
         try:
             self.kubelet.client.delete(path, body)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -55,6 +55,9 @@ class KubeClient:
         self._headers: dict[str, str] = {"Accept": "application/json"}
         if "token" in user:
             self._headers["Authorization"] = f"Bearer {user['token']}"
+        elif "tokenFile" in user:  # read once; make a new client after a refresh
+            token = (base / user["tokenFile"]).read_text().strip()
+            self._headers["Authorization"] = f"Bearer {token}"
         self._pool = urllib3.PoolManager(
             ssl_context=ssl_ctx, maxsize=32, retries=False, timeout=timeout
         )
@@ -91,8 +94,16 @@ class KubeClient:
     def delete(self, path: str, body: Any = None) -> JSON:
         return self.request("DELETE", path, body)
 
-    def watch(self, path: str, params: Mapping[str, Any]) -> Iterator[JSON]:
-        """Yield watch events until the server ends the stream (use timeoutSeconds)."""
+    def watch(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        opened: Callable[[urllib3.BaseHTTPResponse], None] | None = None,
+    ) -> Iterator[JSON]:
+        """Yield watch events until the server ends the stream (use timeoutSeconds).
+
+        `opened` receives the response, e.g. to `shutdown()` it from another thread.
+        """
         query = {**params, "watch": "true"}
         timeout = urllib3.Timeout(connect=10, read=float(params.get("timeoutSeconds", 60)) + 10)
         resp = self._pool.request(
@@ -102,6 +113,8 @@ class KubeClient:
             preload_content=False,
             timeout=timeout,
         )
+        if opened is not None:
+            opened(resp)
         try:
             if resp.status >= 300:
                 raise ApiError("WATCH", path, resp.status, resp.read().decode(errors="replace"))
