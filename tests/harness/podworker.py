@@ -301,7 +301,7 @@ class PodWorker(threading.Thread):
                 run.started = True
             elif kind == "readiness":
                 run.ready = ok and run.started
-            elif not ok:  # liveness or startup failed: kill; the exit path restarts it
+            elif not ok and state.failed:  # liveness or startup failed: kill; restart
                 self.log.note(f"{kind} probe of {run.name} failed; killing it")
                 if run.proc is not None:
                     procs.stop_group(run.proc, self._grace())

@@ -71,6 +71,11 @@ class ProbeState:
         self._fail = int(probe.get("failureThreshold", 3))
         self._streak = 0  # >0: consecutive successes, <0: consecutive failures
 
+    @property
+    def failed(self) -> bool:
+        """failureThreshold consecutive failures: act on it (kill, for startup/liveness)."""
+        return -self._streak >= self._fail
+
     def due(self, now: float) -> bool:
         return now >= self._next
 
