@@ -9,6 +9,8 @@ mkdir -p "$(dirname "$out")"
 kver=$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$here/go.mod")
 minor=$(echo "$kver" | cut -d. -f2)
 stamp="$out.stamp"
+exec 9>"$out.lock"
+flock 9  # one build at a time, across make and test sessions
 sum=$(cat "$here/go.mod" "$here/go.sum" "$here"/*.go "$0" | sha256sum | cut -d' ' -f1)
 if [ -x "$out" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then
   echo "controlplane $kver is current: $out"

@@ -188,8 +188,9 @@ class Cluster:
         if self._kubectl is None:
             self._kubectl = find_kubectl(self.binary)
         cmd = [*self._kubectl, "--kubeconfig", str(self.kubeconfig), *args]
+        env = {**os.environ, "KUBECACHEDIR": str(self.root / "kube-cache")}  # not ~/.kube
         result = subprocess.run(
-            cmd, input=input, capture_output=True, text=True, check=False, timeout=120
+            cmd, input=input, capture_output=True, text=True, check=False, timeout=120, env=env
         )
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, cmd, result.stdout, result.stderr)
