@@ -78,17 +78,28 @@ def _serves(report: PodReport | str | None, stable: RevisionRef) -> bool:
     )
 
 
-def _failure(pod: str, report: PodReport | str | None, stable: RevisionRef) -> str | None:
-    """Why `pod` fails the stable revision, or None when it does not."""
+def _failure(report: PodReport | str | None, stable: RevisionRef) -> str | None:
+    """How a pod fails the stable revision (the text after its name), or None."""
     if isinstance(report, str):
-        return f"pod {pod}: {report}"
+        return f"sent an {report}"
     if report is None or report.state is not PodState.FAILED:
         return None
     if report.target_revision not in (None, stable.revision):
         return None  # an old failure, superseded by a newer target
     serving = f"still serving revision {report.revision}" if report.revision else "serving nothing"
     cause = report.message or "no reason given"
-    return f"pod {pod} failed revision {stable.revision}: {cause} ({serving})"
+    return f"failed revision {stable.revision}: {cause} ({serving})"
+
+
+def _failure_message(failures: Sequence[tuple[str, str]]) -> str:
+    """One sentence per distinct cause, naming every pod that has it."""
+    by_cause: dict[str, list[str]] = {}
+    for pod, why in failures:
+        by_cause.setdefault(why, []).append(pod)
+    return "; ".join(
+        f"{'pod' if len(pods) == 1 else 'pods'} {', '.join(pods)} {why}"
+        for why, pods in by_cause.items()
+    )
 
 
 def _waiting(pods: Sequence[PodInfo], reports: Mapping[str, PodReport | str]) -> str:
@@ -105,7 +116,7 @@ def _phase(
     live: Sequence[PodInfo],
     reports: Mapping[str, PodReport | str],
     updated: int,
-    failures: Sequence[str],
+    failures: Sequence[tuple[str, str]],
 ) -> str:
     serving_any = any(
         isinstance(r, PodReport) and r.revision is not None
@@ -136,7 +147,7 @@ def summarize(desired: int, status: Mapping[str, Any], pods: Sequence[PodInfo]) 
         return Summary(len(live), ready, 0, desired, phase, conditions)
     reports = read_reports(status.get("pods"))
     updated = sum(_serves(reports.get(p.name), stable) for p in live)
-    failures = [f for p in live if (f := _failure(p.name, reports.get(p.name), stable))]
+    failures = [(p.name, f) for p in live if (f := _failure(reports.get(p.name), stable))]
     phase = _phase(desired, live, reports, updated, failures)
     target = f"revision {stable.revision} (sha256 {short_sha(stable.sha256)})"
     counts = f"{updated}/{desired} pods serve {target}, {ready}/{desired} ready"
@@ -144,7 +155,7 @@ def summarize(desired: int, status: Mapping[str, Any], pods: Sequence[PodInfo]) 
     waiting = f"{counts}; waiting for {_waiting(behind, reports)}" if behind else counts
     if len(live) != desired:
         waiting = f"{waiting}; {len(live)} of {desired} pods exist"
-    failed_msg = "; ".join(failures)
+    failed_msg = _failure_message(failures)
     conditions = (
         ("Ready", phase == READY, _READY_REASONS[phase], counts),
         (
@@ -278,7 +289,8 @@ def pod_events(
         seen[pod] = _remember(report)
         if memory is None or memory.get(pod) == seen[pod]:
             continue
-        event = _swap_event(pod, report, pod not in memory)
+        first = pod not in memory or memory[pod][0] is None
+        event = _swap_event(pod, report, first)
         if event is not None:
             events.append(event)
     return events, seen

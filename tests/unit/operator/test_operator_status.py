@@ -101,7 +101,7 @@ def test_unreadable_report_is_a_failure_naming_the_pod():
     reports["p-c"] = {"state": "Exploded"}
     patch = patch_for(st(reports))
     assert patch["phase"] == "Degraded"
-    assert "pod p-c: unreadable report" in cond(patch, "Degraded")["message"]
+    assert "pod p-c sent an unreadable report" in cond(patch, "Degraded")["message"]
 
 
 def test_unchanged_status_gives_an_empty_patch_and_keeps_transition_times():
@@ -150,3 +150,24 @@ def test_pod_events_report_swaps_once_and_skip_first_sight():
     (event,), _ = status.pod_events(memory, failed)
     assert (event.type, event.reason) == ("Warning", "SwapFailed")
     assert "NaN in outputs" in event.message
+
+
+def test_pods_failing_for_the_same_cause_share_one_sentence():
+    stable3 = {**STABLE2, "revision": 3, "sha256": "c" * 64}
+    reports = {
+        p.name: report(2, SHA_B, "Failed", target=3, message="sha256 mismatch") for p in PODS
+    }
+    reports["p-c"] = report(None, None, "Failed", target=3, message="404")
+    patch = patch_for(st(reports, stable=stable3))
+    assert cond(patch, "Degraded")["message"] == (
+        "pods p-a, p-b failed revision 3: sha256 mismatch (still serving revision 2); "
+        "pod p-c failed revision 3: 404 (serving nothing)"
+    )
+
+
+def test_a_pods_first_model_is_loaded_not_swapped():
+    _, memory = status.pod_events(None, {})
+    events, memory = status.pod_events(memory, {"p-a": report(None, None, "Loading", 1)})
+    assert events == []
+    (event,), _ = status.pod_events(memory, {"p-a": report(1, SHA_A)})
+    assert event.reason == "Loaded" and "loaded revision 1" in event.message
