@@ -48,6 +48,26 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tests" / "controlplane" / "build.sh"
 DEFAULT_BINARY = REPO / ".cache" / "bin" / "controlplane"
 SERVICE_CIDR = "10.0.0.0/24"
+# Controllers with nothing to do here: storage and DRA (no volumes but local folders),
+# autoscaling, node IPAM; and endpoints/EndpointSlices, whose loopback pod IPs the API
+# rejects (no kube-proxy either). Fewer controllers also start faster.
+DISABLED_CONTROLLERS = (
+    "persistentvolume-attach-detach-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolume-expander-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
+    "ephemeral-volume-controller",
+    "volumeattributesclass-protection-controller",
+    "resourceclaim-controller",
+    "device-taint-eviction-controller",
+    "horizontal-pod-autoscaler-controller",
+    "storage-version-migrator-controller",
+    "node-ipam-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "endpointslice-mirroring-controller",
+)
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 COMPONENTS = ("etcd", "apiserver", "controller-manager", "scheduler")
 
@@ -326,6 +346,7 @@ class Cluster:
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--node-monitor-period=1s",
+                "--controllers=*," + ",".join(f"-{c}" for c in DISABLED_CONTROLLERS),
             ]
         return args
 
