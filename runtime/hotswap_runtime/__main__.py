@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Sequence
 
@@ -24,6 +25,21 @@ def quiet_libraries() -> None:
         logger.setLevel(max(logger.getEffectiveLevel(), logging.INFO))
 
 
+def fixed_mmap_threshold(threshold: int = 1 << 20) -> None:
+    """Serve tensors of 1 MiB and more from mmap and return them to the OS when freed.
+
+    glibc raises its mmap threshold after freeing a large mmapped block, so the next
+    checkpoint's tensors land on the heap and the process keeps growing swap after swap.
+    A fixed threshold turns that off. No-op where libc has no mallopt.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, threshold)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(argv)
     logging.basicConfig(
@@ -31,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     quiet_libraries()
+    fixed_mmap_threshold()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     app = create_app(Runtime(settings))

@@ -43,27 +43,27 @@ def gpu_memory(device: torch.device) -> dict[str, int]:
     }
 
 
-class PinnedStaging:
-    """Reusable page-locked host buffers, one per state-dict entry, for fast H2D copies.
+class Staging:
+    """Reusable host buffers, one per state-dict entry, that checkpoints are parsed into.
 
-    Allocating pinned memory is slow, so buffers survive between swaps and are reused
-    whenever the next checkpoint has the same names, shapes and dtypes. The caller must
-    not refill them before the copies that read them have finished (the swapper
-    synchronizes its copy stream before returning).
+    Reusing them keeps a swap from allocating (and the process from growing) swap after
+    swap. On CUDA they are page-locked, so copies to the GPU run at full speed on a
+    side stream; allocating pinned memory is slow, which is one more reason to keep
+    them. The caller must not parse the next checkpoint before the copies reading these
+    buffers have finished (the swapper synchronizes its copy stream first).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pin: bool) -> None:
+        self.pin = pin
         self._buffers: StateDict = {}
 
-    def stage(self, state: StateDict) -> StateDict:
-        staged: StateDict = {}
-        for name, tensor in state.items():
-            buffer = self._buffers.get(name)
-            if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
-                buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-                self._buffers[name] = buffer
-            buffer.copy_(tensor)
-            staged[name] = buffer
-        for name in set(self._buffers) - set(state):
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        buffer = self._buffers.get(name)
+        if buffer is None or tuple(buffer.shape) != shape or buffer.dtype != dtype:
+            buffer = torch.empty(shape, dtype=dtype, pin_memory=self.pin)
+            self._buffers[name] = buffer
+        return buffer
+
+    def keep_only(self, names: set[str]) -> None:
+        for name in set(self._buffers) - names:
             del self._buffers[name]
-        return staged

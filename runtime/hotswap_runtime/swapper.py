@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .contract import ModelSpec, Revision, Validation
-from .devices import PinnedStaging, free_bytes, is_cuda, release_cached
+from .devices import Staging, free_bytes, is_cuda, release_cached
 from .errors import (
     ModelNotReady,
     NonFiniteWeights,
@@ -114,7 +114,7 @@ class Swapper:
         self._standby: LoadedModel | None = None
         self._draining: LoadedModel | None = None
         self._held = False
-        self._staging = PinnedStaging() if is_cuda(device) else None
+        self._staging = Staging(pin=is_cuda(device))
         self._stream: torch.cuda.Stream | None = (
             torch.cuda.Stream(device) if is_cuda(device) else None  # type: ignore[no-untyped-call]
         )
@@ -209,15 +209,13 @@ class Swapper:
         self.store.protect(shas)
 
     def _parse(self, path: Path, revision: Revision) -> StateDict:
-        state = read_state_dict(path, revision.checkpoint.uri)
+        state = read_state_dict(path, revision.checkpoint.uri, self._staging)
         bad = non_finite_keys(state)
         if bad:
             raise NonFiniteWeights(
                 f"checkpoint {revision.checkpoint.uri}: tensors hold NaN or infinity: "
                 f"{', '.join(bad[:5])}"
             )
-        if self._staging is not None:
-            state = self._staging.stage(state)
         return state
 
     def _plan(self, revision: Revision, state: StateDict) -> _Plan:

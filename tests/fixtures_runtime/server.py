@@ -101,12 +101,14 @@ def start_runtime(
     log_path = workdir / f"runtime-{port}-{time.time_ns()}.log"
     full_env = {
         **os.environ,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO / "runtime"), str(REPO), os.environ.get("PYTHONPATH")) if p
+        ),
         "HOTSWAP_MODEL_NAME": model,
         "HOTSWAP_HOST": "127.0.0.1",
         "HOTSWAP_PORT": str(port),
         "HOTSWAP_CACHE_DIR": str(workdir / "cache"),
-        "HOTSWAP_DEVICE": "cpu",
+        "HOTSWAP_DEVICE": os.environ.get("HOTSWAP_TEST_DEVICE", "cpu"),
         "HOTSWAP_TORCH_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         **env,

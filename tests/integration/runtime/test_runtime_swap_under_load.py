@@ -7,6 +7,7 @@ that the checkpoint of its ``model_version`` gives.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from pathlib import Path
@@ -128,6 +129,7 @@ def test_swaps_under_load_never_fail_a_request(tmp_path: Path, mode: str) -> Non
     ok = re.search(r'hotswap_swaps_total\{reason="ok",result="ok"\} (\d+)', metrics)
     assert ok is not None and int(float(ok.group(1))) == SWAPS + 1
     assert meta["model_version"] == str(SWAPS + 1)
+    assert meta["device"].startswith(os.environ.get("HOTSWAP_TEST_DEVICE", "cpu"))
     if mode == "inplace":
         assert meta["last_swap"]["mode"] == "inplace"
     else:

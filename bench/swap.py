@@ -1,0 +1,372 @@
+"""Benchmark: hot swaps under HTTP load against a real runtime process, versus a restart.
+
+For each model (torchvision resnet18, resnet50) it starts ``python -m hotswap_runtime``
+on loopback, drives closed-loop HTTP clients, and measures:
+
+* steady latency (no swaps), then latency of requests overlapping a swap window while
+  model.json flips through a pool of four checkpoints (the cache bound is 2.5 models,
+  so every swap downloads and verifies its file again: no cache shortcut);
+* each swap's phases as the runtime reports them, and the process RSS growth from after
+  the warm-up swaps to after the last swap;
+* the baseline users have today: SIGTERM the process and start it again on the new
+  checkpoint under the same load (clients retry 10 ms after an error), counting failed
+  requests and the time from the kill to the first answer of a request sent after it;
+* with ``--device cuda``: the plain host-to-device copy time of the weights from pinned
+  memory, and ``activation_over_h2d`` = (standby load + activate) / that copy time.
+
+The last line printed is one JSON object: per-model results under ``models``; at the
+top level the numbers of the last (largest) model, except ``swaps`` and
+``failed_requests`` (totals over all models) and ``p99_ratio`` (worst model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import (
+    LoadGenerator,
+    Runtime,
+    free_port,
+    median,
+    percentile,
+    poll,
+    rss_mb,
+)
+
+PHASES = ("fetch", "parse", "load", "validate", "activate")
+POOL = 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    torch.set_num_threads(1)
+    results: dict[str, dict[str, Any]] = {}
+    root = Path(tempfile.mkdtemp(prefix="hotswap-bench-"))
+    try:
+        for name in args.models:
+            print(f"== {name} on {args.device}", file=sys.stderr, flush=True)
+            results[name] = ModelBench(name, args, root / name).run()
+            print(json.dumps(results[name]), file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    summary = _summary(results, args)
+    text = json.dumps(summary)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="resnet18 only, 10 swaps (< 60 s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--models", help="comma-separated torchvision names")
+    p.add_argument("--swaps", type=int, help="measured swaps per model (default 100; quick 10)")
+    p.add_argument("--clients", type=int, help="concurrent clients (cpu 4, cuda 8)")
+    p.add_argument("--input-size", type=int, help="image side (cpu 64, cuda 224)")
+    p.add_argument("--steady-seconds", type=float, help="steady window (default 8; quick 4)")
+    p.add_argument("--gap-seconds", type=float, default=0.25, help="pause between swaps")
+    p.add_argument("--out", help="also write the JSON object to this file")
+    args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+    args.models = (
+        args.models.split(",")
+        if args.models
+        else (["resnet18"] if args.quick else ["resnet18", "resnet50"])
+    )
+    args.swaps = args.swaps or (10 if args.quick else 100)
+    args.clients = args.clients or (8 if cuda else 4)
+    args.input_size = args.input_size or (224 if cuda else 64)
+    args.steady_seconds = args.steady_seconds or (4.0 if args.quick else 8.0)
+    return args
+
+
+class ModelBench:
+    """One model: checkpoints, runtime process, load, swaps, restart baseline."""
+
+    def __init__(self, name: str, args: argparse.Namespace, root: Path) -> None:
+        self.name = name
+        self.args = args
+        self.root = root
+        self.config_dir = root / "config"
+        self.revision = 0
+        self.files: list[tuple[str, str]] = []
+
+    def run(self) -> dict[str, Any]:
+        model_bytes = self._checkpoints()
+        self._publish(1)
+        runtime = Runtime(self._env(model_bytes), free_port(), self.root / "runtime.log")
+        runtime.start()
+        load = LoadGenerator(
+            f"{runtime.url}/v2/models/{self.name}/infer", self._body(), self.args.clients
+        )
+        load.start()
+        try:
+            return self._measure(runtime, load, model_bytes)
+        finally:
+            load.stop()
+            runtime.stop()
+
+    def _measure(self, runtime: Runtime, load: LoadGenerator, model_bytes: int) -> dict[str, Any]:
+        assert runtime.process is not None
+        t_begin = time.perf_counter()
+        poll(lambda: len(load.since(t_begin)) >= 20, 60, "warm-up requests")
+        warm = [self._swap(runtime) for _ in range(3)]  # a fresh build, then standbys
+        time.sleep(1.0)  # let the warm-up swaps' allocations settle before the baseline
+        rss_before = rss_mb(runtime.process.pid)
+        t0 = time.perf_counter()
+        time.sleep(self.args.steady_seconds)
+        steady = load.since(t0, time.perf_counter())
+        swaps = []
+        for _ in range(self.args.swaps):
+            swaps.append(self._swap(runtime))
+            time.sleep(self.args.gap_seconds)
+        time.sleep(1.0)
+        rss_after = rss_mb(runtime.process.pid)
+        t_end = time.perf_counter()
+        during = [s for s in load.since(t0, t_end) if _overlaps(s, swaps)]
+        failed = sum(not s.ok for s in load.since(t_begin, t_end))
+        restart = self._restart(runtime, load)
+        return self._result(
+            steady, during, swaps, warm, failed, rss_before, rss_after, model_bytes, restart
+        )
+
+    def _result(
+        self,
+        steady: list[Any],
+        during: list[Any],
+        swaps: list[dict[str, Any]],
+        warm: list[dict[str, Any]],
+        failed: int,
+        rss_before: float,
+        rss_after: float,
+        model_bytes: int,
+        restart: dict[str, Any],
+    ) -> dict[str, Any]:
+        steady_p99 = percentile([1000 * (s.end - s.start) for s in steady if s.ok], 99)
+        swap_p99 = percentile([1000 * (s.end - s.start) for s in during if s.ok], 99)
+        phases = {p: median([s["phases"].get(p, 0.0) for s in swaps]) for p in PHASES}
+        totals = [sum(s["phases"].values()) for s in swaps]
+        model_mb = model_bytes / 2**20
+        n = len(swaps)
+        result: dict[str, Any] = {
+            "model": self.name,
+            "device": self.args.device,
+            "input_shape": [1, 3, self.args.input_size, self.args.input_size],
+            "clients": self.args.clients,
+            "model_mb": round(model_mb, 1),
+            "swaps": n,
+            "swap_modes": dict(collections.Counter(s["mode"] for s in swaps)),
+            "failed_requests": failed,
+            "steady_requests": len(steady),
+            "requests_during_swaps": len(during),
+            "steady_p50_ms": round(percentile([1000 * (s.end - s.start) for s in steady], 50), 2),
+            "steady_p99_ms": round(steady_p99, 2),
+            "swap_p99_ms": round(swap_p99, 2),
+            "p99_ratio": round(swap_p99 / steady_p99, 3),
+            "swap_seconds": {k: round(v, 4) for k, v in phases.items()},
+            "swap_total_seconds_p50": round(median(totals), 4),
+            "swap_total_seconds_p99": round(percentile(totals, 99), 4),
+            "swap_visible_seconds_p50": round(median([s["visible_s"] for s in swaps]), 4),
+            "fresh_build_load_seconds": round(warm[0]["phases"].get("load", 0.0), 4),
+            "memory_growth_swaps": n,
+            f"memory_growth_mb_after_{n}_swaps": round(rss_after - rss_before, 1),
+            "memory_growth_pct_of_model": round(100 * (rss_after - rss_before) / model_mb, 2),
+            "rss_mb_after_warmup": round(rss_before, 1),
+            **restart,
+        }
+        if self.args.device == "cuda":
+            result.update(self._cuda_figures(swaps))
+        return result
+
+    def _cuda_figures(self, swaps: list[dict[str, Any]]) -> dict[str, Any]:
+        h2d = _h2d_seconds(Path(self.files[0][0].removeprefix("file://")))
+        standby = [s for s in swaps if s["mode"] == "standby"]
+        activation = median([s["phases"]["load"] + s["phases"]["activate"] for s in standby])
+        return {
+            "h2d_copy_ms": round(1000 * h2d, 3),
+            "activation_ms": round(1000 * activation, 3),
+            "activation_over_h2d": round(activation / h2d, 3),
+        }
+
+    # ---- swaps and restart --------------------------------------------------------
+
+    def _swap(self, runtime: Runtime) -> dict[str, Any]:
+        self.revision += 1
+        start = time.perf_counter()
+        self._publish(self.revision)
+        meta = poll(
+            lambda: (m := runtime.metadata(self.name))["model_version"] == str(self.revision) and m,
+            120,
+            f"revision {self.revision}",
+        )
+        end = time.perf_counter()
+        swap = meta["last_swap"]
+        return {
+            "start": start,
+            "end": end,
+            "visible_s": end - start,
+            "phases": swap["phases"],
+            "mode": swap["mode"],
+        }
+
+    def _restart(self, runtime: Runtime, load: LoadGenerator) -> dict[str, Any]:
+        """Today's way: stop the process, start it on the new checkpoint, same load."""
+        self.revision += 1
+        self._publish(self.revision)
+        t_kill = time.perf_counter()
+        runtime.stop()
+        t_exit = time.perf_counter()
+        runtime.start(wait_ready=False)
+        first = poll(
+            lambda: next((s for s in load.since(t_exit) if s.ok), None),
+            180,
+            "an answer from the restarted process",
+        )
+        time.sleep(1.0)
+        answers = sorted(s.end for s in load.samples if s.ok and s.end >= t_kill - 1.0)
+        gap = max(b - a for a, b in itertools.pairwise(answers))
+        failed = sum(not s.ok for s in load.samples if s.end >= t_kill)
+        return {
+            "restart_unavailable_s": round(gap, 3),
+            "restart_failed_requests": failed,
+            "restart_first_answer_after_kill_s": round(first.end - t_kill, 3),
+            "restart_stop_s": round(t_exit - t_kill, 3),
+            "restart_client_retry_ms": 10,
+        }
+
+    # ---- inputs -------------------------------------------------------------------
+
+    def _checkpoints(self) -> int:
+        import safetensors.torch
+        import torchvision
+
+        self.root.mkdir(parents=True)
+        for seed in range(1, POOL + 1):
+            torch.manual_seed(seed)
+            model = torchvision.models.get_model(self.name, weights=None)
+            path = self.root / f"{self.name}-{seed}.safetensors"
+            safetensors.torch.save_file(model.state_dict(), str(path))
+            self.files.append((f"file://{path}", _sha256(path)))
+        return Path(self.files[0][0].removeprefix("file://")).stat().st_size
+
+    def _publish(self, revision: int) -> None:
+        from hotswap_runtime.contract import CONFIG_KEY
+
+        uri, sha = self.files[(revision - 1) % POOL]
+        doc = {
+            "name": self.name,
+            "generation": revision,
+            "stable": {
+                "revision": revision,
+                "model": {
+                    "architecture": f"torchvision/{self.name}",
+                    "args": {},
+                    "inputShape": [3, self.args.input_size, self.args.input_size],
+                },
+                "checkpoint": {"uri": uri, "sha256": sha},
+            },
+        }
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_dir / f".{CONFIG_KEY}.tmp"
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.config_dir / CONFIG_KEY)
+
+    def _env(self, model_bytes: int) -> dict[str, str]:
+        cpu = self.args.device == "cpu"
+        return {
+            "HOTSWAP_MODEL_NAME": self.name,
+            "HOTSWAP_CONFIG_DIR": str(self.config_dir),
+            "HOTSWAP_CACHE_DIR": str(self.root / "cache"),
+            "HOTSWAP_CACHE_MAX_BYTES": str(int(2.5 * model_bytes)),
+            "HOTSWAP_DEVICE": self.args.device,
+            "HOTSWAP_RESYNC_SECONDS": "300",
+            "HOTSWAP_TORCH_THREADS": "1" if cpu else "4",
+            "OMP_NUM_THREADS": "1" if cpu else "4",
+            "HOTSWAP_LOG_LEVEL": "warning",
+        }
+
+    def _body(self) -> bytes:
+        size = self.args.input_size
+        x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "data": [round(v, 4) for v in x.flatten().tolist()],
+                }
+            ]
+        }
+        return json.dumps(body).encode()
+
+
+def _overlaps(sample: Any, swaps: list[dict[str, Any]]) -> bool:
+    return any(sample.start < s["end"] and sample.end > s["start"] for s in swaps)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _h2d_seconds(path: Path) -> float:
+    """Median time of one bulk copy of the checkpoint's bytes from pinned memory to the GPU."""
+    import safetensors.torch
+
+    state = safetensors.torch.load_file(str(path))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    host = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+    device = torch.empty(total, dtype=torch.uint8, device="cuda")
+    times = []
+    for _ in range(12):
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        start.record()
+        device.copy_(host, non_blocking=True)
+        end.record()
+        end.synchronize()
+        times.append(float(start.elapsed_time(end)) / 1000)
+    return median(times[2:])
+
+
+def _summary(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    headline = results[args.models[-1]]
+    summary = dict(headline)
+    summary.update(
+        {
+            "headline_model": args.models[-1],
+            "quick": args.quick,
+            "swaps": sum(r["swaps"] for r in results.values()),
+            "failed_requests": sum(r["failed_requests"] for r in results.values()),
+            "p99_ratio": max(r["p99_ratio"] for r in results.values()),
+            "models": results,
+        }
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
