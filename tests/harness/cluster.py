@@ -25,7 +25,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -126,7 +125,7 @@ class Cluster:
     def __init__(self, binary: Path | None = None, root: Path | None = None) -> None:
         self.binary = binary or DEFAULT_BINARY
         self._own_root = root is None
-        self.root = root or Path(tempfile.mkdtemp(prefix="hotswap-cluster-"))
+        self.root = root or procs.temp_root("hotswap-cluster-")
         self.logs = self.root / "logs"
         self.kubeconfig = self.root / "admin.kubeconfig"
         self.server = ""
@@ -408,15 +407,19 @@ def _has_default_sa(client: KubeClient) -> bool:
 def _up() -> int:
     from tests.harness.kubelet import LocalKubelet
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on SIGTERM too
     binary = ensure_binary()
     began = time.monotonic()
     cluster = Cluster(binary).start()
-    kubelet = LocalKubelet(cluster).start()
+    try:
+        kubelet = LocalKubelet(cluster).start()
+    except BaseException:
+        cluster.stop()
+        raise
     print(f"# control plane {cluster.version()} ready in {time.monotonic() - began:.1f}s")
     print(f"# local kubelet: node {kubelet.node_name}, pod logs under {kubelet.root}")
     print(f"# component logs: {cluster.logs}; Ctrl-C stops everything")
     print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while all(p.poll() is None for p in cluster._procs.values()):
             time.sleep(1)

@@ -45,7 +45,6 @@ import datetime as dt
 import os
 import random
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -54,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import urllib3
 
+from tests.harness import procs
 from tests.harness.images import ImageCommand, ImageTable
 from tests.harness.ipam import LoopbackIPs
 from tests.harness.podworker import HOST_IP, PodWorker
@@ -115,7 +115,7 @@ class LocalKubelet:
             self.allocatable["nvidia.com/gpu"] = str(gpus)
         self.labels = dict(labels or {})
         self._own_root = root is None
-        self.root = root or Path(tempfile.mkdtemp(prefix="hotswap-kubelet-"))
+        self.root = root or procs.temp_root("hotswap-kubelet-")
         self.ips = LoopbackIPs()
         self.stopping = False
         self._stop_event = threading.Event()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -129,3 +131,20 @@ class LogFile:
         stamp = time.strftime("%H:%M:%S")
         with self._lock, self.path.open("a") as f:
             f.write(f"[kubelet {stamp}] {line}\n")
+
+
+def temp_root(prefix: str) -> Path:
+    """A new temp folder owned by this process; removes stale ones left by dead owners.
+
+    A process killed outright (SIGKILL, or SIGTERM without a handler) cannot remove its
+    folder; the next harness run on the machine does, once the owner is gone.
+    """
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"{prefix}*"):
+        with contextlib.suppress(OSError, ValueError):
+            owner = int((old / ".owner-pid").read_text())
+            if not Path(f"/proc/{owner}").exists():
+                shutil.rmtree(old, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    (root / ".owner-pid").write_text(str(os.getpid()))
+    return root

@@ -290,3 +290,22 @@ def test_pod_deletion_stops_the_process(
     wait_for(lambda: gone(admin, f"{pods}/web"), timeout=30, what="pod web removed")
     assert not Path(f"/proc/{pid}").exists()
     assert ip not in images.ips.in_use()
+
+
+def test_failing_liveness_probe_restarts_the_container(
+    cluster: Cluster, images: LocalKubelet, namespace: str
+) -> None:
+    admin = cluster.rest()
+    pods = f"/api/v1/namespaces/{namespace}/pods"
+    probe = {"httpGet": {"path": "/missing", "port": 8080}, "periodSeconds": 1}
+    admin.post(pods, pod_manifest("sick", http_container(livenessProbe=probe)))
+    first = wait_for(lambda: images.pid(namespace, "sick"), timeout=30, what="sick running")
+
+    def restarted() -> dict[str, Any] | None:
+        status = admin.get(f"{pods}/sick")["status"].get("containerStatuses", [{}])[0]
+        return status if status.get("restartCount", 0) >= 1 else None
+
+    status = wait_for(restarted, timeout=30, what="sick restarted by its liveness probe")
+    assert "terminated" in status["lastState"]
+    assert not Path(f"/proc/{first}").exists()
+    assert "liveness probe of web failed" in images.logs(namespace, "sick").read_text()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
 
 from tests.harness import procs
-from tests.harness.cluster import Cluster, ensure_binary
+from tests.harness.cluster import REPO, Cluster, ensure_binary
 from tests.harness.kubelet import LocalKubelet
 from tests.harness.waiting import wait_for
 
@@ -37,3 +40,53 @@ def test_stop_leaves_no_process() -> None:
     assert not left, f"process groups still alive after stop: {left}"
     assert not root.exists()
     assert not cluster.pids
+
+
+CRASHING_PARENT = """
+import json, sys, time
+from tests.harness.cluster import Cluster
+from tests.harness.kubelet import LocalKubelet
+cluster = Cluster().start()
+kubelet = LocalKubelet(cluster, "crash-node", projection_delay=0.5).start()
+sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+kubelet.images.register("example.test/sleep", sleep)
+pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orphan"},
+       "spec": {"containers": [{"name": "s", "image": "example.test/sleep:1"}]}}
+cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+deadline = time.monotonic() + 60
+while kubelet.pid("default", "orphan") is None and time.monotonic() < deadline:
+    time.sleep(0.1)
+groups = [*cluster.pids.values(), kubelet.pid("default", "orphan")]
+print(json.dumps({"groups": groups, "roots": [str(cluster.root), str(kubelet.root)]}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_crashed_parent_leaves_no_process() -> None:
+    ensure_binary()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_PARENT],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        started = json.loads(line)
+        groups = started["groups"]
+        assert len(groups) == 5 and None not in groups, line
+        assert all(procs.group_alive(g) for g in groups)
+    finally:
+        parent.kill()  # SIGKILL: no atexit, no finally in the parent
+        parent.wait()
+    try:
+        wait_for(
+            lambda: not [g for g in groups if procs.group_alive(g)],
+            timeout=15,
+            what="children of the killed parent to die",
+        )
+    finally:
+        for root in started["roots"]:
+            shutil.rmtree(root, ignore_errors=True)
