@@ -120,3 +120,14 @@ def test_deleting_an_owner_collects_its_children(cluster: Cluster, namespace: st
 
     names = wait_for(remaining, timeout=30, what="garbage collection of child-*")
     assert "bystander" in names and "owner" not in names
+
+
+def test_api_client_and_kubectl_speak_as_admin(cluster: Cluster, namespace: str) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api_client())
+    names = [ns.metadata.name for ns in core.list_namespace().items]
+    assert namespace in names and "kube-system" in names
+    versions = json.loads(cluster.kubectl("version", "-o", "json").stdout)
+    assert versions["serverVersion"]["gitVersion"] == cluster.version()
+    assert cluster.kubectl("auth", "can-i", "*", "*").stdout.strip() == "yes"

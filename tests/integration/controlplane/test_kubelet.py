@@ -104,6 +104,8 @@ def test_deployment_runs_to_ready(cluster: Cluster, images: LocalKubelet, namesp
         status = pod["status"]["containerStatuses"][0]
         assert status["ready"] and "running" in status["state"]
         assert status["containerID"].startswith("local://")
+        assert status["imageID"].startswith("local://sha256:")
+        assert pod["status"]["hostIP"] == "127.0.0.1"
         ip = pod["status"]["podIP"]
         assert ip == images.pod_ip(namespace, name) and ip.startswith("127.0.")
         with urllib.request.urlopen(f"http://{ip}:8080/", timeout=5) as resp:
