@@ -149,31 +149,46 @@ class Cluster:
         try:
             pki = self._make_pki()
             self.timings["pki"] = time.monotonic() - began
-            ports = {name: free_port() for name in (*COMPONENTS, "etcd-peer")}
-            self.server = f"https://127.0.0.1:{ports['apiserver']}"
-            self._write_kubeconfigs(pki)
-            self._launch("etcd", self._etcd_args(ports))
-            self._launch("apiserver", self._apiserver_args(ports, pki))
-            self._wait_ready(ports, ("etcd", "apiserver"), deadline)
-            self.timings["apiserver"] = time.monotonic() - began
-            # Only now: started earlier, they read kube-system before RBAC's bootstrap
-            # roles exist, get 403 and exit.
-            self._launch("controller-manager", self._component_args("controller-manager", ports))
-            self._launch("scheduler", self._component_args("scheduler", ports))
-            self._wait_ready(ports, ("controller-manager", "scheduler"), deadline)
-            self.timings["controllers"] = time.monotonic() - began
-            self._poll(
-                "controller-manager", functools.partial(_has_default_sa, self.rest()), deadline
-            )
+            for attempt in range(3):
+                try:
+                    self._start_once(pki, began, deadline)
+                    break
+                except ClusterError as err:
+                    # A free port was taken by another process meanwhile: new ports, again.
+                    if "address already in use" not in str(err) or attempt == 2:
+                        raise
+                    self._stop_processes()
+                    shutil.rmtree(self.root / "etcd", ignore_errors=True)
         except BaseException:
             self.stop()
             raise
         self.started_in = time.monotonic() - began
         return self
 
+    def _start_once(self, pki: dict[str, KeyPair], began: float, deadline: float) -> None:
+        ports = {name: free_port() for name in (*COMPONENTS, "etcd-peer")}
+        self.server = f"https://127.0.0.1:{ports['apiserver']}"
+        self._write_kubeconfigs(pki)
+        self._launch("etcd", self._etcd_args(ports))
+        self._launch("apiserver", self._apiserver_args(ports, pki))
+        self._wait_ready(ports, ("etcd", "apiserver"), deadline)
+        self.timings["apiserver"] = time.monotonic() - began
+        # Only now: started earlier, they read kube-system before RBAC's bootstrap roles
+        # exist, get 403 and exit.
+        self._launch("controller-manager", self._component_args("controller-manager", ports))
+        self._launch("scheduler", self._component_args("scheduler", ports))
+        self._wait_ready(ports, ("controller-manager", "scheduler"), deadline)
+        self.timings["controllers"] = time.monotonic() - began
+        self._poll("controller-manager", functools.partial(_has_default_sa, self.rest()), deadline)
+
     def stop(self) -> None:
         """Stop every component (SIGTERM, then SIGKILL) and remove the temp folder."""
         atexit.unregister(self.stop)
+        self._stop_processes()
+        if self._own_root and self.root.exists() and not os.environ.get("HOTSWAP_KEEP"):
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _stop_processes(self) -> None:
         with self._lock:
             first = [self._procs.pop(n) for n in COMPONENTS[1:] if n in self._procs]
             # Throwaway state: no need to wait long for in-flight requests to drain.
@@ -184,8 +199,6 @@ class Cluster:
                 t.join()
             if etcd := self._procs.pop("etcd", None):
                 procs.stop_group(etcd, 5.0)
-            if self._own_root and self.root.exists() and not os.environ.get("HOTSWAP_KEEP"):
-                shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Cluster:
         return self if self._procs else self.start()

@@ -5,18 +5,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
+import pytest
+
+from tests.harness import cluster as cluster_module
 from tests.harness import procs
 from tests.harness.cluster import REPO, Cluster, ensure_binary
 from tests.harness.kubelet import LocalKubelet
 from tests.harness.waiting import wait_for
 
 
-def test_stop_leaves_no_process() -> None:
-    cluster = Cluster(ensure_binary()).start()
+def test_stop_leaves_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first port handed out (etcd's) is taken meanwhile: start retries with new ports.
+    taken = socket.create_server(("127.0.0.1", 0))
+    ports = iter([taken.getsockname()[1]])
+    real_free_port = cluster_module.free_port
+    monkeypatch.setattr(cluster_module, "free_port", lambda: next(ports, None) or real_free_port())
+    with taken:
+        cluster = Cluster(ensure_binary()).start()
     root = cluster.root
+    assert "address already in use" in (cluster.logs / "etcd.log").read_text()
     kubelet = LocalKubelet(cluster, "lifecycle-node", projection_delay=0.5, stop_grace=3)
     try:
         kubelet.start()
