@@ -221,9 +221,16 @@ def test_env_token_and_path_rewriting(
         "image": "example.test/env-dump:1",
         "args": ["/var/cache/app/out.json"],
         "env": env,
-        "volumeMounts": [{"name": "cache", "mountPath": "/var/cache/app"}],
+        "volumeMounts": [
+            {"name": "cache", "mountPath": "/var/cache/app"},
+            {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
+        ],
     }
-    manifest = pod_manifest("dump", container, volumes=[{"name": "cache", "emptyDir": {}}])
+    volumes = [
+        {"name": "cache", "emptyDir": {}},
+        {"name": "creds", "secret": {"secretName": "sec", "items": [{"key": "k", "path": "key"}]}},
+    ]
+    manifest = pod_manifest("dump", container, volumes=volumes)
     created = admin.post(f"/api/v1/namespaces/{namespace}/pods", manifest)
     folder = wait_for(
         lambda: images.pod_dir(namespace, "dump"), timeout=30, what="pod folder of dump"
@@ -251,6 +258,19 @@ def test_env_token_and_path_rewriting(
     sa = folder / "serviceaccount"
     assert (sa / "namespace").read_text() == namespace
     assert (sa / "ca.crt").read_bytes() == cluster.ca_cert.read_bytes()
+
+    # Secret volume (items) and the kube-api-access projected volume that admission adds.
+    assert (folder / "volumes" / "creds" / "key").read_text() == "sv"
+    pod = admin.get(f"/api/v1/namespaces/{namespace}/pods/dump")
+    access = next(v["name"] for v in pod["spec"]["volumes"] if "projected" in v)
+    projected = folder / "volumes" / access
+    assert sorted(p.name for p in projected.iterdir() if not p.name.startswith("..")) == [
+        "ca.crt",
+        "namespace",
+        "token",
+    ]
+    assert (projected / "ca.crt").read_bytes() == cluster.ca_cert.read_bytes()
+    assert (projected / "namespace").read_text() == namespace
 
 
 def test_restarts_and_unknown_images(
