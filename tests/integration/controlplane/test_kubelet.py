@@ -94,6 +94,8 @@ def test_deployment_runs_to_ready(cluster: Cluster, images: LocalKubelet, namesp
     admin = cluster.rest()
     sets = admin.get(f"/apis/apps/v1/namespaces/{namespace}/replicasets")["items"]
     assert len(sets) == 1 and sets[0]["metadata"]["ownerReferences"][0]["name"] == "web"
+    node = admin.get(f"/api/v1/nodes/{images.node_name}")
+    assert "nvidia.com/gpu" not in node["status"]["capacity"]  # only when asked for
     pods = admin.get(f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": "app=web"})["items"]
     assert len(pods) == 2
     ips = set()

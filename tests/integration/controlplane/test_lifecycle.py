@@ -28,9 +28,12 @@ def test_stop_leaves_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
         cluster = Cluster(ensure_binary()).start()
     root = cluster.root
     assert "address already in use" in (cluster.logs / "etcd.log").read_text()
-    kubelet = LocalKubelet(cluster, "lifecycle-node", projection_delay=0.5, stop_grace=3)
+    kubelet = LocalKubelet(cluster, "lifecycle-node", projection_delay=0.5, stop_grace=3, gpus=2)
     try:
         kubelet.start()
+        node = cluster.rest().get("/api/v1/nodes/lifecycle-node")
+        assert node["status"]["allocatable"]["nvidia.com/gpu"] == "2"
+        assert {"cpu", "memory", "pods"} <= set(node["status"]["capacity"])
         kubelet.images.register(
             "example.test/sleep", [sys.executable, "-c", "import time; time.sleep(600)"]
         )
