@@ -4,14 +4,14 @@ A revision is a numbered (model, checkpoint, validation). The plan compares the 
 content digest with the revisions recorded in status and in the current ConfigMap:
 the same content keeps its number; new content gets the next number. Strategies
 decide where the new revision goes. AllAtOnce makes it stable at once (every pod takes
-it; a pod that fails it keeps serving its previous revision). Canary (its own issue)
-will put it in `candidate` and name the pods that take it in `candidatePods`, which
-ModelConfig already carries.
+it; a pod that fails it keeps serving its previous revision). Canary (canary.py) puts
+it in `candidate`, names the pods that take it in `candidatePods`, and advances,
+promotes or rolls back from the pods' reports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +140,7 @@ def plan_all_at_once(
     status: Mapping[str, Any],
     current: ModelConfig | None,
     now: str,
+    pods: Sequence[str] = (),
 ) -> Plan:
     """Every pod takes the spec's revision; it becomes stable immediately."""
     number, new = revision_number(spec, status, current)
@@ -176,9 +177,25 @@ def plan_all_at_once(
     return Plan(config=config, status=fields, events=events)
 
 
-Planner = Callable[[str, DeploymentSpec, Mapping[str, Any], ModelConfig | None, str], Plan]
+Planner = Callable[
+    [str, DeploymentSpec, Mapping[str, Any], ModelConfig | None, str, Sequence[str]], Plan
+]
 
-STRATEGIES: dict[str, Planner] = {"AllAtOnce": plan_all_at_once}
+
+def _plan_canary(
+    name: str,
+    spec: DeploymentSpec,
+    status: Mapping[str, Any],
+    current: ModelConfig | None,
+    now: str,
+    pods: Sequence[str] = (),
+) -> Plan:
+    from hotswap_operator.canary import plan_canary  # canary builds on this module
+
+    return plan_canary(name, spec, status, current, now, pods)
+
+
+STRATEGIES: dict[str, Planner] = {"AllAtOnce": plan_all_at_once, "Canary": _plan_canary}
 
 
 def plan(
@@ -187,11 +204,13 @@ def plan(
     status: Mapping[str, Any],
     current: ModelConfig | None,
     now: str,
+    pods: Sequence[str] = (),
 ) -> Plan:
+    """The plan of `spec`'s strategy; `pods` are the live runtime pods' names."""
     planner = STRATEGIES.get(spec.rollout.strategy)
     if planner is None:
         raise SpecError(
             f"ModelDeployment {name}: spec.rollout.strategy {spec.rollout.strategy} is not "
             f"supported by this operator version; use one of {', '.join(STRATEGIES)}"
         )
-    return planner(name, spec, status, current, now)
+    return planner(name, spec, status, current, now, pods)

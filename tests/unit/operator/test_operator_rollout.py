@@ -105,10 +105,10 @@ def test_a_config_map_edited_by_hand_is_restored_with_a_higher_generation():
     assert restored.generation == 8
 
 
-def test_canary_is_refused_until_implemented():
+def test_canary_is_a_registered_strategy():
     spec = {**SPEC, "rollout": {"strategy": "Canary", "steps": [1, "100%"]}}
-    with pytest.raises(SpecError, match="Canary"):
-        step(spec, {}, None)
+    _, status, config = step(spec, {}, None)
+    assert config.stable.revision == 1 and status["revision"] == 1
 
 
 @pytest.mark.parametrize(
