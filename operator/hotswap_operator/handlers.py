@@ -67,6 +67,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     )
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.posting.level = logging.WARNING  # our own Events say what happened
+    # No runtime observation of CRDs and namespaces: that would need cluster-wide
+    # list/watch on both. The chart installs the CRD before the operator starts.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     memo.kube = Kube.from_env()
     memo.defaults = config.runtime_defaults(os.environ)

@@ -118,9 +118,18 @@ class Kube:
             raise KubeError(resp.status, f"{method} {path}: {resp.status} {detail}")
         return json.loads(data) if data else {}
 
-    @requires(*((group, plural, "patch") for _, plural, group in KINDS.values()))
+    @requires(
+        *(
+            (group, plural, verb)
+            for _, plural, group in KINDS.values()
+            for verb in ("patch", "create")
+        )
+    )
     def apply(self, manifest: Manifest) -> dict[str, Any]:
-        """Server-side apply: creates or updates, and is a no-op when nothing changed."""
+        """Server-side apply: creates or updates, and is a no-op when nothing changed.
+
+        The API server authorizes an apply that creates the object as `create` too.
+        """
         prefix, plural, _ = KINDS[(manifest["apiVersion"], manifest["kind"])]
         meta = manifest["metadata"]
         path = f"{prefix}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"

@@ -29,6 +29,14 @@ def owner_of(body: Mapping[str, Any]) -> resources.Owner:
     return resources.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
 
+def live_pod_names(kube: Kube, namespace: str, name: str) -> list[str]:
+    """Names of the runtime pods of ModelDeployment `name` that are not terminating."""
+    pods = (
+        status.PodInfo.from_pod(p) for p in kube.pods(namespace, resources.selector_labels(name))
+    )
+    return sorted(p.name for p in pods if not p.terminating)
+
+
 def reconcile(kube: Kube, body: Mapping[str, Any], defaults: RuntimeDefaults) -> list[Event]:
     """Make the children match the spec; returns the Events worth posting.
 
@@ -41,7 +49,8 @@ def reconcile(kube: Kube, body: Mapping[str, Any], defaults: RuntimeDefaults) ->
     try:
         spec = parse_spec(body.get("spec") or {}, name=owner.name)
         current = kube.model_config(owner.namespace, owner.name)
-        plan = rollout.plan(owner.name, spec, old, current, utcnow())
+        pods = live_pod_names(kube, owner.namespace, owner.name)
+        plan = rollout.plan(owner.name, spec, old, current, utcnow(), pods)
         manifests = resources.children(owner, spec, defaults, plan.config)
     except SpecError as exc:  # record it, so phase and conditions say why
         kube.patch_status(

@@ -10,12 +10,13 @@ that no longer exist set to null (pruned).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hotswap_runtime.contract import PodReport, PodState, short_sha
 from pydantic import ValidationError
 
+from hotswap_operator import canary
 from hotswap_operator.rollout import Event, RevisionRef
 
 PENDING, PROGRESSING, READY = "Pending", "Progressing", "Ready"
@@ -156,6 +157,11 @@ def summarize(desired: int, status: Mapping[str, Any], pods: Sequence[PodInfo]) 
     if len(live) != desired:
         waiting = f"{waiting}; {len(live)} of {desired} pods exist"
     failed_msg = _failure_message(failures)
+    shown = canary.override(status, phase)  # a Canary rollout says where it stands
+    if shown is not None:
+        return _canary_summary(
+            Summary(len(live), ready, updated, desired, phase, ()), counts, shown
+        )
     conditions = (
         ("Ready", phase == READY, _READY_REASONS[phase], counts),
         (
@@ -172,6 +178,16 @@ def summarize(desired: int, status: Mapping[str, Any], pods: Sequence[PodInfo]) 
         ),
     )
     return Summary(len(live), ready, updated, desired, phase, conditions)
+
+
+def _canary_summary(base: Summary, counts: str, shown: tuple[str, str, str]) -> Summary:
+    phase, reason, message = shown
+    conditions = (
+        ("Ready", base.phase == READY, _READY_REASONS[base.phase], counts),
+        ("Progressing", phase == PROGRESSING, reason, message),
+        ("Degraded", phase == DEGRADED, reason if phase == DEGRADED else "NoFailures", message),
+    )
+    return replace(base, phase=phase, conditions=conditions)
 
 
 _READY_REASONS = {
