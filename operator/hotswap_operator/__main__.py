@@ -35,13 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     config.from_environ()  # fail fast on malformed settings, before connecting
     import kopf
 
-    from hotswap_operator import handlers  # registers the handlers
+    from hotswap_operator import handlers, progress  # registers the handlers
 
     logging.getLogger(__name__).info(
         "hotswap-operator watching %s; liveness %s; handlers in %s",
         ", ".join(args.namespaces) or "all namespaces",
         args.liveness,
-        handlers.__name__,
+        f"{handlers.__name__}, {progress.__name__}",
     )
     kopf.run(
         standalone=True,
