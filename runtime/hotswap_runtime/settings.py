@@ -17,6 +17,7 @@ DEFAULT_CACHE_MAX_BYTES = 8 * 1024**3
 DEFAULT_MAX_CHECKPOINT_BYTES = 4 * 1024**3
 DEVICES = ("auto", "cuda", "cpu")
 SWAP_MODES = ("auto", "standby", "inplace")
+_OFF = ("false", "0", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--no-api-watch",
         dest="api_watch",
         action="store_false",
-        help="do not watch the ConfigMap through the Kubernetes API",
+        default=env.get("HOTSWAP_API_WATCH", "true").strip().lower() not in _OFF,
+        help="do not watch the ConfigMap through the Kubernetes API "
+        "(default: on unless $HOTSWAP_API_WATCH is false, 0 or no)",
     )
     return parser
 
