@@ -49,9 +49,25 @@ def installed(
         timeout=120,
         what=f"operator pod Ready in {namespace}",
     )
+    failed_before = request.session.testsfailed
     yield namespace
+    if request.session.testsfailed > failed_before:
+        _print_logs(cluster, kubelet, namespace)
     try:
         client.delete(f"/api/v1/namespaces/{namespace}")
     except ApiError as err:
         if err.status != 404:
             raise
+
+
+def _print_logs(cluster: Cluster, kubelet: LocalKubelet, namespace: str, lines: int = 40) -> None:
+    """On failure: the tail of every pod's log in the namespace (operator first)."""
+    pods = cluster.rest().get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+    names = sorted((p["metadata"]["name"] for p in pods), key=lambda n: not n.startswith(RELEASE))
+    for name in names:
+        try:
+            text = kubelet.logs(namespace, name).read_text(errors="replace")
+        except (KeyError, OSError):
+            continue
+        tail = "\n".join(text.splitlines()[-lines:])
+        print(f"\n----- {namespace}/{name} (last {lines} lines) -----\n{tail}")
