@@ -1,0 +1,274 @@
+"""Canary rollouts end to end: steps, automatic rollback, pause, rollback from the cache.
+
+One helm install and one 4-replica Canary ModelDeployment of the tiny test model serve
+the whole module (lean: a few milliseconds per swap on 2 cores). Tests run in file
+order, each starting from the stable revision the last one left. A recorder watches the
+CR the whole time, so every status version the operator wrote can be checked, not only
+the ones a poll happened to catch.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.e2e.fleet import MD_API, Fleet, Load, summary
+from tests.fixtures_runtime import checkpoints, tiny
+from tests.harness.cluster import REPO, Cluster
+from tests.harness.waiting import wait_for
+
+NAME = "canary"
+REPLICAS = 4
+SHAPE = (tiny.FEATURES,)
+JSON = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, JSON]:
+    """Checkpoints v1..v3, one with NaN weights, and a validation probe: name -> ref."""
+    folder = tmp_path_factory.mktemp("canary-checkpoints")
+    out: dict[str, JSON] = {}
+    for seed in (1, 2, 3):
+        path = folder / f"v{seed}.safetensors"
+        out[f"v{seed}"] = {
+            "uri": path.as_uri(),
+            "sha256": checkpoints.save(tiny.weights(seed), path),
+        }
+    broken = tiny.weights(4)
+    broken["fc.weight"][0, 0] = float("nan")
+    path = folder / "nan.safetensors"
+    out["nan"] = {"uri": path.as_uri(), "sha256": checkpoints.save(broken, path)}
+    x = torch.arange(8, dtype=torch.float32).reshape(2, tiny.FEATURES)
+    for name, tensor in (("probe", x), ("expect-v2", tiny.expected(tiny.weights(2), x))):
+        path = folder / f"{name}.safetensors"
+        out[name] = {"uri": path.as_uri(), "sha256": checkpoints.save({"t": tensor}, path)}
+    return out
+
+
+def manifest(files: dict[str, JSON]) -> JSON:
+    """A 4-replica Canary ModelDeployment of the tiny test model on CPU."""
+    return {
+        "apiVersion": "hotswap.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": NAME},
+        "spec": {
+            "replicas": REPLICAS,
+            "model": {"architecture": tiny.ARCHITECTURE, "inputShape": list(SHAPE)},
+            "checkpoint": dict(files["v1"]),
+            "rollout": rollout()["rollout"] | {"stepTimeoutSeconds": 120},
+            "runtime": {
+                "device": "cpu",
+                "env": [  # the tiny model lives in this repository's tests/
+                    {"name": "PYTHONPATH", "value": str(REPO)},
+                    {"name": "HOTSWAP_TORCH_THREADS", "value": "1"},
+                ],
+            },
+        },
+    }
+
+
+class Recorder:
+    """Every status version of one ModelDeployment, from a watch, on a thread."""
+
+    def __init__(self, cluster: Cluster, namespace: str, name: str) -> None:
+        self.client = cluster.rest()
+        self.path = f"{MD_API}/namespaces/{namespace}/modeldeployments"
+        self.name = name
+        self.seen: list[JSON] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._resp: Any = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Recorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._resp is not None:
+            self._resp.shutdown()
+        self._thread.join(timeout=10)
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self.seen)
+
+    def since(self, mark: int) -> list[JSON]:
+        with self._lock:
+            return list(self.seen[mark:])
+
+    def _run(self) -> None:
+        params = {"fieldSelector": f"metadata.name={self.name}", "timeoutSeconds": 600}
+        while not self._stop.is_set():
+            try:
+                for event in self.client.watch(self.path, params, self._opened):
+                    status = (event.get("object") or {}).get("status") or {}
+                    with self._lock:
+                        self.seen.append(copy.deepcopy(status))
+            except Exception:  # a closed stream: reopen unless stopping
+                if self._stop.wait(0.2):
+                    return
+
+    def _opened(self, resp: Any) -> None:
+        self._resp = resp
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster: Cluster, kubelet: Any, installed: str, files: dict[str, JSON]) -> Fleet:
+    fleet = Fleet(cluster, installed, NAME)
+    fleet.apply(manifest(files))
+    fleet.wait_serving(1, REPLICAS, timeout=420)
+    return fleet
+
+
+@pytest.fixture
+def recorder(cluster: Cluster, fleet: Fleet) -> Iterator[Recorder]:
+    with Recorder(cluster, fleet.namespace, NAME) as rec:
+        wait_for(lambda: rec.mark() > 0, timeout=30, what="watch of the ModelDeployment")
+        yield rec
+
+
+@pytest.fixture
+def load(fleet: Fleet) -> Iterator[Load]:
+    ips = [p["status"]["podIP"] for p in fleet.pods()]
+    with Load(NAME, ips, SHAPE) as running:
+        running.wait_answers(20)
+        yield running
+
+
+def rollout(**fields: Any) -> JSON:
+    return {"rollout": {"strategy": "Canary", "steps": [1, "50%", "100%"], **fields}}
+
+
+def serving(status: JSON, revision: int) -> list[str]:
+    """Pods whose report says they serve `revision`."""
+    return sorted(p for p, r in (status.get("pods") or {}).items() if r.get("revision") == revision)
+
+
+def events(fleet: Fleet, reason: str) -> list[str]:
+    items = fleet.client.get(f"/api/v1/namespaces/{fleet.namespace}/events")["items"]
+    return [e["message"] for e in items if e.get("reason") == reason]
+
+
+def wait_phase(fleet: Fleet, phase: str, revision: int, timeout: float = 180) -> JSON:
+    return fleet.wait(
+        lambda st: st.get("phase") == phase and st.get("revision") == revision,
+        f"phase {phase} on revision {revision}",
+        timeout,
+    )
+
+
+def test_canary_advances_step_by_step(fleet: Fleet, recorder: Recorder, load: Load, files):
+    rev = fleet.status()["revision"]
+    mark = recorder.mark()
+    fleet.patch_spec({"checkpoint": files["v2"], **rollout()})
+    final = fleet.wait_serving(rev + 1, REPLICAS, timeout=180)
+    load.all_answer(str(rev + 1))
+    statuses = recorder.since(mark)
+    steps = {}
+    for st in statuses:
+        if (st.get("candidate") or {}).get("revision") != rev + 1:
+            continue
+        named = st.get("candidatePods") or []
+        step = (st.get("canary") or {}).get("step")
+        steps.setdefault(step, len(named))
+        # no pod ever serves the candidate before the operator names it
+        assert set(serving(st, rev + 1)) <= set(named), summary(st)
+    assert steps == {1: 1, 2: 2, 3: 4}, steps
+    first_two = [st for st in statuses if (st.get("canary") or {}).get("step") == 2]
+    assert len(serving(first_two[0], rev + 1)) >= 1  # step 2 began after the canary served
+    assert final["history"][-1]["revision"] == rev + 1
+    assert len(events(fleet, "CanaryStep")) >= 2 and events(fleet, "Promoted")
+    assert load.failures == [], load.failures[:3]
+
+
+@pytest.mark.parametrize("bad", ["nan", "wrong-outputs"])
+def test_a_bad_candidate_stops_at_the_canary_and_rolls_back(
+    fleet: Fleet, recorder: Recorder, load: Load, files, bad: str
+):
+    stable = fleet.status()["revision"]
+    mark = recorder.mark()
+    if bad == "nan":
+        change = {"checkpoint": files["nan"], **rollout()}
+    else:  # v3's weights, checked against v2's outputs
+        change = {
+            "checkpoint": files["v3"],
+            "validation": {
+                "input": files["probe"],
+                "expected": files["expect-v2"],
+                "tolerance": 1e-4,
+            },
+            **rollout(),
+        }
+    fleet.patch_spec(change)
+    st = wait_phase(fleet, "RolledBack", stable)
+    rollback = st["rollback"]
+    assert rollback["stable"] == stable and rollback["revision"] > stable
+    cause = "NaN" if bad == "nan" else "validation output differs"
+    assert cause in rollback["reason"], rollback
+    progressing = next(c for c in st["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "RolledBack" and rollback["pod"] in progressing["message"]
+    assert any(rollback["pod"] in m and cause in m for m in events(fleet, "RolledBack"))
+    named = {tuple(s.get("candidatePods") or ()) for s in recorder.since(mark)} - {()}
+    assert named == {(rollback["pod"],)}, named  # it never went past the canary
+    load.wait_answers(20)
+    assert str(rollback["revision"]) not in load.versions
+    assert load.failures == [], load.failures[:3]
+    back = {k: st["stable"][k] for k in ("uri", "sha256")}
+    fleet.patch_spec({"checkpoint": back, "validation": None})  # the spec names stable again
+    wait_phase(fleet, "Ready", stable, timeout=60)
+
+
+def holds(check: Any, seconds: float) -> bool:
+    """`check()` stays true for `seconds` (polled): an invariant over a window."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not check():
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_pause_holds_the_step_and_resume_finishes(fleet: Fleet, recorder: Recorder, files):
+    rev = fleet.status()["revision"]
+    fleet.patch_spec({"checkpoint": files["v3"], **rollout(paused=True)})
+
+    def paused_with_canary_serving(st: JSON) -> bool:
+        cand = (st.get("candidate") or {}).get("revision")
+        reasons = {c["type"]: c["reason"] for c in st.get("conditions") or ()}
+        return (
+            cand is not None
+            and len(serving(st, cand)) == 1
+            and reasons.get("Progressing") == "Paused"
+        )
+
+    st = fleet.wait(paused_with_canary_serving, "paused, the canary pod serving", 120)
+    cand = st["candidate"]["revision"]
+    mark = recorder.mark()
+    # the operator re-plans every second: three seconds paused, still one pod
+    assert holds(lambda: len(fleet.status().get("candidatePods") or []) == 1, 3.0)
+    assert all(len(s.get("candidatePods") or []) == 1 for s in recorder.since(mark))
+    fleet.patch_spec(rollout(paused=False))
+    fleet.wait_serving(cand, REPLICAS, timeout=180)
+    assert cand > rev and events(fleet, "Promoted")
+
+
+def test_rollback_to_a_cached_revision_downloads_nothing(fleet: Fleet, load: Load, files):
+    rev = fleet.status()["revision"]
+    old = files["v1"]  # every pod loaded it when it started
+    Path(old["uri"].removeprefix("file://")).unlink()  # a fetch would now fail
+    fleet.patch_spec({"checkpoint": old, **rollout()})
+    st = fleet.wait_serving(rev + 1, REPLICAS, timeout=180)
+    load.all_answer(str(rev + 1))
+    assert {r["sha256"] for r in st["pods"].values()} == {old["sha256"]}
+    assert all(r["state"] == "Serving" for r in st["pods"].values())
+    assert len(st["history"]) <= 10 and st["history"][-1]["sha256"] == old["sha256"]
+    assert load.failures == [], load.failures[:3]
