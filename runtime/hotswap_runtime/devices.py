@@ -44,18 +44,25 @@ def gpu_memory(device: torch.device) -> dict[str, int]:
 
 
 class Staging:
-    """Reusable host buffers, one per state-dict entry, that checkpoints are parsed into.
+    """Reusable host buffers that checkpoints are parsed into.
 
     Reusing them keeps a swap from allocating (and the process from growing) swap after
     swap. On CUDA they are page-locked, so copies to the GPU run at full speed on a
     side stream; allocating pinned memory is slow, which is one more reason to keep
-    them. The caller must not parse the next checkpoint before the copies reading these
-    buffers have finished (the swapper synchronizes its copy stream first).
+    them. A safetensors file's data section is read with one ``readinto`` into one flat
+    buffer, and when the next checkpoint has the same layout (the usual case: same
+    architecture) the per-tensor views are reused too, so parsing costs one read and a
+    handful of Python calls however many tensors the model has. The caller must not
+    parse the next checkpoint before the copies reading these buffers have finished
+    (the swapper synchronizes its copy stream first).
     """
 
     def __init__(self, pin: bool) -> None:
         self.pin = pin
         self._buffers: StateDict = {}
+        self._flat: torch.Tensor | None = None
+        self._layout: object = None
+        self._views: StateDict = {}
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         buffer = self._buffers.get(name)
@@ -67,3 +74,17 @@ class Staging:
     def keep_only(self, names: set[str]) -> None:
         for name in set(self._buffers) - names:
             del self._buffers[name]
+
+    def flat(self, nbytes: int) -> torch.Tensor:
+        """A byte buffer of exactly ``nbytes``, reused while the size stays the same."""
+        if self._flat is None or self._flat.numel() != nbytes:
+            self._flat = None
+            self._layout, self._views = None, {}
+            self._flat = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
+        return self._flat
+
+    def views(self, layout: object) -> StateDict | None:
+        return self._views if layout == self._layout else None
+
+    def remember(self, layout: object, views: StateDict) -> None:
+        self._layout, self._views = layout, views

@@ -30,7 +30,7 @@ from .errors import CheckpointNotFound, CheckpointTooLarge, FetchError, Integrit
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
+CHUNK = 8 << 20  # few, large reads: each one takes the GIL back once
 _S3_KEYS = {
     "AWS_ACCESS_KEY_ID": "key",
     "AWS_SECRET_ACCESS_KEY": "secret",

@@ -47,6 +47,12 @@ class Buffers(Protocol):
 
     def keep_only(self, names: set[str]) -> None: ...
 
+    def flat(self, nbytes: int) -> torch.Tensor: ...
+
+    def views(self, layout: object) -> StateDict | None: ...
+
+    def remember(self, layout: object, views: StateDict) -> None: ...
+
 
 def read_state_dict(path: Path, uri: str, buffers: Buffers | None = None) -> StateDict:
     """The tensors in checkpoint ``path`` (fetched from ``uri``), on the CPU.
@@ -103,17 +109,28 @@ def _read_safetensors_into(path: Path, uri: str, buffers: Buffers) -> StateDict:
             header = json.loads(f.read(length))
         except ValueError as exc:
             raise FormatError(f"{bad}: header is not JSON ({exc})") from None
-        entries = _entries(header, bad, size - 8 - length)
-        state: StateDict = {}
-        for name, (dtype, shape, begin, end) in entries:
-            target = buffers.buffer(name, shape, dtype)
-            view = memoryview(target.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
-            f.seek(8 + length + begin)
-            if f.readinto(view) != end - begin:
-                raise FormatError(f"{bad}: tensor {name!r} runs past the end of the file")
-            state[name] = target
-    buffers.keep_only(set(state))
-    return state
+        data_size = size - 8 - length
+        entries = _entries(header, bad, data_size)
+        flat = buffers.flat(data_size)
+        if f.readinto(memoryview(flat.numpy())) != data_size:  # type: ignore[arg-type]
+            raise FormatError(f"{bad}: the file ended while reading its tensors")
+    layout = tuple(entries)
+    views = buffers.views(layout)
+    if views is None:
+        views = {name: _view(flat, *info) for name, info in entries}
+        buffers.remember(layout, views)
+    return views
+
+
+def _view(
+    flat: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...], begin: int, end: int
+) -> torch.Tensor:
+    """Tensor ``[begin, end)`` of the flat byte buffer, as a view when aligned."""
+    raw = flat[begin:end]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if begin % itemsize:
+        return raw.clone().view(dtype).view(shape)  # misaligned: a copy (rare)
+    return raw.view(dtype).view(shape)
 
 
 def _entries(
@@ -177,7 +194,21 @@ def _state_dict(loaded: object, uri: str) -> StateDict:
 
 
 def non_finite_keys(state: StateDict) -> list[str]:
-    """Names of floating-point tensors holding NaN or infinity."""
+    """Names of floating-point tensors holding NaN or infinity.
+
+    One ``_foreach_norm`` (max-abs, which NaN and inf survive) per dtype screens every
+    tensor in a few calls; only a failing screen looks at tensors one by one.
+    """
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for tensor in state.values():
+        if tensor.is_floating_point() and tensor.numel():
+            groups.setdefault(tensor.dtype, []).append(tensor)
+    clean = all(
+        bool(torch.stack(torch._foreach_norm(group, math.inf)).isfinite().all())
+        for group in groups.values()
+    )
+    if clean:
+        return []
     return [
         name
         for name, tensor in state.items()
