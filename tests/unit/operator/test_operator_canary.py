@@ -5,15 +5,18 @@ and the ConfigMap it returns, let pods report, plan again.
 """
 
 import copy
+from pathlib import Path
 
 import pytest
-from hotswap_operator import canary, rollout
+import yaml
+from hotswap_operator import canary, rollout, status
 from hotswap_operator.spec import parse_spec
 from operator_samples import SHA_A, SHA_B, SPEC, report
 
 SHA_C = "c" * 64
 PODS = ("md-a", "md-b", "md-c", "md-d")
 T0 = "2026-01-01T00:00:00Z"
+REPO = Path(__file__).resolve().parents[3]
 
 
 def canary_spec(sha=SHA_A, uri="file:///models/v1.safetensors", **rollout_fields):
@@ -222,3 +225,31 @@ def test_a_failure_after_rollback_of_a_different_revision_starts_fresh(world):
     world.plan(canary_spec(SHA_C))
     assert world.config.candidate.revision == 3
     assert "rollback" not in world.status
+
+
+def conditions(summary):
+    return {kind: (flag, reason, message) for kind, flag, reason, message in summary.conditions}
+
+
+def test_status_shows_the_step_then_the_rollback(world):
+    pods = [status.PodInfo(p, ready=True) for p in PODS]
+    world.plan(canary_spec(SHA_B))
+    during = status.summarize(4, world.status, pods)
+    assert during.phase == "Progressing"
+    flag, reason, message = conditions(during)["Progressing"]
+    assert (flag, reason) == (True, "CanaryStep") and "step 1 of 3" in message
+    world.serve_all(state="Failed", message="probe output holds NaN")
+    world.plan(canary_spec(SHA_B))
+    world.serve_all()
+    after = status.summarize(4, world.status, pods)
+    assert after.phase == "RolledBack"
+    assert conditions(after)["Ready"][0] is True  # every pod serves stable again
+    flag, reason, message = conditions(after)["Progressing"]
+    assert (flag, reason) == (False, "RolledBack") and "md-a" in message and "NaN" in message
+
+
+def test_the_canary_sample_is_a_valid_spec():
+    sample = yaml.safe_load((REPO / "examples" / "resnet18-canary.yaml").read_text())
+    spec = parse_spec(sample["spec"], name=sample["metadata"]["name"])
+    assert spec.rollout.strategy == "Canary"
+    assert canary.step_counts(spec.rollout.steps, spec.replicas) == (1, 2, 4)
