@@ -93,7 +93,6 @@ def reconcile_handler(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_
     for event in events:
         memo.kube.post_event(body, event, now)
         logger.info(f"{event.reason}: {event.message}")
-    memo.aggregator.aggregate(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 @kopf.on.event(*MD)

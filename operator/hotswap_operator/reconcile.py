@@ -29,12 +29,31 @@ def owner_of(body: Mapping[str, Any]) -> resources.Owner:
     return resources.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
 
+def pod_infos(kube: Kube, namespace: str, name: str) -> list[status.PodInfo]:
+    """The runtime pods of ModelDeployment `name`, terminating ones included."""
+    return [
+        status.PodInfo.from_pod(p) for p in kube.pods(namespace, resources.selector_labels(name))
+    ]
+
+
 def live_pod_names(kube: Kube, namespace: str, name: str) -> list[str]:
     """Names of the runtime pods of ModelDeployment `name` that are not terminating."""
-    pods = (
-        status.PodInfo.from_pod(p) for p in kube.pods(namespace, resources.selector_labels(name))
-    )
-    return sorted(p.name for p in pods if not p.terminating)
+    return sorted(p.name for p in pod_infos(kube, namespace, name) if not p.terminating)
+
+
+def with_summary(
+    old: Mapping[str, Any],
+    fields: Mapping[str, Any],
+    desired: int,
+    pods: list[status.PodInfo],
+    now: str,
+) -> dict[str, Any]:
+    """`fields` plus the counts, phase and conditions they imply: one merge patch of
+    what changed, so no reader sees a new revision next to the old one's summary."""
+    new = {k: v for k, v in {**old, **fields}.items() if v is not None}
+    patch = {k: v for k, v in fields.items() if old.get(k) != v}
+    patch.update(status.status_patch(new, status.summarize(desired, new, pods), pods, now))
+    return patch
 
 
 def reconcile(kube: Kube, body: Mapping[str, Any], defaults: RuntimeDefaults) -> list[Event]:
@@ -46,24 +65,28 @@ def reconcile(kube: Kube, body: Mapping[str, Any], defaults: RuntimeDefaults) ->
     owner = owner_of(body)
     old = dict(body.get("status") or {})
     generation = int(body["metadata"].get("generation") or 0)
+    desired = int((body.get("spec") or {}).get("replicas", 1))
+    infos = pod_infos(kube, owner.namespace, owner.name)
+    now = utcnow()
     try:
         spec = parse_spec(body.get("spec") or {}, name=owner.name)
         current = kube.model_config(owner.namespace, owner.name)
-        pods = live_pod_names(kube, owner.namespace, owner.name)
-        plan = rollout.plan(owner.name, spec, old, current, utcnow(), pods)
+        pods = sorted(p.name for p in infos if not p.terminating)
+        plan = rollout.plan(owner.name, spec, old, current, now, pods)
         manifests = resources.children(owner, spec, defaults, plan.config)
     except SpecError as exc:  # record it, so phase and conditions say why
+        failed = {"error": str(exc), "observedGeneration": generation}
         kube.patch_status(
-            owner.namespace, owner.name, {"error": str(exc), "observedGeneration": generation}
+            owner.namespace, owner.name, with_summary(old, failed, desired, infos, now)
         )
         raise
     for manifest in manifests:
         kube.apply(manifest)
     fields = {**plan.status, "error": None, "observedGeneration": generation}
-    changed = {k: v for k, v in fields.items() if old.get(k) != v}
-    if changed:
-        kube.patch_status(owner.namespace, owner.name, changed)
-    return plan.events
+    patch = with_summary(old, fields, desired, infos, now)
+    if patch:
+        kube.patch_status(owner.namespace, owner.name, patch)
+    return [*plan.events, *status.transition_events(old, patch)]
 
 
 @dataclass

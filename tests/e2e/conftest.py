@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.fleet import helm_install
-from tests.harness.cluster import Cluster
+from tests.harness.cluster import REPO, Cluster
 from tests.harness.kubelet import LocalKubelet
 from tests.harness.rest import ApiError
 from tests.harness.waiting import wait_for
@@ -61,13 +61,18 @@ def installed(
 
 
 def _print_logs(cluster: Cluster, kubelet: LocalKubelet, namespace: str, lines: int = 40) -> None:
-    """On failure: the tail of every pod's log in the namespace (operator first)."""
+    """On failure: the tail of every pod's log in the namespace (operator first), and
+    the whole logs kept under .cache/e2e-logs/<namespace>/ (shown with `pytest -s`)."""
     pods = cluster.rest().get(f"/api/v1/namespaces/{namespace}/pods")["items"]
     names = sorted((p["metadata"]["name"] for p in pods), key=lambda n: not n.startswith(RELEASE))
+    keep = REPO / ".cache" / "e2e-logs" / namespace
     for name in names:
         try:
             text = kubelet.logs(namespace, name).read_text(errors="replace")
         except (KeyError, OSError):
             continue
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / f"{name}.log").write_text(text)
         tail = "\n".join(text.splitlines()[-lines:])
         print(f"\n----- {namespace}/{name} (last {lines} lines) -----\n{tail}")
+    print(f"\nfull pod logs: {keep}")

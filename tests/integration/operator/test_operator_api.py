@@ -105,6 +105,11 @@ def test_reconcile_builds_owned_children_and_twice_changes_nothing(crd, kube, na
         assert (ref["kind"], ref["uid"]) == ("ModelDeployment", created["metadata"]["uid"])
     md = get(client, namespace)
     assert md["status"]["revision"] == 1 and md["status"]["observedGeneration"] == 1
+    selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels("resnet").items())
+    wait_for(lambda: len(_pods(client, namespace, selector)) == 2, timeout=60, what="2 pods")
+    reconcile(kube, get(client, namespace), CPU)  # counts the pods that appeared since
+    md = get(client, namespace)
+    assert md["status"]["replicas"] == 2
     before, md_version = versions(client, namespace), md["metadata"]["resourceVersion"]
     assert reconcile(kube, md, CPU) == []
     assert versions(client, namespace) == before
