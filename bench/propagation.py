@@ -1,0 +1,189 @@
+"""Benchmark: time from a ModelDeployment patch to every pod serving the new revision.
+
+It starts the real control plane and a local kubelet whose ConfigMap projection delay
+is the kubelet default (each pod's volumes resync after a random 0-60 s, like kubelet's
+periodic sync), installs the chart with helm (the operator runs as a pod), and runs two
+4-replica ModelDeployments of the tiny test model side by side:
+
+* ``fast``: the runtime's API watch of its ConfigMap is on (the default);
+* ``mount_only``: ``HOTSWAP_API_WATCH=false``, so pods see a change only when the
+  kubelet projects the mounted file.
+
+Each change patches ``spec.checkpoint`` to the next of three checkpoints (a new revision
+each time) and clocks, from just before the patch, until every pod answers
+``GET /v2/models/<name>`` with the new revision (polled every 20 ms on the pod IPs).
+The last line printed is one JSON object with ``fast_p50_s``, ``fast_p95_s``,
+``mount_only_p50_s``, ``pods`` and the raw times. Target: ``fast_p95_s`` < 2 s.
+
+    python bench/propagation.py [--changes 10] [--quick] [--out FILE]
+
+``--quick`` keeps 10 fast changes but measures only 3 mount-only changes (each can take
+a minute); the JSON says how many of each ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import REPO, percentile, poll
+from tests.e2e.fleet import Fleet, helm_install
+from tests.fixtures_runtime import checkpoints, tiny
+from tests.harness.cluster import Cluster, ensure_binary
+from tests.harness.kubelet import LocalKubelet
+
+PODS = 4
+POLL_S = 0.02
+HELM = REPO / ".cache" / "bin" / "helm"
+
+
+def make_checkpoints(folder: Path) -> list[dict[str, str]]:
+    refs = []
+    for seed in (1, 2, 3):
+        path = folder / f"v{seed}.safetensors"
+        refs.append({"uri": path.as_uri(), "sha256": checkpoints.save(tiny.weights(seed), path)})
+    return refs
+
+
+def manifest(name: str, checkpoint: dict[str, str], api_watch: bool) -> dict[str, Any]:
+    env = [
+        {"name": "PYTHONPATH", "value": str(REPO)},
+        {"name": "HOTSWAP_TORCH_THREADS", "value": "1"},
+    ]
+    if not api_watch:
+        env.append({"name": "HOTSWAP_API_WATCH", "value": "false"})
+    return {
+        "apiVersion": "hotswap.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": PODS,
+            "model": {"architecture": tiny.ARCHITECTURE, "inputShape": [tiny.FEATURES]},
+            "checkpoint": checkpoint,
+            "rollout": {"strategy": "AllAtOnce"},
+            "runtime": {"device": "cpu", "env": env},
+        },
+    }
+
+
+def serving_everywhere(http: httpx.Client, urls: list[str], revision: int) -> bool:
+    want = [str(revision)]
+    return all(http.get(url, timeout=2).json().get("versions") == want for url in urls)
+
+
+def config_names(fleet: Fleet, revision: int) -> bool:
+    """The operator has written `revision` into the ConfigMap's model.json."""
+    path = f"/api/v1/namespaces/{fleet.namespace}/configmaps/{fleet.name}-model"
+    text = (fleet.client.get(path).get("data") or {}).get("model.json") or "{}"
+    return bool(json.loads(text).get("stable", {}).get("revision") == revision)
+
+
+def one_change(
+    fleet: Fleet, http: httpx.Client, urls: list[str], ref: dict[str, str], timeout: float
+) -> tuple[float, float]:
+    """(seconds to the ConfigMap write, seconds to every pod serving) for one patch."""
+    revision = int(fleet.status()["revision"]) + 1
+    start = time.perf_counter()
+    fleet.patch_spec({"checkpoint": ref})
+    written = [0.0]
+
+    def done() -> bool:
+        if not written[0] and config_names(fleet, revision):
+            written[0] = time.perf_counter() - start
+        return serving_everywhere(http, urls, revision)
+
+    poll(done, timeout, f"{fleet.name}: every pod on revision {revision}", POLL_S)
+    total = time.perf_counter() - start
+    fleet.wait_serving(revision, PODS, timeout=60)  # status settled before the next change
+    return round(written[0] or total, 3), round(total, 3)
+
+
+def measure(
+    fleet: Fleet, refs: list[dict[str, str]], changes: int, timeout: float
+) -> tuple[list[float], list[float]]:
+    """Per change: seconds to the ConfigMap write and to every pod serving the revision."""
+    urls = [f"http://{p['status']['podIP']}:8080/v2/models/{fleet.name}" for p in fleet.pods()]
+    written, served = [], []
+    with httpx.Client() as http:
+        for i in range(changes):
+            w, t = one_change(fleet, http, urls, refs[(i + 1) % len(refs)], timeout)
+            written.append(w)
+            served.append(t)
+            print(
+                f"{fleet.name} change {i + 1}/{changes}: {t:.3f}s (ConfigMap {w:.3f}s)", flush=True
+            )
+    return written, served
+
+
+def deploy(fleet: Fleet, ref: dict[str, str], api_watch: bool) -> None:
+    fleet.apply(manifest(fleet.name, ref, api_watch))
+    fleet.wait_serving(1, PODS, timeout=300)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    mount_changes = args.mount_changes if args.mount_changes is not None else args.changes
+    if args.quick and args.mount_changes is None:
+        mount_changes = 3
+    with tempfile.TemporaryDirectory(prefix="hotswap-bench-") as tmp:
+        refs = make_checkpoints(Path(tmp))
+        with (
+            Cluster(ensure_binary()) as cluster,
+            LocalKubelet(
+                cluster,
+                projection_delay=None,  # the kubelet default: random 0-60 s per resync
+                restart_backoff=1.0,
+                base_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            ),
+        ):
+            namespace = f"bench-{uuid.uuid4().hex[:6]}"
+            helm_install(cluster, HELM, "hotswap", namespace, f"watchNamespaces={{{namespace}}}")
+            fast = Fleet(cluster, namespace, "fast")
+            mount = Fleet(cluster, namespace, "mount-only")
+            deploy(fast, refs[0], api_watch=True)
+            deploy(mount, refs[0], api_watch=False)
+            fast_written, fast_times = measure(fast, refs, args.changes, timeout=60)
+            mount_written, mount_times = measure(mount, refs, mount_changes, timeout=300)
+    return {
+        "pods": PODS,
+        "changes_fast": len(fast_times),
+        "changes_mount_only": len(mount_times),
+        "quick": bool(args.quick),
+        "projection_delay": "kubelet default: uniform 0-60 s per pod resync",
+        "fast_times_s": fast_times,
+        "mount_only_times_s": mount_times,
+        "operator_write_p50_s": percentile(fast_written + mount_written, 50),
+        "fast_p50_s": percentile(fast_times, 50),
+        "fast_p95_s": percentile(fast_times, 95),
+        "fast_max_s": max(fast_times),
+        "mount_only_p50_s": percentile(mount_times, 50) if mount_times else None,
+        "mount_only_p95_s": percentile(mount_times, 95) if mount_times else None,
+        "target_fast_p95_s": 2.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--changes", type=int, default=10, help="changes per mode (>= 10)")
+    parser.add_argument("--quick", action="store_true", help="only 3 mount-only changes")
+    parser.add_argument("--mount-changes", type=int, help="mount-only changes (0 skips it)")
+    parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    args = parser.parse_args(argv)
+    result = run(args)
+    text = json.dumps(result, sort_keys=True)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
