@@ -78,8 +78,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--swaps", type=int, help="measured swaps per model (default 100; quick 10)")
     p.add_argument("--clients", type=int, help="concurrent clients (cpu 4, cuda 8)")
     p.add_argument("--input-size", type=int, help="image side (cpu 64, cuda 224)")
-    p.add_argument("--steady-seconds", type=float, help="steady window (default 8; quick 4)")
-    p.add_argument("--gap-seconds", type=float, default=0.25, help="pause between swaps")
+    p.add_argument("--steady-seconds", type=float, help="steady window (default 8; quick 3)")
+    p.add_argument("--gap-seconds", type=float, help="pause between swaps (0.25; quick 0.15)")
     p.add_argument("--out", help="also write the JSON object to this file")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
@@ -93,7 +93,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args.swaps = args.swaps or (10 if args.quick else 100)
     args.clients = args.clients or (8 if cuda else 4)
     args.input_size = args.input_size or (224 if cuda else 64)
-    args.steady_seconds = args.steady_seconds or (4.0 if args.quick else 8.0)
+    args.steady_seconds = args.steady_seconds or (3.0 if args.quick else 8.0)
+    args.gap_seconds = (
+        args.gap_seconds if args.gap_seconds is not None else (0.15 if args.quick else 0.25)
+    )
     return args
 
 
