@@ -192,6 +192,23 @@ def test_operator_restart_mid_change_resumes(fleet, cluster, made):
     assert {r["sha256"] for r in status["pods"].values()} == {made[1][1]}
 
 
+def test_operator_killed_during_a_swap_resumes(fleet, made):
+    status = fleet.status()
+    rev, replicas = status["revision"], status["replicas"]
+    version = 2 if status["stable"]["sha256"] == made[1][1] else 1
+    ns = fleet.namespace
+    selector = {"labelSelector": "app.kubernetes.io/name=hotswap-operator"}
+    (old,) = fleet.client.get(f"/api/v1/namespaces/{ns}/pods", selector)["items"]
+    fleet.patch_spec(checkpoint(made, version))
+    fleet.client.delete(
+        f"/api/v1/namespaces/{ns}/pods/{old['metadata']['name']}", {"gracePeriodSeconds": 0}
+    )
+    status = fleet.wait_serving(rev + 1, replicas)
+    assert {r["sha256"] for r in status["pods"].values()} == {made[version][1]}
+    (new,) = fleet.client.get(f"/api/v1/namespaces/{ns}/pods", selector)["items"]
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+
+
 def test_delete_removes_every_child(fleet, cluster):
     ns = fleet.namespace
     children = [
