@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -59,6 +60,16 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     )
 
 
+class QuietEventHandlers(logging.Filter):
+    """Drop kopf's "Handler '<x>_event' succeeded." lines: watch-event handlers run on
+    every pod report and readiness change, and their successes say nothing."""
+
+    PATTERN = re.compile(r"^Handler '[\w.]*_event' succeeded\.$")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and self.PATTERN.match(record.getMessage()))
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
@@ -71,6 +82,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # list/watch on both. The chart installs the CRD before the operator starts.
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300
+    logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
     memo.kube = Kube.from_env()
     memo.defaults = config.runtime_defaults(os.environ)
     memo.aggregator = Aggregator(memo.kube)
