@@ -1,0 +1,102 @@
+"""Settings, the error table, the OIP codec, model builders, the reporter's patch body."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hotswap_runtime.codec import check_shape, decode_request, encode_response
+from hotswap_runtime.contract import ModelSpec, PodReport, PodState
+from hotswap_runtime.errors import (
+    ArchitectureError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    VersionConflict,
+    http_status,
+)
+from hotswap_runtime.models import build_model
+from hotswap_runtime.reporter import Reporter
+from hotswap_runtime.settings import load_settings
+
+
+def test_settings_from_env_and_flags() -> None:
+    env = {
+        "HOTSWAP_MODEL_NAME": "m",
+        "HOTSWAP_PORT": "9000",
+        "HOTSWAP_CONFIG_DIR": "/c",
+        "POD_NAME": "p-1",
+        "HOTSWAP_CACHE_MAX_BYTES": "123",
+    }
+    s = load_settings(["--port", "9100"], env)
+    assert (s.model_name, s.port, s.config_dir, s.pod_name, s.cache_max_bytes) == (
+        "m",
+        9100,
+        Path("/c"),
+        "p-1",
+        123,
+    )
+    with pytest.raises(SystemExit):
+        load_settings([], {"HOTSWAP_MODEL_NAME": "m", "HOTSWAP_DEVICE": "tpu"})
+
+
+def test_one_table_maps_errors_to_codes() -> None:
+    assert [
+        http_status(e("x")) for e in (InvalidInput, ModelNotFound, VersionConflict, ModelNotReady)
+    ] == [400, 404, 409, 503]
+
+
+def test_codec_round_trip_and_refusals() -> None:
+    body = {
+        "id": "r1",
+        "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3, 4]]}],
+    }
+    x, name, rid = decode_request(body)
+    assert x.shape == (2, 2) and name == "x" and rid == "r1"
+    out = encode_response("m", "7", x * 2, rid)
+    assert out["model_version"] == "7" and out["outputs"][0]["data"] == [2, 4, 6, 8]
+    for bad, why in [
+        ({"inputs": [{"shape": [1], "datatype": "INT8", "data": [1]}]}, "only FP32"),
+        ({"inputs": [{"shape": [3], "datatype": "FP32", "data": [1]}]}, "do not fill"),
+        ({"nope": 1}, '"inputs" list'),
+    ]:
+        with pytest.raises(InvalidInput, match=why):
+            decode_request(bad)
+    with pytest.raises(InvalidInput, match=r"does not match \[batch, 4\]"):
+        check_shape(torch.zeros(1, 3), (4,), "x")
+
+
+def test_builders() -> None:
+    spec = ModelSpec(
+        architecture="torchvision/resnet18", args={"num_classes": 3}, inputShape=(3, 32, 32)
+    )
+    model = build_model(spec)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3) and not model.training
+    tiny = ModelSpec(
+        architecture="python/tests.fixtures_runtime.tiny:make_model",
+        args={"classes": 5},
+        inputShape=(4,),
+    )
+    assert build_model(tiny)(torch.zeros(1, 4)).shape == (1, 5)
+    with pytest.raises(ArchitectureError, match="rejects args"):
+        build_model(
+            ModelSpec(architecture="torchvision/resnet18", args={"bogus": 1}, inputShape=(3, 8, 8))
+        )
+    with pytest.raises(ArchitectureError, match="has no callable 'nope'"):
+        build_model(
+            ModelSpec(architecture="python/tests.fixtures_runtime.tiny:nope", inputShape=(4,))
+        )
+
+
+def test_reporter_body_is_a_merge_patch_of_this_pod_only() -> None:
+    reporter = Reporter(api=None, namespace="ns", name="m", pod="p-1")
+    first = PodReport(state=PodState.SERVING, revision=2, swapSeconds={"fetch": 1.0, "x": 2.0})
+    body = reporter.body(first)
+    assert list(body["status"]["pods"]) == ["p-1"]
+    entry = body["status"]["pods"]["p-1"]
+    assert entry["state"] == "Serving" and entry["revision"] == 2
+    assert entry["targetRevision"] is None  # null removes a stale field in a merge patch
+    reporter._sent_phases = {"fetch", "x"}
+    second = reporter.body(PodReport(state=PodState.LOADING, swapSeconds={"fetch": 0.5}))
+    assert second["status"]["pods"]["p-1"]["swapSeconds"] == {"fetch": 0.5, "x": None}
