@@ -82,7 +82,12 @@ def reconcile(kube: Kube, body: Mapping[str, Any], defaults: RuntimeDefaults) ->
         raise
     for manifest in manifests:
         kube.apply(manifest)
-    fields = {**plan.status, "error": None, "observedGeneration": generation}
+    fields = {
+        **plan.status,
+        "error": None,
+        "observedGeneration": generation,
+        "selector": ",".join(f"{k}={v}" for k, v in resources.selector_labels(owner.name).items()),
+    }
     patch = with_summary(old, fields, desired, infos, now)
     if patch:
         kube.patch_status(owner.namespace, owner.name, patch)

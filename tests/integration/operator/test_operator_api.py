@@ -184,6 +184,10 @@ def test_scale_subresource_sets_spec_replicas(crd, kube, namespace):
     crd.kubectl("scale", "-n", namespace, "modeldeployment/resnet", "--replicas=5")
     md = get(client, namespace)
     assert md["spec"]["replicas"] == 5
+    scale = client.get(f"{MD.format(ns=namespace)}/resnet/scale")
+    assert scale["status"]["selector"] == (
+        "app.kubernetes.io/name=hotswap-runtime,hotswap.dev/model-deployment=resnet"
+    )
     reconcile(kube, md, CPU)
     deployment = client.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/resnet")
     assert deployment["spec"]["replicas"] == 5
