@@ -152,6 +152,11 @@ def test_operator_least_privilege(fleet, cluster):
         {"labelSelector": "app.kubernetes.io/name=hotswap-operator"},
     )["items"]
     assert operator["spec"]["serviceAccountName"] == "hotswap"
+    md = fleet.get()
+    annotations = md["metadata"].get("annotations") or {}
+    assert "hotswap.dev/last-handled-configuration" in annotations
+    assert not [k for k in annotations if k.startswith("kopf.zalando.org")]
+    assert "kopf" not in md["status"]
 
     def can(verb, resource):
         done = cluster.kubectl(
