@@ -88,3 +88,9 @@ class Staging:
 
     def remember(self, layout: object, views: StateDict) -> None:
         self._layout, self._views = layout, views
+
+    def flat_for(self, state: StateDict) -> tuple[torch.Tensor, object] | None:
+        """(flat buffer, layout) when ``state`` is the set of views into it."""
+        if self._flat is not None and state is self._views:
+            return self._flat, self._layout
+        return None

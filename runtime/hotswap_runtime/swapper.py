@@ -69,6 +69,8 @@ class LoadedModel:
     retired: bool = False
     module_handed_on: bool = False  # in-place swap: the next LoadedModel owns the module
     targets: StateDict = field(default_factory=dict)  # the module's state_dict tensors
+    flat: torch.Tensor | None = None  # one buffer holding every target, checkpoint layout
+    flat_layout: object = None
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -256,7 +258,7 @@ class Swapper:
         if plan.kind == "standby":
             assert plan.target is not None
             check_state_dict(plan.target.targets, state, revision)
-            self._copy_into(plan.target.targets, state)
+            self._fill(plan.target, state)
             return plan.target.module
         device = torch.device("cpu") if plan.kind == "inplace" else self.device
         module = build_model(revision.model, device)
@@ -264,6 +266,43 @@ class Swapper:
         with torch.no_grad():
             module.load_state_dict(state, strict=True)
         return module
+
+    def _fill(self, model: LoadedModel, state: StateDict) -> None:
+        """Load ``state`` into a standby: one bulk copy when its tensors live in one flat
+        buffer laid out like the checkpoint's data (set up on first use), else per tensor."""
+        staged = self._staging.flat_for(state)
+        if staged is not None and self._flat_ready(model, state, *staged):
+            assert model.flat is not None
+            self._copy_flat(model.flat, staged[0])
+            return
+        self._copy_into(model.targets, state)
+
+    def _flat_ready(
+        self, model: LoadedModel, state: StateDict, host: torch.Tensor, layout: object
+    ) -> bool:
+        if model.flat is not None and model.flat_layout == layout:
+            return True
+        if not _flattenable(model.targets, state, host):
+            return False
+        flat = torch.empty(host.numel(), dtype=torch.uint8, device=self.device)
+        base = host.data_ptr()
+        for name, src in state.items():
+            start = src.data_ptr() - base
+            view = flat[start : start + src.numel() * src.element_size()]
+            _rebind(model.module, name, view.view(src.dtype).view(src.shape))
+        model.flat, model.flat_layout = flat, layout
+        model.targets = model.module.state_dict()
+        return True
+
+    def _copy_flat(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        with torch.no_grad():
+            if self._stream is None:
+                dst.copy_(src)
+                return
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self._stream):
+                dst.copy_(src, non_blocking=True)
+            self._stream.synchronize()
 
     def _copy_into(self, targets: StateDict, state: StateDict) -> None:
         """Copy ``state`` into a module's tensors: one foreach call, on CUDA on the side
@@ -335,8 +374,16 @@ class Swapper:
         if plan.kind == "inplace":
             self._activate_inplace(revision, shape, state)
             return
-        targets = plan.target.targets if plan.target is not None else {}
-        new = LoadedModel(revision, module, self.device, shape, targets=targets)
+        standby = plan.target  # its tensors (and flat buffer) carry over to the new entry
+        new = LoadedModel(
+            revision,
+            module,
+            self.device,
+            shape,
+            targets=standby.targets if standby else {},
+            flat=standby.flat if standby else None,
+            flat_layout=standby.flat_layout if standby else None,
+        )
         with self._cond:
             old, self._current = self._current, new
             if old is None:
@@ -361,7 +408,13 @@ class Swapper:
                 old.retired = True
                 old.module_handed_on = True
                 self._current = LoadedModel(
-                    revision, old.module, self.device, shape, targets=old.targets
+                    revision,
+                    old.module,
+                    self.device,
+                    shape,
+                    targets=old.targets,
+                    flat=old.flat,
+                    flat_layout=old.flat_layout,
                 )
             finally:
                 self._held = False
@@ -391,6 +444,29 @@ def check_state_dict(expected: StateDict, state: StateDict, revision: Revision) 
             f"checkpoint {revision.checkpoint.uri} does not fit {revision.model.architecture}: "
             + "; ".join(problems)
         )
+
+
+def _flattenable(targets: StateDict, state: StateDict, host: torch.Tensor) -> bool:
+    """Every target matches its staged view's dtype, views share the flat host buffer,
+    and no two targets share storage (tied weights must stay tied)."""
+    storage = host.untyped_storage().data_ptr()
+    pointers = {t.untyped_storage().data_ptr() for t in targets.values()}
+    return len(pointers) == len(targets) and all(
+        targets[name].dtype == src.dtype
+        and src.untyped_storage().data_ptr() == storage
+        and src.is_contiguous()
+        for name, src in state.items()
+    )
+
+
+def _rebind(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Point parameter or buffer ``name`` of ``module`` at ``tensor``."""
+    owner_name, _, attr = name.rpartition(".")
+    owner = module.get_submodule(owner_name)
+    if attr in owner._parameters and owner._parameters[attr] is not None:
+        owner._parameters[attr].data = tensor  # type: ignore[union-attr]
+    else:
+        owner._buffers[attr] = tensor
 
 
 def probe_input(input_shape: tuple[int, ...]) -> torch.Tensor:

@@ -48,6 +48,11 @@ def test_swaps_reuse_the_standby_and_serve_the_right_weights(tmp_path: Path, mod
         assert got_rev == number
         assert torch.equal(out, tiny.expected(tiny.weights(number), X))
     assert swapper.last_kind == ("inplace" if mode == "inplace" else "standby")
+    if mode == "auto":  # a reused standby holds its weights in one flat buffer: one copy
+        current = swapper.current()
+        assert current is not None and current.flat is not None
+        storages = {t.untyped_storage().data_ptr() for t in current.targets.values()}
+        assert storages == {current.flat.untyped_storage().data_ptr()}
 
 
 def test_a_lease_keeps_its_model_until_the_request_ends(tmp_path: Path) -> None:
