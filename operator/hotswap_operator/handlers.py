@@ -23,6 +23,7 @@ from hotswap_operator.spec import SpecError
 
 MD = (API_GROUP, API_VERSION, PLURAL)
 RUNTIME_PODS = {resources.LABEL_NAME: resources.RUNTIME_APP}
+OWNED = {resources.LABEL_MANAGED_BY: resources.MANAGER}
 
 # What kopf itself calls: watching, annotating (progress), posting its own events.
 KOPF_PERMISSIONS: set[Permission] = {
@@ -32,6 +33,10 @@ KOPF_PERMISSIONS: set[Permission] = {
     ("", "pods", "list"),
     ("", "pods", "watch"),
     ("", "events", "create"),
+    ("", "configmaps", "list"),  # child_event: put back a deleted ConfigMap
+    ("", "configmaps", "watch"),
+    ("apps", "deployments", "list"),  # ... or Deployment
+    ("apps", "deployments", "watch"),
 }
 
 
@@ -124,6 +129,23 @@ def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     name = (meta.get("labels") or {}).get(resources.LABEL_DEPLOYMENT)
     if name:
         _aggregate(memo, meta["namespace"], name)
+
+
+@kopf.on.event("", "v1", "configmaps", labels=OWNED)
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
+def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted ConfigMap or Deployment of a live ModelDeployment is put back."""
+    meta = event["object"]["metadata"]
+    name = (meta.get("labels") or {}).get(resources.LABEL_DEPLOYMENT)
+    if event["type"] != "DELETED" or not name:
+        return
+    try:
+        body = memo.kube.model_deployment(meta["namespace"], name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # the owner is going away: the garbage collector is at work
+        reconcile(memo.kube, body, memo.defaults)
+    except (KubeError, SpecError) as exc:  # the next spec change or restart repairs it
+        logging.getLogger(__name__).warning(f"restoring {meta['name']}: {exc}")
 
 
 def _aggregate(memo: kopf.Memo, namespace: str, name: str, attempts: int = 3) -> None:

@@ -7,6 +7,8 @@ one left, so `make e2e-smoke` can run test_three_replica_swap alone.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -212,6 +214,23 @@ def test_operator_killed_during_a_swap_resumes(fleet, made):
     assert {r["sha256"] for r in status["pods"].values()} == {made[version][1]}
     (new,) = fleet.client.get(f"/api/v1/namespaces/{ns}/pods", selector)["items"]
     assert new["metadata"]["uid"] != old["metadata"]["uid"]
+
+
+def test_a_deleted_config_map_is_put_back(fleet, cluster):
+    path = f"/api/v1/namespaces/{fleet.namespace}/configmaps/{NAME}-model"
+    before = fleet.client.get(path)
+    cluster.kubectl("delete", "-n", fleet.namespace, f"configmap/{NAME}-model")
+
+    def back():
+        try:
+            found = fleet.client.get(path)
+        except ApiError:
+            return None
+        return found if found["metadata"]["uid"] != before["metadata"]["uid"] else None
+
+    restored = wait_for(back, timeout=60, what=f"ConfigMap {NAME}-model put back")
+    old, new = (json.loads(cm["data"]["model.json"]) for cm in (before, restored))
+    assert new["stable"] == old["stable"] and new["generation"] > old["generation"]
 
 
 def test_delete_removes_every_child(fleet, cluster):
