@@ -17,6 +17,7 @@ from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.kube import Kube
 from hotswap_operator.reconcile import Aggregator, reconcile
+from hotswap_operator.spec import SpecError
 
 from tests.harness.cluster import KubectlError
 from tests.harness.rest import MERGE_PATCH, ApiError
@@ -261,3 +262,18 @@ def test_schema_refuses_names_that_children_cannot_carry(crd, namespace):
             ),
         )
     assert "metadata.name" in refused.value.stderr
+
+
+def test_a_spec_the_schema_admits_but_cannot_run_is_failed_with_the_reason(crd, kube, namespace):
+    client = crd.rest()
+    spec = {**SPEC, "runtime": {"env": [{"name": "HOTSWAP_HOST", "value": "0.0.0.0"}]}}
+    with pytest.raises(SpecError, match="HOTSWAP_HOST"):
+        reconcile(kube, create(client, namespace, spec), CPU)
+    status = get(client, namespace)["status"]
+    assert status["phase"] == "Failed" and "HOTSWAP_HOST" in status["error"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "InvalidSpec" and "HOTSWAP_HOST" in degraded["message"]
+    fixed = client.patch(f"{MD.format(ns=namespace)}/resnet", {"spec": {"runtime": None}})
+    reconcile(kube, fixed, CPU)
+    status = get(client, namespace)["status"]
+    assert "error" not in status and status["phase"] == "Pending" and status["revision"] == 1
