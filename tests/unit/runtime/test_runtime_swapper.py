@@ -9,7 +9,7 @@ import pytest
 import torch
 from hotswap_runtime.contract import Revision
 from hotswap_runtime.desired import Reconciler
-from hotswap_runtime.errors import ModelNotReady, StateDictMismatch
+from hotswap_runtime.errors import ModelNotReady, StateDictMismatch, ValidationFailed
 from hotswap_runtime.store import CheckpointStore
 from hotswap_runtime.swapper import Swapper
 
@@ -143,3 +143,25 @@ def test_newer_offer_supersedes_a_load(tmp_path: Path) -> None:
         reconciler.stop()
     assert [r.result for r in seen.records] == ["superseded", "ok"]
     assert answer(swapper)[0] == 2
+
+
+def test_validation_with_expected_outputs(tmp_path: Path) -> None:
+    swapper = make_swapper(tmp_path)
+    swapper.swap_to(revision(tmp_path, 1, seed=1))
+    x = torch.tensor([[1.0, 0.0, -1.0, 2.0]])
+    good = tiny.expected(tiny.weights(2), x)
+
+    def with_validation(number: int, expected: torch.Tensor) -> Revision:
+        base = revision(tmp_path, number, seed=2).model_dump(by_alias=True)
+        files = {}
+        for name, tensor in (("input", x), ("expected", expected)):
+            path = tmp_path / f"{name}{number}.safetensors"
+            files[name] = {"uri": f"file://{path}", "sha256": ck.save({name: tensor}, path)}
+        base["validation"] = {**files, "tolerance": 1e-3}
+        return Revision.model_validate(base)
+
+    with pytest.raises(ValidationFailed, match="differs from expected by 1 > tolerance"):
+        swapper.swap_to(with_validation(2, good + 1))
+    assert answer(swapper)[0] == 1
+    swapper.swap_to(with_validation(3, good))
+    assert answer(swapper)[0] == 3
