@@ -119,7 +119,7 @@ def parse_config(text: str) -> ModelConfig:
         raise ConfigError(f"invalid {CONFIG_KEY}: {problems}") from None
 
 
-class PodState(str, enum.Enum):
+class PodState(str, enum.Enum):  # noqa: UP042 (str() of members stays as it was)
     """Where a pod stands with the revision meant for it."""
 
     PENDING = "Pending"  # started, no model loaded yet
