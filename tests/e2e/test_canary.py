@@ -256,6 +256,20 @@ def test_pause_holds_the_step_and_resume_finishes(fleet: Fleet, recorder: Record
     # the operator re-plans every second: three seconds paused, still one pod
     assert holds(lambda: len(fleet.status().get("candidatePods") or []) == 1, 3.0)
     assert all(len(s.get("candidatePods") or []) == 1 for s in recorder.since(mark))
+    before = {p["metadata"]["name"] for p in fleet.pods()}
+    fleet.patch_spec({"replicas": REPLICAS + 1})  # a new pod mid-rollout takes stable
+    st = fleet.wait(
+        lambda st: (
+            len(set(st.get("pods") or {}) - before) == 1
+            and all(r.get("state") == "Serving" for r in st["pods"].values())
+        ),
+        "the new pod serving",
+        120,
+    )
+    (new,) = set(st["pods"]) - before
+    assert st["pods"][new]["revision"] == rev and new not in st["candidatePods"]
+    assert len(st["candidatePods"]) == 1
+    fleet.patch_spec({"replicas": REPLICAS})
     fleet.patch_spec(rollout(paused=False))
     fleet.wait_serving(cand, REPLICAS, timeout=180)
     assert cand > rev and events(fleet, "Promoted")
