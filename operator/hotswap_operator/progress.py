@@ -17,10 +17,10 @@ from typing import Any
 
 import kopf
 
-from hotswap_operator import resources, rollout
+from hotswap_operator import resources, rollout, serial
 from hotswap_operator.handlers import MD
 from hotswap_operator.kube import Kube, KubeError
-from hotswap_operator.reconcile import live_pod_names, owner_of, utcnow
+from hotswap_operator.reconcile import owner_of, pod_infos, utcnow, with_summary
 from hotswap_operator.spec import SpecError, parse_spec
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,11 @@ class Driver:
 
     kube: Kube
     active: set[tuple[str, str]] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def advance(self, namespace: str, name: str) -> list[rollout.Event]:
         """Plan once from the live object; write what changed; returns the Events posted."""
-        with self._lock:
+        with serial.lock(namespace, name):
             body = self.kube.model_deployment(namespace, name)
             if body is None:
                 self.active.discard((namespace, name))
@@ -58,12 +57,14 @@ class Driver:
         if not old.get("stable"):
             return []  # reconcile() writes the first revision
         current = self.kube.model_config(owner.namespace, owner.name)
-        pods = live_pod_names(self.kube, owner.namespace, owner.name)
+        infos = pod_infos(self.kube, owner.namespace, owner.name)
+        pods = sorted(p.name for p in infos if not p.terminating)
         now = utcnow()
         plan = rollout.plan(owner.name, spec, old, current, now, pods)
         if plan.config != current:
             self.kube.apply(resources.config_map(owner, plan.config))
-        changed = {k: v for k, v in plan.status.items() if old.get(k) != v}
+        # the phase and conditions move in the same patch as the rollout state
+        changed = with_summary(old, plan.status, spec.replicas, infos, now)
         if changed:
             self.kube.patch_status(owner.namespace, owner.name, changed)
         for event in plan.events:
@@ -106,6 +107,7 @@ def canary_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     key = (meta["namespace"], meta["name"])
     if event["type"] == "DELETED":
         memo.canary.active.discard(key)
+        serial.forget(*key)
         return
     if ((obj.get("spec") or {}).get("rollout") or {}).get("strategy") != "Canary":
         return

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from hotswap_operator import resources, rollout, status
+from hotswap_operator import resources, rollout, serial, status
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.kube import Kube
 from hotswap_operator.rollout import Event
@@ -59,9 +59,18 @@ def with_summary(
 def reconcile(kube: Kube, body: Mapping[str, Any], defaults: RuntimeDefaults) -> list[Event]:
     """Make the children match the spec; returns the Events worth posting.
 
+    Plans from the object as the API has it now (the event's `body` may be older than
+    a status the Canary driver wrote since), under the object's lock (serial.py).
     Raises SpecError for a spec that cannot work (after recording it in status) and
     KubeError when the API refuses a write (the caller retries).
     """
+    meta = body["metadata"]
+    with serial.lock(meta["namespace"], meta["name"]):
+        fresh = kube.model_deployment(meta["namespace"], meta["name"])
+        return _reconcile(kube, fresh or body, defaults)
+
+
+def _reconcile(kube: Kube, body: Mapping[str, Any], defaults: RuntimeDefaults) -> list[Event]:
     owner = owner_of(body)
     old = dict(body.get("status") or {})
     generation = int(body["metadata"].get("generation") or 0)
