@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -9,6 +12,7 @@ from .desired import Failure, Status, SwapRecord
 from .devices import gpu_memory
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+KEEP_REVISIONS = 4  # request series kept for revisions no longer serving
 SWAP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -60,6 +64,8 @@ class Metrics:
         )
         self.gpu = Gauge("hotswap_gpu_memory_bytes", "CUDA memory", ["kind"], registry=r)
         self._info_labels: tuple[str, str] | None = None
+        self._request_labels: dict[str, set[str]] = {}  # revision -> codes seen
+        self._lock = threading.Lock()
 
     # Observer ---------------------------------------------------------------------
 
@@ -86,6 +92,7 @@ class Metrics:
             self.model_info.labels(*labels).set(1)
             self._info_labels = labels
         self.revision.set(serving.revision.revision)
+        self._forget_old_revisions(labels[0])
 
     def _set_failure(self, failure: Failure) -> None:
         self.last_failure.clear()
@@ -93,7 +100,22 @@ class Metrics:
 
     # Requests ---------------------------------------------------------------------
 
+    def _forget_old_revisions(self, serving: str) -> None:
+        """Keep request series of the last few revisions only: a pod that swaps for
+        months must not grow a series per revision forever."""
+        with self._lock:
+            old = [r for r in self._request_labels if r not in (serving, "none")]
+            dropped = {r: self._request_labels.pop(r) for r in old[:-KEEP_REVISIONS]}
+        for revision, codes in dropped.items():
+            for code in codes:
+                with contextlib.suppress(KeyError):
+                    self.requests.remove(revision, code)
+            with contextlib.suppress(KeyError):
+                self.latency.remove(revision)
+
     def request(self, revision: str, code: int, seconds: float) -> None:
+        with self._lock:
+            self._request_labels.setdefault(revision, set()).add(str(code))
         self.requests.labels(revision, str(code)).inc()
         if code < 400:
             self.latency.labels(revision).observe(seconds)

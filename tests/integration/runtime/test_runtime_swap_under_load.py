@@ -129,6 +129,8 @@ def test_swaps_under_load_never_fail_a_request(tmp_path: Path, mode: str) -> Non
     ok = re.search(r'hotswap_swaps_total\{reason="ok",result="ok"\} (\d+)', metrics)
     assert ok is not None and int(float(ok.group(1))) == SWAPS + 1
     assert meta["model_version"] == str(SWAPS + 1)
+    series = set(re.findall(r'hotswap_requests_total\{[^}]*revision="(\d+)"', metrics))
+    assert len(series) <= 5, f"request series of old revisions are not pruned: {series}"
     assert meta["device"].startswith(os.environ.get("HOTSWAP_TEST_DEVICE", "cpu"))
     if mode == "inplace":
         assert meta["last_swap"]["mode"] == "inplace"
