@@ -185,8 +185,9 @@ def test_canary_advances_step_by_step(fleet: Fleet, recorder: Recorder, load: Lo
     assert steps == {1: 1, 2: 2, 3: 4}, steps
     first_two = [st for st in statuses if (st.get("canary") or {}).get("step") == 2]
     assert len(serving(first_two[0], rev + 1)) >= 1  # step 2 began after the canary served
-    assert final["history"][-1]["revision"] == rev + 1
-    assert len(events(fleet, "CanaryStep")) >= 2 and events(fleet, "Promoted")
+    assert final["history"][-1]["revision"] == rev + 1, final["history"]
+    assert len(events(fleet, "CanaryStep")) >= 2, events(fleet, "CanaryStep")
+    assert events(fleet, "Promoted")
     assert load.failures == [], load.failures[:3]
 
 
@@ -282,7 +283,7 @@ def test_rollback_to_a_cached_revision_downloads_nothing(fleet: Fleet, load: Loa
     fleet.patch_spec({"checkpoint": old, **rollout()})
     st = fleet.wait_serving(rev + 1, REPLICAS, timeout=180)
     load.all_answer(str(rev + 1))
-    assert {r["sha256"] for r in st["pods"].values()} == {old["sha256"]}
-    assert all(r["state"] == "Serving" for r in st["pods"].values())
+    assert {r["sha256"] for r in st["pods"].values()} == {old["sha256"]}, summary(st)
+    assert all(r["state"] == "Serving" for r in st["pods"].values()), summary(st)
     assert len(st["history"]) <= 10 and st["history"][-1]["sha256"] == old["sha256"]
     assert load.failures == [], load.failures[:3]
