@@ -61,12 +61,14 @@ class Driver:
         pods = sorted(p.name for p in infos if not p.terminating)
         now = utcnow()
         plan = rollout.plan(owner.name, spec, old, current, now, pods)
-        if plan.config != current:
-            self.kube.apply(resources.config_map(owner, plan.config))
-        # the phase and conditions move in the same patch as the rollout state
+        # Status first: no pod reports the candidate before status names it. A crash in
+        # between is repaired by the next plan, which finds the ConfigMap behind.
+        # The phase and conditions move in the same patch as the rollout state.
         changed = with_summary(old, plan.status, spec.replicas, infos, now)
         if changed:
             self.kube.patch_status(owner.namespace, owner.name, changed)
+        if plan.config != current:
+            self.kube.apply(resources.config_map(owner, plan.config))
         for event in plan.events:
             self.kube.post_event(body, event, now)
             log.info("%s/%s %s: %s", owner.namespace, owner.name, event.reason, event.message)
