@@ -21,7 +21,8 @@ class Tiny(nn.Module):
         self.scale = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1)) * self.scale
+        out: torch.Tensor = self.fc(x.flatten(1)) * self.scale
+        return out
 
 
 def make_model(features: int = FEATURES, classes: int = CLASSES) -> nn.Module:
@@ -42,4 +43,5 @@ def expected(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     model = Tiny(state["fc.weight"].shape[1], state["fc.weight"].shape[0])
     model.load_state_dict(state)
     with torch.no_grad():
-        return model(x)
+        out: torch.Tensor = model(x)
+    return out
