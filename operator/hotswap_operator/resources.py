@@ -332,12 +332,14 @@ def deployment(owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults) ->
 def children(
     owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults, config: ModelConfig
 ) -> list[Manifest]:
-    """Every child, in apply order: access first, then config, then the pods."""
+    """Every child, in apply order: the config first (on a checkpoint change it is the
+    one object that changes, so pods hear of it one round trip after the spec), then
+    the pods' access, then the pods."""
     return [
+        config_map(owner, config),
         service_account(owner),
         role(owner),
         role_binding(owner),
-        config_map(owner, config),
         service(owner),
         deployment(owner, spec, defaults),
     ]

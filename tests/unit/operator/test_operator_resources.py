@@ -24,11 +24,13 @@ def by_kind(children):
 
 def test_every_child_is_owned_by_the_model_deployment():
     children, _ = build(SPEC)
+    # The ConfigMap first (a checkpoint change reaches pods one round trip after the
+    # spec), access before the pods, the Deployment last.
     assert [c["kind"] for c in children] == [
+        "ConfigMap",
         "ServiceAccount",
         "Role",
         "RoleBinding",
-        "ConfigMap",
         "Service",
         "Deployment",
     ]
