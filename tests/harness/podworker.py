@@ -316,9 +316,11 @@ class PodWorker(threading.Thread):
                 f"repositories: {self.kubelet.images.known()} (LocalKubelet.images.register)"
             )
         env = self._env(spec, dict(image.env))
-        argv = list(spec["command"]) if spec.get("command") else list(image.argv)
-        argv += spec.get("args", [])
-        argv = [self.mounts.rewrite(expand(a, env)) for a in argv]
+        # The image's entrypoint is a path on this machine, never under a volume; only
+        # what the pod spec says (command, args) is expanded and made local.
+        entrypoint = [] if spec.get("command") else list(image.argv)
+        from_spec = [*(spec.get("command") or ()), *spec.get("args", ())]
+        argv = entrypoint + [self.mounts.rewrite(expand(a, env)) for a in from_spec]
         workdir = spec.get("workingDir")
         local = self.mounts.path(workdir) if workdir else None
         return argv, env, Path(local) if local else self.dir / "cwd"

@@ -21,6 +21,7 @@ from tests.harness.rest import ApiError, KubeClient
 from tests.harness.waiting import wait_for
 
 HTTP_IMAGE = "example.test/http-server:1"
+SHADOW = "/" + Path(sys.executable).parts[1]
 POD_IP_ENV = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
 # Writes its environment and argv to the file named by its first argument, then waits.
 DUMP = (
@@ -226,10 +227,14 @@ def test_env_token_and_path_rewriting(
         "volumeMounts": [
             {"name": "cache", "mountPath": "/var/cache/app"},
             {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
+            # A volume over the folder this machine's python lives in (as /tmp is for a
+            # checkout under /tmp): the image's entrypoint must not be rewritten into it.
+            {"name": "shadow", "mountPath": SHADOW},
         ],
     }
     volumes = [
         {"name": "cache", "emptyDir": {}},
+        {"name": "shadow", "emptyDir": {}},
         {"name": "creds", "secret": {"secretName": "sec", "items": [{"key": "k", "path": "key"}]}},
     ]
     manifest = pod_manifest("dump", container, volumes=volumes)
