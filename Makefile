@@ -46,7 +46,10 @@ cluster-smoke: deps controlplane
 	$(PY) -m tests.harness.smoke
 
 e2e-smoke: deps controlplane helm
-	$(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_swap.py -k three_replica_swap -s
+	@rm -f .cache/e2e-smoke.txt
+	HOTSWAP_E2E_TABLE=.cache/e2e-smoke.txt $(PY) -m pytest -q -p no:cacheprovider \
+		tests/e2e/test_swap.py -k three_replica_swap -s
+	@echo; cat .cache/e2e-smoke.txt
 
 bench-quick: deps
 	$(PY) bench/swap.py --quick
