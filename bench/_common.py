@@ -67,6 +67,7 @@ class Runtime:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    _client: httpx.Client | None = None  # one connection for metadata polls
 
     @property
     def url(self) -> str:
@@ -101,6 +102,9 @@ class Runtime:
         return httpx.get(self.url + "/v2/health/ready", timeout=5).status_code == 200
 
     def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -110,7 +114,12 @@ class Runtime:
                 self.process.wait(10)
 
     def metadata(self, model: str) -> dict[str, Any]:
-        body: dict[str, Any] = httpx.get(f"{self.url}/v2/models/{model}", timeout=10).json()
+        """Model metadata over one kept-alive connection: a fresh ``httpx.get`` per poll
+        builds a client (and its TLS context) each time, load the swap windows would
+        carry and the steady window would not."""
+        if self._client is None:
+            self._client = httpx.Client(base_url=self.url, timeout=10)
+        body: dict[str, Any] = self._client.get(f"/v2/models/{model}").json()
         return body
 
 
