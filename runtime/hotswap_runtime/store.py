@@ -129,13 +129,15 @@ class CheckpointStore:
         cancelled: Callable[[], bool],
     ) -> int:
         total = 0
-        while chunk := source.read(CHUNK):
-            total += len(chunk)
+        # One buffer for every chunk: no 8 MiB allocation (mmap, page faults, munmap) per read.
+        view = memoryview(bytearray(CHUNK))
+        while n := _read_into(source, view):
+            total += n
             self._check_size(uri, total)
             if cancelled():
                 raise Superseded(f"download of {uri} stopped: a newer revision is wanted")
-            digest.update(chunk)
-            sink.write(chunk)
+            digest.update(view[:n])
+            sink.write(view[:n])
         return total
 
     def _check_size(self, uri: str, size: int | None) -> None:
@@ -214,6 +216,16 @@ class _Open:
     def __exit__(self, *exc: object) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def _read_into(source: IO[bytes], view: memoryview) -> int:
+    """Read the next chunk into ``view``; 0 at the end."""
+    readinto = getattr(source, "readinto", None)
+    if readinto is not None:
+        return int(readinto(view) or 0)
+    chunk = source.read(len(view))
+    view[: len(chunk)] = chunk
+    return len(chunk)
 
 
 def _describe(exc: BaseException) -> str:
