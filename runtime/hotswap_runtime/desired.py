@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .contract import PodState, Revision, short_sha
+from .devices import release_host_memory
 from .errors import Superseded, SwapError
 from .swapper import LoadedModel, PhaseClock, Swapper, utc_now
 
@@ -192,6 +193,7 @@ class Reconciler:
                 self._loading = revision
             self._notify_status()
             record = self._attempt(revision)
+            release_host_memory()
             with self._cond:
                 self._loading = None
                 self._last_swap = record

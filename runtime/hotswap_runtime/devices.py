@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+
 import torch
 
 from .weights import StateDict
@@ -32,6 +35,26 @@ def release_cached(device: torch.device) -> None:
     """Hand freed CUDA blocks back to the driver."""
     if is_cuda(device):
         torch.cuda.empty_cache()
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+def release_host_memory() -> None:
+    """Hand free heap pages back to the OS (glibc's ``malloc_trim``; no-op elsewhere).
+
+    A swap's transient allocations (header, probe activations, request buffers on other
+    threads) leave free pages inside glibc's arenas that ``free`` keeps; trimming after
+    each swap keeps the process from growing swap after swap."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def gpu_memory(device: torch.device) -> dict[str, int]:
