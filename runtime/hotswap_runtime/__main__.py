@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from collections.abc import Sequence
 
 import torch
@@ -40,6 +41,23 @@ def fixed_mmap_threshold(threshold: int = 1 << 20) -> None:
     libc.mallopt(m_mmap_threshold, threshold)
 
 
+def few_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (default 8 per core) unless $MALLOC_ARENA_MAX is set.
+
+    Every thread that serves a request or loads a swap may get an arena of its own, and
+    free pages spread over many arenas keep the process growing swap after swap; two
+    are enough for a few serving threads. No-op where libc has no mallopt.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_arena_max = -8
+    libc.mallopt(m_arena_max, arenas)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(argv)
     logging.basicConfig(
@@ -48,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     quiet_libraries()
     fixed_mmap_threshold()
+    few_malloc_arenas()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     app = create_app(Runtime(settings))
