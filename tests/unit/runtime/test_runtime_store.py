@@ -68,3 +68,33 @@ def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
     (cache / ".tmp-abc-123").write_bytes(b"partial")
     store(tmp_path)
     assert not (cache / ".tmp-abc-123").exists()
+
+
+def test_chunks_through_one_buffer_keep_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hotswap_runtime import store as store_module
+
+    monkeypatch.setattr(store_module, "CHUNK", 1000)  # 4 full chunks and a partial one
+    ck = blob(tmp_path, "multi.pt", 4500)
+    path = store(tmp_path).fetch(ck)
+    assert path.read_bytes() == Path(ck.uri.removeprefix("file://")).read_bytes()
+
+
+def test_read_into_falls_back_to_read(tmp_path: Path) -> None:
+    import io
+
+    from hotswap_runtime.store import _read_into
+
+    class ReadOnly:  # a stream with read() only
+        def __init__(self, data: bytes) -> None:
+            self.inner = io.BytesIO(data)
+
+        def read(self, n: int) -> bytes:
+            return self.inner.read(n)
+
+    view = memoryview(bytearray(4))
+    source = ReadOnly(b"abcdef")
+    assert _read_into(source, view) == 4 and bytes(view) == b"abcd"  # type: ignore[arg-type]
+    assert _read_into(source, view) == 2 and bytes(view[:2]) == b"ef"  # type: ignore[arg-type]
+    assert _read_into(source, view) == 0  # type: ignore[arg-type]
