@@ -55,10 +55,7 @@ def make_checkpoints(folder: Path) -> list[dict[str, str]]:
 
 
 def manifest(name: str, checkpoint: dict[str, str], api_watch: bool) -> dict[str, Any]:
-    env = [
-        {"name": "PYTHONPATH", "value": str(REPO)},
-        {"name": "HOTSWAP_TORCH_THREADS", "value": "1"},
-    ]
+    env = [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}]
     if not api_watch:
         env.append({"name": "HOTSWAP_API_WATCH", "value": "false"})
     return {
@@ -141,7 +138,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cluster,
                 projection_delay=None,  # the kubelet default: random 0-60 s per resync
                 restart_backoff=1.0,
-                base_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                # The local images carry this checkout (the tiny model is in tests/).
+                base_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
             ),
         ):
             namespace = f"bench-{uuid.uuid4().hex[:6]}"

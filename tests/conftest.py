@@ -48,7 +48,10 @@ def kubelet(cluster: Cluster) -> Iterator[LocalKubelet]:
         restart_backoff=1.0,
         max_backoff=10.0,
         stop_grace=5.0,
-        base_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+        # The local images carry this checkout, as a real runtime image carries the
+        # user's model code: the tiny test model in tests/ is importable in every pod.
+        # (Image env, not pod spec env: the kubelet rewrites spec paths under a mount.)
+        base_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
     ) as running:
         yield running
 

@@ -21,7 +21,7 @@ import torch
 
 from tests.e2e.fleet import MD_API, Fleet, Load, summary
 from tests.fixtures_runtime import checkpoints, tiny
-from tests.harness.cluster import REPO, Cluster
+from tests.harness.cluster import Cluster
 from tests.harness.waiting import wait_for
 
 NAME = "canary"
@@ -65,10 +65,9 @@ def manifest(files: dict[str, JSON]) -> JSON:
             "rollout": rollout()["rollout"] | {"stepTimeoutSeconds": 120},
             "runtime": {
                 "device": "cpu",
-                "env": [  # the tiny model lives in this repository's tests/
-                    {"name": "PYTHONPATH", "value": str(REPO)},
-                    {"name": "HOTSWAP_TORCH_THREADS", "value": "1"},
-                ],
+                # The tiny model lives in tests/, which the local kubelet's images carry
+                # (tests/conftest.py).
+                "env": [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}],
             },
         },
     }
