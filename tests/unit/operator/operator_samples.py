@@ -53,3 +53,14 @@ def report(
     if target is not None:
         entry["targetRevision"] = target
     return entry
+
+
+def apply_status(status: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """What a JSON merge patch of `fields` (top-level keys) does to `status`."""
+    out = dict(status)
+    for key, value in fields.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out

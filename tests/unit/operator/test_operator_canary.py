@@ -11,7 +11,7 @@ import pytest
 import yaml
 from hotswap_operator import canary, rollout, status
 from hotswap_operator.spec import parse_spec
-from operator_samples import SHA_A, SHA_B, SPEC, report
+from operator_samples import SHA_A, SHA_B, SPEC, apply_status, report
 
 SHA_C = "c" * 64
 PODS = ("md-a", "md-b", "md-c", "md-d")
@@ -27,16 +27,6 @@ def canary_spec(sha=SHA_A, uri="file:///models/v1.safetensors", **rollout_fields
     return spec
 
 
-def merge(status, fields):
-    out = dict(status)
-    for key, value in fields.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = value
-    return out
-
-
 class World:
     """Status, ConfigMap and pod reports as the operator and the pods would leave them."""
 
@@ -48,7 +38,7 @@ class World:
 
     def plan(self, spec, now=T0):
         p = rollout.plan("md", parse_spec(spec), self.status, self.config, now, self.pods)
-        self.status = merge(self.status, p.status)
+        self.status = apply_status(self.status, p.status)
         self.config = p.config
         self.events += p.events
         return p

@@ -2,21 +2,10 @@ import pytest
 from hotswap_operator import rollout
 from hotswap_operator.spec import SpecError, parse_spec
 from hotswap_runtime.contract import ModelConfig
-from operator_samples import SHA_A, SHA_B, SPEC, with_checkpoint
+from operator_samples import SHA_A, SHA_B, SPEC, apply_status, with_checkpoint
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-02T00:00:00Z"
-
-
-def apply_status(status, fields):
-    """What a JSON merge patch of `fields` does to `status`."""
-    out = dict(status)
-    for key, value in fields.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = value
-    return out
 
 
 def step(spec_raw, status, current, now=NOW):
