@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 API_GROUP = "hotswap.dev"
 API_VERSION = "v1alpha1"
@@ -30,6 +31,12 @@ CONFIG_KEY = "model.json"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 URI_PATTERN = r"^(file|https?|s3)://.+"
 ARCHITECTURE_PATTERN = r"^(torchvision/[A-Za-z0-9_]+|python/[A-Za-z0-9_.]+:[A-Za-z0-9_]+)$"
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"  # DNS-1123 subdomain
+MAX_URI_LENGTH = 2048
+MAX_CONFIG_BYTES = 1 << 20  # model.json: a ConfigMap holds at most 1 MiB
+MAX_ARGS_BYTES = 16 << 10  # model.args as compact JSON
+MAX_INPUT_DIMS = 8
+MAX_PROBE_ELEMENTS = 1 << 24  # a probe batch of one: 64 MiB of float32 at most
 
 
 def configmap_name(deployment: str) -> str:
@@ -46,17 +53,38 @@ class _Wire(BaseModel):
 class ModelSpec(_Wire):
     """How to build the network that a checkpoint's state dict loads into."""
 
-    architecture: str = Field(pattern=ARCHITECTURE_PATTERN)
+    architecture: str = Field(pattern=ARCHITECTURE_PATTERN, max_length=256)
     args: dict[str, Any] = Field(default_factory=dict)
-    input_shape: tuple[int, ...] = Field(alias="inputShape", min_length=1)
+    input_shape: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        alias="inputShape", min_length=1, max_length=MAX_INPUT_DIMS
+    )
+    cast_weights: bool = Field(default=False, alias="castWeights")
+
+    @field_validator("args")
+    @classmethod
+    def _small_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(args, separators=(",", ":")))
+        if size > MAX_ARGS_BYTES:
+            raise ValueError(f"is {size} bytes as JSON, over the limit of {MAX_ARGS_BYTES}")
+        return args
+
+    @field_validator("input_shape")
+    @classmethod
+    def _small_probe(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if math.prod(shape) > MAX_PROBE_ELEMENTS:
+            raise ValueError(
+                f"has {math.prod(shape)} elements per sample, over the limit of "
+                f"{MAX_PROBE_ELEMENTS}"
+            )
+        return shape
 
 
 class Checkpoint(_Wire):
     """Where a checkpoint lives and the sha256 it must have."""
 
-    uri: str = Field(pattern=URI_PATTERN)
+    uri: str = Field(pattern=URI_PATTERN, max_length=MAX_URI_LENGTH)
     sha256: str = Field(pattern=SHA256_PATTERN)
-    secret_ref: str | None = Field(default=None, alias="secretRef")
+    secret_ref: str | None = Field(default=None, alias="secretRef", pattern=SECRET_NAME_PATTERN)
 
 
 class Validation(_Wire):
@@ -108,15 +136,23 @@ class ConfigError(ValueError):
     """``model.json`` could not be read; the message says what is wrong with it."""
 
 
-def parse_config(text: str) -> ModelConfig:
-    """Parse ``model.json``, raising ConfigError with a readable reason."""
+def parse_config(text: str | bytes) -> ModelConfig:
+    """Parse ``model.json``, raising ConfigError with a short, readable reason.
+
+    The reason names the fields at fault and pydantic's message for each, never the
+    values (a hostile document must not be echoed into logs and status)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{CONFIG_KEY} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         return ModelConfig.model_validate_json(text)
     except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc'])[:80] or '<root>'}: {e['msg'][:120]}"
+            for e in errors[:5]
         )
-        raise ConfigError(f"invalid {CONFIG_KEY}: {problems}") from None
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise ConfigError(f"invalid {CONFIG_KEY}: {problems}{more}") from None
 
 
 class PodState(str, enum.Enum):  # noqa: UP042 (str() of members stays as it was)

@@ -1,13 +1,17 @@
 """Builders for the networks a checkpoint loads into.
 
 ``torchvision/<name>`` goes through torchvision's model registry with ``args`` as
-keyword arguments and no pretrained weights; ``python/<module>:<factory>`` imports a
-user module and calls ``factory(**args)``. Anything else is an ArchitectureError.
+keyword arguments and no pretrained weights (nor pretrained backbones: nothing is ever
+downloaded); ``python/<module>:<factory>`` imports a module and calls
+``factory(**args)``. Both must be covered by the admin's allowlist (policy.py), which
+is checked before anything is imported. Anything else is an ArchitectureError.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,21 +19,26 @@ from torch import nn
 
 from .contract import ModelSpec
 from .errors import ArchitectureError
+from .policy import architecture_allowed, architecture_refusal
+from .redact import clip
+
+# Keyword arguments that would fetch pretrained weights from the internet.
+_DOWNLOADS = ("weights", "weights_backbone", "progress")
 
 
-def build_model(spec: ModelSpec, device: torch.device | str = "cpu") -> nn.Module:
-    """A fresh network for ``spec`` on ``device``, in eval mode and without gradients."""
+def build_model(spec: ModelSpec, device: torch.device | str, allowed: Sequence[str]) -> nn.Module:
+    """A fresh network for ``spec`` on ``device``, in eval mode and without gradients.
+
+    ``allowed`` is the admin's architecture allowlist; an architecture outside it is
+    refused before its module is imported."""
+    if not architecture_allowed(spec.architecture, allowed):
+        raise ArchitectureError(architecture_refusal(spec.architecture, allowed))
     kind, _, target = spec.architecture.partition("/")
     with torch.device(device):
         if kind == "torchvision":
             module = _torchvision(target, spec.args)
-        elif kind == "python":
-            module = _python(target, spec.args)
         else:
-            raise ArchitectureError(
-                f"unknown architecture {spec.architecture!r}: "
-                "use torchvision/<name> or python/<module>:<factory>"
-            )
+            module = _python(target, spec.args)
     module.eval()
     module.requires_grad_(False)
     return module
@@ -41,14 +50,18 @@ def _torchvision(name: str, args: dict[str, Any]) -> nn.Module:
     if name not in torchvision.models.list_models():
         raise ArchitectureError(
             f"unknown architecture torchvision/{name}: torchvision "
-            f"{torchvision.__version__} has no model named {name!r} "
+            f"{torchvision.__version__} has no model named {clip(name, 60)!r} "
             "(see torchvision.models.list_models(), e.g. resnet50)"
         )
-    try:
-        module = torchvision.models.get_model(name, weights=None, **args)
-    except (TypeError, ValueError) as exc:
-        raise ArchitectureError(f"torchvision/{name} rejects args {args}: {exc}") from None
-    return _checked(module, f"torchvision/{name}")
+    refused = sorted(set(args) & set(_DOWNLOADS))
+    if refused:
+        raise ArchitectureError(
+            f"torchvision/{name}: model.args may not set {', '.join(refused)} "
+            "(pretrained weights are never downloaded; the checkpoint holds the weights)"
+        )
+    builder = torchvision.models.get_model_builder(name)
+    extra = {"weights_backbone": None} if "weights_backbone" in _parameters(builder) else {}
+    return _call(f"torchvision/{name}", builder, {"weights": None, **extra, **args})
 
 
 def _python(target: str, args: dict[str, Any]) -> nn.Module:
@@ -58,22 +71,36 @@ def _python(target: str, args: dict[str, Any]) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ArchitectureError(
-            f"unknown architecture {name}: cannot import {module_name!r} ({exc}); "
+            f"cannot import the module of architecture {name} ({type(exc).__name__}); "
             "install it in the runtime image"
         ) from None
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise ArchitectureError(
-            f"unknown architecture {name}: module {module_name!r} has no callable {factory_name!r}"
+            f"architecture {name}: module {module_name!r} has no callable {factory_name!r}"
         )
+    return _call(name, factory, args)
+
+
+def _call(name: str, factory: Any, args: dict[str, Any]) -> nn.Module:
+    """``factory(**args)``: any exception, SystemExit included, is an ArchitectureError
+    that names its type only (args and exception text may be large or hostile)."""
     try:
         built = factory(**args)
-    except Exception as exc:
-        raise ArchitectureError(f"{name}({args}) raised {type(exc).__name__}: {exc}") from None
-    return _checked(built, name)
+    except BaseException as exc:  # SystemExit from a factory must not kill the loader
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise ArchitectureError(
+            f"{name} could not be built from model.args: {type(exc).__name__}: "
+            f"{clip(str(exc), 160)}; check model.args"
+        ) from None
+    if not isinstance(built, nn.Module):
+        raise ArchitectureError(f"{name} returned {type(built).__name__}, not a torch.nn.Module")
+    return built
 
 
-def _checked(module: object, name: str) -> nn.Module:
-    if not isinstance(module, nn.Module):
-        raise ArchitectureError(f"{name} returned {type(module).__name__}, not a torch.nn.Module")
-    return module
+def _parameters(builder: Any) -> set[str]:
+    try:
+        return set(inspect.signature(builder).parameters)
+    except (TypeError, ValueError):
+        return set()

@@ -38,7 +38,9 @@ class Runtime:
             settings.max_checkpoint_bytes,
             settings.secrets_dir,
         )
-        self.swapper = Swapper(self.store, self.device, settings.swap_mode)
+        self.swapper = Swapper(
+            self.store, self.device, settings.allowed_architectures, settings.swap_mode
+        )
         self.metrics = Metrics(self.device)
         self.reconciler = Reconciler(self.swapper, [self.metrics, _StatusSink(self)])
         self.pod = settings.pod_name or "local"

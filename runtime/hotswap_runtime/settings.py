@@ -12,6 +12,17 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from .policy import (
+    DEFAULT_ARCHITECTURES,
+    DEFAULT_FILE_ROOTS,
+    PolicyError,
+    check_architecture_entries,
+    normalized_root,
+    parse_networks,
+    split_list,
+)
 
 DEFAULT_CACHE_MAX_BYTES = 8 * 1024**3
 DEFAULT_MAX_CHECKPOINT_BYTES = 4 * 1024**3
@@ -42,10 +53,15 @@ class Settings:
     torch_threads: int | None = None
     api_watch: bool = True
     log_level: str = "info"
+    allowed_architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES
+    file_roots: tuple[str, ...] = DEFAULT_FILE_ROOTS
+    fetch_allowed_networks: tuple[str, ...] = ()
+    fetch_idle_seconds: float = 30.0
+    max_model_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
 
 
 # flag -> (environment variable, type, help)
-_FLAGS: dict[str, tuple[str, type, str]] = {
+_FLAGS: dict[str, tuple[str, Any, str]] = {
     "model_name": ("HOTSWAP_MODEL_NAME", str, "model name served at /v2/models/<name>"),
     "config_dir": ("HOTSWAP_CONFIG_DIR", Path, "folder where model.json is mounted"),
     "configmap": ("HOTSWAP_CONFIGMAP", str, "ConfigMap name for the API watch"),
@@ -63,6 +79,23 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "swap_mode": ("HOTSWAP_SWAP_MODE", str, "auto, standby or inplace"),
     "torch_threads": ("HOTSWAP_TORCH_THREADS", int, "torch intra-op threads"),
     "log_level": ("HOTSWAP_LOG_LEVEL", str, "logging level"),
+    "allowed_architectures": (
+        "HOTSWAP_ALLOWED_ARCHITECTURES",
+        split_list,
+        "comma separated architectures model.json may name (policy.py)",
+    ),
+    "file_roots": ("HOTSWAP_FILE_ROOTS", split_list, "folders file:// checkpoints may lie in"),
+    "fetch_allowed_networks": (
+        "HOTSWAP_FETCH_ALLOWED_NETWORKS",
+        split_list,
+        "CIDRs fetches may reach although loopback, link-local or private",
+    ),
+    "fetch_idle_seconds": (
+        "HOTSWAP_FETCH_IDLE_SECONDS",
+        float,
+        "a fetch fails after this many seconds without a byte",
+    ),
+    "max_model_bytes": ("HOTSWAP_MAX_MODEL_BYTES", int, "largest model (parameters and buffers)"),
 }
 
 
@@ -107,3 +140,12 @@ def _check(settings: Settings) -> None:
         raise SystemExit(f"hotswap-runtime: device {settings.device!r} is not one of {DEVICES}")
     if settings.swap_mode not in SWAP_MODES:
         raise SystemExit(f"hotswap-runtime: swap mode {settings.swap_mode!r} not in {SWAP_MODES}")
+    try:
+        check_architecture_entries(settings.allowed_architectures)
+        parse_networks(settings.fetch_allowed_networks)
+        for root in settings.file_roots:
+            normalized_root(root)
+    except PolicyError as exc:
+        raise SystemExit(f"hotswap-runtime: {exc}") from None
+    if settings.fetch_idle_seconds <= 0:
+        raise SystemExit("hotswap-runtime: HOTSWAP_FETCH_IDLE_SECONDS must be positive")

@@ -25,7 +25,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,11 +109,13 @@ class Swapper:
         self,
         store: CheckpointStore,
         device: torch.device,
+        allowed: Sequence[str],
         mode: str = "auto",
         drain_timeout: float = 2.0,
     ) -> None:
         self.store = store
         self.device = device
+        self.allowed = tuple(allowed)  # the admin's architecture allowlist (policy.py)
         self.mode = mode
         self.drain_timeout = drain_timeout
         self._cond = threading.Condition()
@@ -261,7 +263,7 @@ class Swapper:
             self._fill(plan.target, state)
             return plan.target.module
         device = torch.device("cpu") if plan.kind == "inplace" else self.device
-        module = build_model(revision.model, device)
+        module = build_model(revision.model, device, self.allowed)
         check_state_dict(module.state_dict(), state, revision)
         with torch.no_grad():
             module.load_state_dict(state, strict=True)

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from . import tiny
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -111,6 +113,7 @@ def start_runtime(
         "HOTSWAP_DEVICE": os.environ.get("HOTSWAP_TEST_DEVICE", "cpu"),
         "HOTSWAP_TORCH_THREADS": "1",
         "OMP_NUM_THREADS": "1",
+        "HOTSWAP_ALLOWED_ARCHITECTURES": ",".join(tiny.ALLOWED),
         **env,
     }
     for var in ("POD_NAME", "POD_NAMESPACE", "KUBECONFIG"):

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 ARCHITECTURE = "python/tests.fixtures_runtime.tiny:make_model"
+# The architecture allowlist of test runtimes: torchvision and the test fixtures.
+ALLOWED = ("torchvision", "python/tests.fixtures_runtime")
 FEATURES = 4
 CLASSES = 3
 

@@ -20,6 +20,8 @@ from hotswap_runtime.models import build_model
 from hotswap_runtime.reporter import Reporter
 from hotswap_runtime.settings import load_settings
 
+from tests.fixtures_runtime import tiny
+
 
 def test_settings_from_env_and_flags() -> None:
     env = {
@@ -71,21 +73,25 @@ def test_builders() -> None:
     spec = ModelSpec(
         architecture="torchvision/resnet18", args={"num_classes": 3}, inputShape=(3, 32, 32)
     )
-    model = build_model(spec)
+    model = build_model(spec, "cpu", tiny.ALLOWED)
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3) and not model.training
-    tiny = ModelSpec(
+    small = ModelSpec(
         architecture="python/tests.fixtures_runtime.tiny:make_model",
         args={"classes": 5},
         inputShape=(4,),
     )
-    assert build_model(tiny)(torch.zeros(1, 4)).shape == (1, 5)
-    with pytest.raises(ArchitectureError, match="rejects args"):
+    assert build_model(small, "cpu", tiny.ALLOWED)(torch.zeros(1, 4)).shape == (1, 5)
+    with pytest.raises(ArchitectureError, match=r"could not be built from model\.args"):
         build_model(
-            ModelSpec(architecture="torchvision/resnet18", args={"bogus": 1}, inputShape=(3, 8, 8))
+            ModelSpec(architecture="torchvision/resnet18", args={"bogus": 1}, inputShape=(3, 8, 8)),
+            "cpu",
+            tiny.ALLOWED,
         )
     with pytest.raises(ArchitectureError, match="has no callable 'nope'"):
         build_model(
-            ModelSpec(architecture="python/tests.fixtures_runtime.tiny:nope", inputShape=(4,))
+            ModelSpec(architecture="python/tests.fixtures_runtime.tiny:nope", inputShape=(4,)),
+            "cpu",
+            tiny.ALLOWED,
         )
 
 

@@ -29,7 +29,7 @@ def revision(tmp_path: Path, number: int, seed: int, state=None) -> Revision:
 def make_swapper(tmp_path: Path, mode: str = "auto") -> Swapper:
     torch.set_num_threads(1)
     store = CheckpointStore(tmp_path / "cache", 10**8, 10**8)
-    return Swapper(store, torch.device("cpu"), mode)
+    return Swapper(store, torch.device("cpu"), tiny.ALLOWED, mode)
 
 
 def answer(swapper: Swapper) -> tuple[int, torch.Tensor]:
