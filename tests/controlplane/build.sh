@@ -4,7 +4,7 @@
 # skips even the `go build` call when nothing changed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:-$here/../../.cache/bin/controlplane}
+out=$(realpath -m "${1:-$here/../../.cache/bin/controlplane}")  # absolute: used after the cd below
 mkdir -p "$(dirname "$out")"
 kver=$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$here/go.mod")
 minor=$(echo "$kver" | cut -d. -f2)
