@@ -15,6 +15,7 @@ from .contract import PodReport, PodState, configmap_name
 from .desired import Failure, Reconciler, Status, SwapRecord
 from .devices import resolve_device
 from .errors import HotswapError, http_status
+from .journal import LoadJournal
 from .kube import api_client, runtime_env
 from .metrics import Metrics
 from .reporter import Reporter
@@ -42,7 +43,11 @@ class Runtime:
             self.store, self.device, settings.allowed_architectures, settings.swap_mode
         )
         self.metrics = Metrics(self.device)
-        self.reconciler = Reconciler(self.swapper, [self.metrics, _StatusSink(self)])
+        self.reconciler = Reconciler(
+            self.swapper,
+            [self.metrics, _StatusSink(self)],
+            journal=LoadJournal(settings.cache_dir),
+        )
         self.pod = settings.pod_name or "local"
         self.api: Any = None
         self.reporter: Reporter | None = None

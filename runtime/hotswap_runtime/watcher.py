@@ -6,20 +6,27 @@ anything inotify missed. ``ApiWatcher`` watches the same ConfigMap through the A
 sub-second propagation, where RBAC allows. Both parse with ``contract.parse_config``
 and pick this pod's revision with ``ModelConfig.revision_for``; a malformed document
 is reported and the old model keeps serving.
+
+The file is read off the event loop, at most ``MAX_CONFIG_BYTES``, and only when it is
+a regular file (opened non-blocking): a model.json that is huge, a FIFO or a device
+such as /dev/zero is a config error in status, never a stalled server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 import watchfiles
 
-from .contract import CONFIG_KEY, ConfigError, parse_config
+from .contract import CONFIG_KEY, MAX_CONFIG_BYTES, ConfigError, parse_config
 from .desired import Reconciler
 
 log = logging.getLogger(__name__)
@@ -32,19 +39,25 @@ class ConfigReader:
         self.reconciler = reconciler
         self.pod = pod
         self.source = source
-        self._last_bad: str | None = None
+        self._last_bad: bytes | None = None  # digest of the last rejected document
 
-    def feed(self, text: str) -> None:
+    def feed(self, text: str | bytes) -> None:
         try:
             config = parse_config(text)
         except ConfigError as exc:
-            if text != self._last_bad:
-                self._last_bad = text
-                self.reconciler.config_error(str(exc), self.source)
+            self.reject(str(exc), text)
             return
         self._last_bad = None
         revision = config.revision_for(self.pod)
         self.reconciler.offer(revision, config.generation, self.source)
+
+    def reject(self, reason: str, content: str | bytes = b"") -> None:
+        """Report ``reason`` once per distinct bad document."""
+        raw = content.encode() if isinstance(content, str) else content
+        digest = hashlib.sha256(reason.encode() + b"\0" + raw).digest()
+        if digest != self._last_bad:
+            self._last_bad = digest
+            self.reconciler.config_error(reason, self.source)
 
 
 class FileWatcher:
@@ -61,20 +74,27 @@ class FileWatcher:
     def read_once(self) -> None:
         path = self.config_dir / CONFIG_KEY
         try:
-            text = path.read_text()
+            data = read_bounded(path, MAX_CONFIG_BYTES)
         except FileNotFoundError:
             if not self._missing_reported:
                 self._missing_reported = True
                 log.warning("%s does not exist yet; waiting for the ConfigMap mount", path)
             return
+        except ConfigError as exc:
+            self.reader.reject(str(exc))
+            return
         except OSError as exc:
-            log.warning("cannot read %s: %s", path, exc)
+            self.reader.reject(f"cannot read {CONFIG_KEY}: {exc.strerror or type(exc).__name__}")
             return
         self._missing_reported = False
-        self.reader.feed(text)
+        self.reader.feed(data)
+
+    async def read(self) -> None:
+        """``read_once`` on a worker thread: the event loop keeps serving meanwhile."""
+        await asyncio.to_thread(self.read_once)
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.read_once()
+        await self.read()
         await asyncio.gather(self._inotify(stop), self._resync(stop))
 
     async def _inotify(self, stop: asyncio.Event) -> None:
@@ -91,14 +111,38 @@ class FileWatcher:
                     debounce=20,
                     step=10,
                 ):
-                    self.read_once()
+                    await self.read()
             except (OSError, RuntimeError) as exc:
                 log.warning("inotify on %s stopped (%s); relying on resync", self.config_dir, exc)
                 await _wait(stop, self.resync_seconds)
 
     async def _resync(self, stop: asyncio.Event) -> None:
         while not await _wait(stop, self.resync_seconds):
-            self.read_once()
+            await self.read()
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The content of regular file ``path`` (symlinks followed), at most ``limit`` bytes.
+
+    Opened non-blocking, so a FIFO cannot stall the reader; anything but a regular file,
+    or a file over ``limit``, is a ConfigError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{CONFIG_KEY} is not a regular file")
+        if info.st_size > limit:
+            raise ConfigError(f"{CONFIG_KEY} is {info.st_size} bytes, over the limit of {limit}")
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, min(1 << 16, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ConfigError(f"{CONFIG_KEY} is over the limit of {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:
@@ -183,7 +227,4 @@ class ApiWatcher:
     def _feed(self, configmap: Any) -> None:
         self.events += 1
         text = (configmap.data or {}).get(CONFIG_KEY)
-        if text is None:
-            self.reader.feed("")
-            return
-        self.reader.feed(text)
+        self.reader.feed("" if text is None else text)

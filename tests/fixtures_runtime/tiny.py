@@ -6,12 +6,19 @@ float32 whatever order the sums run in: a test can compare outputs with ``==``.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import torch
 from torch import nn
 
 ARCHITECTURE = "python/tests.fixtures_runtime.tiny:make_model"
 # The architecture allowlist of test runtimes: torchvision and the test fixtures.
 ALLOWED = ("torchvision", "python/tests.fixtures_runtime")
+# Same network, but its process dies (SIGKILL) when its scale is CRASH_SCALE: a stand-in
+# for a checkpoint that kills the loader (out of memory, a fatal error in native code).
+FRAGILE = "python/tests.fixtures_runtime.tiny:make_fragile"
+CRASH_SCALE = 666.0
 FEATURES = 4
 CLASSES = 3
 
@@ -27,8 +34,24 @@ class Tiny(nn.Module):
         return out
 
 
+class Fragile(Tiny):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(self.scale) == CRASH_SCALE:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)
+
+
 def make_model(features: int = FEATURES, classes: int = CLASSES) -> nn.Module:
     return Tiny(features, classes)
+
+
+def make_fragile(features: int = FEATURES, classes: int = CLASSES) -> nn.Module:
+    return Fragile(features, classes)
+
+
+def crashing_weights() -> dict[str, torch.Tensor]:
+    """Weights that make a Fragile model kill its process on its first forward pass."""
+    return {**weights(7), "scale": torch.tensor([CRASH_SCALE])}
 
 
 def weights(seed: int, features: int = FEATURES, classes: int = CLASSES) -> dict[str, torch.Tensor]:

@@ -1,0 +1,91 @@
+"""model.json is read off the event loop, bounded, and only from a regular file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hotswap_runtime.contract import CONFIG_KEY, MAX_CONFIG_BYTES, ConfigError, parse_config
+from hotswap_runtime.watcher import FileWatcher, read_bounded
+
+from tests.fixtures_runtime import checkpoints as ck
+
+
+class Sink:
+    """Stands in for the Reconciler: records what the watcher hands it."""
+
+    def __init__(self) -> None:
+        self.offers: list[int] = []
+        self.errors: list[str] = []
+
+    def offer(self, revision, generation, source) -> None:
+        self.offers.append(generation)
+
+    def config_error(self, reason: str, source: str) -> None:
+        self.errors.append(reason)
+
+
+def good_config(generation: int = 1) -> str:
+    return ck.config(generation, ck.revision(1, "file:///models/a.safetensors", "a" * 64))
+
+
+def test_read_bounded_refuses_what_is_not_a_small_regular_file(tmp_path: Path) -> None:
+    regular = tmp_path / "regular.json"
+    regular.write_text("{}")
+    assert read_bounded(regular, 10) == b"{}"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero"
+    zero.symlink_to("/dev/zero")
+    big = tmp_path / "big"
+    big.write_bytes(b" " * 11)
+    for path, why in (
+        (fifo, "not a regular file"),
+        (zero, "not a regular file"),
+        (big, "11 bytes"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=why):
+            read_bounded(path, 10)
+        assert time.monotonic() - started < 1
+
+
+def test_parse_config_bounds_size_and_echoes_no_values() -> None:
+    with pytest.raises(ConfigError, match="larger than"):
+        parse_config(" " * (MAX_CONFIG_BYTES + 1))
+    secret = "s3cr3t-" * 20
+    text = good_config().replace('"a' + "a" * 63 + '"', f'"{secret}"')
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert secret not in str(caught.value) and "sha256" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "huge"])
+def test_a_hostile_model_json_is_a_config_error(tmp_path: Path, kind: str) -> None:
+    config_dir = tmp_path / "config"
+    ck.publish(config_dir, good_config())
+    link = config_dir / CONFIG_KEY
+    link.unlink()
+    if kind == "dev-zero":
+        link.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(link)
+    else:
+        link.write_text(good_config()[:-1] + " " * (2 * MAX_CONFIG_BYTES) + "}")
+    sink = Sink()
+    watcher = FileWatcher(config_dir, sink, "pod-a", resync_seconds=60)  # type: ignore[arg-type]
+
+    started = time.monotonic()
+    asyncio.run(watcher.read())
+    took = time.monotonic() - started
+    assert took < 1 and sink.offers == []
+    assert len(sink.errors) == 1 and CONFIG_KEY in sink.errors[0]
+    watcher.read_once()  # the same bad document again: reported once only
+    assert len(sink.errors) == 1
+    link.unlink()
+    link.write_text(good_config(2))
+    watcher.read_once()
+    assert sink.offers == [2]
