@@ -75,7 +75,7 @@ def test_system_exit_from_a_load_is_a_failure_and_the_worker_lives_on(tmp_path: 
     reconciler.start()
     try:
         reconciler.offer(revision(tmp_path, 1, seed=1), 1, "file")
-        wait_for(lambda: serving(reconciler) == 1, 30, "revision 1 serving")
+        wait_for(lambda: len(seen.records) == 1, 30, "revision 1 loaded")
         reconciler.offer(bad, 2, "file")
         wait_for(lambda: reconciler.status().state == PodState.FAILED, 30, "revision 2 failed")
         failure = reconciler.status().last_failure
@@ -132,6 +132,7 @@ def test_a_revision_that_killed_the_process_is_refused_and_the_previous_serves(
     try:
         after.offer(crashing, 2, "file")  # model.json still names the crashing revision
         wait_for(lambda: serving(after) == 1, 30, "the previous revision serving again")
+        wait_for(lambda: seen.records and after.status().state != PodState.LOADING, 30, "settled")
         status = after.status()
         assert status.state == PodState.FAILED
         assert status.last_failure is not None and status.last_failure.code == "crashed"
