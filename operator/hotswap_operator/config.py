@@ -7,7 +7,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from hotswap_runtime.policy import (
+    DEFAULT_ARCHITECTURES,
+    DEFAULT_FILE_ROOTS,
+    PolicyError,
+    check_architecture_entries,
+    normalized_root,
+    parse_networks,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/hotswap-dev/hotswap-runtime:0.1.0"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -33,6 +41,56 @@ class GpuDefaults(_Settings):
     runtime_class_name: str | None = Field(default=None, alias="runtimeClassName")
 
 
+# spec.runtime.env may set these (exact names, or prefixes ending in "*"); the runtime's
+# interface variables, its limits and anything that changes what code runs
+# (LD_PRELOAD, PYTHONPATH, ...) stay with the operator and the admin.
+DEFAULT_RUNTIME_ENV = (
+    "HOTSWAP_TORCH_THREADS",
+    "HOTSWAP_LOG_LEVEL",
+    "HOTSWAP_SWAP_MODE",
+    "HOTSWAP_RESYNC_SECONDS",
+    "HOTSWAP_API_WATCH",
+    "HOTSWAP_FETCH_IDLE_SECONDS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "PYTORCH_CUDA_ALLOC_CONF",
+)
+
+
+class Policy(_Settings):
+    """What ModelDeployments may name: the cluster admin's allowlists (policy.py)."""
+
+    architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES
+    images: tuple[str, ...] = ()  # beside the chart's runtime image; "*" allows any
+    file_roots: tuple[str, ...] = Field(default=DEFAULT_FILE_ROOTS, alias="fileRoots")
+    fetch_networks: tuple[str, ...] = Field(default=(), alias="fetchAllowedNetworks")
+    runtime_env: tuple[str, ...] = Field(default=DEFAULT_RUNTIME_ENV, alias="runtimeEnv")
+    max_checkpoint_bytes: int | None = Field(default=None, ge=1, alias="maxCheckpointBytes")
+
+    @field_validator("architectures")
+    @classmethod
+    def _architectures(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_policy(check_architecture_entries, value))
+
+    @field_validator("file_roots")
+    @classmethod
+    def _roots(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_policy(normalized_root, root) for root in value)
+
+    @field_validator("fetch_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        _policy(parse_networks, value)
+        return value
+
+
+def _policy(check: Any, value: Any) -> Any:
+    try:
+        return check(value)
+    except PolicyError as exc:  # pydantic reports ValueErrors with the field's name
+        raise ValueError(str(exc)) from None
+
+
 class RuntimeDefaults(_Settings):
     """What runtime pods get unless a ModelDeployment's spec.runtime says otherwise."""
 
@@ -40,6 +98,10 @@ class RuntimeDefaults(_Settings):
     image_pull_policy: str = Field(default="IfNotPresent", alias="imagePullPolicy")
     resources: dict[str, dict[str, str | int]] = Field(default_factory=dict)
     gpu: GpuDefaults = GpuDefaults()
+    # A read-only volume mounted at MODELS_DIR in every runtime pod (a volume source,
+    # e.g. {"persistentVolumeClaim": {"claimName": "models", "readOnly": true}}).
+    model_volume: dict[str, Any] | None = Field(default=None, alias="modelVolume")
+    policy: Policy = Policy()
 
 
 class ConfigurationError(ValueError):

@@ -17,7 +17,7 @@ import kopf
 from hotswap_runtime.contract import API_GROUP, API_VERSION, PLURAL
 
 from hotswap_operator import config, resources
-from hotswap_operator.kube import Kube, KubeError, Permission, load_api_client
+from hotswap_operator.kube import ChildConflictError, Kube, KubeError, Permission, load_api_client
 from hotswap_operator.reconcile import Aggregator, reconcile, utcnow
 from hotswap_operator.spec import SpecError
 
@@ -99,6 +99,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 def reconcile_handler(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     try:
         events = reconcile(memo.kube, body, memo.defaults)
+    except ChildConflictError as exc:  # may clear up when the other object goes away
+        raise kopf.TemporaryError(str(exc), delay=exc.retry_seconds) from exc
     except SpecError as exc:
         raise kopf.PermanentError(str(exc)) from exc
     except KubeError as exc:

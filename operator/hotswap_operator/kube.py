@@ -24,8 +24,15 @@ from hotswap_runtime.contract import (
     parse_config,
 )
 
-from hotswap_operator.resources import MANAGER, Manifest
+from hotswap_operator.resources import (
+    MANAGER,
+    Manifest,
+    Owner,
+    holder,
+    left_by_predecessor,
+)
 from hotswap_operator.rollout import Event
+from hotswap_operator.spec import SpecError
 
 Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
 PERMISSIONS: set[Permission] = set()
@@ -64,6 +71,12 @@ class KubeError(RuntimeError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ChildConflictError(SpecError):
+    """A child's name is taken by an object this ModelDeployment does not own."""
+
+    retry_seconds = 30.0
 
 
 def load_api_client() -> Any:
@@ -125,27 +138,65 @@ class Kube:
             for verb in ("patch", "create")
         )
     )
-    def apply(self, manifest: Manifest) -> dict[str, Any]:
+    def apply(self, manifest: Manifest, uid: str | None = None) -> dict[str, Any]:
         """Server-side apply: creates or updates, and is a no-op when nothing changed.
 
         The API server authorizes an apply that creates the object as `create` too.
+        With ``uid``, the object must still be that one (a precondition: an object
+        deleted and created again by someone else meanwhile is refused, not taken).
         """
-        prefix, plural, _ = KINDS[(manifest["apiVersion"], manifest["kind"])]
-        meta = manifest["metadata"]
-        path = f"{prefix}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"
+        path, plural = _path(manifest)
+        if uid is not None:
+            manifest = {**manifest, "metadata": {**manifest["metadata"], "uid": uid}}
         query = [("fieldManager", self.field_manager), ("force", "true")]
         result = self.request("PATCH", path, manifest, query, "application/apply-patch+yaml")
         if result is None:
-            raise KubeError(404, f"apply {plural}/{meta['name']}: namespace not found")
+            name = manifest["metadata"]["name"]
+            raise KubeError(404, f"apply {plural}/{name}: namespace not found")
         return result
 
+    @requires(*((group, plural, "get") for _, plural, group in KINDS.values()))
+    def get(self, manifest: Manifest) -> dict[str, Any] | None:
+        """The live object that ``manifest`` would be applied to, or None."""
+        return self.request("GET", _path(manifest)[0])
+
+    def claim(self, manifests: list[Manifest], owner: Owner) -> list[str | None]:
+        """The uid of each child that exists (None where it does not yet).
+
+        Raises ChildConflictError naming every name taken by an object ``owner`` does
+        not control (never adopted), and KubeError 409 while an earlier ModelDeployment
+        of the same name still holds one (the garbage collector is at work; retry soon).
+        """
+        uids: list[str | None] = []
+        taken: list[str] = []
+        for manifest in manifests:
+            live = self.get(manifest)
+            if live is not None and (problem := _held_by_other(live, manifest, owner)):
+                taken.append(problem)
+            uids.append(None if live is None else live["metadata"]["uid"])
+        if taken:
+            raise ChildConflictError(
+                f"ModelDeployment {owner.name}: {'; '.join(taken)}; hotswap never takes over "
+                "an object it did not create: rename the ModelDeployment, or delete those "
+                "objects if they are not needed"
+            )
+        return uids
+
+    def apply_owned(self, manifest: Manifest, owner: Owner) -> dict[str, Any]:
+        """``apply`` after ``claim``: never takes over an object ``owner`` does not own."""
+        (uid,) = self.claim([manifest], owner)
+        return self.apply(manifest, uid)
+
     @requires(("", "configmaps", "get"))
-    def model_config(self, namespace: str, name: str) -> ModelConfig | None:
-        """The current model.json of ModelDeployment `name`, None if absent or unreadable."""
+    def model_config(self, namespace: str, name: str, owner: Owner) -> ModelConfig | None:
+        """The current model.json of ModelDeployment `name`, None if absent, unreadable
+        or in a ConfigMap that ``owner`` does not control."""
         cm = self.request(
             "GET", f"/api/v1/namespaces/{namespace}/configmaps/{configmap_name(name)}"
         )
-        text = ((cm or {}).get("data") or {}).get(CONFIG_KEY)
+        if cm is None or holder(cm, owner) is not None:
+            return None
+        text = (cm.get("data") or {}).get(CONFIG_KEY)
         if not text:
             return None
         try:
@@ -200,6 +251,25 @@ class Kube:
             "reportingInstance": os.environ.get("POD_NAME", self.field_manager),
         }
         self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", record)
+
+
+def _path(manifest: Manifest) -> tuple[str, str]:
+    """(API path, plural) of the object ``manifest`` describes."""
+    prefix, plural, _ = KINDS[(manifest["apiVersion"], manifest["kind"])]
+    meta = manifest["metadata"]
+    return f"{prefix}/namespaces/{meta['namespace']}/{plural}/{meta['name']}", plural
+
+
+def _held_by_other(live: Mapping[str, Any], manifest: Manifest, owner: Owner) -> str | None:
+    where = f"{manifest['kind']} {owner.namespace}/{manifest['metadata']['name']}"
+    if left_by_predecessor(live, owner):
+        raise KubeError(
+            409,
+            f"{where} still belongs to an earlier ModelDeployment {owner.name} "
+            "(being garbage collected); retrying",
+        )
+    who = holder(live, owner)
+    return None if who is None else f"{where} already exists and is held by {who}"
 
 
 def _api_message(data: bytes | None) -> str:

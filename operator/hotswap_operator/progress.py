@@ -56,7 +56,7 @@ class Driver:
         old = dict(body.get("status") or {})
         if not old.get("stable"):
             return []  # reconcile() writes the first revision
-        current = self.kube.model_config(owner.namespace, owner.name)
+        current = self.kube.model_config(owner.namespace, owner.name, owner)
         infos = pod_infos(self.kube, owner.namespace, owner.name)
         pods = sorted(p.name for p in infos if not p.terminating)
         now = utcnow()
@@ -68,7 +68,7 @@ class Driver:
         if changed:
             self.kube.patch_status(owner.namespace, owner.name, changed)
         if plan.config != current:
-            self.kube.apply(resources.config_map(owner, plan.config))
+            self.kube.apply_owned(resources.config_map(owner, plan.config), owner)
         for event in plan.events:
             self.kube.post_event(body, event, now)
             log.info("%s/%s %s: %s", owner.namespace, owner.name, event.reason, event.message)
@@ -82,7 +82,7 @@ class Driver:
             for namespace, name in sorted(self.active):
                 try:
                     self.advance(namespace, name)
-                except KubeError as exc:
+                except (KubeError, SpecError) as exc:
                     log.warning("canary tick of %s/%s: %s", namespace, name, exc)
 
     def stop(self) -> None:
@@ -115,5 +115,5 @@ def canary_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         return
     try:
         memo.canary.advance(*key)
-    except KubeError as exc:  # the tick or the next event tries again
+    except (KubeError, SpecError) as exc:  # the tick or the next event tries again
         log.warning("canary step of %s/%s: %s", *key, exc)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hotswap_operator import resources, rollout, serial, status
+from hotswap_operator.admission import admit
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.kube import Kube
 from hotswap_operator.rollout import Event
@@ -61,8 +62,10 @@ def reconcile(kube: Kube, body: Mapping[str, Any], defaults: RuntimeDefaults) ->
 
     Plans from the object as the API has it now (the event's `body` may be older than
     a status the Canary driver wrote since), under the object's lock (serial.py).
-    Raises SpecError for a spec that cannot work (after recording it in status) and
-    KubeError when the API refuses a write (the caller retries).
+    Raises SpecError for a spec that cannot work or that the admin's policy refuses,
+    ChildConflictError (a SpecError) when a child's name is taken by an object this
+    ModelDeployment does not own (both recorded in status first), and KubeError when
+    the API refuses a write (the caller retries).
     """
     meta = body["metadata"]
     with serial.lock(meta["namespace"], meta["name"]):
@@ -79,18 +82,20 @@ def _reconcile(kube: Kube, body: Mapping[str, Any], defaults: RuntimeDefaults) -
     now = utcnow()
     try:
         spec = parse_spec(body.get("spec") or {}, name=owner.name)
-        current = kube.model_config(owner.namespace, owner.name)
+        admit(spec, defaults, owner.name)
+        current = kube.model_config(owner.namespace, owner.name, owner)
         pods = sorted(p.name for p in infos if not p.terminating)
         plan = rollout.plan(owner.name, spec, old, current, now, pods)
         manifests = resources.children(owner, spec, defaults, plan.config)
+        uids = kube.claim(manifests, owner)  # before any write: all or nothing
     except SpecError as exc:  # record it, so phase and conditions say why
         failed = {"error": str(exc), "observedGeneration": generation}
         kube.patch_status(
             owner.namespace, owner.name, with_summary(old, failed, desired, infos, now)
         )
         raise
-    for manifest in manifests:
-        kube.apply(manifest)
+    for manifest, uid in zip(manifests, uids, strict=True):
+        kube.apply(manifest, uid)
     fields = {
         **plan.status,
         "error": None,

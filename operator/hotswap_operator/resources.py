@@ -11,6 +11,7 @@ change reaches pods through the ConfigMap alone and restarts nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from hotswap_runtime.contract import (
     ModelConfig,
     configmap_name,
 )
+from hotswap_runtime.policy import MODELS_DIR
 
 from hotswap_operator.config import GPU_RESOURCE, RuntimeDefaults
 from hotswap_operator.spec import DeploymentSpec, SpecError
@@ -41,6 +43,7 @@ CONFIG_DIR = "/etc/hotswap/model"
 CACHE_DIR = "/var/cache/hotswap"
 SECRETS_DIR = "/var/run/hotswap/secrets"
 RUNTIME_UID = 10001
+TMP_SIZE_LIMIT = "512Mi"  # the runtime's /tmp emptyDir: nothing a spec names can fill a node
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,34 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
         "uid": owner.uid,
         "controller": True,
     }
+
+
+def holder(obj: Mapping[str, Any], owner: Owner) -> str | None:
+    """None when ``owner`` controls ``obj``; otherwise who holds it, in words.
+
+    The operator never adopts an object it did not create: a ModelDeployment named like
+    an existing Service, Role or ConfigMap would otherwise take it over (and the
+    garbage collector would delete it with the ModelDeployment)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    controller = next((r for r in refs if r.get("controller")), None)
+    if controller is None:
+        return "no owner (it was not created by hotswap)"
+    if controller.get("uid") == owner.uid:
+        return None
+    return f"{controller.get('kind')} {controller.get('name')} (uid {controller.get('uid')})"
+
+
+def left_by_predecessor(obj: Mapping[str, Any], owner: Owner) -> bool:
+    """``obj`` belongs to an earlier ModelDeployment of the same name, deleted and
+    created again: the garbage collector is about to remove it."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(
+        r.get("controller")
+        and r.get("kind") == KIND
+        and r.get("name") == owner.name
+        and r.get("uid") != owner.uid
+        for r in refs
+    )
 
 
 def _metadata(owner: Owner, name: str) -> dict[str, Any]:
@@ -204,8 +235,12 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def runtime_env(owner: Owner, spec: DeploymentSpec) -> list[dict[str, Any]]:
-    """The runtime's environment (docs/architecture.md, "Runtime pod interface")."""
+def runtime_env(
+    owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults
+) -> list[dict[str, Any]]:
+    """The runtime's environment (docs/architecture.md, "Runtime pod interface"): the
+    interface variables, the admin's policy, then what spec.runtime.env may add."""
+    policy = defaults.policy
     env: list[dict[str, Any]] = [
         {"name": "HOTSWAP_MODEL_NAME", "value": owner.name},
         {"name": "HOTSWAP_CONFIG_DIR", "value": CONFIG_DIR},
@@ -217,7 +252,16 @@ def runtime_env(owner: Owner, spec: DeploymentSpec) -> list[dict[str, Any]]:
         {"name": "HOTSWAP_SECRETS_DIR", "value": SECRETS_DIR},
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_NAMESPACE", "metadata.namespace"),
+        {"name": "HOTSWAP_ALLOWED_ARCHITECTURES", "value": ",".join(policy.architectures)},
+        {"name": "HOTSWAP_FILE_ROOTS", "value": ",".join(policy.file_roots)},
+        {"name": "HOTSWAP_FETCH_ALLOWED_NETWORKS", "value": ",".join(policy.fetch_networks)},
     ]
+    if policy.max_checkpoint_bytes is not None:
+        limit = str(policy.max_checkpoint_bytes)
+        env += [
+            {"name": "HOTSWAP_MAX_CHECKPOINT_BYTES", "value": limit},
+            {"name": "HOTSWAP_MAX_MODEL_BYTES", "value": limit},
+        ]
     if spec.runtime.cache_max_bytes is not None:
         env.append({"name": "HOTSWAP_CACHE_MAX_BYTES", "value": str(spec.runtime.cache_max_bytes)})
     ours = {e["name"] for e in env}
@@ -231,17 +275,22 @@ def runtime_env(owner: Owner, spec: DeploymentSpec) -> list[dict[str, Any]]:
     return env
 
 
-def _volumes(owner: Owner, spec: DeploymentSpec) -> tuple[list[Manifest], list[Manifest]]:
+def _volumes(
+    owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults
+) -> tuple[list[Manifest], list[Manifest]]:
     volumes: list[Manifest] = [
         {"name": "model", "configMap": {"name": configmap_name(owner.name)}},
         {"name": "cache", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
     ]
     mounts: list[Manifest] = [
         {"name": "model", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "cache", "mountPath": CACHE_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    if defaults.model_volume:
+        volumes.append({"name": "models", **defaults.model_volume})
+        mounts.append({"name": "models", "mountPath": MODELS_DIR, "readOnly": True})
     secret = spec.checkpoint.secret_ref
     if secret is not None:
         volumes.append({"name": "checkpoint-secret", "secret": {"secretName": secret.name}})
@@ -264,13 +313,15 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def runtime_container(owner: Owner, spec: DeploymentSpec, sched: Scheduling) -> Manifest:
-    _, mounts = _volumes(owner, spec)
+def runtime_container(
+    owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults, sched: Scheduling
+) -> Manifest:
+    _, mounts = _volumes(owner, spec, defaults)
     return {
         "name": "runtime",
         "image": sched.image,
         "imagePullPolicy": sched.image_pull_policy,
-        "env": runtime_env(owner, spec),
+        "env": runtime_env(owner, spec, defaults),
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "resources": sched.resources,
         "volumeMounts": mounts,
@@ -288,7 +339,7 @@ def runtime_container(owner: Owner, spec: DeploymentSpec, sched: Scheduling) -> 
 
 def pod_template(owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults) -> Manifest:
     sched = scheduling(spec, defaults)
-    volumes, _ = _volumes(owner, spec)
+    volumes, _ = _volumes(owner, spec, defaults)
     pod_spec: dict[str, Any] = {
         "serviceAccountName": owner.account_name,
         "securityContext": {
@@ -298,7 +349,7 @@ def pod_template(owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults) 
             "fsGroup": RUNTIME_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [runtime_container(owner, spec, sched)],
+        "containers": [runtime_container(owner, spec, defaults, sched)],
         "volumes": volumes,
         "terminationGracePeriodSeconds": 30,
     }

@@ -26,7 +26,8 @@ import re
 from collections.abc import Iterable, Sequence
 
 DEFAULT_ARCHITECTURES = ("torchvision", "python/hotswap_runtime.examples")
-DEFAULT_FILE_ROOTS = ("/models",)
+MODELS_DIR = "/models"  # where the chart's runtime.modelVolume is mounted, read-only
+DEFAULT_FILE_ROOTS = (MODELS_DIR,)
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _MODULE = rf"{_IDENT}(?:\.{_IDENT})*"

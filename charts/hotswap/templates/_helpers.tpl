@@ -31,5 +31,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "hotswap.runtimeDefaults" -}}
 {{- $rt := .Values.runtime -}}
 {{- $image := include "hotswap.image" (dict "image" $rt.image "chart" .Chart) -}}
-{{- dict "image" $image "imagePullPolicy" $rt.image.pullPolicy "resources" $rt.resources "gpu" $rt.gpu | toJson -}}
+{{- $defaults := dict "image" $image "imagePullPolicy" $rt.image.pullPolicy "resources" $rt.resources "gpu" $rt.gpu "policy" .Values.policy -}}
+{{- with $rt.modelVolume }}{{ $_ := set $defaults "modelVolume" . }}{{ end -}}
+{{- $defaults | toJson -}}
 {{- end -}}

@@ -34,7 +34,7 @@ SPEC = {
         "args": {"num_classes": 10},
         "inputShape": [3, 32, 32],
     },
-    "checkpoint": {"uri": "file:///m/v1.safetensors", "sha256": SHA1},
+    "checkpoint": {"uri": "file:///models/v1.safetensors", "sha256": SHA1},
     "runtime": {"device": "cpu"},
 }
 CHILDREN = {
@@ -122,10 +122,10 @@ def test_checkpoint_change_touches_only_the_config_map(crd, kube, namespace):
     reconcile(kube, create(client, namespace), CPU)
     before = versions(client, namespace)
     template = client.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/resnet")
-    patch = {"spec": {"checkpoint": {"uri": "file:///m/v2.safetensors", "sha256": SHA2}}}
+    patch = {"spec": {"checkpoint": {"uri": "file:///models/v2.safetensors", "sha256": SHA2}}}
     md = client.patch(f"{MD.format(ns=namespace)}/resnet", patch, MERGE_PATCH)
     (event,) = reconcile(kube, md, CPU)
-    assert event.message.startswith("revision 2: file:///m/v2.safetensors")
+    assert event.message.startswith("revision 2: file:///models/v2.safetensors")
     after = versions(client, namespace)
     changed = sorted(p for p in after if after[p] != before[p])
     assert changed == [f"/api/v1/namespaces/{namespace}/configmaps/resnet-model"]
@@ -277,3 +277,48 @@ def test_a_spec_the_schema_admits_but_cannot_run_is_failed_with_the_reason(crd, 
     reconcile(kube, fixed, CPU)
     status = get(client, namespace)["status"]
     assert "error" not in status and status["phase"] == "Pending" and status["revision"] == 1
+
+
+def test_objects_it_did_not_create_are_never_taken_over(crd, kube, namespace):
+    """A ModelDeployment named like an existing Service and Role (a confused deputy):
+    refused in status, nothing written, and the foreign objects stay as they were."""
+    client = crd.rest()
+    service = client.post(
+        f"/api/v1/namespaces/{namespace}/services",
+        {"metadata": {"name": "resnet"}, "spec": {"ports": [{"port": 80}]}},
+    )
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+    rules = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    role = client.post(f"{rbac}/roles", {"metadata": {"name": "resnet-runtime"}, "rules": rules})
+    created = create(client, namespace)
+    with pytest.raises(SpecError, match="never takes over"):
+        reconcile(kube, created, CPU)
+    status = get(client, namespace)["status"]
+    assert status["phase"] == "Failed"
+    assert f"Service {namespace}/resnet already exists and is held by no owner" in status["error"]
+    for path, before in (
+        (f"/api/v1/namespaces/{namespace}/services/resnet", service),
+        (f"{rbac}/roles/resnet-runtime", role),
+    ):
+        now = client.get(path)
+        assert now["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert "ownerReferences" not in now["metadata"]
+    with pytest.raises(ApiError) as absent:  # all or nothing: not even the ConfigMap
+        client.get(f"/api/v1/namespaces/{namespace}/configmaps/resnet-model")
+    assert absent.value.status == 404
+    client.delete(f"/api/v1/namespaces/{namespace}/services/resnet")
+    client.delete(f"{rbac}/roles/resnet-runtime")
+    reconcile(kube, get(client, namespace), CPU)
+    status = get(client, namespace)["status"]
+    assert "error" not in status and status["revision"] == 1
+    (ref,) = client.get(f"{rbac}/roles/resnet-runtime")["metadata"]["ownerReferences"]
+    assert ref["uid"] == created["metadata"]["uid"]
+
+
+def test_a_file_outside_the_allowed_roots_is_refused_in_status(crd, kube, namespace):
+    client = crd.rest()
+    spec = {**SPEC, "checkpoint": {"uri": "file:///etc/passwd.pt", "sha256": SHA1}}
+    with pytest.raises(SpecError, match=r"policy\.fileRoots"):
+        reconcile(kube, create(client, namespace, spec), CPU)
+    status = get(client, namespace)["status"]
+    assert status["phase"] == "Failed" and "spec.checkpoint.uri" in status["error"]
