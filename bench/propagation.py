@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mount_changes = args.mount_changes if args.mount_changes is not None else args.changes
     if args.quick and args.mount_changes is None:
         mount_changes = 3
-    with tempfile.TemporaryDirectory(prefix="hotswap-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=checkpoints.local_root()) as tmp:
         refs = make_checkpoints(Path(tmp))
         with (
             Cluster(ensure_binary()) as cluster,

@@ -15,7 +15,7 @@ import argparse
 import hashlib
 from pathlib import Path
 
-DEFAULT_DIR = Path("/tmp/hotswap-examples")
+DEFAULT_DIR = Path("/var/tmp/hotswap-examples")
 ARCHITECTURE = "resnet18"
 ARGS = {"num_classes": 10}
 

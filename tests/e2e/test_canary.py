@@ -10,6 +10,7 @@ the ones a poll happened to catch.
 from __future__ import annotations
 
 import copy
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -31,9 +32,9 @@ JSON = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, JSON]:
+def files() -> Iterator[dict[str, JSON]]:
     """Checkpoints v1..v3, one with NaN weights, and a validation probe: name -> ref."""
-    folder = tmp_path_factory.mktemp("canary-checkpoints")
+    folder = checkpoints.local_folder("canary")
     out: dict[str, JSON] = {}
     for seed in (1, 2, 3):
         path = folder / f"v{seed}.safetensors"
@@ -49,7 +50,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, JSON]:
     for name, tensor in (("probe", x), ("expect-v2", tiny.expected(tiny.weights(2), x))):
         path = folder / f"{name}.safetensors"
         out[name] = {"uri": path.as_uri(), "sha256": checkpoints.save({"t": tensor}, path)}
-    return out
+    yield out
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def manifest(files: dict[str, JSON]) -> JSON:

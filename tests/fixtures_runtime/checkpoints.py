@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,21 @@ import safetensors.torch
 import torch
 from hotswap_runtime.contract import CONFIG_KEY
 
+from examples.checkpoints import DEFAULT_DIR
+
 from . import tiny
+
+
+def local_root() -> Path:
+    """The examples' folder: the one file root the local chart values
+    (examples/values-local.yaml) allow, so pods on the local kubelet may read it."""
+    DEFAULT_DIR.mkdir(parents=True, exist_ok=True)
+    return DEFAULT_DIR
+
+
+def local_folder(stem: str) -> Path:
+    """A new folder under ``local_root()``."""
+    return Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=local_root()))
 
 
 def sha256_of(path: Path) -> str:
