@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hotswap_runtime.contract import PodReport, PodState, short_sha
+from hotswap_runtime.redact import clip
 from pydantic import ValidationError
 
 from hotswap_operator import canary
@@ -88,7 +89,7 @@ def _failure(report: PodReport | str | None, stable: RevisionRef) -> str | None:
     if report.target_revision not in (None, stable.revision):
         return None  # an old failure, superseded by a newer target
     serving = f"still serving revision {report.revision}" if report.revision else "serving nothing"
-    cause = report.message or "no reason given"
+    cause = clip(report.message) or "no reason given"
     return f"failed revision {stable.revision}: {cause} ({serving})"
 
 
@@ -272,7 +273,7 @@ def _remember(report: PodReport) -> tuple[int | None, str | None, str, int | Non
 
 def _swap_event(pod: str, report: PodReport, first: bool) -> Event | None:
     if report.state is PodState.FAILED:
-        cause = report.message or "no reason given"
+        cause = clip(report.message) or "no reason given"
         return Event(
             "Warning",
             "SwapFailed",

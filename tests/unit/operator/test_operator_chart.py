@@ -109,3 +109,46 @@ def test_runtime_gpu_defaults_reach_the_operator(helm_bin):
             assert json.loads(raw)["gpu"]["limits"] == {"nvidia.com/gpu": 1}
             assert defaults.gpu.runtime_class_name == "nvidia"
             assert defaults.gpu.tolerations[0]["key"] == "nvidia.com/gpu"
+
+
+VAP_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
+
+
+def test_the_policy_values_reach_the_operator(helm_bin):
+    (container,) = operator_pod(
+        render(
+            helm_bin,
+            "--set",
+            "policy.images={registry.corp/ml/*}",
+            "--set",
+            "runtime.modelVolume.persistentVolumeClaim.claimName=models",
+        )
+    )["containers"]
+    raw = next(e["value"] for e in container["env"] if e["name"] == "HOTSWAP_RUNTIME_DEFAULTS")
+    defaults = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": raw})
+    assert defaults.policy.architectures == ("torchvision", "python/hotswap_runtime.examples")
+    assert defaults.policy.images == ("registry.corp/ml/*",)
+    assert defaults.policy.file_roots == ("/models",)
+    assert "LD_PRELOAD" not in defaults.policy.runtime_env
+    assert defaults.model_volume == {"persistentVolumeClaim": {"claimName": "models"}}
+    assert runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": render_defaults(helm_bin)}).policy
+
+
+def render_defaults(helm_bin):
+    (container,) = operator_pod(render(helm_bin))["containers"]
+    return next(e["value"] for e in container["env"] if e["name"] == "HOTSWAP_RUNTIME_DEFAULTS")
+
+
+def test_status_integrity_policy_is_rendered_where_the_api_exists(helm_bin):
+    kinds = [d["kind"] for d in render(helm_bin, "--api-versions", VAP_API)]
+    assert kinds.count("ValidatingAdmissionPolicy") == 1
+    assert kinds.count("ValidatingAdmissionPolicyBinding") == 1
+    assert "ValidatingAdmissionPolicy" not in [d["kind"] for d in render(helm_bin)]
+    off = render(helm_bin, "--api-versions", VAP_API, "--set", "statusIntegrity.enabled=false")
+    assert "ValidatingAdmissionPolicy" not in [d["kind"] for d in off]
+
+
+def test_operator_tmp_is_size_limited(helm_bin):
+    pod = operator_pod(render(helm_bin))
+    (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
+    assert tmp["emptyDir"]["sizeLimit"]

@@ -115,3 +115,20 @@ def test_status_schema_covers_what_the_operator_writes(version):
     revision = set(status_props["stable"]["properties"])
     assert set(plan.status["stable"]) <= revision
     assert set(plan.status["history"][0]) <= revision
+
+
+def test_bounds_match_the_contract(version):
+    spec = props(version["schema"]["openAPIV3Schema"], "spec")
+    model = props(spec, "model")
+    aliases = {f.alias or name for name, f in contract.ModelSpec.model_fields.items()}
+    assert set(model["properties"]) == aliases
+    assert model["properties"]["inputShape"]["maxItems"] == contract.MAX_INPUT_DIMS
+    assert model["properties"]["castWeights"]["default"] is False
+    for artifact in (
+        props(spec, "checkpoint"),
+        props(spec, "validation", "input"),
+        props(spec, "validation", "expected"),
+    ):
+        assert artifact["properties"]["uri"]["maxLength"] == contract.MAX_URI_LENGTH
+        secret = artifact["properties"]["secretRef"]["properties"]["name"]
+        assert secret["pattern"] == contract.SECRET_NAME_PATTERN
