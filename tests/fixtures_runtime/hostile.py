@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 Route = Callable[[BaseHTTPRequestHandler], None]
@@ -183,3 +184,39 @@ def unused_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def unanswered(host: str = "127.0.0.1") -> Iterator[int]:
+    """A port that never completes a connection: its listen queue is full and nobody
+    accepts, so the kernel drops further SYNs and a connect waits until it gives up."""
+    fillers: list[socket.socket] = []
+    with socket.socket() as server:
+        server.bind((host, 0))
+        server.listen(0)
+        port = int(server.getsockname()[1])
+        try:
+            for _ in range(64):  # fill the queue: until a connect no longer completes
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.settimeout(0.3)
+                try:
+                    filler.connect((host, port))
+                except TimeoutError:
+                    filler.close()  # so that only a client's SYN_SENT shows (connecting())
+                    break
+            else:
+                raise AssertionError("the listen queue never filled")
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def connecting(port: int) -> bool:
+    """Whether a socket of this machine is sending SYNs to ``port`` (IPv4 SYN_SENT)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "02" and int(fields[2].split(":")[1], 16) == port:
+            return True
+    return False

@@ -91,9 +91,9 @@ def leftovers(store: CheckpointStore) -> list[str]:
 
 
 def cancelled_fetch(
-    store: CheckpointStore, checkpoint: Checkpoint, in_flight: threading.Event
+    store: CheckpointStore, checkpoint: Checkpoint, in_flight: threading.Event | Callable[[], bool]
 ) -> tuple[BaseException | None, float]:
-    """Fetch in a worker; once ``in_flight`` is set, want a newer revision. Returns what
+    """Fetch in a worker; once ``in_flight`` holds, want a newer revision. Returns what
     the fetch raised and the seconds from the cancel to the fetch returning."""
     wanted = threading.Event()
     returned: list[float] = []
@@ -106,11 +106,24 @@ def cancelled_fetch(
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         future = pool.submit(run)
-        assert in_flight.wait(10), "the fetch never reached the server"
+        reached = in_flight.wait if isinstance(in_flight, threading.Event) else _poll(in_flight)
+        assert reached(10), "the fetch never reached the server"
         cancelled_at = time.monotonic()
         wanted.set()
         error = future.exception(timeout=10)
     return error, returned[0] - cancelled_at
+
+
+def _poll(condition: Callable[[], bool]) -> Callable[[float], bool]:
+    def wait(timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    return wait
 
 
 def test_body_stall_is_superseded_within_a_second(
@@ -136,6 +149,25 @@ def test_stall_before_headers_is_superseded_within_a_second(
     assert latency < 1.0, f"cancel took {latency:.3f}s"
     print(f"cancel latency (no headers yet): {latency * 1000:.0f} ms")
     assert leftovers(store) == []
+
+
+def test_connect_that_hangs_is_superseded_within_a_second(make_store: MakeStore) -> None:
+    store = make_store(idle=60)  # connecting may take 10 s: only the cancel ends it sooner
+    with hostile.unanswered() as port:
+        error, latency = cancelled_fetch(
+            store, ck(f"http://127.0.0.1:{port}/x"), lambda: hostile.connecting(port)
+        )
+    assert isinstance(error, Superseded), error
+    assert latency < 1.0, f"cancel took {latency:.3f}s"
+    print(f"cancel latency (connecting): {latency * 1000:.0f} ms")
+
+
+def test_connect_has_its_own_timeout(store: CheckpointStore) -> None:
+    with hostile.unanswered() as port:
+        start = time.monotonic()
+        with pytest.raises(FetchError, match="did not accept a connection within 1 s"):
+            store.fetch(ck(f"http://127.0.0.1:{port}/x"))
+    assert time.monotonic() - start < IDLE + 2
 
 
 @pytest.mark.parametrize("where", ["body", "headers"])
