@@ -26,6 +26,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,17 +38,16 @@ from .fetch_http import open_http, quiet_client_logs
 from .fetch_loop import FetchLoop
 from .fetch_net import NetPolicy
 from .fetch_s3 import open_s3
-from .fetch_stream import Sink, pump
+from .fetch_stream import Body, Sink, pump
 from .policy import DEFAULT_FILE_ROOTS
 from .redact import redact_uri
 from .settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 def _never() -> bool:
     return False
-
-
-log = logging.getLogger(__name__)
 
 
 class CheckpointStore:
@@ -147,8 +147,7 @@ class CheckpointStore:
         if not sink.matches(checkpoint.sha256):
             raise IntegrityError(
                 f"checkpoint {shown}: content does not match spec.checkpoint.sha256 "
-                f"({checkpoint.sha256}); the file changed, or the sha256 in "
-                "the spec is wrong"
+                f"({checkpoint.sha256}); the file changed, or the sha256 in the spec is wrong"
             )
         return sink.total
 
@@ -160,18 +159,17 @@ class CheckpointStore:
             return
         if scheme not in ("http", "https", "s3"):
             raise FetchRefused(f"checkpoint {shown}: only file, http, https and s3 URIs are read")
-        secret = (
-            read_secret(self.secrets_dir, checkpoint.secret_ref) if checkpoint.secret_ref else {}
-        )
+        opened = self._open_remote(checkpoint, scheme)
+        self._loop.run(lambda: pump(opened, sink, self.net), cancelled, shown)
+
+    def _open_remote(
+        self, checkpoint: Checkpoint, scheme: str
+    ) -> AbstractAsyncContextManager[Body]:
+        ref = checkpoint.secret_ref
+        secret = read_secret(self.secrets_dir, ref) if ref else {}
         if scheme == "s3":
-            self._loop.run(
-                lambda: pump(open_s3(uri, secret, self.net), sink, self.net), cancelled, shown
-            )
-        else:
-            auth = secret.get("HTTP_AUTHORIZATION")
-            self._loop.run(
-                lambda: pump(open_http(uri, auth, self.net), sink, self.net), cancelled, shown
-            )
+            return open_s3(checkpoint.uri, secret, self.net)
+        return open_http(checkpoint.uri, secret.get("HTTP_AUTHORIZATION"), self.net)
 
     def _evict(self, keep: str) -> None:
         with self._lock:
