@@ -80,6 +80,15 @@ class CheckpointNotFound(FetchError):
     code = "not_found"
 
 
+class FetchRefused(FetchError):
+    """The runtime's policy forbids the fetch: a file outside the file roots, a special
+    file, a refused network address or scheme. Retrying the same revision cannot help;
+    the user changes the URI or the cluster admin the policy."""
+
+    code = "fetch_refused"
+    transient = False
+
+
 class CheckpointTooLarge(SwapError):
     """The checkpoint is over the runtime's size limit."""
 

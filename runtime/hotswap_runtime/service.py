@@ -33,12 +33,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.store = CheckpointStore(
-            settings.cache_dir,
-            settings.cache_max_bytes,
-            settings.max_checkpoint_bytes,
-            settings.secrets_dir,
-        )
+        self.store = CheckpointStore.from_settings(settings)
         self.swapper = Swapper(
             self.store, self.device, settings.allowed_architectures, settings.swap_mode
         )

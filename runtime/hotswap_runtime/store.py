@@ -1,42 +1,53 @@
-"""Checkpoint store: fetch through fsspec, verify sha256 while streaming, cache by sha256.
+"""Checkpoint store: fetch, verify sha256 while streaming, cache by sha256.
 
 The cache is a folder of files named by their sha256. A fetch streams the source into a
-temporary file in that folder while hashing it, checks the size limit as bytes arrive,
-and renames the file into place only when the hash matches, so a reader never sees a
-partial or unverified file. A cache hit (a rollback, or several revisions sharing a
-checkpoint) downloads nothing. The folder is kept under a byte bound by evicting the
-least recently used files, never one that is serving or about to.
+temporary file in that folder while hashing it, checks the size limit before reading
+and as bytes arrive, and renames the file into place only when the hash matches, so a
+reader never sees a partial or unverified file. A cache hit (a rollback, or several
+revisions sharing a checkpoint) downloads nothing. The folder is kept under a byte bound
+by evicting the least recently used files, never one that is serving or about to.
 
-Credentials come from ``$HOTSWAP_SECRETS_DIR/<secretRef>/<KEY>`` files and are passed to
-fsspec only; they are never logged or put into error messages.
+Sources, each treated as hostile (docs/architecture.md, "Trust model"):
+
+* ``file://`` under ``HOTSWAP_FILE_ROOTS`` only, regular files only (``fetch_file``);
+* ``http(s)://`` and ``s3://`` on the store's own event-loop thread (``fetch_loop``),
+  where a newer revision stops a download within a poll and no wait outlasts the idle
+  bound; every address is checked before it is connected to (``fetch_net``).
+
+Whatever fails, ``fetch`` raises a ``SwapError`` whose reason shows the URI redacted
+(``redact.redact_uri``) and no text the source sent, and leaves no temporary file.
+Credentials (``credentials``) go to the fetchers only.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import IO, Any
 from urllib.parse import urlsplit
 
-import fsspec
-
 from .contract import Checkpoint, short_sha
-from .errors import CheckpointNotFound, CheckpointTooLarge, FetchError, IntegrityError, Superseded
+from .credentials import read_secret
+from .errors import FetchError, FetchRefused, IntegrityError, SwapError
+from .fetch_file import copy_file
+from .fetch_http import open_http, quiet_client_logs
+from .fetch_loop import FetchLoop
+from .fetch_net import NetPolicy
+from .fetch_s3 import open_s3
+from .fetch_stream import Body, Sink, pump
+from .policy import DEFAULT_FILE_ROOTS
+from .redact import redact_uri
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-CHUNK = 8 << 20  # few, large reads: each one takes the GIL back once
-_S3_KEYS = {
-    "AWS_ACCESS_KEY_ID": "key",
-    "AWS_SECRET_ACCESS_KEY": "secret",
-    "AWS_SESSION_TOKEN": "token",
-    "AWS_ENDPOINT_URL": "endpoint_url",
-}
+
+def _never() -> bool:
+    return False
 
 
 class CheckpointStore:
@@ -48,16 +59,40 @@ class CheckpointStore:
         max_bytes: int,
         max_checkpoint_bytes: int,
         secrets_dir: Path | None = None,
+        *,
+        file_roots: Sequence[str] = DEFAULT_FILE_ROOTS,
+        allowed_networks: Sequence[str] = (),
+        idle_seconds: float = 30.0,
     ) -> None:
         self.cache_dir = cache_dir
         self.max_bytes = max_bytes
         self.max_checkpoint_bytes = max_checkpoint_bytes
         self.secrets_dir = secrets_dir
+        self.file_roots = tuple(file_roots)
+        self.net = NetPolicy.of(allowed_networks, idle_seconds)
+        self._loop = FetchLoop()
         self._lock = threading.Lock()
         self._protected: frozenset[str] = frozenset()
+        quiet_client_logs()
         cache_dir.mkdir(parents=True, exist_ok=True)
         for stale in cache_dir.glob(".tmp-*"):
             stale.unlink(missing_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CheckpointStore:
+        return cls(
+            settings.cache_dir,
+            settings.cache_max_bytes,
+            settings.max_checkpoint_bytes,
+            settings.secrets_dir,
+            file_roots=settings.file_roots,
+            allowed_networks=settings.fetch_allowed_networks,
+            idle_seconds=settings.fetch_idle_seconds,
+        )
+
+    def close(self) -> None:
+        """Stop the fetch loop thread (a later fetch starts it again)."""
+        self._loop.close()
 
     def path_for(self, sha256: str) -> Path:
         return self.cache_dir / sha256
@@ -77,97 +112,64 @@ class CheckpointStore:
             self._protected = frozenset(shas)
 
     def fetch(self, checkpoint: Checkpoint, cancelled: Callable[[], bool] | None = None) -> Path:
-        """A verified local copy of ``checkpoint``, from the cache or downloaded."""
+        """A verified local copy of ``checkpoint``, from the cache or downloaded.
+
+        Raises a SwapError: Superseded once ``cancelled()`` turns true, FetchError and
+        its kinds, CheckpointTooLarge, IntegrityError."""
         hit = self.cached(checkpoint.sha256)
         if hit is not None:
             return hit
+        shown = redact_uri(checkpoint.uri)
         tmp = self.cache_dir / f".tmp-{checkpoint.sha256}-{uuid.uuid4().hex}"
         try:
-            self._download(checkpoint, tmp, cancelled or (lambda: False))
+            total = self._download(checkpoint, shown, tmp, cancelled or _never)
             final = self.path_for(checkpoint.sha256)
             tmp.replace(final)
+        except SwapError:
+            raise
+        except Exception as exc:  # a library's own exception: its text may quote the source
+            raise FetchError(f"cannot fetch checkpoint {shown}: {type(exc).__name__}") from None
         finally:
             tmp.unlink(missing_ok=True)
+        log.info("fetched %s sha256=%s bytes=%d", shown, short_sha(checkpoint.sha256), total)
         self._evict(keep=checkpoint.sha256)
         return final
 
-    def _download(self, checkpoint: Checkpoint, tmp: Path, cancelled: Callable[[], bool]) -> None:
-        uri = checkpoint.uri
-        digest = hashlib.sha256()
-        try:
-            with _Open(uri, self._options(checkpoint)) as (source, size):
-                self._check_size(uri, size)
-                with tmp.open("wb") as sink:
-                    total = self._copy(uri, source, sink, digest, cancelled)
-                    sink.flush()
-                    os.fsync(sink.fileno())
-        except (FetchError, CheckpointTooLarge, Superseded):
-            raise
-        except FileNotFoundError as exc:
-            cause = exc.__cause__  # fsspec's http reports connection errors this way too
-            if cause is not None and getattr(cause, "status", None) != 404:
-                raise FetchError(f"cannot fetch checkpoint {uri}: {_describe(cause)}") from None
-            raise CheckpointNotFound(
-                f"checkpoint {uri} does not exist; check spec.checkpoint.uri"
-            ) from None
-        except Exception as exc:
-            raise FetchError(f"cannot fetch checkpoint {uri}: {_describe(exc)}") from None
-        if digest.hexdigest() != checkpoint.sha256:
-            raise IntegrityError(
-                f"checkpoint {uri}: sha256 is {digest.hexdigest()}, expected "
-                f"{checkpoint.sha256} ({total} bytes read); the file is truncated or changed, "
-                "or spec.checkpoint.sha256 is wrong"
-            )
-        log.info("fetched %s sha256=%s bytes=%d", uri, short_sha(checkpoint.sha256), total)
-
-    def _copy(
-        self,
-        uri: str,
-        source: IO[bytes],
-        sink: IO[bytes],
-        digest: Any,
-        cancelled: Callable[[], bool],
+    def _download(
+        self, checkpoint: Checkpoint, shown: str, tmp: Path, cancelled: Callable[[], bool]
     ) -> int:
-        total = 0
-        # One buffer for every chunk: no 8 MiB allocation (mmap, page faults, munmap) per read.
-        view = memoryview(bytearray(CHUNK))
-        while n := _read_into(source, view):
-            total += n
-            self._check_size(uri, total)
-            if cancelled():
-                raise Superseded(f"download of {uri} stopped: a newer revision is wanted")
-            digest.update(view[:n])
-            sink.write(view[:n])
-        return total
-
-    def _check_size(self, uri: str, size: int | None) -> None:
-        if size is not None and size > self.max_checkpoint_bytes:
-            raise CheckpointTooLarge(
-                f"checkpoint {uri} is over the size limit of {self.max_checkpoint_bytes} "
-                f"bytes (at least {size}); raise HOTSWAP_MAX_CHECKPOINT_BYTES if it is right"
+        """Stream the source into ``tmp`` and verify it; the number of bytes."""
+        with tmp.open("xb") as file:
+            sink = Sink(file, shown, self.max_checkpoint_bytes)
+            self._copy(checkpoint, sink, cancelled)
+            file.flush()
+            os.fsync(file.fileno())
+        if not sink.matches(checkpoint.sha256):
+            raise IntegrityError(
+                f"checkpoint {shown}: content does not match spec.checkpoint.sha256 "
+                f"({checkpoint.sha256}); the file changed, or the sha256 in the spec is wrong"
             )
+        return sink.total
 
-    def _options(self, checkpoint: Checkpoint) -> dict[str, Any]:
-        secret = self._secret(checkpoint.secret_ref) if checkpoint.secret_ref else {}
-        scheme = urlsplit(checkpoint.uri).scheme
+    def _copy(self, checkpoint: Checkpoint, sink: Sink, cancelled: Callable[[], bool]) -> None:
+        uri, shown = checkpoint.uri, sink.shown
+        scheme = urlsplit(uri).scheme
+        if scheme == "file":
+            copy_file(uri, self.file_roots, sink, cancelled)
+            return
+        if scheme not in ("http", "https", "s3"):
+            raise FetchRefused(f"checkpoint {shown}: only file, http, https and s3 URIs are read")
+        opened = self._open_remote(checkpoint, scheme)
+        self._loop.run(lambda: pump(opened, sink, self.net), cancelled, shown)
+
+    def _open_remote(
+        self, checkpoint: Checkpoint, scheme: str
+    ) -> AbstractAsyncContextManager[Body]:
+        ref = checkpoint.secret_ref
+        secret = read_secret(self.secrets_dir, ref) if ref else {}
         if scheme == "s3":
-            return _s3_options(secret)
-        if scheme in ("http", "https") and "HTTP_AUTHORIZATION" in secret:
-            return {"headers": {"Authorization": secret["HTTP_AUTHORIZATION"]}}
-        return {}
-
-    def _secret(self, name: str) -> dict[str, str]:
-        folder = (self.secrets_dir or Path("/nonexistent")) / name
-        if not folder.is_dir():
-            raise FetchError(
-                f"secret {name!r} named by checkpoint.secretRef is not mounted at {folder}; "
-                "create the Secret in the ModelDeployment's namespace"
-            )
-        return {
-            item.name: item.read_text().strip()
-            for item in folder.iterdir()
-            if item.is_file() and not item.name.startswith(".")
-        }
+            return open_s3(checkpoint.uri, secret, self.net)
+        return open_http(checkpoint.uri, secret.get("HTTP_AUTHORIZATION"), self.net)
 
     def _evict(self, keep: str) -> None:
         with self._lock:
@@ -183,51 +185,3 @@ class CheckpointStore:
                 path.unlink(missing_ok=True)
                 total -= size
                 log.info("cache: evicted %s (%d bytes)", short_sha(path.name), size)
-
-
-def _s3_options(secret: dict[str, str]) -> dict[str, Any]:
-    options: dict[str, Any] = {"skip_instance_cache": True}
-    for key, option in _S3_KEYS.items():
-        if secret.get(key):
-            options[option] = secret[key]
-    if secret.get("AWS_REGION"):
-        options["client_kwargs"] = {"region_name": secret["AWS_REGION"]}
-    return options
-
-
-class _Open:
-    """Context manager yielding (binary stream, size or None) for any fsspec URI."""
-
-    def __init__(self, uri: str, options: dict[str, Any]) -> None:
-        self.uri = uri
-        self.options = options
-        self._file: Any = None
-
-    def __enter__(self) -> tuple[IO[bytes], int | None]:
-        fs, path = fsspec.core.url_to_fs(self.uri, **self.options)
-        http = urlsplit(self.uri).scheme in ("http", "https")
-        size = None if http else fs.size(path)
-        kwargs: dict[str, Any] = {"block_size": 0} if http else {}
-        self._file = fs.open(path, "rb", **kwargs)
-        if http:
-            size = getattr(self._file, "size", None)
-        return self._file, size
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-def _read_into(source: IO[bytes], view: memoryview) -> int:
-    """Read the next chunk into ``view``; 0 at the end."""
-    readinto = getattr(source, "readinto", None)
-    if readinto is not None:
-        return int(readinto(view) or 0)
-    chunk = source.read(len(view))
-    view[: len(chunk)] = chunk
-    return len(chunk)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip() or repr(exc)
-    return f"{type(exc).__name__}: {text}"

@@ -114,6 +114,9 @@ def start_runtime(
         "HOTSWAP_TORCH_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "HOTSWAP_ALLOWED_ARCHITECTURES": ",".join(tiny.ALLOWED),
+        # Tests keep checkpoints in their work folder and serve them on 127.0.0.1.
+        "HOTSWAP_FILE_ROOTS": str(workdir),
+        "HOTSWAP_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",
         **env,
     }
     for var in ("POD_NAME", "POD_NAMESPACE", "KUBECONFIG"):

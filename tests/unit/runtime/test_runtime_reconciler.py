@@ -51,7 +51,8 @@ def revision(root: Path, number: int, seed: int, architecture: str = tiny.ARCHIT
 
 def swapper_in(root: Path) -> Swapper:
     torch.set_num_threads(1)
-    return Swapper(CheckpointStore(root / "cache", 10**8, 10**8), torch.device("cpu"), tiny.ALLOWED)
+    store = CheckpointStore(root / "cache", 10**8, 10**8, file_roots=(str(root),))
+    return Swapper(store, torch.device("cpu"), tiny.ALLOWED)
 
 
 def serving(reconciler: Reconciler) -> int | None:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 from hotswap_runtime.contract import Checkpoint
-from hotswap_runtime.errors import CheckpointNotFound, CheckpointTooLarge, IntegrityError
+from hotswap_runtime.errors import (
+    CheckpointNotFound,
+    CheckpointTooLarge,
+    FetchRefused,
+    IntegrityError,
+    Superseded,
+)
 from hotswap_runtime.store import CheckpointStore
 
 
@@ -21,7 +27,7 @@ def blob(tmp_path: Path, name: str, size: int) -> Checkpoint:
 
 
 def store(tmp_path: Path, bound: int = 10_000, limit: int = 5_000) -> CheckpointStore:
-    return CheckpointStore(tmp_path / "cache", bound, limit)
+    return CheckpointStore(tmp_path / "cache", bound, limit, file_roots=(str(tmp_path / "src"),))
 
 
 def test_fetch_verifies_and_caches_by_sha(tmp_path: Path) -> None:
@@ -33,21 +39,28 @@ def test_fetch_verifies_and_caches_by_sha(tmp_path: Path) -> None:
     assert s.fetch(ck) == path, "a cached sha256 needs no source"
 
 
-def test_mismatch_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_mismatch_leaves_nothing_behind_and_reveals_neither_hash_nor_size(
+    tmp_path: Path,
+) -> None:
     s = store(tmp_path)
-    ck = blob(tmp_path, "a.pt", 1000)
+    ck = blob(tmp_path, "a.pt", 1234)
     wrong = Checkpoint(uri=ck.uri, sha256="f" * 64)
-    with pytest.raises(IntegrityError, match=r"expected f{64}"):
+    with pytest.raises(
+        IntegrityError, match=r"content does not match spec\.checkpoint\.sha256"
+    ) as e:
         s.fetch(wrong)
+    reason = str(e.value)
+    assert ck.sha256 not in reason and ck.sha256[:12] not in reason and "1234" not in reason
     assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_size_limit_and_missing_file(tmp_path: Path) -> None:
     s = store(tmp_path, limit=500)
-    with pytest.raises(CheckpointTooLarge, match="size limit of 500 bytes"):
+    with pytest.raises(CheckpointTooLarge, match="size limit of 500 bytes") as e:
         s.fetch(blob(tmp_path, "big.pt", 501))
+    assert "501" not in str(e.value)
     with pytest.raises(CheckpointNotFound, match="does not exist"):
-        s.fetch(Checkpoint(uri=f"file://{tmp_path}/nope.pt", sha256="a" * 64))
+        s.fetch(Checkpoint(uri=f"file://{tmp_path}/src/nope.pt", sha256="a" * 64))
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -73,28 +86,22 @@ def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
 def test_chunks_through_one_buffer_keep_every_byte(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hotswap_runtime import store as store_module
+    from hotswap_runtime import fetch_file
 
-    monkeypatch.setattr(store_module, "CHUNK", 1000)  # 4 full chunks and a partial one
+    monkeypatch.setattr(fetch_file, "CHUNK", 1000)  # 4 full chunks and a partial one
     ck = blob(tmp_path, "multi.pt", 4500)
     path = store(tmp_path).fetch(ck)
     assert path.read_bytes() == Path(ck.uri.removeprefix("file://")).read_bytes()
 
 
-def test_read_into_falls_back_to_read(tmp_path: Path) -> None:
-    import io
+def test_a_newer_revision_stops_a_file_read(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    with pytest.raises(Superseded, match="a newer revision is wanted"):
+        s.fetch(blob(tmp_path, "a.pt", 1000), lambda: True)
+    assert list((tmp_path / "cache").iterdir()) == []
 
-    from hotswap_runtime.store import _read_into
 
-    class ReadOnly:  # a stream with read() only
-        def __init__(self, data: bytes) -> None:
-            self.inner = io.BytesIO(data)
-
-        def read(self, n: int) -> bytes:
-            return self.inner.read(n)
-
-    view = memoryview(bytearray(4))
-    source = ReadOnly(b"abcdef")
-    assert _read_into(source, view) == 4 and bytes(view) == b"abcd"  # type: ignore[arg-type]
-    assert _read_into(source, view) == 2 and bytes(view[:2]) == b"ef"  # type: ignore[arg-type]
-    assert _read_into(source, view) == 0  # type: ignore[arg-type]
+def test_unknown_scheme_is_refused(tmp_path: Path) -> None:
+    ck = Checkpoint.model_construct(uri="ftp://host/x.pt", sha256="a" * 64, secret_ref=None)
+    with pytest.raises(FetchRefused, match="only file, http, https and s3"):
+        store(tmp_path).fetch(ck)

@@ -28,7 +28,7 @@ def revision(tmp_path: Path, number: int, seed: int, state=None) -> Revision:
 
 def make_swapper(tmp_path: Path, mode: str = "auto") -> Swapper:
     torch.set_num_threads(1)
-    store = CheckpointStore(tmp_path / "cache", 10**8, 10**8)
+    store = CheckpointStore(tmp_path / "cache", 10**8, 10**8, file_roots=(str(tmp_path),))
     return Swapper(store, torch.device("cpu"), tiny.ALLOWED, mode)
 
 

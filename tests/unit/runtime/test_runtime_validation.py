@@ -38,7 +38,7 @@ def revision(tmp: Path, number: int, seed: int, expected_seed: int, tolerance: f
 
 @pytest.fixture
 def swapper(tmp_path: Path) -> Swapper:
-    store = CheckpointStore(tmp_path / "cache", 1 << 30, 1 << 30)
+    store = CheckpointStore(tmp_path / "cache", 1 << 30, 1 << 30, file_roots=(str(tmp_path),))
     return Swapper(store, torch.device("cpu"), tiny.ALLOWED)
 
 
