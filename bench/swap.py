@@ -297,6 +297,7 @@ class ModelBench:
             "HOTSWAP_MODEL_NAME": self.name,
             "HOTSWAP_CONFIG_DIR": str(self.config_dir),
             "HOTSWAP_CACHE_DIR": str(self.root / "cache"),
+            "HOTSWAP_FILE_ROOTS": str(self.root),  # the checkpoints are written there
             "HOTSWAP_CACHE_MAX_BYTES": str(int(2.5 * model_bytes)),
             "HOTSWAP_DEVICE": self.args.device,
             "HOTSWAP_RESYNC_SECONDS": "300",

@@ -16,7 +16,17 @@ from .settings import load_settings
 
 # Libraries that log request headers or signing material at DEBUG: never below INFO, so
 # credentials from the Secret folder cannot reach the log whatever the runtime's level.
-_CHATTY = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "kubernetes", "aiohttp")
+_CHATTY = (
+    "botocore",
+    "aiobotocore",
+    "s3fs",
+    "fsspec",
+    "urllib3",
+    "kubernetes",
+    "aiohttp",
+    "httpx",
+    "httpcore",
+)
 
 
 def quiet_libraries() -> None:

@@ -172,8 +172,15 @@ def test_unknown_torchvision_architecture(world: World) -> None:
 
 def test_unknown_python_architecture(world: World) -> None:
     uri, sha = world.file("arch2.safetensors", tiny.weights(6))
-    n = world.publish(lambda n: ck.revision(n, uri, sha, architecture="python/no_such_mod:make"))
-    check_failure(world, n, "bad_architecture", "cannot import 'no_such_mod'")
+    missing = "python/tests.fixtures_runtime.no_such_mod:make"  # allowed, but not there
+    n = world.publish(lambda n: ck.revision(n, uri, sha, architecture=missing))
+    check_failure(world, n, "bad_architecture", "cannot import the module of architecture")
+
+
+def test_architecture_outside_the_allowlist(world: World) -> None:
+    uri, sha = world.file("arch3.safetensors", tiny.weights(6))
+    n = world.publish(lambda n: ck.revision(n, uri, sha, architecture="python/os:system"))
+    check_failure(world, n, "bad_architecture", "architecture python/os:system is not allowed")
 
 
 def test_http_404(world: World) -> None:
