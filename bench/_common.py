@@ -67,6 +67,7 @@ class Runtime:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    grpc_port: int = field(default_factory=free_port)
     _client: httpx.Client | None = None  # one connection for metadata polls
 
     @property
@@ -82,6 +83,7 @@ class Runtime:
             "PYTHONPATH": path,
             "HOTSWAP_HOST": "127.0.0.1",
             "HOTSWAP_PORT": str(self.port),
+            "HOTSWAP_GRPC_PORT": str(self.grpc_port),
             **self.env,
         }
         with self.log_path.open("ab") as log:

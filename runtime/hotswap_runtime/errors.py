@@ -2,8 +2,9 @@
 
 Two families:
 
-* request errors (``InvalidInput``, ``ModelNotFound``, ``VersionConflict``,
-  ``ModelNotReady``) answer an HTTP request; ``HTTP_STATUS`` maps them to codes.
+* request errors (``InvalidInput``, ``RequestTooLarge``, ``ModelNotFound``,
+  ``VersionConflict``, ``ModelNotReady``) answer a REST or gRPC request; ``STATUS``
+  maps each to its HTTP code and gRPC status name, the one table both servers read.
 * swap errors (``SwapError`` and subclasses) explain why a revision could not be made
   to serve. They never reach a client: the old model keeps serving and the reason shows
   in model metadata, metrics and the pod report. ``code`` is the short label used in
@@ -26,6 +27,13 @@ class InvalidInput(HotswapError):
     code = "invalid_input"
 
 
+class RequestTooLarge(HotswapError):
+    """The request body is over the size limit, or needs more memory to decode than
+    the runtime lets requests hold at once."""
+
+    code = "too_large"
+
+
 class ModelNotFound(HotswapError):
     """The request names a model this runtime does not serve."""
 
@@ -38,26 +46,44 @@ class VersionConflict(HotswapError):
     code = "version_conflict"
 
 
+class InferenceFailed(HotswapError):
+    """The model raised on a request that passed every check: a server-side failure."""
+
+    code = "inference_failed"
+
+
 class ModelNotReady(HotswapError):
     """No model is loaded yet."""
 
     code = "model_not_ready"
 
 
-HTTP_STATUS: dict[type[HotswapError], int] = {
-    InvalidInput: 400,
-    ModelNotFound: 404,
-    VersionConflict: 409,
-    ModelNotReady: 503,
+# exception -> (HTTP code, gRPC status name)
+STATUS: dict[type[HotswapError], tuple[int, str]] = {
+    InvalidInput: (400, "INVALID_ARGUMENT"),
+    ModelNotFound: (404, "NOT_FOUND"),
+    VersionConflict: (409, "FAILED_PRECONDITION"),
+    RequestTooLarge: (413, "RESOURCE_EXHAUSTED"),
+    ModelNotReady: (503, "UNAVAILABLE"),
+    InferenceFailed: (500, "INTERNAL"),
 }
 
 
-def http_status(exc: HotswapError) -> int:
-    """The HTTP code for ``exc``: the entry of its nearest class in ``HTTP_STATUS``."""
+def _entry(exc: HotswapError) -> tuple[int, str]:
     for cls in type(exc).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
-    return 500
+        if cls in STATUS:
+            return STATUS[cls]
+    return (500, "INTERNAL")
+
+
+def http_status(exc: HotswapError) -> int:
+    """The HTTP code for ``exc``: the entry of its nearest class in ``STATUS``."""
+    return _entry(exc)[0]
+
+
+def grpc_status(exc: HotswapError) -> str:
+    """The gRPC status name (``grpc.StatusCode`` member) for ``exc``."""
+    return _entry(exc)[1]
 
 
 class SwapError(HotswapError):

@@ -13,6 +13,8 @@ from .devices import gpu_memory
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 KEEP_REVISIONS = 4  # request series kept for revisions no longer serving
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+REQUEST_PHASES = ("decode", "queue", "forward", "encode")
 SWAP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -60,6 +62,20 @@ class Metrics:
             "Inference latency by revision",
             ["revision"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_phase = Histogram(
+            "hotswap_request_phase_seconds",
+            "Seconds per request phase: decode, queue (worker, batch, lease), forward, encode",
+            ["phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._phase_children = {p: self.request_phase.labels(p) for p in REQUEST_PHASES}
+        self.batch_size = Histogram(
+            "hotswap_batch_size",
+            "Samples per forward pass (dynamic batching joins requests)",
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.gpu = Gauge("hotswap_gpu_memory_bytes", "CUDA memory", ["kind"], registry=r)
@@ -119,6 +135,13 @@ class Metrics:
         self.requests.labels(revision, str(code)).inc()
         if code < 400:
             self.latency.labels(revision).observe(seconds)
+
+    def phases(self, **seconds: float) -> None:
+        for phase, value in seconds.items():
+            self._phase_children[phase].observe(value)
+
+    def batch(self, samples: int) -> None:
+        self.batch_size.observe(samples)
 
     def render(self) -> bytes:
         for kind, value in gpu_memory(self.device).items():

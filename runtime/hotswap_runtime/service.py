@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
-import torch
-
-from .codec import check_shape, decode_request, encode_response
+from .budget import MemoryBudget
 from .contract import PodReport, PodState, configmap_name
 from .desired import Failure, Reconciler, Status, SwapRecord
 from .devices import resolve_device
-from .errors import HotswapError, http_status
+from .grpc_server import GrpcServer
+from .inference import Engine
 from .journal import LoadJournal
 from .kube import api_client, runtime_env
 from .metrics import Metrics
@@ -38,6 +36,16 @@ class Runtime:
             self.store, self.device, settings.allowed_architectures, settings.swap_mode
         )
         self.metrics = Metrics(self.device)
+        self.budget = MemoryBudget(settings.request_memory_bytes)
+        self.engine = Engine(
+            self.swapper,
+            self.metrics,
+            workers=settings.infer_workers,
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay=settings.max_queue_delay_us / 1e6,
+            codec_threads=settings.codec_threads,
+        )
+        self.grpc: GrpcServer | None = None
         self.reconciler = Reconciler(
             self.swapper,
             [self.metrics, _StatusSink(self)],
@@ -54,6 +62,10 @@ class Runtime:
     # ---- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
+        self.engine.start()
+        if self.settings.grpc_port:
+            self.grpc = GrpcServer(self)
+            await self.grpc.start()
         self._connect()
         self.reconciler.start()
         if self.reporter is not None:
@@ -69,6 +81,8 @@ class Runtime:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self.grpc is not None:
+            await self.grpc.stop()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 5)
@@ -77,6 +91,7 @@ class Runtime:
         self.reconciler.stop()
         if self.reporter is not None:
             self.reporter.stop()
+        self.engine.stop()
 
     def _connect(self) -> None:
         s = self.settings
@@ -94,25 +109,6 @@ class Runtime:
             self.api_watcher = ApiWatcher(
                 self.api, s.pod_namespace, name, self.reconciler, self.pod
             )
-
-    # ---- serving ------------------------------------------------------------------
-
-    def infer(self, body: object) -> dict[str, Any]:
-        """Run one OIP v2 infer request on the model current when it starts."""
-        start = time.perf_counter()
-        version = "none"
-        try:
-            x, name, request_id = decode_request(body)
-            with self.swapper.lease() as model:
-                version = str(model.revision.revision)
-                check_shape(x, model.revision.model.input_shape, name)
-                output = _forward(model.module, x, model.device)
-            response = encode_response(self.settings.model_name, version, output, request_id)
-        except HotswapError as exc:
-            self.metrics.request(version, http_status(exc), time.perf_counter() - start)
-            raise
-        self.metrics.request(version, 200, time.perf_counter() - start)
-        return response
 
     # ---- reporting ----------------------------------------------------------------
 
@@ -169,11 +165,3 @@ def _message(status: Status, failure: Failure | None) -> str:
     if status.serving is not None:
         return f"serving revision {status.serving.revision.revision}"
     return "waiting for model.json"
-
-
-def _forward(module: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    with torch.inference_mode():
-        out = module(x.to(device))
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"model returned {type(out).__name__}, not a tensor")
-        return out.float().cpu()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .budget import decode_cost
+from .contract import GRPC_PORT, HTTP_PORT, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US
 from .policy import (
     DEFAULT_ARCHITECTURES,
     DEFAULT_FILE_ROOTS,
@@ -26,6 +28,8 @@ from .policy import (
 
 DEFAULT_CACHE_MAX_BYTES = 8 * 1024**3
 DEFAULT_MAX_CHECKPOINT_BYTES = 4 * 1024**3
+DEFAULT_MAX_REQUEST_BYTES = 256 * 1024**2
+DEFAULT_REQUEST_MEMORY_BYTES = 1024**3
 DEVICES = ("auto", "cuda", "cpu")
 SWAP_MODES = ("auto", "standby", "inplace")
 _OFF = ("false", "0", "no", "off")
@@ -43,7 +47,8 @@ class Settings:
     max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
     device: str = "auto"
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = HTTP_PORT
+    grpc_port: int = GRPC_PORT
     secrets_dir: Path | None = None
     pod_name: str | None = None
     pod_namespace: str | None = None
@@ -58,6 +63,12 @@ class Settings:
     fetch_allowed_networks: tuple[str, ...] = ()
     fetch_idle_seconds: float = 30.0
     max_model_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    request_memory_bytes: int = DEFAULT_REQUEST_MEMORY_BYTES
+    max_batch_size: int = 1
+    max_queue_delay_us: int = 0
+    infer_workers: int = 1
+    codec_threads: int = 2
 
 
 # flag -> (environment variable, type, help)
@@ -70,7 +81,8 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "max_checkpoint_bytes": ("HOTSWAP_MAX_CHECKPOINT_BYTES", int, "largest checkpoint"),
     "device": ("HOTSWAP_DEVICE", str, "auto, cuda or cpu"),
     "host": ("HOTSWAP_HOST", str, "listen address"),
-    "port": ("HOTSWAP_PORT", int, "listen port"),
+    "port": ("HOTSWAP_PORT", int, "listen port (REST)"),
+    "grpc_port": ("HOTSWAP_GRPC_PORT", int, "gRPC listen port; 0 turns gRPC off"),
     "secrets_dir": ("HOTSWAP_SECRETS_DIR", Path, "folder of mounted Secrets"),
     "pod_name": ("POD_NAME", str, "this pod's name (reports, candidate selection)"),
     "pod_namespace": ("POD_NAMESPACE", str, "namespace of the ModelDeployment"),
@@ -96,6 +108,28 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         "a fetch fails after this many seconds without a byte",
     ),
     "max_model_bytes": ("HOTSWAP_MAX_MODEL_BYTES", int, "largest model (parameters and buffers)"),
+    "max_request_bytes": (
+        "HOTSWAP_MAX_REQUEST_BYTES",
+        int,
+        "largest infer request body or gRPC message (413 past it)",
+    ),
+    "request_memory_bytes": (
+        "HOTSWAP_REQUEST_MEMORY_BYTES",
+        int,
+        "memory that requests being received and decoded may hold at once",
+    ),
+    "max_batch_size": (
+        "HOTSWAP_MAX_BATCH_SIZE",
+        int,
+        "dynamic batching: most samples per forward pass (1: off)",
+    ),
+    "max_queue_delay_us": (
+        "HOTSWAP_MAX_QUEUE_DELAY_US",
+        int,
+        "dynamic batching: microseconds a batch waits for more requests",
+    ),
+    "infer_workers": ("HOTSWAP_INFER_WORKERS", int, "threads running forward passes"),
+    "codec_threads": ("HOTSWAP_CODEC_THREADS", int, "threads decoding and encoding requests"),
 }
 
 
@@ -149,3 +183,23 @@ def _check(settings: Settings) -> None:
         raise SystemExit(f"hotswap-runtime: {exc}") from None
     if settings.fetch_idle_seconds <= 0:
         raise SystemExit("hotswap-runtime: HOTSWAP_FETCH_IDLE_SECONDS must be positive")
+    _check_serving(settings)
+
+
+def _check_serving(s: Settings) -> None:
+    if not 1 <= s.max_batch_size <= MAX_BATCH_SIZE:
+        raise SystemExit(f"hotswap-runtime: HOTSWAP_MAX_BATCH_SIZE must be 1..{MAX_BATCH_SIZE}")
+    if not 0 <= s.max_queue_delay_us <= MAX_QUEUE_DELAY_US:
+        raise SystemExit(
+            f"hotswap-runtime: HOTSWAP_MAX_QUEUE_DELAY_US must be 0..{MAX_QUEUE_DELAY_US}"
+        )
+    if s.infer_workers < 1 or s.codec_threads < 1:
+        raise SystemExit("hotswap-runtime: HOTSWAP_INFER_WORKERS and _CODEC_THREADS must be >= 1")
+    if not 0 <= s.grpc_port <= 65535:
+        raise SystemExit("hotswap-runtime: HOTSWAP_GRPC_PORT must be 0..65535")
+    floor = decode_cost(s.max_request_bytes, 0)
+    if s.max_request_bytes < 1 or s.request_memory_bytes < floor:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_REQUEST_MEMORY_BYTES must hold at least what decoding "
+            f"one binary request of HOTSWAP_MAX_REQUEST_BYTES takes ({floor} bytes)"
+        )

@@ -48,6 +48,7 @@ class RuntimeProcess:
     url: str
     model: str
     log_path: Path
+    grpc_target: str = ""  # host:port of the gRPC service
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return httpx.get(self.url + path, timeout=10, **kw)
@@ -100,6 +101,7 @@ def start_runtime(
 ) -> RuntimeProcess:
     """Run the runtime with ``env`` added; wait until it answers (and is ready)."""
     port = port or free_port()
+    grpc_port = int(env.get("HOTSWAP_GRPC_PORT") or free_port())
     log_path = workdir / f"runtime-{port}-{time.time_ns()}.log"
     full_env = {
         **os.environ,
@@ -109,6 +111,7 @@ def start_runtime(
         "HOTSWAP_MODEL_NAME": model,
         "HOTSWAP_HOST": "127.0.0.1",
         "HOTSWAP_PORT": str(port),
+        "HOTSWAP_GRPC_PORT": str(grpc_port),
         "HOTSWAP_CACHE_DIR": str(workdir / "cache"),
         "HOTSWAP_DEVICE": os.environ.get("HOTSWAP_TEST_DEVICE", "cpu"),
         "HOTSWAP_TORCH_THREADS": "1",
@@ -130,7 +133,9 @@ def start_runtime(
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
-    runtime = RuntimeProcess(process, f"http://127.0.0.1:{port}", model, log_path)
+    runtime = RuntimeProcess(
+        process, f"http://127.0.0.1:{port}", model, log_path, f"127.0.0.1:{grpc_port}"
+    )
     path = "/v2/health/ready" if ready else "/v2/health/live"
 
     def up() -> bool:

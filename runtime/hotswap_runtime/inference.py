@@ -1,0 +1,258 @@
+"""Running decoded requests on the model: codec threads, inference workers, batching.
+
+Both protocols serve a request the same way (``Engine.serve``): decode in a codec
+thread, queue for an inference worker, encode in a codec thread; the event loop only
+moves bytes. A worker takes the next request and, with dynamic batching on
+(``max_batch_size`` > 1), gathers more for up to ``max_queue_delay`` seconds while the
+batch has room, as Triton's dynamic batcher does. A batch runs whole on one lease: one
+revision computes every answer in it and each answer names that revision. A request
+larger than ``max_batch_size`` runs alone, never split.
+
+Per request the engine records where the time went: ``decode``, ``queue`` (waiting for
+a worker, the batch and the lease), ``forward`` (the batch's forward pass) and
+``encode``, in ``hotswap_request_phase_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from .codec import InferRequest, check_shape
+from .errors import HotswapError, InferenceFailed, VersionConflict, http_status
+from .metrics import Metrics
+from .redact import clip
+from .swapper import Swapper
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The model's output for one request, and what computed it."""
+
+    version: str
+    output: torch.Tensor
+    queued: float
+    forward: float
+    batch: int  # samples in the forward pass that computed it
+
+
+@dataclass
+class _Job:
+    request: InferRequest
+    future: asyncio.Future[Answer]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+
+
+class Engine:
+    """Inference workers on leases of ``swapper``'s current model, and codec threads."""
+
+    def __init__(
+        self,
+        swapper: Swapper,
+        metrics: Metrics,
+        *,
+        workers: int = 1,
+        max_batch_size: int = 1,
+        max_queue_delay: float = 0.0,
+        codec_threads: int = 2,
+    ) -> None:
+        self.swapper = swapper
+        self.metrics = metrics
+        self.workers = workers
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay
+        self._codec = ThreadPoolExecutor(codec_threads, thread_name_prefix="codec")
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for number in range(self.workers):
+            thread = threading.Thread(target=self._work, name=f"infer-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(10)
+        self._threads.clear()
+        self._codec.shutdown(wait=False, cancel_futures=True)
+
+    # ---- the event loop's side ------------------------------------------------------
+
+    async def serve(
+        self,
+        decode: Callable[[], InferRequest],
+        encode: Callable[[str, torch.Tensor, InferRequest], T],
+    ) -> tuple[T, str]:
+        """Decode, run and encode one request; the encoded answer and its version."""
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        version = "none"
+        try:
+            request = await loop.run_in_executor(self._codec, decode)
+            decoded = time.perf_counter()
+            answer = await self.submit(request)
+            version = answer.version
+            computed = time.perf_counter()
+            body = await loop.run_in_executor(
+                self._codec, encode, answer.version, answer.output, request
+            )
+        except HotswapError as exc:
+            self.metrics.request(version, http_status(exc), time.perf_counter() - start)
+            raise
+        end = time.perf_counter()
+        self.metrics.request(version, 200, end - start)
+        self.metrics.phases(
+            decode=decoded - start,
+            queue=answer.queued,
+            forward=answer.forward,
+            encode=end - computed,
+        )
+        return body, version
+
+    async def submit(self, request: InferRequest) -> Answer:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Answer] = loop.create_future()
+        self._queue.put(_Job(request, future, loop, time.perf_counter()))
+        return await future
+
+    # ---- worker threads -------------------------------------------------------------
+
+    def _work(self) -> None:
+        carried: _Job | None = None
+        while True:
+            job = carried if carried is not None else self._queue.get()
+            carried = None
+            if job is None:
+                return
+            batch, carried, stopping = self._gather(job)
+            try:
+                self._run(batch)
+            except BaseException:  # never lose a worker: fail the batch, keep serving
+                log.exception("inference worker failed a batch")
+                for each in batch:
+                    _resolve(each, InferenceFailed("the inference worker failed"))
+            if stopping:
+                return
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
+        """``first`` and the requests that join its batch; one left over; stop seen."""
+        batch = [first]
+        total = first.request.batch
+        if self.max_batch_size <= 1:
+            return batch, None, False
+        deadline = time.perf_counter() + self.max_queue_delay
+        while total < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            try:
+                nxt = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if nxt is None:
+                return batch, None, True
+            if total + nxt.request.batch > self.max_batch_size:
+                return batch, nxt, False
+            batch.append(nxt)
+            total += nxt.request.batch
+        return batch, None, False
+
+    def _run(self, batch: list[_Job]) -> None:
+        try:
+            with self.swapper.lease() as model:
+                version = str(model.revision.revision)
+                ready: list[_Job] = []
+                for job in batch:
+                    problem = _refusal(job.request, version, model.revision.model.input_shape)
+                    if problem is None:
+                        ready.append(job)
+                    else:
+                        _resolve(job, problem)
+                if not ready:
+                    return
+                tensors = [job.request.tensor for job in ready]
+                x = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+                began = time.perf_counter()
+                output = _forward(model.module, x, model.device)
+                took = time.perf_counter() - began
+        except HotswapError as exc:
+            for job in batch:
+                _resolve(job, exc)
+            return
+        except Exception as exc:
+            failure = InferenceFailed(
+                f"the model failed on this input ({clip(type(exc).__name__)})"
+            )
+            for job in batch:
+                _resolve(job, failure)
+            return
+        self.metrics.batch(int(x.shape[0]))
+        if len(ready) > 1 and (output.ndim == 0 or output.shape[0] != x.shape[0]):
+            failure = InferenceFailed(
+                f"the model's output has batch {list(output.shape)[:1]} for an input batch of "
+                f"{x.shape[0]}; dynamic batching needs outputs with the input's batch size"
+            )
+            for job in ready:
+                _resolve(job, failure)
+            return
+        offset = 0
+        for job in ready:
+            size = job.request.batch
+            piece = output if len(ready) == 1 else output[offset : offset + size]
+            offset += size
+            queued = began - job.enqueued
+            _resolve(job, Answer(version, piece, queued, took, int(x.shape[0])))
+
+
+def _refusal(
+    request: InferRequest, version: str, input_shape: tuple[int, ...]
+) -> HotswapError | None:
+    if request.version is not None and request.version != version:
+        return VersionConflict(
+            f"version {clip(request.version, 40)} is not serving; version {version} is"
+        )
+    try:
+        check_shape(request.tensor, input_shape)
+    except HotswapError as exc:
+        return exc
+    return None
+
+
+def _resolve(job: _Job, outcome: Answer | HotswapError) -> None:
+    def settle() -> None:
+        if job.future.done():
+            return  # the client went away
+        if isinstance(outcome, Answer):
+            job.future.set_result(outcome)
+        else:
+            job.future.set_exception(outcome)
+
+    with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+        job.loop.call_soon_threadsafe(settle)
+
+
+def _forward(module: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode():
+        out = module(x.to(device))
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"model returned {type(out).__name__}, not a tensor")
+        return out.float().cpu()
