@@ -19,6 +19,8 @@ from hotswap_runtime.contract import (
     API_GROUP,
     API_VERSION,
     CONFIG_KEY,
+    GRPC_PORT,
+    HTTP_PORT,
     KIND,
     PLURAL,
     ModelConfig,
@@ -38,7 +40,7 @@ LABEL_DEPLOYMENT = f"{API_GROUP}/model-deployment"
 MANAGER = "hotswap-operator"
 RUNTIME_APP = "hotswap-runtime"
 
-PORT = 8080
+PORT = HTTP_PORT
 CONFIG_DIR = "/etc/hotswap/model"
 CACHE_DIR = "/var/cache/hotswap"
 SECRETS_DIR = "/var/run/hotswap/secrets"
@@ -188,7 +190,16 @@ def service(owner: Owner) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(owner.name),
-            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
+            ],
         },
     }
 
@@ -249,6 +260,7 @@ def runtime_env(
         {"name": "HOTSWAP_DEVICE", "value": spec.runtime.device},
         _field_env("HOTSWAP_HOST", "status.podIP"),
         {"name": "HOTSWAP_PORT", "value": str(PORT)},
+        {"name": "HOTSWAP_GRPC_PORT", "value": str(GRPC_PORT)},
         {"name": "HOTSWAP_SECRETS_DIR", "value": SECRETS_DIR},
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -261,6 +273,15 @@ def runtime_env(
         env += [
             {"name": "HOTSWAP_MAX_CHECKPOINT_BYTES", "value": limit},
             {"name": "HOTSWAP_MAX_MODEL_BYTES", "value": limit},
+        ]
+    batching = spec.runtime.batching
+    if batching is not None:
+        env += [
+            {"name": "HOTSWAP_MAX_BATCH_SIZE", "value": str(batching.max_batch_size)},
+            {
+                "name": "HOTSWAP_MAX_QUEUE_DELAY_US",
+                "value": str(batching.max_queue_delay_microseconds),
+            },
         ]
     if spec.runtime.cache_max_bytes is not None:
         env.append({"name": "HOTSWAP_CACHE_MAX_BYTES", "value": str(spec.runtime.cache_max_bytes)})
@@ -322,7 +343,10 @@ def runtime_container(
         "image": sched.image,
         "imagePullPolicy": sched.image_pull_policy,
         "env": runtime_env(owner, spec, defaults),
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        ],
         "resources": sched.resources,
         "volumeMounts": mounts,
         # Loading torch and the first checkpoint can take minutes on a cold node.

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from hotswap_runtime.contract import (
+    MAX_BATCH_SIZE,
+    MAX_QUEUE_DELAY_US,
     SHA256_PATTERN,
     URI_PATTERN,
     Checkpoint,
@@ -62,6 +64,17 @@ class EnvVar(_Spec):
     value: str = ""
 
 
+class BatchingSpec(_Spec):
+    """Dynamic batching, as Triton offers it: requests queued together run as one batch
+    (on one revision) of at most ``max_batch_size`` samples, a batch waiting at most
+    ``max_queue_delay_microseconds`` for more."""
+
+    max_batch_size: int = Field(default=8, ge=1, le=MAX_BATCH_SIZE, alias="maxBatchSize")
+    max_queue_delay_microseconds: int = Field(
+        default=1000, ge=0, le=MAX_QUEUE_DELAY_US, alias="maxQueueDelayMicroseconds"
+    )
+
+
 class RuntimeSpec(_Spec):
     """Per-deployment overrides of the runtime defaults the chart gives the operator."""
 
@@ -74,6 +87,7 @@ class RuntimeSpec(_Spec):
     tolerations: tuple[dict[str, Any], ...] | None = None
     runtime_class_name: str | None = Field(default=None, alias="runtimeClassName")
     env: tuple[EnvVar, ...] = ()
+    batching: BatchingSpec | None = None
 
 
 class DeploymentSpec(_Spec):

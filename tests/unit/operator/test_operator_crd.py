@@ -132,3 +132,17 @@ def test_bounds_match_the_contract(version):
         assert artifact["properties"]["uri"]["maxLength"] == contract.MAX_URI_LENGTH
         secret = artifact["properties"]["secretRef"]["properties"]["name"]
         assert secret["pattern"] == contract.SECRET_NAME_PATTERN
+
+
+def test_batching_schema_matches_the_spec_model(version):
+    from hotswap_operator.spec import BatchingSpec
+
+    batching = props(props(version["schema"]["openAPIV3Schema"], "spec"), "runtime", "batching")
+    fields = BatchingSpec.model_fields
+    assert set(batching["properties"]) == {f.alias for f in fields.values()}
+    size = batching["properties"]["maxBatchSize"]
+    delay = batching["properties"]["maxQueueDelayMicroseconds"]
+    assert (size["minimum"], size["maximum"]) == (1, contract.MAX_BATCH_SIZE)
+    assert (delay["minimum"], delay["maximum"]) == (0, contract.MAX_QUEUE_DELAY_US)
+    assert size["default"] == fields["max_batch_size"].default
+    assert delay["default"] == fields["max_queue_delay_microseconds"].default

@@ -208,3 +208,27 @@ def test_extra_env_is_appended_and_may_not_shadow_the_interface():
     clash = dict(SPEC, runtime={"env": [{"name": "HOTSWAP_HOST", "value": "0.0.0.0"}]})
     with pytest.raises(SpecError, match="HOTSWAP_HOST"):
         build(clash)
+
+
+def test_grpc_port_is_declared_on_the_container_and_exposed_by_the_service():
+    children = by_kind(build(SPEC)[0])
+    (container,) = children["Deployment"]["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8080, "grpc": 8081}
+    service = {
+        p["name"]: (p["port"], p["targetPort"]) for p in children["Service"]["spec"]["ports"]
+    }
+    assert service == {"http": (8080, "http"), "grpc": (8081, "grpc")}
+    assert env_of(children["Deployment"])["HOTSWAP_GRPC_PORT"] == "8081"
+
+
+def test_batching_reaches_pods_as_env_and_is_off_by_default():
+    assert "HOTSWAP_MAX_BATCH_SIZE" not in env_of(by_kind(build(SPEC)[0])["Deployment"])
+    spec = dict(SPEC, runtime={"batching": {"maxBatchSize": 16}})
+    env = env_of(by_kind(build(spec)[0])["Deployment"])
+    assert (env["HOTSWAP_MAX_BATCH_SIZE"], env["HOTSWAP_MAX_QUEUE_DELAY_US"]) == ("16", "1000")
+    with pytest.raises(SpecError, match="maxBatchSize"):
+        parse_spec(dict(SPEC, runtime={"batching": {"maxBatchSize": 0}}))
+    clash = dict(SPEC, runtime={"env": [{"name": "HOTSWAP_GRPC_PORT", "value": "9"}]})
+    with pytest.raises(SpecError, match="HOTSWAP_GRPC_PORT"):
+        build(clash)
