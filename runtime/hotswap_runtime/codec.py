@@ -159,6 +159,8 @@ def _shape(shape: object, body_bytes: int) -> list[int]:
             f"input {INPUT!r}: shape must be a list of 1 to {MAX_RANK} non-negative integers"
         )
     dims = [int(d) for d in shape]
+    if dims[0] < 1:
+        raise InvalidInput(f"input {INPUT!r}: the batch dimension (the first) must be at least 1")
     count = math.prod(dims)
     if count * ITEMSIZE > 2 * body_bytes + ITEMSIZE:
         raise InvalidInput(

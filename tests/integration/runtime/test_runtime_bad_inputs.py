@@ -70,7 +70,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def assert_still_serving(world: World) -> None:
-    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    body = {
+        "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]
+    }
     response = httpx.post(world.runtime.url + "/v2/models/tiny/infer", json=body, timeout=10)
     assert response.status_code == 200
     assert response.json()["model_version"] == "1"

@@ -25,7 +25,9 @@ SUPERSEDED = r'hotswap_swaps_total\{[^}]*result="superseded"[^}]*\} 1'
 
 
 def infer(url: str) -> tuple[str, list[float]]:
-    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    body = {
+        "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]
+    }
     response = httpx.post(url + "/v2/models/tiny/infer", json=body, timeout=10)
     assert response.status_code == 200, response.text
     answer = response.json()

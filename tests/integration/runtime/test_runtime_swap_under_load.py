@@ -59,7 +59,7 @@ class Load:
                 n += 1
                 body = {
                     "inputs": [
-                        {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": INPUTS[k]}
+                        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": INPUTS[k]}
                     ]
                 }
                 try:

@@ -1,4 +1,4 @@
-"""Settings, the error table, the OIP codec, model builders, the reporter's patch body."""
+"""Settings, the error table, model builders, the reporter's patch body."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hotswap_runtime.codec import check_shape, decode_request, encode_response
 from hotswap_runtime.contract import ModelSpec, PodReport, PodState
 from hotswap_runtime.errors import (
     ArchitectureError,
+    InferenceFailed,
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
+    RequestTooLarge,
     VersionConflict,
+    grpc_status,
     http_status,
 )
 from hotswap_runtime.models import build_model
@@ -44,29 +46,19 @@ def test_settings_from_env_and_flags() -> None:
 
 
 def test_one_table_maps_errors_to_codes() -> None:
-    assert [
-        http_status(e("x")) for e in (InvalidInput, ModelNotFound, VersionConflict, ModelNotReady)
-    ] == [400, 404, 409, 503]
-
-
-def test_codec_round_trip_and_refusals() -> None:
-    body = {
-        "id": "r1",
-        "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3, 4]]}],
-    }
-    x, name, rid = decode_request(body)
-    assert x.shape == (2, 2) and name == "x" and rid == "r1"
-    out = encode_response("m", "7", x * 2, rid)
-    assert out["model_version"] == "7" and out["outputs"][0]["data"] == [2, 4, 6, 8]
-    for bad, why in [
-        ({"inputs": [{"shape": [1], "datatype": "INT8", "data": [1]}]}, "only FP32"),
-        ({"inputs": [{"shape": [3], "datatype": "FP32", "data": [1]}]}, "do not fill"),
-        ({"nope": 1}, '"inputs" list'),
-    ]:
-        with pytest.raises(InvalidInput, match=why):
-            decode_request(bad)
-    with pytest.raises(InvalidInput, match=r"does not match \[batch, 4\]"):
-        check_shape(torch.zeros(1, 3), (4,), "x")
+    errors = (InvalidInput, ModelNotFound, VersionConflict, RequestTooLarge, ModelNotReady)
+    assert [http_status(e("x")) for e in errors] == [400, 404, 409, 413, 503]
+    assert [grpc_status(e("x")) for e in errors] == [
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "FAILED_PRECONDITION",
+        "RESOURCE_EXHAUSTED",
+        "UNAVAILABLE",
+    ]
+    assert (http_status(InferenceFailed("x")), grpc_status(InferenceFailed("x"))) == (
+        500,
+        "INTERNAL",
+    )
 
 
 def test_builders() -> None:
