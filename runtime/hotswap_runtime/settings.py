@@ -69,6 +69,7 @@ class Settings:
     max_queue_delay_us: int = 0
     infer_workers: int = 1
     codec_threads: int = 2
+    mmap_threshold_bytes: int = 1 << 20
 
 
 # flag -> (environment variable, type, help)
@@ -130,6 +131,12 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     ),
     "infer_workers": ("HOTSWAP_INFER_WORKERS", int, "threads running forward passes"),
     "codec_threads": ("HOTSWAP_CODEC_THREADS", int, "threads decoding and encoding requests"),
+    "mmap_threshold_bytes": (
+        "HOTSWAP_MMAP_THRESHOLD_BYTES",
+        int,
+        "allocations from this size up are mmapped and given back when freed (flat RSS "
+        "across swaps; larger is faster for CPU forward passes)",
+    ),
 }
 
 
@@ -195,6 +202,8 @@ def _check_serving(s: Settings) -> None:
         )
     if s.infer_workers < 1 or s.codec_threads < 1:
         raise SystemExit("hotswap-runtime: HOTSWAP_INFER_WORKERS and _CODEC_THREADS must be >= 1")
+    if not 1 << 17 <= s.mmap_threshold_bytes <= 1 << 25:
+        raise SystemExit("hotswap-runtime: HOTSWAP_MMAP_THRESHOLD_BYTES must be 128 KiB..32 MiB")
     if not 0 <= s.grpc_port <= 65535:
         raise SystemExit("hotswap-runtime: HOTSWAP_GRPC_PORT must be 0..65535")
     floor = decode_cost(s.max_request_bytes, 0)
