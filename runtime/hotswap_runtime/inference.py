@@ -154,6 +154,9 @@ class Engine:
                 log.exception("inference worker failed a batch")
                 for each in batch:
                     _resolve(each, InferenceFailed("the inference worker failed"))
+            # Drop the batch now, not at the next request: its tensors may view request
+            # bodies whose memory the budget has already handed to the next request.
+            del job, batch
             if stopping:
                 return
 

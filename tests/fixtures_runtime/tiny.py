@@ -41,6 +41,22 @@ class Fragile(Tiny):
         return super().forward(x)
 
 
+class Pooled(Tiny):
+    """Tiny's weights on big inputs: every sample is averaged down to FEATURES values
+    (groups of FEATURES consecutive numbers), so a 200 MB request gives a tiny answer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.reshape(x.shape[0], -1, self.fc.in_features).mean(1)
+        return super().forward(pooled)
+
+
+POOLED = "python/tests.fixtures_runtime.tiny:make_pooled"
+
+
+def make_pooled(features: int = FEATURES, classes: int = CLASSES) -> nn.Module:
+    return Pooled(features, classes)
+
+
 def make_model(features: int = FEATURES, classes: int = CLASSES) -> nn.Module:
     return Tiny(features, classes)
 

@@ -2,7 +2,8 @@
 
 Eight clients send requests without pause while model.json flips between two
 checkpoints whose outputs differ. Every answer must be 200 and carry exactly the output
-that the checkpoint of its ``model_version`` gives.
+that the checkpoint of its ``model_version`` gives; with dynamic batching on too, where
+requests share forward passes.
 """
 
 from __future__ import annotations
@@ -81,8 +82,10 @@ class Load:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["auto", "inplace"])
-def test_swaps_under_load_never_fail_a_request(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "batching"), [("auto", False), ("inplace", False), ("auto", True)]
+)
+def test_swaps_under_load_never_fail_a_request(tmp_path: Path, mode: str, batching: bool) -> None:
     torch.set_num_threads(1)
     states = {"a": tiny.weights(1), "b": tiny.weights(2)}
     sha = {
@@ -105,6 +108,8 @@ def test_swaps_under_load_never_fail_a_request(tmp_path: Path, mode: str) -> Non
 
     publish(1)
     env = {"HOTSWAP_CONFIG_DIR": str(config_dir), "HOTSWAP_SWAP_MODE": mode}
+    if batching:  # a batch runs whole on one lease: every answer in it names that revision
+        env |= {"HOTSWAP_MAX_BATCH_SIZE": "8", "HOTSWAP_MAX_QUEUE_DELAY_US": "2000"}
     with running(tmp_path, env) as runtime, Load(runtime.url) as load:
         for rev in range(2, SWAPS + 2):
             before = load.count()
@@ -132,6 +137,12 @@ def test_swaps_under_load_never_fail_a_request(tmp_path: Path, mode: str) -> Non
     series = set(re.findall(r'hotswap_requests_total\{[^}]*revision="(\d+)"', metrics))
     assert len(series) <= 5, f"request series of old revisions are not pruned: {series}"
     assert meta["device"].startswith(os.environ.get("HOTSWAP_TEST_DEVICE", "cpu"))
+    if batching:
+        sizes = re.search(r"^hotswap_batch_size_sum (\S+)$", metrics, re.M)
+        count = re.search(r"^hotswap_batch_size_count (\S+)$", metrics, re.M)
+        assert sizes and count and float(sizes.group(1)) > float(count.group(1)), (
+            "no forward pass ran more than one request"
+        )
     if mode == "inplace":
         assert meta["last_swap"]["mode"] == "inplace"
     else:
