@@ -5,7 +5,7 @@ VENV_STAMP := .venv/.installed
 CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
 
-.PHONY: all deps controlplane helm test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick clean
+.PHONY: all deps controlplane helm test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving clean
 
 all: deps controlplane helm
 
@@ -56,6 +56,9 @@ bench-quick: deps
 
 bench: deps
 	$(PY) bench/swap.py
+
+bench-serving: deps
+	$(PY) bench/serving.py
 
 clean:
 	rm -rf .cache/run build dist *.egg-info
