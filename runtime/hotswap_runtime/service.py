@@ -39,7 +39,11 @@ class Runtime:
             settings.secrets_dir,
         )
         self.swapper = Swapper(
-            self.store, self.device, settings.allowed_architectures, settings.swap_mode
+            self.store,
+            self.device,
+            settings.allowed_architectures,
+            settings.swap_mode,
+            max_model_bytes=settings.max_model_bytes,
         )
         self.metrics = Metrics(self.device)
         self.reconciler = Reconciler(self.swapper, [self.metrics, _StatusSink(self)])
