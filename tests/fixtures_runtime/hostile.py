@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import io
 import json
-import math
 import pickle
 import struct
 import sys
@@ -533,10 +532,6 @@ def make_tied(features: int = tiny.FEATURES) -> nn.Module:
     model = nn.Sequential(nn.Linear(features, features), nn.Linear(features, features))
     model[1].weight = model[0].weight
     return model
-
-
-def declared_bytes(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> int:
-    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
 
 def make_swallowing() -> nn.Module:
