@@ -97,7 +97,7 @@ def main() -> None:
     job = json.loads(sys.argv[1])
     for module in job["preload"]:  # imports cost memory once per process, not per swap
         importlib.import_module(module)
-    store = CheckpointStore(Path(job["cache"]), 1 << 40, 1 << 40)
+    store = CheckpointStore(Path(job["cache"]), 1 << 40, 1 << 40, file_roots=("/",))
     swapper = Swapper(store, torch.device("cpu"), tiny.ALLOWED, **job["swapper"])
     for raw in job["warmup"]:  # refusals too: their first use loads code (meta kernels)
         with contextlib.suppress(SwapError):

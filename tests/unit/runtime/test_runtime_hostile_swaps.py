@@ -39,7 +39,7 @@ def revision_for(path: Path, number: int, **model: Any) -> Revision:
 
 def make_swapper(tmp_path: Path, mode: str = "auto") -> Swapper:
     torch.set_num_threads(1)
-    store = CheckpointStore(tmp_path / "cache", 10**9, 10**9)
+    store = CheckpointStore(tmp_path / "cache", 10**9, 10**9, file_roots=(str(tmp_path),))
     return Swapper(store, torch.device("cpu"), tiny.ALLOWED, mode)
 
 
@@ -274,7 +274,7 @@ def test_dtypes_are_refused_unless_cast_is_set(tmp_path: Path) -> None:
 
 
 def test_model_too_large_is_refused_before_it_is_built(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path / "cache", 10**8, 10**8)
+    store = CheckpointStore(tmp_path / "cache", 10**8, 10**8, file_roots=(str(tmp_path),))
     swapper = Swapper(store, torch.device("cpu"), tiny.ALLOWED, max_model_bytes=1000)
     swapper.swap_to(legit_library(tmp_path, 1))
     with pytest.raises(ModelTooLarge, match="over this runtime's limit of 1000"):
