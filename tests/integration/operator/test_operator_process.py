@@ -59,10 +59,6 @@ def serves(client: KubeClient, ns: str, sha: str, revision: int) -> bool:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: the change back is never applied (no retry within 100 s either)",
-)
 def test_a_refused_event_loses_no_spec_change(crd, namespace, tmp_path):
     """Events are refused (422) from revision 2 on. The operator still converges on each
     spec change, also a change back to the previous checkpoint made while the one before
