@@ -147,7 +147,7 @@ class Controller:
         try:
             result = await asyncio.to_thread(self.syncer.sync, *key, pods, applied)
         except ConflictError:  # changed since it was read: read again
-            self._failed(key, "ConflictError", delay=None)
+            self._failed(key, "Conflict", delay=None)
             return None
         except ChildConflictError as exc:  # may clear up when the other object goes
             self._failed(key, "ChildConflict", delay=exc.retry_seconds)

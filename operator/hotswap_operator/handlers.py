@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import socket
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -98,7 +99,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     controller = Controller(
         Syncer(kube, config.runtime_defaults(env), recorder), metrics, operator.sync_workers
     )
-    identity = env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    # Unique per process: a restarted container waits for the Lease like any other.
+    identity = f"{env.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     elector = LeaderElector(
         kube,
         operator.lease_namespace,
