@@ -61,6 +61,7 @@ class Controller:
         self.written: dict[Key, str] = {}  # resourceVersion of its last status write
         self.written_config: dict[Key, str] = {}  # ... and of its last ConfigMap write
         self._tasks: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Future[SyncResult]] = set()  # syncs in their threads
 
     # ---- triggers (kopf handlers, on the event loop) ---------------------------------
 
@@ -120,11 +121,15 @@ class Controller:
             asyncio.create_task(self._work(), name=f"hotswap-sync-{i}") for i in range(self.workers)
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the workers; wait (up to `timeout`) for syncs already in their threads,
+        so none writes after this replica gave the Lease up."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._running:
+            await asyncio.wait(self._running, timeout=timeout)
 
     async def _work(self) -> None:
         while True:
@@ -144,8 +149,12 @@ class Controller:
         pods = tuple(self.pods(key))  # read on the loop, where kopf updates the index
         applied = self.applied.get(key)
         started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(None, self.syncer.sync, *key, pods, applied)
+        self._running.add(running)
+        running.add_done_callback(self._running.discard)
         try:
-            result = await asyncio.to_thread(self.syncer.sync, *key, pods, applied)
+            result = await asyncio.shield(running)
         except ConflictError:  # changed since it was read: read again
             self._failed(key, "Conflict", delay=None)
             return None

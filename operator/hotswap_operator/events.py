@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -54,6 +55,7 @@ class EventRecorder:
         self.outcome = outcome
         self.clock = clock
         self._posted: OrderedDict[tuple[str, str, str, str], _Posted] = OrderedDict()
+        self._lock = threading.Lock()  # sync workers post from several threads
 
     def record(self, body: Mapping[str, Any], event: Event, now: str) -> bool:
         """Post `event` on the object `body`; True if the API took it. Never raises."""
@@ -71,14 +73,16 @@ class EventRecorder:
 
     def forget(self, uid: str) -> None:
         """Drop what is remembered of the Events of object `uid` (it is gone)."""
-        for key in [k for k in self._posted if k[0] == uid]:
-            del self._posted[key]
+        with self._lock:
+            for key in [k for k in self._posted if k[0] == uid]:
+                del self._posted[key]
 
     def _post(
         self, meta: Mapping[str, Any], key: tuple[str, str, str, str], event: Event, now: str
     ) -> str:
         namespace = meta["namespace"]
-        before = self._posted.get(key)
+        with self._lock:
+            before = self._posted.get(key)
         if before is not None and self.clock() - before.at < REPEAT_SECONDS:
             repeat = {"count": before.count + 1, "lastTimestamp": now}
             if self.kube.patch_event(namespace, before.name, repeat) is not None:
@@ -89,10 +93,11 @@ class EventRecorder:
         return "created"
 
     def _remember(self, key: tuple[str, str, str, str], posted: _Posted) -> None:
-        self._posted[key] = posted
-        self._posted.move_to_end(key)
-        while len(self._posted) > REMEMBERED:
-            self._posted.popitem(last=False)
+        with self._lock:
+            self._posted[key] = posted
+            self._posted.move_to_end(key)
+            while len(self._posted) > REMEMBERED:
+                self._posted.popitem(last=False)
 
     def _new(self, meta: Mapping[str, Any], event: Event, now: str) -> dict[str, Any]:
         return {

@@ -124,9 +124,15 @@ def test_the_operator_serves_metrics_and_one_replica_leads(fleet):
     )
     assert syncs > 0 and lead["hotswap_operator_queue_depth"] >= 0
     assert lead['hotswap_operator_rollouts_total{outcome="Complete"}'] >= 1
+    unexpected = 'hotswap_operator_sync_errors_total{reason="Unexpected"}'
+    assert lead.get(unexpected, 0) == 0
     standby = [m for name, m in readings.items() if name != leader]
     assert all(m.get("hotswap_operator_sync_seconds_count", 0) == 0 for m in standby)
-    print(f"\nleader {leader}: {syncs:.0f} syncs, mean {1000 * seconds / syncs:.1f} ms")
+    errors = {k: v for k, v in lead.items() if k.startswith("hotswap_operator_sync_errors_total")}
+    print(
+        f"\nleader {leader}: {syncs:.0f} syncs, mean {1000 * seconds / syncs:.1f} ms; "
+        f"errors {errors}; events {[(k, v) for k, v in lead.items() if 'events_total' in k]}"
+    )
 
 
 def parse_metrics(text):

@@ -143,6 +143,9 @@ def test_without_auto_rollback_the_rollout_halts(world):
     phase, reason, message = canary.override(world.status, Phase.PROGRESSING)
     assert (phase, reason) == ("Degraded", "RolloutHalted")
     assert "md-a" in message and "validation" in message
+    assert [e.reason for e in world.events] == ["RevisionCreated", "RolloutHalted"]
+    world.plan(v2)  # halted stays halted, announced once
+    assert len(world.events) == 2 and canary.step_deadline(world.status, parse_spec(v2)) is None
 
 
 def test_step_timeout_rolls_back(world):
@@ -154,6 +157,17 @@ def test_step_timeout_rolls_back(world):
     assert world.config.candidate is None
     assert "stepTimeoutSeconds 60" in world.raw["rollback"]["reason"]
     assert world.raw["rollback"]["pod"] == "md-a"
+
+
+def test_the_step_deadline_is_when_the_step_times_out(world):
+    v2 = canary_spec(SHA_B, stepTimeoutSeconds=60)
+    assert canary.step_deadline(world.status, parse_spec(v2)) is None  # nothing running
+    world.plan(v2, now="2026-01-01T00:00:30Z")
+    deadline = canary.step_deadline(world.status, parse_spec(v2))
+    assert deadline.isoformat() == "2026-01-01T00:01:30+00:00"
+    paused = canary_spec(SHA_B, stepTimeoutSeconds=60, paused=True)
+    world.plan(paused)
+    assert canary.step_deadline(world.status, parse_spec(paused)) is None
 
 
 def test_paused_holds_the_step_and_resume_restarts_its_clock(world):
