@@ -185,21 +185,23 @@ class Syncer:
         self._post_events(ctx, decision)
 
     def _persist(self, ctx: SyncContext, decision: Decision) -> SyncResult:
-        uids = self._claim(ctx, decision)
+        config = (
+            resources.config_map(ctx.owner, decision.config)
+            if decision.config is not None
+            else None
+        )
+        uids = self._claim(ctx, decision, config)
         first = [m for m in decision.children if m["kind"] not in ("ConfigMap", "Deployment")]
         for manifest in first:  # the pods' access, before anything that starts pods
-            self.kube.apply(manifest, uids.get(_ref(manifest)))
+            self.kube.apply(manifest, uids[_ref(manifest)])
         version = self._write_status(ctx, decision)
         config_version = None
-        if decision.config is not None:  # after status: no pod serves what status lacks
-            manifest = resources.config_map(ctx.owner, decision.config)
-            uid = uids.get(_ref(manifest), ctx.config_uid)
-            if uid is None and not decision.children:
-                (uid,) = self.kube.claim([manifest], ctx.owner)  # absent, or not ours
-            config_version = self.kube.apply(manifest, uid)["metadata"]["resourceVersion"]
+        if config is not None:  # after status: no pod serves what status lacks
+            applied = self.kube.apply(config, uids[_ref(config)])
+            config_version = str(applied["metadata"]["resourceVersion"])
         for manifest in decision.children:
             if manifest["kind"] == "Deployment":  # last: its pods find their ConfigMap
-                self.kube.apply(manifest, uids.get(_ref(manifest)))
+                self.kube.apply(manifest, uids[_ref(manifest)])
         events = self._post_events(ctx, decision)
         return SyncResult(
             applied=(ctx.owner.uid, ctx.generation) if decision.children else None,
@@ -210,17 +212,27 @@ class Syncer:
             decision=decision,
         )
 
-    def _claim(self, ctx: SyncContext, decision: Decision) -> dict[tuple[str, str], str | None]:
-        """Uids of the existing children; a name held by another object is refused
-        in status (ChildConflictError), all or nothing, before any write."""
-        if not decision.children:
-            return {}
+    def _claim(
+        self, ctx: SyncContext, decision: Decision, config: Manifest | None
+    ) -> dict[tuple[str, str], str | None]:
+        """Uids of the children about to be written (None: absent). Before any write,
+        all or nothing: a name held by another object is refused in status
+        (ChildConflictError). The ConfigMap read by this sync needs no second look."""
+        claiming = list(decision.children)
+        if not claiming and config is not None and ctx.config_uid is None:
+            claiming = [config]  # absent, or not ours: look before writing
+        uids: dict[tuple[str, str], str | None] = {}
+        if config is not None and ctx.config_uid is not None:
+            uids[_ref(config)] = ctx.config_uid
+        if not claiming:
+            return uids
         try:
-            uids = self.kube.claim(decision.children, ctx.owner)
+            found = self.kube.claim(claiming, ctx.owner)
         except ChildConflictError as exc:
             self._refuse(ctx, refuse(ctx, exc))
             raise
-        return {_ref(m): uid for m, uid in zip(decision.children, uids, strict=True)}
+        uids.update({_ref(m): uid for m, uid in zip(claiming, found, strict=True)})
+        return uids
 
     def _write_status(self, ctx: SyncContext, decision: Decision) -> str | None:
         if not decision.patch:

@@ -334,3 +334,20 @@ def test_a_deleted_model_deployment_is_gone_and_forgotten(api):
     del api.objects[("modeldeployments", NS, NAME)]
     assert s.sync(NS, NAME, PODS, applied).gone
     assert api.writes == [] and (NS, NAME) not in s.memory
+
+
+def test_a_config_map_replaced_by_a_foreign_one_is_refused_before_any_write(api):
+    s, applied, _ = started(api)
+    del api.objects[("configmaps", NS, f"{NAME}-model")]
+    api.put_object(
+        "configmaps",
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"{NAME}-model", "namespace": NS},
+        },
+    )
+    with pytest.raises(ChildConflictError, match=f"ConfigMap {NS}/{NAME}-model already exists"):
+        s.sync(NS, NAME, PODS, applied)
+    assert writes(api) == [STATUS, ("POST", "events InvalidSpec")]
+    assert "data" not in api.obj("configmaps", NS, f"{NAME}-model")  # never taken over
