@@ -304,7 +304,7 @@ def memory(world: World, kind: str) -> Case:
 def giant_model(world: World) -> Case:
     uri, sha = world.file("giant.safetensors", lambda p: _save(tiny.weights(5), p))
     rev = world.revision(uri, sha, args={"classes": 10**9})
-    return Case("bad_architecture", "", rev)
+    return Case("model_too_large", "HOTSWAP_MAX_MODEL_BYTES", rev)
 
 
 def aliasing(world: World, kind: str) -> Case:
@@ -492,9 +492,10 @@ def test_a_factory_that_raises_system_exit_leaves_the_loader_alive(world: World)
 
 def test_a_stalled_download_yields_to_a_newer_revision_within_a_second(world: World) -> None:
     release, wrote = threading.Event(), threading.Event()
-    data = (world.root / "v1.safetensors").read_bytes()
+    slow = ck.save(tiny.weights(11), world.outside / "slow.safetensors")  # not in the cache
+    data = (world.outside / "slow.safetensors").read_bytes()
     stalled = world.http.route("/stall", servers.stall_after(data, 64, release, wrote))
-    first = world.revision(stalled + ".safetensors", ck.sha256_of(world.root / "v1.safetensors"))
+    first = world.revision(stalled + ".safetensors", slow)
     world.publish(first)
     wrote.wait(30)
     state = tiny.weights(10)
