@@ -298,7 +298,8 @@ def memory(world: World, kind: str) -> Case:
     }
     suffix, write, says = writers[kind]
     uri, sha = world.file(f"mem-{kind}.{suffix}", write)
-    return Case("bad_format" if kind != "stride0-view" else "", says, world.revision(uri, sha))
+    code = "state_dict_mismatch" if kind == "stride0-view" else "bad_format"  # wrong shape
+    return Case(code, says, world.revision(uri, sha))
 
 
 def giant_model(world: World) -> Case:
@@ -449,6 +450,7 @@ def test_hostile_revision_is_refused_under_load(world: World, case: str) -> None
     world.publish(made.revision)
     failure = wait_reported(world, made.revision["revision"], made.code)
     _, peak = peak_rss(pid)
+    print(f"{case}: {failure['code']}, peak RSS +{(peak - before) / 2**20:.1f} MiB")  # with -s
     assert failure["reason"] and made.says in failure["reason"], failure
     assert peak - before <= PEAK_BOUND, f"peak RSS rose {(peak - before) >> 20} MiB"
     assert_previous_serves(world)
