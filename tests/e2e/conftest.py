@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from tests.e2e.fleet import helm_install
 from tests.harness.cluster import REPO, Cluster
+from tests.harness.images import ImageCommand
 from tests.harness.kubelet import LocalKubelet
 from tests.harness.rest import ApiError
 from tests.harness.waiting import wait_for
@@ -24,9 +27,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.fixture(scope="session")
+def images(kubelet: LocalKubelet) -> LocalKubelet:
+    """The operator and runtime images carry this checkout's code, as built images do.
+
+    PYTHONPATH=<checkout> alone (the kubelet's image env) reaches the tests' model code
+    but not the packages under operator/ and runtime/: those would come from wherever
+    the environment's editable install points, which need not be this checkout."""
+    path = os.pathsep.join(str(REPO / d) for d in ("operator", "runtime", "."))
+    for image, module in (
+        ("hotswap-operator", "hotswap_operator"),
+        ("hotswap-runtime", "hotswap_runtime"),
+    ):
+        kubelet.images.register(
+            image, ImageCommand((sys.executable, "-m", module), {"PYTHONPATH": path})
+        )
+    return kubelet
+
+
 @pytest.fixture(scope="module")
 def installed(
-    cluster: Cluster, kubelet: LocalKubelet, helm_bin: Path, request: pytest.FixtureRequest
+    cluster: Cluster, images: LocalKubelet, helm_bin: Path, request: pytest.FixtureRequest
 ) -> Iterator[str]:
     """A namespace with the chart installed by helm, the operator watching only it.
 
@@ -52,7 +73,7 @@ def installed(
     failed_before = request.session.testsfailed
     yield namespace
     if request.session.testsfailed > failed_before:
-        _print_logs(cluster, kubelet, namespace)
+        _print_logs(cluster, images, namespace)
     try:
         client.delete(f"/api/v1/namespaces/{namespace}")
     except ApiError as err:
