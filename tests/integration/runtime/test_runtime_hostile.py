@@ -78,7 +78,7 @@ class Traffic:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-        body = {"inputs": [{"name": "x", "shape": list(X.shape), "datatype": "FP32"}]}
+        body = {"inputs": [{"name": "input", "shape": list(X.shape), "datatype": "FP32"}]}
         body["inputs"][0]["data"] = X.flatten().tolist()
         self.body = body
 
@@ -469,7 +469,7 @@ def test_after_every_failure_a_legitimate_revision_serves_its_exact_weights(worl
     world.runtime.wait_version(rev["revision"], timeout=60)
     world.serving = rev["revision"]
     assert_previous_serves(world)
-    body = {"inputs": [{"name": "x", "shape": list(X.shape), "datatype": "FP32"}]}
+    body = {"inputs": [{"name": "input", "shape": list(X.shape), "datatype": "FP32"}]}
     body["inputs"][0]["data"] = X.flatten().tolist()
     answer = httpx.post(f"{world.runtime.url}/v2/models/{NAME}/infer", json=body).json()
     assert answer["outputs"][0]["data"] == expected_outputs(state)
