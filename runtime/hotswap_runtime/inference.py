@@ -30,7 +30,7 @@ from typing import TypeVar
 import torch
 
 from .codec import InferRequest, check_shape
-from .errors import HotswapError, InferenceFailed, VersionConflict, http_status
+from .errors import HotswapError, InferenceFailed, ModelNotReady, VersionConflict, http_status
 from .metrics import Metrics
 from .redact import clip
 from .swapper import Swapper
@@ -54,8 +54,7 @@ class Answer:
 @dataclass
 class _Job:
     request: InferRequest
-    future: asyncio.Future[Answer]
-    loop: asyncio.AbstractEventLoop
+    done: Callable[[Answer | HotswapError], None]  # called once, on the worker thread
     enqueued: float
 
 
@@ -106,37 +105,76 @@ class Engine:
         decode: Callable[[], InferRequest],
         encode: Callable[[str, torch.Tensor, InferRequest], T],
     ) -> tuple[T, str]:
-        """Decode, run and encode one request; the encoded answer and its version."""
+        """Decode, run and encode one request; the encoded answer and its version.
+
+        The stages hand over thread to thread (codec -> worker -> codec) and wake the
+        event loop once, with the encoded answer or the error."""
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[T, Answer]] = loop.create_future()
         start = time.perf_counter()
-        version = "none"
+        marks: dict[str, float] = {}
+        decoded: list[InferRequest] = []
+
+        def settle(outcome: tuple[T, Answer] | BaseException) -> None:
+            def on_loop() -> None:
+                if future.done():
+                    return  # the client went away
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(on_loop)
+
+        def decoding() -> None:
+            try:
+                request = decode()
+            except HotswapError as exc:
+                settle(exc)
+                return
+            except Exception:
+                log.exception("decoding a request failed")
+                settle(InferenceFailed("the request could not be decoded"))
+                return
+            decoded.append(request)
+            marks["decoded"] = time.perf_counter()
+            self._queue.put(_Job(request, answered, marks["decoded"]))
+
+        def answered(outcome: Answer | HotswapError) -> None:
+            if isinstance(outcome, HotswapError):
+                settle(outcome)
+                return
+            try:
+                self._codec.submit(encoding, outcome)
+            except RuntimeError:  # shut down
+                settle(ModelNotReady("the runtime is shutting down"))
+
+        def encoding(answer: Answer) -> None:
+            marks["computed"] = time.perf_counter()
+            try:
+                settle((encode(answer.version, answer.output, decoded[0]), answer))
+            except HotswapError as exc:
+                settle(exc)
+            except Exception:
+                log.exception("encoding an answer failed")
+                settle(InferenceFailed("the answer could not be encoded"))
+
         try:
-            request = await loop.run_in_executor(self._codec, decode)
-            decoded = time.perf_counter()
-            answer = await self.submit(request)
-            version = answer.version
-            computed = time.perf_counter()
-            body = await loop.run_in_executor(
-                self._codec, encode, answer.version, answer.output, request
-            )
+            self._codec.submit(decoding)
+            body, answer = await future
         except HotswapError as exc:
-            self.metrics.request(version, http_status(exc), time.perf_counter() - start)
+            self.metrics.request("none", http_status(exc), time.perf_counter() - start)
             raise
         end = time.perf_counter()
-        self.metrics.request(version, 200, end - start)
+        self.metrics.request(answer.version, 200, end - start)
         self.metrics.phases(
-            decode=decoded - start,
+            decode=marks["decoded"] - start,
             queue=answer.queued,
             forward=answer.forward,
-            encode=end - computed,
+            encode=end - marks["computed"],
         )
-        return body, version
-
-    async def submit(self, request: InferRequest) -> Answer:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Answer] = loop.create_future()
-        self._queue.put(_Job(request, future, loop, time.perf_counter()))
-        return await future
+        return body, answer.version
 
     # ---- worker threads -------------------------------------------------------------
 
@@ -247,16 +285,10 @@ def _refusal(
 
 
 def _resolve(job: _Job, outcome: Answer | HotswapError) -> None:
-    def settle() -> None:
-        if job.future.done():
-            return  # the client went away
-        if isinstance(outcome, Answer):
-            job.future.set_result(outcome)
-        else:
-            job.future.set_exception(outcome)
-
-    with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-        job.loop.call_soon_threadsafe(settle)
+    try:
+        job.done(outcome)
+    except Exception:  # a waiter's hand-over must never take the worker down
+        log.exception("handing an answer over failed")
 
 
 def _forward(module: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
