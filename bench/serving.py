@@ -49,9 +49,11 @@ from bench._common import REPO, Runtime, free_port, percentile, poll
 MODEL = "resnet18"
 SIZE = 64
 TORCHSERVE = (
-    "not measured: torchserve 0.12.0 (its last release, 2024; the project is archived) "
-    "resolves with pip here and Java 17 is present, but packaging the model as a .mar and "
-    "driving TorchServe through its KServe v2 envelope was not built into this benchmark"
+    "not measured: torchserve 0.12.0 (its last release, 2024) installs here and Java 17 "
+    "is present, but its Open Inference Protocol gRPC service reads typed contents only "
+    "(no raw_input_contents, what tritonclient and kserve clients send) and its REST path "
+    "takes v2 JSON through the kservev2 envelope only, so it cannot serve this load "
+    "generator's binary and raw points unchanged; not wired into this benchmark"
 )
 
 
