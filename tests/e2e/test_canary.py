@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from examples.checkpoints import pod_uri
 from tests.e2e.fleet import MD_API, Fleet, Load, summary
 from tests.fixtures_runtime import checkpoints, tiny
 from tests.harness.cluster import Cluster
@@ -39,17 +40,17 @@ def files() -> Iterator[dict[str, JSON]]:
     for seed in (1, 2, 3):
         path = folder / f"v{seed}.safetensors"
         out[f"v{seed}"] = {
-            "uri": path.as_uri(),
+            "uri": pod_uri(path),
             "sha256": checkpoints.save(tiny.weights(seed), path),
         }
     broken = tiny.weights(4)
     broken["fc.weight"][0, 0] = float("nan")
     path = folder / "nan.safetensors"
-    out["nan"] = {"uri": path.as_uri(), "sha256": checkpoints.save(broken, path)}
+    out["nan"] = {"uri": pod_uri(path), "sha256": checkpoints.save(broken, path)}
     x = torch.arange(8, dtype=torch.float32).reshape(2, tiny.FEATURES)
     for name, tensor in (("probe", x), ("expect-v2", tiny.expected(tiny.weights(2), x))):
         path = folder / f"{name}.safetensors"
-        out[name] = {"uri": path.as_uri(), "sha256": checkpoints.save({"t": tensor}, path)}
+        out[name] = {"uri": pod_uri(path), "sha256": checkpoints.save({"t": tensor}, path)}
     yield out
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -67,8 +68,8 @@ def manifest(files: dict[str, JSON]) -> JSON:
             "rollout": rollout()["rollout"] | {"stepTimeoutSeconds": 120},
             "runtime": {
                 "device": "cpu",
-                # The tiny model lives in tests/, which the local kubelet's images carry
-                # (tests/conftest.py).
+                # The tiny model lives in tests/, which the e2e runtime image adds
+                # (tests/e2e/conftest.py).
                 "env": [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}],
             },
         },
@@ -123,7 +124,7 @@ class Recorder:
 
 
 @pytest.fixture(scope="module")
-def fleet(cluster: Cluster, kubelet: Any, installed: str, files: dict[str, JSON]) -> Fleet:
+def fleet(cluster: Cluster, node: Any, installed: str, files: dict[str, JSON]) -> Fleet:
     fleet = Fleet(cluster, installed, NAME)
     fleet.apply(manifest(files))
     fleet.wait_serving(1, REPLICAS, timeout=420)
@@ -139,8 +140,7 @@ def recorder(cluster: Cluster, fleet: Fleet) -> Iterator[Recorder]:
 
 @pytest.fixture
 def load(fleet: Fleet) -> Iterator[Load]:
-    ips = [p["status"]["podIP"] for p in fleet.pods()]
-    with Load(NAME, ips, SHAPE) as running:
+    with fleet.load(SHAPE) as running:
         running.wait_answers(20)
         yield running
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from examples import checkpoints
-from tests.e2e.fleet import EXAMPLE, Fleet, Load, pod_ids
+from tests.e2e.fleet import EXAMPLE, Fleet, pod_ids
 from tests.harness.cluster import KubectlError
 from tests.harness.rest import ApiError
 from tests.harness.waiting import wait_for
@@ -27,12 +27,13 @@ NAME = MANIFEST["metadata"]["name"]
 
 @pytest.fixture(scope="module")
 def made():
-    """The example checkpoints v1..v3 on local disk: version -> (file URI, sha256)."""
-    return {v: (path.as_uri(), sha) for v in (1, 2, 3) for path, sha in [checkpoints.make(v)]}
+    """The example checkpoints v1..v3 on local disk: version -> (URI in a pod, sha256)."""
+    made = {v: checkpoints.make(v) for v in (1, 2, 3)}
+    return {v: (checkpoints.pod_uri(path), sha) for v, (path, sha) in made.items()}
 
 
 @pytest.fixture(scope="module")
-def fleet(cluster, kubelet, installed, made):
+def fleet(cluster, node, installed, made):
     fleet = Fleet(cluster, installed, NAME)
     assert MANIFEST["spec"]["checkpoint"] == {"uri": made[1][0], "sha256": made[1][1]}
     fleet.apply(MANIFEST)
@@ -50,12 +51,12 @@ def events(fleet, reason):
     return [e["message"] for e in items if e.get("reason") == reason]
 
 
-def test_three_replica_swap(fleet, kubelet, made):
+def test_three_replica_swap(fleet, made):
     rev = fleet.status()["revision"]
-    before = pod_ids(fleet, lambda pod: kubelet.pid(fleet.namespace, pod))
+    before = pod_ids(fleet)
     assert len(before) == 3 and all(restarts == 0 for _, _, restarts in before.values())
-    ips = [p["status"]["podIP"] for p in fleet.pods()]
-    with Load(NAME, ips, SHAPE) as load:
+    assert all(container for _, container, _ in before.values())
+    with fleet.load(SHAPE) as load:
         load.all_answer(str(rev))
         fleet.patch_spec(checkpoint(made, 2))
         status = fleet.wait_serving(rev + 1, 3)
@@ -63,7 +64,7 @@ def test_three_replica_swap(fleet, kubelet, made):
         load.wait_answers(30)
     assert load.failures == [], f"{len(load.failures)} of {load.total} requests failed"
     assert load.versions[str(rev)] > 0 and load.versions[str(rev + 1)] > 0
-    assert pod_ids(fleet, lambda pod: kubelet.pid(fleet.namespace, pod)) == before
+    assert pod_ids(fleet) == before  # same pods, same containers, no restarts
     for pod, report in status["pods"].items():
         assert (report["revision"], report["sha256"], report["state"]) == (
             rev + 1,
@@ -110,8 +111,7 @@ def test_wrong_sha256_degrades_then_recovers(fleet, made):
         assert pod in degraded["message"]
     assert f"failed revision {rev + 1}" in degraded["message"]
     assert "sha256" in degraded["message"].lower()
-    ips = [p["status"]["podIP"] for p in fleet.pods()]
-    with Load(NAME, ips, SHAPE, clients=1) as load:
+    with fleet.load(SHAPE, clients=1) as load:
         load.all_answer(str(rev))
     assert load.failures == []
     assert any("sha256" in m.lower() for m in events(fleet, "SwapFailed"))

@@ -8,10 +8,11 @@ kube-proxy.
 The pieces: kubelet and kube-proxy built from the Kubernetes modules of
 tests/controlplane, containerd v2 and its runc shim from containerd's module, and the
 pause program (scripts/build-node.sh); runc and the CNI plugins from Debian's packages
-(scripts/node-deps.sh). The node has a non-loopback address (`NODE_IP` on a bridge
-without ports: this kernel has no dummy driver) so the API server reaches the kubelet (`kubectl logs/exec`) and pods reach
-the API server (the `kubernetes` Service, through kube-proxy). Pods get addresses on a
-bridge (`POD_CIDR`); Service addresses are routed to that portless bridge, so traffic to
+(scripts/node-deps.sh). The node has a non-loopback address (`NODE_IP`, on a bridge
+without ports: this kernel has no dummy driver) so that the API server reaches the
+kubelet (`kubectl logs/exec`) and pods reach the API server (the `kubernetes` Service,
+through kube-proxy). Pods get addresses on another bridge (`POD_CIDR`); Service
+addresses are routed to the portless bridge, so traffic to
 a ClusterIP never leaves the machine even before kube-proxy's rules exist.
 
 Everything the node starts, mounts and creates (processes, container shims, cgroups,
@@ -38,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -80,7 +82,9 @@ def ensure_binaries() -> None:
     done = subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise NodeError(f"{BUILD_SCRIPT} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-    missing = [p for p in (RUNC, CNI_BIN / "bridge", CNI_BIN / "host-local") if not Path(p).exists()]
+    missing = [
+        p for p in (RUNC, CNI_BIN / "bridge", CNI_BIN / "host-local") if not Path(p).exists()
+    ]
     if missing:
         raise NodeError(f"missing {missing}: run scripts/node-deps.sh (Debian packages)")
 
@@ -125,6 +129,7 @@ class RealNode:
             self.logs.mkdir(parents=True)
             self._start_guardian()
             self._network()
+            self._start_dns()
             self._start_containerd(began + timeout)
             self._load_pause()
             self._start_kubelet()
@@ -143,7 +148,7 @@ class RealNode:
         with contextlib.suppress(Exception):
             if "kubelet" in self._procs and self._procs["kubelet"].poll() is None:
                 self._drain()
-        for name in ("kube-proxy", "kubelet"):
+        for name in ("kube-proxy", "kubelet", "cluster-dns"):
             if proc := self._procs.pop(name, None):
                 procs.stop_group(proc, 10.0)
         if proc := self._procs.pop("containerd", None):
@@ -198,8 +203,8 @@ class RealNode:
             cwd=REPO,
             pass_fds=(read,),
             start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=(STORE / "guardian.log").open("ab"),
+            stdout=(STORE / "guardian.log").open("ab"),
+            stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(_pythonpath())},
         )
         os.close(read)
@@ -240,6 +245,18 @@ class RealNode:
         }
         (conf / "10-hotswap.conflist").write_text(json.dumps(network, indent=2))
 
+    def _start_dns(self) -> None:
+        """Cluster DNS on the node address (clusterdns.py): Service names for pods."""
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.harness.clusterdns",
+            NODE_IP,
+            str(self.cluster.kubeconfig),
+        ]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(_pythonpath())}
+        self._spawn("cluster-dns", argv, env)
+
     def _start_containerd(self, deadline: float) -> None:
         config = RUN / "containerd.toml"
         config.write_text(_containerd_config(self.socket))
@@ -255,31 +272,41 @@ class RealNode:
         self.load_images([PAUSE_IMAGE])
         _ctr(self.socket, "images", "tag", "--force", PAUSE_IMAGE, DEFAULT_PAUSE)
 
-    def load_images(self, images: Sequence[str]) -> dict[str, float]:
-        """Copy podman images into containerd unless already there (same image id).
-        Returns the seconds each import took (0 when skipped)."""
+    def load_images(self, images: Sequence[str]) -> float:
+        """Copy podman images into containerd unless there already (same image id), all
+        changed ones in one archive (layers shared by several are copied once).
+        Returns the seconds the copy took (0 when nothing changed)."""
         stamps_path = STORE / "images.json"
         stamps: dict[str, str] = {}
         with contextlib.suppress(OSError, ValueError):
             stamps = json.loads(stamps_path.read_text())
         present = set((_ctr(self.socket, "images", "ls", "-q") or "").split())
-        took: dict[str, float] = {}
-        for image in images:
-            image_id = _run(*PODMAN, "image", "inspect", "--format", "{{.Id}}", image).strip()
-            if stamps.get(image) == image_id and image in present:
-                took[image] = 0.0
-                continue
-            began = time.monotonic()
-            archive = RUN / "image.tar"
-            _run(*PODMAN, "save", "--format", "docker-archive", "-o", str(archive), image)
-            try:
-                _ctr(self.socket, "images", "import", "--no-unpack=false", str(archive))
-            finally:
-                archive.unlink(missing_ok=True)
-            stamps[image] = image_id
-            stamps_path.write_text(json.dumps(stamps, indent=1))
-            took[image] = time.monotonic() - began
-        return took
+        ids = {
+            image: _run(*PODMAN, "image", "inspect", "--format", "{{.Id}}", image).strip()
+            for image in images
+        }
+        changed = [i for i in images if stamps.get(i) != ids[i] or i not in present]
+        if not changed:
+            return 0.0
+        began = time.monotonic()
+        archive = RUN / "images.tar"
+        try:
+            _run(
+                *PODMAN,
+                "save",
+                "--multi-image-archive",
+                "--format",
+                "docker-archive",
+                "-o",
+                str(archive),
+                *changed,
+            )
+            _ctr(self.socket, "images", "import", str(archive))
+        finally:
+            archive.unlink(missing_ok=True)
+        stamps.update({i: ids[i] for i in changed})
+        stamps_path.write_text(json.dumps(stamps, indent=1))
+        return time.monotonic() - began
 
     def _start_kubelet(self) -> None:
         _make_cgroups()
@@ -309,6 +336,7 @@ class RealNode:
             "authorization": {"mode": "AlwaysAllow"},
             "resolvConf": "/etc/resolv.conf",
             "clusterDomain": "cluster.local",
+            "clusterDNS": [NODE_IP],
             "syncFrequency": "10s",
             "nodeStatusUpdateFrequency": "2s",
             "serializeImagePulls": False,
@@ -411,6 +439,36 @@ class RealNode:
 
 
 PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs")
+OPERATOR_IMAGE = "localhost/hotswap-operator:dev"
+RUNTIME_IMAGE = "localhost/hotswap-runtime:dev"
+# The runtime image plus the tests' tiny model (tests/fixtures_runtime) on PYTHONPATH,
+# as a user's image adds their model code: e2e tests of that model run on it.
+TEST_RUNTIME_IMAGE = "localhost/hotswap-runtime-test:dev"
+TEST_LAYER = """FROM {base}
+COPY tests /opt/hotswap-tests/tests
+ENV PYTHONPATH=/opt/hotswap-tests
+"""
+
+
+def ensure_images() -> None:
+    """Build the images from the Dockerfile (scripts/build-images.sh; cached layers make
+    it quick when nothing changed) and the test layer on top of the runtime image."""
+    done = subprocess.run(
+        [str(REPO / "scripts" / "build-images.sh")], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise NodeError(
+            f"scripts/build-images.sh failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
+    with tempfile.TemporaryDirectory(prefix="hotswap-test-layer-") as tmp:
+        context = Path(tmp)
+        package = context / "tests" / "fixtures_runtime"
+        package.mkdir(parents=True)
+        shutil.copy(REPO / "tests" / "__init__.py", context / "tests")
+        for name in ("__init__.py", "tiny.py"):
+            shutil.copy(REPO / "tests" / "fixtures_runtime" / name, package)
+        (context / "Containerfile").write_text(TEST_LAYER.format(base=RUNTIME_IMAGE))
+        _run(*PODMAN, "build", "-q", "-t", TEST_RUNTIME_IMAGE, str(context))
 
 
 def _ctr(socket_path: Path, *args: str, check: bool = True) -> str | None:
@@ -605,8 +663,10 @@ def _clean_iptables() -> list[str]:
                 continue
             for line in saved.splitlines():
                 words = shlex.split(line)
-                if words[:1] == ["-A"] and not words[1].startswith("KUBE-") and any(
-                    w.startswith("KUBE-") for w in words[2:]
+                if (
+                    words[:1] == ["-A"]
+                    and not words[1].startswith("KUBE-")
+                    and any(w.startswith("KUBE-") for w in words[2:])
                 ):
                     subprocess.run([tool, "-t", table, "-D", *words[1:]], check=False)
             for chain in chains:
