@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,10 @@ def test_three_replica_swap(fleet, made):
     )
     print(table)
     if out := os.environ.get("HOTSWAP_E2E_TABLE"):  # `make e2e-smoke` prints it last
-        Path(out).write_text(table + "\n")
+        nodes = fleet.cluster.kubectl("get", "nodes", "-o", "wide").stdout
+        Path(out).write_text(
+            f"$ kubectl get nodes -o wide\n{nodes}\n$ kubectl get modeldeployments\n{table}\n"
+        )
 
 
 def test_wrong_sha256_degrades_then_recovers(fleet, made):
@@ -119,6 +123,110 @@ def test_wrong_sha256_degrades_then_recovers(fleet, made):
     fleet.patch_spec(checkpoint(made, 3))
     status = fleet.wait_serving(rev + 2, 3)
     assert {r["sha256"] for r in status["pods"].values()} == {made[3][1]}
+
+
+# Run inside each container with `kubectl exec` (through the API server and the kubelet).
+WHO_AM_I = """
+import os
+try:
+    open("/written-by-a-test", "w")
+    root = "writable"
+except OSError as exc:
+    root = f"read-only ({exc.strerror})"
+caps = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+print(os.getuid(), os.getgid(), caps, root, sep="|")
+"""
+
+
+def test_containers_run_as_uid_10001_with_a_read_only_root(fleet, node):
+    pods = fleet.client.get(f"/api/v1/namespaces/{fleet.namespace}/pods")["items"]
+    assert {p["metadata"]["labels"]["app.kubernetes.io/name"] for p in pods} == {
+        "hotswap-operator",
+        "hotswap-runtime",
+    }
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        assert pod["spec"]["nodeName"] == node.name
+        (status,) = pod["status"]["containerStatuses"]
+        assert status["containerID"].startswith("containerd://"), name
+        out = node.exec(fleet.namespace, name, "python3", "-c", WHO_AM_I).strip()
+        uid, gid, caps, root = out.split("|")
+        assert (uid, gid) == ("10001", "10001"), name
+        assert int(caps, 16) == 0, f"{name}: effective capabilities {caps}"
+        assert root == "read-only (Read-only file system)", name
+
+
+def condition_time(pod, kind):
+    stamp = next(c for c in pod["status"]["conditions"] if c["type"] == kind)
+    return time.mktime(time.strptime(stamp["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def test_a_pod_deleted_under_load_fails_no_request(fleet, made):
+    """The deleted pod turns unready and keeps serving while the Service stops sending it
+    traffic (the runtime's drain), then exits; its replacement starts cold. The
+    replacement then swaps in place: cold start and swap of one pod, side by side."""
+    rev = fleet.status()["revision"]
+    before = pod_uids(fleet)
+    (victim, *_) = fleet.pods()
+    with fleet.load(SHAPE) as load:
+        load.wait_answers(20)
+        fleet.client.delete(
+            f"/api/v1/namespaces/{fleet.namespace}/pods/{victim['metadata']['name']}"
+        )
+        wait_for(
+            lambda: victim["metadata"]["uid"] not in pod_uids(fleet, terminating=True),
+            timeout=60,
+            what=f"pod {victim['metadata']['name']} gone",
+        )
+        fleet.wait_serving(rev, 3)
+        load.wait_answers(20)
+    assert load.failures == [], f"{len(load.failures)} of {load.total} requests failed"
+    (fresh,) = [p for p in fleet.pods() if p["metadata"]["uid"] not in before]
+    cold = condition_time(fresh, "Ready") - condition_time(fresh, "PodScheduled")
+
+    name = fresh["metadata"]["name"]
+    began = time.monotonic()
+    # Not v1: test_operator_restart_mid_change_resumes below changes the spec to v1.
+    version = 2 if fleet.status()["stable"]["sha256"] != made[2][1] else 3
+    fleet.patch_spec(checkpoint(made, version))
+    status = fleet.wait_serving(rev + 1, 3)
+    swap_wall = time.monotonic() - began
+    print(
+        f"\n{load.total} requests through the Service while pod {victim['metadata']['name']} "
+        f"was deleted: {len(load.failures)} failed\n"
+        f"pod {name}: cold start (scheduled -> Ready) {cold:.0f}s; swap on the same pod "
+        f"{sum(status['pods'][name]['swapSeconds'].values()):.2f}s "
+        f"(phases {status['pods'][name]['swapSeconds']}; patch -> all 3 pods serving: "
+        f"{swap_wall:.1f}s)"
+    )
+
+
+def pod_uids(fleet, terminating=False):
+    selector = f"hotswap.dev/model-deployment={fleet.name}"
+    items = fleet.client.get(
+        f"/api/v1/namespaces/{fleet.namespace}/pods", {"labelSelector": selector}
+    )["items"]
+    return {
+        p["metadata"]["uid"]
+        for p in items
+        if terminating or not p["metadata"].get("deletionTimestamp")
+    }
+
+
+def test_scale_three_to_two_under_load_fails_no_request(fleet, cluster):
+    rev = fleet.status()["revision"]
+    uids = pod_uids(fleet)
+    with fleet.load(SHAPE) as load:
+        load.wait_answers(20)
+        cluster.kubectl("scale", "-n", fleet.namespace, f"modeldeployment/{NAME}", "--replicas=2")
+        fleet.wait_serving(rev, 2)
+        wait_for(lambda: len(pod_uids(fleet, terminating=True)) == 2, 60, what="one pod gone")
+        load.wait_answers(20)
+    assert load.failures == [], f"{len(load.failures)} of {load.total} requests failed"
+    assert pod_uids(fleet) < uids
+    print(f"\n{load.total} requests through the Service while scaling 3 -> 2: 0 failed")
+    cluster.kubectl("scale", "-n", fleet.namespace, f"modeldeployment/{NAME}", "--replicas=3")
+    fleet.wait_serving(rev, 3)
 
 
 def test_scale_three_to_five_to_two(fleet, cluster):
