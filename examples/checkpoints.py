@@ -34,6 +34,14 @@ def pod_uri(path: Path, folder: Path = DEFAULT_DIR) -> str:
     return f"file://{POD_DIR}/{path.relative_to(folder).as_posix()}"
 
 
+def host_path(uri: str, folder: Path = DEFAULT_DIR) -> Path:
+    """The file on this machine that a pod's `file:///models/...` URI names."""
+    prefix = f"file://{POD_DIR}/"
+    if not uri.startswith(prefix):
+        raise ValueError(f"{uri} is not under {prefix}")
+    return folder / uri.removeprefix(prefix)
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:

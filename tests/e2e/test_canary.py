@@ -14,13 +14,12 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from examples.checkpoints import pod_uri
+from examples.checkpoints import host_path, pod_uri
 from tests.e2e.fleet import MD_API, Fleet, Load, summary
 from tests.fixtures_runtime import checkpoints, tiny
 from tests.harness.cluster import Cluster
@@ -300,7 +299,7 @@ def test_pause_holds_the_step_and_resume_finishes(fleet: Fleet, recorder: Record
 def test_rollback_to_a_cached_revision_downloads_nothing(fleet: Fleet, load: Load, files):
     rev = settle(fleet)
     old = files["v1"]  # every pod loaded it when it started
-    Path(old["uri"].removeprefix("file://")).unlink()  # a fetch would now fail
+    host_path(old["uri"]).unlink()  # a fetch would now fail
     fleet.patch_spec({"checkpoint": old, **rollout()})
     st = fleet.wait_serving(rev + 1, REPLICAS, timeout=180)
     load.all_answer(str(rev + 1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import resource
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,10 @@ LOCKED_DOWN = (
     "--security-opt=no-new-privileges",
     "--network=host",  # no bridge or firewall rules of podman's own on this machine
     "--tmpfs=/tmp:rw,size=64m,mode=1777",
+    # Rootful podman raises nofile and nproc to values this machine refuses ("error
+    # setting rlimit type 7: operation not permitted"); keep them within ours.
+    "--ulimit=nofile={}:{}".format(*resource.getrlimit(resource.RLIMIT_NOFILE)),
+    "--ulimit=nproc=4096:4096",
 )
 
 

@@ -100,12 +100,12 @@ def serve(address: str, kubeconfig: Path, port: int = 53) -> None:
                 _, _, name, qtype, _ = parse_question(query)
             except (ValueError, IndexError, struct.error, UnicodeDecodeError):
                 continue
-            if qtype not in (A, AAAA):
-                rcode, addresses = NOTIMP, []
-            else:
+            addresses: list[str] = []
+            rcode = NOTIMP
+            if qtype in (A, AAAA):
                 rcode, addresses = resolver.resolve(name)
-                if qtype == AAAA:  # IPv4 only: the name exists, no IPv6 address
-                    addresses = []
+            if qtype == AAAA:  # IPv4 only: the name exists, without an IPv6 address
+                addresses = []
             sock.sendto(answer(query, rcode, addresses), peer)
 
 
