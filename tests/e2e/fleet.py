@@ -130,7 +130,9 @@ class Fleet:
             raise TimeoutError(f"{exc}; last status: {summary(last[0])}") from exc
 
     def wait_serving(self, revision: int, replicas: int, timeout: float = 300) -> JSON:
-        """Phase Ready with every pod serving `revision` and ready."""
+        """Phase Ready with every pod serving `revision` and ready, and status.pods naming
+        exactly the live pods: a deleted pod drains (keeps serving) for a few seconds on
+        a real node, and its entry stays until it is gone."""
 
         def done(st: JSON) -> bool:
             return (
@@ -138,7 +140,8 @@ class Fleet:
                 and st.get("revision") == revision
                 and st.get("updated") == f"{replicas}/{replicas}"
                 and st.get("ready") == f"{replicas}/{replicas}"
-                and len(self.pods()) == replicas
+                and set(st.get("pods") or {}) == {p["metadata"]["name"] for p in self.pods()}
+                and len(st.get("pods") or {}) == replicas
             )
 
         return self.wait(
