@@ -176,9 +176,11 @@ class RealNode:
         self.stop()
 
     def _drain(self) -> None:
-        """Delete every pod bound to this node and wait until they are gone, so that the
-        kubelet stops their containers and unmounts their volumes itself."""
+        """Cordon the node, delete every pod bound to it and wait until they are gone, so
+        that the kubelet stops their containers and unmounts their volumes itself."""
         client = self.cluster.rest()
+        # Cordon first: replacements that controllers create stay Pending, off this node.
+        client.patch(f"/api/v1/nodes/{self.name}", {"spec": {"unschedulable": True}})
         selector = {"fieldSelector": f"spec.nodeName={self.name}"}
         for pod in client.get("/api/v1/pods", selector)["items"]:
             meta = pod["metadata"]
