@@ -35,13 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     config.from_environ()  # fail fast on malformed settings, before connecting
     import kopf
 
-    from hotswap_operator import handlers, progress  # registers the handlers
+    from hotswap_operator import handlers  # registers the handlers
 
+    logging.getLogger("kopf.objects").addFilter(handlers.QuietEventHandlers())
     logging.getLogger(__name__).info(
         "hotswap-operator watching %s; liveness %s; handlers in %s",
         ", ".join(args.namespaces) or "all namespaces",
         args.liveness,
-        f"{handlers.__name__}, {progress.__name__}",
+        handlers.__name__,
     )
     kopf.run(
         standalone=True,

@@ -16,33 +16,34 @@ pod, including pods created mid-rollout that the planner has not named, keeps se
   restarts on resume).
 
 A spec change during a rollout replaces the candidate (back to the first step); a spec
-equal to stable again cancels it. The step state lives in `status.canary`.
+equal to stable again cancels it. The step state lives in `status.canary`;
+`step_deadline` says when the current step times out (the sync re-runs then).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from hotswap_runtime.contract import ModelConfig, PodReport, PodState, Revision, short_sha
-from pydantic import ValidationError
 
-from hotswap_operator.rollout import (
-    HISTORY_LIMIT,
-    Event,
+from hotswap_operator.reasons import Event, EventType, Phase, Reason
+from hotswap_operator.revisions import (
     Plan,
-    RevisionRef,
-    config_generation,
-    plan_all_at_once,
+    announce,
+    names,
+    next_number,
+    numbered,
+    record,
     revision_from_spec,
+    with_history,
 )
 from hotswap_operator.spec import DeploymentSpec
+from hotswap_operator.status import CanaryState, ModelDeploymentStatus, RevisionRecord, Rollback
 
 DEFAULT_STEPS: tuple[int | str, ...] = (1, "50%", "100%")
-STATUS_KEYS = ("canary", "rollback")
 
 
 def step_counts(steps: Sequence[int | str], replicas: int) -> tuple[int, ...]:
@@ -61,47 +62,12 @@ def step_counts(steps: Sequence[int | str], replicas: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class CanaryState:
-    """`status.canary`: where the rollout of `revision` stands."""
-
-    revision: int
-    step: int  # 1-based index into `steps`
-    steps: tuple[int, ...]
-    step_started_at: str
-    paused: bool = False
-    halted: str = ""  # why the rollout stopped (autoRollback false); empty while going
-
-    def to_status(self) -> dict[str, Any]:
-        return {
-            "revision": self.revision,
-            "step": self.step,
-            "steps": list(self.steps),
-            "stepStartedAt": self.step_started_at,
-            "paused": self.paused,
-            "halted": self.halted,
-        }
-
-    @classmethod
-    def from_status(cls, raw: Mapping[str, Any] | None) -> CanaryState | None:
-        if not raw or "revision" not in raw:
-            return None
-        return cls(
-            revision=int(raw["revision"]),
-            step=int(raw.get("step") or 1),
-            steps=tuple(int(s) for s in raw.get("steps") or ()),
-            step_started_at=str(raw.get("stepStartedAt") or ""),
-            paused=bool(raw.get("paused")),
-            halted=str(raw.get("halted") or ""),
-        )
-
-
-@dataclass(frozen=True)
 class Rollout:
     """Everything one evaluation looks at."""
 
     name: str
     spec: DeploymentSpec
-    status: Mapping[str, Any]
+    status: ModelDeploymentStatus
     current: ModelConfig | None
     now: str
     pods: tuple[str, ...]
@@ -114,23 +80,21 @@ class Rollout:
 def plan_canary(
     name: str,
     spec: DeploymentSpec,
-    status: Mapping[str, Any],
+    status: ModelDeploymentStatus,
     current: ModelConfig | None,
     now: str,
     pods: Sequence[str] = (),
 ) -> Plan:
-    """The ConfigMap and status fields for a Canary ModelDeployment right now."""
+    """The ConfigMap and status for a Canary ModelDeployment that has a stable revision."""
+    stable = status.stable
+    if stable is None:
+        raise ValueError("plan_canary needs a stable revision (rollout.plan makes the first)")
     r = Rollout(name, spec, status, current, now, tuple(sorted(pods)))
-    stable = RevisionRef.from_status(status.get("stable"))
-    if stable is None:  # nothing to compare a canary against: the first revision is stable
-        return _with(plan_all_at_once(name, spec, status, current, now), canary=None)
     if r.digest == stable.digest:
         return _settled(r, stable, rollback=None, events=[])
-    rollback = status.get("rollback") or {}
-    if rollback.get("digest") == r.digest:  # the spec still names what was rolled back
-        return _settled(r, stable, rollback=dict(rollback), events=[])
-    candidate = RevisionRef.from_status(status.get("candidate"))
-    state = CanaryState.from_status(status.get("canary"))
+    if status.rollback is not None and status.rollback.digest == r.digest:
+        return _settled(r, stable, rollback=status.rollback, events=[])  # not retried
+    candidate, state = status.candidate, status.canary
     if candidate is None or candidate.digest != r.digest or state is None:
         return _start(r, stable)
     return _progress(r, stable, candidate, state)
@@ -139,9 +103,9 @@ def plan_canary(
 # ---- the stable revision and the settled plan ---------------------------------------
 
 
-def _stable_revision(r: Rollout, stable: RevisionRef) -> Revision:
+def _stable_revision(r: Rollout, stable: RevisionRecord) -> Revision:
     """The full stable revision: from the ConfigMap (which carries model and validation)."""
-    if r.current is not None and r.current.stable.key == (stable.revision, stable.sha256):
+    if r.current is not None and r.current.stable.key == stable.key:
         return r.current.stable
     checkpoint = r.spec.checkpoint.to_contract().model_copy(
         update={"uri": stable.uri, "sha256": stable.sha256}
@@ -159,83 +123,50 @@ def _config(
         candidate=candidate,
         candidatePods=tuple(pods) if candidate is not None else (),
     )
-    return desired.model_copy(
-        update={"generation": config_generation(desired, r.current, r.status)}
-    )
+    return numbered(desired, r.current, r.status)
 
 
 def _settled(
-    r: Rollout, stable: RevisionRef, rollback: dict[str, Any] | None, events: list[Event]
+    r: Rollout, stable: RevisionRecord, rollback: Rollback | None, events: list[Event]
 ) -> Plan:
     """No rollout in progress: every pod serves stable."""
     config = _config(r, _stable_revision(r, stable), None, ())
-    fields: dict[str, Any] = {
-        "stable": stable.to_status(),
-        "candidate": None,
-        "candidatePods": None,
-        "canary": None,
-        "rollback": rollback,
-        "revision": stable.revision,
-        "checkpoint": short_sha(stable.sha256),
-        "configGeneration": config.generation,
-        "history": r.status.get("history") or [stable.to_status()],
-    }
-    return Plan(config=config, status=fields, events=events)
-
-
-def _with(plan: Plan, **fields: Any) -> Plan:
-    return replace(plan, status={**plan.status, **fields, "rollback": None})
+    status = r.status.model_copy(
+        update={
+            "stable": stable,
+            "candidate": None,
+            "candidate_pods": None,
+            "canary": None,
+            "rollback": rollback,
+            "revision": stable.revision,
+            "checkpoint": short_sha(stable.sha256),
+            "config_generation": config.generation,
+            "history": r.status.history or (stable,),
+        }
+    )
+    return Plan(config=config, status=status, events=events)
 
 
 # ---- starting a candidate -----------------------------------------------------------
 
 
-def _known(r: Rollout) -> list[int]:
-    refs = [r.status.get("stable"), r.status.get("candidate"), r.status.get("rollback")]
-    refs += list(r.status.get("history") or ())
-    numbers = [int(ref["revision"]) for ref in refs if ref and "revision" in ref]
-    if r.current is not None:
-        numbers.append(r.current.stable.revision)
-        if r.current.candidate is not None:
-            numbers.append(r.current.candidate.revision)
-    return numbers
-
-
-def _candidate_number(r: Rollout) -> int:
-    # Status may lag the ConfigMap (a crash between the two writes): adopt its number.
+def _start(r: Rollout, stable: RevisionRecord) -> Plan:
     written = r.current.candidate if r.current is not None else None
-    if written is not None and _same_content(written, revision_from_spec(r.spec, 1)):
-        return written.revision
-    return max(_known(r), default=0) + 1
-
-
-def _same_content(a: Revision, b: Revision) -> bool:
-    return a.model_copy(update={"revision": 0}) == b.model_copy(update={"revision": 0})
-
-
-def _start(r: Rollout, stable: RevisionRef) -> Plan:
-    number = _candidate_number(r)
-    ref = RevisionRef(
-        revision=number,
-        uri=r.spec.checkpoint.uri,
-        sha256=r.spec.checkpoint.sha256,
-        digest=r.digest,
-        created_at=r.now,
-    )
+    number = next_number(r.spec, r.status, r.current, written)
+    ref = record(r.spec, number, r.now)
     steps = step_counts(r.spec.rollout.steps, r.spec.replicas)
-    state = CanaryState(number, 1, steps, r.now, paused=r.spec.rollout.paused)
-    previous = tuple(r.status.get("candidatePods") or ())
-    named = choose(r.pods, previous, steps[0])
-    history = [h for h in r.status.get("history") or () if h.get("revision") != number]
-    plan = _running(r, stable, ref, state, named)
-    event = Event(
-        "Normal",
-        "RevisionCreated",
-        f"revision {number}: {ref.uri} (sha256 {short_sha(ref.sha256)}), canary step 1 of "
-        f"{len(steps)} on {_names(named)}; the other pods keep revision {stable.revision}",
+    state = CanaryState(
+        revision=number, step=1, steps=steps, stepStartedAt=r.now, paused=r.spec.rollout.paused
     )
-    fields = {**plan.status, "history": [*history, ref.to_status()][-HISTORY_LIMIT:]}
-    return Plan(config=plan.config, status=fields, events=[event])
+    named = choose(r.pods, r.status.candidate_pods or (), steps[0])
+    plan = _running(r, stable, ref, state, named)
+    where = (
+        f"canary step 1 of {len(steps)} on {names(named)}; "
+        f"the other pods keep revision {stable.revision}"
+    )
+    event = Event(EventType.NORMAL, Reason.REVISION_CREATED, announce(ref, where))
+    status = plan.status.model_copy(update={"history": with_history(r.status, ref)})
+    return Plan(config=plan.config, status=status, events=[event])
 
 
 def choose(pods: Sequence[str], named: Sequence[str], count: int) -> tuple[str, ...]:
@@ -247,40 +178,46 @@ def choose(pods: Sequence[str], named: Sequence[str], count: int) -> tuple[str, 
 
 
 def _running(
-    r: Rollout, stable: RevisionRef, ref: RevisionRef, state: CanaryState, named: Sequence[str]
+    r: Rollout,
+    stable: RevisionRecord,
+    ref: RevisionRecord,
+    state: CanaryState,
+    named: Sequence[str],
 ) -> Plan:
     candidate = revision_from_spec(r.spec, ref.revision)
     config = _config(r, _stable_revision(r, stable), candidate, named)
-    fields: dict[str, Any] = {
-        "stable": stable.to_status(),
-        "candidate": ref.to_status(),
-        "candidatePods": list(named),
-        "canary": state.to_status(),
-        "rollback": None,
-        "revision": stable.revision,
-        "checkpoint": short_sha(stable.sha256),
-        "configGeneration": config.generation,
-    }
-    return Plan(config=config, status=fields, events=[])
+    status = r.status.model_copy(
+        update={
+            "stable": stable,
+            "candidate": ref,
+            "candidate_pods": tuple(named),
+            "canary": state,
+            "rollback": None,
+            "revision": stable.revision,
+            "checkpoint": short_sha(stable.sha256),
+            "config_generation": config.generation,
+        }
+    )
+    return Plan(config=config, status=status, events=[])
 
 
 # ---- progressing --------------------------------------------------------------------
 
 
-def _progress(r: Rollout, stable: RevisionRef, ref: RevisionRef, state: CanaryState) -> Plan:
-    named = choose(r.pods, tuple(r.status.get("candidatePods") or ()), state.steps[state.step - 1])
+def _progress(r: Rollout, stable: RevisionRecord, ref: RevisionRecord, state: CanaryState) -> Plan:
+    named = choose(r.pods, r.status.candidate_pods or (), state.steps[state.step - 1])
     if state.halted:
         return _running(r, stable, ref, state, named)
-    reports = _reports(r.status.get("pods"))
+    reports = _reports(r.status)
     failure = _failure(named, reports, ref)
     if failure is None and not r.spec.rollout.paused:
         failure = _timed_out(r, state, named, reports, ref)
     if failure is not None:
         return _fail(r, stable, ref, state, named, failure)
     if r.spec.rollout.paused:
-        return _running(r, stable, ref, replace(state, paused=True), named)
+        return _running(r, stable, ref, state.model_copy(update={"paused": True}), named)
     if state.paused:  # resumed: the step clock starts again
-        state = replace(state, paused=False, step_started_at=r.now)
+        state = state.model_copy(update={"paused": False, "step_started_at": r.now})
     if not _step_done(named, reports, ref, state):
         return _running(r, stable, ref, state, named)
     if state.step == len(state.steps):
@@ -288,26 +225,21 @@ def _progress(r: Rollout, stable: RevisionRef, ref: RevisionRef, state: CanarySt
     return _advance(r, stable, ref, state, named)
 
 
-def _reports(raw: Mapping[str, Any] | None) -> dict[str, PodReport]:
-    out = {}
-    for pod, entry in (raw or {}).items():
-        try:
-            out[pod] = PodReport.model_validate(entry)
-        except ValidationError:
-            continue  # status.py reports unreadable entries
-    return out
+def _reports(status: ModelDeploymentStatus) -> dict[str, PodReport]:
+    # unreadable entries: summary.py reports them
+    return {p: rep for p, rep in status.reports().items() if isinstance(rep, PodReport)}
 
 
-def _serves(report: PodReport | None, ref: RevisionRef) -> bool:
+def _serves(report: PodReport | None, ref: RevisionRecord) -> bool:
     return (
         report is not None
         and report.state is PodState.SERVING
-        and (report.revision, report.sha256) == (ref.revision, ref.sha256)
+        and (report.revision, report.sha256) == ref.key
     )
 
 
 def _failure(
-    named: Sequence[str], reports: Mapping[str, PodReport], ref: RevisionRef
+    named: Sequence[str], reports: Mapping[str, PodReport], ref: RevisionRecord
 ) -> tuple[str, str] | None:
     """(pod, why) for the first named pod that failed the candidate."""
     for pod in named:
@@ -323,11 +255,16 @@ def _failure(
     return None
 
 
-def _seconds_between(start: str, end: str) -> float:
+def _parse(stamp: str) -> datetime | None:
     try:
-        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+        return datetime.fromisoformat(stamp)
     except ValueError:
-        return 0.0
+        return None
+
+
+def _seconds_between(start: str, end: str) -> float:
+    a, b = _parse(start), _parse(end)
+    return (b - a).total_seconds() if a is not None and b is not None else 0.0
 
 
 def _timed_out(
@@ -335,7 +272,7 @@ def _timed_out(
     state: CanaryState,
     named: Sequence[str],
     reports: Mapping[str, PodReport],
-    ref: RevisionRef,
+    ref: RevisionRecord,
 ) -> tuple[str, str] | None:
     limit = r.spec.rollout.step_timeout_seconds
     if state.paused or _seconds_between(state.step_started_at, r.now) <= limit:
@@ -352,52 +289,61 @@ def _timed_out(
 
 
 def _step_done(
-    named: Sequence[str], reports: Mapping[str, PodReport], ref: RevisionRef, state: CanaryState
+    named: Sequence[str],
+    reports: Mapping[str, PodReport],
+    ref: RevisionRecord,
+    state: CanaryState,
 ) -> bool:
     want = state.steps[state.step - 1]
     return len(named) >= want and all(_serves(reports.get(p), ref) for p in named)
 
 
 def _advance(
-    r: Rollout, stable: RevisionRef, ref: RevisionRef, state: CanaryState, named: Sequence[str]
+    r: Rollout,
+    stable: RevisionRecord,
+    ref: RevisionRecord,
+    state: CanaryState,
+    named: Sequence[str],
 ) -> Plan:
-    nxt = replace(state, step=state.step + 1, step_started_at=r.now)
+    nxt = state.model_copy(update={"step": state.step + 1, "step_started_at": r.now})
     more = choose(r.pods, named, nxt.steps[nxt.step - 1])
     plan = _running(r, stable, ref, nxt, more)
     event = Event(
-        "Normal",
-        "CanaryStep",
+        EventType.NORMAL,
+        Reason.CANARY_STEP,
         f"revision {ref.revision}: step {state.step} done, step {nxt.step} of "
-        f"{len(nxt.steps)}: {len(more)}/{r.spec.replicas} pods ({_names(more)})",
+        f"{len(nxt.steps)}: {len(more)}/{r.spec.replicas} pods ({names(more)})",
     )
-    return replace(plan, events=[event])
+    return Plan(config=plan.config, status=plan.status, events=[event])
 
 
-def _promote(r: Rollout, ref: RevisionRef, named: Sequence[str]) -> Plan:
+def _promote(r: Rollout, ref: RevisionRecord, named: Sequence[str]) -> Plan:
     config = _config(r, revision_from_spec(r.spec, ref.revision), None, ())
-    fields: dict[str, Any] = {
-        "stable": ref.to_status(),
-        "candidate": None,
-        "candidatePods": None,
-        "canary": None,
-        "rollback": None,
-        "revision": ref.revision,
-        "checkpoint": short_sha(ref.sha256),
-        "configGeneration": config.generation,
-    }
+    status = r.status.model_copy(
+        update={
+            "stable": ref,
+            "candidate": None,
+            "candidate_pods": None,
+            "canary": None,
+            "rollback": None,
+            "revision": ref.revision,
+            "checkpoint": short_sha(ref.sha256),
+            "config_generation": config.generation,
+        }
+    )
     event = Event(
-        "Normal",
-        "Promoted",
+        EventType.NORMAL,
+        Reason.PROMOTED,
         f"revision {ref.revision} promoted to stable: {len(named)} pods serve it "
         f"(sha256 {short_sha(ref.sha256)})",
     )
-    return Plan(config=config, status=fields, events=[event])
+    return Plan(config=config, status=status, events=[event])
 
 
 def _fail(
     r: Rollout,
-    stable: RevisionRef,
-    ref: RevisionRef,
+    stable: RevisionRecord,
+    ref: RevisionRecord,
     state: CanaryState,
     named: Sequence[str],
     failure: tuple[str, str],
@@ -405,55 +351,63 @@ def _fail(
     pod, why = failure
     if not r.spec.rollout.auto_rollback:
         halted = f"rollout of revision {ref.revision} halted: pod {pod} {why}"
-        return _running(r, stable, ref, replace(state, halted=halted), named)
-    rollback = {
-        **ref.to_status(),
-        "stable": stable.revision,
-        "pod": pod,
-        "reason": why,
-        "rolledBackAt": r.now,
-    }
+        plan = _running(r, stable, ref, state.model_copy(update={"halted": halted}), named)
+        event = Event(EventType.WARNING, Reason.ROLLOUT_HALTED, halted)
+        return Plan(config=plan.config, status=plan.status, events=[event])
+    rollback = Rollback(
+        **ref.model_dump(by_alias=True),
+        stable=stable.revision,
+        pod=pod,
+        reason=why,
+        rolledBackAt=r.now,
+    )
     event = Event(
-        "Warning",
-        "RolledBack",
+        EventType.WARNING,
+        Reason.ROLLED_BACK,
         f"revision {ref.revision} rolled back to revision {stable.revision}: pod {pod} {why}",
     )
     return _settled(r, stable, rollback=rollback, events=[event])
 
 
-def _names(pods: Sequence[str]) -> str:
-    return ", ".join(pods) if pods else "no pod yet"
+# ---- what the sync and summary.py ask -----------------------------------------------
 
 
-# ---- what status.py shows -----------------------------------------------------------
+def step_deadline(status: ModelDeploymentStatus, spec: DeploymentSpec) -> datetime | None:
+    """When the current step times out (None: no step running, paused or halted)."""
+    state = status.canary
+    if state is None or status.candidate is None or state.paused or state.halted:
+        return None
+    started = _parse(state.step_started_at)
+    if started is None:
+        return None
+    return started + timedelta(seconds=spec.rollout.step_timeout_seconds)
 
 
-def override(status: Mapping[str, Any], phase: str) -> tuple[str, str, str] | None:
+def override(status: ModelDeploymentStatus, phase: Phase) -> tuple[Phase, Reason, str] | None:
     """(phase, reason, message) replacing the aggregated phase while a Canary rollout
     runs or after it rolled back; None to keep the aggregated one."""
-    if phase == "Failed":
+    if phase is Phase.FAILED:
         return None
-    state = CanaryState.from_status(status.get("canary"))
-    candidate = RevisionRef.from_status(status.get("candidate"))
+    state, candidate = status.canary, status.candidate
     if candidate is not None and state is not None:
         if state.halted:
-            return "Degraded", "RolloutHalted", state.halted
-        if phase == "Degraded":
+            return Phase.DEGRADED, Reason.ROLLOUT_HALTED, state.halted
+        if phase is Phase.DEGRADED:
             return None  # the stable revision itself fails somewhere: say that
-        named = list(status.get("candidatePods") or ())
+        named = list(status.candidate_pods or ())
         where = (
-            f"revision {candidate.revision} on {len(named)} pods ({_names(named)}), "
+            f"revision {candidate.revision} on {len(named)} pods ({names(named)}), "
             f"step {state.step} of {len(state.steps)}"
         )
         if state.paused:
-            return "Progressing", "Paused", f"paused at {where}"
-        return "Progressing", "CanaryStep", where
-    rollback = status.get("rollback")
-    if rollback and candidate is None and phase in ("Ready", "Progressing"):
+            return Phase.PROGRESSING, Reason.PAUSED, f"paused at {where}"
+        return Phase.PROGRESSING, Reason.CANARY_STEP, where
+    rollback = status.rollback
+    if rollback is not None and candidate is None and phase in (Phase.READY, Phase.PROGRESSING):
         return (
-            "RolledBack",
-            "RolledBack",
-            f"revision {rollback.get('revision')} rolled back to revision "
-            f"{rollback.get('stable')}: pod {rollback.get('pod')} {rollback.get('reason')}",
+            Phase.ROLLED_BACK,
+            Reason.ROLLED_BACK,
+            f"revision {rollback.revision} rolled back to revision "
+            f"{rollback.stable}: pod {rollback.pod} {rollback.reason}",
         )
     return None

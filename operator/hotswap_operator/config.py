@@ -137,6 +137,47 @@ def liveness_endpoint(env: Mapping[str, str]) -> str:
     return f"http://{host}:{port}/healthz"
 
 
+class OperatorSettings(_Settings):
+    """How the operator runs (the chart's values, through the environment)."""
+
+    sync_workers: int = Field(default=4, ge=1)  # ModelDeployments synced at once
+    lease_namespace: str = "default"  # where the leader Lease lives (the operator's own)
+    lease_name: str = "hotswap-operator"
+    lease_seconds: float = Field(default=8.0, gt=0)
+    renew_deadline_seconds: float = Field(default=5.0, gt=0)
+    retry_seconds: float = Field(default=1.0, gt=0)
+    metrics_port: int = Field(default=8082, ge=0, le=65535)  # 0: no /metrics
+    metrics_address: str = "127.0.0.1"
+
+
+_OPERATOR_ENV = {
+    "HOTSWAP_SYNC_WORKERS": "sync_workers",
+    "POD_NAMESPACE": "lease_namespace",
+    "HOTSWAP_LEADER_LEASE": "lease_name",
+    "HOTSWAP_LEASE_SECONDS": "lease_seconds",
+    "HOTSWAP_RENEW_DEADLINE_SECONDS": "renew_deadline_seconds",
+    "HOTSWAP_LEASE_RETRY_SECONDS": "retry_seconds",
+    "HOTSWAP_METRICS_PORT": "metrics_port",
+    "POD_IP": "metrics_address",
+}
+
+
+def operator_settings(env: Mapping[str, str]) -> OperatorSettings:
+    """OperatorSettings from the variables in `_OPERATOR_ENV` (unset: the defaults)."""
+    values = {f: env[v].strip() for v, f in _OPERATOR_ENV.items() if env.get(v, "").strip()}
+    try:
+        settings = OperatorSettings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigurationError(f"operator settings are not valid: {exc}") from None
+    if settings.renew_deadline_seconds >= settings.lease_seconds:
+        raise ConfigurationError(
+            "HOTSWAP_RENEW_DEADLINE_SECONDS must be below HOTSWAP_LEASE_SECONDS: a leader "
+            "that cannot renew must stop before another replica may take the Lease"
+        )
+    return settings
+
+
 def from_environ() -> tuple[tuple[str, ...], RuntimeDefaults, str]:
     env = os.environ
+    operator_settings(env)  # fail fast on those too
     return watched_namespaces(env), runtime_defaults(env), liveness_endpoint(env)

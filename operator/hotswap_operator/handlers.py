@@ -1,41 +1,50 @@
-"""kopf handlers: thin wrappers around reconcile() and Aggregator.aggregate().
+"""kopf wiring: watches in, the controller out.
 
-Progress and the diff base live in annotations under hotswap.dev/ (the CRD's status
-schema would prune kopf's usual status.kopf). Retries are exceptions: TemporaryError
-when the API refuses a write, PermanentError for a spec that cannot work.
+kopf runs the watches (login, reconnects, a 410 re-list) and calls these handlers;
+each only updates a cache or asks the controller for a sync (controller.py), so
+handlers never fail and kopf never retries, annotates or patches anything: no diff
+base, no progress annotations, no finalizer. The runtime pods are indexed
+(`runtime_pods`): kopf fills the index from its watch before calling any handler, and
+the sync workers read it instead of listing pods.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
-import time
+import socket
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import kopf
 from hotswap_runtime.contract import API_GROUP, API_VERSION, PLURAL
 
 from hotswap_operator import config, resources
-from hotswap_operator.kube import ChildConflictError, Kube, KubeError, Permission, load_api_client
-from hotswap_operator.reconcile import Aggregator, reconcile, utcnow
-from hotswap_operator.spec import SpecError
+from hotswap_operator.controller import Controller, Key
+from hotswap_operator.events import EventRecorder
+from hotswap_operator.kube import Kube, Permission, load_api_client
+from hotswap_operator.leader import LeaderElector, Timing
+from hotswap_operator.metrics import Metrics
+from hotswap_operator.summary import PodInfo
+from hotswap_operator.sync import Syncer
 
 MD = (API_GROUP, API_VERSION, PLURAL)
 RUNTIME_PODS = {resources.LABEL_NAME: resources.RUNTIME_APP}
 OWNED = {resources.LABEL_MANAGED_BY: resources.MANAGER}
 
-# What kopf itself calls: watching, annotating (progress), posting its own events.
+# What kopf itself calls: watching, and posting its own Events (warnings only).
 KOPF_PERMISSIONS: set[Permission] = {
     (API_GROUP, PLURAL, "list"),
     (API_GROUP, PLURAL, "watch"),
-    (API_GROUP, PLURAL, "patch"),
     ("", "pods", "list"),
     ("", "pods", "watch"),
     ("", "events", "create"),
-    ("", "configmaps", "list"),  # child_event: put back a deleted ConfigMap
+    ("", "configmaps", "list"),
     ("", "configmaps", "watch"),
-    ("apps", "deployments", "list"),  # ... or Deployment
+    ("apps", "deployments", "list"),
     ("apps", "deployments", "watch"),
 }
 
@@ -66,99 +75,96 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 class QuietEventHandlers(logging.Filter):
-    """Drop kopf's "Handler '<x>_event' succeeded." lines: watch-event handlers run on
-    every pod report and readiness change, and their successes say nothing."""
+    """Drop kopf's "Handler '<x>' succeeded." lines of watch-event and index handlers:
+    they run on every pod report and readiness change, and their successes say nothing."""
 
-    PATTERN = re.compile(r"^Handler '[\w.]*_event' succeeded\.$")
+    PATTERN = re.compile(r"^Handler '[\w.]*(_event|runtime_pods)' succeeded\.$")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.levelno == logging.INFO and self.PATTERN.match(record.getMessage()))
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
-    )
-    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our own Events say what happened
     # No runtime observation of CRDs and namespaces: that would need cluster-wide
     # list/watch on both. The chart installs the CRD before the operator starts.
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300
-    logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
-    memo.kube = Kube.from_env()
-    memo.defaults = config.runtime_defaults(os.environ)
-    memo.aggregator = Aggregator(memo.kube)
+    env = os.environ
+    operator = config.operator_settings(env)
+    kube = Kube.from_env()
+    metrics = Metrics()
+    recorder = EventRecorder(kube, resources.MANAGER, lambda r: metrics.events.labels(r).inc())
+    controller = Controller(
+        Syncer(kube, config.runtime_defaults(env), recorder), metrics, operator.sync_workers
+    )
+    # Unique per process: a restarted container waits for the Lease like any other.
+    identity = f"{env.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    elector = LeaderElector(
+        kube,
+        operator.lease_namespace,
+        operator.lease_name,
+        identity,
+        controller.start_leading,
+        controller.stop_leading,
+        Timing(operator.lease_seconds, operator.renew_deadline_seconds, operator.retry_seconds),
+    )
+    if operator.metrics_port:
+        metrics.serve(operator.metrics_port, operator.metrics_address)
+    controller.start()
+    memo.controller, memo.elector = controller, elector
+    memo.election = asyncio.create_task(elector.run(), name="hotswap-leader-election")
 
 
-@kopf.on.resume(*MD)
-@kopf.on.create(*MD)
-@kopf.on.update(*MD)
-def reconcile_handler(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    try:
-        events = reconcile(memo.kube, body, memo.defaults)
-    except ChildConflictError as exc:  # may clear up when the other object goes away
-        raise kopf.TemporaryError(str(exc), delay=exc.retry_seconds) from exc
-    except SpecError as exc:
-        raise kopf.PermanentError(str(exc)) from exc
-    except KubeError as exc:
-        if exc.status == 404:  # the ModelDeployment or its namespace is being deleted
-            return
-        name = body["metadata"]["name"]
-        raise kopf.TemporaryError(f"reconcile of {name}: {exc}", delay=5) from exc
-    now = utcnow()
-    for event in events:
-        memo.kube.post_event(body, event, now)
-        logger.info(f"{event.reason}: {event.message}")
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Stop syncing, then give the Lease up: another replica leads within a second."""
+    election = getattr(memo, "election", None)
+    if election is not None:
+        election.cancel()
+        await asyncio.gather(election, return_exceptions=True)
+    controller: Controller | None = getattr(memo, "controller", None)
+    if controller is not None:
+        controller.stop_leading()
+        await controller.stop()
+    if getattr(memo, "elector", None) is not None:
+        await asyncio.to_thread(memo.elector.release)
+
+
+@kopf.index("", "v1", "pods", labels=RUNTIME_PODS)
+async def runtime_pods(body: kopf.Body, **_: Any) -> dict[Key, PodInfo] | None:
+    """Runtime pods by the ModelDeployment they belong to (the sync's pod cache)."""
+    name = (body.metadata.labels or {}).get(resources.LABEL_DEPLOYMENT)
+    if not name or not body.metadata.namespace:
+        return None
+    return {(body.metadata.namespace, name): PodInfo.from_pod(body)}
+
+
+def _attach(memo: kopf.Memo, index: kopf.Index[Key, PodInfo]) -> Controller:
+    controller: Controller = memo.controller
+
+    def pods(key: Key) -> Iterable[PodInfo]:
+        return tuple(index[key]) if key in index else ()
+
+    controller.pods = pods
+    return controller
 
 
 @kopf.on.event(*MD)
-def md_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """Pod reports arrive as status changes, which update handlers ignore."""
-    meta = event["object"]["metadata"]
-    if event["type"] == "DELETED":
-        memo.aggregator.forget(meta["namespace"], meta["name"])
-        return
-    _aggregate(memo, meta["namespace"], meta["name"])
+async def model_deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
+    """The spec, the pods' reports (status) and the object's deletion."""
+    _attach(memo, kwargs["runtime_pods"]).on_model_deployment(event["type"], event["object"])
 
 
 @kopf.on.event("", "v1", "pods", labels=RUNTIME_PODS)
-def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """Readiness changes and deleted pods (whose status entries get pruned)."""
-    meta = event["object"]["metadata"]
-    name = (meta.get("labels") or {}).get(resources.LABEL_DEPLOYMENT)
-    if name:
-        _aggregate(memo, meta["namespace"], name)
+async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Readiness changes, new pods and deleted pods (whose reports get pruned)."""
+    _attach(memo, kwargs["runtime_pods"]).on_pod(event["type"], event["object"])
 
 
 @kopf.on.event("", "v1", "configmaps", labels=OWNED)
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """A deleted ConfigMap or Deployment of a live ModelDeployment is put back."""
-    meta = event["object"]["metadata"]
-    name = (meta.get("labels") or {}).get(resources.LABEL_DEPLOYMENT)
-    if event["type"] != "DELETED" or not name:
-        return
-    try:
-        body = memo.kube.model_deployment(meta["namespace"], name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return  # the owner is going away: the garbage collector is at work
-        reconcile(memo.kube, body, memo.defaults)
-    except (KubeError, SpecError) as exc:  # the next spec change or restart repairs it
-        logging.getLogger(__name__).warning(f"restoring {meta['name']}: {exc}")
-
-
-def _aggregate(memo: kopf.Memo, namespace: str, name: str, attempts: int = 3) -> None:
-    # Event handlers are not retried by kopf: a few quick tries, then the next report
-    # or pod change aggregates again.
-    for attempt in range(1, attempts + 1):
-        try:
-            memo.aggregator.aggregate(namespace, name)
-            return
-        except KubeError as exc:
-            logging.getLogger(__name__).warning(
-                f"aggregate {namespace}/{name} (try {attempt}/{attempts}): {exc}"
-            )
-            time.sleep(attempt)
+async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A ConfigMap edited or deleted, a Deployment deleted: the sync puts them back."""
+    _attach(memo, kwargs["runtime_pods"]).on_child(event["type"], event["object"])

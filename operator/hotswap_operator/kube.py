@@ -9,20 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from hotswap_runtime.contract import (
-    API_GROUP,
-    API_VERSION,
-    CONFIG_KEY,
-    PLURAL,
-    ConfigError,
-    ModelConfig,
-    configmap_name,
-    parse_config,
-)
+from hotswap_runtime.contract import API_GROUP, API_VERSION, PLURAL, configmap_name
 
 from hotswap_operator.resources import (
     MANAGER,
@@ -31,7 +21,6 @@ from hotswap_operator.resources import (
     holder,
     left_by_predecessor,
 )
-from hotswap_operator.rollout import Event
 from hotswap_operator.spec import SpecError
 
 Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
@@ -73,6 +62,10 @@ class KubeError(RuntimeError):
         self.status = status
 
 
+class ConflictError(KubeError):
+    """A write's precondition failed (HTTP 409): the object changed since it was read."""
+
+
 class ChildConflictError(SpecError):
     """A child's name is taken by an object this ModelDeployment does not own."""
 
@@ -109,7 +102,8 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any] | None:
-        """One API request; None for 404, KubeError for any other failure."""
+        """One API request; None for 404, ConflictError for 409, KubeError for any other
+        failure."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
         req = self.api.param_serialize(
             method,
@@ -128,7 +122,8 @@ class Kube:
             return None
         if not 200 <= resp.status < 300:
             detail = _api_message(data)
-            raise KubeError(resp.status, f"{method} {path}: {resp.status} {detail}")
+            error = ConflictError if resp.status == 409 else KubeError
+            raise error(resp.status, f"{method} {path}: {resp.status} {detail}")
         return json.loads(data) if data else {}
 
     @requires(
@@ -182,75 +177,51 @@ class Kube:
             )
         return uids
 
-    def apply_owned(self, manifest: Manifest, owner: Owner) -> dict[str, Any]:
-        """``apply`` after ``claim``: never takes over an object ``owner`` does not own."""
-        (uid,) = self.claim([manifest], owner)
-        return self.apply(manifest, uid)
-
     @requires(("", "configmaps", "get"))
-    def model_config(self, namespace: str, name: str, owner: Owner) -> ModelConfig | None:
-        """The current model.json of ModelDeployment `name`, None if absent, unreadable
-        or in a ConfigMap that ``owner`` does not control."""
-        cm = self.request(
+    def config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """ConfigMap `<name>-model` of ModelDeployment `name` as stored, or None."""
+        return self.request(
             "GET", f"/api/v1/namespaces/{namespace}/configmaps/{configmap_name(name)}"
         )
-        if cm is None or holder(cm, owner) is not None:
-            return None
-        text = (cm.get("data") or {}).get(CONFIG_KEY)
-        if not text:
-            return None
-        try:
-            return parse_config(text)
-        except ConfigError:
-            return None  # rewritten from the spec with a higher generation
 
     @requires((API_GROUP, PLURAL, "get"))
     def model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.request("GET", f"{MD_PATH}/namespaces/{namespace}/{PLURAL}/{name}")
 
     @requires((API_GROUP, f"{PLURAL}/status", "patch"))
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """JSON merge patch of the status subresource (never a replace)."""
+    def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """JSON merge patch of the status subresource (never a replace); returns the
+        object as written. With `resource_version`, the object must still be at that
+        version (else ConflictError): a status planned from a stale read is never written."""
         path = f"{MD_PATH}/namespaces/{namespace}/{PLURAL}/{name}/status"
-        body = {"status": dict(status)}
-        if self.request("PATCH", path, body, None, "application/merge-patch+json") is None:
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        written = self.request("PATCH", path, body, None, "application/merge-patch+json")
+        if written is None:
             raise KubeError(404, f"ModelDeployment {namespace}/{name} is gone")
-
-    @requires(("", "pods", "list"))
-    def pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
-        query = [("labelSelector", ",".join(f"{k}={v}" for k, v in selector.items()))]
-        found = self.request("GET", f"/api/v1/namespaces/{namespace}/pods", None, query)
-        return list((found or {}).get("items") or [])
+        return written
 
     @requires(("", "events", "create"))
-    def post_event(self, body: Mapping[str, Any], event: Event, now: str) -> None:
-        """A core/v1 Event on the ModelDeployment `body` (unique name: never conflicts)."""
-        meta = body["metadata"]
-        record = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
-                "namespace": meta["namespace"],
-            },
-            "involvedObject": {
-                "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                "kind": body.get("kind", "ModelDeployment"),
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-            },
-            "type": event.type,
-            "reason": event.reason,
-            "message": event.message[:1024],
-            "source": {"component": self.field_manager},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "reportingComponent": self.field_manager,
-            "reportingInstance": os.environ.get("POD_NAME", self.field_manager),
-        }
-        self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", record)
+    def create_event(self, namespace: str, record: Mapping[str, Any]) -> dict[str, Any]:
+        created = self.request("POST", f"/api/v1/namespaces/{namespace}/events", dict(record))
+        if created is None:
+            raise KubeError(404, f"namespace {namespace} is gone")
+        return created
+
+    @requires(("", "events", "patch"))
+    def patch_event(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge patch of Event `name` (a repeat: count and lastTimestamp); None if gone."""
+        path = f"/api/v1/namespaces/{namespace}/events/{name}"
+        return self.request("PATCH", path, dict(patch), None, "application/merge-patch+json")
 
 
 def _path(manifest: Manifest) -> tuple[str, str]:

@@ -1,13 +1,14 @@
-"""Device choice and the CUDA helpers the swapper uses (all no-ops on the CPU)."""
+"""Device choice and the CUDA helpers the swapper uses (all no-ops on the CPU): free
+memory, cache release (device and pinned host), host heap trim, and the copies of new
+weights into a model (on CUDA on a side stream)."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Mapping
 
 import torch
-
-from .weights import StateDict
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,6 +36,13 @@ def release_cached(device: torch.device) -> None:
     """Hand freed CUDA blocks back to the driver."""
     if is_cuda(device):
         torch.cuda.empty_cache()
+
+
+def release_pinned() -> None:
+    """Hand cached page-locked host blocks back (the pinned staging buffers' allocator
+    keeps freed blocks otherwise)."""
+    if torch.cuda.is_available() and hasattr(torch._C, "_host_emptyCache"):
+        torch._C._host_emptyCache()
 
 
 @functools.cache
@@ -66,54 +74,34 @@ def gpu_memory(device: torch.device) -> dict[str, int]:
     }
 
 
-class Staging:
-    """Reusable host buffers that checkpoints are parsed into.
+def copy_flat(dst: torch.Tensor, src: torch.Tensor, stream: torch.cuda.Stream | None) -> None:
+    """One bulk copy of ``src`` into ``dst`` (on CUDA on ``stream``, waited for)."""
+    with torch.no_grad():
+        if stream is None:
+            dst.copy_(src)
+            return
+        stream.wait_stream(torch.cuda.current_stream(dst.device))
+        with torch.cuda.stream(stream):
+            dst.copy_(src, non_blocking=True)
+        stream.synchronize()
 
-    Reusing them keeps a swap from allocating (and the process from growing) swap after
-    swap. On CUDA they are page-locked, so copies to the GPU run at full speed on a
-    side stream; allocating pinned memory is slow, which is one more reason to keep
-    them. A safetensors file's data section is read with one ``readinto`` into one flat
-    buffer, and when the next checkpoint has the same layout (the usual case: same
-    architecture) the per-tensor views are reused too, so parsing costs one read and a
-    handful of Python calls however many tensors the model has. The caller must not
-    parse the next checkpoint before the copies reading these buffers have finished
-    (the swapper synchronizes its copy stream first).
-    """
 
-    def __init__(self, pin: bool) -> None:
-        self.pin = pin
-        self._buffers: StateDict = {}
-        self._flat: torch.Tensor | None = None
-        self._layout: object = None
-        self._views: StateDict = {}
-
-    def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        buffer = self._buffers.get(name)
-        if buffer is None or tuple(buffer.shape) != shape or buffer.dtype != dtype:
-            buffer = torch.empty(shape, dtype=dtype, pin_memory=self.pin)
-            self._buffers[name] = buffer
-        return buffer
-
-    def keep_only(self, names: set[str]) -> None:
-        for name in set(self._buffers) - names:
-            del self._buffers[name]
-
-    def flat(self, nbytes: int) -> torch.Tensor:
-        """A byte buffer of exactly ``nbytes``, reused while the size stays the same."""
-        if self._flat is None or self._flat.numel() != nbytes:
-            self._flat = None
-            self._layout, self._views = None, {}
-            self._flat = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
-        return self._flat
-
-    def views(self, layout: object) -> StateDict | None:
-        return self._views if layout == self._layout else None
-
-    def remember(self, layout: object, views: StateDict) -> None:
-        self._layout, self._views = layout, views
-
-    def flat_for(self, state: StateDict) -> tuple[torch.Tensor, object] | None:
-        """(flat buffer, layout) when ``state`` is the set of views into it."""
-        if self._flat is not None and state is self._views:
-            return self._flat, self._layout
-        return None
+def copy_tensors(
+    targets: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    stream: torch.cuda.Stream | None,
+) -> None:
+    """Copy ``state`` into a model's tensors: one foreach call (on CUDA on ``stream``
+    from pinned buffers), so the GIL is taken a handful of times, not per tensor.
+    Names, shapes and dtypes were checked before; the copy never casts."""
+    names = list(targets)
+    dst = [targets[name] for name in names]
+    src = [state[name] for name in names]
+    with torch.no_grad():
+        if stream is None:
+            torch._foreach_copy_(dst, src)
+            return
+        stream.wait_stream(torch.cuda.current_stream(dst[0].device if dst else None))
+        with torch.cuda.stream(stream):
+            torch._foreach_copy_(dst, src, non_blocking=True)
+        stream.synchronize()

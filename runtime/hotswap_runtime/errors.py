@@ -135,3 +135,10 @@ class Superseded(SwapError):
     """A newer desired revision arrived while this one was loading."""
 
     code = "superseded"
+
+
+class ModelTooLarge(ArchitectureError):
+    """The model that ``model.architecture`` and ``model.args`` describe has more
+    parameters and buffers than the runtime's ``max_model_bytes``; it is never built."""
+
+    code = "model_too_large"

@@ -5,22 +5,35 @@ keyword arguments and no pretrained weights (nor pretrained backbones: nothing i
 downloaded); ``python/<module>:<factory>`` imports a module and calls
 ``factory(**args)``. Both must be covered by the admin's allowlist (policy.py), which
 is checked before anything is imported. Anything else is an ArchitectureError.
+
+``size_model`` learns a model's layout and size before it is built for real: it builds
+the network on the meta device (no memory), or, for a constructor that computes on
+tensor values (torchvision's RegNets), on the CPU under an allocation budget; a model
+over ``max_model_bytes`` is refused there. ``build_bounded`` builds for real under the
+same budget, so no constructor allocates past it whatever ``model.args`` say.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .allocations import AllocationBudget
 from .contract import ModelSpec
-from .errors import ArchitectureError
+from .errors import ArchitectureError, ModelTooLarge
+from .layouts import Layout, layout_of, model_bytes
 from .policy import architecture_allowed, architecture_refusal
 from .redact import clip
+
+log = logging.getLogger(__name__)
+BUILD_FACTOR = 2  # a build may allocate twice the model limit in all (temporaries)
 
 # Keyword arguments that would fetch pretrained weights from the internet.
 _DOWNLOADS = ("weights", "weights_backbone", "progress")
@@ -88,7 +101,7 @@ def _call(name: str, factory: Any, args: dict[str, Any]) -> nn.Module:
     try:
         built = factory(**args)
     except BaseException as exc:  # SystemExit from a factory must not kill the loader
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, KeyboardInterrupt | ModelTooLarge):
             raise
         raise ArchitectureError(
             f"{name} could not be built from model.args: {type(exc).__name__}: "
@@ -104,3 +117,64 @@ def _parameters(builder: Any) -> set[str]:
         return set(inspect.signature(builder).parameters)
     except (TypeError, ValueError):
         return set()
+
+
+@dataclass(frozen=True, eq=False)
+class Blueprint:
+    """A model's state-dict layout and its size, known before it is built for real.
+    ``module`` is the CPU-built network when sizing had to build one (reused when the
+    model is wanted on the CPU)."""
+
+    spec: ModelSpec
+    layout: Layout
+    nbytes: int
+    module: nn.Module | None = None
+
+
+def size_model(spec: ModelSpec, allowed: Sequence[str], max_bytes: int) -> Blueprint:
+    """The layout and size of ``spec``'s model, or ModelTooLarge when it is over
+    ``max_bytes``; nothing is allocated for a model that fits on the meta device."""
+    if not architecture_allowed(spec.architecture, allowed):
+        raise ArchitectureError(architecture_refusal(spec.architecture, allowed))
+    limit = BUILD_FACTOR * max_bytes
+    try:
+        module = build_bounded(spec, torch.device("meta"), allowed, limit)
+        built = None
+    except ModelTooLarge:
+        raise
+    except ArchitectureError as exc:  # e.g. a constructor reading tensor values
+        log.info(
+            "%s cannot be sized on the meta device (%s); sizing it on the CPU",
+            spec.architecture,
+            exc,
+        )
+        module = built = build_bounded(spec, torch.device("cpu"), allowed, limit)
+    nbytes = model_bytes(module)
+    if nbytes > max_bytes:
+        raise ModelTooLarge(
+            f"{spec.architecture} with these model.args has {nbytes} bytes of parameters "
+            f"and buffers, over this runtime's limit of {max_bytes} (HOTSWAP_MAX_MODEL_BYTES); "
+            "check model.args"
+        )
+    return Blueprint(spec, layout_of(module.state_dict()), nbytes, built)
+
+
+def build_bounded(
+    spec: ModelSpec, device: torch.device, allowed: Sequence[str], limit: int
+) -> nn.Module:
+    """``build_model`` under an allocation budget of ``limit`` bytes."""
+    budget = AllocationBudget(limit, spec.architecture)
+    try:
+        with budget:
+            module = build_model(spec, device, allowed)
+    except ArchitectureError:
+        if not budget.exceeded:
+            raise
+        module = None  # a constructor turned the refusal into another error
+    if budget.exceeded:  # ... or swallowed it
+        raise ModelTooLarge(
+            f"{spec.architecture}: building it would allocate more than {limit} bytes; "
+            "check model.args (or raise HOTSWAP_MAX_MODEL_BYTES)"
+        )
+    assert module is not None
+    return module

@@ -35,7 +35,11 @@ class Runtime:
         self.device = resolve_device(settings.device)
         self.store = CheckpointStore.from_settings(settings)
         self.swapper = Swapper(
-            self.store, self.device, settings.allowed_architectures, settings.swap_mode
+            self.store,
+            self.device,
+            settings.allowed_architectures,
+            settings.swap_mode,
+            max_model_bytes=settings.max_model_bytes,
         )
         self.metrics = Metrics(self.device)
         self.reconciler = Reconciler(

@@ -1,21 +1,30 @@
-"""The swapper owns the live model reference and replaces it without failing a request.
+"""The swapper makes a revision serve, or fails leaving the serving model untouched.
 
-A swap runs off the serving path: fetch -> parse -> load -> validate, then one
-reference assignment (``activate``). Requests take a lease on the current model when
-they start and finish on it; a retired model is released when its last lease ends.
+A swap runs off the serving path: fetch -> parse -> load -> validate -> activate.
 
-Where the weights go:
+* parse: first the target model's layout (names, dtypes, shapes) and size: from the
+  serving or standby model when the spec is the same, else by building the network on
+  the meta device (``models.size_model``), which refuses a model over
+  ``max_model_bytes``. The checkpoint is then read against that layout (weights.py):
+  nothing is allocated for a file that does not fit it.
+* load, where the weights go:
+  - ``standby``: the previous model, once its last request has finished, is kept as a
+    standby; the new weights are copied into it (one bulk copy when its tensors live
+    in one flat buffer laid out like the checkpoint; on CUDA from pinned host buffers
+    on a side stream). Before each use its tensors are checked: same layout, and no
+    two of them share memory unless the architecture ties them.
+  - ``fresh``: no usable standby (first load, new architecture, the previous model
+    still busy past a short wait): build the network (under an allocation budget) and
+    ``load_state_dict(strict)``.
+  - ``inplace``: on CUDA when the GPU cannot hold two copies (or when configured): the
+    new weights are validated on a CPU copy, then new requests are briefly held, the
+    weights are copied into the live tensors, and requests resume (leases.py).
+* validate: probes.py.
 
-* ``standby``: the previous model, once its last request has finished, is kept as a
-  standby; the next swap copies the new weights into it (on CUDA from pinned host
-  buffers on a side stream) and swaps the reference. No build, no allocation.
-* ``fresh``: no usable standby (first load, new architecture, or the previous model
-  still busy past a short wait): build a new network and ``load_state_dict(strict)``.
-* ``inplace``: on CUDA when the GPU cannot hold two copies (or when configured): the
-  new weights are validated on a CPU copy, then new requests are briefly held, the
-  weights are copied into the live tensors, and requests resume.
-
-Any exception before ``activate`` leaves the serving model untouched.
+Any failure before ``activate`` leaves the serving model untouched. Whatever it was
+(a factory's or a model's SystemExit included; KeyboardInterrupt excepted), ``swap_to``
+raises a SwapError with a short reason, after releasing the staging buffers, trimming
+the heap and handing back a standby it took; no state of a failed swap is inherited.
 """
 
 from __future__ import annotations
@@ -23,62 +32,56 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .contract import ModelSpec, Revision, Validation
-from .devices import Staging, free_bytes, is_cuda, release_cached
+from .contract import Revision
+from .devices import (
+    copy_flat,
+    copy_tensors,
+    free_bytes,
+    is_cuda,
+    release_cached,
+    release_host_memory,
+)
 from .errors import (
-    ModelNotReady,
+    FetchError,
+    FormatError,
     NonFiniteWeights,
     StateDictMismatch,
     Superseded,
+    SwapError,
     ValidationFailed,
 )
-from .models import build_model
+from .layouts import Expected, FlatLayout, bind_flat, bindable, is_bound, layout_of, named, overlaps
+from .leases import Leases, LoadedModel, utc_now
+from .models import BUILD_FACTOR, Blueprint, build_bounded, size_model
+from .probes import validate
+from .redact import clip, redact_uri
+from .settings import DEFAULT_MAX_CHECKPOINT_BYTES
+from .staging import Staging
 from .store import CheckpointStore
-from .weights import StateDict, non_finite_keys, read_state_dict, read_tensor, state_bytes
+from .weights import Parsed, non_finite_keys, read_state_dict
+
+__all__ = ["PHASES", "LoadedModel", "PhaseClock", "Swapper", "utc_now"]
 
 log = logging.getLogger(__name__)
 
 PHASES = ("fetch", "parse", "load", "validate", "activate")
 ROOM_FACTOR = 1.25  # free GPU memory needed for a second copy, as a multiple of its size
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    """A network with weights loaded, and the requests currently running on it."""
-
-    revision: Revision
-    module: nn.Module
-    device: torch.device
-    output_shape: tuple[int, ...]
-    loaded_at: str = field(default_factory=utc_now)
-    leases: int = 0
-    retired: bool = False
-    module_handed_on: bool = False  # in-place swap: the next LoadedModel owns the module
-    targets: StateDict = field(default_factory=dict)  # the module's state_dict tensors
-    flat: torch.Tensor | None = None  # one buffer holding every target, checkpoint layout
-    flat_layout: object = None
-
-    def __post_init__(self) -> None:
-        if not self.targets:
-            self.targets = self.module.state_dict()
-
-    @property
-    def key(self) -> tuple[int, str]:
-        return self.revision.key
+DEFAULT_MAX_MODEL_BYTES = DEFAULT_MAX_CHECKPOINT_BYTES
+# what an unexpected exception in each phase is reported as
+_CRASHES: dict[str, type[SwapError]] = {
+    "fetch": FetchError,
+    "parse": FormatError,
+    "validate": ValidationFailed,
+}
 
 
 @dataclass
@@ -97,6 +100,20 @@ class PhaseClock:
 
 
 @dataclass
+class _Steps:
+    """The phase clock, and which phase a failure happened in."""
+
+    clock: PhaseClock
+    phase: str = "fetch"
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        self.phase = phase
+        with self.clock(phase):
+            yield
+
+
+@dataclass
 class _Plan:
     kind: str  # fresh | standby | inplace
     target: LoadedModel | None = None
@@ -112,70 +129,36 @@ class Swapper:
         allowed: Sequence[str],
         mode: str = "auto",
         drain_timeout: float = 2.0,
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     ) -> None:
         self.store = store
         self.device = device
         self.allowed = tuple(allowed)  # the admin's architecture allowlist (policy.py)
         self.mode = mode
         self.drain_timeout = drain_timeout
-        self._cond = threading.Condition()
-        self._current: LoadedModel | None = None
-        self._standby: LoadedModel | None = None
-        self._draining: LoadedModel | None = None
-        self._held = False
+        self.max_model_bytes = max_model_bytes
+        self._leases = Leases(device, keep_standby=mode != "inplace")
         self._staging = Staging(pin=is_cuda(device))
         self._stream: torch.cuda.Stream | None = (
             torch.cuda.Stream(device) if is_cuda(device) else None  # type: ignore[no-untyped-call]
         )
         self.last_kind = ""
 
-    # ---- serving side -------------------------------------------------------------
+    # ---- serving side -----------------------------------------------------------------
 
     def current(self) -> LoadedModel | None:
-        return self._current
+        return self._leases.current()
 
-    @contextlib.contextmanager
-    def lease(self) -> Iterator[LoadedModel]:
+    def lease(self) -> contextlib.AbstractContextManager[LoadedModel]:
         """The current model, guaranteed not to be released until the block ends."""
-        with self._cond:
-            self._cond.wait_for(lambda: not self._held)
-            model = self._current
-            if model is None:
-                raise ModelNotReady("no model is loaded yet; wait for /v2/health/ready")
-            model.leases += 1
-        try:
-            yield model
-        finally:
-            self._return(model)
+        return self._leases.lease()
 
-    def _return(self, model: LoadedModel) -> None:
-        with self._cond:
-            model.leases -= 1
-            if model.leases:
-                return
-            self._cond.notify_all()
-            if not model.retired:
-                return
-        self._release(model)
+    @property
+    def held(self) -> bool:
+        """Whether new requests are held (only during an in-place copy)."""
+        return self._leases.held
 
-    def _release(self, model: LoadedModel) -> None:
-        if model.module_handed_on:
-            return
-        with self._cond:
-            if self._draining is model:
-                self._draining = None
-            if self.mode != "inplace" and self._standby is None:
-                self._standby = model
-                self._cond.notify_all()
-                return
-        self._discard(model)
-
-    def _discard(self, model: LoadedModel) -> None:
-        del model.module
-        gc.collect()
-        release_cached(self.device)
-
-    # ---- swap side ----------------------------------------------------------------
+    # ---- swap side --------------------------------------------------------------------
 
     def swap_to(
         self,
@@ -185,185 +168,163 @@ class Swapper:
     ) -> PhaseClock:
         """Make ``revision`` serve, or raise SwapError leaving the current model serving."""
         clock = clock or PhaseClock()
-        self._protect(revision)
-        with clock("fetch"):
-            path = self.store.fetch(revision.checkpoint, cancelled)
-        _stop_if(cancelled, revision)
-        with clock("parse"):
-            state = self._parse(path, revision)
-        _stop_if(cancelled, revision)
-        plan = self._plan(revision, state)
-        self.last_kind = plan.kind
+        steps = _Steps(clock)
         try:
-            with clock("load"):
-                module = self._load(plan, revision, state)
-            _stop_if(cancelled, revision)
-            with clock("validate"):
-                shape = self._validate(module, revision, plan)
-            _stop_if(cancelled, revision)
-        except BaseException:
-            if plan.target is not None:
-                self._release(plan.target)
-            raise
-        with clock("activate"):
-            self._activate(plan, revision, module, shape, state)
-        self._protect(revision)
+            self._protect(revision)
+            self._swap(revision, cancelled, steps)
+            self._protect(revision)
+        except BaseException as exc:
+            traceback.clear_frames(exc.__traceback__)  # drop the attempt's tensors now
+            self._after_failure(keep_staging=isinstance(exc, Superseded))
+            if isinstance(exc, SwapError | KeyboardInterrupt):
+                raise
+            raise _crashed(steps.phase, revision, exc) from None
         return clock
 
+    def _swap(self, revision: Revision, cancelled: Callable[[], bool], steps: _Steps) -> None:
+        with steps("fetch"):
+            path = self.store.fetch(revision.checkpoint, cancelled)
+        _stop_if(cancelled, revision)
+        with steps("parse"):
+            blueprint = self._blueprint(revision)
+            parsed = self._parse(path, revision, blueprint)
+        _stop_if(cancelled, revision)
+        plan = _Plan("fresh")
+        try:
+            with steps("load"):
+                plan = self._plan(revision, blueprint)
+                self.last_kind = plan.kind
+                module = self._load(plan, revision, parsed, blueprint)
+            _stop_if(cancelled, revision)
+            with steps("validate"):
+                shape = self._validate(module, revision, plan)
+            _stop_if(cancelled, revision)
+            with steps("activate"):
+                self._activate(plan, revision, module, shape, parsed)
+        except BaseException:
+            if plan.target is not None:
+                self._leases.release(plan.target)
+            raise
+
+    def _after_failure(self, keep_staging: bool) -> None:
+        """Nothing of a failed swap stays allocated: staging, freed modules, heap. A
+        superseded load keeps the staging buffers (sized by a checked layout) for the
+        next one."""
+        if not keep_staging:
+            self._staging.release()
+        gc.collect()
+        release_cached(self.device)
+        release_host_memory()
+
     def _protect(self, loading: Revision) -> None:
-        current = self._current
+        current = self._leases.current()
         shas = {loading.checkpoint.sha256}
         if current is not None:
             shas.add(current.revision.checkpoint.sha256)
         self.store.protect(shas)
 
-    def _parse(self, path: Path, revision: Revision) -> StateDict:
-        state = read_state_dict(path, revision.checkpoint.uri, self._staging)
-        bad = non_finite_keys(state)
+    # ---- parse ------------------------------------------------------------------------
+
+    def _blueprint(self, revision: Revision) -> Blueprint:
+        """The target model's layout and size, before anything is built or read."""
+        known = self._leases.known(revision.model)
+        if known is not None:
+            return Blueprint(revision.model, known.layout, known.nbytes)
+        return size_model(revision.model, self.allowed, self.max_model_bytes)
+
+    def _parse(self, path: Path, revision: Revision, blueprint: Blueprint) -> Parsed:
+        spec = revision.model
+        expected = Expected(blueprint.layout, spec.architecture, spec.cast_weights)
+        parsed = read_state_dict(path, revision.checkpoint.uri, expected, self._staging)
+        bad = non_finite_keys(parsed.state)
         if bad:
             raise NonFiniteWeights(
-                f"checkpoint {revision.checkpoint.uri}: tensors hold NaN or infinity: "
-                f"{', '.join(bad[:5])}"
+                f"checkpoint {redact_uri(revision.checkpoint.uri)}: tensors hold NaN or "
+                f"infinity: {named(bad)}"
             )
-        return state
+        return parsed
 
-    def _plan(self, revision: Revision, state: StateDict) -> _Plan:
-        current = self._current
+    # ---- load -------------------------------------------------------------------------
+
+    def _plan(self, revision: Revision, blueprint: Blueprint) -> _Plan:
+        current = self._leases.current()
         same_spec = current is not None and current.revision.model == revision.model
         if self.mode == "inplace" and same_spec:
             return _Plan("inplace")
-        standby = self._take_standby(revision.model)
+        standby = self._leases.take_standby(revision.model, self.drain_timeout)
+        if standby is not None and not _sound(standby, blueprint):
+            self._leases.discard(standby)
+            standby = None
         if standby is not None:
             return _Plan("standby", standby)
-        if self.mode == "auto" and same_spec and not self._room_for(state):
+        if self.mode == "auto" and same_spec and not self._room_for(blueprint.nbytes):
             return _Plan("inplace")
         return _Plan("fresh")
 
-    def _room_for(self, state: StateDict) -> bool:
+    def _room_for(self, nbytes: int) -> bool:
         free = free_bytes(self.device)
-        return free is None or free >= ROOM_FACTOR * state_bytes(state)
+        return free is None or free >= ROOM_FACTOR * nbytes
 
-    def _take_standby(self, spec: ModelSpec) -> LoadedModel | None:
-        with self._cond:
-            draining = self._draining
-            if self._standby is None and draining is not None and draining.revision.model == spec:
-                self._cond.wait_for(lambda: self._standby is not None, self.drain_timeout)
-            standby, self._standby = self._standby, None
-        if standby is None:
-            return None
-        if standby.revision.model != spec or standby.device != self.device:
-            self._discard(standby)
-            return None
-        return standby
-
-    def _load(self, plan: _Plan, revision: Revision, state: StateDict) -> nn.Module:
+    def _load(
+        self, plan: _Plan, revision: Revision, parsed: Parsed, blueprint: Blueprint
+    ) -> nn.Module:
         if plan.kind == "standby":
             assert plan.target is not None
-            check_state_dict(plan.target.targets, state, revision)
-            self._fill(plan.target, state)
+            self._fill(plan.target, parsed)
             return plan.target.module
         device = torch.device("cpu") if plan.kind == "inplace" else self.device
-        module = build_model(revision.model, device, self.allowed)
-        check_state_dict(module.state_dict(), state, revision)
+        module = self._build(revision, device, blueprint)
+        if layout_of(module.state_dict()) != blueprint.layout:
+            raise StateDictMismatch(
+                f"{revision.model.architecture} built a different set of tensors than when "
+                "it was sized; its factory must build the same model every time"
+            )
         with torch.no_grad():
-            module.load_state_dict(state, strict=True)
+            module.load_state_dict(parsed.state, strict=True)
         return module
 
-    def _fill(self, model: LoadedModel, state: StateDict) -> None:
-        """Load ``state`` into a standby: one bulk copy when its tensors live in one flat
-        buffer laid out like the checkpoint's data (set up on first use), else per tensor."""
-        staged = self._staging.flat_for(state)
-        if staged is not None and self._flat_ready(model, state, *staged):
-            assert model.flat is not None
-            self._copy_flat(model.flat, staged[0])
-            return
-        self._copy_into(model.targets, state)
+    def _build(self, revision: Revision, device: torch.device, blueprint: Blueprint) -> nn.Module:
+        if blueprint.module is not None and device.type == "cpu":
+            return blueprint.module  # sizing had to build it on the CPU: reuse it
+        limit = BUILD_FACTOR * self.max_model_bytes
+        return build_bounded(revision.model, device, self.allowed, limit)
 
-    def _flat_ready(
-        self, model: LoadedModel, state: StateDict, host: torch.Tensor, layout: object
-    ) -> bool:
-        if model.flat is not None and model.flat_layout == layout:
+    def _fill(self, model: LoadedModel, parsed: Parsed) -> None:
+        """Load ``parsed`` into a standby: one bulk copy when its tensors live in one
+        flat buffer laid out like the checkpoint's data (set up when needed), else
+        per tensor."""
+        layout = parsed.flat_layout
+        if parsed.flat is not None and layout is not None and self._flat_bound(model, layout):
+            assert model.flat is not None
+            copy_flat(model.flat, parsed.flat, self._stream)
+            return
+        copy_tensors(model.targets, parsed.state, self._stream)
+
+    def _flat_bound(self, model: LoadedModel, layout: FlatLayout) -> bool:
+        """Whether ``model``'s tensors are (now) the views of one flat buffer laid out as
+        ``layout``; rebinds them when they can be and the device has room."""
+        flat = model.flat
+        if (
+            flat is not None
+            and model.flat_layout == layout
+            and is_bound(model.targets, flat, layout)
+        ):
             return True
-        if not _flattenable(model.targets, state, host):
+        if not bindable(model.targets, layout) or not self._room_for(layout.nbytes):
             return False
-        flat = torch.empty(host.numel(), dtype=torch.uint8, device=self.device)
-        base = host.data_ptr()
-        for name, src in state.items():
-            start = src.data_ptr() - base
-            view = flat[start : start + src.numel() * src.element_size()]
-            _rebind(model.module, name, view.view(src.dtype).view(src.shape))
-        model.flat, model.flat_layout = flat, layout
-        model.targets = model.module.state_dict()
+        model.flat, model.flat_layout = None, None
+        model.flat, model.targets = bind_flat(model.module, layout, self.device)
+        model.flat_layout = layout
         return True
 
-    def _copy_flat(self, dst: torch.Tensor, src: torch.Tensor) -> None:
-        with torch.no_grad():
-            if self._stream is None:
-                dst.copy_(src)
-                return
-            self._stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self._stream):
-                dst.copy_(src, non_blocking=True)
-            self._stream.synchronize()
-
-    def _copy_into(self, targets: StateDict, state: StateDict) -> None:
-        """Copy ``state`` into a module's tensors: one foreach call, on CUDA on the side
-        stream from pinned buffers, so the GIL is taken a handful of times, not per tensor."""
-        names = list(targets)
-        dst = [targets[name] for name in names]
-        src = [state[name] for name in names]
-        with torch.no_grad():
-            if self._stream is None:
-                torch._foreach_copy_(dst, src)
-                return
-            self._stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self._stream):
-                torch._foreach_copy_(dst, src, non_blocking=True)
-            self._stream.synchronize()
+    # ---- validate and activate --------------------------------------------------------
 
     def _validate(self, module: nn.Module, revision: Revision, plan: _Plan) -> tuple[int, ...]:
         device = torch.device("cpu") if plan.kind == "inplace" else self.device
-        output = self._forward(module, probe_input(revision.model.input_shape), device)
-        shape = check_probe(output, revision)
-        current = self._current
+        current = self._leases.current()
         same_spec = current is not None and current.revision.model == revision.model
-        if current is not None and same_spec and shape != current.output_shape:
-            raise ValidationFailed(
-                f"revision {revision.revision}: probe output shape {shape} differs from "
-                f"the serving revision's {current.output_shape}"
-            )
-        if revision.validation is not None:
-            self._check_expected(module, revision, revision.validation, device)
-        return shape
-
-    def _forward(self, module: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        stream = self._stream if is_cuda(device) else None
-        with torch.inference_mode():
-            if stream is None:
-                return _as_tensor(module(x.to(device)), "probe")
-            with torch.cuda.stream(stream):
-                out = _as_tensor(module(x.to(device, non_blocking=True)), "probe").float()
-                result = out.to("cpu", non_blocking=True)
-            stream.synchronize()
-            return result
-
-    def _check_expected(
-        self, module: nn.Module, revision: Revision, check: Validation, device: torch.device
-    ) -> None:
-        x = read_tensor(self.store.fetch(check.input), check.input.uri)
-        expected = read_tensor(self.store.fetch(check.expected), check.expected.uri).float()
-        got = self._forward(module, x.float(), device).float().cpu()
-        if got.shape != expected.shape:
-            raise ValidationFailed(
-                f"revision {revision.revision}: validation output shape {tuple(got.shape)} "
-                f"differs from expected {tuple(expected.shape)}"
-            )
-        worst = float((got - expected).abs().max()) if got.numel() else 0.0
-        if not worst <= check.tolerance:
-            raise ValidationFailed(
-                f"revision {revision.revision}: validation output differs from expected by "
-                f"{worst:.3g} > tolerance {check.tolerance}"
-            )
+        serving_shape = current.output_shape if current is not None and same_spec else None
+        return validate(module, revision, device, self._stream, serving_shape, self.store.fetch)
 
     def _activate(
         self,
@@ -371,130 +332,62 @@ class Swapper:
         revision: Revision,
         module: nn.Module,
         shape: tuple[int, ...],
-        state: StateDict,
+        parsed: Parsed,
     ) -> None:
         if plan.kind == "inplace":
-            self._activate_inplace(revision, shape, state)
+            self._leases.replace_in_place(lambda old: self._overwrite(old, revision, shape, parsed))
             return
-        standby = plan.target  # its tensors (and flat buffer) carry over to the new entry
-        new = LoadedModel(
-            revision,
-            module,
-            self.device,
-            shape,
-            targets=standby.targets if standby else {},
-            flat=standby.flat if standby else None,
-            flat_layout=standby.flat_layout if standby else None,
+        if plan.target is not None:  # the standby's module and tensors carry over
+            new = plan.target.successor(revision, shape)
+            plan.target.module_handed_on = True
+        else:
+            new = LoadedModel(revision, module, self.device, shape)
+        self._leases.activate(new)
+
+    def _overwrite(
+        self, old: LoadedModel, revision: Revision, shape: tuple[int, ...], parsed: Parsed
+    ) -> LoadedModel:
+        """Copy validated weights into the live tensors (requests are held)."""
+        old.targets = old.module.state_dict()
+        if layout_of(old.targets) != old.layout or overlaps(old.targets, old.ties):
+            raise SwapError(
+                f"revision {revision.revision}: the serving model's tensors changed or share "
+                "memory; not overwriting them in place"
+            )
+        copy_tensors(old.targets, parsed.state, self._stream)
+        return old.successor(revision, shape)
+
+
+def _sound(standby: LoadedModel, blueprint: Blueprint) -> bool:
+    """A standby is reused only if its tensors still have the model's layout and no two
+    of them share memory unless the architecture tied them."""
+    standby.targets = standby.module.state_dict()
+    if layout_of(standby.targets) != blueprint.layout:
+        log.warning(
+            "standby of revision %d discarded: its tensors changed", standby.revision.revision
         )
-        with self._cond:
-            old, self._current = self._current, new
-            if old is None:
-                return
-            old.retired = True
-            busy = old.leases > 0
-            if busy:
-                self._draining = old
-        if not busy:
-            self._release(old)
-
-    def _activate_inplace(
-        self, revision: Revision, shape: tuple[int, ...], state: StateDict
-    ) -> None:
-        with self._cond:
-            old = self._current
-            assert old is not None
-            self._held = True
-            try:
-                self._cond.wait_for(lambda: old.leases == 0)
-                self._copy_into(old.targets, state)
-                old.retired = True
-                old.module_handed_on = True
-                self._current = LoadedModel(
-                    revision,
-                    old.module,
-                    self.device,
-                    shape,
-                    targets=old.targets,
-                    flat=old.flat,
-                    flat_layout=old.flat_layout,
-                )
-            finally:
-                self._held = False
-                self._cond.notify_all()
-
-
-def check_state_dict(expected: StateDict, state: StateDict, revision: Revision) -> None:
-    """Strict loading's checks, with a message naming the checkpoint and the model."""
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = [
-        f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-        for label, items in (
-            ("missing keys", missing),
-            ("unexpected keys", extra),
-            ("wrong shapes", shapes),
+        return False
+    shared = overlaps(standby.targets, standby.ties)
+    if shared:
+        pairs = [f"{a}/{b}" for a, b in shared]
+        log.warning(
+            "standby of revision %d discarded: tensors share memory: %s",
+            standby.revision.revision,
+            named(pairs),
         )
-        if items
-    ]
-    if problems:
-        raise StateDictMismatch(
-            f"checkpoint {revision.checkpoint.uri} does not fit {revision.model.architecture}: "
-            + "; ".join(problems)
-        )
+        return False
+    return True
 
 
-def _flattenable(targets: StateDict, state: StateDict, host: torch.Tensor) -> bool:
-    """Every target matches its staged view's dtype, views share the flat host buffer,
-    and no two targets share storage (tied weights must stay tied)."""
-    storage = host.untyped_storage().data_ptr()
-    pointers = {t.untyped_storage().data_ptr() for t in targets.values()}
-    return len(pointers) == len(targets) and all(
-        targets[name].dtype == src.dtype
-        and src.untyped_storage().data_ptr() == storage
-        and src.is_contiguous()
-        for name, src in state.items()
+def _crashed(phase: str, revision: Revision, exc: BaseException) -> SwapError:
+    """An unexpected exception as the SwapError its phase reports, with a short reason."""
+    log.debug("swap to revision %d: %s raised", revision.revision, phase, exc_info=exc)
+    kind = _CRASHES.get(phase, SwapError)
+    text = clip(str(exc), 160)
+    return kind(
+        f"revision {revision.revision}: {phase} failed: {type(exc).__name__}"
+        + (f": {text}" if text else "")
     )
-
-
-def _rebind(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    """Point parameter or buffer ``name`` of ``module`` at ``tensor``."""
-    owner_name, _, attr = name.rpartition(".")
-    owner = module.get_submodule(owner_name)
-    if attr in owner._parameters and owner._parameters[attr] is not None:
-        owner._parameters[attr].data = tensor  # type: ignore[union-attr]
-    else:
-        owner._buffers[attr] = tensor
-
-
-def probe_input(input_shape: tuple[int, ...]) -> torch.Tensor:
-    """A fixed pseudo-random batch of one, the same on every swap."""
-    generator = torch.Generator().manual_seed(0)
-    return torch.rand((1, *input_shape), generator=generator)
-
-
-def check_probe(output: torch.Tensor, revision: Revision) -> tuple[int, ...]:
-    if output.ndim == 0 or output.shape[0] != 1:
-        raise ValidationFailed(
-            f"revision {revision.revision}: probe output shape {tuple(output.shape)} has no "
-            "batch dimension of 1 for a batch of one"
-        )
-    if output.is_floating_point() and not bool(torch.isfinite(output).all()):
-        raise NonFiniteWeights(
-            f"revision {revision.revision}: probe output holds NaN or infinity; "
-            "the checkpoint's weights are broken"
-        )
-    return tuple(output.shape)
-
-
-def _as_tensor(output: object, what: str) -> torch.Tensor:
-    if not isinstance(output, torch.Tensor):
-        raise ValidationFailed(f"{what}: the model returned {type(output).__name__}, not a tensor")
-    return output
 
 
 def _stop_if(cancelled: Callable[[], bool], revision: Revision) -> None:

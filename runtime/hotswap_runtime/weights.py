@@ -1,28 +1,33 @@
 """Parse checkpoint files into state dicts, safely.
 
-Only two formats are read: safetensors (no code at all) and PyTorch ``.pt``/``.pth``
-files through ``torch.load(weights_only=True)``, whose unpickler only rebuilds tensors
-and plain containers, so a pickle whose ``__reduce__`` would run code is refused
-before anything runs. Every other file type is refused by name.
+Only two formats are read: safetensors (no code at all; ``safetensors_reader.py``) and
+the zip archives ``torch.save`` writes, through ``torch.load(weights_only=True,
+mmap=True)`` after the archive and its pickle were inspected (``torch_reader.py``).
+Every other file type is refused by name.
+
+A checkpoint is read against the layout the target model has (``layouts.Expected``):
+names, shapes and dtypes are compared before any tensor data is allocated, and the
+allocations that follow (the staging buffers) are exactly the checked sizes. A tensor
+of another dtype than the model's is refused, unless ``model.castWeights`` allows it,
+in which case it is cast while staging. Validation tensors (one tensor per file, no
+layout) are bounded by the file's size instead.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
-import struct
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
 from urllib.parse import urlsplit
 
-import safetensors.torch
 import torch
 
 from .errors import FormatError
-
-StateDict = dict[str, torch.Tensor]
+from .layouts import Expected, FlatLayout, StateDict
+from .redact import redact_uri
+from .safetensors_reader import read_flat, read_single
+from .staging import Staging
+from .torch_reader import load_checked
 
 SAFETENSORS = "safetensors"
 PYTORCH = "pytorch"
@@ -34,163 +39,60 @@ def checkpoint_format(uri: str) -> str:
     suffix = PurePosixPath(urlsplit(uri).path).suffix.lower()
     if suffix not in _SUFFIXES:
         raise FormatError(
-            f"checkpoint {uri}: file type {suffix or '(none)'!r} is refused; "
+            f"checkpoint {redact_uri(uri)}: file type {suffix[:16] or '(none)'!r} is refused; "
             "use .safetensors, or .pt/.pth readable by torch.load(weights_only=True)"
         )
     return _SUFFIXES[suffix]
 
 
-class Buffers(Protocol):
-    """Where parsed tensors go: reusable (and on CUDA pinned) host buffers."""
+@dataclass(frozen=True)
+class Parsed:
+    """A checked checkpoint in staging buffers. ``flat`` is set when every tensor of
+    ``state`` is an aligned view of that one buffer, laid out as ``flat_layout`` (a
+    safetensors file in the model's dtypes): then it can be copied in one piece."""
 
-    def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor: ...
-
-    def keep_only(self, names: set[str]) -> None: ...
-
-    def flat(self, nbytes: int) -> torch.Tensor: ...
-
-    def views(self, layout: object) -> StateDict | None: ...
-
-    def remember(self, layout: object, views: StateDict) -> None: ...
+    state: StateDict
+    flat: torch.Tensor | None = None
+    flat_layout: FlatLayout | None = None
 
 
-def read_state_dict(path: Path, uri: str, buffers: Buffers | None = None) -> StateDict:
-    """The tensors in checkpoint ``path`` (fetched from ``uri``), on the CPU.
-
-    With ``buffers``, tensors are read into those reusable buffers: safetensors data goes
-    straight from the file into them (no temporary copy, the GIL released while reading).
-    """
+def read_state_dict(path: Path, uri: str, expected: Expected, staging: Staging) -> Parsed:
+    """The tensors of checkpoint ``path`` (fetched from ``uri``), checked against
+    ``expected`` and staged in ``staging``'s buffers, in the model's dtypes."""
+    where = redact_uri(uri)
     if checkpoint_format(uri) == SAFETENSORS:
-        if buffers is not None:
-            return _read_safetensors_into(path, uri, buffers)
-        try:
-            return dict(safetensors.torch.load_file(str(path), device="cpu"))
-        except Exception as exc:
-            raise FormatError(f"checkpoint {uri}: not a valid safetensors file: {exc}") from None
-    state = _state_dict(_torch_load(path, uri), uri)
-    if buffers is None:
-        return state
+        return _safetensors(path, where, expected, staging)
+    loaded = load_checked(path, where, expected)
     staged = {}
-    for name, tensor in state.items():
-        staged[name] = buffers.buffer(name, tuple(tensor.shape), tensor.dtype)
-        staged[name].copy_(tensor)
-    buffers.keep_only(set(staged))
-    return staged
+    for name, spec in expected.layout.items():
+        staged[name] = staging.buffer(name, spec.shape, spec.dtype)
+        with torch.no_grad():
+            staged[name].copy_(loaded.pop(name))  # casts only where the check allowed it
+    staging.keep_only(set(staged))
+    return Parsed(staged)
 
 
-_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-def _read_safetensors_into(path: Path, uri: str, buffers: Buffers) -> StateDict:
-    bad = f"checkpoint {uri}: not a valid safetensors file"
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise FormatError(f"{bad}: shorter than its 8-byte header length")
-        length = struct.unpack("<Q", head)[0]
-        if length > min(_MAX_HEADER, size - 8):
-            raise FormatError(f"{bad}: header length {length} is past the end of the file")
-        try:
-            header = json.loads(f.read(length))
-        except ValueError as exc:
-            raise FormatError(f"{bad}: header is not JSON ({exc})") from None
-        data_size = size - 8 - length
-        entries = _entries(header, bad, data_size)
-        flat = buffers.flat(data_size)
-        if f.readinto(memoryview(flat.numpy())) != data_size:  # type: ignore[arg-type]
-            raise FormatError(f"{bad}: the file ended while reading its tensors")
-    layout = tuple(entries)
-    views = buffers.views(layout)
-    if views is None:
-        views = {name: _view(flat, *info) for name, info in entries}
-        buffers.remember(layout, views)
-    return views
-
-
-def _view(
-    flat: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...], begin: int, end: int
-) -> torch.Tensor:
-    """Tensor ``[begin, end)`` of the flat byte buffer, as a view when aligned."""
-    raw = flat[begin:end]
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if begin % itemsize:
-        return raw.clone().view(dtype).view(shape)  # misaligned: a copy (rare)
-    return raw.view(dtype).view(shape)
-
-
-def _entries(
-    header: object, bad: str, data_size: int
-) -> list[tuple[str, tuple[torch.dtype, tuple[int, ...], int, int]]]:
-    if not isinstance(header, dict):
-        raise FormatError(f"{bad}: header is not a JSON object")
-    entries = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _DTYPES[info["dtype"]]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{bad}: entry {name!r} has no valid dtype/shape/offsets") from None
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if not 0 <= begin <= end <= data_size or end - begin != nbytes:
-            raise FormatError(
-                f"{bad}: tensor {name!r} has offsets [{begin}, {end}) that do "
-                f"not fit its shape {list(shape)} or the file"
-            )
-        entries.append((name, (dtype, shape, begin, end)))
-    entries.sort(key=lambda item: item[1][2])
-    return entries
+def _safetensors(path: Path, where: str, expected: Expected, staging: Staging) -> Parsed:
+    flat, layout, views = read_flat(path, where, expected, staging)
+    state = {name: views[name] for name in expected.layout}
+    cast = [name for name, spec in expected.layout.items() if state[name].dtype != spec.dtype]
+    for name in cast:  # allowed by the check: a copy in the model's dtype
+        state[name] = state[name].to(expected.layout[name].dtype)
+    if cast or not all(slot.aligned for slot in layout.slots):
+        return Parsed(state)
+    return Parsed(state, flat, layout)
 
 
 def read_tensor(path: Path, uri: str) -> torch.Tensor:
-    """The single tensor stored in ``path`` (validation inputs and expected outputs)."""
-    tensors = read_state_dict(path, uri)
+    """The single tensor stored in ``path`` (validation inputs and expected outputs), in
+    memory of its own (at most the file's size)."""
+    where = redact_uri(uri)
+    if checkpoint_format(uri) == SAFETENSORS:
+        return read_single(path, where)
+    tensors = load_checked(path, where, None)
     if len(tensors) != 1:
-        raise FormatError(f"{uri}: expected exactly one tensor, found keys {sorted(tensors)}")
-    return next(iter(tensors.values()))
-
-
-def _torch_load(path: Path, uri: str) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FormatError(
-            f"checkpoint {uri}: refused by torch.load(weights_only=True), it holds "
-            f"objects other than tensors ({first}); save a plain state_dict or use safetensors"
-        ) from None
-    except Exception as exc:
-        raise FormatError(
-            f"checkpoint {uri}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
-        ) from None
-
-
-def _state_dict(loaded: object, uri: str) -> StateDict:
-    if isinstance(loaded, Mapping) and set(loaded) == {"state_dict"}:
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping):
-        raise FormatError(f"checkpoint {uri}: holds a {type(loaded).__name__}, not a state_dict")
-    bad = [str(k) for k, v in loaded.items() if not isinstance(k, str) or not torch.is_tensor(v)]
-    if bad:
-        raise FormatError(f"checkpoint {uri}: entries that are not tensors: {bad[:5]}")
-    return {str(k): v for k, v in loaded.items()}
+        raise FormatError(f"{where}: holds {len(tensors)} tensors, expected exactly one")
+    return next(iter(tensors.values())).clone(memory_format=torch.contiguous_format)
 
 
 def non_finite_keys(state: StateDict) -> list[str]:
@@ -214,11 +116,3 @@ def non_finite_keys(state: StateDict) -> list[str]:
         for name, tensor in state.items()
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
     ]
-
-
-def state_bytes(state: StateDict) -> int:
-    return sum(t.numel() * t.element_size() for t in state.values())
-
-
-def megabytes(n: int) -> float:
-    return math.floor(n / 1e4) / 100

@@ -29,6 +29,7 @@ LOCAL_VALUES = REPO / "examples" / "values-local.yaml"
 EXAMPLE = REPO / "examples" / "resnet18.yaml"
 MD_API = "/apis/hotswap.dev/v1alpha1"
 RUNTIME_PORT = 8080
+OPERATOR_PODS = {"labelSelector": "app.kubernetes.io/name=hotswap-operator"}
 
 
 def helm_install(
@@ -115,6 +116,30 @@ class Fleet:
         )["items"]
         live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
         return sorted(live, key=lambda p: p["metadata"]["name"])
+
+    def operators(self) -> list[JSON]:
+        """The operator's pods (not terminating), by name."""
+        items = self.client.get(f"/api/v1/namespaces/{self.namespace}/pods", OPERATOR_PODS)
+        live = [p for p in items["items"] if not p["metadata"].get("deletionTimestamp")]
+        return sorted(live, key=lambda p: p["metadata"]["name"])
+
+    def lease(self, release: str = "hotswap") -> JSON:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
+        return self.client.get(f"{path}/{release}-leader")
+
+    def leader(self) -> str:
+        """Name of the operator pod that holds the leader Lease ("" when none does)."""
+        holder = self.lease()["spec"].get("holderIdentity") or ""
+        return holder.rsplit("_", 1)[0]
+
+    def events(self, reason: str) -> list[JSON]:
+        """Events of this ModelDeployment with `reason`."""
+        items = self.client.get(f"/api/v1/namespaces/{self.namespace}/events")["items"]
+        return [
+            e
+            for e in items
+            if e.get("reason") == reason and e["involvedObject"].get("name") == self.name
+        ]
 
     def wait(self, check: Callable[[JSON], bool], what: str, timeout: float = 300) -> JSON:
         """Poll status until `check(status)` holds; the timeout error shows the last status."""

@@ -258,23 +258,21 @@ def holds(check: Any, seconds: float) -> bool:
     return True
 
 
+def paused_with_canary_serving(st: JSON) -> bool:
+    cand = (st.get("candidate") or {}).get("revision")
+    reasons = {c["type"]: c["reason"] for c in st.get("conditions") or ()}
+    return (
+        cand is not None and len(serving(st, cand)) == 1 and reasons.get("Progressing") == "Paused"
+    )
+
+
 def test_pause_holds_the_step_and_resume_finishes(fleet: Fleet, recorder: Recorder, files):
     rev = settle(fleet)
     fleet.patch_spec({"checkpoint": files["v3"], **rollout(paused=True)})
-
-    def paused_with_canary_serving(st: JSON) -> bool:
-        cand = (st.get("candidate") or {}).get("revision")
-        reasons = {c["type"]: c["reason"] for c in st.get("conditions") or ()}
-        return (
-            cand is not None
-            and len(serving(st, cand)) == 1
-            and reasons.get("Progressing") == "Paused"
-        )
-
     st = fleet.wait(paused_with_canary_serving, "paused, the canary pod serving", 120)
     cand = st["candidate"]["revision"]
     mark = recorder.mark()
-    # the operator re-plans every second: three seconds paused, still one pod
+    # three seconds paused (pod reports and readiness keep triggering syncs): one pod
     assert holds(lambda: len(fleet.status().get("candidatePods") or []) == 1, 3.0)
     assert all(len(s.get("candidatePods") or []) == 1 for s in recorder.since(mark))
     before = {p["metadata"]["name"] for p in fleet.pods()}
@@ -294,6 +292,55 @@ def test_pause_holds_the_step_and_resume_finishes(fleet: Fleet, recorder: Record
     fleet.patch_spec(rollout(paused=False))
     fleet.wait_serving(cand, REPLICAS, timeout=180)
     assert cand > rev and events(fleet, "Promoted")
+
+
+def test_the_leader_killed_mid_canary_hands_over_and_the_rollout_completes(
+    fleet: Fleet, load: Load, files
+):
+    """Two operator replicas. The leader is killed (pod deleted, grace 0) while the
+    canary holds at step 1, and the rollout is resumed at once: only a new leader can
+    act on that. The standby takes the Lease within 15 s, the rollout completes, no
+    request fails, and each step is announced once."""
+    settle(fleet)
+    old = wait_for(fleet.leader, timeout=30, what="a leader")
+    standby = {p["metadata"]["name"] for p in fleet.operators()} - {old}
+    assert len(standby) == 1
+    fleet.patch_spec({"checkpoint": files["v2"], **rollout(paused=True)})
+    st = fleet.wait(paused_with_canary_serving, "paused, the canary pod serving", 120)
+    cand = st["candidate"]["revision"]
+    killed = time.monotonic()
+    fleet.client.delete(
+        f"/api/v1/namespaces/{fleet.namespace}/pods/{old}", {"gracePeriodSeconds": 0}
+    )
+    fleet.patch_spec(rollout(paused=False))
+    new = wait_for(
+        lambda: (name := fleet.leader()) not in ("", old) and name,
+        timeout=30,
+        interval=0.1,
+        what="another operator replica holding the Lease",
+    )
+    handover = time.monotonic() - killed
+    fleet.wait(
+        lambda st: (st.get("canary") or {}).get("step", 1) >= 2 or st.get("revision") == cand,
+        "step 2",
+        60,
+    )
+    moved = time.monotonic() - killed
+    fleet.wait_serving(cand, REPLICAS, timeout=180)
+    load.all_answer(str(cand))
+    done = time.monotonic() - killed
+    print(
+        f"\nleader {old} killed: {new} led {handover:.1f}s later, the canary moved on "
+        f"{moved:.1f}s and completed {done:.1f}s after the kill; {load.total} requests, "
+        f"{len(load.failures)} failed"
+    )
+    assert new in standby and handover < 15, (new, standby, handover)
+    assert load.failures == [], load.failures[:3]
+    for reason in ("Promoted", "CanaryStep"):
+        hits = [e for e in fleet.events(reason) if f"revision {cand}" in e["message"]]
+        assert hits and all(e.get("count", 1) == 1 for e in hits), hits
+        messages = [e["message"] for e in hits]
+        assert len(messages) == len(set(messages)), messages  # none posted twice
 
 
 def test_rollback_to_a_cached_revision_downloads_nothing(fleet: Fleet, load: Load, files):

@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -48,11 +49,11 @@ def checkpoint(made, version, sha256=None):
 
 
 def events(fleet, reason):
-    items = fleet.client.get(f"/api/v1/namespaces/{fleet.namespace}/events")["items"]
-    return [e["message"] for e in items if e.get("reason") == reason]
+    return [e["message"] for e in fleet.events(reason)]
 
 
 def test_three_replica_swap(fleet, made):
+    assert len(fleet.operators()) == 2  # the chart's default: a leader and a standby
     rev = fleet.status()["revision"]
     before = pod_ids(fleet)
     assert len(before) == 3 and all(restarts == 0 for _, _, restarts in before.values())
@@ -72,8 +73,7 @@ def test_three_replica_swap(fleet, made):
             made[2][1],
             "Serving",
         ), pod
-    swapped = events(fleet, "Swapped")
-    assert all(any(pod in m and f"revision {rev + 1}" in m for m in swapped) for pod in before)
+    announced_once(fleet, rev + 1, list(before))
     table = fleet.kubectl_get()
     row = table.splitlines()[1].split()
     assert row[:5] == [NAME, str(rev + 1), "3/3", "3/3", "Ready"]
@@ -88,6 +88,65 @@ def test_three_replica_swap(fleet, made):
         Path(out).write_text(
             f"$ kubectl get nodes -o wide\n{nodes}\n$ kubectl get modeldeployments\n{table}\n"
         )
+
+
+def announced_once(fleet, rev, pods):
+    """Each Event of the change to `rev` exists once, with count 1, although two
+    operator replicas watch it: RevisionCreated, Swapped per pod, RolloutComplete."""
+    expected = {
+        ("RevisionCreated", f"revision {rev}: "),
+        ("RolloutComplete", f"serve revision {rev} ("),
+        *(("Swapped", f"pod {pod} swapped to revision {rev} ") for pod in pods),
+    }
+
+    def found():
+        hits = {
+            (reason, words): [e for e in fleet.events(reason) if words in e["message"]]
+            for reason, words in expected
+        }
+        return hits if all(hits.values()) else None
+
+    hits = wait_for(found, timeout=30, what=f"the Events of revision {rev}")
+    counts = {key: [e.get("count", 1) for e in found] for key, found in hits.items()}
+    assert all(c == [1] for c in counts.values()), counts
+    sources = {e["reportingInstance"] for found in hits.values() for e in found}
+    assert len(sources) == 1, sources  # all from the one leader
+
+
+def test_the_operator_serves_metrics_and_one_replica_leads(fleet):
+    leader = fleet.leader()
+    readings = {}
+    for pod in fleet.operators():
+        url = f"http://{pod['status']['podIP']}:8082/metrics"
+        readings[pod["metadata"]["name"]] = parse_metrics(httpx.get(url, timeout=10).text)
+    assert {name: m["hotswap_operator_leader"] for name, m in readings.items()} == {
+        name: 1.0 if name == leader else 0.0 for name in readings
+    }
+    lead = readings[leader]
+    syncs, seconds = (
+        lead["hotswap_operator_sync_seconds_count"],
+        lead["hotswap_operator_sync_seconds_sum"],
+    )
+    assert syncs > 0 and lead["hotswap_operator_queue_depth"] >= 0
+    assert lead['hotswap_operator_rollouts_total{outcome="Complete"}'] >= 1
+    unexpected = 'hotswap_operator_sync_errors_total{reason="Unexpected"}'
+    assert lead.get(unexpected, 0) == 0
+    standby = [m for name, m in readings.items() if name != leader]
+    assert all(m.get("hotswap_operator_sync_seconds_count", 0) == 0 for m in standby)
+    errors = {k: v for k, v in lead.items() if k.startswith("hotswap_operator_sync_errors_total")}
+    print(
+        f"\nleader {leader}: {syncs:.0f} syncs, mean {1000 * seconds / syncs:.1f} ms; "
+        f"errors {errors}; events {[(k, v) for k, v in lead.items() if 'events_total' in k]}"
+    )
+
+
+def parse_metrics(text):
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def test_wrong_sha256_degrades_then_recovers(fleet, made):
@@ -261,28 +320,40 @@ def test_invalid_spec_is_refused_by_the_schema(fleet, cluster):
 
 def test_operator_least_privilege(fleet, cluster):
     account = f"system:serviceaccount:{fleet.namespace}:hotswap"
-    (operator,) = fleet.client.get(
-        f"/api/v1/namespaces/{fleet.namespace}/pods",
-        {"labelSelector": "app.kubernetes.io/name=hotswap-operator"},
-    )["items"]
-    assert operator["spec"]["serviceAccountName"] == "hotswap"
+    operators = fleet.operators()
+    assert [p["spec"]["serviceAccountName"] for p in operators] == ["hotswap", "hotswap"]
     md = fleet.get()
+    # kopf only watches: no diff base, no progress annotations, no finalizer
     annotations = md["metadata"].get("annotations") or {}
-    assert "hotswap.dev/last-handled-configuration" in annotations
-    assert not [k for k in annotations if k.startswith("kopf.zalando.org")]
+    assert not [k for k in annotations if "kopf" in k or k.startswith("hotswap.dev/")]
+    assert not md["metadata"].get("finalizers")
     assert "kopf" not in md["status"]
 
-    def can(verb, resource):
+    def can(verb, resource, *more):
         done = cluster.kubectl(
-            "auth", "can-i", verb, resource, "-n", fleet.namespace, "--as", account, check=False
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            *more,
+            "-n",
+            fleet.namespace,
+            "--as",
+            account,
+            check=False,
         )
         return done.stdout.strip() == "yes"
 
-    assert can("patch", "deployments.apps") and can("patch", "modeldeployments/status")
+    assert can("patch", "deployments.apps") and can(
+        "patch", "modeldeployments.hotswap.dev", "--subresource=status"
+    )
     assert can("create", "deployments.apps")  # server-side apply of a new child
     assert not can("delete", "deployments.apps") and not can("delete", "configmaps")
     assert not can("update", "deployments.apps")
     assert not can("get", "secrets") and not can("patch", "pods")
+    assert not can("patch", "modeldeployments.hotswap.dev")  # status only
+    assert can("update", "leases.coordination.k8s.io/hotswap-leader")
+    assert not can("update", "leases.coordination.k8s.io/another-lease")
 
 
 def test_operator_restart_mid_change_resumes(fleet, cluster, made):
@@ -305,7 +376,7 @@ def test_operator_restart_mid_change_resumes(fleet, cluster, made):
     changed = fleet.patch_spec(checkpoint(made, 1))
     assert fleet.status()["observedGeneration"] < changed["metadata"]["generation"]
     assert fleet.client.get(config_path)["metadata"]["resourceVersion"] == config_version
-    cluster.kubectl("scale", *operator, "--replicas=1")
+    cluster.kubectl("scale", *operator, "--replicas=2")
     status = fleet.wait_serving(rev + 1, replicas)
     assert status["observedGeneration"] == changed["metadata"]["generation"]
     assert {r["sha256"] for r in status["pods"].values()} == {made[1][1]}
@@ -316,16 +387,13 @@ def test_operator_killed_during_a_swap_resumes(fleet, made):
     rev, replicas = status["revision"], status["replicas"]
     version = 2 if status["stable"]["sha256"] == made[1][1] else 1
     ns = fleet.namespace
-    selector = {"labelSelector": "app.kubernetes.io/name=hotswap-operator"}
-    (old,) = fleet.client.get(f"/api/v1/namespaces/{ns}/pods", selector)["items"]
+    old = wait_for(fleet.leader, timeout=30, what="a leader")
     fleet.patch_spec(checkpoint(made, version))
-    fleet.client.delete(
-        f"/api/v1/namespaces/{ns}/pods/{old['metadata']['name']}", {"gracePeriodSeconds": 0}
-    )
+    fleet.client.delete(f"/api/v1/namespaces/{ns}/pods/{old}", {"gracePeriodSeconds": 0})
     status = fleet.wait_serving(rev + 1, replicas)
     assert {r["sha256"] for r in status["pods"].values()} == {made[version][1]}
-    (new,) = fleet.client.get(f"/api/v1/namespaces/{ns}/pods", selector)["items"]
-    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    new = wait_for(lambda: (name := fleet.leader()) != old and name, timeout=30, what="new leader")
+    assert new in {p["metadata"]["name"] for p in fleet.operators()}
 
 
 def test_a_deleted_config_map_is_put_back(fleet, cluster):

@@ -19,6 +19,10 @@ app.kubernetes.io/name: hotswap-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{- define "hotswap.leaseName" -}}
+{{- printf "%s-leader" (include "hotswap.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "hotswap.serviceAccountName" -}}
 {{- default (include "hotswap.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}

@@ -185,6 +185,11 @@ def test_configmap_update_reaches_the_pod_atomically(
                 timeout=15,
                 what=f"version {version} in {cm_pod}",
             )
+        wait_for(  # the reader thread, too, has read the last version (a loaded machine)
+            lambda: any(a.startswith("v7-") for a, _ in list(seen)),
+            timeout=15,
+            what="the reader thread seeing version 7",
+        )
     finally:
         stop.set()
         thread.join()

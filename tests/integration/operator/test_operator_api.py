@@ -1,8 +1,9 @@
-"""reconcile() and aggregate() against the real API server (no kubelet, no helm).
+"""The sync against the real API server (no kubelet, no helm, no kopf).
 
 The CRD is applied as-is, so the schema's validation, pruning and subresources are
 the real ones; pods are created by the real controller-manager (they stay Pending
-without a kubelet, which is all the aggregation needs).
+without a kubelet, which is all the aggregation needs). The tests hand the sync the
+pods a watch cache would hold (listed here); the operator's own watch is kopf's.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import pytest
 import yaml
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
-from hotswap_operator.kube import Kube
-from hotswap_operator.reconcile import Aggregator, reconcile
+from hotswap_operator.events import EventRecorder
+from hotswap_operator.kube import ConflictError, Kube
 from hotswap_operator.spec import SpecError
+from hotswap_operator.summary import PodInfo
+from hotswap_operator.sync import Syncer, SyncResult
+from operator_process import allow_events, refuse_events
 
 from tests.harness.cluster import KubectlError
 from tests.harness.rest import MERGE_PATCH, ApiError
@@ -64,6 +68,24 @@ def kube(crd):
     return Kube(crd.api_client())
 
 
+def live_pods(client, ns, name="resnet"):
+    """The runtime pods as the operator's pod cache would hold them."""
+    selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels(name).items())
+    items = client.get(f"/api/v1/namespaces/{ns}/pods", {"labelSelector": selector})["items"]
+    return [PodInfo.from_pod(p) for p in items]
+
+
+def sync(kube, ns, name="resnet", applied=None, client=None, syncer=None) -> SyncResult:
+    """One sync of ModelDeployment `name`, as a leader's worker runs it."""
+    pods = live_pods(client, ns, name) if client is not None else []
+    syncer = syncer or Syncer(kube, CPU, EventRecorder(kube, resources.MANAGER))
+    return syncer.sync(ns, name, pods, applied)
+
+
+def reasons(result: SyncResult) -> list[str]:
+    return [e.reason.value for e in result.events]
+
+
 def child_paths(ns):
     paths = {f"/api/v1/namespaces/{ns}/{kind}/{name}" for kind, name in CHILDREN.items()}
     for prefix, name in GROUPED.items():
@@ -96,11 +118,11 @@ def versions(client, ns):
     return out
 
 
-def test_reconcile_builds_owned_children_and_twice_changes_nothing(crd, kube, namespace):
+def test_sync_builds_owned_children_and_twice_changes_nothing(crd, kube, namespace):
     client = crd.rest()
     created = create(client, namespace)
-    events = reconcile(kube, created, CPU)
-    assert [e.reason for e in events] == ["RevisionCreated"]
+    first = sync(kube, namespace)
+    assert reasons(first) == ["RevisionCreated"]
     for path in child_paths(namespace):
         (ref,) = client.get(path)["metadata"]["ownerReferences"]
         assert (ref["kind"], ref["uid"]) == ("ModelDeployment", created["metadata"]["uid"])
@@ -108,23 +130,25 @@ def test_reconcile_builds_owned_children_and_twice_changes_nothing(crd, kube, na
     assert md["status"]["revision"] == 1 and md["status"]["observedGeneration"] == 1
     selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels("resnet").items())
     wait_for(lambda: len(_pods(client, namespace, selector)) == 2, timeout=60, what="2 pods")
-    reconcile(kube, get(client, namespace), CPU)  # counts the pods that appeared since
+    sync(kube, namespace, applied=first.applied, client=client)  # counts the new pods
     md = get(client, namespace)
     assert md["status"]["replicas"] == 2
     before, md_version = versions(client, namespace), md["metadata"]["resourceVersion"]
-    assert reconcile(kube, md, CPU) == []
-    assert versions(client, namespace) == before
-    assert get(client, namespace)["metadata"]["resourceVersion"] == md_version
+    for applied in (first.applied, None):  # None: a new leader applies every child again
+        assert reasons(sync(kube, namespace, applied=applied, client=client)) == []
+        assert versions(client, namespace) == before
+        assert get(client, namespace)["metadata"]["resourceVersion"] == md_version
 
 
 def test_checkpoint_change_touches_only_the_config_map(crd, kube, namespace):
     client = crd.rest()
-    reconcile(kube, create(client, namespace), CPU)
+    create(client, namespace)
+    applied = sync(kube, namespace).applied
     before = versions(client, namespace)
     template = client.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/resnet")
     patch = {"spec": {"checkpoint": {"uri": "file:///models/v2.safetensors", "sha256": SHA2}}}
-    md = client.patch(f"{MD.format(ns=namespace)}/resnet", patch, MERGE_PATCH)
-    (event,) = reconcile(kube, md, CPU)
+    client.patch(f"{MD.format(ns=namespace)}/resnet", patch, MERGE_PATCH)
+    (event,) = sync(kube, namespace, applied=applied).events
     assert event.message.startswith("revision 2: file:///models/v2.safetensors")
     after = versions(client, namespace)
     changed = sorted(p for p in after if after[p] != before[p])
@@ -181,7 +205,8 @@ def test_schema_keeps_pod_reports_and_prunes_unknown_fields(crd, namespace):
 
 def test_scale_subresource_sets_spec_replicas(crd, kube, namespace):
     client = crd.rest()
-    reconcile(kube, create(client, namespace), CPU)
+    create(client, namespace)
+    applied = sync(kube, namespace).applied
     crd.kubectl("scale", "-n", namespace, "modeldeployment/resnet", "--replicas=5")
     md = get(client, namespace)
     assert md["spec"]["replicas"] == 5
@@ -189,14 +214,15 @@ def test_scale_subresource_sets_spec_replicas(crd, kube, namespace):
     assert scale["status"]["selector"] == (
         "app.kubernetes.io/name=hotswap-runtime,hotswap.dev/model-deployment=resnet"
     )
-    reconcile(kube, md, CPU)
+    sync(kube, namespace, applied=applied)  # a new generation: children applied again
     deployment = client.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/resnet")
     assert deployment["spec"]["replicas"] == 5
 
 
-def test_aggregate_counts_real_pods_and_prunes_gone_ones(crd, kube, namespace):
+def test_sync_counts_real_pods_and_prunes_gone_ones(crd, kube, namespace):
     client = crd.rest()
-    reconcile(kube, create(client, namespace), CPU)
+    create(client, namespace)
+    applied = sync(kube, namespace).applied
     selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels("resnet").items())
     pods = wait_for(
         lambda: len(_pods(client, namespace, selector)) == 2 and _pods(client, namespace, selector),
@@ -216,14 +242,17 @@ def test_aggregate_counts_real_pods_and_prunes_gone_ones(crd, kube, namespace):
     client.patch(
         f"{MD.format(ns=namespace)}/resnet/status", {"status": {"pods": reports}}, MERGE_PATCH
     )
-    patch = Aggregator(kube).aggregate(namespace, "resnet")
-    assert patch["pods"] == {"resnet-gone-xyz": None}
+    syncer = Syncer(kube, CPU, EventRecorder(kube, resources.MANAGER))
+    syncer.memory[(namespace, "resnet")] = {}  # seen before: each report is news
+    result = sync(kube, namespace, applied=applied, client=client, syncer=syncer)
+    assert result.decision.patch["pods"] == {"resnet-gone-xyz": None}
     status = get(client, namespace)["status"]
     assert set(status["pods"]) == set(pods)
     assert status["phase"] == "Degraded" and status["updated"] == "1/2"
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert pods[1] in degraded["message"] and "weights contain NaN" in degraded["message"]
-    assert Aggregator(kube).aggregate(namespace, "resnet") == {}
+    again = sync(kube, namespace, applied=applied, client=client, syncer=syncer)
+    assert again.decision.patch == {} and again.events == []
     events = client.get(f"/api/v1/namespaces/{namespace}/events")["items"]
     assert any(e["reason"] == "SwapFailed" and pods[1] in e["message"] for e in events)
 
@@ -237,7 +266,8 @@ def _pods(client, ns, selector):
 
 def test_kubectl_get_prints_the_columns(crd, kube, namespace):
     client = crd.rest()
-    reconcile(kube, create(client, namespace), CPU)
+    create(client, namespace)
+    sync(kube, namespace)
     out = crd.kubectl("get", "-n", namespace, "modeldeployments").stdout
     header, row = out.splitlines()
     assert header.split() == ["NAME", "REVISION", "UPDATED", "READY", "PHASE", "CHECKPOINT", "AGE"]
@@ -267,14 +297,15 @@ def test_schema_refuses_names_that_children_cannot_carry(crd, namespace):
 def test_a_spec_the_schema_admits_but_cannot_run_is_failed_with_the_reason(crd, kube, namespace):
     client = crd.rest()
     spec = {**SPEC, "runtime": {"env": [{"name": "HOTSWAP_HOST", "value": "0.0.0.0"}]}}
+    create(client, namespace, spec)
     with pytest.raises(SpecError, match="HOTSWAP_HOST"):
-        reconcile(kube, create(client, namespace, spec), CPU)
+        sync(kube, namespace)
     status = get(client, namespace)["status"]
     assert status["phase"] == "Failed" and "HOTSWAP_HOST" in status["error"]
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "InvalidSpec" and "HOTSWAP_HOST" in degraded["message"]
-    fixed = client.patch(f"{MD.format(ns=namespace)}/resnet", {"spec": {"runtime": None}})
-    reconcile(kube, fixed, CPU)
+    client.patch(f"{MD.format(ns=namespace)}/resnet", {"spec": {"runtime": None}})
+    sync(kube, namespace)
     status = get(client, namespace)["status"]
     assert "error" not in status and status["phase"] == "Pending" and status["revision"] == 1
 
@@ -292,7 +323,7 @@ def test_objects_it_did_not_create_are_never_taken_over(crd, kube, namespace):
     role = client.post(f"{rbac}/roles", {"metadata": {"name": "resnet-runtime"}, "rules": rules})
     created = create(client, namespace)
     with pytest.raises(SpecError, match="never takes over"):
-        reconcile(kube, created, CPU)
+        sync(kube, namespace)
     status = get(client, namespace)["status"]
     assert status["phase"] == "Failed"
     assert f"Service {namespace}/resnet already exists and is held by no owner" in status["error"]
@@ -308,7 +339,7 @@ def test_objects_it_did_not_create_are_never_taken_over(crd, kube, namespace):
     assert absent.value.status == 404
     client.delete(f"/api/v1/namespaces/{namespace}/services/resnet")
     client.delete(f"{rbac}/roles/resnet-runtime")
-    reconcile(kube, get(client, namespace), CPU)
+    sync(kube, namespace)
     status = get(client, namespace)["status"]
     assert "error" not in status and status["revision"] == 1
     (ref,) = client.get(f"{rbac}/roles/resnet-runtime")["metadata"]["ownerReferences"]
@@ -318,7 +349,110 @@ def test_objects_it_did_not_create_are_never_taken_over(crd, kube, namespace):
 def test_a_file_outside_the_allowed_roots_is_refused_in_status(crd, kube, namespace):
     client = crd.rest()
     spec = {**SPEC, "checkpoint": {"uri": "file:///etc/passwd.pt", "sha256": SHA1}}
+    create(client, namespace, spec)
     with pytest.raises(SpecError, match=r"policy\.fileRoots"):
-        reconcile(kube, create(client, namespace, spec), CPU)
+        sync(kube, namespace)
     status = get(client, namespace)["status"]
     assert status["phase"] == "Failed" and "spec.checkpoint.uri" in status["error"]
+
+
+class RacingKube(Kube):
+    """A Kube whose next status write is preceded by `race()`: another writer between
+    the sync's read and its write."""
+
+    def __init__(self, api, race):
+        super().__init__(api)
+        self.race = race
+        self.conflicts = 0
+
+    def patch_status(self, namespace, name, status, resource_version=None):
+        race, self.race = self.race, None
+        if race is not None:
+            race()
+        try:
+            return super().patch_status(namespace, name, status, resource_version)
+        except ConflictError:
+            self.conflicts += 1
+            raise
+
+
+def test_a_status_write_conflict_syncs_again_and_loses_nothing(crd, kube, namespace):
+    """Between the sync's read and its status write, a pod reports and the spec
+    changes: the write is refused (409, resourceVersion precondition) and the sync
+    that follows plans from both."""
+    client = crd.rest()
+    create(client, namespace)
+    applied = sync(kube, namespace).applied
+    selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels("resnet").items())
+    pods = wait_for(
+        lambda: len(_pods(client, namespace, selector)) == 2 and _pods(client, namespace, selector),
+        timeout=60,
+        what="2 pods of resnet from the controller-manager",
+    )
+    path = f"{MD.format(ns=namespace)}/resnet"
+    serving = {"revision": 1, "sha256": SHA1, "state": "Serving", "targetRevision": 1}
+    client.patch(f"{path}/status", {"status": {"pods": {pods[0]: serving}}}, MERGE_PATCH)
+    v2 = {"uri": "file:///models/v2.safetensors", "sha256": SHA2}
+
+    def meanwhile():
+        client.patch(f"{path}/status", {"status": {"pods": {pods[1]: serving}}}, MERGE_PATCH)
+        client.patch(path, {"spec": {"checkpoint": v2}}, MERGE_PATCH)
+
+    racing = RacingKube(crd.api_client(), meanwhile)
+    with pytest.raises(ConflictError):
+        sync(racing, namespace, applied=applied, client=client)
+    assert racing.conflicts == 1
+    untouched = get(client, namespace)["status"]
+    assert untouched["revision"] == 1 and "updated" in untouched  # the stale plan: not written
+    sync(racing, namespace, applied=applied, client=client)  # the controller's re-sync
+    status = get(client, namespace)["status"]
+    assert status["revision"] == 2 and status["observedGeneration"] == 2
+    assert status["stable"]["sha256"] == SHA2 and status["updated"] == "0/2"
+    assert set(status["pods"]) == set(pods)  # both reports kept
+    config = json.loads(
+        client.get(f"/api/v1/namespaces/{namespace}/configmaps/resnet-model")["data"]["model.json"]
+    )
+    assert config["stable"]["checkpoint"]["sha256"] == SHA2
+    assert racing.conflicts == 1
+
+
+def test_a_refused_event_never_fails_the_sync(crd, kube, namespace):
+    """Every Event is refused (422, an admission policy): the sync still writes the
+    children, status and model.json, and a spec change after it converges too."""
+    client = crd.rest()
+    policy = refuse_events(client, namespace)
+    outcomes: list[str] = []
+    syncer = Syncer(kube, CPU, EventRecorder(kube, resources.MANAGER, outcomes.append))
+    try:
+        create(client, namespace)
+        first = sync(kube, namespace, syncer=syncer)
+        assert reasons(first) == ["RevisionCreated"] and outcomes == ["failed"]
+        patch = {"spec": {"checkpoint": {"uri": "file:///models/v2.safetensors", "sha256": SHA2}}}
+        client.patch(f"{MD.format(ns=namespace)}/resnet", patch, MERGE_PATCH)
+        sync(kube, namespace, applied=first.applied, syncer=syncer)
+        status = get(client, namespace)["status"]
+        assert status["revision"] == 2 and status["observedGeneration"] == 2
+        assert outcomes == ["failed", "failed"]
+        events = client.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+        assert not [e for e in events if e["involvedObject"].get("name") == "resnet"]
+    finally:
+        allow_events(client, policy)
+
+
+def test_a_repeated_event_is_aggregated(crd, kube, namespace):
+    """The same Event twice is one object with count 2, not two objects."""
+    from hotswap_operator.reasons import Event, EventType, Reason
+
+    client = crd.rest()
+    md = create(client, namespace)
+    recorder = EventRecorder(kube, resources.MANAGER)
+    event = Event(EventType.WARNING, Reason.SWAP_FAILED, "pod p failed revision 2: NaN")
+    assert recorder.record(md, event, "2026-01-01T00:00:00Z")
+    assert recorder.record(md, event, "2026-01-01T00:00:05Z")
+    items = [
+        e
+        for e in client.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+        if e["reason"] == "SwapFailed"
+    ]
+    assert len(items) == 1 and items[0]["count"] == 2
+    assert items[0]["lastTimestamp"] == "2026-01-01T00:00:05Z"

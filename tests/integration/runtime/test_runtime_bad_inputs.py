@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from tests.fixtures_runtime import checkpoints as ck
+from tests.fixtures_runtime import hostile, tiny
 from tests.fixtures_runtime import http as http_fixture
-from tests.fixtures_runtime import tiny
 from tests.fixtures_runtime.server import RuntimeProcess, free_port, running, wait_for
 
 MAX_BYTES = 200_000
@@ -134,7 +134,7 @@ def test_pickle_that_runs_code_is_refused_without_running(world: World) -> None:
     path = world.root / "evil.pt"
     torch.save({"fc.weight": Evil(marker)}, path)
     n = world.publish(lambda n: ck.revision(n, f"file://{path}", ck.sha256_of(path)))
-    check_failure(world, n, "bad_format", r"refused by torch\.load\(weights_only=True\)")
+    check_failure(world, n, "bad_format", r"data\.pkl calls posix\.system, which a state dict")
     assert not marker.exists(), "the pickle's payload ran"
 
 
@@ -206,6 +206,77 @@ def test_refused_file_type(world: World) -> None:
     path.write_bytes(b"PK\x03\x04not really")
     n = world.publish(lambda n: ck.revision(n, f"file://{path}", ck.sha256_of(path)))
     check_failure(world, n, "bad_format", "file type '.npz' is refused")
+
+
+# Hostile files (tests/fixtures_runtime/hostile.py), each under the 200 kB size limit:
+# (file name, writer, code, what the reason says)
+HOSTILE_FILES: list[tuple[str, Callable[[Path], Path], str, str]] = [
+    ("overlap.safetensors", hostile.overlapping_offsets, "bad_format", "'fc.bias' overlaps"),
+    ("dup.safetensors", hostile.duplicate_names, "bad_format", "'fc.weight' appears twice"),
+    ("hole.safetensors", hostile.hole, "bad_format", "'fc.bias' leaves a hole"),
+    ("header.safetensors", hostile.huge_declared_header, "bad_format", "past the end of the file"),
+    (
+        "bigheader.safetensors",
+        lambda p: hostile.huge_header(p, 150_000),
+        "bad_format",
+        r"header is \d+ bytes, more than the \d+ bytes a header for this model",
+    ),
+    ("stride0.pt", hostile.stride0_pt, "state_dict_mismatch", r"fc.weight \(65536, 8192\)"),
+    (
+        "deflate.pt",
+        lambda p: hostile.deflate_bomb_pt(p, 64 << 20),
+        "bad_format",
+        "record 'archive/data/0' is compressed",
+    ),
+    ("bytearray.pt", hostile.bytearray_bomb_pt, "bad_format", r"calls __builtin__\.bytearray"),
+    ("legacy.pt", hostile.legacy_pt, "bad_format", r"legacy \(pre-1\.6\) torch\.save format"),
+    (
+        "half.safetensors",
+        lambda p: hostile.as_dtype(p, torch.float16),
+        "state_dict_mismatch",
+        "fc.weight is float16, the model's is float32; save the checkpoint in float32 or set "
+        "spec.model.castWeights: true",
+    ),
+    (
+        "long.pt",
+        lambda p: hostile.torch_saved(p, {**tiny.weights(5), "fc.bias": torch.ones(3).long()}),
+        "state_dict_mismatch",
+        "fc.bias is int64, the model's is float32",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "code", "reason"), HOSTILE_FILES, ids=[c[0] for c in HOSTILE_FILES]
+)
+def test_hostile_checkpoint_is_refused(
+    world: World, name: str, write: Callable[[Path], Path], code: str, reason: str
+) -> None:
+    path = write(world.root / name)
+    assert path.stat().st_size < MAX_BYTES
+    n = world.publish(lambda n: ck.revision(n, f"file://{path}", ck.sha256_of(path)))
+    failure = check_failure(world, n, code, reason)
+    assert len(failure["reason"]) <= 400
+
+
+def test_model_args_for_a_giant_model_are_refused_unbuilt(world: World) -> None:
+    uri, sha = world.file("giant.safetensors", tiny.weights(6))
+    n = world.publish(lambda n: ck.revision(n, uri, sha, args={"classes": 10**9}))
+    check_failure(world, n, "model_too_large", "has 20000000004 bytes of parameters and buffers")
+
+
+def test_a_forward_that_exits_fails_validation(world: World) -> None:
+    uri, sha = world.file("exits.safetensors", tiny.weights(6))
+    arch = f"{hostile.HOSTILE}:make_exiting_forward"
+    n = world.publish(lambda n: ck.revision(n, uri, sha, architecture=arch))
+    check_failure(world, n, "validation_failed", r"validate failed: SystemExit: 3")
+
+
+def test_a_factory_that_exits_is_refused(world: World) -> None:
+    uri, sha = world.file("exits2.safetensors", tiny.weights(6))
+    arch = f"{hostile.HOSTILE}:make_exiting"
+    n = world.publish(lambda n: ck.revision(n, uri, sha, architecture=arch))
+    check_failure(world, n, "bad_architecture", "could not be built from model.args: SystemExit")
 
 
 def config_errors(world: World) -> int:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import hostile, tiny
+from tests.fixtures_runtime import hostile_http as hostile
+from tests.fixtures_runtime import tiny
 from tests.fixtures_runtime.server import running
 
 MARKER = "MARKER-REFLECTED-5c1e"

@@ -31,7 +31,7 @@ from hotswap_runtime.errors import (
 )
 from hotswap_runtime.store import CheckpointStore
 
-from tests.fixtures_runtime import hostile
+from tests.fixtures_runtime import hostile_http as hostile
 
 IDLE = 1.0
 DATA = os.urandom(200_000)

@@ -19,7 +19,7 @@ from hotswap_runtime.errors import CheckpointNotFound, FetchError, FetchRefused,
 from hotswap_runtime.store import CheckpointStore
 from moto.server import ThreadedMotoServer
 
-from tests.fixtures_runtime import hostile
+from tests.fixtures_runtime import hostile_http as hostile
 
 KEY_ID = "AKIDHOTSWAPS3TEST"
 SECRET_KEY = "hotswap-s3-secret-key"

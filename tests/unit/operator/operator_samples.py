@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from hotswap_operator.status import ModelDeploymentStatus
+
 SHA_A = "a" * 64
 SHA_B = "b" * 64
 
@@ -27,7 +29,13 @@ def body(
     return {
         "apiVersion": "hotswap.dev/v1alpha1",
         "kind": "ModelDeployment",
-        "metadata": {"name": "resnet", "namespace": "ml", "uid": "uid-1", "generation": generation},
+        "metadata": {
+            "name": "resnet",
+            "namespace": "ml",
+            "uid": "uid-1",
+            "generation": generation,
+            "resourceVersion": "1",
+        },
         "spec": copy.deepcopy(spec if spec is not None else SPEC),
         "status": copy.deepcopy(status or {}),
     }
@@ -55,12 +63,10 @@ def report(
     return entry
 
 
-def apply_status(status: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-    """What a JSON merge patch of `fields` (top-level keys) does to `status`."""
-    out = dict(status)
-    for key, value in fields.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = value
-    return out
+def with_reports(status: ModelDeploymentStatus, pods: dict[str, Any]) -> ModelDeploymentStatus:
+    """`status` with the pods' own entries under status.pods replaced by `pods`."""
+    return status.model_copy(update={"pods": pods})
+
+
+def typed(raw: dict[str, Any]) -> ModelDeploymentStatus:
+    return ModelDeploymentStatus.from_raw(raw)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hotswap_operator import canary, rollout, status
+from hotswap_operator import canary, rollout, summary
+from hotswap_operator.reasons import Phase
 from hotswap_operator.spec import parse_spec
-from operator_samples import SHA_A, SHA_B, SPEC, apply_status, report
+from hotswap_operator.status import ModelDeploymentStatus
+from operator_samples import SHA_A, SHA_B, SPEC, report
 
 SHA_C = "c" * 64
 PODS = ("md-a", "md-b", "md-c", "md-d")
@@ -31,14 +33,19 @@ class World:
     """Status, ConfigMap and pod reports as the operator and the pods would leave them."""
 
     def __init__(self, pods=PODS):
-        self.status: dict = {}
+        self.status = ModelDeploymentStatus()
         self.config = None
         self.pods = list(pods)
         self.events: list = []
 
+    @property
+    def raw(self) -> dict:
+        """Status as the API server would store it (what a merge patch leaves)."""
+        return self.status.to_raw()
+
     def plan(self, spec, now=T0):
         p = rollout.plan("md", parse_spec(spec), self.status, self.config, now, self.pods)
-        self.status = apply_status(self.status, p.status)
+        self.status = p.status
         self.config = p.config
         self.events += p.events
         return p
@@ -56,7 +63,7 @@ class World:
                 entry["message"] = message
                 entry["targetSha256"] = rev.checkpoint.sha256
                 pods[pod] = entry
-        self.status["pods"] = pods
+        self.status = self.status.model_copy(update={"pods": pods})
 
     def on_candidate(self):
         return sorted(self.config.candidate_pods) if self.config.candidate else []
@@ -68,7 +75,7 @@ def world():
     w.plan(canary_spec())
     w.serve_all()
     w.plan(canary_spec())
-    assert w.status["revision"] == 1 and w.config.candidate is None
+    assert w.raw["revision"] == 1 and w.config.candidate is None
     w.events.clear()
     return w
 
@@ -84,7 +91,7 @@ def test_first_revision_is_stable_at_once():
     w = World()
     w.plan(canary_spec())
     assert w.config.stable.revision == 1 and w.config.candidate is None
-    assert "canary" not in w.status
+    assert "canary" not in w.raw
 
 
 def test_steps_advance_when_named_pods_serve_and_promote_at_the_end(world):
@@ -100,14 +107,14 @@ def test_steps_advance_when_named_pods_serve_and_promote_at_the_end(world):
     assert [len(s) for s in seen] == [1, 2, 4]
     assert seen[0] == ["md-a"] and set(seen[0]) <= set(seen[1]) <= set(seen[2])
     assert world.config.candidate is None and world.config.stable.revision == 2
-    assert world.status["revision"] == 2 and "canary" not in world.status
+    assert world.raw["revision"] == 2 and "canary" not in world.raw
     assert [e.reason for e in world.events] == [
         "RevisionCreated",
         "CanaryStep",
         "CanaryStep",
         "Promoted",
     ]
-    assert [h["revision"] for h in world.status["history"]] == [1, 2]
+    assert [h["revision"] for h in world.raw["history"]] == [1, 2]
 
 
 def test_candidate_failure_rolls_every_pod_back(world):
@@ -117,14 +124,14 @@ def test_candidate_failure_rolls_every_pod_back(world):
     world.plan(v2)
     assert world.config.candidate is None and world.config.candidate_pods == ()
     assert world.config.stable.revision == 1
-    rollback = world.status["rollback"]
+    rollback = world.raw["rollback"]
     assert (rollback["revision"], rollback["pod"]) == (2, "md-a")
     assert "NaN" in rollback["reason"]
     assert world.events[-1].reason == "RolledBack" and "md-a" in world.events[-1].message
-    phase, reason, message = canary.override(world.status, "Ready")
+    phase, reason, message = canary.override(world.status, Phase.READY)
     assert (phase, reason) == ("RolledBack", "RolledBack") and "md-a" in message
     world.plan(v2)  # the same spec is not retried
-    assert world.config.candidate is None and world.status["rollback"] == rollback
+    assert world.config.candidate is None and world.raw["rollback"] == rollback
 
 
 def test_without_auto_rollback_the_rollout_halts(world):
@@ -133,9 +140,12 @@ def test_without_auto_rollback_the_rollout_halts(world):
     world.serve_all(state="Failed", message="validation output differs")
     world.plan(v2)
     assert world.on_candidate() == ["md-a"]
-    phase, reason, message = canary.override(world.status, "Progressing")
+    phase, reason, message = canary.override(world.status, Phase.PROGRESSING)
     assert (phase, reason) == ("Degraded", "RolloutHalted")
     assert "md-a" in message and "validation" in message
+    assert [e.reason for e in world.events] == ["RevisionCreated", "RolloutHalted"]
+    world.plan(v2)  # halted stays halted, announced once
+    assert len(world.events) == 2 and canary.step_deadline(world.status, parse_spec(v2)) is None
 
 
 def test_step_timeout_rolls_back(world):
@@ -145,8 +155,19 @@ def test_step_timeout_rolls_back(world):
     assert world.config.candidate is not None
     world.plan(v2, now="2026-01-01T00:01:01Z")
     assert world.config.candidate is None
-    assert "stepTimeoutSeconds 60" in world.status["rollback"]["reason"]
-    assert world.status["rollback"]["pod"] == "md-a"
+    assert "stepTimeoutSeconds 60" in world.raw["rollback"]["reason"]
+    assert world.raw["rollback"]["pod"] == "md-a"
+
+
+def test_the_step_deadline_is_when_the_step_times_out(world):
+    v2 = canary_spec(SHA_B, stepTimeoutSeconds=60)
+    assert canary.step_deadline(world.status, parse_spec(v2)) is None  # nothing running
+    world.plan(v2, now="2026-01-01T00:00:30Z")
+    deadline = canary.step_deadline(world.status, parse_spec(v2))
+    assert deadline.isoformat() == "2026-01-01T00:01:30+00:00"
+    paused = canary_spec(SHA_B, stepTimeoutSeconds=60, paused=True)
+    world.plan(paused)
+    assert canary.step_deadline(world.status, parse_spec(paused)) is None
 
 
 def test_paused_holds_the_step_and_resume_restarts_its_clock(world):
@@ -155,11 +176,11 @@ def test_paused_holds_the_step_and_resume_restarts_its_clock(world):
     world.serve_all()
     world.plan(paused, now="2026-01-01T00:05:00Z")
     assert world.on_candidate() == ["md-a"]
-    assert canary.override(world.status, "Progressing")[1] == "Paused"
+    assert canary.override(world.status, Phase.PROGRESSING)[1] == "Paused"
     resumed = canary_spec(SHA_B, paused=False, stepTimeoutSeconds=60)
     world.plan(resumed, now="2026-01-01T00:10:00Z")  # step 1 is done: no timeout
     assert len(world.on_candidate()) == 2
-    assert world.status["canary"]["stepStartedAt"] == "2026-01-01T00:10:00Z"
+    assert world.raw["canary"]["stepStartedAt"] == "2026-01-01T00:10:00Z"
 
 
 def test_a_new_pod_mid_rollout_takes_stable(world):
@@ -189,23 +210,23 @@ def test_a_spec_change_mid_rollout_replaces_the_candidate(world):
     world.plan(v3)
     assert world.config.candidate.revision == 3
     assert world.config.candidate.checkpoint.sha256 == SHA_C
-    assert world.on_candidate() == ["md-a"] and world.status["canary"]["step"] == 1
-    assert [h["revision"] for h in world.status["history"]] == [1, 2, 3]
+    assert world.on_candidate() == ["md-a"] and world.raw["canary"]["step"] == 1
+    assert [h["revision"] for h in world.raw["history"]] == [1, 2, 3]
 
 
 def test_reverting_the_spec_to_stable_cancels_the_candidate(world):
     world.plan(canary_spec(SHA_B))
     world.plan(canary_spec())
-    assert world.config.candidate is None and world.status["revision"] == 1
-    assert "canary" not in world.status
+    assert world.config.candidate is None and world.raw["revision"] == 1
+    assert "canary" not in world.raw
 
 
 def test_planning_twice_changes_nothing(world):
     v2 = canary_spec(SHA_B)
     world.plan(v2)
-    status, config = copy.deepcopy(world.status), world.config
+    status, config = copy.deepcopy(world.raw), world.config
     plan = world.plan(v2)
-    assert world.status == status and world.config == config and plan.events == []
+    assert world.raw == status and world.config == config and plan.events == []
 
 
 def test_a_failure_after_rollback_of_a_different_revision_starts_fresh(world):
@@ -214,7 +235,7 @@ def test_a_failure_after_rollback_of_a_different_revision_starts_fresh(world):
     world.plan(canary_spec(SHA_B))
     world.plan(canary_spec(SHA_C))
     assert world.config.candidate.revision == 3
-    assert "rollback" not in world.status
+    assert "rollback" not in world.raw
 
 
 def conditions(summary):
@@ -222,16 +243,16 @@ def conditions(summary):
 
 
 def test_status_shows_the_step_then_the_rollback(world):
-    pods = [status.PodInfo(p, ready=True) for p in PODS]
+    pods = [summary.PodInfo(p, ready=True) for p in PODS]
     world.plan(canary_spec(SHA_B))
-    during = status.summarize(4, world.status, pods)
+    during = summary.summarize(4, world.status, pods)
     assert during.phase == "Progressing"
     flag, reason, message = conditions(during)["Progressing"]
     assert (flag, reason) == (True, "CanaryStep") and "step 1 of 3" in message
     world.serve_all(state="Failed", message="probe output holds NaN")
     world.plan(canary_spec(SHA_B))
     world.serve_all()
-    after = status.summarize(4, world.status, pods)
+    after = summary.summarize(4, world.status, pods)
     assert after.phase == "RolledBack"
     assert conditions(after)["Ready"][0] is True  # every pod serves stable again
     flag, reason, message = conditions(after)["Progressing"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hotswap_operator import handlers, resources
-from hotswap_operator.config import runtime_defaults
+from hotswap_operator import handlers, leader, resources
+from hotswap_operator.config import operator_settings, runtime_defaults
 from hotswap_operator.kube import PERMISSIONS
 
 REPO = Path(__file__).resolve().parents[3]
@@ -63,12 +63,26 @@ def test_cluster_role_grants_exactly_what_the_code_calls(helm_bin):
             "namespace": "hotswap-system",
         }
     ]
-    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] in ("Role", "RoleBinding")] == [
+        "hs-hotswap-leader",
+        "hs-hotswap-leader",
+    ]
+
+
+def test_the_leader_role_grants_the_lease_only_in_the_release_namespace(helm_bin):
+    docs = render(helm_bin)
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "hotswap-system"
+    assert flatten(role["rules"]) == leader.PERMISSIONS
+    named = [r for r in role["rules"] if "get" in r["verbs"]]
+    assert named and all(r["resourceNames"] == ["hs-hotswap-leader"] for r in named)
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def test_watched_namespaces_get_roles_instead(helm_bin):
     docs = render(helm_bin, "--set", "watchNamespaces={team-a,team-b}")
-    roles = [d for d in docs if d["kind"] == "Role"]
+    roles = [d for d in docs if d["kind"] == "Role" and d["rules"] != render_leader(docs)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert not [d for d in docs if d["kind"].startswith("Cluster")]
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
@@ -77,6 +91,11 @@ def test_watched_namespaces_get_roles_instead(helm_bin):
         for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["HOTSWAP_NAMESPACES"] == "team-a,team-b"
+
+
+def render_leader(docs):
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader")]
+    return role["rules"]
 
 
 def operator_pod(docs):
@@ -156,3 +175,37 @@ def test_operator_tmp_is_size_limited(helm_bin):
     pod = operator_pod(render(helm_bin))
     (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
     assert tmp["emptyDir"]["sizeLimit"]
+
+
+def test_two_replicas_elect_a_leader_and_keep_one_through_disruptions(helm_bin):
+    docs = render(helm_bin)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["minAvailable"] == 1
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    pod = deployment["spec"]["template"]["spec"]
+    term = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert (
+        term[0]["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        == pdb["spec"]["selector"]["matchLabels"]
+    )
+    single = render(helm_bin, "--set", "replicaCount=1")
+    assert "PodDisruptionBudget" not in [d["kind"] for d in single]
+
+
+def test_operator_settings_reach_the_operator(helm_bin):
+    (container,) = operator_pod(render(helm_bin))["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    values = {k: e["value"] for k, e in env.items() if "value" in e}
+    settings = operator_settings({**values, "POD_NAMESPACE": "hotswap-system"})
+    assert (
+        settings.lease_name == "hs-hotswap-leader" and settings.lease_namespace == "hotswap-system"
+    )
+    assert (settings.lease_seconds, settings.renew_deadline_seconds) == (8, 5)
+    assert settings.retry_seconds == 1 and settings.sync_workers == 4
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == settings.metrics_port == 8082

@@ -82,3 +82,11 @@ def test_operator_image_never_installs_torch():
     for stage in ("operator-deps", "operator"):
         assert "runtime" not in found[stage] and "torch" not in found[stage], stage
     assert "torch" not in pyproject_pins("operator")
+
+
+def test_the_operator_extra_carries_what_the_operator_imports():
+    """/metrics needs prometheus-client in the operator image, not only the runtime's."""
+    operator = pyproject_pins("operator")
+    assert {"kopf", "kubernetes", "prometheus-client"} <= set(operator)
+    env, _ = environment_pins()
+    assert all(env[name] == version for name, version in operator.items())

@@ -3,8 +3,9 @@ import json
 import pytest
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import RuntimeDefaults, runtime_defaults
-from hotswap_operator.reconcile import owner_of
+from hotswap_operator.context import SyncContext
 from hotswap_operator.spec import SpecError, parse_spec
+from hotswap_operator.status import ModelDeploymentStatus
 from hotswap_runtime.contract import CONFIG_KEY, parse_config
 from operator_samples import SHA_B, SPEC, body, with_checkpoint
 
@@ -14,7 +15,9 @@ GPU = RuntimeDefaults()  # built-in defaults: GPU on
 
 def build(spec_raw, status=None, defaults=GPU):
     spec = parse_spec(spec_raw)
-    plan = rollout.plan("resnet", spec, status or {}, None, "2026-01-01T00:00:00Z")
+    plan = rollout.plan(
+        "resnet", spec, status or ModelDeploymentStatus(), None, "2026-01-01T00:00:00Z"
+    )
     return resources.children(OWNER, spec, defaults, plan.config), plan
 
 
@@ -190,8 +193,9 @@ def test_replicas_go_to_the_deployment():
     assert resources.selector_labels("resnet").items() <= labels.items()
 
 
-def test_owner_of_reads_the_body():
-    assert owner_of(body()) == OWNER
+def test_the_sync_context_reads_the_owner_from_the_body():
+    ctx = SyncContext.build(body(), None, [], GPU, "2026-01-01T00:00:00Z", None)
+    assert ctx.owner == OWNER and ctx.children_due
 
 
 @pytest.mark.parametrize("bad", ["{", json.dumps({"gpu": {"enabled": "maybe"}})])

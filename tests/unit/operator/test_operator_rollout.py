@@ -1,16 +1,19 @@
 import pytest
 from hotswap_operator import rollout
 from hotswap_operator.spec import SpecError, parse_spec
+from hotswap_operator.status import ModelDeploymentStatus
 from hotswap_runtime.contract import ModelConfig
-from operator_samples import SHA_A, SHA_B, SPEC, apply_status, with_checkpoint
+from operator_samples import SHA_A, SHA_B, SPEC, with_checkpoint
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-02T00:00:00Z"
 
 
 def step(spec_raw, status, current, now=NOW):
-    plan = rollout.plan("resnet", parse_spec(spec_raw), status, current, now)
-    return plan, apply_status(status, plan.status), plan.config
+    """Plan once; returns the plan, the status it leaves (raw, as stored) and model.json."""
+    typed = ModelDeploymentStatus.from_raw(status)
+    plan = rollout.plan("resnet", parse_spec(spec_raw), typed, current, now)
+    return plan, plan.status.to_raw(), plan.config
 
 
 def test_first_revision_is_one_and_is_announced():

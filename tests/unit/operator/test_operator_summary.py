@@ -1,5 +1,8 @@
-from hotswap_operator import status
-from hotswap_operator.status import PodInfo
+"""summary.py: what the pods' reports add up to, and which changes deserve an Event."""
+
+from hotswap_operator import summary
+from hotswap_operator.status import ModelDeploymentStatus, merge_patch
+from hotswap_operator.summary import PodInfo
 from operator_samples import SHA_A, SHA_B, report
 
 NOW = "2026-01-01T00:00:00Z"
@@ -12,9 +15,22 @@ def st(pods, **extra):
     return {"stable": STABLE2, "observedGeneration": 2, "pods": pods, **extra}
 
 
-def patch_for(raw, pods=PODS, desired=3):
-    summary = status.summarize(desired, raw, pods)
-    return status.status_patch(raw, summary, pods, NOW)
+def summarized(raw, pods=PODS, desired=3, now=NOW):
+    """The status a sync would write from the stored status `raw`."""
+    typed = ModelDeploymentStatus.from_raw(raw)
+    result = summary.summarize(desired, typed, pods)
+    return summary.apply(typed, result, now, typed.observed_generation or 0)
+
+
+def patch_for(raw, pods=PODS, desired=3, now=NOW):
+    gone = set(raw.get("pods") or {}) - {p.name for p in pods}
+    return merge_patch(raw, summarized(raw, pods, desired, now), gone)
+
+
+def events(raw, patch):
+    old = ModelDeploymentStatus.from_raw(raw)
+    new = ModelDeploymentStatus.from_raw({**raw, **patch})
+    return summary.transition_events(old, new)
 
 
 def cond(patch, kind):
@@ -59,8 +75,8 @@ def test_a_failed_pod_makes_it_degraded_naming_pod_and_cause():
     assert degraded["message"] == (
         "pod p-b failed revision 3: sha256 mismatch: got 12ab (still serving revision 2)"
     )
-    events = status.transition_events({}, patch)
-    assert [(e.type, e.reason) for e in events] == [("Warning", "SwapFailed")]
+    found = events({}, patch)
+    assert [(e.type, e.reason) for e in found] == [("Warning", "SwapFailed")]
 
 
 def test_an_old_failure_does_not_count_against_a_newer_revision():
@@ -108,14 +124,13 @@ def test_unchanged_status_gives_an_empty_patch_and_keeps_transition_times():
     raw = st({p.name: report(2, SHA_B) for p in PODS})
     first = patch_for(raw)
     settled = {**raw, **first}
-    summary = status.summarize(3, settled, PODS)
-    assert status.status_patch(settled, summary, PODS, LATER) == {}
+    assert patch_for(settled, now=LATER) == {}
     # A flip moves only the flipped conditions' lastTransitionTime.
     degraded = {
         **settled,
         "pods": {**settled["pods"], "p-a": report(2, SHA_B, "Failed", target=2, message="x")},
     }
-    patch = status.status_patch(degraded, status.summarize(3, degraded, PODS), PODS, LATER)
+    patch = patch_for(degraded, now=LATER)
     times = {c["type"]: c["lastTransitionTime"] for c in patch["conditions"]}
     assert times == {"Ready": LATER, "Progressing": NOW, "Degraded": LATER}
 
@@ -129,25 +144,29 @@ def test_spec_error_is_failed_with_the_reason():
 
 def test_ready_transition_posts_rollout_complete():
     patch = patch_for(st({p.name: report(2, SHA_B) for p in PODS}))
-    (event,) = status.transition_events({"phase": "Progressing"}, patch)
+    (event,) = events({"phase": "Progressing"}, patch)
     assert (event.type, event.reason) == ("Normal", "RolloutComplete")
     assert "3/3 pods serve revision 2" in event.message
 
 
+def pod_events(memory, raw):
+    return summary.pod_events(memory, ModelDeploymentStatus(pods=raw or {}).reports())
+
+
 def test_pod_events_report_swaps_once_and_skip_first_sight():
     before = {"p-a": report(1, SHA_A)}
-    events, memory = status.pod_events(None, before)
+    events, memory = pod_events(None, before)
     assert events == []
     after = {"p-a": {**report(2, SHA_B), "swapSeconds": {"fetch": 0.5, "load": 0.25}}}
-    events, memory = status.pod_events(memory, after)
+    events, memory = pod_events(memory, after)
     (event,) = events
     assert event.reason == "Swapped"
     assert event.message == (
         f"pod p-a swapped to revision 2 (sha256 {SHA_B[:12]}) in 0.75s (fetch 0.50s, load 0.25s)"
     )
-    assert status.pod_events(memory, after)[0] == []
+    assert pod_events(memory, after)[0] == []
     failed = {"p-a": report(2, SHA_B, "Failed", target=3, message="NaN in outputs")}
-    (event,), _ = status.pod_events(memory, failed)
+    (event,), _ = pod_events(memory, failed)
     assert (event.type, event.reason) == ("Warning", "SwapFailed")
     assert "NaN in outputs" in event.message
 
@@ -166,8 +185,8 @@ def test_pods_failing_for_the_same_cause_share_one_sentence():
 
 
 def test_a_pods_first_model_is_loaded_not_swapped():
-    _, memory = status.pod_events(None, {})
-    events, memory = status.pod_events(memory, {"p-a": report(None, None, "Loading", 1)})
+    _, memory = pod_events(None, {})
+    events, memory = pod_events(memory, {"p-a": report(None, None, "Loading", 1)})
     assert events == []
-    (event,), _ = status.pod_events(memory, {"p-a": report(1, SHA_A)})
+    (event,), _ = pod_events(memory, {"p-a": report(1, SHA_A)})
     assert event.reason == "Loaded" and "loaded revision 1" in event.message

@@ -1,0 +1,106 @@
+"""Everything one sync of a ModelDeployment looks at, read once at its start.
+
+As argo-rollouts' rolloutContext (rollout/context.go): the sync reads the object and its
+ConfigMap from the API and the pods from the controller's cache, builds one
+`SyncContext`, and from then on decides from it alone (sync.decide is pure). Nothing
+here talks to the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hotswap_runtime.contract import CONFIG_KEY, ConfigError, ModelConfig, parse_config
+
+from hotswap_operator import resources
+from hotswap_operator.config import RuntimeDefaults
+from hotswap_operator.resources import Owner
+from hotswap_operator.status import ModelDeploymentStatus
+from hotswap_operator.summary import PodInfo
+
+Applied = tuple[str, int]  # (uid, generation) whose children this process applied
+
+
+@dataclass(frozen=True)
+class SyncContext:
+    # -- the ModelDeployment as read (GET, once) -------------------------------------
+    owner: Owner  # name, namespace and uid: the children's owner reference
+    body: Mapping[str, Any]  # the object itself (Events name it as involvedObject)
+    resource_version: str  # the status write's precondition: nothing newer is overwritten
+    generation: int  # metadata.generation: what observedGeneration will say
+    raw_spec: Mapping[str, Any]  # spec as stored (parsed by decide: a SpecError is status)
+    raw_status: Mapping[str, Any]  # status as stored: the merge patch is computed against it
+    status: ModelDeploymentStatus  # the same status, typed (the pods' reports included)
+    # -- what the pods are told: ConfigMap `<name>-model` as read (GET, once) ------------
+    config: ModelConfig | None  # its model.json; None when absent, unreadable or not ours
+    config_uid: str | None  # its uid when this ModelDeployment controls it (apply precondition)
+    config_holder: str | None  # who holds it when not this ModelDeployment (never taken over)
+    # -- the runtime pods, from the controller's watch cache (no LIST) ------------------
+    pods: tuple[PodInfo, ...]  # terminating ones included (they do not count as live)
+    # -- this operator ------------------------------------------------------------------
+    defaults: RuntimeDefaults  # the chart's runtime defaults and the admin's policy
+    now: str  # this sync's clock (RFC 3339, seconds)
+    children_due: bool  # apply every child: this generation's children not applied yet
+
+    @property
+    def live_pods(self) -> list[str]:
+        return sorted(p.name for p in self.pods if not p.terminating)
+
+    @property
+    def desired_replicas(self) -> int:
+        try:
+            return int(self.raw_spec.get("replicas", 1))
+        except (TypeError, ValueError):
+            return 1
+
+    @classmethod
+    def build(
+        cls,
+        body: Mapping[str, Any],
+        config_map: Mapping[str, Any] | None,
+        pods: Sequence[PodInfo],
+        defaults: RuntimeDefaults,
+        now: str,
+        applied: Applied | None,
+    ) -> SyncContext:
+        meta = body["metadata"]
+        owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+        generation = int(meta.get("generation") or 0)
+        raw_status = dict(body.get("status") or {})
+        config, uid, holder = _read_config(config_map, owner)
+        return cls(
+            owner=owner,
+            body=body,
+            resource_version=str(meta["resourceVersion"]),
+            generation=generation,
+            raw_spec=dict(body.get("spec") or {}),
+            raw_status=raw_status,
+            status=ModelDeploymentStatus.from_raw(raw_status),
+            config=config,
+            config_uid=uid,
+            config_holder=holder,
+            pods=tuple(pods),
+            defaults=defaults,
+            now=now,
+            children_due=applied != (owner.uid, generation),
+        )
+
+
+def _read_config(
+    cm: Mapping[str, Any] | None, owner: Owner
+) -> tuple[ModelConfig | None, str | None, str | None]:
+    if cm is None:
+        return None, None, None
+    who = resources.holder(cm, owner)
+    if who is not None:
+        return None, None, who
+    uid = str(cm["metadata"]["uid"])
+    text = (cm.get("data") or {}).get(CONFIG_KEY)
+    if not text:
+        return None, uid, None
+    try:
+        return parse_config(text), uid, None
+    except ConfigError:
+        return None, uid, None  # rewritten from the spec with a higher generation

@@ -1,0 +1,290 @@
+"""What the pods' reports add up to (pure): counts, phase, conditions, and the Events
+worth posting for what changed.
+
+Runtime pods write `status.pods.<pod>` (contract.PodReport). From those reports and
+the live pods (the controller's pod cache), `summarize` computes replica counts, the
+printable UPDATED / READY strings, the phase and the Ready / Progressing / Degraded
+conditions; `apply` sets them on a status, moving a condition's lastTransitionTime only
+when it flips. `transition_events` and `pod_events` say which changes deserve an Event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from hotswap_runtime.contract import PodReport, PodState, short_sha
+from hotswap_runtime.redact import clip
+
+from hotswap_operator import canary
+from hotswap_operator.reasons import ConditionType, Event, EventType, Phase, Reason
+from hotswap_operator.status import Condition, ModelDeploymentStatus, RevisionRecord
+
+C = ConditionType
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """What the operator keeps of one runtime pod (from its watch of pods)."""
+
+    name: str
+    ready: bool
+    terminating: bool = False
+
+    @classmethod
+    def from_pod(cls, pod: Mapping[str, Any]) -> PodInfo:
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        meta = pod.get("metadata") or {}
+        return cls(meta["name"], ready, bool(meta.get("deletionTimestamp")))
+
+
+ConditionValue = tuple[ConditionType, bool, Reason, str]  # (type, status, reason, message)
+
+
+@dataclass(frozen=True)
+class Summary:
+    replicas: int
+    ready_replicas: int
+    updated_replicas: int
+    desired: int
+    phase: Phase
+    conditions: tuple[ConditionValue, ...]
+
+
+def _serves(report: PodReport | str | None, stable: RevisionRecord) -> bool:
+    return isinstance(report, PodReport) and (report.revision, report.sha256) == stable.key
+
+
+def _failure(report: PodReport | str | None, stable: RevisionRecord) -> str | None:
+    """How a pod fails the stable revision (the text after its name), or None."""
+    if isinstance(report, str):
+        return f"sent an {report}"
+    if report is None or report.state is not PodState.FAILED:
+        return None
+    if report.target_revision not in (None, stable.revision):
+        return None  # an old failure, superseded by a newer target
+    serving = f"still serving revision {report.revision}" if report.revision else "serving nothing"
+    cause = clip(report.message) or "no reason given"
+    return f"failed revision {stable.revision}: {cause} ({serving})"
+
+
+def _failure_message(failures: Sequence[tuple[str, str]]) -> str:
+    """One sentence per distinct cause, naming every pod that has it."""
+    by_cause: dict[str, list[str]] = {}
+    for pod, why in failures:
+        by_cause.setdefault(why, []).append(pod)
+    return "; ".join(
+        f"{'pod' if len(pods) == 1 else 'pods'} {', '.join(pods)} {why}"
+        for why, pods in by_cause.items()
+    )
+
+
+def _waiting(pods: Sequence[PodInfo], reports: Mapping[str, PodReport | str]) -> str:
+    parts = []
+    for pod in pods:
+        report = reports.get(pod.name)
+        state = report.state.value if isinstance(report, PodReport) else "no report yet"
+        parts.append(f"{pod.name} ({state})")
+    return ", ".join(parts)
+
+
+def _phase(
+    desired: int,
+    live: Sequence[PodInfo],
+    reports: Mapping[str, PodReport | str],
+    updated: int,
+    failures: Sequence[tuple[str, str]],
+) -> Phase:
+    serving_any = any(
+        isinstance(r, PodReport) and r.revision is not None
+        for r in (reports.get(p.name) for p in live)
+    )
+    ready = sum(p.ready for p in live)
+    if failures:
+        return Phase.DEGRADED if serving_any else Phase.FAILED
+    if updated == desired == len(live) and ready == desired:
+        return Phase.READY
+    return Phase.PROGRESSING if serving_any else Phase.PENDING
+
+
+_READY_REASONS = {
+    Phase.PENDING: Reason.PODS_STARTING,
+    Phase.PROGRESSING: Reason.UPDATING,
+    Phase.READY: Reason.ALL_PODS_SERVING,
+    Phase.DEGRADED: Reason.SWAP_FAILED,
+    Phase.FAILED: Reason.NO_POD_SERVING,
+    Phase.ROLLED_BACK: Reason.ROLLED_BACK,
+}
+_PROGRESS_REASONS = {
+    Phase.PENDING: Reason.PODS_STARTING,
+    Phase.PROGRESSING: Reason.ROLLING_OUT,
+    Phase.READY: Reason.ROLLOUT_COMPLETE,
+    Phase.DEGRADED: Reason.ROLLOUT_STALLED,
+    Phase.FAILED: Reason.ROLLOUT_STALLED,
+    Phase.ROLLED_BACK: Reason.ROLLED_BACK,
+}
+
+
+def summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodInfo]) -> Summary:
+    """Counts, phase and conditions of a ModelDeployment from its pods' reports."""
+    live = [p for p in pods if not p.terminating]
+    ready = sum(p.ready for p in live)
+    stable = status.stable
+    if status.error or stable is None:
+        phase, reason = (Phase.PENDING, Reason.NO_REVISION)
+        if status.error:
+            phase, reason = (Phase.FAILED, Reason.INVALID_SPEC)
+        message = status.error or "waiting for the operator to write revision 1"
+        conditions = (
+            (C.READY, False, reason, message),
+            (C.PROGRESSING, not status.error, reason, message),
+            (C.DEGRADED, bool(status.error), reason, message),
+        )
+        return Summary(len(live), ready, 0, desired, phase, conditions)
+    reports = status.reports()
+    updated = sum(_serves(reports.get(p.name), stable) for p in live)
+    failures = [(p.name, f) for p in live if (f := _failure(reports.get(p.name), stable))]
+    phase = _phase(desired, live, reports, updated, failures)
+    target = f"revision {stable.revision} (sha256 {short_sha(stable.sha256)})"
+    counts = f"{updated}/{desired} pods serve {target}, {ready}/{desired} ready"
+    behind = [p for p in live if not (_serves(reports.get(p.name), stable) and p.ready)]
+    waiting = f"{counts}; waiting for {_waiting(behind, reports)}" if behind else counts
+    if len(live) != desired:
+        waiting = f"{waiting}; {len(live)} of {desired} pods exist"
+    failed_msg = _failure_message(failures)
+    base = Summary(len(live), ready, updated, desired, phase, ())
+    shown = canary.override(status, phase)  # a Canary rollout says where it stands
+    if shown is not None:
+        return _canary_summary(base, counts, shown)
+    conditions = (
+        (C.READY, phase is Phase.READY, _READY_REASONS[phase], counts),
+        (
+            C.PROGRESSING,
+            phase in (Phase.PENDING, Phase.PROGRESSING),
+            _PROGRESS_REASONS[phase],
+            failed_msg or waiting if phase is not Phase.READY else counts,
+        ),
+        (
+            C.DEGRADED,
+            bool(failures),
+            _READY_REASONS[phase] if failures else Reason.NO_FAILURES,
+            failed_msg or "no pod reports a failure",
+        ),
+    )
+    return replace(base, conditions=conditions)
+
+
+def _canary_summary(base: Summary, counts: str, shown: tuple[Phase, Reason, str]) -> Summary:
+    phase, reason, message = shown
+    degraded = phase is Phase.DEGRADED
+    conditions = (
+        (C.READY, base.phase is Phase.READY, _READY_REASONS[base.phase], counts),
+        (C.PROGRESSING, phase is Phase.PROGRESSING, reason, message),
+        (C.DEGRADED, degraded, reason if degraded else Reason.NO_FAILURES, message),
+    )
+    return replace(base, phase=phase, conditions=conditions)
+
+
+def apply(
+    status: ModelDeploymentStatus, summary: Summary, now: str, generation: int
+) -> ModelDeploymentStatus:
+    """`status` with the summary's counts, phase and conditions; a condition's
+    lastTransitionTime moves only when its status flips."""
+    previous = {c.type: c for c in status.conditions}
+    conditions = []
+    for kind, flag, reason, message in summary.conditions:
+        value: Literal["True", "False"] = "True" if flag else "False"
+        before = previous.get(kind)
+        same = before is not None and before.status == value
+        since = before.last_transition_time if same and before is not None else None
+        conditions.append(
+            Condition(
+                type=kind,
+                status=value,
+                reason=reason,
+                message=message,
+                lastTransitionTime=since or now,
+                observedGeneration=generation,
+            )
+        )
+    return status.model_copy(
+        update={
+            "replicas": summary.replicas,
+            "ready_replicas": summary.ready_replicas,
+            "updated_replicas": summary.updated_replicas,
+            "updated": f"{summary.updated_replicas}/{summary.desired}",
+            "ready": f"{summary.ready_replicas}/{summary.desired}",
+            "phase": summary.phase,
+            "conditions": tuple(conditions),
+        }
+    )
+
+
+def transition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> list[Event]:
+    """Events for a phase change to Ready, Degraded or Failed, and for a new failure
+    message while Degraded."""
+    ready, degraded = new.condition(C.READY), new.condition(C.DEGRADED)
+    if new.phase != old.phase:
+        if new.phase is Phase.READY and ready is not None:
+            return [Event(EventType.NORMAL, Reason.ROLLOUT_COMPLETE, ready.message)]
+        if new.phase in (Phase.DEGRADED, Phase.FAILED) and degraded is not None:
+            return [Event(EventType.WARNING, Reason(degraded.reason), degraded.message)]
+    before = old.condition(C.DEGRADED)
+    if (
+        degraded is not None
+        and degraded.status == "True"
+        and (before is None or before.status != "True" or before.message != degraded.message)
+    ):
+        return [Event(EventType.WARNING, Reason(degraded.reason), degraded.message)]
+    return []
+
+
+PodMemory = dict[str, tuple[int | None, str | None, str, int | None]]
+
+
+def _remember(report: PodReport) -> tuple[int | None, str | None, str, int | None]:
+    return (report.revision, report.sha256, report.state.value, report.target_revision)
+
+
+def _swap_event(pod: str, report: PodReport, first: bool) -> Event | None:
+    if report.state is PodState.FAILED:
+        cause = clip(report.message) or "no reason given"
+        return Event(
+            EventType.WARNING,
+            Reason.SWAP_FAILED,
+            f"pod {pod} failed revision "
+            f"{report.target_revision}: {cause} (serving revision {report.revision})",
+        )
+    if report.state is not PodState.SERVING or report.revision is None:
+        return None
+    took = sum(report.swap_seconds.values())
+    phases = ", ".join(f"{k} {v:.2f}s" for k, v in report.swap_seconds.items())
+    detail = f" in {took:.2f}s ({phases})" if phases else ""
+    verb = "loaded" if first else "swapped to"
+    sha = short_sha(report.sha256 or "")
+    return Event(
+        EventType.NORMAL,
+        Reason.LOADED if first else Reason.SWAPPED,
+        f"pod {pod} {verb} revision {report.revision} (sha256 {sha}){detail}",
+    )
+
+
+def pod_events(
+    memory: PodMemory | None, reports: Mapping[str, PodReport | str]
+) -> tuple[list[Event], PodMemory]:
+    """Per-pod swap and failure events since `memory` (None: first sight, no events)."""
+    seen: PodMemory = {}
+    events: list[Event] = []
+    for pod, report in reports.items():
+        if not isinstance(report, PodReport):
+            continue
+        seen[pod] = _remember(report)
+        if memory is None or memory.get(pod) == seen[pod]:
+            continue
+        first = pod not in memory or memory[pod][0] is None
+        event = _swap_event(pod, report, first)
+        if event is not None:
+            events.append(event)
+    return events, seen

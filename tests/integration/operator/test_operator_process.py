@@ -1,0 +1,106 @@
+"""The whole operator process against the real API server: what a trigger, a refused
+Event or a quick succession of spec changes do to convergence.
+
+No kubelet: the runtime pods stay Pending, which is all these tests need (they check
+the ConfigMap and status the operator writes, not what pods serve).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from operator_process import allow_events, operator_process, refuse_events
+
+from tests.harness.rest import ApiError, KubeClient
+from tests.harness.waiting import wait_for
+
+MD = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modeldeployments"
+SHA1, SHA2 = "1" * 64, "2" * 64
+SPEC = {
+    "replicas": 2,
+    "model": {"architecture": "torchvision/resnet18", "inputShape": [3, 8, 8]},
+    "checkpoint": {"uri": "file:///models/v1.safetensors", "sha256": SHA1},
+    "rollout": {"strategy": "AllAtOnce"},
+    "runtime": {"device": "cpu"},
+}
+V1 = {"uri": "file:///models/v1.safetensors", "sha256": SHA1}
+V2 = {"uri": "file:///models/v2.safetensors", "sha256": SHA2}
+
+
+@pytest.fixture(scope="module")
+def crd(cluster):
+    crd = Path(__file__).resolve().parents[3] / "crds" / "modeldeployment.yaml"
+    cluster.kubectl("apply", "--server-side", "-f", str(crd))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.hotswap.dev"
+    )
+    return cluster
+
+
+def model_json(client: KubeClient, ns: str) -> dict | None:
+    try:
+        cm = client.get(f"/api/v1/namespaces/{ns}/configmaps/resnet-model")
+    except ApiError as err:
+        if err.status == 404:
+            return None
+        raise
+    return json.loads(cm["data"]["model.json"])
+
+
+def serves(client: KubeClient, ns: str, sha: str, revision: int) -> bool:
+    config = model_json(client, ns)
+    return (
+        config is not None
+        and config["stable"]["checkpoint"]["sha256"] == sha
+        and (config["stable"]["revision"] == revision)
+    )
+
+
+def test_a_refused_event_loses_no_spec_change(crd, namespace, tmp_path):
+    """Events are refused (422) from revision 2 on. The operator still converges on each
+    spec change, also a change back to the previous checkpoint made while the one before
+    failed to post its Event (kopf's diff base then still held that spec, saw no
+    difference, and the fleet stayed on the newer revision while the spec named the
+    older one)."""
+    client = crd.rest()
+    policy = ""
+    try:
+        with operator_process(crd, namespace, tmp_path / "operator.log"):
+            body = {
+                "apiVersion": "hotswap.dev/v1alpha1",
+                "kind": "ModelDeployment",
+                "metadata": {"name": "resnet"},
+                "spec": SPEC,
+            }
+            client.post(MD.format(ns=namespace), body)
+            path = f"{MD.format(ns=namespace)}/resnet"
+            wait_for(lambda: serves(client, namespace, SHA1, 1), timeout=30, what="revision 1")
+            policy = refuse_events(client, namespace)
+            client.patch(path, {"spec": {"checkpoint": V2}})
+            wait_for(lambda: serves(client, namespace, SHA2, 2), timeout=15, what="revision 2")
+            back = client.patch(path, {"spec": {"checkpoint": V1}})
+            started = time.monotonic()
+            wait_for(
+                lambda: serves(client, namespace, SHA1, 3),
+                timeout=15,
+                what="revision 3 (the v1 checkpoint again) in model.json",
+            )
+            took = time.monotonic() - started
+            status = wait_for(
+                lambda: (
+                    (st := client.get(path).get("status") or {}).get("observedGeneration")
+                    == back["metadata"]["generation"]
+                    and st
+                ),
+                timeout=15,
+                what="observedGeneration of the last change",
+            )
+            assert status["revision"] == 3 and status["stable"]["sha256"] == SHA1
+            assert [h["sha256"] for h in status["history"]] == [SHA1, SHA2, SHA1]
+            print(f"\nchange back applied {took:.2f}s after the patch, every Event refused")
+    finally:
+        if policy:
+            allow_events(client, policy)

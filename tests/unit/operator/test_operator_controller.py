@@ -1,0 +1,210 @@
+"""controller.py: which triggers become syncs, and what follows a sync's outcome.
+
+The Syncer is a fake that returns (or raises) scripted outcomes; the queue, workers
+and leadership are the real ones, on a real event loop.
+"""
+
+import asyncio
+from collections import deque
+from types import SimpleNamespace
+
+from hotswap_operator.controller import Controller
+from hotswap_operator.kube import ChildConflictError, ConflictError, KubeError
+from hotswap_operator.metrics import Metrics
+from hotswap_operator.reasons import Event, EventType, Reason
+from hotswap_operator.spec import SpecError
+from hotswap_operator.summary import PodInfo
+from hotswap_operator.sync import SyncResult
+
+KEY = ("ml", "resnet")
+MD = {"metadata": {"namespace": "ml", "name": "resnet", "uid": "u-1", "resourceVersion": "1"}}
+POD = {
+    "metadata": {
+        "namespace": "ml",
+        "name": "resnet-a",
+        "labels": {"hotswap.dev/model-deployment": "resnet"},
+    }
+}
+
+
+class FakeSyncer:
+    def __init__(self, *outcomes):
+        self.outcomes = deque(outcomes)
+        self.calls = []
+        self.memory = {}
+        self.forgotten = []
+        self.recorder = SimpleNamespace(forget=self.forgotten.append)
+
+    def sync(self, namespace, name, pods, applied):
+        self.calls.append(((namespace, name), tuple(pods), applied))
+        outcome = self.outcomes.popleft() if self.outcomes else SyncResult()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def forget(self, namespace, name):
+        self.forgotten.append((namespace, name))
+
+
+def md(rv="1"):
+    return {"metadata": {**MD["metadata"], "resourceVersion": rv}}
+
+
+async def settle(controller, calls, timeout=2.0):
+    """Wait until the fake syncer has been called `calls` times and the queue is idle."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(controller.syncer.calls) < calls or len(controller.queue):
+        assert loop.time() < deadline, controller.syncer.calls
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.02)
+
+
+def run(test, *outcomes):
+    async def go():
+        metrics = Metrics()
+        controller = Controller(FakeSyncer(*outcomes), metrics, workers=2)
+        controller.start()
+        try:
+            await test(controller, metrics)
+        finally:
+            await controller.stop()
+
+    asyncio.run(go())
+
+
+def value(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_only_the_leader_syncs_and_a_new_leader_syncs_everything_it_knows():
+    async def test(c, metrics):
+        c.on_model_deployment(None, md())
+        c.on_pod("ADDED", POD)
+        await asyncio.sleep(0.05)
+        assert c.syncer.calls == [] and value(metrics, "hotswap_operator_leader") == 0
+        c.start_leading()
+        await settle(c, 1)
+        assert [call[0] for call in c.syncer.calls] == [KEY]
+        assert value(metrics, "hotswap_operator_leader") == 1
+        c.stop_leading()
+        c.on_pod("MODIFIED", POD)
+        await asyncio.sleep(0.05)
+        assert len(c.syncer.calls) == 1
+
+    run(test)
+
+
+def test_a_burst_of_triggers_is_one_sync_with_the_pods_of_the_cache():
+    async def test(c, metrics):
+        c.pods = lambda key: [PodInfo("resnet-a", True)] if key == KEY else []
+        c.start_leading()
+        for rv in ("2", "3", "4"):
+            c.on_model_deployment("MODIFIED", md(rv))
+        c.on_pod("MODIFIED", POD)
+        await settle(c, 1)
+        assert c.syncer.calls == [(KEY, (PodInfo("resnet-a", True),), None)]
+        assert value(metrics, "hotswap_operator_sync_seconds_count") == 1
+
+    run(test)
+
+
+def test_its_own_status_write_is_no_trigger_but_anything_newer_is():
+    async def test(c, metrics):
+        c.start_leading()
+        c.on_model_deployment(None, md("1"))
+        await settle(c, 1)
+        c.on_model_deployment("MODIFIED", md("5"))  # the watch event of its own write
+        await asyncio.sleep(0.05)
+        assert len(c.syncer.calls) == 1
+        c.on_model_deployment("MODIFIED", md("6"))  # a pod report after it
+        await settle(c, 2)
+
+    run(test, SyncResult(resource_version="5", applied=("u-1", 1)))
+
+
+def test_a_conflict_syncs_again_at_once_and_children_are_applied_once_per_generation():
+    async def test(c, metrics):
+        c.start_leading()
+        c.on_model_deployment(None, md())
+        await settle(c, 2)
+        c.on_model_deployment("MODIFIED", md("9"))
+        await settle(c, 3)
+        assert [call[2] for call in c.syncer.calls] == [None, None, ("u-1", 1)]
+        assert value(metrics, "hotswap_operator_sync_errors_total", reason="Conflict") == 1
+
+    conflict = ConflictError(409, "the object has been modified")
+    run(test, conflict, SyncResult(applied=("u-1", 1)))
+
+
+def test_a_deleted_child_makes_the_next_sync_apply_every_child():
+    async def test(c, metrics):
+        c.start_leading()
+        c.on_model_deployment(None, md())
+        await settle(c, 1)
+        cm = {"kind": "ConfigMap", **POD}
+        c.on_child("DELETED", cm)
+        await settle(c, 2)
+        assert [call[2] for call in c.syncer.calls] == [None, None]
+        c.on_child("MODIFIED", {"kind": "Deployment", **POD})  # Deployment status churn
+        await asyncio.sleep(0.05)
+        assert len(c.syncer.calls) == 2
+
+    run(test, SyncResult(applied=("u-1", 1)), SyncResult(applied=("u-1", 1)))
+
+
+def test_a_step_deadline_brings_the_key_back():
+    async def test(c, metrics):
+        c.start_leading()
+        c.on_model_deployment(None, md())
+        await settle(c, 2, timeout=1.0)
+
+    run(test, SyncResult(requeue_after=0.1))
+
+
+def test_failures_back_off_and_an_invalid_spec_waits_for_a_change():
+    async def test(c, metrics):
+        c.start_leading()
+        c.on_model_deployment(None, md())
+        await settle(c, 2)  # the API error is retried after a backoff
+        await asyncio.sleep(0.1)
+        assert len(c.syncer.calls) == 2  # ... and the invalid spec is not
+        assert value(metrics, "hotswap_operator_sync_errors_total", reason="ApiError") == 1
+        assert value(metrics, "hotswap_operator_sync_errors_total", reason="InvalidSpec") == 1
+
+    run(test, KubeError(500, "etcd"), SpecError("bad"), SyncResult())
+
+
+def test_a_child_conflict_is_retried_after_thirty_seconds():
+    async def test(c, metrics):
+        c.start_leading()
+        c.on_model_deployment(None, md())
+        await settle(c, 1)
+        (due, _timer) = c.queue._timers[KEY]
+        assert due - asyncio.get_running_loop().time() > 29
+
+    run(test, ChildConflictError("Service ml/resnet is held by another"))
+
+
+def test_a_deleted_model_deployment_is_forgotten():
+    async def test(c, metrics):
+        c.start_leading()
+        c.on_model_deployment(None, md())
+        await settle(c, 1)
+        c.on_model_deployment("DELETED", md())
+        assert KEY not in c.known and KEY not in c.applied
+        assert c.syncer.forgotten == [KEY, "u-1"]
+
+    run(test, SyncResult(applied=("u-1", 1)))
+
+
+def test_rollout_outcomes_are_counted_from_the_events_of_a_sync():
+    async def test(c, metrics):
+        c.start_leading()
+        c.on_model_deployment(None, md())
+        await settle(c, 1)
+        assert value(metrics, "hotswap_operator_rollouts_total", outcome="RolledBack") == 1
+        assert value(metrics, "hotswap_operator_rollouts_total", outcome="Complete") == 0
+
+    rolled = Event(EventType.WARNING, Reason.ROLLED_BACK, "revision 2 rolled back")
+    run(test, SyncResult(events=[rolled]))
