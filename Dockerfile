@@ -53,15 +53,15 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     pip wheel --no-deps --wheel-dir /wheels /src
 
 FROM operator-deps AS operator
-RUN --mount=type=bind,from=app,source=/wheels,target=/wheels \
-    pip install --no-deps /wheels/*.whl
+COPY --from=app /wheels /tmp/wheels
+RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 WORKDIR /
 USER 10001:10001
 ENTRYPOINT ["hotswap-operator"]
 
 FROM runtime-deps AS runtime
-RUN --mount=type=bind,from=app,source=/wheels,target=/wheels \
-    pip install --no-deps /wheels/*.whl
+COPY --from=app /wheels /tmp/wheels
+RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 ENV TORCH_HOME=/tmp/torch
 WORKDIR /
 USER 10001:10001
