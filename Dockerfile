@@ -8,8 +8,8 @@
 # Pins come from pyproject.toml alone (environment.yml repeats them for conda users; a
 # unit test keeps the two equal). The operator image never installs torch.
 # Layers: pins, then the pinned packages (torch: gigabytes), then this project's code;
-# a code change rebuilds only the last. pip's cache is a build cache mount, so a rebuild
-# with other pins downloads only what changed.
+# a code change rebuilds only the last. pip's cache is a build cache mount (named with
+# --cache-dir: HOME is /tmp here), so a rebuild with other pins downloads only what changed.
 # Both images run as uid 10001 with a read-only root filesystem: everything they write
 # (/tmp, which is also HOME and TORCH_HOME, and the runtime's checkpoint cache) is a
 # volume that the chart or the operator mounts.
@@ -37,12 +37,12 @@ RUN python3 -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb
 FROM python AS operator-deps
 COPY --from=pins /tmp/operator.txt /tmp/requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
-    pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+    pip install --cache-dir /root/.cache/pip -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
 FROM python AS runtime-deps
 COPY --from=pins /tmp/runtime.txt /tmp/requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
-    pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+    pip install --cache-dir /root/.cache/pip -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
 # This project's code, without its dependencies (installed above).
 FROM python AS app
@@ -50,7 +50,7 @@ COPY pyproject.toml README.md /src/
 COPY operator /src/operator
 COPY runtime /src/runtime
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
-    pip wheel --no-deps --wheel-dir /wheels /src
+    pip wheel --cache-dir /root/.cache/pip --no-deps --wheel-dir /wheels /src
 
 FROM operator-deps AS operator
 COPY --from=app /wheels /tmp/wheels

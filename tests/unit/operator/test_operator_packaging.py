@@ -73,7 +73,9 @@ def test_dockerfile_pins_come_from_pyproject_and_precede_the_code():
         assert re.findall(r"^COPY .*", deps, flags=re.M) == [
             f"COPY --from=pins /tmp/{extra}.txt /tmp/requirements.txt"
         ]
+        # pip's cache is the cache mount (HOME is /tmp in the images, so name it).
         assert "--mount=type=cache,target=/root/.cache/pip" in deps
+        assert "pip install --cache-dir /root/.cache/pip" in deps
         assert found[extra].startswith(f"{extra}-deps AS {extra}")
 
 
