@@ -31,6 +31,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app = FastAPI(title="hotswap-runtime", lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.draining = False  # set on SIGTERM (__main__.py): not ready, still serving
     name = runtime.settings.model_name
 
     @app.exception_handler(HotswapError)
@@ -59,6 +60,8 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/v2/health/ready")
     async def ready() -> dict[str, Any]:
+        if app.state.draining:
+            raise ModelNotReady(f"model {name!r} is shutting down (draining)")
         if version() is None:
             raise ModelNotReady(f"model {name!r} is not loaded yet")
         return {"ready": True, "model_version": version()}

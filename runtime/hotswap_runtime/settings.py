@@ -58,6 +58,7 @@ class Settings:
     fetch_allowed_networks: tuple[str, ...] = ()
     fetch_idle_seconds: float = 30.0
     max_model_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
+    drain_seconds: float = 5.0
 
 
 # flag -> (environment variable, type, help)
@@ -96,6 +97,11 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         "a fetch fails after this many seconds without a byte",
     ),
     "max_model_bytes": ("HOTSWAP_MAX_MODEL_BYTES", int, "largest model (parameters and buffers)"),
+    "drain_seconds": (
+        "HOTSWAP_DRAIN_SECONDS",
+        float,
+        "after SIGTERM: seconds of not-ready while still serving, before the listener closes",
+    ),
 }
 
 
@@ -147,5 +153,7 @@ def _check(settings: Settings) -> None:
             normalized_root(root)
     except PolicyError as exc:
         raise SystemExit(f"hotswap-runtime: {exc}") from None
+    if settings.drain_seconds < 0:
+        raise SystemExit("hotswap-runtime: HOTSWAP_DRAIN_SECONDS must not be negative")
     if settings.fetch_idle_seconds <= 0:
         raise SystemExit("hotswap-runtime: HOTSWAP_FETCH_IDLE_SECONDS must be positive")
