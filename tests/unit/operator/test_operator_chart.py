@@ -209,3 +209,10 @@ def test_operator_settings_reach_the_operator(helm_bin):
     assert settings.retry_seconds == 1 and settings.sync_workers == 4
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == settings.metrics_port == 8082
+
+
+def test_chart_and_operator_default_to_the_same_policy(helm_bin):
+    from hotswap_operator.config import Policy
+
+    chart = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": render_defaults(helm_bin)}).policy
+    assert chart == Policy()
