@@ -1,45 +1,69 @@
 # syntax=docker/dockerfile:1.7
-# Two images from one file:
+# Two images from one file (`make images` builds both here with podman):
 #   docker build --target operator -t ghcr.io/hotswap-dev/hotswap-operator:0.1.0 .
 #   docker build --target runtime  -t ghcr.io/hotswap-dev/hotswap-runtime:0.1.0 .
-# Both start from a Miniforge (Miniconda-family, conda-forge) base and create the conda
-# environment from environment.yml's conda dependencies (python, pip); each target then
-# pip-installs only its extra of this project, whose pins equal environment.yml's pip
-# pins (a unit test checks). The operator image never installs torch.
+# BASE is any Debian bookworm image with python3.11 and its venv module: by default the
+# public Python image; where no registry is reachable, scripts/build-base-image.sh makes
+# one with debootstrap and Debian's python3.11 (--build-arg BASE=localhost/python:3.11-bookworm).
+# Pins come from pyproject.toml alone (environment.yml repeats them for conda users; a
+# unit test keeps the two equal). The operator image never installs torch.
+# Layers: pins, then the pinned packages (torch: gigabytes), then this project's code;
+# a code change rebuilds only the last. pip's cache is a build cache mount (named with
+# --cache-dir: HOME is /tmp here), so a rebuild with other pins downloads only what changed.
+# Both images run as uid 10001 with a read-only root filesystem: everything they write
+# (/tmp, which is also HOME and TORCH_HOME, and the runtime's checkpoint cache) is a
+# volume that the chart or the operator mounts.
 
-ARG MINIFORGE=condaforge/miniforge3:24.9.2-0
+ARG BASE=docker.io/library/python:3.11-slim-bookworm
 
-FROM ${MINIFORGE} AS conda
-COPY environment.yml /tmp/environment.yml
-# environment.yml minus its pip: section, so the targets below choose their packages.
-RUN python - <<'PY'
-import re
-text = open("/tmp/environment.yml").read()
-conda_only = re.sub(r"\n  - pip:\n(?:      .*\n|\s*#.*\n)*", "\n", text)
-open("/tmp/environment.conda.yml", "w").write(conda_only)
-PY
-RUN conda env create -p /opt/hotswap -f /tmp/environment.conda.yml \
-    && conda clean -afy \
-    && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin hotswap
+FROM ${BASE} AS python
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin hotswap \
+    && python3 -m venv /opt/hotswap
 ENV PATH=/opt/hotswap/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY operator ./operator
-COPY runtime ./runtime
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    HOME=/tmp
 
-FROM conda AS operator
-RUN pip install --no-compile ".[operator]" && rm -rf /src
+# The pins of each image as requirement files: the layers below are rebuilt only when
+# these files change, not on every edit of pyproject.toml.
+FROM python AS pins
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]; \
+[open(f"/tmp/{x}.txt", "w").write("\n".join(p["dependencies"] + p["optional-dependencies"][x]) + "\n") \
+ for x in ("operator", "runtime")]'
+
+FROM python AS operator-deps
+COPY --from=pins /tmp/operator.txt /tmp/requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    pip install --cache-dir /root/.cache/pip -r /tmp/requirements.txt && rm /tmp/requirements.txt
+
+FROM python AS runtime-deps
+COPY --from=pins /tmp/runtime.txt /tmp/requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    pip install --cache-dir /root/.cache/pip -r /tmp/requirements.txt && rm /tmp/requirements.txt
+
+# This project's code, without its dependencies (installed above).
+FROM python AS app
+COPY pyproject.toml README.md /src/
+COPY operator /src/operator
+COPY runtime /src/runtime
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    pip wheel --cache-dir /root/.cache/pip --no-deps --wheel-dir /wheels /src
+
+FROM operator-deps AS operator
+COPY --from=app /wheels /tmp/wheels
+RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 WORKDIR /
 USER 10001:10001
 ENTRYPOINT ["hotswap-operator"]
 
-FROM conda AS runtime
-RUN pip install --no-compile ".[runtime]" && rm -rf /src
+FROM runtime-deps AS runtime
+COPY --from=app /wheels /tmp/wheels
+RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
+ENV TORCH_HOME=/tmp/torch
 WORKDIR /
-ENV HOME=/tmp TORCH_HOME=/tmp/torch
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["hotswap-runtime"]

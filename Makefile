@@ -5,9 +5,9 @@ VENV_STAMP := .venv/.installed
 CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
 
-.PHONY: all deps controlplane helm test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving clean
+.PHONY: all deps controlplane helm node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving clean
 
-all: deps controlplane helm
+all: deps controlplane helm node images
 
 # Python environment: one venv with every extra (operator, runtime, test).
 deps: $(VENV_STAMP)
@@ -23,7 +23,20 @@ controlplane:
 helm:
 	scripts/install-helm.sh $(HELM)
 
-test: deps controlplane helm lint typecheck
+# The real node: Debian packages (runc, CNI plugins, podman, debootstrap, iptables; needs
+# root), then kubelet, kube-proxy, containerd and pause built into .cache/bin.
+node-deps:
+	scripts/node-deps.sh
+
+node: node-deps
+	nice -n 10 scripts/build-node.sh
+
+# Operator and runtime images from the Dockerfile (podman; a debootstrap base, as no
+# registry is reachable here); prints their sizes.
+images: node-deps
+	nice -n 10 scripts/build-images.sh
+
+test: deps controlplane helm node images lint typecheck
 	$(PY) -m pytest
 
 unit: deps
@@ -36,7 +49,7 @@ lint: deps
 typecheck: deps
 	$(PY) -m mypy
 
-demo: deps controlplane helm
+demo: deps controlplane helm node images
 	$(PY) scripts/demo.py
 
 cluster: deps controlplane
@@ -45,7 +58,7 @@ cluster: deps controlplane
 cluster-smoke: deps controlplane
 	$(PY) -m tests.harness.smoke
 
-e2e-smoke: deps controlplane helm
+e2e-smoke: deps controlplane helm node images
 	@rm -f .cache/e2e-smoke.txt
 	HOTSWAP_E2E_TABLE=.cache/e2e-smoke.txt $(PY) -m pytest -q -p no:cacheprovider \
 		tests/e2e/test_swap.py -k three_replica_swap -s
@@ -61,4 +74,5 @@ bench-serving: deps
 	$(PY) bench/serving.py
 
 clean:
+	$(PY) -m tests.harness.node cleanup
 	rm -rf .cache/run build dist *.egg-info

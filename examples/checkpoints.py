@@ -7,6 +7,10 @@ the same bytes, so the sha256 values in resnet18.yaml hold on any machine.
 
     python -m examples.checkpoints            # writes v1 and v2, prints uri and sha256
     python -m examples.checkpoints --dir /srv/models --versions 1 2 3
+
+Runtime pods read them where the chart mounts `runtime.modelVolume`: /models. The local
+values (examples/values-local.yaml) make that volume a hostPath of DEFAULT_DIR, so the
+URIs name the files by their path inside the pod: file:///models/resnet18-v1.safetensors.
 """
 
 from __future__ import annotations
@@ -16,12 +20,26 @@ import hashlib
 from pathlib import Path
 
 DEFAULT_DIR = Path("/var/tmp/hotswap-examples")
+POD_DIR = "/models"  # where runtime pods see DEFAULT_DIR (the chart's runtime.modelVolume)
 ARCHITECTURE = "resnet18"
 ARGS = {"num_classes": 10}
 
 
 def checkpoint_path(version: int, folder: Path = DEFAULT_DIR) -> Path:
     return folder / f"{ARCHITECTURE}-v{version}.safetensors"
+
+
+def pod_uri(path: Path, folder: Path = DEFAULT_DIR) -> str:
+    """The file:// URI of `path` (under `folder`) as a runtime pod names it."""
+    return f"file://{POD_DIR}/{path.relative_to(folder).as_posix()}"
+
+
+def host_path(uri: str, folder: Path = DEFAULT_DIR) -> Path:
+    """The file on this machine that a pod's `file:///models/...` URI names."""
+    prefix = f"file://{POD_DIR}/"
+    if not uri.startswith(prefix):
+        raise ValueError(f"{uri} is not under {prefix}")
+    return folder / uri.removeprefix(prefix)
 
 
 def sha256_of(path: Path) -> str:
@@ -47,6 +65,7 @@ def make(version: int, folder: Path = DEFAULT_DIR) -> tuple[Path, str]:
         partial = path.with_suffix(".partial")
         save_file(state, str(partial), metadata={"seed": str(version)})
         partial.replace(path)
+    path.chmod(0o644)  # runtime containers read it as uid 10001, whatever the umask was
     return path, sha256_of(path)
 
 
@@ -57,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for version in args.versions:
         path, sha = make(version, args.dir)
-        print(f"{path.resolve().as_uri()} {sha}")
+        print(f"{pod_uri(path, args.dir)} {sha}  ({path})")
     return 0
 
 

@@ -1,10 +1,12 @@
-"""`make demo`: hotswap end to end on this machine, no Docker and no downloads.
+"""`make demo`: hotswap end to end on this machine, no Docker engine and no downloads.
 
-Starts the real control plane and the local kubelet (tests/harness), installs the chart
-with the real helm, applies examples/resnet18.yaml (3 replicas), sends traffic to every
-pod, points the ModelDeployment at checkpoint v2, and prints `kubectl get
-modeldeployments` before and after, the pods' restart counts and the failed requests.
-Stops everything at the end unless --keep is given.
+Starts the real control plane and a real node (kubelet, containerd, runc, kube-proxy:
+tests/harness/node.py), loads the operator and runtime images built from the Dockerfile
+(`make images`) into containerd, installs the chart with the real helm, applies
+examples/resnet18.yaml (3 replicas), sends traffic to its Service, points the
+ModelDeployment at checkpoint v2, and prints `kubectl get modeldeployments` before and
+after, the pods' container IDs and restart counts, and the failed requests. Stops
+everything at the end unless --keep is given.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from examples import checkpoints  # noqa: E402
-from tests.e2e.fleet import EXAMPLE, Fleet, Load, helm_install, pod_ids  # noqa: E402
+from tests.e2e.fleet import EXAMPLE, Fleet, helm_install, pod_ids  # noqa: E402
+from tests.harness import node as real  # noqa: E402
 from tests.harness.cluster import Cluster, ensure_binary  # noqa: E402
-from tests.harness.kubelet import LocalKubelet  # noqa: E402
 
 NAMESPACE = "default"
 OPERATOR_NAMESPACE = "hotswap-system"
@@ -38,25 +40,27 @@ def show(fleet: Fleet) -> None:
     print(fleet.kubectl_get().rstrip(), flush=True)
 
 
-def swap_under_load(fleet: Fleet, kubelet: LocalKubelet, v2: tuple[Path, str]) -> int:
-    """Swap to v2 while clients hit every pod; returns the number of failed requests."""
-    before = pod_ids(fleet, lambda pod: kubelet.pid(NAMESPACE, pod))
-    ips = [p["status"]["podIP"] for p in fleet.pods()]
-    with Load(fleet.name, ips, (3, 32, 32)) as load:
+def swap_under_load(fleet: Fleet, v2: tuple[Path, str]) -> int:
+    """Swap to v2 while clients call the Service; returns the number of failed requests."""
+    before = pod_ids(fleet)
+    with fleet.load((3, 32, 32)) as load:
         load.all_answer("1")
-        say(f"traffic running ({len(ips)} pods); swapping to {v2[0].name}")
+        say(f"traffic to Service {fleet.service()} ({len(before)} pods); swapping to {v2[0].name}")
         began = time.monotonic()
-        fleet.patch_spec({"checkpoint": {"uri": v2[0].as_uri(), "sha256": v2[1]}})
-        fleet.wait_serving(2, len(ips))
+        fleet.patch_spec({"checkpoint": {"uri": checkpoints.pod_uri(v2[0]), "sha256": v2[1]}})
+        fleet.wait_serving(2, len(before))
         load.all_answer("2")
         took = time.monotonic() - began
         load.wait_answers(20)
-    after = pod_ids(fleet, lambda pod: kubelet.pid(NAMESPACE, pod))
+    after = pod_ids(fleet)
     print(f"every pod serves revision 2 {took:.1f}s after the patch")
-    print(f"{'POD':<32} {'UID':<38} {'PID':>8} {'RESTARTS':>8}")
-    for pod, (uid, pid, restarts) in after.items():
-        same = "same pod and process" if before.get(pod) == (uid, pid, restarts) else "CHANGED"
-        print(f"{pod:<32} {uid:<38} {pid or '-':>8} {restarts:>8}  {same}")
+    print(f"{'POD':<28} {'UID':<37} {'CONTAINER':<14} {'RESTARTS':>8}")
+    for pod, (uid, container, restarts) in after.items():
+        same = (
+            "same pod and container" if before.get(pod) == (uid, container, restarts) else "CHANGED"
+        )
+        short = (container or "-").removeprefix("containerd://")[:12]
+        print(f"{pod:<28} {uid:<37} {short:<14} {restarts:>8}  {same}")
     print(f"requests: {load.total}, by revision: {dict(load.versions)}")
     print(f"failed requests: {len(load.failures)}")
     for failure in load.failures[:5]:
@@ -68,13 +72,20 @@ def run(keep: bool) -> int:
     say("example checkpoints (seeded resnet18, safetensors)")
     made = {v: checkpoints.make(v) for v in (1, 2)}
     for path, sha in made.values():
-        print(f"{path.as_uri()}  sha256 {sha}")
-    say("control plane and local kubelet")
-    cluster = Cluster(ensure_binary()).start()
-    kubelet = LocalKubelet(cluster, projection_delay=1.0, base_env={"OMP_NUM_THREADS": "1"})
+        print(f"{checkpoints.pod_uri(path)}  sha256 {sha}  ({path})")
+    say("images (make images) and node binaries (make node)")
+    real.ensure_binaries()
+    real.ensure_images()
+    say("control plane and a real node: kubelet, containerd, kube-proxy")
+    cluster = Cluster(ensure_binary(), node_ip=real.NODE_IP).start()
+    node = real.RealNode(cluster)
     try:
-        kubelet.start()
+        node.start()
+        took = node.load_images([real.OPERATOR_IMAGE, real.RUNTIME_IMAGE])
         print(f"API server {cluster.server} ({cluster.version()}); KUBECONFIG={cluster.kubeconfig}")
+        print(f"images in containerd ({took:.0f}s to copy what changed)")
+        print("$ kubectl get nodes -o wide")
+        print(cluster.kubectl("get", "nodes", "-o", "wide").stdout.rstrip())
         say(f"helm install hotswap charts/hotswap -n {OPERATOR_NAMESPACE}")
         print(helm_install(cluster, HELM, "hotswap", OPERATOR_NAMESPACE).strip())
         say("kubectl apply -f examples/resnet18.yaml")
@@ -82,7 +93,7 @@ def run(keep: bool) -> int:
         fleet.apply(yaml.safe_load(EXAMPLE.read_text()))
         fleet.wait_serving(1, 3, timeout=600)
         show(fleet)
-        failed = swap_under_load(fleet, kubelet, made[2])
+        failed = swap_under_load(fleet, made[2])
         say("after the swap")
         show(fleet)
         if keep:
@@ -93,7 +104,7 @@ def run(keep: bool) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        kubelet.stop()
+        node.stop()
         cluster.stop()
 
 

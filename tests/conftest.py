@@ -51,7 +51,13 @@ def kubelet(cluster: Cluster) -> Iterator[LocalKubelet]:
         # The local images carry this checkout, as a real runtime image carries the
         # user's model code: the tiny test model in tests/ is importable in every pod.
         # (Image env, not pod spec env: the kubelet rewrites spec paths under a mount.)
-        base_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        # No Service routing here to drain from: runtime pods exit at once on SIGTERM.
+        base_env={
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO),
+            "HOTSWAP_DRAIN_SECONDS": "0",
+        },
     ) as running:
         yield running
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
 
 import torch
 import uvicorn
@@ -75,6 +78,30 @@ def few_malloc_arenas(arenas: int = 2) -> None:
     libc.mallopt(m_arena_max, arenas)
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn that drains on SIGTERM: `on_drain` (readiness turns false) at once, the
+    listener keeps serving new and in-flight requests for `drain_seconds` while
+    endpoints and kube-proxy stop sending traffic here, then the usual graceful
+    shutdown. A second signal, or SIGINT, shuts down at once."""
+
+    def __init__(
+        self, config: uvicorn.Config, drain_seconds: float, on_drain: Callable[[], None]
+    ) -> None:
+        super().__init__(config)
+        self.drain_seconds = drain_seconds
+        self.on_drain = on_drain
+        self._drain: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM or self.drain_seconds <= 0 or self._drain is not None:
+            super().handle_exit(sig, frame)
+            return
+        self.on_drain()
+        self._drain = threading.Timer(self.drain_seconds, super().handle_exit, (sig, frame))
+        self._drain.daemon = True
+        self._drain.start()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(argv)
     logging.basicConfig(
@@ -87,13 +114,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     app = create_app(Runtime(settings))
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
+    log = logging.getLogger("hotswap_runtime")
+
+    def drain() -> None:
+        app.state.runtime.draining = True
+        log.info("SIGTERM: not ready; serving for %.1fs more, then exiting", settings.drain_seconds)
+
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
     )
+    DrainingServer(config, settings.drain_seconds, drain).run()
 
 
 if __name__ == "__main__":

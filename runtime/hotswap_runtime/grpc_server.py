@@ -98,11 +98,11 @@ class GrpcServer:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, _: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=protocol.serving_version(self.runtime) is not None)
+        return pb.ServerReadyResponse(ready=protocol.ready_version(self.runtime) is not None)
 
     async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         protocol.check_model(self.runtime, request.name)
-        serving = protocol.serving_version(self.runtime)
+        serving = protocol.ready_version(self.runtime)
         wanted = request.version or serving
         return pb.ModelReadyResponse(ready=serving is not None and wanted == serving)
 

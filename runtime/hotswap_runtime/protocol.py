@@ -43,6 +43,12 @@ def serving_version(runtime: Runtime) -> str | None:
     return None if current is None else str(current.revision.revision)
 
 
+def ready_version(runtime: Runtime) -> str | None:
+    """The serving version while the pod takes new work: None when nothing is loaded or
+    the pod is draining after SIGTERM (requests still run; readiness says stop)."""
+    return None if runtime.draining else serving_version(runtime)
+
+
 def check_model(runtime: Runtime, model: str) -> None:
     name = runtime.settings.model_name
     if model != name:

@@ -87,6 +87,8 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
 
     @app.get("/v2/health/ready")
     async def ready() -> dict[str, Any]:
+        if runtime.draining:
+            raise ModelNotReady(f"model {settings.model_name!r} is shutting down (draining)")
         version = protocol.serving_version(runtime)
         if version is None:
             raise ModelNotReady(f"model {settings.model_name!r} is not loaded yet")
@@ -126,7 +128,7 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
 
 def _ready(runtime: Runtime, model: str, version: str | None) -> JSONResponse:
     serving = protocol.serving_version(runtime)
-    ready = serving is not None and (version is None or version == serving)
+    ready = protocol.ready_version(runtime) is not None and version in (None, serving)
     body: dict[str, Any] = {"name": model, "ready": ready, "model_version": serving}
     return JSONResponse(body, status_code=200 if ready else 503)
 

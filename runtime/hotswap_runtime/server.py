@@ -1,7 +1,9 @@
 """FastAPI app: Open Inference Protocol v2 REST (``rest.py``) and /metrics.
 
 The app's lifespan starts and stops the runtime (which starts the gRPC server, the
-inference workers, the reconciler and the watchers).
+inference workers, the reconciler and the watchers). ``runtime.draining`` is set on
+SIGTERM (``__main__.py``): readiness turns false on REST and gRPC while requests are
+still served.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ class Runtime:
             codec_threads=settings.codec_threads,
         )
         self.grpc: GrpcServer | None = None
+        self.draining = False  # set on SIGTERM: not ready, still serving
         self.reconciler = Reconciler(
             self.swapper,
             [self.metrics, _StatusSink(self)],

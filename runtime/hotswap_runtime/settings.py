@@ -70,6 +70,7 @@ class Settings:
     infer_workers: int = 1
     codec_threads: int = 2
     mmap_threshold_bytes: int = 1 << 20
+    drain_seconds: float = 5.0
 
 
 # flag -> (environment variable, type, help)
@@ -137,6 +138,11 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         "allocations from this size up are mmapped and given back when freed (flat RSS "
         "across swaps; larger is faster for CPU forward passes)",
     ),
+    "drain_seconds": (
+        "HOTSWAP_DRAIN_SECONDS",
+        float,
+        "after SIGTERM: seconds of not-ready while still serving, before the listener closes",
+    ),
 }
 
 
@@ -188,6 +194,8 @@ def _check(settings: Settings) -> None:
             normalized_root(root)
     except PolicyError as exc:
         raise SystemExit(f"hotswap-runtime: {exc}") from None
+    if settings.drain_seconds < 0:
+        raise SystemExit("hotswap-runtime: HOTSWAP_DRAIN_SECONDS must not be negative")
     if settings.fetch_idle_seconds <= 0:
         raise SystemExit("hotswap-runtime: HOTSWAP_FETCH_IDLE_SECONDS must be positive")
     _check_serving(settings)

@@ -1,10 +1,15 @@
-"""e2e fixtures: one helm install of the chart per test module, in its own namespace."""
+"""e2e fixtures: a control plane with a real node (tests/harness/node.py), the images
+built from the Dockerfile, and one helm install of the chart per test module.
+
+The e2e package has its own control plane (package scope): the process kubelet of the
+integration tests never shares a scheduler with the real node, and the node is stopped
+before the rest of the suite runs.
+"""
 
 from __future__ import annotations
 
-import os
 import re
-import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +17,17 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.fleet import helm_install
-from tests.harness.cluster import REPO, Cluster
-from tests.harness.images import ImageCommand
-from tests.harness.kubelet import LocalKubelet
+from tests.harness import node as real
+from tests.harness.cluster import REPO, Cluster, ensure_binary
 from tests.harness.rest import ApiError
 from tests.harness.waiting import wait_for
 
 RELEASE = "hotswap"
+# The e2e runtime image: the runtime image plus the tests' tiny model.
+E2E_SETS = (
+    f"runtime.image.repository={real.TEST_RUNTIME_IMAGE.rsplit(':', 1)[0]}",
+    f"runtime.image.tag={real.TEST_RUNTIME_IMAGE.rsplit(':', 1)[1]}",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -27,36 +36,45 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-@pytest.fixture(scope="session")
-def images(kubelet: LocalKubelet) -> LocalKubelet:
-    """The operator and runtime images carry this checkout's code, as built images do.
+@pytest.fixture(scope="package")
+def cluster() -> Iterator[Cluster]:
+    """A control plane whose API server pods reach through the `kubernetes` Service."""
+    with Cluster(ensure_binary(), node_ip=real.NODE_IP) as running:
+        yield running
 
-    PYTHONPATH=<checkout> alone (the kubelet's image env) reaches the tests' model code
-    but not the packages under operator/ and runtime/: those would come from wherever
-    the environment's editable install points, which need not be this checkout."""
-    path = os.pathsep.join(str(REPO / d) for d in ("operator", "runtime", "."))
-    for image, module in (
-        ("hotswap-operator", "hotswap_operator"),
-        ("hotswap-runtime", "hotswap_runtime"),
-    ):
-        kubelet.images.register(
-            image, ImageCommand((sys.executable, "-m", module), {"PYTHONPATH": path})
+
+@pytest.fixture(scope="package")
+def node(cluster: Cluster) -> Iterator[real.RealNode]:
+    """The real node, with the operator, runtime and e2e runtime images in containerd."""
+    began = time.monotonic()
+    real.ensure_binaries()
+    real.ensure_images()
+    built = time.monotonic()
+    with real.RealNode(cluster) as running:
+        took = running.load_images(
+            [real.OPERATOR_IMAGE, real.RUNTIME_IMAGE, real.TEST_RUNTIME_IMAGE]
         )
-    return kubelet
+        print(
+            f"\nreal node: binaries and images checked in {built - began:.0f}s, node Ready in "
+            f"{running.started_in:.0f}s, images into containerd in {took:.0f}s"
+        )
+        yield running
 
 
 @pytest.fixture(scope="module")
 def installed(
-    cluster: Cluster, images: LocalKubelet, helm_bin: Path, request: pytest.FixtureRequest
+    cluster: Cluster, node: real.RealNode, helm_bin: Path, request: pytest.FixtureRequest
 ) -> Iterator[str]:
     """A namespace with the chart installed by helm, the operator watching only it.
 
-    The operator runs as a pod on the local kubelet under the chart's ServiceAccount.
+    The operator runs as a container on the real node under the chart's ServiceAccount.
     Yields the namespace; deletes it (and so every pod in it) afterwards.
     """
     stem = re.sub(r"[^a-z0-9]+", "-", request.module.__name__.split(".")[-1].lower())
     namespace = f"{stem.strip('-')[:30]}-{uuid.uuid4().hex[:6]}"
-    helm_install(cluster, helm_bin, RELEASE, namespace, f"watchNamespaces={{{namespace}}}")
+    helm_install(
+        cluster, helm_bin, RELEASE, namespace, f"watchNamespaces={{{namespace}}}", *E2E_SETS
+    )
     client = cluster.rest()
     wait_for(
         lambda: any(
@@ -73,7 +91,7 @@ def installed(
     failed_before = request.session.testsfailed
     yield namespace
     if request.session.testsfailed > failed_before:
-        _print_logs(cluster, images, namespace)
+        _print_logs(cluster, node, namespace)
     try:
         client.delete(f"/api/v1/namespaces/{namespace}")
     except ApiError as err:
@@ -81,17 +99,14 @@ def installed(
             raise
 
 
-def _print_logs(cluster: Cluster, kubelet: LocalKubelet, namespace: str, lines: int = 40) -> None:
-    """On failure: the tail of every pod's log in the namespace (operator first), and
-    the whole logs kept under .cache/e2e-logs/<namespace>/ (shown with `pytest -s`)."""
+def _print_logs(cluster: Cluster, node: real.RealNode, namespace: str, lines: int = 40) -> None:
+    """On failure: the tail of every pod's log in the namespace (operator first, through
+    `kubectl logs`), and the whole logs kept under .cache/e2e-logs/<namespace>/."""
     pods = cluster.rest().get(f"/api/v1/namespaces/{namespace}/pods")["items"]
     names = sorted((p["metadata"]["name"] for p in pods), key=lambda n: not n.startswith(RELEASE))
     keep = REPO / ".cache" / "e2e-logs" / namespace
     for name in names:
-        try:
-            text = kubelet.logs(namespace, name).read_text(errors="replace")
-        except (KeyError, OSError):
-            continue
+        text = node.logs_of(namespace, name)
         keep.mkdir(parents=True, exist_ok=True)
         (keep / f"{name}.log").write_text(text)
         tail = "\n".join(text.splitlines()[-lines:])

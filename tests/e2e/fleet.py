@@ -1,8 +1,9 @@
-"""Driving a hotswap install the way a user does: helm, kubectl, traffic to the pods.
+"""Driving a hotswap install the way a user does: helm, kubectl, traffic to a Service.
 
 Shared by the e2e tests and `scripts/demo.py`. Everything goes through the real API
-server, the real helm binary and real HTTP to the runtime pods' loopback IPs (the local
-kubelet has no kube-proxy, so clients talk to pod IPs directly).
+server, the real helm binary, and real HTTP to the ModelDeployment's Service (its
+ClusterIP, routed by kube-proxy on the real node, tests/harness/node.py) to pods that
+run as containers from the images built from the Dockerfile.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ OPERATOR_PODS = {"labelSelector": "app.kubernetes.io/name=hotswap-operator"}
 
 
 def helm_install(
-    cluster: Cluster, helm: Path, release: str, namespace: str, *sets: str, timeout: int = 240
+    cluster: Cluster, helm: Path, release: str, namespace: str, *sets: str, timeout: int = 300
 ) -> str:
     """`helm upgrade --install` the chart with the local values, waiting for the operator."""
     cmd = [
@@ -90,6 +91,18 @@ class Fleet:
     def patch_spec(self, spec: JSON) -> JSON:
         return self.client.patch(self.path, {"spec": spec})
 
+    def service(self) -> str:
+        """`<ClusterIP>:<port>` of the ModelDeployment's Service."""
+        svc = self.client.get(f"/api/v1/namespaces/{self.namespace}/services/{self.name}")
+        return f"{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+
+    def pod_ips(self) -> list[str]:
+        return [p["status"]["podIP"] for p in self.pods()]
+
+    def load(self, shape: Sequence[int], clients: int = 2) -> Load:
+        """Clients of the Service; `all_answer` also asks each pod what it serves."""
+        return Load(self.name, self.service(), shape, clients, pods=self.pod_ips())
+
     def kubectl_get(self) -> str:
         return self.cluster.kubectl("get", "modeldeployments", "-n", self.namespace).stdout
 
@@ -142,7 +155,9 @@ class Fleet:
             raise TimeoutError(f"{exc}; last status: {summary(last[0])}") from exc
 
     def wait_serving(self, revision: int, replicas: int, timeout: float = 300) -> JSON:
-        """Phase Ready with every pod serving `revision` and ready."""
+        """Phase Ready with every pod serving `revision` and ready, and status.pods naming
+        exactly the live pods: a deleted pod drains (keeps serving) for a few seconds on
+        a real node, and its entry stays until it is gone."""
 
         def done(st: JSON) -> bool:
             return (
@@ -150,7 +165,8 @@ class Fleet:
                 and st.get("revision") == revision
                 and st.get("updated") == f"{replicas}/{replicas}"
                 and st.get("ready") == f"{replicas}/{replicas}"
-                and len(self.pods()) == replicas
+                and set(st.get("pods") or {}) == {p["metadata"]["name"] for p in self.pods()}
+                and len(st.get("pods") or {}) == replicas
             )
 
         return self.wait(
@@ -179,15 +195,15 @@ def summary(status: JSON) -> JSON:
     return {**{k: status.get(k) for k in keep}, "pods": pods, "conditions": conditions}
 
 
-def pod_ids(
-    fleet: Fleet, pids: Callable[[str], int | None]
-) -> dict[str, tuple[str, int | None, int]]:
-    """pod name -> (uid, process id, restartCount) for the fleet's pods."""
+def pod_ids(fleet: Fleet) -> dict[str, tuple[str, str | None, int]]:
+    """pod name -> (uid, container ID, restartCount) for the fleet's pods."""
     out = {}
     for pod in fleet.pods():
         name = pod["metadata"]["name"]
-        restarts = sum(c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", []))
-        out[name] = (pod["metadata"]["uid"], pids(name), restarts)
+        statuses = pod["status"].get("containerStatuses", [])
+        restarts = sum(c.get("restartCount", 0) for c in statuses)
+        container = statuses[0].get("containerID") if statuses else None
+        out[name] = (pod["metadata"]["uid"], container, restarts)
     return out
 
 
@@ -203,14 +219,23 @@ def infer_body(shape: Sequence[int]) -> JSON:
 
 
 class Load:
-    """Clients sending infer requests round-robin to pod IPs until stopped.
+    """Clients sending infer requests to a Service (`host:port`) until stopped.
 
-    Counts answers by pod IP and model_version; any non-200 or connection error is a
-    failed request, kept with its reason.
+    Counts answers by model_version; any non-200 or connection error is a failed
+    request, kept with its reason. `pods` (pod IPs) are asked directly, outside the
+    load, which revision each serves (`all_answer`).
     """
 
-    def __init__(self, model: str, ips: Sequence[str], shape: Sequence[int], clients: int = 2):
-        self.urls = [f"http://{ip}:{RUNTIME_PORT}/v2/models/{model}/infer" for ip in ips]
+    def __init__(
+        self,
+        model: str,
+        service: str,
+        shape: Sequence[int],
+        clients: int = 2,
+        pods: Sequence[str] = (),
+    ):
+        self.urls = [f"http://{service}/v2/models/{model}/infer"]
+        self.pods = [f"http://{ip}:{RUNTIME_PORT}/v2/health/ready" for ip in pods]
         self.body = infer_body(shape)
         self.ok = 0
         self.failures: list[str] = []
@@ -240,7 +265,10 @@ class Load:
         return self.ok + len(self.failures)
 
     def _run(self, offset: int) -> None:
-        with httpx.Client(timeout=30) as http:
+        # A new connection per request, as many independent clients would open: kube-proxy
+        # picks a pod per connection, so the load spreads over every ready pod.
+        no_keepalive = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=30, limits=no_keepalive) as http:
             i = offset
             while not self._stop.is_set():
                 url = self.urls[i % len(self.urls)]
@@ -268,12 +296,22 @@ class Load:
         wait_for(lambda: self.total >= start + count, timeout=timeout, what=f"{count} answers")
 
     def all_answer(self, version: str, timeout: float = 60) -> None:
-        """Wait until every pod has answered a request with `version`."""
+        """Wait until every pod serves `version` and the Service answers with it."""
+
+        def serving(http: httpx.Client, url: str) -> str | None:
+            try:
+                answer = http.get(url)
+                return str(answer.json().get("model_version")) if answer.is_success else None
+            except (httpx.HTTPError, ValueError):
+                return None
 
         def check() -> bool:
+            with httpx.Client(timeout=5) as http:
+                if any(serving(http, url) != version for url in self.pods):
+                    return False
+            start = self.total
+            wait_for(lambda: self.total > start, timeout=30, what="an answer from the Service")
             with self._lock:
-                return len(self.last_version) == len(self.urls) and set(
-                    self.last_version.values()
-                ) == {version}
+                return set(self.last_version.values()) == {version}
 
         wait_for(check, timeout=timeout, what=f"every pod answering with version {version}")

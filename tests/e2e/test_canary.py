@@ -14,12 +14,12 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from examples.checkpoints import host_path, pod_uri
 from tests.e2e.fleet import MD_API, Fleet, Load, summary
 from tests.fixtures_runtime import checkpoints, tiny
 from tests.harness.cluster import Cluster
@@ -39,17 +39,17 @@ def files() -> Iterator[dict[str, JSON]]:
     for seed in (1, 2, 3):
         path = folder / f"v{seed}.safetensors"
         out[f"v{seed}"] = {
-            "uri": path.as_uri(),
+            "uri": pod_uri(path),
             "sha256": checkpoints.save(tiny.weights(seed), path),
         }
     broken = tiny.weights(4)
     broken["fc.weight"][0, 0] = float("nan")
     path = folder / "nan.safetensors"
-    out["nan"] = {"uri": path.as_uri(), "sha256": checkpoints.save(broken, path)}
+    out["nan"] = {"uri": pod_uri(path), "sha256": checkpoints.save(broken, path)}
     x = torch.arange(8, dtype=torch.float32).reshape(2, tiny.FEATURES)
     for name, tensor in (("probe", x), ("expect-v2", tiny.expected(tiny.weights(2), x))):
         path = folder / f"{name}.safetensors"
-        out[name] = {"uri": path.as_uri(), "sha256": checkpoints.save({"t": tensor}, path)}
+        out[name] = {"uri": pod_uri(path), "sha256": checkpoints.save({"t": tensor}, path)}
     yield out
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -67,8 +67,8 @@ def manifest(files: dict[str, JSON]) -> JSON:
             "rollout": rollout()["rollout"] | {"stepTimeoutSeconds": 120},
             "runtime": {
                 "device": "cpu",
-                # The tiny model lives in tests/, which the local kubelet's images carry
-                # (tests/conftest.py).
+                # The tiny model lives in tests/, which the e2e runtime image adds
+                # (tests/e2e/conftest.py).
                 "env": [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}],
             },
         },
@@ -123,7 +123,7 @@ class Recorder:
 
 
 @pytest.fixture(scope="module")
-def fleet(cluster: Cluster, kubelet: Any, installed: str, files: dict[str, JSON]) -> Fleet:
+def fleet(cluster: Cluster, node: Any, installed: str, files: dict[str, JSON]) -> Fleet:
     fleet = Fleet(cluster, installed, NAME)
     fleet.apply(manifest(files))
     fleet.wait_serving(1, REPLICAS, timeout=420)
@@ -139,8 +139,7 @@ def recorder(cluster: Cluster, fleet: Fleet) -> Iterator[Recorder]:
 
 @pytest.fixture
 def load(fleet: Fleet) -> Iterator[Load]:
-    ips = [p["status"]["podIP"] for p in fleet.pods()]
-    with Load(NAME, ips, SHAPE) as running:
+    with fleet.load(SHAPE) as running:
         running.wait_answers(20)
         yield running
 
@@ -347,7 +346,7 @@ def test_the_leader_killed_mid_canary_hands_over_and_the_rollout_completes(
 def test_rollback_to_a_cached_revision_downloads_nothing(fleet: Fleet, load: Load, files):
     rev = settle(fleet)
     old = files["v1"]  # every pod loaded it when it started
-    Path(old["uri"].removeprefix("file://")).unlink()  # a fetch would now fail
+    host_path(old["uri"]).unlink()  # a fetch would now fail
     fleet.patch_spec({"checkpoint": old, **rollout()})
     st = fleet.wait_serving(rev + 1, REPLICAS, timeout=180)
     load.all_answer(str(rev + 1))

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from tests.e2e.fleet import Fleet, Load, pod_ids
+from examples.checkpoints import pod_uri
+from tests.e2e.fleet import Fleet, pod_ids
 from tests.fixtures_runtime import checkpoints, tiny
 
 NAME = "fragile"
@@ -35,13 +36,13 @@ def files() -> Iterator[dict[str, dict[str, str]]]:
     out = {}
     for name, state in weights.items():
         path = folder / f"{name}.safetensors"
-        out[name] = {"uri": path.as_uri(), "sha256": checkpoints.save(state, path)}
+        out[name] = {"uri": pod_uri(path), "sha256": checkpoints.save(state, path)}
     yield out
     shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def fleet(cluster, kubelet, installed, files) -> Fleet:
+def fleet(cluster, node, installed, files) -> Fleet:
     fleet = Fleet(cluster, installed, NAME)
     fleet.apply(
         {
@@ -64,14 +65,14 @@ def fleet(cluster, kubelet, installed, files) -> Fleet:
     return fleet
 
 
-def restarts(fleet: Fleet, kubelet) -> dict[str, int]:
-    ids = pod_ids(fleet, lambda pod: kubelet.pid(fleet.namespace, pod))
+def restarts(fleet: Fleet) -> dict[str, int]:
+    ids = pod_ids(fleet)
     return {name: count for name, (_, _, count) in ids.items()}
 
 
-def test_a_checkpoint_that_kills_the_loader_restarts_each_pod_once(fleet, kubelet, files):
+def test_a_checkpoint_that_kills_the_loader_restarts_each_pod_once(fleet, files):
     uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in fleet.pods()}
-    assert set(restarts(fleet, kubelet).values()) == {0}
+    assert set(restarts(fleet).values()) == {0}
     fleet.patch_spec({"checkpoint": files["crash"]})
 
     def refused_everywhere(status) -> bool:
@@ -93,14 +94,13 @@ def test_a_checkpoint_that_kills_the_loader_restarts_each_pod_once(fleet, kubele
     assert "crashed while loading revision 2" in degraded["message"]
     for pod, report in status["pods"].items():
         assert "crashed while loading revision 2" in report["message"], pod
-    after = restarts(fleet, kubelet)
+    after = restarts(fleet)
     assert after == dict.fromkeys(uids, 1), after  # one restart each, then no more
     assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in fleet.pods()} == uids
-    ips = [p["status"]["podIP"] for p in fleet.pods()]
-    with Load(NAME, ips, SHAPE, clients=1) as load:
+    with fleet.load(SHAPE, clients=1) as load:
         load.all_answer("1")
     assert load.failures == []
 
     fleet.patch_spec({"checkpoint": files["v3"]})
     fleet.wait_serving(3, REPLICAS, timeout=120)
-    assert restarts(fleet, kubelet) == after
+    assert restarts(fleet) == after

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from examples import checkpoints
-from tests.e2e.fleet import EXAMPLE, Fleet, Load, pod_ids
+from tests.e2e.fleet import EXAMPLE, Fleet, pod_ids
 from tests.harness.cluster import KubectlError
 from tests.harness.rest import ApiError
 from tests.harness.waiting import wait_for
@@ -28,12 +29,13 @@ NAME = MANIFEST["metadata"]["name"]
 
 @pytest.fixture(scope="module")
 def made():
-    """The example checkpoints v1..v3 on local disk: version -> (file URI, sha256)."""
-    return {v: (path.as_uri(), sha) for v in (1, 2, 3) for path, sha in [checkpoints.make(v)]}
+    """The example checkpoints v1..v3 on local disk: version -> (URI in a pod, sha256)."""
+    made = {v: checkpoints.make(v) for v in (1, 2, 3)}
+    return {v: (checkpoints.pod_uri(path), sha) for v, (path, sha) in made.items()}
 
 
 @pytest.fixture(scope="module")
-def fleet(cluster, kubelet, installed, made):
+def fleet(cluster, node, installed, made):
     fleet = Fleet(cluster, installed, NAME)
     assert MANIFEST["spec"]["checkpoint"] == {"uri": made[1][0], "sha256": made[1][1]}
     fleet.apply(MANIFEST)
@@ -50,13 +52,13 @@ def events(fleet, reason):
     return [e["message"] for e in fleet.events(reason)]
 
 
-def test_three_replica_swap(fleet, kubelet, made):
+def test_three_replica_swap(fleet, made):
     assert len(fleet.operators()) == 2  # the chart's default: a leader and a standby
     rev = fleet.status()["revision"]
-    before = pod_ids(fleet, lambda pod: kubelet.pid(fleet.namespace, pod))
+    before = pod_ids(fleet)
     assert len(before) == 3 and all(restarts == 0 for _, _, restarts in before.values())
-    ips = [p["status"]["podIP"] for p in fleet.pods()]
-    with Load(NAME, ips, SHAPE) as load:
+    assert all(container for _, container, _ in before.values())
+    with fleet.load(SHAPE) as load:
         load.all_answer(str(rev))
         fleet.patch_spec(checkpoint(made, 2))
         status = fleet.wait_serving(rev + 1, 3)
@@ -64,7 +66,7 @@ def test_three_replica_swap(fleet, kubelet, made):
         load.wait_answers(30)
     assert load.failures == [], f"{len(load.failures)} of {load.total} requests failed"
     assert load.versions[str(rev)] > 0 and load.versions[str(rev + 1)] > 0
-    assert pod_ids(fleet, lambda pod: kubelet.pid(fleet.namespace, pod)) == before
+    assert pod_ids(fleet) == before  # same pods, same containers, no restarts
     for pod, report in status["pods"].items():
         assert (report["revision"], report["sha256"], report["state"]) == (
             rev + 1,
@@ -82,7 +84,10 @@ def test_three_replica_swap(fleet, kubelet, made):
     )
     print(table)
     if out := os.environ.get("HOTSWAP_E2E_TABLE"):  # `make e2e-smoke` prints it last
-        Path(out).write_text(table + "\n")
+        nodes = fleet.cluster.kubectl("get", "nodes", "-o", "wide").stdout
+        Path(out).write_text(
+            f"$ kubectl get nodes -o wide\n{nodes}\n$ kubectl get modeldeployments\n{table}\n"
+        )
 
 
 def announced_once(fleet, rev, pods):
@@ -169,8 +174,7 @@ def test_wrong_sha256_degrades_then_recovers(fleet, made):
         assert pod in degraded["message"]
     assert f"failed revision {rev + 1}" in degraded["message"]
     assert "sha256" in degraded["message"].lower()
-    ips = [p["status"]["podIP"] for p in fleet.pods()]
-    with Load(NAME, ips, SHAPE, clients=1) as load:
+    with fleet.load(SHAPE, clients=1) as load:
         load.all_answer(str(rev))
     assert load.failures == []
     assert any("sha256" in m.lower() for m in events(fleet, "SwapFailed"))
@@ -178,6 +182,110 @@ def test_wrong_sha256_degrades_then_recovers(fleet, made):
     fleet.patch_spec(checkpoint(made, 3))
     status = fleet.wait_serving(rev + 2, 3)
     assert {r["sha256"] for r in status["pods"].values()} == {made[3][1]}
+
+
+# Run inside each container with `kubectl exec` (through the API server and the kubelet).
+WHO_AM_I = """
+import os
+try:
+    open("/written-by-a-test", "w")
+    root = "writable"
+except OSError as exc:
+    root = f"read-only ({exc.strerror})"
+caps = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+print(os.getuid(), os.getgid(), caps, root, sep="|")
+"""
+
+
+def test_containers_run_as_uid_10001_with_a_read_only_root(fleet, node):
+    pods = fleet.client.get(f"/api/v1/namespaces/{fleet.namespace}/pods")["items"]
+    assert {p["metadata"]["labels"]["app.kubernetes.io/name"] for p in pods} == {
+        "hotswap-operator",
+        "hotswap-runtime",
+    }
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        assert pod["spec"]["nodeName"] == node.name
+        (status,) = pod["status"]["containerStatuses"]
+        assert status["containerID"].startswith("containerd://"), name
+        out = node.exec(fleet.namespace, name, "python3", "-c", WHO_AM_I).strip()
+        uid, gid, caps, root = out.split("|")
+        assert (uid, gid) == ("10001", "10001"), name
+        assert int(caps, 16) == 0, f"{name}: effective capabilities {caps}"
+        assert root == "read-only (Read-only file system)", name
+
+
+def condition_time(pod, kind):
+    stamp = next(c for c in pod["status"]["conditions"] if c["type"] == kind)
+    return time.mktime(time.strptime(stamp["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def test_a_pod_deleted_under_load_fails_no_request(fleet, made):
+    """The deleted pod turns unready and keeps serving while the Service stops sending it
+    traffic (the runtime's drain), then exits; its replacement starts cold. The
+    replacement then swaps in place: cold start and swap of one pod, side by side."""
+    rev = fleet.status()["revision"]
+    before = pod_uids(fleet)
+    (victim, *_) = fleet.pods()
+    with fleet.load(SHAPE) as load:
+        load.wait_answers(20)
+        fleet.client.delete(
+            f"/api/v1/namespaces/{fleet.namespace}/pods/{victim['metadata']['name']}"
+        )
+        wait_for(
+            lambda: victim["metadata"]["uid"] not in pod_uids(fleet, terminating=True),
+            timeout=60,
+            what=f"pod {victim['metadata']['name']} gone",
+        )
+        fleet.wait_serving(rev, 3)
+        load.wait_answers(20)
+    assert load.failures == [], f"{len(load.failures)} of {load.total} requests failed"
+    (fresh,) = [p for p in fleet.pods() if p["metadata"]["uid"] not in before]
+    cold = condition_time(fresh, "Ready") - condition_time(fresh, "PodScheduled")
+
+    name = fresh["metadata"]["name"]
+    began = time.monotonic()
+    # Not v1: test_operator_restart_mid_change_resumes below changes the spec to v1.
+    version = 2 if fleet.status()["stable"]["sha256"] != made[2][1] else 3
+    fleet.patch_spec(checkpoint(made, version))
+    status = fleet.wait_serving(rev + 1, 3)
+    swap_wall = time.monotonic() - began
+    print(
+        f"\n{load.total} requests through the Service while pod {victim['metadata']['name']} "
+        f"was deleted: {len(load.failures)} failed\n"
+        f"pod {name}: cold start (scheduled -> Ready) {cold:.0f}s; swap on the same pod "
+        f"{sum(status['pods'][name]['swapSeconds'].values()):.2f}s "
+        f"(phases {status['pods'][name]['swapSeconds']}; patch -> all 3 pods serving: "
+        f"{swap_wall:.1f}s)"
+    )
+
+
+def pod_uids(fleet, terminating=False):
+    selector = f"hotswap.dev/model-deployment={fleet.name}"
+    items = fleet.client.get(
+        f"/api/v1/namespaces/{fleet.namespace}/pods", {"labelSelector": selector}
+    )["items"]
+    return {
+        p["metadata"]["uid"]
+        for p in items
+        if terminating or not p["metadata"].get("deletionTimestamp")
+    }
+
+
+def test_scale_three_to_two_under_load_fails_no_request(fleet, cluster):
+    rev = fleet.status()["revision"]
+    uids = pod_uids(fleet)
+    with fleet.load(SHAPE) as load:
+        load.wait_answers(20)
+        cluster.kubectl("scale", "-n", fleet.namespace, f"modeldeployment/{NAME}", "--replicas=2")
+        fleet.wait_serving(rev, 2)
+        wait_for(lambda: len(pod_uids(fleet, terminating=True)) == 2, 60, what="one pod gone")
+        load.wait_answers(20)
+    assert load.failures == [], f"{len(load.failures)} of {load.total} requests failed"
+    assert pod_uids(fleet) < uids
+    print(f"\n{load.total} requests through the Service while scaling 3 -> 2: 0 failed")
+    cluster.kubectl("scale", "-n", fleet.namespace, f"modeldeployment/{NAME}", "--replicas=3")
+    fleet.wait_serving(rev, 3)
 
 
 def test_scale_three_to_five_to_two(fleet, cluster):

@@ -26,8 +26,10 @@ def local_root() -> Path:
 
 
 def local_folder(stem: str) -> Path:
-    """A new folder under ``local_root()``."""
-    return Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=local_root()))
+    """A new folder under ``local_root()``, readable by runtime containers (uid 10001)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=local_root()))
+    folder.chmod(0o755)
+    return folder
 
 
 def sha256_of(path: Path) -> str:
@@ -41,6 +43,7 @@ def save(state: dict[str, torch.Tensor], path: Path) -> str:
         safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     else:
         torch.save(state, path)
+    path.chmod(0o644)  # runtime containers read it as uid 10001, whatever the umask was
     return sha256_of(path)
 
 

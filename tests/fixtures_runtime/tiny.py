@@ -37,6 +37,8 @@ class Tiny(nn.Module):
 class Fragile(Tiny):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if float(self.scale) == CRASH_SCALE:
+            if os.getpid() == 1:  # a container's init: no signal from inside can kill it
+                os._exit(128 + signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
         return super().forward(x)
 

@@ -120,10 +120,19 @@ def find_kubectl(binary: Path = DEFAULT_BINARY) -> list[str]:
 
 
 class Cluster:
-    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler on loopback."""
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler on loopback.
 
-    def __init__(self, binary: Path | None = None, root: Path | None = None) -> None:
+    With `node_ip` (a real node's address, tests/harness/node.py), the API server also
+    listens there and advertises it, so the `kubernetes` Service routes pods to it; the
+    endpoint controllers run (real pod IPs are valid endpoints) and the API server holds
+    a client certificate that kubelets accept (`kubectl logs/exec`).
+    """
+
+    def __init__(
+        self, binary: Path | None = None, root: Path | None = None, node_ip: str | None = None
+    ) -> None:
         self.binary = binary or DEFAULT_BINARY
+        self.node_ip = node_ip
         self._own_root = root is None
         self.root = root or procs.temp_root("hotswap-cluster-")
         self.logs = self.root / "logs"
@@ -257,6 +266,21 @@ class Cluster:
             path, self.server, self.ca_cert, token=token, namespace=namespace, user=name
         )
 
+    def issue(
+        self, name: str, common_name: str, orgs: tuple[str, ...] = (), hosts: tuple[str, ...] = ()
+    ) -> KeyPair:
+        """A certificate from the cluster CA (server and client use when `hosts` is set)."""
+        assert self._ca is not None, "start() the cluster first"
+        return self._ca.issue(name, common_name, orgs, hosts=hosts, server=bool(hosts))
+
+    def user_kubeconfig(self, name: str, common_name: str, orgs: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig with a client certificate for user `common_name` in `orgs`."""
+        pair = self.issue(name, common_name, orgs)
+        path = self.root / f"{name}.kubeconfig"
+        return write_kubeconfig(
+            path, self.server, self.ca_cert, cert=pair.cert, key=pair.key, user=name
+        )
+
     def version(self) -> str:
         """The API server's gitVersion."""
         return str(self.rest().get("/version")["gitVersion"])
@@ -268,8 +292,9 @@ class Cluster:
         hosts = (
             *("127.0.0.1", "localhost", "10.0.0.1", "kubernetes", "kubernetes.default"),
             *("kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
+            *((self.node_ip,) if self.node_ip else ()),
         )
-        return {
+        pairs = {
             "ca": ca.pair,
             "sa": service_account_keys(self.root / "pki"),
             "serving": ca.issue("apiserver", "kube-apiserver", hosts=hosts, server=True),
@@ -278,6 +303,9 @@ class Cluster:
             "controller-manager": ca.issue("controller-manager", "system:kube-controller-manager"),
             "scheduler": ca.issue("scheduler", "system:kube-scheduler"),
         }
+        if self.node_ip:
+            pairs["kubelet-client"] = ca.issue("apiserver-kubelet-client", "kube-apiserver")
+        return pairs
 
     def _write_kubeconfigs(self, pki: dict[str, KeyPair]) -> None:
         for name in ("admin", "controller-manager", "scheduler"):
@@ -307,11 +335,23 @@ class Cluster:
         ]
 
     def _apiserver_args(self, ports: dict[str, int], pki: dict[str, KeyPair]) -> list[str]:
+        if self.node_ip:  # pods reach it through the `kubernetes` Service
+            network = [
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={self.node_ip}",
+                f"--kubelet-client-certificate={pki['kubelet-client'].cert}",
+                f"--kubelet-client-key={pki['kubelet-client'].key}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            network = [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",  # a loopback address cannot be an endpoint
+            ]
         return [
             f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none",  # a loopback address cannot be an endpoint
+            *network,
             f"--secure-port={ports['apiserver']}",
             f"--cert-dir={self.root / 'apiserver'}",
             f"--tls-cert-file={pki['serving'].cert}",
@@ -358,9 +398,14 @@ class Cluster:
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--node-monitor-period=1s",
-                "--controllers=*," + ",".join(f"-{c}" for c in DISABLED_CONTROLLERS),
+                "--controllers=*," + ",".join(f"-{c}" for c in self._disabled_controllers()),
             ]
         return args
+
+    def _disabled_controllers(self) -> tuple[str, ...]:
+        if not self.node_ip:
+            return DISABLED_CONTROLLERS
+        return tuple(c for c in DISABLED_CONTROLLERS if not c.startswith("endpoint"))
 
     # -- readiness ------------------------------------------------------------------
 

@@ -511,7 +511,12 @@ def test_a_stalled_download_yields_to_a_newer_revision_within_a_second(world: Wo
     release.set()
     world.serving = newer["revision"]
     assert took < 3, f"the newer revision served {took:.2f}s after it was published"
-    assert world.runtime.metadata()["last_swap"]["revision"] == newer["revision"]
+    wait_for(  # the superseded attempt is recorded first, then the newer one's
+        lambda: (world.runtime.metadata()["last_swap"] or {}).get("revision") == newer["revision"],
+        30,
+        "the newer revision's swap recorded",
+    )
+    assert world.runtime.metadata()["last_swap"]["result"] == "ok"
     assert_previous_serves(world)
 
 

@@ -118,11 +118,15 @@ def test_operator_runs_non_root_read_only_under_its_account(helm_bin):
 
 
 def test_runtime_gpu_defaults_reach_the_operator(helm_bin):
-    for sets, gpu in (([], True), (["-f", str(REPO / "examples" / "values-local.yaml")], False)):
+    local = ["-f", str(REPO / "examples" / "values-local.yaml")]
+    for sets, gpu, image in (
+        ([], True, "ghcr.io/hotswap-dev/hotswap-runtime:0.1.0"),
+        (local, False, "localhost/hotswap-runtime:dev"),  # what `make images` builds
+    ):
         (container,) = operator_pod(render(helm_bin, *sets))["containers"]
         raw = next(e["value"] for e in container["env"] if e["name"] == "HOTSWAP_RUNTIME_DEFAULTS")
         defaults = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": raw})
-        assert defaults.image == "ghcr.io/hotswap-dev/hotswap-runtime:0.1.0"
+        assert defaults.image == image
         assert defaults.gpu.enabled is gpu
         if gpu:
             assert json.loads(raw)["gpu"]["limits"] == {"nvidia.com/gpu": 1}
@@ -205,3 +209,10 @@ def test_operator_settings_reach_the_operator(helm_bin):
     assert settings.retry_seconds == 1 and settings.sync_workers == 4
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == settings.metrics_port == 8082
+
+
+def test_chart_and_operator_default_to_the_same_policy(helm_bin):
+    from hotswap_operator.config import Policy
+
+    chart = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": render_defaults(helm_bin)}).policy
+    assert chart == Policy()

@@ -18,5 +18,5 @@ def test_example_checkpoints_match_the_yaml(tmp_path):
     ):
         path, sha = checkpoints.make(version, tmp_path)
         assert sha == checkpoint["sha256"], f"v{version}"
-        assert checkpoint["uri"] == checkpoints.checkpoint_path(version).as_uri()
+        assert checkpoint["uri"] == checkpoints.pod_uri(checkpoints.checkpoint_path(version))
         assert path.name == checkpoints.checkpoint_path(version).name

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Debian packages for the real node and the images (as root): runc and the CNI plugins
+# that containerd runs, podman/buildah to build images, debootstrap for the local base
+# image, iptables and conntrack for kube-proxy, iproute2 for the node's links.
+# Quick when everything is installed already.
+set -euo pipefail
+packages=(podman runc containernetworking-plugins debootstrap iptables conntrack iproute2)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "node packages are installed: ${packages[*]}"
+  exit 0
+fi
+echo "installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${missing[@]}" > /dev/null
+echo "installed ${missing[*]}"
