@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from hotswap_runtime.grpc_v2 import inference_pb2 as pb
 
 from tests.fixtures_runtime import checkpoints as ck
 from tests.fixtures_runtime import tiny
-from tests.fixtures_runtime.server import RuntimeProcess, running
+from tests.fixtures_runtime.server import RuntimeProcess, running, wait_for
 
 INFER = "/v2/models/tiny/infer"
 
@@ -310,3 +311,26 @@ def test_batched_requests_share_one_forward_and_name_its_revision(tmp_path: Path
     assert len(answers) == len(inputs)
     forwards = float(metrics.split("hotswap_batch_size_count ")[1].split()[0])
     assert forwards < len(inputs), f"{forwards} forward passes for {len(inputs)} requests"
+
+
+def test_draining_after_sigterm_is_not_ready_on_rest_and_grpc(tmp_path: Path) -> None:
+    sha = ck.save(tiny.weights(1), tmp_path / "a.safetensors")
+    ck.publish(
+        tmp_path / "config", ck.config(1, ck.revision(1, f"file://{tmp_path}/a.safetensors", sha))
+    )
+    env = {"HOTSWAP_CONFIG_DIR": str(tmp_path / "config"), "HOTSWAP_DRAIN_SECONDS": "30"}
+    with running(tmp_path, env) as rt, grpc.insecure_channel(rt.grpc_target) as channel:
+        ready = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerReady",
+            request_serializer=pb.ServerReadyRequest.SerializeToString,
+            response_deserializer=pb.ServerReadyResponse.FromString,
+        )
+        assert ready(pb.ServerReadyRequest(), timeout=10).ready
+        rt.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: rt.get("/v2/health/ready").status_code == 503, 10, "not ready")
+        assert rt.get("/v2/models/tiny/ready").status_code == 503
+        assert not ready(pb.ServerReadyRequest(), timeout=10).ready
+        c = Connection(rt.url)  # still serving while draining
+        status, _, text = c.send("POST", INFER, infer_body([[1, 2, 3, 4]]))
+        assert status == 200 and json.loads(text)["model_version"] == "1"
+        c.close()
