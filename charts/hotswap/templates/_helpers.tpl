@@ -39,3 +39,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- with $rt.modelVolume }}{{ $_ := set $defaults "modelVolume" . }}{{ end -}}
 {{- $defaults | toJson -}}
 {{- end -}}
+
+{{/* Labels the operator puts on every runtime pod (hotswap_operator.resources.labels). */}}
+{{- define "hotswap.runtimeSelectorLabels" -}}
+app.kubernetes.io/name: hotswap-runtime
+app.kubernetes.io/managed-by: hotswap-operator
+{{- end -}}
