@@ -5,7 +5,7 @@ VENV_STAMP := .venv/.installed
 CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
 
-.PHONY: all deps controlplane helm node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving clean
+.PHONY: all deps controlplane helm crds chart-docs node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving clean
 
 all: deps controlplane helm node images
 
@@ -22,6 +22,17 @@ controlplane:
 
 helm:
 	scripts/install-helm.sh $(HELM)
+
+# crds/modeldeployment.yaml is the one source of the CRD; the charts carry copies (a test
+# keeps them byte-identical): charts/hotswap/crds/ (installed once by helm) and
+# charts/hotswap-crds/files/ (templated, so `helm upgrade` upgrades it).
+crds:
+	cp crds/modeldeployment.yaml charts/hotswap/crds/modeldeployment.yaml
+	cp crds/modeldeployment.yaml charts/hotswap-crds/files/modeldeployment.yaml
+
+# The values table of charts/hotswap/README.md, from values.yaml and values.schema.json.
+chart-docs: deps
+	$(PY) scripts/chart_docs.py
 
 # The real node: Debian packages (runc, CNI plugins, podman, debootstrap, iptables; needs
 # root), then kubelet, kube-proxy, containerd and pause built into .cache/bin.
