@@ -5,7 +5,7 @@ VENV_STAMP := .venv/.installed
 CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
 
-.PHONY: all deps controlplane helm crds chart-docs node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving clean
+.PHONY: all deps controlplane helm crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving clean
 
 all: deps controlplane helm node images
 
@@ -29,6 +29,14 @@ helm:
 crds:
 	cp crds/modeldeployment.yaml charts/hotswap/crds/modeldeployment.yaml
 	cp crds/modeldeployment.yaml charts/hotswap-crds/files/modeldeployment.yaml
+
+# Manifest checks (also part of `make test`): the chart's values schema and README,
+# kube-linter's default checks (tests/harness/kubelint.py, .kube-linter.yaml), and the
+# real API server's strict server-side dry-run of every rendered manifest and every
+# object the operator builds, plus the CRD upgrade paths.
+manifests: deps controlplane helm
+	$(PY) -m pytest -q tests/unit/operator/test_chart_values.py tests/unit/operator/test_chart_options.py \
+		tests/unit/operator/test_chart_lint.py tests/integration/operator/test_chart_cluster.py
 
 # The values table of charts/hotswap/README.md, from values.yaml and values.schema.json.
 chart-docs: deps
