@@ -4,8 +4,9 @@ PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
 CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
+KUBECONFORM := .cache/bin/kubeconform
 
-.PHONY: all deps controlplane helm crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving clean
+.PHONY: all deps controlplane helm kubeconform crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving clean
 
 all: deps controlplane helm node images
 
@@ -23,6 +24,10 @@ controlplane:
 helm:
 	scripts/install-helm.sh $(HELM)
 
+# kubeconform, from its Go module; the tests feed it schemas from the API server.
+kubeconform:
+	scripts/install-kubeconform.sh $(KUBECONFORM)
+
 # crds/modeldeployment.yaml is the one source of the CRD; the charts carry copies (a test
 # keeps them byte-identical): charts/hotswap/crds/ (installed once by helm) and
 # charts/hotswap-crds/files/ (templated, so `helm upgrade` upgrades it).
@@ -31,10 +36,11 @@ crds:
 	cp crds/modeldeployment.yaml charts/hotswap-crds/files/modeldeployment.yaml
 
 # Manifest checks (also part of `make test`): the chart's values schema and README,
-# kube-linter's default checks (tests/harness/kubelint.py, .kube-linter.yaml), and the
-# real API server's strict server-side dry-run of every rendered manifest and every
-# object the operator builds, plus the CRD upgrade paths.
-manifests: deps controlplane helm
+# kube-linter's default checks (tests/harness/kubelint.py, .kube-linter.yaml), the real
+# API server's strict server-side dry-run and kubeconform -strict (schemas from that API
+# server) of every rendered manifest and every object the operator builds, and the CRD
+# upgrade paths.
+manifests: deps controlplane helm kubeconform
 	$(PY) -m pytest -q tests/unit/operator/test_chart_values.py tests/unit/operator/test_chart_options.py \
 		tests/unit/operator/test_chart_lint.py tests/integration/operator/test_chart_cluster.py
 
@@ -55,7 +61,7 @@ node: node-deps
 images: node-deps
 	nice -n 10 scripts/build-images.sh
 
-test: deps controlplane helm node images lint typecheck
+test: deps controlplane helm kubeconform node images lint typecheck
 	$(PY) -m pytest
 
 unit: deps

@@ -9,6 +9,7 @@ current), a missing helm is installed.
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import subprocess
 import uuid
@@ -23,7 +24,9 @@ from tests.harness.rest import ApiError
 from tests.harness.waiting import wait_for
 
 HELM = REPO / ".cache" / "bin" / "helm"
-CLUSTER_FIXTURES = {"cluster", "kubelet", "namespace", "helm_bin"}
+# HOTSWAP_KUBECONFORM: another place for it (a shared .cache/bin left as it is).
+KUBECONFORM = Path(os.environ.get("HOTSWAP_KUBECONFORM", REPO / ".cache" / "bin" / "kubeconform"))
+CLUSTER_FIXTURES = {"cluster", "kubelet", "namespace", "helm_bin", "kubeconform_bin"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -65,18 +68,29 @@ def kubelet(cluster: Cluster) -> Iterator[LocalKubelet]:
 @pytest.fixture(scope="session")
 def helm_bin() -> Path:
     """The pinned helm binary, installed with `go install` if missing."""
-    HELM.parent.mkdir(parents=True, exist_ok=True)
-    with (HELM.parent / ".helm.install.lock").open("w") as lock:
+    return _installed("install-helm.sh", HELM)
+
+
+def _installed(script: str, binary: Path) -> Path:
+    """Run scripts/<script> (quick when `binary` is current), one process at a time."""
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    with (binary.parent / f".{binary.name}.install.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = subprocess.run(
-            [str(REPO / "scripts" / "install-helm.sh"), str(HELM)],
+            [str(REPO / "scripts" / script), str(binary)],
             capture_output=True,
             text=True,
             check=False,
         )
     if done.returncode != 0:
-        raise RuntimeError(f"scripts/install-helm.sh failed:\n{done.stdout}{done.stderr}")
-    return HELM
+        raise RuntimeError(f"scripts/{script} failed:\n{done.stdout}{done.stderr}")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def kubeconform_bin() -> Path:
+    """The pinned kubeconform binary, installed with `go install` if missing."""
+    return _installed("install-kubeconform.sh", KUBECONFORM)
 
 
 @pytest.fixture

@@ -1,12 +1,15 @@
 """The chart and the operator's objects against the real API server, with the real helm.
 
-Manifest validation: every manifest the chart renders (defaults, and every optional
-part on) and every object the operator builds goes through `kubectl apply
---dry-run=server --validate=strict`: the API server of the test control plane checks it
-against exactly the schemas it serves (Kubernetes 1.37 plus our CRD), defaulting and
-admission included, with unknown or duplicate fields refused. That needs no schema
-download (kubeconform's default schemas live on GitHub, out of reach here) and cannot
-drift from the version we test against.
+Manifest validation, two ways, on every manifest the chart renders (defaults, local
+values, every optional part on) and every object the operator builds:
+* `kubectl apply --dry-run=server --validate=strict`: the API server of the test control
+  plane checks each object against exactly the schemas it serves (Kubernetes 1.37 plus
+  our CRD), with defaulting and admission, unknown or duplicate fields refused. The
+  strongest check: it is what a real apply does, short of storing.
+* kubeconform -strict (built from its Go module, scripts/install-kubeconform.sh), with
+  schemas generated from the same API server's OpenAPI v3 (tests/harness/openapi_schemas.py):
+  its default schemas live on GitHub, out of reach here, and these cannot drift from the
+  version we test against. A static check, for files, as CI pipelines run it.
 
 CRD upgrades: a changed CRD reaches the cluster by `helm upgrade` of the hotswap-crds
 chart, and by `kubectl apply --server-side` of charts/hotswap/crds (charts/hotswap/README.md).
@@ -25,6 +28,7 @@ from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.spec import parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
 
+from tests.harness.openapi_schemas import LOCATION, write_schemas
 from tests.harness.rest import ApiError
 from tests.harness.waiting import wait_for
 
@@ -317,3 +321,92 @@ def test_server_side_apply_of_the_chart_crds_brings_a_crd_change_to_the_cluster(
         cluster.kubectl(*apply, str(CHART / "crds"))
     assert "upgradeProbe" not in crd_spec_schema(cluster)["properties"]
     wait_for_field(cluster, namespace, present=False)
+
+
+@pytest.fixture(scope="module")
+def schemas(cluster, crd_installed, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kubeconform-schemas")
+    client = cluster.rest()
+    wait_for(  # the OpenAPI document of a new CRD is published a moment after it
+        lambda: "apis/hotswap.dev/v1alpha1" in client.get("/openapi/v3")["paths"],
+        timeout=30,
+        what="OpenAPI v3 of hotswap.dev/v1alpha1",
+    )
+    written = write_schemas(client, folder)
+    assert {"deployment-apps-v1.json", "modeldeployment-hotswap-v1alpha1.json"} <= set(written)
+    return folder
+
+
+def kubeconform(binary, schemas, tmp_path, docs):
+    manifests = tmp_path / "manifests.yaml"
+    manifests.write_text(yaml.safe_dump_all(docs))
+    return subprocess.run(
+        [
+            *(str(binary), "-strict", "-summary", "-output", "text"),
+            *("-schema-location", f"{schemas}/{LOCATION}"),
+            *("-skip", ",".join(sorted(MONITOR_KINDS))),
+            str(manifests),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("options", ["defaults", "local", "every-option"])
+def test_kubeconform_accepts_every_rendered_manifest(
+    helm_bin, kubeconform_bin, schemas, tmp_path, options
+):
+    sets = {
+        "defaults": (),
+        "local": ("watchNamespaces={team-a}",),
+        "every-option": every_option("team-a"),
+    }[options]
+    local = ("-f", str(REPO / "examples" / "values-local.yaml")) if options == "local" else ()
+    docs = render(helm_bin, "ops", *sets, values=local)
+    done = kubeconform(kubeconform_bin, schemas, tmp_path, docs)
+    assert done.returncode == 0, done.stdout + done.stderr
+    skipped = len([d for d in docs if d["kind"] in MONITOR_KINDS])
+    valid = len(docs) - skipped
+    assert f"Valid: {valid}, Invalid: 0, Errors: 0, Skipped: {skipped}" in done.stdout
+
+
+@pytest.mark.parametrize("variant", ["minimal", "everything"])
+def test_kubeconform_accepts_every_object_the_operator_builds(
+    kubeconform_bin, schemas, tmp_path, variant
+):
+    raw = spec_variants()[variant]
+    spec = parse_spec(raw)
+    plan = rollout.plan("m", spec, ModelDeploymentStatus(), None, "2026-01-01T00:00:00Z")
+    children = resources.children(
+        resources.Owner("m", "team-a", "uid"), spec, RuntimeDefaults(), plan.config
+    )
+    model_deployment = {
+        "apiVersion": "hotswap.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "m"},
+        "spec": raw,
+    }
+    done = kubeconform(kubeconform_bin, schemas, tmp_path, [model_deployment, *children])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Valid: {len(children) + 1}, Invalid: 0" in done.stdout
+
+
+def test_kubeconform_fails_a_broken_manifest(helm_bin, kubeconform_bin, schemas, tmp_path):
+    docs = render(helm_bin, "ops", *every_option("team-a"))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGets"] = {}
+    deployment["spec"]["replicas"] = "three"
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    policy["spec"]["policyTypes"] = "Ingress"
+    spec = {**spec_variants()["minimal"], "replicas": -1}
+    bad_model = {"apiVersion": "hotswap.dev/v1alpha1", "kind": "ModelDeployment"}
+    docs.append({**bad_model, "metadata": {"name": "m"}, "spec": spec})
+    done = kubeconform(kubeconform_bin, schemas, tmp_path, docs)
+    assert done.returncode == 1
+    assert "additional properties 'httpGets' not allowed" in done.stdout
+    assert "at '/spec/replicas': got string, want integer" in done.stdout
+    assert "at '/spec/policyTypes': got string, want array" in done.stdout
+    assert "ModelDeployment m is invalid" in done.stdout
+    assert "Invalid: 3" in done.stdout
