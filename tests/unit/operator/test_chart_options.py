@@ -226,3 +226,17 @@ def test_the_crd_chart_renders_exactly_the_crd_and_keeps_it(helm_bin):
 def test_the_crd_chart_is_lint_clean(helm_bin):
     out = helm(helm_bin, "lint", "--strict", str(CRDS_CHART)).stdout
     assert "0 chart(s) failed" in out and "[WARNING]" not in out
+
+
+def test_every_option_on_is_lint_clean(helm_bin):
+    every = sets(
+        "watchNamespaces={team-a}",
+        "monitoring.force=true",
+        "monitoring.serviceMonitor.enabled=true",
+        "monitoring.podMonitor.enabled=true",
+        *POLICY,
+        "networkPolicy.checkpointStores[0].cidr=10.20.0.0/16",
+        "networkPolicy.checkpointStores[0].ports={443}",
+    )
+    out = helm(helm_bin, "lint", "--strict", str(CHART), *every).stdout
+    assert "0 chart(s) failed" in out and "[WARNING]" not in out and "[ERROR]" not in out
