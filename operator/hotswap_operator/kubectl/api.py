@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hotswap_runtime.contract import API_GROUP, API_VERSION, KIND, PLURAL
+from hotswap_runtime.redact import clip
 
 from hotswap_operator.kube import ConflictError, Kube, KubeError
 
@@ -68,9 +69,12 @@ def connect(
     files = kubeconfig or os.environ.get("KUBECONFIG") or str(Path("~/.kube/config"))
     if kubeconfig or _any_exists(files):
         try:
-            api = config.new_client_from_config(config_file=files, context=context)  # type: ignore[no-untyped-call]
+            context = context or _current_context(files)
+            api = config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=files, context=context, persist_config=False
+            )
             default = _context_namespace(config, files, context)
-        except (ConfigException, OSError, ValueError) as exc:
+        except (ConfigException, OSError, ValueError, AttributeError) as exc:
             raise ConfigError(f"kubeconfig {files}: {exc}") from None
     elif context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         configuration = client.Configuration()
@@ -85,6 +89,20 @@ def connect(
 
 def _any_exists(files: str) -> bool:
     return any(Path(f).expanduser().is_file() for f in files.split(os.pathsep) if f)
+
+
+def _current_context(files: str) -> str | None:
+    """kubectl's rule: the first file of the list that sets current-context wins (the
+    kubernetes client would take the last)."""
+    import yaml
+
+    for name in files.split(os.pathsep):
+        path = Path(name).expanduser()
+        if name and path.is_file():
+            current = (yaml.safe_load(path.read_text()) or {}).get("current-context")
+            if current:
+                return str(current)
+    return None
 
 
 def _context_namespace(config: Any, files: str, context: str | None) -> str | None:
@@ -106,6 +124,12 @@ def _failed(session: Session, name: str, what: str, err: KubeError) -> PluginErr
             f"{what} {where}: forbidden; the plugin needs get and patch on "
             f"{PLURAL}.{API_GROUP} in namespace {session.namespace} (see README, "
             f"'kubectl hotswap'). The API server said: {err}"
+        )
+    if err.status == 0:  # no answer: connection refused, TLS, timeout
+        host = getattr(getattr(session.kube.api, "configuration", None), "host", "?")
+        return PluginError(
+            f"{what} {where}: cannot reach the API server at {host} (check --context and "
+            f"--kubeconfig): {clip(str(err.__cause__ or err), 240)}"
         )
     return PluginError(f"{what} {where}: {err}")
 
