@@ -145,8 +145,8 @@ def test_status_history_and_undo_with_only_the_documented_role(crd, namespace, a
     assert "Revision:      latest 2, stable 2; pods serve 1 (1 pod), 2 (1 pod)" in text
     assert "https://store.example/m/v2.safetensors (sha256 222222222222)" in text
     row_a = next(line.split() for line in text.splitlines() if "resnet-pod-a" in line)
-    assert row_a == ["resnet-pod-a", "2", SHA2[:12], "Serving", "0.250s", "0.010s", "0.125s",
-                     "0.020s", "0.001s", "-"]  # fmt: skip
+    assert row_a == ["resnet-pod-a", "2", SHA2[:12], "Serving", "250ms", "10ms", "125ms",
+                     "20ms", "1.0ms", "-"]  # fmt: skip
     assert "Failed on 2" in text and "sha256 mismatch" in text
     doc = json.loads(plugin(alice, "status", NAME, "-n", namespace, "-o", "json").stdout)
     assert doc["revisions"]["served"] == {"1": 1, "2": 1}
@@ -187,6 +187,17 @@ def test_undo_refusals_and_errors_exit_1_and_change_nothing(crd, namespace, alic
         done = plugin(alice, *args, "-n", namespace)
         assert (done.returncode, done.stdout) == (1, ""), (args, done)
         assert done.stderr.startswith("error: ") and words in done.stderr, (args, done.stderr)
+    dry = plugin(alice, "undo", NAME, "--dry-run", "-o", "json", "-n", namespace)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout) | {"numbering": ""} == {
+        "action": "undo",
+        "name": NAME,
+        "toRevision": 2,
+        "uri": "https://store.example/m/v2.safetensors",
+        "sha256": SHA2,
+        "numbering": "",
+        "dryRun": True,
+    }
     usage = plugin(alice, "undo", NAME, "--to-revision", "0", "-n", namespace)
     assert usage.returncode == 2 and "revisions start at 1" in usage.stderr
     elsewhere = plugin(alice, "status", NAME, "-n", "default")  # not bound there
