@@ -112,6 +112,8 @@ def test_undo_returns_every_pod_to_the_previous_revision_from_cache(fleet, files
     shown = hotswap(alice, ns, "status", NAME)
     assert f"pods serve 3 ({REPLICAS} pods)" in shown, shown
     history = hotswap(alice, ns, "history", NAME).splitlines()
-    assert history[-1].split()[0] == "3" and history[-1].endswith("stable (content of 1)")
+    assert history[-1].split()[0] == "3" and history[-1].endswith(
+        "stable, 3 pods serve it (content of 1)"
+    )
     print(f"\n$ kubectl hotswap status {NAME}\n{shown}\n$ kubectl hotswap history {NAME}")
     print("\n".join(history))

@@ -67,7 +67,7 @@ def status(session: Session, args: argparse.Namespace) -> Result:
 
 def history(session: Session, args: argparse.Namespace) -> Result:
     md = get_deployment(session, args.name)
-    doc = views.history_document(md, _digest(md))
+    doc = views.history_document(md, pod_reports(session, md), _digest(md))
     return views.history_text(doc), doc
 
 

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hotswap_runtime.contract import PodReport, short_sha
+from hotswap_runtime.contract import PodReport, PodState, short_sha
 from hotswap_runtime.redact import clip, redact_uri
 
 from hotswap_operator.status import ModelDeploymentStatus, RevisionRecord
@@ -70,10 +70,15 @@ def status_document(
     }
 
 
-def history_document(deployment: Mapping[str, Any], digest: str | None) -> JSON:
+def history_document(
+    deployment: Mapping[str, Any],
+    reports: Mapping[str, PodReport | str],
+    digest: str | None,
+) -> JSON:
     """Each revision of status.history (oldest first) and what became of it."""
     meta = deployment.get("metadata") or {}
     status = ModelDeploymentStatus.from_raw(deployment.get("status"))
+    counts = _pods_on(reports)
     history = list(status.history or ())
     rows = []
     for i, ref in enumerate(history):
@@ -81,7 +86,7 @@ def history_document(deployment: Mapping[str, Any], digest: str | None) -> JSON:
         rows.append(
             {
                 **(_record(ref) or {}),
-                "outcome": outcome(status, ref),
+                "outcome": outcome(status, ref, counts),
                 "sameContentAs": earlier[-1] if earlier else None,
                 "inSpec": bool(digest) and ref.digest == digest,
             }
@@ -94,19 +99,47 @@ def latest_revision(status: ModelDeploymentStatus) -> int | None:
     return max((r.revision for r in refs if r is not None), default=None)
 
 
-def outcome(status: ModelDeploymentStatus, ref: RevisionRecord) -> str:
-    """What became of revision `ref`, in a few words."""
+def _pods_on(reports: Mapping[str, PodReport | str]) -> Counter[tuple[str, int, str]]:
+    """(serving|failed, revision, sha256) -> pods, from the pods' reports."""
+    counts: Counter[tuple[str, int, str]] = Counter()
+    for r in reports.values():
+        if not isinstance(r, PodReport):
+            continue
+        if r.state is PodState.SERVING and r.revision is not None:
+            counts["serving", r.revision, r.sha256 or ""] += 1
+        if r.state is PodState.FAILED and r.target_revision is not None:
+            counts["failed", r.target_revision, r.target_sha256 or ""] += 1
+    return counts
+
+
+def outcome(
+    status: ModelDeploymentStatus,
+    ref: RevisionRecord,
+    counts: Counter[tuple[str, int, str]] | None = None,
+) -> str:
+    """What became of revision `ref`, in a few words (with how many pods serve or failed
+    it, for the revisions pods are meant to serve)."""
     state, candidate, rollback = status.canary, status.candidate, status.rollback
+    pods = _pods_note(ref, counts or Counter())
     if candidate is not None and candidate.key == ref.key and state is not None:
-        where = f"canary, step {state.step} of {len(state.steps)}"
+        where = f"canary, step {state.step} of {len(state.steps)}{pods}"
         if state.halted:
             return f"halted at {where}: {clip(state.halted, 160)}"
         return f"{where}, paused" if state.paused else where
     if status.stable is not None and status.stable.key == ref.key:
-        return "stable"
+        return f"stable{pods}"
     if rollback is not None and rollback.key == ref.key:
         return f"rolled back to {rollback.stable}: pod {rollback.pod} {clip(rollback.reason, 160)}"
     return "superseded"
+
+
+def _pods_note(ref: RevisionRecord, counts: Counter[tuple[str, int, str]]) -> str:
+    serving = counts["serving", ref.revision, ref.sha256]
+    failed = sum(
+        n for (kind, rev, _), n in counts.items() if kind == "failed" and rev == ref.revision
+    )
+    note = f", {serving} pods serve it" if serving != 1 else ", 1 pod serves it"
+    return note + (f", {failed} failed it" if failed else "")
 
 
 def _revision_key(item: tuple[int | None, int]) -> int:

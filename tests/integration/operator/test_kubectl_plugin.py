@@ -155,7 +155,7 @@ def test_status_history_and_undo_with_only_the_documented_role(crd, namespace, a
     hist = yaml.safe_load(plugin(alice, "history", NAME, "-n", namespace, "-o", "yaml").stdout)
     assert [(r["revision"], r["sha256"], r["outcome"]) for r in hist["revisions"]] == [
         (1, SHA1, "superseded"),
-        (2, SHA2, "stable"),
+        (2, SHA2, "stable, 1 pod serves it, 1 failed it"),
     ]
 
     undone = plugin(alice, "undo", NAME, "-n", namespace)
@@ -168,7 +168,9 @@ def test_status_history_and_undo_with_only_the_documented_role(crd, namespace, a
     assert status["revision"] == 3 and status["stable"]["sha256"] == SHA1
     assert [h["revision"] for h in status["history"]] == [1, 2, 3]
     table = plugin(alice, "history", NAME, "-n", namespace).stdout.splitlines()
-    assert table[3].split()[0] == "3" and table[3].endswith("stable (content of 1)")
+    assert table[3].split()[0] == "3" and table[3].endswith(
+        "stable, 0 pods serve it (content of 1)"
+    )
 
 
 def test_undo_refusals_and_errors_exit_1_and_change_nothing(crd, namespace, alice):

@@ -83,7 +83,7 @@ def test_undo_goes_back_to_the_previous_content_as_a_new_revision():
     world.apply(edit)
     assert world.status.revision == 3 and world.status.stable.sha256 == SHA_A
     assert world.history() == [(1, SHA_A), (2, SHA_B), (3, SHA_A)]
-    doc = views.history_document(world.body(), edits.current_digest(world.body()))
+    doc = views.history_document(world.body(), {}, edits.current_digest(world.body()))
     assert [(r["revision"], r["sameContentAs"], r["inSpec"]) for r in doc["revisions"]] == [
         (1, None, True),  # the spec's content, as 3 (which the operator serves)
         (2, None, False),
@@ -178,7 +178,7 @@ def test_views_never_show_credentials_of_a_checkpoint_uri():
     digest = edits.current_digest(md)
     reports = ModelDeploymentStatus.from_raw(md["status"]).reports()
     doc = views.status_document(md, reports, digest)
-    hist = views.history_document(md, digest)
+    hist = views.history_document(md, reports, digest)
     undo = edits.undo(md)
     shown = [
         views.status_text(doc),
