@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from hotswap_runtime.contract import API_GROUP, API_VERSION, KIND, PLURAL
 from hotswap_runtime.redact import clip
 
@@ -74,11 +75,14 @@ def connect(
                 config_file=files, context=context, persist_config=False
             )
             default = _context_namespace(config, files, context)
-        except (ConfigException, OSError, ValueError, AttributeError) as exc:
-            raise ConfigError(f"kubeconfig {files}: {exc}") from None
+        except (ConfigException, OSError, ValueError, AttributeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"kubeconfig {files}: {clip(str(exc))}") from None
     elif context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except ConfigException as exc:
+            raise ConfigError(f"in-cluster config: {exc}") from None
         api, default = client.ApiClient(configuration), _pod_namespace()
     else:
         raise ConfigError(
@@ -94,8 +98,6 @@ def _any_exists(files: str) -> bool:
 def _current_context(files: str) -> str | None:
     """kubectl's rule: the first file of the list that sets current-context wins (the
     kubernetes client would take the last)."""
-    import yaml
-
     for name in files.split(os.pathsep):
         path = Path(name).expanduser()
         if name and path.is_file():

@@ -1,13 +1,14 @@
 """`kubectl hotswap`: arguments, subcommands, output format and exit codes.
 
-    kubectl hotswap status NAME  [-o text|json|yaml]
+    kubectl hotswap status NAME [--wait [--timeout 5m]] [-o text|json|yaml]
     kubectl hotswap history NAME [-o text|json|yaml]
     kubectl hotswap undo NAME [--to-revision N] [--dry-run] [-o text|json|yaml]
     kubectl hotswap pause NAME | resume NAME
     global: -n/--namespace, --kubeconfig, --context (anywhere on the line, as kubectl)
 
 Exit codes: 0 done (or nothing to do), 1 an error (not found, refused, forbidden, a
-conflicting edit, no connection; stderr says what and the fix), 2 a usage error.
+conflicting edit, no connection; `status --wait` ending Degraded, Failed, RolledBack or
+past its timeout; stderr says what and the fix), 2 a usage error.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         session = connect(args.kubeconfig, args.context, args.namespace)
         text, doc = args.run(session, args)
+    except UnsettledError as err:  # the status is still worth printing
+        print(render(err.text, err.doc, args.output))
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except PluginError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -59,10 +65,47 @@ def render(text: str, doc: JSON, output: str) -> str:
 Result = tuple[str, JSON]
 
 
+class UnsettledError(PluginError):
+    """`status --wait` ended without phase Ready: the message says why; text and doc are
+    the last status read."""
+
+    def __init__(self, message: str, text: str, doc: JSON) -> None:
+        super().__init__(message)
+        self.text, self.doc = text, doc
+
+
 def status(session: Session, args: argparse.Namespace) -> Result:
-    md = get_deployment(session, args.name)
+    md, problem = (
+        wait(session, args.name, args.timeout)
+        if args.wait
+        else (get_deployment(session, args.name), None)
+    )
     doc = views.status_document(md, pod_reports(session, md), _digest(md))
+    if problem is not None:
+        raise UnsettledError(problem, views.status_text(doc), doc)
     return views.status_text(doc), doc
+
+
+def wait(
+    session: Session, name: str, timeout: float, interval: float = 1.0
+) -> tuple[JSON, str | None]:
+    """Read the ModelDeployment until the operator has taken its spec and it is Ready
+    (problem None) or Degraded, Failed or RolledBack, or `timeout` passes (a problem).
+    Polls with `get`, so it needs no `watch` permission."""
+    deadline = time.monotonic() + timeout
+    while True:
+        md = get_deployment(session, name)
+        settled, problem = views.verdict(md)
+        left = deadline - time.monotonic()
+        if settled:
+            return md, problem
+        if left <= 0:
+            phase = (md.get("status") or {}).get("phase") or "no phase yet"
+            return md, (
+                f"{session.where(name)} did not settle within {timeout:g}s (phase {phase}); "
+                "`kubectl hotswap status` shows where each pod stands"
+            )
+        time.sleep(min(interval, left))
 
 
 def history(session: Session, args: argparse.Namespace) -> Result:
@@ -134,6 +177,20 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "-o", "--output", choices=("text", "json", "yaml"), default="text", help="format"
         )
+        if name == "status":
+            sub.add_argument(
+                "-w",
+                "--wait",
+                action="store_true",
+                help="wait until Ready (exit 0), or Degraded, Failed, RolledBack (exit 1)",
+            )
+            sub.add_argument(
+                "--timeout",
+                type=_duration,
+                default=300.0,
+                metavar="DURATION",
+                help="how long --wait waits: 90, 90s, 5m, 1h (default 5m; exit 1 after)",
+            )
         if name == "undo":
             sub.add_argument(
                 "--to-revision",
@@ -147,6 +204,18 @@ def parser() -> argparse.ArgumentParser:
             )
         sub.set_defaults(run=run)
     return top
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (90, 90s, 5m, 1h)") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text}: give a duration from 0 to 24h")
+    return value
 
 
 def _positive(text: str) -> int:

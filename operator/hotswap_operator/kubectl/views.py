@@ -12,9 +12,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hotswap_runtime.contract import PodReport, PodState, short_sha
+from hotswap_runtime.contract import KIND, PodReport, PodState, short_sha
 from hotswap_runtime.redact import clip, redact_uri
 
+from hotswap_operator.reasons import ConditionType, Phase
 from hotswap_operator.status import ModelDeploymentStatus, RevisionRecord
 
 JSON = dict[str, Any]
@@ -92,6 +93,25 @@ def history_document(
             }
         )
     return {"name": meta.get("name"), "namespace": meta.get("namespace"), "revisions": rows}
+
+
+def verdict(deployment: Mapping[str, Any]) -> tuple[bool, str | None]:
+    """(settled, problem): settled once the operator has taken the current spec and the
+    phase is Ready (no problem) or Degraded, Failed or RolledBack (the problem, with the
+    condition's message)."""
+    meta = deployment.get("metadata") or {}
+    status = ModelDeploymentStatus.from_raw(deployment.get("status"))
+    if status.observed_generation != meta.get("generation") or status.phase is None:
+        return False, None
+    if status.phase is Phase.READY:
+        return True, None
+    if status.phase not in (Phase.DEGRADED, Phase.FAILED, Phase.ROLLED_BACK):
+        return False, None
+    order = (ConditionType.DEGRADED, ConditionType.PROGRESSING, ConditionType.READY)
+    found = [status.condition(kind) for kind in order]
+    why = status.error or next((c.message for c in found if c is not None and c.message), "")
+    where = f"{KIND} {meta.get('namespace')}/{meta.get('name')}"
+    return True, f"{where} is {status.phase.value}: {clip(why) or 'no reason given'}"
 
 
 def latest_revision(status: ModelDeploymentStatus) -> int | None:

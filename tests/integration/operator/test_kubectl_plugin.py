@@ -330,3 +330,30 @@ def test_kubectl_finds_the_plugin_on_path(crd, namespace, alice):
     done = plugin(alice, "hotswap", "status", NAME, "-n", namespace, kubectl=kubectl)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"Name:          {NAME}\nNamespace:     {namespace}\n")
+
+
+def test_status_wait_until_ready_degraded_or_timeout(crd, namespace, alice):
+    world = World(crd, namespace)  # no pod has reported: not Ready
+    late = plugin(alice, "status", NAME, "--wait", "--timeout", "1s", "-n", namespace)
+    assert late.returncode == 1 and "did not settle within 1s" in late.stderr
+    assert late.stdout.startswith(f"Name:          {NAME}\n")
+
+    env = {**os.environ, "PATH": f"{PLUGIN.parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(PLUGIN), "status", NAME, "-w", "--timeout", "2m", "-n", namespace]
+    waiting = subprocess.Popen(
+        [*cmd, "--kubeconfig", str(alice)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    world.report("resnet-pod-a", 1, SHA1)
+    world.report("resnet-pod-b", 1, SHA1)
+    assert world.sync()["status"]["phase"] == "Ready"
+    out, _ = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0 and "pods serve 1 (2 pods)" in out
+
+    world.patch_spec({"checkpoint": {"uri": URI.format(n=2), "sha256": SHA2}})
+    for pod in ("resnet-pod-a", "resnet-pod-b"):
+        world.report(pod, 1, SHA1, "Failed", targetRevision=2, message="sha256 mismatch")
+    assert world.sync()["status"]["phase"] == "Degraded"
+    bad = plugin(alice, "status", NAME, "--wait", "-n", namespace)
+    assert bad.returncode == 1, bad
+    assert f"ModelDeployment {namespace}/{NAME} is Degraded: " in bad.stderr
+    assert "sha256 mismatch" in bad.stderr

@@ -234,3 +234,16 @@ def test_the_plugin_runs_without_torch_or_kopf():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_arguments_like_kubectl_flags_anywhere_and_durations():
+    from hotswap_operator.kubectl import cli
+
+    args = cli.parser().parse_args(["-n", "a", "status", "x", "--timeout", "5m", "-w"])
+    assert (args.namespace, args.name, args.timeout, args.wait) == ("a", "x", 300.0, True)
+    args = cli.parser().parse_args(["undo", "x", "-n", "b", "--context", "c", "--to-revision", "2"])
+    assert (args.namespace, args.context, args.to_revision) == ("b", "c", 2)
+    for bad in (["status", "x", "--timeout", "soon"], ["undo", "x", "--to-revision", "-1"]):
+        with pytest.raises(SystemExit) as usage:
+            cli.parser().parse_args(bad)
+        assert usage.value.code == 2
