@@ -95,7 +95,8 @@ def test_undo_returns_every_pod_to_the_previous_revision_from_cache(fleet, files
         load.all_answer("2")
         said = hotswap(alice, ns, "undo", NAME)
         assert "spec set back to revision 1" in said and "new revision (3" in said, said
-        st = fleet.wait_serving(3, REPLICAS, timeout=180)
+        shown = hotswap(alice, ns, "status", NAME, "--wait", "--timeout", "3m")  # until Ready
+        st = fleet.wait_serving(3, REPLICAS, timeout=30)
         load.all_answer("3")
         load.wait_answers(20)
     assert load.failures == [], load.failures[:3]
@@ -109,11 +110,11 @@ def test_undo_returns_every_pod_to_the_previous_revision_from_cache(fleet, files
         (2, files["v2"]["sha256"]),
         (3, files["v1"]["sha256"]),
     ]
-    shown = hotswap(alice, ns, "status", NAME)
     assert f"pods serve 3 ({REPLICAS} pods)" in shown, shown
     history = hotswap(alice, ns, "history", NAME).splitlines()
     assert history[-1].split()[0] == "3" and history[-1].endswith(
         "stable, 3 pods serve it (content of 1)"
     )
-    print(f"\n$ kubectl hotswap status {NAME}\n{shown}\n$ kubectl hotswap history {NAME}")
+    print(f"\n$ kubectl hotswap undo {NAME}\n{said}")
+    print(f"$ kubectl hotswap status {NAME} --wait\n{shown}\n$ kubectl hotswap history {NAME}")
     print("\n".join(history))
