@@ -1,0 +1,181 @@
+"""The plugin's connection and API calls, each declaring the RBAC permission it needs.
+
+Connection settings follow kubectl: `--kubeconfig`, else `$KUBECONFIG` (a list of files
+is merged), else `~/.kube/config`, else the in-cluster ServiceAccount; `--context`, else
+the current context; `--namespace`, else the context's namespace, else `default`.
+`PERMISSIONS` is everything the plugin may call; docs and a test grant a user exactly
+these and run every subcommand.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from hotswap_runtime.contract import API_GROUP, API_VERSION, KIND, PLURAL
+from hotswap_runtime.redact import clip
+
+from hotswap_operator.kube import ConflictError, Kube, KubeError
+
+Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
+PERMISSIONS: set[Permission] = set()
+MANAGER = "kubectl-hotswap"  # the field manager of the plugin's writes
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def requires(*permissions: Permission) -> Callable[[F], F]:
+    """Record the permissions a call needs; returns the function unchanged."""
+    PERMISSIONS.update(permissions)
+    return lambda fn: fn
+
+
+class PluginError(RuntimeError):
+    """What the user sees on stderr (exit code 1): what failed, on which object, the fix."""
+
+
+class NotFoundError(PluginError):
+    pass
+
+
+class ConfigError(PluginError):
+    """No usable kubeconfig or context."""
+
+
+@dataclass(frozen=True)
+class Session:
+    """A connection to one cluster, and the namespace the command works in."""
+
+    kube: Kube
+    namespace: str
+
+    def path(self, name: str) -> str:
+        return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{self.namespace}/{PLURAL}/{name}"
+
+    def where(self, name: str) -> str:
+        return f"{KIND} {self.namespace}/{name}"
+
+
+def connect(
+    kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None
+) -> Session:
+    """A Session from kubectl's settings (see the module docstring)."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    files = kubeconfig or os.environ.get("KUBECONFIG") or str(Path("~/.kube/config"))
+    if kubeconfig or _any_exists(files):
+        try:
+            context = context or _current_context(files)
+            api = config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=files, context=context, persist_config=False
+            )
+            default = _context_namespace(config, files, context)
+        except (ConfigException, OSError, ValueError, AttributeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"kubeconfig {files}: {clip(str(exc))}") from None
+    elif context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        configuration = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except ConfigException as exc:
+            raise ConfigError(f"in-cluster config: {exc}") from None
+        api, default = client.ApiClient(configuration), _pod_namespace()
+    else:
+        raise ConfigError(
+            f"no kubeconfig at {files}: pass --kubeconfig or set KUBECONFIG, as for kubectl"
+        )
+    return Session(Kube(api, field_manager=MANAGER), namespace or default or "default")
+
+
+def _any_exists(files: str) -> bool:
+    return any(Path(f).expanduser().is_file() for f in files.split(os.pathsep) if f)
+
+
+def _current_context(files: str) -> str | None:
+    """kubectl's rule: the first file of the list that sets current-context wins (the
+    kubernetes client would take the last)."""
+    for name in files.split(os.pathsep):
+        path = Path(name).expanduser()
+        if name and path.is_file():
+            current = (yaml.safe_load(path.read_text()) or {}).get("current-context")
+            if current:
+                return str(current)
+    return None
+
+
+def _context_namespace(config: Any, files: str, context: str | None) -> str | None:
+    contexts, active = config.list_kube_config_contexts(config_file=files)
+    chosen = next((c for c in contexts or () if c.get("name") == context), active)
+    ns = ((chosen or {}).get("context") or {}).get("namespace")
+    return str(ns) if ns else None
+
+
+def _pod_namespace() -> str | None:
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _failed(session: Session, name: str, what: str, err: KubeError) -> PluginError:
+    where = session.where(name)
+    if err.status == 403:
+        return PluginError(
+            f"{what} {where}: forbidden; the plugin needs get and patch on "
+            f"{PLURAL}.{API_GROUP} in namespace {session.namespace} (see README, "
+            f"'kubectl hotswap'). The API server said: {err}"
+        )
+    if err.status == 0:  # no answer: connection refused, TLS, timeout
+        host = getattr(getattr(session.kube.api, "configuration", None), "host", "?")
+        return PluginError(
+            f"{what} {where}: cannot reach the API server at {host} (check --context and "
+            f"--kubeconfig): {clip(str(err.__cause__ or err), 240)}"
+        )
+    return PluginError(f"{what} {where}: {err}")
+
+
+@requires((API_GROUP, PLURAL, "get"))
+def get_deployment(session: Session, name: str) -> dict[str, Any]:
+    """The ModelDeployment as stored (spec and status)."""
+    try:
+        found = session.kube.request("GET", session.path(name))
+    except KubeError as err:
+        raise _failed(session, name, "reading", err) from None
+    if found is None:
+        raise NotFoundError(
+            f"{session.where(name)} not found (kubectl get {PLURAL} -n {session.namespace} "
+            "lists those there)"
+        )
+    return found
+
+
+class ChangedError(PluginError):
+    """The object changed between our read and our write (HTTP 409)."""
+
+
+@requires((API_GROUP, PLURAL, "patch"))
+def patch_deployment(
+    session: Session, name: str, patch: Mapping[str, Any], resource_version: str | None = None
+) -> dict[str, Any]:
+    """A JSON merge patch of the ModelDeployment; with `resource_version`, the object must
+    still be at that version (else ChangedError: someone else's edit is never lost)."""
+    body = dict(patch)
+    if resource_version is not None:
+        body["metadata"] = {**body.get("metadata", {}), "resourceVersion": resource_version}
+    query = [("fieldManager", MANAGER)]
+    try:
+        written = session.kube.request(
+            "PATCH", session.path(name), body, query, "application/merge-patch+json"
+        )
+    except ConflictError:
+        raise ChangedError(
+            f"{session.where(name)} changed after it was read (another edit came first); "
+            "nothing was written: look at `kubectl hotswap history` and run the command again"
+        ) from None
+    except KubeError as err:
+        raise _failed(session, name, "patching", err) from None
+    if written is None:
+        raise NotFoundError(f"{session.where(name)} is gone")
+    return written

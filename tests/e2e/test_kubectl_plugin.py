@@ -1,0 +1,120 @@
+"""`kubectl hotswap undo` on the real node: every pod returns to the previous revision
+from its checkpoint cache, with the previous checkpoint's file deleted from the store.
+
+One helm install, one 3-replica AllAtOnce ModelDeployment of the tiny test model. The
+plugin runs as a user whom a RoleBinding gives only examples/kubectl-hotswap-rbac.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from examples.checkpoints import host_path, pod_uri
+from tests.e2e.fleet import Fleet, pod_ids, summary
+from tests.fixtures_runtime import checkpoints, tiny
+from tests.harness.cluster import REPO
+
+NAME = "undo"
+REPLICAS = 3
+SHAPE = (tiny.FEATURES,)
+PLUGIN = Path(sys.executable).parent / "kubectl-hotswap"
+ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"
+JSON = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def files():
+    folder = checkpoints.local_folder("plugin")
+    out = {}
+    for seed in (1, 2):
+        path = folder / f"v{seed}.safetensors"
+        out[f"v{seed}"] = {
+            "uri": pod_uri(path),
+            "sha256": checkpoints.save(tiny.weights(seed), path),
+        }
+    yield out
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster, node, installed, files):
+    fleet = Fleet(cluster, installed, NAME)
+    fleet.apply(
+        {
+            "apiVersion": "hotswap.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": NAME},
+            "spec": {
+                "replicas": REPLICAS,
+                "model": {"architecture": tiny.ARCHITECTURE, "inputShape": list(SHAPE)},
+                "checkpoint": dict(files["v1"]),
+                "runtime": {
+                    "device": "cpu",
+                    "env": [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}],
+                },
+            },
+        }
+    )
+    fleet.wait_serving(1, REPLICAS, timeout=420)
+    return fleet
+
+
+@pytest.fixture(scope="module")
+def alice(cluster, installed):
+    cluster.kubectl("apply", "-f", str(ROLE))
+    cluster.kubectl(
+        "create", "rolebinding", "alice-hotswap", "-n", installed,
+        "--clusterrole=hotswap-kubectl", "--user=alice",
+    )  # fmt: skip
+    return cluster.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")
+
+
+def hotswap(alice: Path, namespace: str, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{PLUGIN.parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(PLUGIN), *args, "-n", namespace, "--kubeconfig", str(alice)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, f"{cmd}: {done.stderr}"
+    return done.stdout
+
+
+def test_undo_returns_every_pod_to_the_previous_revision_from_cache(fleet, files, alice):
+    ns = fleet.namespace
+    fleet.patch_spec({"checkpoint": files["v2"]})
+    fleet.wait_serving(2, REPLICAS, timeout=180)
+    before = pod_ids(fleet)
+    host_path(files["v1"]["uri"]).unlink()  # a download of v1 would now fail
+    with fleet.load(SHAPE) as load:
+        load.all_answer("2")
+        said = hotswap(alice, ns, "undo", NAME)
+        assert "spec set back to revision 1" in said and "new revision (3" in said, said
+        shown = hotswap(alice, ns, "status", NAME, "--wait", "--timeout", "3m")  # until Ready
+        st = fleet.wait_serving(3, REPLICAS, timeout=30)
+        load.all_answer("3")
+        load.wait_answers(20)
+    assert load.failures == [], load.failures[:3]
+    reports = st["pods"]
+    assert {(r["revision"], r["sha256"], r["state"]) for r in reports.values()} == {
+        (3, files["v1"]["sha256"], "Serving")
+    }, summary(st)
+    assert pod_ids(fleet) == before  # same pods and containers, no restart
+    assert [(h["revision"], h["sha256"]) for h in st["history"]] == [
+        (1, files["v1"]["sha256"]),
+        (2, files["v2"]["sha256"]),
+        (3, files["v1"]["sha256"]),
+    ]
+    assert f"pods serve 3 ({REPLICAS} pods)" in shown, shown
+    history = hotswap(alice, ns, "history", NAME).splitlines()
+    assert history[-1].split()[0] == "3" and history[-1].endswith(
+        "stable, 3 pods serve it (content of 1)"
+    )
+    print(f"\n$ kubectl hotswap undo {NAME}\n{said}")
+    print(f"$ kubectl hotswap status {NAME} --wait\n{shown}\n$ kubectl hotswap history {NAME}")
+    print("\n".join(history))

@@ -1,0 +1,359 @@
+"""`kubectl hotswap` against the real API server, as a user with only its documented role.
+
+The plugin runs as a subprocess (the `kubectl-hotswap` console script, and once through
+the real kubectl's plugin discovery), authenticated as `alice`, whom a RoleBinding gives
+exactly examples/kubectl-hotswap-rbac.yaml. Status is made by the operator's real sync
+(hotswap_operator.sync.Syncer, called directly); the pods' reports are written the way a
+runtime pod writes them (a merge patch of status.pods.<pod>).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from hotswap_operator import resources
+from hotswap_operator.config import RuntimeDefaults
+from hotswap_operator.events import EventRecorder
+from hotswap_operator.kube import Kube
+from hotswap_operator.kubectl import cli
+from hotswap_operator.summary import PodInfo
+from hotswap_operator.sync import Syncer
+
+from tests.harness.cluster import REPO
+from tests.harness.rest import MERGE_PATCH
+
+CRD = REPO / "crds" / "modeldeployment.yaml"
+ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"
+PLUGIN = Path(sys.executable).parent / "kubectl-hotswap"
+MD = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modeldeployments"
+NAME = "resnet"
+SHA1, SHA2, SHA3 = "1" * 64, "2" * 64, "3" * 64
+# credentials and a presigned query in the URI: the plugin must never print them
+URI = "https://svc:pa55word@store.example/m/v{n}.safetensors?X-Amz-Signature=s3cr3t{n}"
+SPEC = {
+    "replicas": 2,
+    "model": {"architecture": "torchvision/resnet18", "inputShape": [3, 32, 32]},
+    "checkpoint": {"uri": URI.format(n=1), "sha256": SHA1},
+    "runtime": {"device": "cpu"},
+}
+PODS = [PodInfo("resnet-pod-a", True), PodInfo("resnet-pod-b", True)]
+CPU = RuntimeDefaults.model_validate({"gpu": {"enabled": False}})
+
+
+@pytest.fixture(scope="module")
+def crd(cluster):
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.hotswap.dev"
+    )
+    cluster.kubectl("apply", "-f", str(ROLE))
+    assert PLUGIN.exists(), f"{PLUGIN} missing: `pip install -e .` installs the console script"
+    return cluster
+
+
+@pytest.fixture
+def alice(crd, namespace):
+    """A kubeconfig for user alice, bound to the plugin's ClusterRole in `namespace` only."""
+    crd.kubectl(
+        "create", "rolebinding", "alice-hotswap", "-n", namespace,
+        "--clusterrole=hotswap-kubectl", "--user=alice",
+    )  # fmt: skip
+    return crd.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")
+
+
+class World:
+    """The ModelDeployment `resnet` in one namespace, synced by the operator's sync."""
+
+    def __init__(self, cluster, namespace, spec=SPEC):
+        self.client, self.ns = cluster.rest(), namespace
+        kube = Kube(cluster.api_client())
+        self.syncer = Syncer(kube, CPU, EventRecorder(kube, resources.MANAGER))
+        body = {
+            "apiVersion": "hotswap.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": NAME},
+            "spec": copy.deepcopy(spec),
+        }
+        self.client.post(MD.format(ns=namespace), body)
+        self.sync()
+
+    @property
+    def path(self):
+        return f"{MD.format(ns=self.ns)}/{NAME}"
+
+    def sync(self):
+        self.syncer.sync(self.ns, NAME, PODS)
+        return self.get()
+
+    def get(self):
+        return self.client.get(self.path)
+
+    def patch_spec(self, spec):
+        self.client.patch(self.path, {"spec": spec}, MERGE_PATCH)
+        return self.sync()
+
+    def report(self, pod, revision, sha256, state="Serving", **extra):
+        """What runtime pod `pod` writes about itself."""
+        entry = {"revision": revision, "sha256": sha256, "state": state, **extra}
+        self.client.patch(f"{self.path}/status", {"status": {"pods": {pod: entry}}}, MERGE_PATCH)
+
+
+def plugin(kubeconfig, *args, env=None, kubectl=None):
+    """Run `kubectl-hotswap ARGS` (or `KUBECTL hotswap ARGS`) as a user would."""
+    cmd = [*(kubectl or [str(PLUGIN)]), *args]
+    if kubeconfig is not None:
+        cmd += ["--kubeconfig", str(kubeconfig)]
+    environ = {**os.environ, "PATH": f"{PLUGIN.parent}{os.pathsep}{os.environ['PATH']}"}
+    environ.pop("KUBECONFIG", None)
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=60, env={**environ, **(env or {})}
+    )
+    assert "s3cr3t" not in done.stdout + done.stderr and "pa55word" not in done.stdout
+    return done
+
+
+def two_revisions(cluster, namespace):
+    """Revision 1 served by both pods, then revision 2: pod-a serves it, pod-b failed it."""
+    world = World(cluster, namespace)
+    world.report("resnet-pod-a", 1, SHA1)
+    world.report("resnet-pod-b", 1, SHA1)
+    world.patch_spec({"checkpoint": {"uri": URI.format(n=2), "sha256": SHA2}})
+    seconds = {"fetch": 0.25, "parse": 0.01, "load": 0.125, "validate": 0.02, "activate": 0.001}
+    world.report("resnet-pod-a", 2, SHA2, swapSeconds=seconds, targetRevision=2)
+    world.report(
+        "resnet-pod-b", 1, SHA1, "Failed", targetRevision=2, targetSha256=SHA2,
+        message="checkpoint https://store.example/m/v2.safetensors: sha256 mismatch",
+    )  # fmt: skip
+    world.sync()
+    return world
+
+
+def test_status_history_and_undo_with_only_the_documented_role(crd, namespace, alice):
+    world = two_revisions(crd, namespace)
+    shown = plugin(alice, "status", NAME, "-n", namespace)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert "Revision:      latest 2, stable 2; pods serve 1 (1 pod), 2 (1 pod)" in text
+    assert "https://store.example/m/v2.safetensors (sha256 222222222222)" in text
+    row_a = next(line.split() for line in text.splitlines() if "resnet-pod-a" in line)
+    assert row_a == ["resnet-pod-a", "2", SHA2[:12], "Serving", "250ms", "10ms", "125ms",
+                     "20ms", "1.0ms", "-"]  # fmt: skip
+    assert "Failed on 2" in text and "sha256 mismatch" in text
+    doc = json.loads(plugin(alice, "status", NAME, "-n", namespace, "-o", "json").stdout)
+    assert doc["revisions"]["served"] == {"1": 1, "2": 1}
+    assert [p["name"] for p in doc["pods"]] == ["resnet-pod-a", "resnet-pod-b"]
+
+    hist = yaml.safe_load(plugin(alice, "history", NAME, "-n", namespace, "-o", "yaml").stdout)
+    assert [(r["revision"], r["sha256"], r["outcome"]) for r in hist["revisions"]] == [
+        (1, SHA1, "superseded"),
+        (2, SHA2, "stable, 1 pod serves it, 1 failed it"),
+    ]
+
+    undone = plugin(alice, "undo", NAME, "-n", namespace)
+    assert undone.returncode == 0, undone.stderr
+    assert "spec set back to revision 1" in undone.stdout
+    assert "new revision (3, with revision 1's content)" in undone.stdout
+    spec = world.get()["spec"]
+    assert spec["checkpoint"] == {"uri": URI.format(n=1), "sha256": SHA1}  # written whole
+    status = world.sync()["status"]  # the operator numbers it as the plugin said
+    assert status["revision"] == 3 and status["stable"]["sha256"] == SHA1
+    assert [h["revision"] for h in status["history"]] == [1, 2, 3]
+    table = plugin(alice, "history", NAME, "-n", namespace).stdout.splitlines()
+    assert table[3].split()[0] == "3" and table[3].endswith(
+        "stable, 0 pods serve it (content of 1)"
+    )
+
+
+def test_undo_refusals_and_errors_exit_1_and_change_nothing(crd, namespace, alice):
+    world = two_revisions(crd, namespace)
+    world.patch_spec({"checkpoint": {"uri": URI.format(n=1), "sha256": SHA1}})  # revision 3
+    version = world.get()["metadata"]["resourceVersion"]
+    cases = {
+        ("undo", NAME, "--to-revision", "3"): "revision 3 (https://store.example/m/v1",
+        ("undo", NAME, "--to-revision", "1"): "is what the spec already asks for",
+        ("undo", NAME, "--to-revision", "7"): "revision 7 is not in status.history "
+        "(revisions kept: 1, 2, 3)",
+        ("status", "nosuch"): f"ModelDeployment {namespace}/nosuch not found",
+        ("undo", "nosuch"): f"ModelDeployment {namespace}/nosuch not found",
+    }
+    for args, words in cases.items():
+        done = plugin(alice, *args, "-n", namespace)
+        assert (done.returncode, done.stdout) == (1, ""), (args, done)
+        assert done.stderr.startswith("error: ") and words in done.stderr, (args, done.stderr)
+    dry = plugin(alice, "undo", NAME, "--dry-run", "-o", "json", "-n", namespace)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout) | {"numbering": ""} == {
+        "action": "undo",
+        "name": NAME,
+        "toRevision": 2,
+        "uri": "https://store.example/m/v2.safetensors",
+        "sha256": SHA2,
+        "numbering": "",
+        "dryRun": True,
+    }
+    usage = plugin(alice, "undo", NAME, "--to-revision", "0", "-n", namespace)
+    assert usage.returncode == 2 and "revisions start at 1" in usage.stderr
+    elsewhere = plugin(alice, "status", NAME, "-n", "default")  # not bound there
+    assert elsewhere.returncode == 1 and "forbidden" in elsewhere.stderr
+    assert world.get()["metadata"]["resourceVersion"] == version
+
+
+def test_a_user_without_patch_is_told_what_is_missing(crd, namespace):
+    world = two_revisions(crd, namespace)
+    crd.kubectl(
+        "create", "role", "read-md", "-n", namespace,
+        "--verb=get", "--resource=modeldeployments.hotswap.dev",
+    )  # fmt: skip
+    crd.kubectl(
+        "create", "rolebinding", "bob-read", "-n", namespace, "--role=read-md", "--user=bob"
+    )
+    bob = crd.user_kubeconfig(f"bob-{uuid.uuid4().hex[:6]}", "bob")
+    assert plugin(bob, "status", NAME, "-n", namespace).returncode == 0
+    before = world.get()["spec"]
+    denied = plugin(bob, "undo", NAME, "-n", namespace)
+    assert denied.returncode == 1
+    assert "forbidden; the plugin needs get and patch on modeldeployments.hotswap.dev" in (
+        denied.stderr
+    )
+    assert world.get()["spec"] == before
+
+
+def test_undo_never_overwrites_an_edit_made_after_its_read(
+    crd, namespace, alice, monkeypatch, capsys
+):
+    """Someone changes the checkpoint between the plugin's read and its write: the API
+    server refuses the write (resourceVersion precondition) and their edit stands."""
+    world = two_revisions(crd, namespace)
+    theirs = {"uri": URI.format(n=3), "sha256": SHA3}
+    read = cli.get_deployment
+
+    def read_then_someone_edits(session, name):
+        stale = read(session, name)
+        world.client.patch(world.path, {"spec": {"checkpoint": theirs}}, MERGE_PATCH)
+        return stale
+
+    monkeypatch.setattr(cli, "get_deployment", read_then_someone_edits)
+    code = cli.main(["undo", NAME, "-n", namespace, "--kubeconfig", str(alice)])
+    err = capsys.readouterr().err
+    assert code == 1 and "changed after it was read" in err and "nothing was written" in err
+    assert world.get()["spec"]["checkpoint"] == theirs
+
+
+def test_pause_and_resume_a_canary(crd, namespace, alice):
+    canary = {**SPEC, "replicas": 2, "rollout": {"strategy": "Canary", "steps": [1, "100%"]}}
+    world = World(crd, namespace, canary)
+    world.report("resnet-pod-a", 1, SHA1)
+    world.report("resnet-pod-b", 1, SHA1)
+    status = world.patch_spec({"checkpoint": {"uri": URI.format(n=2), "sha256": SHA2}})["status"]
+    assert status["canary"]["step"] == 1 and status["candidatePods"] == ["resnet-pod-a"]
+
+    paused = plugin(alice, "pause", NAME, "-n", namespace)
+    assert paused.returncode == 0, paused.stderr
+    assert "paused (revision 2 at step 1 of 2)" in paused.stdout
+    assert world.sync()["status"]["canary"]["paused"] is True
+    shown = plugin(alice, "status", NAME, "-n", namespace).stdout
+    assert "Canary:        revision 2 at step 1 of 2, on resnet-pod-a (paused)" in shown
+    again = plugin(alice, "pause", NAME, "-n", namespace)
+    assert again.returncode == 0 and "already paused" in again.stdout
+
+    resumed = plugin(alice, "resume", NAME, "-n", namespace)
+    assert resumed.returncode == 0 and "resumed (revision 2 at step 1 of 2)" in resumed.stdout
+    world.report("resnet-pod-a", 2, SHA2, targetRevision=2)
+    assert world.sync()["status"]["canary"] == {**status["canary"], "step": 2} | {
+        "stepStartedAt": world.get()["status"]["canary"]["stepStartedAt"]
+    }
+
+    world.patch_spec({"rollout": {"strategy": "AllAtOnce"}})
+    refused = plugin(alice, "pause", NAME, "-n", namespace)
+    assert refused.returncode == 1 and "spec.rollout.strategy is AllAtOnce" in refused.stderr
+
+
+def kubeconfig_with_context(source, path, context, namespace, server=None):
+    """`source` (one context) renamed to `context`, with a namespace (and server)."""
+    doc = json.loads(Path(source).read_text())
+    for kind in ("clusters", "users", "contexts"):
+        doc[kind][0]["name"] = f"{context}-{kind}"
+    doc["contexts"][0]["context"] = {
+        "cluster": f"{context}-clusters",
+        "user": f"{context}-users",
+        "namespace": namespace,
+    }
+    if server:
+        doc["clusters"][0]["cluster"]["server"] = server
+    doc["current-context"] = context
+    doc["contexts"][0]["name"] = context
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_kubeconfig_env_context_and_namespace_as_kubectl(crd, namespace, alice, tmp_path):
+    two_revisions(crd, namespace)
+    mine = kubeconfig_with_context(alice, tmp_path / "alice", "alice", namespace)
+    dead = kubeconfig_with_context(
+        alice, tmp_path / "dead", "dead", namespace, server="https://127.0.0.1:9"
+    )
+    merged = {"KUBECONFIG": os.pathsep.join([str(dead), str(mine)])}  # current: dead
+    down = plugin(None, "history", NAME, env=merged)
+    assert down.returncode == 1
+    assert "cannot reach the API server at https://127.0.0.1:9" in down.stderr
+    ok = plugin(None, "history", NAME, "--context", "alice", env=merged)  # ns from context
+    assert ok.returncode == 0, ok.stderr
+    assert [line.split()[0] for line in ok.stdout.splitlines()] == ["REVISION", "1", "2"]
+
+
+def plugin_kubectl():
+    """A kubectl that runs plugins from PATH (the control plane's own build does not)."""
+    found = os.environ.get("KUBECTL") or shutil.which("kubectl")
+    if found is None:
+        return None
+    env = {**os.environ, "PATH": f"{PLUGIN.parent}{os.pathsep}{os.environ['PATH']}"}
+    listed = subprocess.run(
+        [found, "plugin", "list"], capture_output=True, text=True, env=env, check=False
+    )
+    return [found] if str(PLUGIN) in listed.stdout else None
+
+
+def test_kubectl_finds_the_plugin_on_path(crd, namespace, alice):
+    kubectl = plugin_kubectl()
+    if kubectl is None:
+        pytest.skip("no kubectl with plugin support on PATH (set $KUBECTL to one)")
+    two_revisions(crd, namespace)
+    done = plugin(alice, "hotswap", "status", NAME, "-n", namespace, kubectl=kubectl)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"Name:          {NAME}\nNamespace:     {namespace}\n")
+
+
+def test_status_wait_until_ready_degraded_or_timeout(crd, namespace, alice):
+    world = World(crd, namespace)  # no pod has reported: not Ready
+    late = plugin(alice, "status", NAME, "--wait", "--timeout", "1s", "-n", namespace)
+    assert late.returncode == 1 and "did not settle within 1s" in late.stderr
+    assert late.stdout.startswith(f"Name:          {NAME}\n")
+
+    env = {**os.environ, "PATH": f"{PLUGIN.parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(PLUGIN), "status", NAME, "-w", "--timeout", "2m", "-n", namespace]
+    waiting = subprocess.Popen(
+        [*cmd, "--kubeconfig", str(alice)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    world.report("resnet-pod-a", 1, SHA1)
+    world.report("resnet-pod-b", 1, SHA1)
+    assert world.sync()["status"]["phase"] == "Ready"
+    out, _ = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0 and "pods serve 1 (2 pods)" in out
+
+    world.patch_spec({"checkpoint": {"uri": URI.format(n=2), "sha256": SHA2}})
+    for pod in ("resnet-pod-a", "resnet-pod-b"):
+        world.report(pod, 1, SHA1, "Failed", targetRevision=2, message="sha256 mismatch")
+    assert world.sync()["status"]["phase"] == "Degraded"
+    bad = plugin(alice, "status", NAME, "--wait", "-n", namespace)
+    assert bad.returncode == 1, bad
+    assert f"ModelDeployment {namespace}/{NAME} is Degraded: " in bad.stderr
+    assert "sha256 mismatch" in bad.stderr
