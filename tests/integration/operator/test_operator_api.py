@@ -270,8 +270,8 @@ def test_kubectl_get_prints_the_columns(crd, kube, namespace):
     sync(kube, namespace)
     out = crd.kubectl("get", "-n", namespace, "modeldeployments").stdout
     header, row = out.splitlines()
-    assert header.split() == ["NAME", "REVISION", "UPDATED", "READY", "PHASE", "CHECKPOINT", "AGE"]
-    assert row.split()[:2] == ["resnet", "1"] and SHA1[:12] in row
+    assert header.split() == ["NAME", "SERVING", "LATEST", "UPDATED", "READY", "PHASE", "AGE"]
+    assert row.split()[:3] == ["resnet", "<none>", "1"]  # no pod is ready: none serves
 
 
 def test_schema_refuses_names_that_children_cannot_carry(crd, namespace):
