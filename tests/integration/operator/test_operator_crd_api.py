@@ -10,10 +10,12 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import yaml
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.events import EventRecorder
 from hotswap_operator.kube import Kube
+from hotswap_operator.spec import parse_spec
 from hotswap_operator.sync import Syncer
 
 from tests.harness.rest import MERGE_PATCH, ApiError
@@ -288,3 +290,12 @@ def test_a_budget_it_did_not_create_is_never_deleted(crd, namespace):
     create(client, namespace, SPEC)
     sync(crd, namespace)
     assert client.get(PDB.format(ns=namespace))["metadata"].get("ownerReferences") is None
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples").glob("resnet18*.yaml")))
+def test_every_example_is_accepted_by_the_api_server_and_the_operator(crd, namespace, example):
+    manifest = yaml.safe_load(example.read_text())
+    if manifest.get("kind") != "ModelDeployment":
+        return  # a patch
+    created = crd.rest().post(f"{MD.format(ns=namespace)}?dryRun=All", manifest)
+    parse_spec(created["spec"], name=created["metadata"]["name"])
