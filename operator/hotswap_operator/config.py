@@ -17,6 +17,8 @@ from hotswap_runtime.policy import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hotswap_operator.spec import DisruptionBudget, PodMetadata, SecretRef, ServiceAccountSpec
+
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/hotswap-dev/hotswap-runtime:0.1.0"
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -92,8 +94,16 @@ def _policy(check: Any, value: Any) -> Any:
         raise ValueError(str(exc)) from None
 
 
+# Spread each ModelDeployment's pods over nodes where the cluster allows (never
+# leaving a pod Pending for it); resources.py selects the ModelDeployment's own pods.
+DEFAULT_SPREAD: tuple[dict[str, Any], ...] = (
+    {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"},
+)
+
+
 class RuntimeDefaults(_Settings):
-    """What runtime pods get unless a ModelDeployment's spec.runtime says otherwise."""
+    """What runtime pods get unless a ModelDeployment's spec.runtime says otherwise
+    (merge rules: resources.scheduling and docs/architecture.md)."""
 
     image: str = DEFAULT_RUNTIME_IMAGE
     image_pull_policy: str = Field(default="IfNotPresent", alias="imagePullPolicy")
@@ -103,6 +113,21 @@ class RuntimeDefaults(_Settings):
     # e.g. {"persistentVolumeClaim": {"claimName": "models", "readOnly": true}}).
     model_volume: dict[str, Any] | None = Field(default=None, alias="modelVolume")
     policy: Policy = Policy()
+    image_pull_secrets: tuple[SecretRef, ...] = Field(
+        default=(), alias="imagePullSecrets", max_length=16
+    )
+    priority_class_name: str | None = Field(default=None, alias="priorityClassName")
+    affinity: dict[str, Any] | None = None
+    topology_spread_constraints: tuple[dict[str, Any], ...] = Field(
+        default=DEFAULT_SPREAD, alias="topologySpreadConstraints", max_length=8
+    )
+    pod_metadata: PodMetadata = Field(default=PodMetadata(), alias="podMetadata")
+    service_account: ServiceAccountSpec = Field(
+        default=ServiceAccountSpec(), alias="serviceAccount"
+    )
+    pod_disruption_budget: DisruptionBudget = Field(
+        default=DisruptionBudget(), alias="podDisruptionBudget"
+    )
 
 
 class ConfigurationError(ValueError):

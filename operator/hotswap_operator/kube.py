@@ -42,6 +42,7 @@ KINDS: dict[tuple[str, str], tuple[str, str, str]] = {
         "rolebindings",
         "rbac.authorization.k8s.io",
     ),
+    ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets", "policy"),
 }
 MD_PATH = f"/apis/{API_GROUP}/{API_VERSION}"
 
@@ -176,6 +177,22 @@ class Kube:
                 "objects if they are not needed"
             )
         return uids
+
+    @requires(("policy", "poddisruptionbudgets", "delete"))
+    def retire(self, manifest: Manifest, owner: Owner) -> bool:
+        """Delete the child ``manifest`` names if (and only if) ``owner`` controls it
+        (a uid precondition: never an object created again meanwhile). True if deleted.
+        Only PodDisruptionBudgets are ever deleted (the one child a spec turns off)."""
+        if manifest["kind"] != "PodDisruptionBudget":
+            raise ValueError(f"{manifest['kind']} children are never deleted")
+        live = self.get(manifest)
+        if live is None or holder(live, owner) is not None:
+            return False
+        body = {"preconditions": {"uid": live["metadata"]["uid"]}}
+        try:
+            return self.request("DELETE", _path(manifest)[0], body) is not None
+        except ConflictError:  # replaced meanwhile: not ours to delete
+            return False
 
     @requires(("", "configmaps", "get"))
     def config_map(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -11,6 +11,8 @@ change reaches pods through the ConfigMap alone and restarts nothing.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +31,7 @@ from hotswap_runtime.contract import (
 from hotswap_runtime.policy import MODELS_DIR
 
 from hotswap_operator.config import GPU_RESOURCE, RuntimeDefaults
-from hotswap_operator.spec import DeploymentSpec, SpecError
+from hotswap_operator.spec import DeploymentSpec, DisruptionBudget, SpecError
 
 Manifest = dict[str, Any]
 
@@ -37,6 +39,9 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_DEPLOYMENT = f"{API_GROUP}/model-deployment"
+# On the pod template when the ServiceAccount has annotations: a digest of them, so a
+# workload-identity change rolls the pods (they read credentials when they start).
+ANNOTATION_ACCOUNT = f"{API_GROUP}/serviceaccount-annotations"
 MANAGER = "hotswap-operator"
 RUNTIME_APP = "hotswap-runtime"
 
@@ -131,12 +136,16 @@ def config_map(owner: Owner, config: ModelConfig) -> Manifest:
     }
 
 
-def service_account(owner: Owner) -> Manifest:
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": _metadata(owner, owner.account_name),
-    }
+def account_annotations(spec: DeploymentSpec, defaults: RuntimeDefaults) -> dict[str, str]:
+    """The chart's ServiceAccount annotations with the spec's over them, key by key."""
+    return {**defaults.service_account.annotations, **spec.runtime.service_account.annotations}
+
+
+def service_account(owner: Owner, annotations: Mapping[str, str] | None = None) -> Manifest:
+    metadata = _metadata(owner, owner.account_name)
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata}
 
 
 def runtime_role_rules(owner: Owner) -> list[dict[str, Any]]:
@@ -214,10 +223,17 @@ class Scheduling:
     tolerations: list[dict[str, Any]]
     node_selector: dict[str, str]
     runtime_class_name: str | None
+    image_pull_secrets: list[dict[str, str]]
+    priority_class_name: str | None
+    affinity: dict[str, Any] | None
+    topology_spread_constraints: list[dict[str, Any]]
 
 
 def scheduling(spec: DeploymentSpec, defaults: RuntimeDefaults) -> Scheduling:
-    """spec.runtime over the chart's defaults; GPU defaults unless the device is cpu."""
+    """spec.runtime over the chart's defaults; GPU defaults unless the device is cpu.
+
+    A field the spec sets replaces the default as a whole (as a Pod's own field would);
+    imagePullSecrets are the union of both lists (the chart's first, by name)."""
     rt = spec.runtime
     gpu = defaults.gpu if defaults.gpu.enabled and rt.device != "cpu" else None
     resources = {kind: dict(values) for kind, values in defaults.resources.items()}
@@ -239,7 +255,53 @@ def scheduling(spec: DeploymentSpec, defaults: RuntimeDefaults) -> Scheduling:
             else (dict(gpu.node_selector) if gpu else {})
         ),
         runtime_class_name=rt.runtime_class_name or (gpu.runtime_class_name if gpu else None),
+        image_pull_secrets=_pull_secrets(defaults, spec),
+        priority_class_name=rt.priority_class_name or defaults.priority_class_name,
+        affinity=rt.affinity if rt.affinity is not None else defaults.affinity,
+        topology_spread_constraints=list(
+            rt.topology_spread_constraints
+            if rt.topology_spread_constraints is not None
+            else defaults.topology_spread_constraints
+        ),
     )
+
+
+def _pull_secrets(defaults: RuntimeDefaults, spec: DeploymentSpec) -> list[dict[str, str]]:
+    names = [
+        s.name for s in (*defaults.image_pull_secrets, *(spec.runtime.image_pull_secrets or ()))
+    ]
+    return [{"name": name} for name in dict.fromkeys(names)]
+
+
+def spread(owner: Owner, constraints: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each constraint as given; one without labelSelector counts this ModelDeployment's
+    pods of the same ReplicaSet (pod-template-hash: a rolling update spreads the new
+    pods, not old and new together)."""
+    out = []
+    for constraint in constraints:
+        if "labelSelector" not in constraint:
+            constraint = {
+                **constraint,
+                "labelSelector": {"matchLabels": selector_labels(owner.name)},
+                "matchLabelKeys": ["pod-template-hash"],
+            }
+        out.append(constraint)
+    return out
+
+
+def pod_metadata(owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults) -> Manifest:
+    """The chart's pod labels and annotations, the spec's over them key by key, and the
+    operator's own labels over both (spec.py refuses a spec that names one)."""
+    theirs, ours = defaults.pod_metadata, spec.runtime.pod_metadata
+    meta: Manifest = {"labels": {**theirs.labels, **ours.labels, **labels(owner.name)}}
+    annotations = {**theirs.annotations, **ours.annotations}
+    account = account_annotations(spec, defaults)
+    if account:
+        canonical = json.dumps(account, sort_keys=True, separators=(",", ":"))
+        annotations[ANNOTATION_ACCOUNT] = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
 
 
 def _field_env(name: str, path: str) -> dict[str, Any]:
@@ -383,7 +445,15 @@ def pod_template(owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults) 
         pod_spec["nodeSelector"] = sched.node_selector
     if sched.runtime_class_name:
         pod_spec["runtimeClassName"] = sched.runtime_class_name
-    return {"metadata": {"labels": labels(owner.name)}, "spec": pod_spec}
+    if sched.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = sched.image_pull_secrets
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    if sched.affinity:
+        pod_spec["affinity"] = sched.affinity
+    if sched.topology_spread_constraints:
+        pod_spec["topologySpreadConstraints"] = spread(owner, sched.topology_spread_constraints)
+    return {"metadata": pod_metadata(owner, spec, defaults), "spec": pod_spec}
 
 
 def deployment(owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults) -> Manifest:
@@ -404,17 +474,54 @@ def deployment(owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults) ->
     }
 
 
+def budget(spec: DeploymentSpec, defaults: RuntimeDefaults) -> DisruptionBudget:
+    """spec.runtime.podDisruptionBudget, or the chart's when the spec has none."""
+    return spec.runtime.pod_disruption_budget or defaults.pod_disruption_budget
+
+
+def disruption_budget(owner: Owner, wanted: DisruptionBudget) -> Manifest:
+    """PodDisruptionBudget `<name>` over the runtime pods: minAvailable if set, else
+    maxUnavailable (1 when neither is). Pods that are not ready may always be evicted,
+    so a broken rollout never blocks a node drain."""
+    pdb_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(owner.name)},
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    if wanted.min_available is not None:
+        pdb_spec["minAvailable"] = wanted.min_available
+    else:
+        pdb_spec["maxUnavailable"] = (
+            wanted.max_unavailable if wanted.max_unavailable is not None else 1
+        )
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, owner.runtime_name),
+        "spec": pdb_spec,
+    }
+
+
 def children(
     owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults, config: ModelConfig
 ) -> list[Manifest]:
     """Every child, in apply order: the config first (on a checkpoint change it is the
     one object that changes, so pods hear of it one round trip after the spec), then
     the pods' access, then the pods."""
+    wanted = budget(spec, defaults)
     return [
         config_map(owner, config),
-        service_account(owner),
+        service_account(owner, account_annotations(spec, defaults)),
         role(owner),
         role_binding(owner),
         service(owner),
+        *([disruption_budget(owner, wanted)] if wanted.enabled else []),
         deployment(owner, spec, defaults),
     ]
+
+
+def retired(owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults) -> list[Manifest]:
+    """Children the spec turned off: deleted when (and only when) this ModelDeployment
+    controls them."""
+    if budget(spec, defaults).enabled:
+        return []
+    return [disruption_budget(owner, DisruptionBudget())]

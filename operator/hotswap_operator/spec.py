@@ -8,7 +8,9 @@ the fix, for what a schema cannot express.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -21,7 +23,7 @@ from hotswap_runtime.contract import (
     ModelSpec,
     Validation,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Strategy = Literal["AllAtOnce", "Canary"]
 Device = Literal["auto", "cuda", "cpu"]
@@ -51,12 +53,124 @@ class CheckpointSpec(_Spec):
         return Checkpoint(uri=self.uri, sha256=self.sha256, secretRef=secret)
 
 
+MAX_STEP_COUNT = 10000  # spec.replicas' maximum too
+STEP_PERCENT = re.compile(r"^([0-9]{1,3})%$")
+
+
+def step_value(step: int | str) -> tuple[int, int]:
+    """(0, count) or (1, percent) of one canary step; ValueError when out of range. The
+    CRD's CEL rules say the same; this catches specs written under an older CRD."""
+    if isinstance(step, int):
+        if not 1 <= step <= MAX_STEP_COUNT:
+            raise ValueError(f"step {step}: a pod count is 1 to {MAX_STEP_COUNT}")
+        return (0, step)
+    match = STEP_PERCENT.match(step)
+    if match is None or not 1 <= int(match[1]) <= 100:
+        raise ValueError(f'step "{step}": a percentage is "1%" to "100%"')
+    return (1, int(match[1]))
+
+
 class RolloutSpec(_Spec):
     strategy: Strategy = "AllAtOnce"
-    steps: tuple[int | str, ...] = ()
+    steps: tuple[int | str, ...] = Field(default=(), max_length=10)
     step_timeout_seconds: int = Field(default=300, ge=1, alias="stepTimeoutSeconds")
     auto_rollback: bool = Field(default=True, alias="autoRollback")
     paused: bool = False
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: tuple[int | str, ...]) -> tuple[int | str, ...]:
+        values = [step_value(s) for s in steps]
+        if any(b <= a for a, b in itertools.pairwise(values)):
+            raise ValueError(
+                'steps must strictly increase, pod counts before percentages, e.g. [1, 2, "50%",'
+                ' "100%"]; remove repeated or decreasing steps'
+            )
+        return steps
+
+
+LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+OPERATOR_PREFIX = "hotswap.dev/"
+# Labels the operator sets on runtime pods (resources.labels) or the Deployment
+# controller does; the Service and the Deployment select pods by them.
+RESERVED_LABELS = frozenset(
+    {
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/managed-by",
+        "pod-template-hash",
+    }
+)
+MAX_KEYS = 32
+MAX_ANNOTATION_VALUE = 4096
+
+
+def check_metadata(values: Mapping[str, str], what: str, *, labels: bool) -> dict[str, str]:
+    """`values` when every key (and, for labels, value) is valid and none is the
+    operator's; ValueError naming the first that is not (the CRD's CEL rules say the
+    same)."""
+    if len(values) > MAX_KEYS:
+        raise ValueError(f"{what}: at most {MAX_KEYS} keys")
+    for key, value in values.items():
+        if len(key) > 317 or not LABEL_KEY.match(key):
+            raise ValueError(f"{what}: {key[:80]!r} is not a valid key ([prefix/]name)")
+        if key.startswith(OPERATOR_PREFIX) or (labels and key in RESERVED_LABELS):
+            raise ValueError(f"{what}: {key} is the operator's; choose another key")
+        if labels and not LABEL_VALUE.match(value):
+            raise ValueError(f"{what}.{key}: {value[:80]!r} is not a valid label value")
+        if len(value) > MAX_ANNOTATION_VALUE:
+            raise ValueError(f"{what}.{key}: at most {MAX_ANNOTATION_VALUE} characters")
+    return dict(values)
+
+
+class PodMetadata(_Spec):
+    """Labels and annotations added to the runtime pods."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_metadata(value, "podMetadata.labels", labels=True)
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_metadata(value, "podMetadata.annotations", labels=False)
+
+
+class ServiceAccountSpec(_Spec):
+    """The runtime pods' ServiceAccount: its annotations (workload identity)."""
+
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_metadata(value, "serviceAccount.annotations", labels=False)
+
+
+class DisruptionBudget(_Spec):
+    """An optional PodDisruptionBudget for the runtime pods."""
+
+    enabled: bool = False
+    min_available: int | str | None = Field(default=None, alias="minAvailable")
+    max_unavailable: int | str | None = Field(default=None, alias="maxUnavailable")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> DisruptionBudget:
+        if self.min_available is not None and self.max_unavailable is not None:
+            raise ValueError("podDisruptionBudget sets both minAvailable and maxUnavailable")
+        for bound in (self.min_available, self.max_unavailable):
+            if isinstance(bound, str) and not STEP_PERCENT.match(bound):
+                raise ValueError(f'podDisruptionBudget: "{bound}" is neither a count nor "N%"')
+            if isinstance(bound, int) and bound < 0:
+                raise ValueError(f"podDisruptionBudget: {bound} is negative")
+        return self
 
 
 class EnvVar(_Spec):
@@ -88,6 +202,22 @@ class RuntimeSpec(_Spec):
     runtime_class_name: str | None = Field(default=None, alias="runtimeClassName")
     env: tuple[EnvVar, ...] = ()
     batching: BatchingSpec | None = None
+    # placement and identity (docs/architecture.md, "Runtime pod settings")
+    image_pull_secrets: tuple[SecretRef, ...] | None = Field(
+        default=None, alias="imagePullSecrets", max_length=16
+    )
+    priority_class_name: str | None = Field(default=None, alias="priorityClassName")
+    affinity: dict[str, Any] | None = None
+    topology_spread_constraints: tuple[dict[str, Any], ...] | None = Field(
+        default=None, alias="topologySpreadConstraints", max_length=8
+    )
+    pod_metadata: PodMetadata = Field(default=PodMetadata(), alias="podMetadata")
+    service_account: ServiceAccountSpec = Field(
+        default=ServiceAccountSpec(), alias="serviceAccount"
+    )
+    pod_disruption_budget: DisruptionBudget | None = Field(
+        default=None, alias="podDisruptionBudget"
+    )
 
 
 class DeploymentSpec(_Spec):

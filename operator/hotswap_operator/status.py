@@ -78,6 +78,7 @@ class ModelDeploymentStatus(_Status):
     error: str | None = None  # why the spec cannot run (phase Failed)
     # printer columns
     revision: int | None = None  # the stable revision
+    serving: str | None = None  # "2" / "2,3": what the ready pods answer with (summary.py)
     updated: str | None = None  # "2/3": pods serving the stable revision / desired
     ready: str | None = None  # "3/3": ready pods / desired
     checkpoint: str | None = None  # short sha256 of the stable checkpoint

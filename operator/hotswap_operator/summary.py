@@ -51,6 +51,7 @@ class Summary:
     desired: int
     phase: Phase
     conditions: tuple[ConditionValue, ...]
+    serving: str | None = None  # revisions the ready pods answer with, "2,3"
 
 
 def _serves(report: PodReport | str | None, stable: RevisionRecord) -> bool:
@@ -127,8 +128,28 @@ _PROGRESS_REASONS = {
 }
 
 
+def serving(live: Sequence[PodInfo], reports: Mapping[str, PodReport | str]) -> str | None:
+    """The revisions ready pods report answering with, lowest first ("2", "2,3"); None
+    when no ready pod reports one. Never the revision pods are asked to take: a failed
+    revision shows in phase and conditions, not here."""
+    revisions = {
+        report.revision
+        for pod in live
+        if pod.ready
+        and isinstance(report := reports.get(pod.name), PodReport)
+        and report.revision is not None
+    }
+    return ",".join(str(r) for r in sorted(revisions)) or None
+
+
 def summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodInfo]) -> Summary:
     """Counts, phase and conditions of a ModelDeployment from its pods' reports."""
+    summary = _summarize(desired, status, pods)
+    live = [p for p in pods if not p.terminating]
+    return replace(summary, serving=serving(live, status.reports()))
+
+
+def _summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodInfo]) -> Summary:
     live = [p for p in pods if not p.terminating]
     ready = sum(p.ready for p in live)
     stable = status.stable
@@ -216,6 +237,7 @@ def apply(
             "updated_replicas": summary.updated_replicas,
             "updated": f"{summary.updated_replicas}/{summary.desired}",
             "ready": f"{summary.ready_replicas}/{summary.desired}",
+            "serving": summary.serving,
             "phase": summary.phase,
             "conditions": tuple(conditions),
         }

@@ -58,6 +58,7 @@ class Decision:
     events: list[Event]  # plan and phase-change Events (pod Events: Syncer.memory)
     requeue_after: float | None  # seconds until the next deadline (a Canary step)
     error: SpecError | None = None  # the spec cannot run (recorded in status)
+    retired: list[Manifest] = field(default_factory=list)  # children to delete if ours
 
 
 def decide(ctx: SyncContext) -> Decision:
@@ -66,10 +67,13 @@ def decide(ctx: SyncContext) -> Decision:
         spec = parse_spec(ctx.raw_spec, name=ctx.owner.name)
         admit(spec, ctx.defaults, ctx.owner.name)
         plan = rollout.plan(ctx.owner.name, spec, ctx.status, ctx.config, ctx.now, ctx.live_pods)
-        children = (
-            resources.children(ctx.owner, spec, ctx.defaults, plan.config)
+        children, retired = (
+            (
+                resources.children(ctx.owner, spec, ctx.defaults, plan.config),
+                resources.retired(ctx.owner, spec, ctx.defaults),
+            )
             if ctx.children_due
-            else []
+            else ([], [])
         )
     except SpecError as exc:
         return refuse(ctx, exc)
@@ -86,6 +90,7 @@ def decide(ctx: SyncContext) -> Decision:
         children=children,
         events=[*plan.events, *summary.transition_events(ctx.status, new)],
         requeue_after=None if deadline is None else _seconds_until(deadline, ctx.now),
+        retired=retired,
     )
 
 
@@ -202,6 +207,8 @@ class Syncer:
         for manifest in decision.children:
             if manifest["kind"] == "Deployment":  # last: its pods find their ConfigMap
                 self.kube.apply(manifest, uids[_ref(manifest)])
+        for manifest in decision.retired:  # e.g. a PodDisruptionBudget turned off
+            self.kube.retire(manifest, ctx.owner)
         events = self._post_events(ctx, decision)
         return SyncResult(
             applied=(ctx.owner.uid, ctx.generation) if decision.children else None,

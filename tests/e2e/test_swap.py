@@ -75,9 +75,9 @@ def test_three_replica_swap(fleet, made):
         ), pod
     announced_once(fleet, rev + 1, list(before))
     table = fleet.kubectl_get()
-    row = table.splitlines()[1].split()
-    assert row[:5] == [NAME, str(rev + 1), "3/3", "3/3", "Ready"]
-    assert row[5] == made[2][1][:12]
+    row = table.splitlines()[1].split()  # NAME SERVING LATEST UPDATED READY PHASE AGE
+    assert row[:6] == [NAME, str(rev + 1), str(rev + 1), "3/3", "3/3", "Ready"]
+    assert status["checkpoint"] == made[2][1][:12]
     print(
         f"\n{load.total} requests, {len(load.failures)} failed; "
         f"answers by revision: {dict(load.versions)}\n"

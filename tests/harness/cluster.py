@@ -34,11 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import urllib3
+import yaml
 
 from tests.harness import procs
 from tests.harness.certs import CertificateAuthority, KeyPair, service_account_keys
 from tests.harness.kubeconfig import write_kubeconfig
 from tests.harness.rest import ApiError, KubeClient
+from tests.harness.waiting import wait_for
 
 if TYPE_CHECKING:
     import kubernetes
@@ -236,6 +238,22 @@ class Cluster:
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, cmd, result.stdout, result.stderr)
         return result
+
+    def apply_crd(self, path: Path, timeout: float = 60.0) -> None:
+        """Server-side apply of the CRD in `path`, then wait until it is Established.
+        (`kubectl wait` fails, rather than waits, while the new CRD has no conditions.)"""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        client = self.rest()
+        crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+        def established() -> bool:
+            conditions = (client.get(f"{crds}/{name}").get("status") or {}).get("conditions")
+            return any(
+                c["type"] == "Established" and c["status"] == "True" for c in conditions or ()
+            )
+
+        wait_for(established, timeout=timeout, what=f"CRD {name} Established")
 
     def api_client(self) -> kubernetes.client.ApiClient:
         """A kubernetes-client ApiClient authenticated as cluster admin."""

@@ -37,6 +37,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $image := include "hotswap.image" (dict "image" $rt.image "chart" .Chart) -}}
 {{- $defaults := dict "image" $image "imagePullPolicy" $rt.image.pullPolicy "resources" $rt.resources "gpu" $rt.gpu "policy" .Values.policy -}}
 {{- with $rt.modelVolume }}{{ $_ := set $defaults "modelVolume" . }}{{ end -}}
+{{- range $key := list "imagePullSecrets" "priorityClassName" "affinity" "podMetadata" "serviceAccount" "podDisruptionBudget" }}
+{{- with index $rt $key }}{{ $_ := set $defaults $key . }}{{ end -}}
+{{- end -}}
+{{- if hasKey $rt "topologySpreadConstraints" }}{{ $_ := set $defaults "topologySpreadConstraints" ($rt.topologySpreadConstraints | default list) }}{{ end -}}
 {{- $defaults | toJson -}}
 {{- end -}}
 

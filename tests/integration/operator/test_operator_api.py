@@ -56,10 +56,7 @@ CPU = RuntimeDefaults.model_validate({"gpu": {"enabled": False}})
 
 @pytest.fixture(scope="module")
 def crd(cluster):
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.hotswap.dev"
-    )
+    cluster.apply_crd(CRD)
     return cluster
 
 
@@ -270,8 +267,17 @@ def test_kubectl_get_prints_the_columns(crd, kube, namespace):
     sync(kube, namespace)
     out = crd.kubectl("get", "-n", namespace, "modeldeployments").stdout
     header, row = out.splitlines()
-    assert header.split() == ["NAME", "REVISION", "UPDATED", "READY", "PHASE", "CHECKPOINT", "AGE"]
-    assert row.split()[:2] == ["resnet", "1"] and SHA1[:12] in row
+    assert header.split() == ["NAME", "SERVING", "LATEST", "UPDATED", "READY", "PHASE", "AGE"]
+    cells = table_cells(header, row)
+    assert (cells["NAME"], cells["SERVING"], cells["LATEST"]) == ("resnet", "", "1")  # none ready
+
+
+def table_cells(header: str, row: str) -> dict[str, str]:
+    """`kubectl get` columns by the header's offsets (an empty cell stays empty)."""
+    names = header.split()
+    starts = [header.index(f"{n} " if i < len(names) - 1 else n) for i, n in enumerate(names)]
+    ends = [*starts[1:], None]
+    return {n: row[s:e].strip() for n, s, e in zip(names, starts, ends, strict=True)}
 
 
 def test_schema_refuses_names_that_children_cannot_carry(crd, namespace):

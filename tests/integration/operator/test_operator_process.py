@@ -33,10 +33,7 @@ V2 = {"uri": "file:///models/v2.safetensors", "sha256": SHA2}
 @pytest.fixture(scope="module")
 def crd(cluster):
     crd = Path(__file__).resolve().parents[3] / "crds" / "modeldeployment.yaml"
-    cluster.kubectl("apply", "--server-side", "-f", str(crd))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.hotswap.dev"
-    )
+    cluster.apply_crd(crd)
     return cluster
 
 

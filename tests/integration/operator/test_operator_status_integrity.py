@@ -31,10 +31,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def policy(cluster, helm_bin):
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.hotswap.dev"
-    )
+    cluster.apply_crd(CRD)
     rendered = subprocess.run(
         [str(helm_bin), "template", "hs", str(CHART), "--api-versions", VAP_API],
         capture_output=True,

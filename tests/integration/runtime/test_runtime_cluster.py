@@ -51,10 +51,7 @@ def pod_status(cluster: Cluster, namespace: str) -> dict[str, Any]:
 
 
 def test_api_watch_and_status_report(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "modeldeployment.yaml"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.hotswap.dev"
-    )
+    cluster.apply_crd(REPO / "crds" / "modeldeployment.yaml")
     sha = {s: ck.save(tiny.weights(s), tmp_path / f"v{s}.safetensors") for s in (1, 2)}
     uri = {s: f"file://{tmp_path}/v{s}.safetensors" for s in (1, 2)}
     cluster.kubectl("apply", "-f", "-", input=deployment(namespace, uri[1], sha[1]))

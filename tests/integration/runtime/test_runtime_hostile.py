@@ -238,10 +238,7 @@ def world(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def _namespace_with_model_deployment(cluster: Cluster) -> str:
     client = cluster.rest()
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "modeldeployment.yaml"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.hotswap.dev"
-    )
+    cluster.apply_crd(REPO / "crds" / "modeldeployment.yaml")
     namespace = f"hostile-{uuid.uuid4().hex[:6]}"
     client.post("/api/v1/namespaces", {"metadata": {"name": namespace}})
     client.post(

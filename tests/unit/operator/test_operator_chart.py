@@ -157,8 +157,8 @@ def test_the_policy_values_reach_the_operator(helm_bin):
     assert runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": render_defaults(helm_bin)}).policy
 
 
-def render_defaults(helm_bin):
-    (container,) = operator_pod(render(helm_bin))["containers"]
+def render_defaults(helm_bin, *sets):
+    (container,) = operator_pod(render(helm_bin, *sets))["containers"]
     return next(e["value"] for e in container["env"] if e["name"] == "HOTSWAP_RUNTIME_DEFAULTS")
 
 
@@ -216,3 +216,51 @@ def test_chart_and_operator_default_to_the_same_policy(helm_bin):
 
     chart = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": render_defaults(helm_bin)}).policy
     assert chart == Policy()
+
+
+def test_chart_and_operator_default_to_the_same_pod_settings(helm_bin):
+    from hotswap_operator.config import RuntimeDefaults
+
+    chart = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": render_defaults(helm_bin)})
+    builtin = RuntimeDefaults()
+    for field in (
+        "image_pull_secrets",
+        "priority_class_name",
+        "affinity",
+        "topology_spread_constraints",
+        "pod_metadata",
+        "service_account",
+        "pod_disruption_budget",
+    ):
+        assert getattr(chart, field) == getattr(builtin, field), field
+    assert chart.topology_spread_constraints[0]["whenUnsatisfiable"] == "ScheduleAnyway"
+
+
+def test_pod_setting_values_reach_the_operator(helm_bin):
+    values = {
+        "runtime": {
+            "imagePullSecrets": [{"name": "mirror"}],
+            "priorityClassName": "inference",
+            "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+            "topologySpreadConstraints": [],
+            "podMetadata": {"labels": {"team": "ml"}, "annotations": {"a.io/b": "c"}},
+            "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "sa@p.iam"}},
+            "podDisruptionBudget": {"enabled": True, "minAvailable": "50%"},
+        }
+    }
+    path = REPO / ".cache" / "test-pod-values.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(values))
+    try:
+        raw = render_defaults(helm_bin, "-f", str(path))
+    finally:
+        path.unlink()
+    defaults = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": raw})
+    assert [s.name for s in defaults.image_pull_secrets] == ["mirror"]
+    assert defaults.priority_class_name == "inference"
+    assert defaults.affinity == values["runtime"]["affinity"]
+    assert defaults.topology_spread_constraints == ()  # [] turns the default spread off
+    assert defaults.pod_metadata.labels == {"team": "ml"}
+    assert defaults.service_account.annotations == {"iam.gke.io/gcp-service-account": "sa@p.iam"}
+    assert defaults.pod_disruption_budget.enabled
+    assert defaults.pod_disruption_budget.min_available == "50%"

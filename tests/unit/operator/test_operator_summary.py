@@ -190,3 +190,17 @@ def test_a_pods_first_model_is_loaded_not_swapped():
     assert events == []
     (event,), _ = pod_events(memory, {"p-a": report(1, SHA_A)})
     assert event.reason == "Loaded" and "loaded revision 1" in event.message
+
+
+def test_serving_names_what_ready_pods_answer_with_never_a_failed_revision():
+    """The SERVING column: a failed revision 3 shows as phase Degraded while the pods
+    keep answering with revision 2; mid-rollout both show; unready pods do not count."""
+    stable3 = {**STABLE2, "revision": 3, "sha256": "c" * 64}
+    failed = {p.name: report(2, SHA_B, "Failed", target=3, message="bad") for p in PODS}
+    patch = patch_for(st(failed, stable=stable3))
+    assert patch["serving"] == "2" and patch["phase"] == "Degraded"
+    mixed = {"p-a": report(3, "c" * 64), "p-b": report(2, SHA_B), "p-c": report(10, SHA_A)}
+    pods = [PodInfo("p-a", True), PodInfo("p-b", True), PodInfo("p-c", False)]
+    assert patch_for(st(mixed, stable=stable3), pods)["serving"] == "2,3"
+    nothing = patch_for(st({"p-a": report(None, None, "Loading", target=2)}))
+    assert "serving" not in nothing or nothing["serving"] is None
