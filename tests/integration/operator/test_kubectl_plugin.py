@@ -272,7 +272,7 @@ def test_pause_and_resume_a_canary(crd, namespace, alice):
         "stepStartedAt": world.get()["status"]["canary"]["stepStartedAt"]
     }
 
-    world.patch_spec({"rollout": {"strategy": "AllAtOnce"}})
+    world.patch_spec({"rollout": {"strategy": "AllAtOnce", "steps": None, "paused": False}})
     refused = plugin(alice, "pause", NAME, "-n", namespace)
     assert refused.returncode == 1 and "spec.rollout.strategy is AllAtOnce" in refused.stderr
 
