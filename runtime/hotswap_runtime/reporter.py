@@ -12,7 +12,8 @@ import logging
 import threading
 from typing import Any
 
-from .contract import API_GROUP, API_VERSION, PLURAL, PodReport
+from .contract import API_GROUP, API_VERSION, PLURAL, PodReport, PodState
+from .desired import Failure, Status
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +112,39 @@ class Reporter:
         self.sent += 1
         self.last_error = None
         return True
+
+
+def pod_report(status: Status, device: str, env: dict[str, str]) -> PodReport:
+    """What this pod reports for a reconciler status snapshot."""
+    serving = status.serving
+    target = status.target
+    swap = status.last_swap
+    failure = status.last_failure
+    failed = status.state == PodState.FAILED
+    return PodReport(
+        revision=serving.revision.revision if serving else None,
+        sha256=serving.revision.checkpoint.sha256 if serving else None,
+        state=status.state,
+        targetRevision=target.revision if target else None,
+        targetSha256=target.checkpoint.sha256 if target else None,
+        loadedAt=serving.loaded_at if serving else None,
+        swapSeconds=dict(swap.phases) if swap else {},
+        device=device,
+        env=env,
+        message=_message(status, failure if failed or _config_failure(failure) else None),
+        configGeneration=status.config_generation,
+    )
+
+
+def _config_failure(failure: Failure | None) -> bool:
+    return failure is not None and failure.revision is None
+
+
+def _message(status: Status, failure: Failure | None) -> str:
+    if failure is not None:
+        return failure.reason
+    if status.state == PodState.LOADING and status.target is not None:
+        return f"loading revision {status.target.revision}"
+    if status.serving is not None:
+        return f"serving revision {status.serving.revision.revision}"
+    return "waiting for model.json"
