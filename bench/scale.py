@@ -273,6 +273,13 @@ class Bench:
         pids = [self.kubelet.pid(self.namespace, p["metadata"]["name"]) for p in items]
         return [p for p in pids if p]
 
+    def runtime_pods(self) -> list[JSON]:
+        selector = {"labelSelector": "app.kubernetes.io/name=hotswap-runtime"}
+        items: list[JSON] = self.client.get(f"/api/v1/namespaces/{self.namespace}/pods", selector)[
+            "items"
+        ]
+        return items
+
     def ready(self, name: str, replicas: int, timeout: float) -> JSON:
         def check() -> JSON | None:
             body = self.client.get(self.md_path(name))
@@ -353,10 +360,16 @@ def hollow_nodes(cluster: Cluster, count: int, load_seconds: float, logs: Path) 
         )
 
 
+def pct(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile; None (JSON null) for no values."""
+    return percentile(values, q) if values else None
+
+
 def figures(swaps: list[JSON], load_seconds: float) -> JSON:
     pod_s = [x for s in swaps for x in s["pod_s"]]
     status_s = [x for s in swaps for x in s["status_s"]]
     n = len(swaps) or 1
+    p95 = pct(status_s, 95)
 
     def mean(key: str) -> float:
         return round(sum(float(s.get(key, 0.0)) for s in swaps) / n, 1)
@@ -364,11 +377,11 @@ def figures(swaps: list[JSON], load_seconds: float) -> JSON:
     return {
         "swaps": len(swaps),
         "converged": all(s["converged"] for s in swaps),
-        "pod_p50_s": percentile(pod_s, 50),
-        "pod_p95_s": percentile(pod_s, 95),
-        "status_p50_s": percentile(status_s, 50),
-        "status_p95_s": percentile(status_s, 95),
-        "beyond_load_p95_s": round(percentile(status_s, 95) - load_seconds, 3),
+        "pod_p50_s": pct(pod_s, 50),
+        "pod_p95_s": pct(pod_s, 95),
+        "status_p50_s": pct(status_s, 50),
+        "status_p95_s": p95,
+        "beyond_load_p95_s": None if p95 is None else round(p95 - load_seconds, 3),
         "status_bytes": max((s["status_bytes"] for s in swaps), default=0),
         "api_writes_per_swap": mean("api_writes"),
         "api_write_bytes_per_swap": mean("api_write_bytes"),
@@ -412,6 +425,14 @@ def run(args: argparse.Namespace) -> JSON:
 
 
 def one_deployment(bench: Bench, args: argparse.Namespace, result: JSON) -> None:
+    try:
+        scale_through(bench, args, result)
+    finally:  # the fleet gets the cluster to itself
+        bench.client.patch(bench.md_path("scale"), {"spec": {"replicas": 0}})
+        wait_for(lambda: not bench.runtime_pods(), args.setup_timeout, 2.0, "scale: pods gone")
+
+
+def scale_through(bench: Bench, args: argparse.Namespace, result: JSON) -> None:
     name = "scale"
     cluster = bench.cluster
     for i, size in enumerate(args.sizes):
@@ -422,7 +443,7 @@ def one_deployment(bench: Bench, args: argparse.Namespace, result: JSON) -> None
                 bench.client.post(f"{MD_API}/namespaces/{bench.namespace}/modeldeployments", body)
             else:
                 bench.client.patch(bench.md_path(name), {"spec": {"replicas": size}})
-            bench.ready(name, size, args.timeout)
+            bench.ready(name, size, args.setup_timeout)
         except Exception as exc:
             result["per_size"][str(size)] = {"broke": f"scaling to {size}: {exc}"[:2000]}
             print(f"N={size}: did not become Ready: {exc}", flush=True)
@@ -444,8 +465,8 @@ def one_deployment(bench: Bench, args: argparse.Namespace, result: JSON) -> None
         result["runs"][str(size)] = swaps
         print(f"N={size}: {json.dumps(figs)}", flush=True)
         if not figs["converged"]:
+            result["broke_at"] = size
             return
-    bench.client.patch(bench.md_path(name), {"spec": {"replicas": 0}})
 
 
 def many_deployments(bench: Bench, args: argparse.Namespace, result: JSON) -> None:
@@ -458,7 +479,8 @@ def many_deployments(bench: Bench, args: argparse.Namespace, result: JSON) -> No
         )
     try:
         for name, replicas in names.items():
-            bench.ready(name, replicas, max(args.timeout - (time.monotonic() - began), 10))
+            left = args.setup_timeout - (time.monotonic() - began)
+            bench.ready(name, replicas, max(left, 10))
             bench.fix_revision(name)
     except Exception as exc:
         result["fleet"] = {"broke": f"creating the fleet: {exc}"[:2000]}
@@ -475,8 +497,8 @@ def many_deployments(bench: Bench, args: argparse.Namespace, result: JSON) -> No
         "deployments": len(names),
         "replicas_each": args.fleet_replicas,
         "converged": all(s["converged"] for s in swaps),
-        "status_p50_s": percentile(status_s, 50),
-        "status_p95_s": percentile(status_s, 95),
+        "status_p50_s": pct(status_s, 50),
+        "status_p95_s": pct(status_s, 95),
         "api_writes_per_swap": round(sum(s.get("api_writes", 0) for s in swaps) / len(swaps)),
         "operator_cpu_s_per_swap": round(sum(s["operator_cpu_s"] for s in swaps) / len(swaps), 2),
     }
@@ -505,13 +527,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet-replicas", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=4, help="hollow node processes")
     parser.add_argument("--load-seconds", type=float, default=1.0)
-    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--timeout", type=float, default=300, help="seconds a swap may take")
+    parser.add_argument(
+        "--setup-timeout", type=float, default=900, help="seconds to scale up or create"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     result = run(args)
     result["load_average"] = os.getloadavg()
-    measured = [s for s in args.sizes if "pod_p95_s" in result["per_size"].get(str(s), {})]
+    measured = [s for s in args.sizes if result["per_size"].get(str(s), {}).get("converged")]
     top = result["per_size"][str(measured[-1])] if measured else {}
     result["summary"] = {
         "pods": measured[-1] if measured else 0,
@@ -520,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         "api_writes_per_swap": top.get("api_writes_per_swap"),
         "api_bytes_per_swap": top.get("api_bytes_per_swap"),
         "fleet_converge_p95_s": (result.get("fleet") or {}).get("status_p95_s"),
+        "broke_at": result.get("broke_at"),
     }
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
