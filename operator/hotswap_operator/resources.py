@@ -19,10 +19,11 @@ from hotswap_runtime.contract import (
     API_GROUP,
     API_VERSION,
     CONFIG_KEY,
+    DEPLOYMENT_LABEL,
     GRPC_PORT,
     HTTP_PORT,
     KIND,
-    PLURAL,
+    REPLICA_PLURAL,
     ModelConfig,
     configmap_name,
 )
@@ -36,7 +37,7 @@ Manifest = dict[str, Any]
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_DEPLOYMENT = f"{API_GROUP}/model-deployment"
+LABEL_DEPLOYMENT = DEPLOYMENT_LABEL
 MANAGER = "hotswap-operator"
 RUNTIME_APP = "hotswap-runtime"
 
@@ -140,7 +141,10 @@ def service_account(owner: Owner) -> Manifest:
 
 
 def runtime_role_rules(owner: Owner) -> list[dict[str, Any]]:
-    """Runtime pods may read their one ConfigMap and report on their one ModelDeployment."""
+    """Runtime pods may read their one ConfigMap and write their own ModelReplica report.
+
+    RBAC cannot name an object before it exists, so "their own" (named after the pod,
+    owned by it, labelled with this ModelDeployment) is the chart's admission policy."""
     return [
         {
             "apiGroups": [""],
@@ -150,9 +154,8 @@ def runtime_role_rules(owner: Owner) -> list[dict[str, Any]]:
         },
         {
             "apiGroups": [API_GROUP],
-            "resources": [f"{PLURAL}/status"],
-            "resourceNames": [owner.name],
-            "verbs": ["get", "patch"],
+            "resources": [REPLICA_PLURAL],
+            "verbs": ["create", "patch"],
         },
     ]
 
@@ -264,6 +267,7 @@ def runtime_env(
         {"name": "HOTSWAP_SECRETS_DIR", "value": SECRETS_DIR},
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_NAMESPACE", "metadata.namespace"),
+        _field_env("POD_UID", "metadata.uid"),
         {"name": "HOTSWAP_ALLOWED_ARCHITECTURES", "value": ",".join(policy.architectures)},
         {"name": "HOTSWAP_FILE_ROOTS", "value": ",".join(policy.file_roots)},
         {"name": "HOTSWAP_FETCH_ALLOWED_NETWORKS", "value": ",".join(policy.fetch_networks)},

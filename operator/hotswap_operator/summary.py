@@ -1,11 +1,13 @@
 """What the pods' reports add up to (pure): counts, phase, conditions, and the Events
 worth posting for what changed.
 
-Runtime pods write `status.pods.<pod>` (contract.PodReport). From those reports and
-the live pods (the controller's pod cache), `summarize` computes replica counts, the
-printable UPDATED / READY strings, the phase and the Ready / Progressing / Degraded
-conditions; `apply` sets them on a status, moving a condition's lastTransitionTime only
-when it flips. `transition_events` and `pod_events` say which changes deserve an Event.
+Runtime pods report in their own ModelReplica objects (contract.PodReport). From those
+reports and the live pods (the controller's caches), `summarize` computes replica
+counts, the printable UPDATED / READY strings, the phase, the Ready / Progressing /
+Degraded conditions and the first few failing pods; `apply` sets them on a status,
+moving a condition's lastTransitionTime only when it flips. Whatever N, what it writes
+is bounded: messages and `failures` name at most MAX_FAILURES pods.
+`transition_events` and `pod_events` say which changes deserve an Event.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from hotswap_runtime.redact import clip
 
 from hotswap_operator import canary
 from hotswap_operator.reasons import ConditionType, Event, EventType, Phase, Reason
-from hotswap_operator.status import Condition, ModelDeploymentStatus, RevisionRecord
+from hotswap_operator.status import (
+    MAX_FAILURES,
+    Condition,
+    ModelDeploymentStatus,
+    PodFailure,
+    RevisionRecord,
+)
 
 C = ConditionType
 
@@ -51,6 +59,8 @@ class Summary:
     desired: int
     phase: Phase
     conditions: tuple[ConditionValue, ...]
+    failures: tuple[PodFailure, ...] = ()  # at most MAX_FAILURES, by pod name
+    failed: int = 0  # every live pod failing the stable revision
 
 
 def _serves(report: PodReport | str | None, stable: RevisionRecord) -> bool:
@@ -70,24 +80,44 @@ def _failure(report: PodReport | str | None, stable: RevisionRecord) -> str | No
     return f"failed revision {stable.revision}: {cause} ({serving})"
 
 
+def _more(total: int) -> str:
+    left = total - MAX_FAILURES
+    return f" (and {left} more {'pod' if left == 1 else 'pods'})" if left > 0 else ""
+
+
 def _failure_message(failures: Sequence[tuple[str, str]]) -> str:
-    """One sentence per distinct cause, naming every pod that has it."""
+    """One sentence per distinct cause, naming the first MAX_FAILURES pods."""
     by_cause: dict[str, list[str]] = {}
-    for pod, why in failures:
+    for pod, why in failures[:MAX_FAILURES]:
         by_cause.setdefault(why, []).append(pod)
-    return "; ".join(
+    message = "; ".join(
         f"{'pod' if len(pods) == 1 else 'pods'} {', '.join(pods)} {why}"
         for why, pods in by_cause.items()
     )
+    return message + _more(len(failures))
 
 
 def _waiting(pods: Sequence[PodInfo], reports: Mapping[str, PodReport | str]) -> str:
     parts = []
-    for pod in pods:
+    for pod in pods[:MAX_FAILURES]:
         report = reports.get(pod.name)
         state = report.state.value if isinstance(report, PodReport) else "no report yet"
         parts.append(f"{pod.name} ({state})")
-    return ", ".join(parts)
+    return ", ".join(parts) + _more(len(pods))
+
+
+def _pod_failures(
+    failing: Sequence[PodInfo], reports: Mapping[str, PodReport | str], stable: RevisionRecord
+) -> tuple[PodFailure, ...]:
+    out = []
+    for pod in failing[:MAX_FAILURES]:
+        report = reports.get(pod.name)
+        if isinstance(report, PodReport):
+            reason = clip(report.message) or "no reason given"
+            out.append(PodFailure(pod=pod.name, revision=stable.revision, reason=reason))
+        else:
+            out.append(PodFailure(pod=pod.name, reason=f"sent an {report}"))
+    return tuple(out)
 
 
 def _phase(
@@ -145,7 +175,9 @@ def summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodInf
         return Summary(len(live), ready, 0, desired, phase, conditions)
     reports = status.reports()
     updated = sum(_serves(reports.get(p.name), stable) for p in live)
+    live = sorted(live, key=lambda p: p.name)
     failures = [(p.name, f) for p in live if (f := _failure(reports.get(p.name), stable))]
+    failing = [p for p in live if _failure(reports.get(p.name), stable)]
     phase = _phase(desired, live, reports, updated, failures)
     target = f"revision {stable.revision} (sha256 {short_sha(stable.sha256)})"
     counts = f"{updated}/{desired} pods serve {target}, {ready}/{desired} ready"
@@ -154,7 +186,16 @@ def summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodInf
     if len(live) != desired:
         waiting = f"{waiting}; {len(live)} of {desired} pods exist"
     failed_msg = _failure_message(failures)
-    base = Summary(len(live), ready, updated, desired, phase, ())
+    base = Summary(
+        len(live),
+        ready,
+        updated,
+        desired,
+        phase,
+        (),
+        _pod_failures(failing, reports, stable),
+        len(failures),
+    )
     shown = canary.override(status, phase)  # a Canary rollout says where it stands
     if shown is not None:
         return _canary_summary(base, counts, shown)
@@ -218,6 +259,8 @@ def apply(
             "ready": f"{summary.ready_replicas}/{summary.desired}",
             "phase": summary.phase,
             "conditions": tuple(conditions),
+            "failed_replicas": summary.failed,
+            "failures": summary.failures or None,
         }
     )
 

@@ -1,9 +1,13 @@
-"""Reports this pod's state to ``status.pods.<pod>`` of its ModelDeployment.
+"""Reports this pod's state in its own ``ModelReplica`` object.
 
-A JSON merge patch on the status subresource touches only this pod's key, so pods never
-conflict. Reports go out from a background thread: the latest report replaces any that
-has not been sent yet, and failures are retried with exponential back-off, so serving
-never waits on the API server.
+Each runtime pod owns one small object, named after the pod, labelled with its
+ModelDeployment and owned by the pod (the garbage collector removes it with the pod).
+The report is its ``status``; a JSON merge patch replaces it, and the first report (a
+404) creates the object. Pods never write the same object, so they never conflict, and
+no write grows with the number of pods: the ModelDeployment carries only what the
+operator aggregates. Reports go out from a background thread: the latest report
+replaces any that has not been sent yet, and failures are retried with exponential
+back-off, so serving never waits on the API server.
 """
 
 from __future__ import annotations
@@ -12,7 +16,15 @@ import logging
 import threading
 from typing import Any
 
-from .contract import API_GROUP, API_VERSION, PLURAL, PodReport, PodState
+from .contract import (
+    API_GROUP,
+    API_VERSION,
+    DEPLOYMENT_LABEL,
+    REPLICA_KIND,
+    REPLICA_PLURAL,
+    PodReport,
+    PodState,
+)
 from .desired import Failure, Status
 
 log = logging.getLogger(__name__)
@@ -27,12 +39,14 @@ class Reporter:
         namespace: str,
         name: str,
         pod: str,
+        pod_uid: str | None = None,
         max_backoff: float = 30.0,
     ) -> None:
         self.api = api
         self.namespace = namespace
-        self.name = name
+        self.name = name  # the ModelDeployment
         self.pod = pod
+        self.pod_uid = pod_uid
         self.max_backoff = max_backoff
         self._cond = threading.Condition()
         self._pending: PodReport | None = None
@@ -63,7 +77,25 @@ class Reporter:
         phases: dict[str, Any] = {k: None for k in self._sent_phases - set(report.swap_seconds)}
         phases.update(entry["swapSeconds"])
         entry["swapSeconds"] = phases
-        return {"status": {"pods": {self.pod: entry}}}
+        return {"status": entry}
+
+    def manifest(self, report: PodReport) -> dict[str, Any]:
+        """The whole object, for the first report: named after the pod, owned by it."""
+        meta: dict[str, Any] = {
+            "name": self.pod,
+            "namespace": self.namespace,
+            "labels": {DEPLOYMENT_LABEL: self.name},
+        }
+        if self.pod_uid:
+            meta["ownerReferences"] = [
+                {"apiVersion": "v1", "kind": "Pod", "name": self.pod, "uid": self.pod_uid}
+            ]
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": REPLICA_KIND,
+            "metadata": meta,
+            "status": report.to_status(),
+        }
 
     def _run(self) -> None:
         from kubernetes import client
@@ -87,24 +119,37 @@ class Reporter:
                     return
             backoff = min(backoff * 2, self.max_backoff)
 
-    def _send(self, api: Any, report: PodReport) -> bool:
+    def _write(self, api: Any, report: PodReport) -> None:
+        """Merge-patch the report; create the object when it does not exist yet."""
+        from kubernetes.client.exceptions import ApiException
+
         try:
-            api.patch_namespaced_custom_object_status(
+            api.patch_namespaced_custom_object(
                 API_GROUP,
                 API_VERSION,
                 self.namespace,
-                PLURAL,
-                self.name,
+                REPLICA_PLURAL,
+                self.pod,
                 self.body(report),
                 _content_type="application/merge-patch+json",
             )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            api.create_namespaced_custom_object(
+                API_GROUP, API_VERSION, self.namespace, REPLICA_PLURAL, self.manifest(report)
+            )
+
+    def _send(self, api: Any, report: PodReport) -> bool:
+        try:
+            self._write(api, report)
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
             log.warning(
-                "status report for pod %s on %s/%s failed (will retry): %s",
+                "report of pod %s (ModelReplica %s/%s) failed (will retry): %s",
                 self.pod,
                 self.namespace,
-                self.name,
+                self.pod,
                 self.last_error,
             )
             return False

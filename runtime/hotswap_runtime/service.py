@@ -108,7 +108,7 @@ class Runtime:
             log.warning("Kubernetes API unavailable (%s): reports and API watch are off", exc)
         if self.api is None:
             return
-        self.reporter = Reporter(self.api, s.pod_namespace, s.model_name, s.pod_name)
+        self.reporter = Reporter(self.api, s.pod_namespace, s.model_name, s.pod_name, s.pod_uid)
         if s.api_watch:
             name = s.configmap or configmap_name(s.model_name)
             self.api_watcher = ApiWatcher(

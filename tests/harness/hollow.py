@@ -109,7 +109,7 @@ class HollowPod:
         cfg.api_key = {"authorization": f"Bearer {token}"}
         self.api = client.ApiClient(cfg)
         self.ready = False
-        self.reporter = Reporter(self.api, self.namespace, model, self.name)
+        self.reporter = Reporter(self.api, self.namespace, model, self.name, meta["uid"])
         swapper = cast(Swapper, StandInSwapper(node.load_seconds))
         self.reconciler = Reconciler(swapper, [self])
         self.watcher = ApiWatcher(

@@ -32,10 +32,14 @@ V2 = {"uri": "file:///models/v2.safetensors", "sha256": SHA2}
 
 @pytest.fixture(scope="module")
 def crd(cluster):
-    crd = Path(__file__).resolve().parents[3] / "crds" / "modeldeployment.yaml"
+    crd = Path(__file__).resolve().parents[3] / "crds"
     cluster.kubectl("apply", "--server-side", "-f", str(crd))
     cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.hotswap.dev"
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/modeldeployments.hotswap.dev",
+        "crd/modelreplicas.hotswap.dev",
     )
     return cluster
 
