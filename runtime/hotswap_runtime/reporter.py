@@ -6,13 +6,15 @@ The report is its ``status``; a JSON merge patch replaces it, and the first repo
 404) creates the object. Pods never write the same object, so they never conflict, and
 no write grows with the number of pods: the ModelDeployment carries only what the
 operator aggregates. Reports go out from a background thread: the latest report
-replaces any that has not been sent yet, and failures are retried with exponential
-back-off, so serving never waits on the API server.
+replaces any that has not been sent yet, one equal to the last written is not sent
+again, and failures are retried with exponential back-off, so serving never waits on
+the API server.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from typing import Any
 
@@ -53,7 +55,9 @@ class Reporter:
         self._stopping = False
         self._sent_phases: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="hotswap-reporter", daemon=True)
+        self._last_sent: PodReport | None = None  # the reporter thread's alone
         self.sent = 0
+        self.unchanged = 0  # reports not sent: equal to the last one written
         self.last_error: str | None = None
 
     def submit(self, report: PodReport) -> None:
@@ -109,15 +113,23 @@ class Reporter:
                     return
                 report, self._pending = self._pending, None
             assert report is not None
-            if self._send(api, report):
+            if report == self._last_sent:  # e.g. "loading" when the load really starts
+                self.unchanged += 1
+                continue
+            throttled = self._send(api, report)
+            if throttled is None:
                 backoff = 0.5
                 continue
+            # Throttled (429, API Priority and Fairness): when the server says, spread
+            # over a second so a thousand pods do not come back at once. Else back off.
+            delay = throttled + random.uniform(0, 1) if throttled > 0 else backoff
             with self._cond:
                 if self._pending is None:
                     self._pending = report
-                if self._cond.wait_for(lambda: self._stopping, backoff):
+                if self._cond.wait_for(lambda: self._stopping, delay):
                     return
-            backoff = min(backoff * 2, self.max_backoff)
+            if throttled <= 0:
+                backoff = min(backoff * 2, self.max_backoff)
 
     def _write(self, api: Any, report: PodReport) -> None:
         """Merge-patch the report; create the object when it does not exist yet."""
@@ -140,7 +152,9 @@ class Reporter:
                 API_GROUP, API_VERSION, self.namespace, REPLICA_PLURAL, self.manifest(report)
             )
 
-    def _send(self, api: Any, report: PodReport) -> bool:
+    def _send(self, api: Any, report: PodReport) -> float | None:
+        """None when written; else the seconds the server asked to wait (429
+        Retry-After), or 0 for any other failure."""
         try:
             self._write(api, report)
         except Exception as exc:
@@ -152,11 +166,27 @@ class Reporter:
                 self.pod,
                 self.last_error,
             )
-            return False
+            return retry_after(exc)
         self._sent_phases = set(report.swap_seconds)
+        self._last_sent = report
         self.sent += 1
         self.last_error = None
-        return True
+        return None
+
+
+MAX_RETRY_AFTER = 10.0  # seconds; a larger Retry-After is not believed
+
+
+def retry_after(exc: BaseException) -> float:
+    """Seconds a 429 answer asks the client to wait (1 without a header); 0 otherwise."""
+    if getattr(exc, "status", None) != 429:
+        return 0.0
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        seconds = float(headers.get("Retry-After", 1))
+    except (TypeError, ValueError):
+        seconds = 1.0
+    return min(max(seconds, 0.1), MAX_RETRY_AFTER)
 
 
 def pod_report(status: Status, device: str, env: dict[str, str]) -> PodReport:

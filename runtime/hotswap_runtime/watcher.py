@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import stat
 import threading
 from pathlib import Path
@@ -28,6 +29,7 @@ import watchfiles
 
 from .contract import CONFIG_KEY, MAX_CONFIG_BYTES, ConfigError, parse_config
 from .desired import Reconciler
+from .reporter import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +199,10 @@ class ApiWatcher:
                     )
                     return
                 log.warning("API watch of configmap %s: %s %s", self.name, exc.status, exc.reason)
+                if exc.status == 429:  # throttled: come back when asked, not later
+                    if self._stop.wait(retry_after(exc) + random.uniform(0, 1)):
+                        return
+                    continue
             except Exception as exc:
                 log.warning("API watch of configmap %s: %s", self.name, exc)
             if self._stop.wait(backoff):

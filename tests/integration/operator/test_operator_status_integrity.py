@@ -192,8 +192,12 @@ def test_the_runtime_reporter_creates_then_patches_its_report(world, cluster):
     try:
         reporter.submit(PodReport(state=PodState.LOADING, targetRevision=1))
         wait_for(lambda: reporter.sent == 1, timeout=30, what="the first report")
-        reporter.submit(PodReport(state=PodState.SERVING, revision=1, sha256="1" * 64))
+        serving = PodReport(state=PodState.SERVING, revision=1, sha256="1" * 64)
+        reporter.submit(serving)
         wait_for(lambda: reporter.sent == 2, timeout=30, what="the second report")
+        reporter.submit(PodReport(state=PodState.SERVING, revision=1, sha256="1" * 64))
+        wait_for(lambda: reporter.unchanged == 1, timeout=30, what="an equal report skipped")
+        assert reporter.sent == 2
     finally:
         reporter.stop()
     stored = admin.get(f"{path}/m-a")

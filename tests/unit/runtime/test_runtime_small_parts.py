@@ -102,3 +102,20 @@ def test_reporter_writes_its_own_modelreplica_owned_by_its_pod() -> None:
     reporter._sent_phases = {"fetch", "x"}
     second = reporter.body(PodReport(state=PodState.LOADING, swapSeconds={"fetch": 0.5}))
     assert second["status"]["swapSeconds"] == {"fetch": 0.5, "x": None}
+
+
+def test_a_throttled_report_waits_what_the_server_asks_and_no_more() -> None:
+    from hotswap_runtime.reporter import MAX_RETRY_AFTER, retry_after
+    from kubernetes.client.exceptions import ApiException
+
+    throttled = ApiException(status=429, reason="Too Many Requests")
+    throttled.headers = {"Retry-After": "2"}
+    assert retry_after(throttled) == 2.0
+    throttled.headers = {}
+    assert retry_after(throttled) == 1.0  # APF's answer carries one; a proxy's may not
+    throttled.headers = {"Retry-After": "86400"}
+    assert retry_after(throttled) == MAX_RETRY_AFTER
+    throttled.headers = {"Retry-After": "soon"}
+    assert retry_after(throttled) == 1.0
+    assert retry_after(ApiException(status=500)) == 0.0  # exponential back-off instead
+    assert retry_after(OSError("refused")) == 0.0
