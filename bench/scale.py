@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -140,12 +141,13 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
 
 
 def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of `pids`; NaN when one has gone (a restarted operator)."""
     total = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue
+            return float("nan")
         total += int(fields[11]) + int(fields[12])
     return total / TICKS
 
@@ -329,7 +331,7 @@ class Bench:
             "pod_s": [round(x, 3) for x in pods],
             "status_s": sorted(round(x, 3) for x in progress.status.values()),
             "status_bytes": max(sizes),
-            "operator_cpu_s": round(cpu1 - cpu0, 2),
+            "operator_cpu_s": None if math.isnan(cpu1 - cpu0) else round(cpu1 - cpu0, 2),
             **spent,
         }
 
@@ -360,6 +362,12 @@ def hollow_nodes(cluster: Cluster, count: int, load_seconds: float, logs: Path) 
         )
 
 
+def mean_of(values: list[float | None]) -> float | None:
+    """Mean of the values measured (None where an operator process restarted)."""
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 2) if known else None
+
+
 def pct(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile; None (JSON null) for no values."""
     return percentile(values, q) if values else None
@@ -387,7 +395,7 @@ def figures(swaps: list[JSON], load_seconds: float) -> JSON:
         "api_write_bytes_per_swap": mean("api_write_bytes"),
         "api_watch_bytes_per_swap": mean("api_watch_bytes"),
         "api_bytes_per_swap": round(mean("api_write_bytes") + mean("api_watch_bytes")),
-        "operator_cpu_s_per_swap": round(sum(s["operator_cpu_s"] for s in swaps) / n, 2),
+        "operator_cpu_s_per_swap": mean_of([s["operator_cpu_s"] for s in swaps]),
     }
 
 
@@ -500,7 +508,7 @@ def many_deployments(bench: Bench, args: argparse.Namespace, result: JSON) -> No
         "status_p50_s": pct(status_s, 50),
         "status_p95_s": pct(status_s, 95),
         "api_writes_per_swap": round(sum(s.get("api_writes", 0) for s in swaps) / len(swaps)),
-        "operator_cpu_s_per_swap": round(sum(s["operator_cpu_s"] for s in swaps) / len(swaps), 2),
+        "operator_cpu_s_per_swap": mean_of([s["operator_cpu_s"] for s in swaps]),
     }
 
 
