@@ -317,10 +317,13 @@ def _swap_event(pod: str, report: PodReport, first: bool) -> Event | None:
 def pod_events(
     memory: PodMemory | None, reports: Mapping[str, PodReport | str]
 ) -> tuple[list[Event], PodMemory]:
-    """Per-pod swap and failure events since `memory` (None: first sight, no events)."""
+    """Per-pod swap and failure events since `memory` (None: first sight, no events):
+    one each for up to MAX_FAILURES pods, then one Event for the rest, so a sync posts
+    a bounded number of Events however many pods swapped since the last one."""
     seen: PodMemory = {}
     events: list[Event] = []
-    for pod, report in reports.items():
+    for pod in sorted(reports):
+        report = reports[pod]
         if not isinstance(report, PodReport):
             continue
         seen[pod] = _remember(report)
@@ -330,4 +333,20 @@ def pod_events(
         event = _swap_event(pod, report, first)
         if event is not None:
             events.append(event)
-    return events, seen
+    return _bounded(events), seen
+
+
+def _bounded(events: list[Event]) -> list[Event]:
+    if len(events) <= MAX_FAILURES:
+        return events
+    rest = events[MAX_FAILURES - 1 :]
+    failed = sum(e.reason is Reason.SWAP_FAILED for e in rest)
+    counts = f"{len(rest) - failed} loaded or swapped, {failed} failed"
+    message = (
+        f"and {len(rest)} more pods: {counts} "
+        "(kubectl get modelreplicas -l hotswap.dev/model-deployment=<name>)"
+    )
+    kind, reason = (EventType.NORMAL, Reason.SWAPPED)
+    if failed:
+        kind, reason = (EventType.WARNING, Reason.SWAP_FAILED)
+    return [*events[: MAX_FAILURES - 1], Event(kind, reason, message)]

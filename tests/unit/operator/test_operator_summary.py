@@ -219,3 +219,16 @@ def test_a_pods_first_model_is_loaded_not_swapped():
     assert events == []
     (event,), _ = pod_events(memory, {"p-a": report(1, SHA_A)})
     assert event.reason == "Loaded" and "loaded revision 1" in event.message
+
+
+def test_pod_events_are_bounded_however_many_pods_swapped():
+    before = {f"p-{i:04d}": report(1, SHA_A) for i in range(1000)}
+    _, memory = pod_events(None, before)
+    after = {pod: report(2, SHA_B) for pod in before}
+    after["p-0999"] = report(1, SHA_A, "Failed", target=2, message="NaN in outputs")
+    events, _ = pod_events(memory, after)
+    assert len(events) == 10
+    assert [e.reason for e in events[:9]] == ["Swapped"] * 9
+    assert events[0].message.startswith("pod p-0000 swapped to revision 2")
+    assert (events[-1].type, events[-1].reason) == ("Warning", "SwapFailed")
+    assert events[-1].message.startswith("and 991 more pods: 990 loaded or swapped, 1 failed")
