@@ -22,6 +22,7 @@ import os
 import random
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from .desired import Reconciler
 from .reporter import retry_after
 
 log = logging.getLogger(__name__)
+WATCHED_SECONDS = 5.0  # a watch that ran this long and dropped is re-listed at once
 
 
 class ConfigReader:
@@ -168,6 +170,7 @@ class ApiWatcher:
         self._watch: Any = None
         self._thread = threading.Thread(target=self._run, name="hotswap-api-watch", daemon=True)
         self.events = 0
+        self._listed_at: float | None = None  # when this attempt's list succeeded
 
     def start(self) -> None:
         self._thread.start()
@@ -184,6 +187,7 @@ class ApiWatcher:
         core = client.CoreV1Api(self.api)
         backoff = 1.0
         while not self._stop.is_set():
+            self._listed_at = None
             try:
                 self._watch_once(core)
                 backoff = 1.0
@@ -205,6 +209,14 @@ class ApiWatcher:
                     continue
             except Exception as exc:
                 log.warning("API watch of configmap %s: %s", self.name, exc)
+            listed = self._listed_at
+            if listed is not None and time.monotonic() - listed > WATCHED_SECONDS:
+                # It was watching (a stream the server dropped or ended): list again soon,
+                # spread over a second, not after a back-off grown by earlier failures.
+                backoff = 1.0
+                if self._stop.wait(random.uniform(0, 1)):
+                    return
+                continue
             if self._stop.wait(backoff):
                 return
             backoff = min(backoff * 2, 30.0)
@@ -215,6 +227,7 @@ class ApiWatcher:
         listing = core.list_namespaced_config_map(
             self.namespace, field_selector=f"metadata.name={self.name}"
         )
+        self._listed_at = time.monotonic()
         for item in listing.items:
             self._feed(item)
         self._watch = watch.Watch()  # type: ignore[no-untyped-call]
