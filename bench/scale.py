@@ -26,6 +26,7 @@ changes are timed. Then 100 ModelDeployments of 5 replicas change at once. Per s
 * `apiserver_rss_mb`, `etcd_rss_mb` after each size.
 
     python bench/scale.py [--sizes 10,100,300,1000] [--swaps 3] [--fleet 100] [--out FILE]
+                          [--logs DIR]  (the hollow nodes' and operators' logs are kept there)
 
 The last line printed is a JSON summary: `pods` (the largest N measured),
 `converge_p95_s`, `status_bytes`, `api_writes_per_swap`, `api_bytes_per_swap` (at that N),
@@ -42,6 +43,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -428,8 +430,20 @@ def run(args: argparse.Namespace) -> JSON:
                 proc.terminate()
             for proc in nodes:
                 proc.wait(30)
-        result["logs"] = str(logs)
+            result["logs"] = keep_logs(logs, kubelet, namespace, args.logs)
     return result
+
+
+def keep_logs(logs: Path, kubelet: LocalKubelet, namespace: str, keep: Path) -> str:
+    """Copy the hollow nodes' and operator pods' logs out of the cluster's temp folder
+    (which stop() removes): what a pod that never reported was doing."""
+    keep.mkdir(parents=True, exist_ok=True)
+    for log in logs.glob("hollow-*.log"):
+        shutil.copy(log, keep / log.name)
+    for pod in (kubelet.root / "pods").glob(f"{namespace}_hotswap-*"):
+        if (pod / "pod.log").is_file():
+            shutil.copy(pod / "pod.log", keep / f"operator-{pod.name}.log")
+    return str(keep)
 
 
 def one_deployment(bench: Bench, args: argparse.Namespace, result: JSON) -> None:
@@ -540,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
         "--setup-timeout", type=float, default=900, help="seconds to scale up or create"
     )
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--logs",
+        type=Path,
+        default=REPO / "bench" / "results" / f"scale-logs-{time.strftime('%Y%m%d-%H%M%S')}",
+        help="where the hollow nodes' and operator pods' logs are kept",
+    )
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     result = run(args)
