@@ -4,8 +4,9 @@ Starts the real control plane and a real node (kubelet, containerd, runc, kube-p
 tests/harness/node.py), loads the operator and runtime images built from the Dockerfile
 (`make images`) into containerd, installs the chart with the real helm, applies
 examples/resnet18.yaml (3 replicas), sends traffic to its Service, points the
-ModelDeployment at checkpoint v2, and prints `kubectl get modeldeployments` before and
-after, the pods' container IDs and restart counts, and the failed requests. Stops
+ModelDeployment at checkpoint v2, and prints `kubectl get modeldeployments` and
+`kubectl get modelreplicas` (each pod's own report) before and after, the pods'
+container IDs and restart counts, and the failed requests. Stops
 everything at the end unless --keep is given.
 """
 
@@ -38,6 +39,8 @@ def say(text: str) -> None:
 def show(fleet: Fleet) -> None:
     print("$ kubectl get modeldeployments")
     print(fleet.kubectl_get().rstrip(), flush=True)
+    print(f"$ kubectl get modelreplicas -l hotswap.dev/model-deployment={fleet.name}")
+    print(fleet.kubectl_get_replicas().rstrip(), flush=True)
 
 
 def swap_under_load(fleet: Fleet, v2: tuple[Path, str]) -> int:

@@ -1,7 +1,7 @@
 """Everything one sync of a ModelDeployment looks at, read once at its start.
 
 As argo-rollouts' rolloutContext (rollout/context.go): the sync reads the object and its
-ConfigMap from the API and the pods from the controller's cache, builds one
+ConfigMap from the API and the pods and their reports from the controller's cache, builds one
 `SyncContext`, and from then on decides from it alone (sync.decide is pure). Nothing
 here talks to the API.
 """
@@ -32,7 +32,8 @@ class SyncContext:
     generation: int  # metadata.generation: what observedGeneration will say
     raw_spec: Mapping[str, Any]  # spec as stored (parsed by decide: a SpecError is status)
     raw_status: Mapping[str, Any]  # status as stored: the merge patch is computed against it
-    status: ModelDeploymentStatus  # the same status, typed (the pods' reports included)
+    status: ModelDeploymentStatus  # the same status, typed, with the live pods' reports
+    # (`pods`: their ModelReplica objects, from the controller's cache; never written)
     # -- what the pods are told: ConfigMap `<name>-model` as read (GET, once) ------------
     config: ModelConfig | None  # its model.json; None when absent, unreadable or not ours
     config_uid: str | None  # its uid when this ModelDeployment controls it (apply precondition)
@@ -64,12 +65,16 @@ class SyncContext:
         defaults: RuntimeDefaults,
         now: str,
         applied: Applied | None,
+        reports: Mapping[str, Any] | None = None,
     ) -> SyncContext:
         meta = body["metadata"]
         owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
         generation = int(meta.get("generation") or 0)
         raw_status = dict(body.get("status") or {})
         config, uid, holder = _read_config(config_map, owner)
+        names = {p.name for p in pods}  # a gone pod's report waits for the GC: ignored
+        own = {pod: r for pod, r in (reports or {}).items() if pod in names}
+        status = ModelDeploymentStatus.from_raw(raw_status).model_copy(update={"pods": own})
         return cls(
             owner=owner,
             body=body,
@@ -77,7 +82,7 @@ class SyncContext:
             generation=generation,
             raw_spec=dict(body.get("spec") or {}),
             raw_status=raw_status,
-            status=ModelDeploymentStatus.from_raw(raw_status),
+            status=status,
             config=config,
             config_uid=uid,
             config_holder=holder,

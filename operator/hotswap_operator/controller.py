@@ -3,7 +3,8 @@
 kopf's watches call the `on_*` methods (on the event loop); each asks for a sync of the
 ModelDeployment concerned, which waits in the work queue (deduplicated) until a worker
 runs `Syncer.sync` in a thread. A worker reads the pods from kopf's index of runtime
-pods (filled by the watch before any handler runs: no LIST per event). Only the leader
+pods and their reports from kopf's index of ModelReplica objects (both filled by their
+watches before any handler runs: no LIST per event). Only the leader
 syncs: the other replicas keep their caches and take every key when they become
 leader. After a sync the controller remembers what it wrote (so the watch event of its
 own write is not a new trigger), requeues at the next step deadline, and retries
@@ -31,6 +32,8 @@ from hotswap_operator.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
 PodSource = Callable[[Key], Iterable[PodInfo]]
+Report = tuple[str, dict[str, Any]]  # (pod name, its ModelReplica's status as stored)
+ReportSource = Callable[[Key], Mapping[str, Any]]  # pod name -> report
 OUTCOMES = {
     Reason.ROLLOUT_COMPLETE: "Complete",
     Reason.ROLLED_BACK: "RolledBack",
@@ -55,6 +58,7 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue()
         self.metrics.watch_queue(lambda: len(self.queue))
         self.pods: PodSource = lambda key: ()
+        self.reports: ReportSource = lambda key: {}
         self.leading = False
         self.known: set[Key] = set()  # every ModelDeployment seen (for a takeover)
         self.applied: dict[Key, Applied] = {}  # children applied, per (uid, generation)
@@ -77,6 +81,7 @@ class Controller:
             self.trigger(key)
 
     def on_pod(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        """A runtime pod, or its report (ModelReplica), changed."""
         key = owner_key(body)
         if key is not None:
             self.trigger(key)
@@ -146,11 +151,12 @@ class Controller:
 
     async def process(self, key: Key) -> SyncResult | None:
         """One sync of `key` in a worker thread; what follows from its outcome."""
-        pods = tuple(self.pods(key))  # read on the loop, where kopf updates the index
+        pods = tuple(self.pods(key))  # read on the loop, where kopf updates the indexes
+        reports = dict(self.reports(key))
         applied = self.applied.get(key)
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        running = loop.run_in_executor(None, self.syncer.sync, *key, pods, applied)
+        running = loop.run_in_executor(None, self.syncer.sync, *key, pods, applied, reports)
         self._running.add(running)
         running.add_done_callback(self._running.discard)
         try:

@@ -20,10 +20,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import kopf
-from hotswap_runtime.contract import API_GROUP, API_VERSION, PLURAL
+from hotswap_runtime.contract import API_GROUP, API_VERSION, PLURAL, REPLICA_PLURAL
 
 from hotswap_operator import config, resources
-from hotswap_operator.controller import Controller, Key
+from hotswap_operator.controller import Controller, Key, Report
 from hotswap_operator.events import EventRecorder
 from hotswap_operator.kube import Kube, Permission, load_api_client
 from hotswap_operator.leader import LeaderElector, Timing
@@ -32,6 +32,7 @@ from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer
 
 MD = (API_GROUP, API_VERSION, PLURAL)
+REPLICAS = (API_GROUP, API_VERSION, REPLICA_PLURAL)
 RUNTIME_PODS = {resources.LABEL_NAME: resources.RUNTIME_APP}
 OWNED = {resources.LABEL_MANAGED_BY: resources.MANAGER}
 
@@ -39,6 +40,8 @@ OWNED = {resources.LABEL_MANAGED_BY: resources.MANAGER}
 KOPF_PERMISSIONS: set[Permission] = {
     (API_GROUP, PLURAL, "list"),
     (API_GROUP, PLURAL, "watch"),
+    (API_GROUP, REPLICA_PLURAL, "list"),
+    (API_GROUP, REPLICA_PLURAL, "watch"),
     ("", "pods", "list"),
     ("", "pods", "watch"),
     ("", "events", "create"),
@@ -78,7 +81,7 @@ class QuietEventHandlers(logging.Filter):
     """Drop kopf's "Handler '<x>' succeeded." lines of watch-event and index handlers:
     they run on every pod report and readiness change, and their successes say nothing."""
 
-    PATTERN = re.compile(r"^Handler '[\w.]*(_event|runtime_pods)' succeeded\.$")
+    PATTERN = re.compile(r"^Handler '[\w.]*(_event|runtime_pods|replica_reports)' succeeded\.$")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.levelno == logging.INFO and self.PATTERN.match(record.getMessage()))
@@ -141,30 +144,51 @@ async def runtime_pods(body: kopf.Body, **_: Any) -> dict[Key, PodInfo] | None:
     return {(body.metadata.namespace, name): PodInfo.from_pod(body)}
 
 
-def _attach(memo: kopf.Memo, index: kopf.Index[Key, PodInfo]) -> Controller:
+@kopf.index(*REPLICAS, labels={resources.LABEL_DEPLOYMENT: kopf.PRESENT})
+async def replica_reports(body: kopf.Body, **_: Any) -> dict[Key, Report] | None:
+    """The pods' own reports (ModelReplica objects) by the ModelDeployment they name."""
+    name = (body.metadata.labels or {}).get(resources.LABEL_DEPLOYMENT)
+    if not name or not body.metadata.namespace or not body.metadata.name:
+        return None
+    return {(body.metadata.namespace, name): (body.metadata.name, dict(body.status or {}))}
+
+
+def _attach(memo: kopf.Memo, kwargs: dict[str, Any]) -> Controller:
     controller: Controller = memo.controller
+    pod_index: kopf.Index[Key, PodInfo] = kwargs["runtime_pods"]
+    report_index: kopf.Index[Key, Report] = kwargs["replica_reports"]
 
     def pods(key: Key) -> Iterable[PodInfo]:
-        return tuple(index[key]) if key in index else ()
+        return tuple(pod_index[key]) if key in pod_index else ()
+
+    def reports(key: Key) -> dict[str, Any]:
+        return dict(report_index[key]) if key in report_index else {}
 
     controller.pods = pods
+    controller.reports = reports
     return controller
 
 
 @kopf.on.event(*MD)
 async def model_deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
     """The spec, the pods' reports (status) and the object's deletion."""
-    _attach(memo, kwargs["runtime_pods"]).on_model_deployment(event["type"], event["object"])
+    _attach(memo, kwargs).on_model_deployment(event["type"], event["object"])
 
 
 @kopf.on.event("", "v1", "pods", labels=RUNTIME_PODS)
 async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
     """Readiness changes, new pods and deleted pods (whose reports get pruned)."""
-    _attach(memo, kwargs["runtime_pods"]).on_pod(event["type"], event["object"])
+    _attach(memo, kwargs).on_pod(event["type"], event["object"])
 
 
 @kopf.on.event("", "v1", "configmaps", labels=OWNED)
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
     """A ConfigMap edited or deleted, a Deployment deleted: the sync puts them back."""
-    _attach(memo, kwargs["runtime_pods"]).on_child(event["type"], event["object"])
+    _attach(memo, kwargs).on_child(event["type"], event["object"])
+
+
+@kopf.on.event(*REPLICAS, labels={resources.LABEL_DEPLOYMENT: kopf.PRESENT})
+async def replica_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A pod's report changed: a sync aggregates it (a burst of reports is one sync)."""
+    _attach(memo, kwargs).on_pod(event["type"], event["object"])

@@ -21,10 +21,11 @@ from hotswap_runtime.contract import (
     API_GROUP,
     API_VERSION,
     CONFIG_KEY,
+    DEPLOYMENT_LABEL,
     GRPC_PORT,
     HTTP_PORT,
     KIND,
-    PLURAL,
+    REPLICA_PLURAL,
     ModelConfig,
     configmap_name,
 )
@@ -38,7 +39,7 @@ Manifest = dict[str, Any]
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_DEPLOYMENT = f"{API_GROUP}/model-deployment"
+LABEL_DEPLOYMENT = DEPLOYMENT_LABEL
 # On the pod template when the ServiceAccount has annotations: a digest of them, so a
 # workload-identity change rolls the pods (they read credentials when they start).
 ANNOTATION_ACCOUNT = f"{API_GROUP}/serviceaccount-annotations"
@@ -149,7 +150,10 @@ def service_account(owner: Owner, annotations: Mapping[str, str] | None = None) 
 
 
 def runtime_role_rules(owner: Owner) -> list[dict[str, Any]]:
-    """Runtime pods may read their one ConfigMap and report on their one ModelDeployment."""
+    """Runtime pods may read their one ConfigMap and write their own ModelReplica report.
+
+    RBAC cannot name an object before it exists, so "their own" (named after the pod,
+    owned by it, labelled with this ModelDeployment) is the chart's admission policy."""
     return [
         {
             "apiGroups": [""],
@@ -159,9 +163,8 @@ def runtime_role_rules(owner: Owner) -> list[dict[str, Any]]:
         },
         {
             "apiGroups": [API_GROUP],
-            "resources": [f"{PLURAL}/status"],
-            "resourceNames": [owner.name],
-            "verbs": ["get", "patch"],
+            "resources": [REPLICA_PLURAL],
+            "verbs": ["create", "patch"],
         },
     ]
 
@@ -326,6 +329,7 @@ def runtime_env(
         {"name": "HOTSWAP_SECRETS_DIR", "value": SECRETS_DIR},
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_NAMESPACE", "metadata.namespace"),
+        _field_env("POD_UID", "metadata.uid"),
         {"name": "HOTSWAP_ALLOWED_ARCHITECTURES", "value": ",".join(policy.architectures)},
         {"name": "HOTSWAP_FILE_ROOTS", "value": ",".join(policy.file_roots)},
         {"name": "HOTSWAP_FETCH_ALLOWED_NETWORKS", "value": ",".join(policy.fetch_networks)},

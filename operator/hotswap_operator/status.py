@@ -3,14 +3,15 @@
 `ModelDeploymentStatus.from_raw` reads what the API server holds (tolerating fields a
 newer operator wrote, and dropping a malformed field rather than the whole status);
 `merge_patch` turns the status a sync wants into the one JSON merge patch it writes:
-only what differs, `null` for what goes. `status.pods` belongs to the runtime pods
-(contract.PodReport, one entry each): the operator never writes an entry, it only
-prunes those of pods that no longer exist.
+only what differs, `null` for what goes. The pods' own reports (contract.PodReport) are
+not in the status: each pod writes its own ModelReplica object, and the status carries
+only what they add up to (counts, phase, conditions, at most MAX_FAILURES failing pods).
+A `status.pods` map left by an older version is removed by the next write.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from hotswap_runtime.contract import PodReport
@@ -61,6 +62,17 @@ class Rollback(RevisionRecord):
     rolled_back_at: str = Field(default="", alias="rolledBackAt")
 
 
+class PodFailure(_Status):
+    """One entry of `status.failures`: a pod that failed the revision meant for it."""
+
+    pod: str
+    revision: int | None = None  # the revision it failed
+    reason: str = ""
+
+
+MAX_FAILURES = 10  # `status.failures` names at most this many pods (failedReplicas counts all)
+
+
 class Condition(_Status):
     type: ConditionType
     status: Literal["True", "False", "Unknown"]
@@ -87,6 +99,8 @@ class ModelDeploymentStatus(_Status):
     selector: str | None = None
     ready_replicas: int | None = Field(default=None, alias="readyReplicas")
     updated_replicas: int | None = Field(default=None, alias="updatedReplicas")
+    failed_replicas: int | None = Field(default=None, alias="failedReplicas")
+    failures: tuple[PodFailure, ...] | None = None  # the first MAX_FAILURES, by pod name
     # the rollout: what model.json says and why
     config_generation: int | None = Field(default=None, alias="configGeneration")
     stable: RevisionRecord | None = None
@@ -95,7 +109,8 @@ class ModelDeploymentStatus(_Status):
     canary: CanaryState | None = None
     rollback: Rollback | None = None
     history: tuple[RevisionRecord, ...] | None = None  # last HISTORY_LIMIT, oldest first
-    # the pods' own reports (raw: an entry that does not parse is reported, not dropped)
+    # the live pods' own reports, from their ModelReplica objects (SyncContext.build);
+    # raw, so an entry that does not parse is reported, not dropped. Never written.
     pods: dict[str, Any] = Field(default_factory=dict, exclude=True)
     conditions: tuple[Condition, ...] = ()
 
@@ -115,7 +130,7 @@ class ModelDeploymentStatus(_Status):
         return cls()
 
     def reports(self) -> dict[str, PodReport | str]:
-        """status.pods parsed; an entry that does not parse maps to the reason why."""
+        """The pods' reports parsed; one that does not parse maps to the reason why."""
         out: dict[str, PodReport | str] = {}
         for pod, entry in self.pods.items():
             try:
@@ -133,14 +148,11 @@ OWNED_FIELDS = tuple(
 )
 
 
-def merge_patch(
-    old: Mapping[str, Any], new: ModelDeploymentStatus, prune: Iterable[str] = ()
-) -> dict[str, Any]:
+def merge_patch(old: Mapping[str, Any], new: ModelDeploymentStatus) -> dict[str, Any]:
     """The JSON merge patch taking the stored status `old` to `new`: the operator's
-    fields that differ (None deletes), plus a null for each pod report in `prune`."""
+    fields that differ (None deletes), and a null for an older version's `pods` map."""
     wanted = new.to_raw()
     patch = {k: wanted.get(k) for k in OWNED_FIELDS if old.get(k) != wanted.get(k)}
-    gone = sorted(p for p in prune if p in (old.get("pods") or {}))
-    if gone:
-        patch["pods"] = dict.fromkeys(gone)
+    if "pods" in old:
+        patch["pods"] = None
     return patch

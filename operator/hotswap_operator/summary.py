@@ -1,11 +1,13 @@
 """What the pods' reports add up to (pure): counts, phase, conditions, and the Events
 worth posting for what changed.
 
-Runtime pods write `status.pods.<pod>` (contract.PodReport). From those reports and
-the live pods (the controller's pod cache), `summarize` computes replica counts, the
-printable UPDATED / READY strings, the phase and the Ready / Progressing / Degraded
-conditions; `apply` sets them on a status, moving a condition's lastTransitionTime only
-when it flips. `transition_events` and `pod_events` say which changes deserve an Event.
+Runtime pods report in their own ModelReplica objects (contract.PodReport). From those
+reports and the live pods (the controller's caches), `summarize` computes replica
+counts, the printable UPDATED / READY strings, the phase, the Ready / Progressing /
+Degraded conditions and the first few failing pods; `apply` sets them on a status,
+moving a condition's lastTransitionTime only when it flips. Whatever N, what it writes
+is bounded: messages and `failures` name at most MAX_FAILURES pods.
+`transition_events` and `pod_events` say which changes deserve an Event.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from hotswap_runtime.redact import clip
 
 from hotswap_operator import canary
 from hotswap_operator.reasons import ConditionType, Event, EventType, Phase, Reason
-from hotswap_operator.status import Condition, ModelDeploymentStatus, RevisionRecord
+from hotswap_operator.status import (
+    MAX_FAILURES,
+    Condition,
+    ModelDeploymentStatus,
+    PodFailure,
+    RevisionRecord,
+)
 
 C = ConditionType
 
@@ -52,6 +60,8 @@ class Summary:
     phase: Phase
     conditions: tuple[ConditionValue, ...]
     serving: str | None = None  # revisions the ready pods answer with, "2,3"
+    failures: tuple[PodFailure, ...] = ()  # at most MAX_FAILURES, by pod name
+    failed: int = 0  # every live pod failing the stable revision
 
 
 def _serves(report: PodReport | str | None, stable: RevisionRecord) -> bool:
@@ -71,24 +81,44 @@ def _failure(report: PodReport | str | None, stable: RevisionRecord) -> str | No
     return f"failed revision {stable.revision}: {cause} ({serving})"
 
 
+def _more(total: int) -> str:
+    left = total - MAX_FAILURES
+    return f" (and {left} more {'pod' if left == 1 else 'pods'})" if left > 0 else ""
+
+
 def _failure_message(failures: Sequence[tuple[str, str]]) -> str:
-    """One sentence per distinct cause, naming every pod that has it."""
+    """One sentence per distinct cause, naming the first MAX_FAILURES pods."""
     by_cause: dict[str, list[str]] = {}
-    for pod, why in failures:
+    for pod, why in failures[:MAX_FAILURES]:
         by_cause.setdefault(why, []).append(pod)
-    return "; ".join(
+    message = "; ".join(
         f"{'pod' if len(pods) == 1 else 'pods'} {', '.join(pods)} {why}"
         for why, pods in by_cause.items()
     )
+    return message + _more(len(failures))
 
 
 def _waiting(pods: Sequence[PodInfo], reports: Mapping[str, PodReport | str]) -> str:
     parts = []
-    for pod in pods:
+    for pod in pods[:MAX_FAILURES]:
         report = reports.get(pod.name)
         state = report.state.value if isinstance(report, PodReport) else "no report yet"
         parts.append(f"{pod.name} ({state})")
-    return ", ".join(parts)
+    return ", ".join(parts) + _more(len(pods))
+
+
+def _pod_failures(
+    failing: Sequence[PodInfo], reports: Mapping[str, PodReport | str], stable: RevisionRecord
+) -> tuple[PodFailure, ...]:
+    out = []
+    for pod in failing[:MAX_FAILURES]:
+        report = reports.get(pod.name)
+        if isinstance(report, PodReport):
+            reason = clip(report.message) or "no reason given"
+            out.append(PodFailure(pod=pod.name, revision=stable.revision, reason=reason))
+        else:
+            out.append(PodFailure(pod=pod.name, reason=f"sent an {report}"))
+    return tuple(out)
 
 
 def _phase(
@@ -166,7 +196,9 @@ def _summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodIn
         return Summary(len(live), ready, 0, desired, phase, conditions)
     reports = status.reports()
     updated = sum(_serves(reports.get(p.name), stable) for p in live)
+    live = sorted(live, key=lambda p: p.name)
     failures = [(p.name, f) for p in live if (f := _failure(reports.get(p.name), stable))]
+    failing = [p for p in live if _failure(reports.get(p.name), stable)]
     phase = _phase(desired, live, reports, updated, failures)
     target = f"revision {stable.revision} (sha256 {short_sha(stable.sha256)})"
     counts = f"{updated}/{desired} pods serve {target}, {ready}/{desired} ready"
@@ -175,7 +207,16 @@ def _summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodIn
     if len(live) != desired:
         waiting = f"{waiting}; {len(live)} of {desired} pods exist"
     failed_msg = _failure_message(failures)
-    base = Summary(len(live), ready, updated, desired, phase, ())
+    base = Summary(
+        len(live),
+        ready,
+        updated,
+        desired,
+        phase,
+        (),
+        _pod_failures(failing, reports, stable),
+        len(failures),
+    )
     shown = canary.override(status, phase)  # a Canary rollout says where it stands
     if shown is not None:
         return _canary_summary(base, counts, shown)
@@ -240,6 +281,8 @@ def apply(
             "serving": summary.serving,
             "phase": summary.phase,
             "conditions": tuple(conditions),
+            "failed_replicas": summary.failed,
+            "failures": summary.failures or None,
         }
     )
 
@@ -296,10 +339,13 @@ def _swap_event(pod: str, report: PodReport, first: bool) -> Event | None:
 def pod_events(
     memory: PodMemory | None, reports: Mapping[str, PodReport | str]
 ) -> tuple[list[Event], PodMemory]:
-    """Per-pod swap and failure events since `memory` (None: first sight, no events)."""
+    """Per-pod swap and failure events since `memory` (None: first sight, no events):
+    one each for up to MAX_FAILURES pods, then one Event for the rest, so a sync posts
+    a bounded number of Events however many pods swapped since the last one."""
     seen: PodMemory = {}
     events: list[Event] = []
-    for pod, report in reports.items():
+    for pod in sorted(reports):
+        report = reports[pod]
         if not isinstance(report, PodReport):
             continue
         seen[pod] = _remember(report)
@@ -309,4 +355,20 @@ def pod_events(
         event = _swap_event(pod, report, first)
         if event is not None:
             events.append(event)
-    return events, seen
+    return _bounded(events), seen
+
+
+def _bounded(events: list[Event]) -> list[Event]:
+    if len(events) <= MAX_FAILURES:
+        return events
+    rest = events[MAX_FAILURES - 1 :]
+    failed = sum(e.reason is Reason.SWAP_FAILED for e in rest)
+    counts = f"{len(rest) - failed} loaded or swapped, {failed} failed"
+    message = (
+        f"and {len(rest)} more pods: {counts} "
+        "(kubectl get modelreplicas -l hotswap.dev/model-deployment=<name>)"
+    )
+    kind, reason = (EventType.NORMAL, Reason.SWAPPED)
+    if failed:
+        kind, reason = (EventType.WARNING, Reason.SWAP_FAILED)
+    return [*events[: MAX_FAILURES - 1], Event(kind, reason, message)]

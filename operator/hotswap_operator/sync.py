@@ -20,7 +20,7 @@ never with the previous spec, so no change is lost whatever failed before it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -85,7 +85,7 @@ def decide(ctx: SyncContext) -> Decision:
     deadline = canary.step_deadline(new, spec)
     return Decision(
         status=new,
-        patch=merge_patch(ctx.raw_status, new, _gone(ctx)),
+        patch=merge_patch(ctx.raw_status, new),
         config=plan.config if plan.config != ctx.config or ctx.children_due else None,
         children=children,
         events=[*plan.events, *summary.transition_events(ctx.status, new)],
@@ -102,7 +102,7 @@ def refuse(ctx: SyncContext, exc: SpecError) -> Decision:
     new = _summarized(ctx, failed, ctx.desired_replicas)
     return Decision(
         status=new,
-        patch=merge_patch(ctx.raw_status, new, _gone(ctx)),
+        patch=merge_patch(ctx.raw_status, new),
         config=None,
         children=[],
         events=summary.transition_events(ctx.status, new),
@@ -116,11 +116,6 @@ def _summarized(
 ) -> ModelDeploymentStatus:
     result = summary.summarize(desired, status, ctx.pods)
     return summary.apply(status, result, ctx.now, ctx.generation)
-
-
-def _gone(ctx: SyncContext) -> set[str]:
-    """Reports of pods that no longer exist (terminating pods keep theirs)."""
-    return set(ctx.status.pods) - {p.name for p in ctx.pods}
 
 
 def _seconds_until(deadline: datetime, now: str) -> float:
@@ -168,6 +163,7 @@ class Syncer:
         name: str,
         pods: Sequence[PodInfo],
         applied: Applied | None = None,
+        reports: Mapping[str, Any] | None = None,
     ) -> SyncResult:
         """One sync. Raises ConflictError when the object changed since it was read (sync
         again), SpecError (ChildConflictError) when the spec cannot run (recorded in
@@ -177,7 +173,9 @@ class Syncer:
             self.forget(namespace, name)
             return SyncResult(gone=True)
         config_map = self.kube.config_map(namespace, name)
-        ctx = SyncContext.build(body, config_map, pods, self.defaults, self.clock(), applied)
+        ctx = SyncContext.build(
+            body, config_map, pods, self.defaults, self.clock(), applied, reports or {}
+        )
         decision = decide(ctx)
         if decision.error is not None:
             self._refuse(ctx, decision)
@@ -251,8 +249,7 @@ class Syncer:
 
     def _post_events(self, ctx: SyncContext, decision: Decision) -> list[Event]:
         key = (ctx.owner.namespace, ctx.owner.name)
-        existing = {p.name for p in ctx.pods}
-        reports = {p: r for p, r in ctx.status.reports().items() if p in existing}
+        reports = ctx.status.reports()  # of existing pods only (SyncContext.build)
         pod_events, self.memory[key] = summary.pod_events(self.memory.get(key), reports)
         posted = [*decision.events, *pod_events]
         for event in posted:

@@ -5,8 +5,8 @@ Two documents cross the boundary between them:
 * ``ModelConfig``: the ``model.json`` key of the ``<name>-model`` ConfigMap. The
   operator writes it; every runtime pod reads it (mounted file and API watch) and
   reconciles toward the revision it names for that pod.
-* ``PodReport``: the entry a runtime pod writes at ``status.pods.<pod-name>`` of its
-  ModelDeployment with a JSON merge patch on the status subresource.
+* ``PodReport``: what a runtime pod reports, the ``status`` of its own ``ModelReplica``
+  object (named after the pod, owned by the pod, labelled with the ModelDeployment).
 
 This module imports only the standard library and pydantic, so the operator image
 (which never installs torch) can use it.
@@ -26,6 +26,9 @@ API_GROUP = "hotswap.dev"
 API_VERSION = "v1alpha1"
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
+REPLICA_KIND = "ModelReplica"  # one per runtime pod: its report (see PodReport)
+REPLICA_PLURAL = "modelreplicas"
+DEPLOYMENT_LABEL = f"{API_GROUP}/model-deployment"  # pods and ModelReplicas: whose they are
 
 CONFIG_KEY = "model.json"
 HTTP_PORT = 8080  # OIP v2 REST, health probes and /metrics
@@ -169,7 +172,7 @@ class PodState(str, enum.Enum):  # noqa: UP042 (str() of members stays as it was
 
 
 class PodReport(_Wire):
-    """``status.pods.<pod-name>``: what one pod serves and how its last swap went."""
+    """A ``ModelReplica``'s ``status``: what one pod serves and how its last swap went."""
 
     revision: int | None = None  # the revision answering requests now
     sha256: str | None = None

@@ -30,7 +30,7 @@ def api_client(kubeconfig: Path | None) -> Any:
 
 
 def runtime_env() -> dict[str, str]:
-    """Versions reported in ``status.pods.<pod>.env``."""
+    """Versions reported in the pod's ModelReplica (``status.env``)."""
     env = {"python": platform.python_version(), "torch": torch.__version__}
     if torch.version.cuda:
         env["cuda"] = str(torch.version.cuda)

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from .budget import MemoryBudget
-from .contract import PodReport, PodState, configmap_name
+from .contract import PodReport, configmap_name
 from .desired import Failure, Reconciler, Status, SwapRecord
 from .devices import resolve_device
 from .grpc_server import GrpcServer
@@ -16,7 +16,7 @@ from .inference import Engine
 from .journal import LoadJournal
 from .kube import api_client, runtime_env
 from .metrics import Metrics
-from .reporter import Reporter
+from .reporter import Reporter, pod_report
 from .settings import Settings
 from .store import CheckpointStore
 from .swapper import Swapper
@@ -108,7 +108,7 @@ class Runtime:
             log.warning("Kubernetes API unavailable (%s): reports and API watch are off", exc)
         if self.api is None:
             return
-        self.reporter = Reporter(self.api, s.pod_namespace, s.model_name, s.pod_name)
+        self.reporter = Reporter(self.api, s.pod_namespace, s.model_name, s.pod_name, s.pod_uid)
         if s.api_watch:
             name = s.configmap or configmap_name(s.model_name)
             self.api_watcher = ApiWatcher(
@@ -122,24 +122,7 @@ class Runtime:
             self.reporter.submit(self.pod_report(status))
 
     def pod_report(self, status: Status) -> PodReport:
-        serving = status.serving
-        target = status.target
-        swap = status.last_swap
-        failure = status.last_failure
-        failed = status.state == PodState.FAILED
-        return PodReport(
-            revision=serving.revision.revision if serving else None,
-            sha256=serving.revision.checkpoint.sha256 if serving else None,
-            state=status.state,
-            targetRevision=target.revision if target else None,
-            targetSha256=target.checkpoint.sha256 if target else None,
-            loadedAt=serving.loaded_at if serving else None,
-            swapSeconds=dict(swap.phases) if swap else {},
-            device=str(self.device),
-            env=self._env,
-            message=_message(status, failure if failed or _config_failure(failure) else None),
-            configGeneration=status.config_generation,
-        )
+        return pod_report(status, str(self.device), self._env)
 
 
 class _StatusSink:
@@ -156,17 +139,3 @@ class _StatusSink:
 
     def status_changed(self, status: Status) -> None:
         self.runtime.report(status)
-
-
-def _config_failure(failure: Failure | None) -> bool:
-    return failure is not None and failure.revision is None
-
-
-def _message(status: Status, failure: Failure | None) -> str:
-    if failure is not None:
-        return failure.reason
-    if status.state == PodState.LOADING and status.target is not None:
-        return f"loading revision {status.target.revision}"
-    if status.serving is not None:
-        return f"serving revision {status.serving.revision.revision}"
-    return "waiting for model.json"

@@ -52,6 +52,7 @@ class Settings:
     secrets_dir: Path | None = None
     pod_name: str | None = None
     pod_namespace: str | None = None
+    pod_uid: str | None = None
     kubeconfig: Path | None = None
     resync_seconds: float = 30.0
     swap_mode: str = "auto"
@@ -88,6 +89,7 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "secrets_dir": ("HOTSWAP_SECRETS_DIR", Path, "folder of mounted Secrets"),
     "pod_name": ("POD_NAME", str, "this pod's name (reports, candidate selection)"),
     "pod_namespace": ("POD_NAMESPACE", str, "namespace of the ModelDeployment"),
+    "pod_uid": ("POD_UID", str, "this pod's uid (owner of its ModelReplica report)"),
     "kubeconfig": ("KUBECONFIG", Path, "kubeconfig outside a cluster"),
     "resync_seconds": ("HOTSWAP_RESYNC_SECONDS", float, "periodic re-read of model.json"),
     "swap_mode": ("HOTSWAP_SWAP_MODE", str, "auto, standby or inplace"),

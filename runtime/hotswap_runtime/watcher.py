@@ -19,8 +19,10 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,10 @@ import watchfiles
 
 from .contract import CONFIG_KEY, MAX_CONFIG_BYTES, ConfigError, parse_config
 from .desired import Reconciler
+from .reporter import retry_after
 
 log = logging.getLogger(__name__)
+WATCHED_SECONDS = 5.0  # a watch that ran this long and dropped is re-listed at once
 
 
 class ConfigReader:
@@ -166,6 +170,7 @@ class ApiWatcher:
         self._watch: Any = None
         self._thread = threading.Thread(target=self._run, name="hotswap-api-watch", daemon=True)
         self.events = 0
+        self._listed_at: float | None = None  # when this attempt's list succeeded
 
     def start(self) -> None:
         self._thread.start()
@@ -182,6 +187,7 @@ class ApiWatcher:
         core = client.CoreV1Api(self.api)
         backoff = 1.0
         while not self._stop.is_set():
+            self._listed_at = None
             try:
                 self._watch_once(core)
                 backoff = 1.0
@@ -197,8 +203,20 @@ class ApiWatcher:
                     )
                     return
                 log.warning("API watch of configmap %s: %s %s", self.name, exc.status, exc.reason)
+                if exc.status == 429:  # throttled: come back when asked, not later
+                    if self._stop.wait(retry_after(exc) + random.uniform(0, 1)):
+                        return
+                    continue
             except Exception as exc:
                 log.warning("API watch of configmap %s: %s", self.name, exc)
+            listed = self._listed_at
+            if listed is not None and time.monotonic() - listed > WATCHED_SECONDS:
+                # It was watching (a stream the server dropped or ended): list again soon,
+                # spread over a second, not after a back-off grown by earlier failures.
+                backoff = 1.0
+                if self._stop.wait(random.uniform(0, 1)):
+                    return
+                continue
             if self._stop.wait(backoff):
                 return
             backoff = min(backoff * 2, 30.0)
@@ -209,6 +227,7 @@ class ApiWatcher:
         listing = core.list_namespaced_config_map(
             self.namespace, field_selector=f"metadata.name={self.name}"
         )
+        self._listed_at = time.monotonic()
         for item in listing.items:
             self._feed(item)
         self._watch = watch.Watch()  # type: ignore[no-untyped-call]

@@ -106,6 +106,13 @@ class Fleet:
     def kubectl_get(self) -> str:
         return self.cluster.kubectl("get", "modeldeployments", "-n", self.namespace).stdout
 
+    def kubectl_get_replicas(self) -> str:
+        """`kubectl get modelreplicas -l ...`: which pod serves what (each pod's report)."""
+        selector = f"hotswap.dev/model-deployment={self.name}"
+        return self.cluster.kubectl(
+            "get", "modelreplicas", "-n", self.namespace, "-l", selector
+        ).stdout
+
     def pods(self) -> list[JSON]:
         """Running runtime pods of this ModelDeployment, not terminating, by name."""
         selector = (
@@ -116,6 +123,13 @@ class Fleet:
         )["items"]
         live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
         return sorted(live, key=lambda p: p["metadata"]["name"])
+
+    def reports(self) -> dict[str, JSON]:
+        """Each pod's report: the status of its ModelReplica (named after the pod)."""
+        path = f"{MD_API}/namespaces/{self.namespace}/modelreplicas"
+        selector = {"labelSelector": f"hotswap.dev/model-deployment={self.name}"}
+        items = self.client.get(path, selector)["items"]
+        return {i["metadata"]["name"]: dict(i.get("status") or {}) for i in items}
 
     def operators(self) -> list[JSON]:
         """The operator's pods (not terminating), by name."""
@@ -141,12 +155,17 @@ class Fleet:
             if e.get("reason") == reason and e["involvedObject"].get("name") == self.name
         ]
 
+    def view(self) -> JSON:
+        """The status and, under "pods", each pod's own report (its ModelReplica): what
+        `kubectl get modeldeployment` and `kubectl get modelreplicas -l ...` show."""
+        return {**self.status(), "pods": self.reports()}
+
     def wait(self, check: Callable[[JSON], bool], what: str, timeout: float = 300) -> JSON:
-        """Poll status until `check(status)` holds; the timeout error shows the last status."""
+        """Poll `view()` until `check(view)` holds; the timeout error shows the last one."""
         last: list[JSON] = [{}]
 
         def probe() -> JSON | None:
-            last[0] = self.status()
+            last[0] = self.view()
             return last[0] if check(last[0]) else None
 
         try:
@@ -155,9 +174,9 @@ class Fleet:
             raise TimeoutError(f"{exc}; last status: {summary(last[0])}") from exc
 
     def wait_serving(self, revision: int, replicas: int, timeout: float = 300) -> JSON:
-        """Phase Ready with every pod serving `revision` and ready, and status.pods naming
-        exactly the live pods: a deleted pod drains (keeps serving) for a few seconds on
-        a real node, and its entry stays until it is gone."""
+        """Phase Ready with every pod serving `revision` and ready, and the reports
+        (ModelReplicas) naming exactly the live pods: a deleted pod drains (keeps serving)
+        for a few seconds on a real node, and its report stays until it is gone."""
 
         def done(st: JSON) -> bool:
             return (
@@ -165,8 +184,8 @@ class Fleet:
                 and st.get("revision") == revision
                 and st.get("updated") == f"{replicas}/{replicas}"
                 and st.get("ready") == f"{replicas}/{replicas}"
-                and set(st.get("pods") or {}) == {p["metadata"]["name"] for p in self.pods()}
-                and len(st.get("pods") or {}) == replicas
+                and set(st["pods"]) == {p["metadata"]["name"] for p in self.pods()}
+                and len(st["pods"]) == replicas
             )
 
         return self.wait(
@@ -182,7 +201,7 @@ class Fleet:
 
 
 def summary(status: JSON) -> JSON:
-    """Status without the bulky parts, for error messages."""
+    """A view (Fleet.view) without the bulky parts, for error messages."""
     pods = {
         name: {k: v for k, v in entry.items() if k in ("revision", "state", "message")}
         for name, entry in (status.get("pods") or {}).items()

@@ -76,50 +76,82 @@ def manifest(files: dict[str, JSON]) -> JSON:
 
 
 class Recorder:
-    """Every status version of one ModelDeployment, from a watch, on a thread."""
+    """Every version of one ModelDeployment's status and of its pods' reports
+    (ModelReplicas), from two watches on threads, as one timeline ordered by
+    resourceVersion (etcd's revision, one sequence for every object): each entry is the
+    status then in force with, under "pods", each pod's report then in force."""
 
     def __init__(self, cluster: Cluster, namespace: str, name: str) -> None:
         self.client = cluster.rest()
-        self.path = f"{MD_API}/namespaces/{namespace}/modeldeployments"
-        self.name = name
-        self.seen: list[JSON] = []
+        self.watches = {
+            "md": (
+                f"{MD_API}/namespaces/{namespace}/modeldeployments",
+                {"fieldSelector": f"metadata.name={name}"},
+            ),
+            "report": (
+                f"{MD_API}/namespaces/{namespace}/modelreplicas",
+                {"labelSelector": f"hotswap.dev/model-deployment={name}"},
+            ),
+        }
+        self.events: list[tuple[int, str, str, JSON | None]] = []  # (rv, kind, name, status)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._resp: Any = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._resps: list[Any] = []
+        self._threads = [
+            threading.Thread(target=self._run, args=(kind,), daemon=True) for kind in self.watches
+        ]
 
     def __enter__(self) -> Recorder:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._resp is not None:
-            self._resp.shutdown()
-        self._thread.join(timeout=10)
+        for resp in self._resps:
+            resp.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def mark(self) -> int:
         with self._lock:
-            return len(self.seen)
+            return max((rv for rv, *_ in self.events), default=0)
 
     def since(self, mark: int) -> list[JSON]:
+        """The timeline after resourceVersion `mark` (Recorder.mark)."""
         with self._lock:
-            return list(self.seen[mark:])
+            events = sorted(self.events, key=lambda e: e[0])
+        status: JSON = {}
+        reports: dict[str, JSON] = {}
+        out = []
+        for rv, kind, name, body in events:
+            if kind == "md":
+                status = body or {}
+            elif body is None:
+                reports.pop(name, None)
+            else:
+                reports[name] = body
+            if rv > mark:
+                out.append({**copy.deepcopy(status), "pods": copy.deepcopy(reports)})
+        return out
 
-    def _run(self) -> None:
-        params = {"fieldSelector": f"metadata.name={self.name}", "timeoutSeconds": 600}
+    def _run(self, kind: str) -> None:
+        path, selector = self.watches[kind]
+        params = {**selector, "timeoutSeconds": 600}
         while not self._stop.is_set():
             try:
-                for event in self.client.watch(self.path, params, self._opened):
-                    status = (event.get("object") or {}).get("status") or {}
+                for event in self.client.watch(path, params, self._resps.append):
+                    obj = event.get("object") or {}
+                    meta = obj.get("metadata") or {}
+                    if event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
+                        continue
+                    body = None if event["type"] == "DELETED" else (obj.get("status") or {})
+                    entry = (int(meta["resourceVersion"]), kind, meta["name"], body)
                     with self._lock:
-                        self.seen.append(copy.deepcopy(status))
+                        self.events.append(copy.deepcopy(entry))
             except Exception:  # a closed stream: reopen unless stopping
                 if self._stop.wait(0.2):
                     return
-
-    def _opened(self, resp: Any) -> None:
-        self._resp = resp
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_a_checkpoint_that_kills_the_loader_restarts_each_pod_once(fleet, files)
     fleet.patch_spec({"checkpoint": files["crash"]})
 
     def refused_everywhere(status) -> bool:
-        reports = status.get("pods") or {}
+        reports = status["pods"]  # each pod's ModelReplica (Fleet.view)
         return (
             status.get("phase") == "Degraded"
             and status.get("ready") == f"{REPLICAS}/{REPLICAS}"

@@ -297,8 +297,8 @@ def test_scale_three_to_five_to_two(fleet, cluster):
         status = fleet.wait_serving(rev, replicas)
         assert status["replicas"] == replicas
     names = {p["metadata"]["name"] for p in fleet.pods()}
-    # Entries of the three removed pods go once those pods are gone, not while terminating.
-    fleet.wait(lambda st: set(st.get("pods") or {}) == names, "status.pods pruned to 2 pods", 120)
+    # Reports of the three removed pods go with those pods (owner references), not before.
+    fleet.wait(lambda st: set(st["pods"]) == names, "reports of 2 pods left", 120)
 
 
 def test_invalid_spec_is_refused_by_the_schema(fleet, cluster):

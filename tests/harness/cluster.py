@@ -240,20 +240,34 @@ class Cluster:
         return result
 
     def apply_crd(self, path: Path, timeout: float = 60.0) -> None:
-        """Server-side apply of the CRD in `path`, then wait until it is Established.
-        (`kubectl wait` fails, rather than waits, while the new CRD has no conditions.)"""
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        """Server-side apply of the CRD in `path` (or of each CRD in the folder `path`),
+        then wait until each is Established and served. (`kubectl wait` fails, rather
+        than waits, while a new CRD has no conditions.)"""
+        files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+        for file in files:
+            self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(file))
         client = self.rest()
         crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        for file in files:
+            doc = yaml.safe_load(file.read_text())
+            name, group = doc["metadata"]["name"], doc["spec"]["group"]
+            plural, version = doc["spec"]["names"]["plural"], doc["spec"]["versions"][0]["name"]
 
-        def established() -> bool:
-            conditions = (client.get(f"{crds}/{name}").get("status") or {}).get("conditions")
-            return any(
-                c["type"] == "Established" and c["status"] == "True" for c in conditions or ()
-            )
+            def established(name: str = name) -> bool:
+                conditions = (client.get(f"{crds}/{name}").get("status") or {}).get("conditions")
+                return any(
+                    c["type"] == "Established" and c["status"] == "True" for c in conditions or ()
+                )
 
-        wait_for(established, timeout=timeout, what=f"CRD {name} Established")
+            def served(group: str = group, version: str = version, plural: str = plural) -> bool:
+                try:
+                    client.get(f"/apis/{group}/{version}/{plural}")
+                except Exception:  # noqa: BLE001 - 404 until the API is served
+                    return False
+                return True
+
+            wait_for(established, timeout=timeout, what=f"CRD {name} Established")
+            wait_for(served, timeout=timeout, what=f"CRD {name} served")
 
     def api_client(self) -> kubernetes.client.ApiClient:
         """A kubernetes-client ApiClient authenticated as cluster admin."""

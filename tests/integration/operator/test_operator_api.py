@@ -28,7 +28,7 @@ from tests.harness.rest import MERGE_PATCH, ApiError
 from tests.harness.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
-CRD = REPO / "crds" / "modeldeployment.yaml"
+CRD = REPO / "crds"  # both CRDs: ModelDeployment and ModelReplica
 MD = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modeldeployments"
 SHA1, SHA2 = "1" * 64, "2" * 64
 SPEC = {
@@ -73,10 +73,38 @@ def live_pods(client, ns, name="resnet"):
 
 
 def sync(kube, ns, name="resnet", applied=None, client=None, syncer=None) -> SyncResult:
-    """One sync of ModelDeployment `name`, as a leader's worker runs it."""
+    """One sync of ModelDeployment `name`, as a leader's worker runs it (pods and their
+    reports listed here, where the controller reads its watch caches)."""
     pods = live_pods(client, ns, name) if client is not None else []
+    reports = replica_reports(client, ns, name) if client is not None else {}
     syncer = syncer or Syncer(kube, CPU, EventRecorder(kube, resources.MANAGER))
-    return syncer.sync(ns, name, pods, applied)
+    return syncer.sync(ns, name, pods, applied, reports)
+
+
+REPLICAS = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modelreplicas"
+
+
+def replica_reports(client, ns, name="resnet"):
+    selector = {"labelSelector": f"hotswap.dev/model-deployment={name}"}
+    items = client.get(REPLICAS.format(ns=ns), selector)["items"]
+    return {i["metadata"]["name"]: i.get("status") or {} for i in items}
+
+
+def report(client, ns, pod, status, name="resnet"):
+    """A pod's report, as its Reporter writes it: merge patch, or create on 404."""
+    path = f"{REPLICAS.format(ns=ns)}/{pod}"
+    try:
+        return client.patch(path, {"status": status}, MERGE_PATCH)
+    except ApiError as err:
+        if err.status != 404:
+            raise
+    body = {
+        "apiVersion": "hotswap.dev/v1alpha1",
+        "kind": "ModelReplica",
+        "metadata": {"name": pod, "labels": {"hotswap.dev/model-deployment": name}},
+        "status": status,
+    }
+    return client.post(REPLICAS.format(ns=ns), body)
 
 
 def reasons(result: SyncResult) -> list[str]:
@@ -178,6 +206,7 @@ def test_schema_refuses_invalid_specs(crd, namespace, change, field):
 
 
 def test_schema_keeps_pod_reports_and_prunes_unknown_fields(crd, namespace):
+    """A ModelReplica keeps every PodReport field; the ModelDeployment keeps no per-pod map."""
     client = crd.rest()
     create(client, namespace)
     entry = {
@@ -193,11 +222,25 @@ def test_schema_keeps_pod_reports_and_prunes_unknown_fields(crd, namespace):
         "message": "",
         "configGeneration": 1,
     }
-    status = {"status": {"pods": {"pod-a": {**entry, "bogus": 1}}, "kopf": {"x": 1}}}
+    report(client, namespace, "pod-a", {**entry, "bogus": 1})
+    assert replica_reports(client, namespace) == {"pod-a": entry}
+    status = {"status": {"pods": {"pod-a": entry}, "kopf": {"x": 1}, "phase": "Pending"}}
     client.patch(f"{MD.format(ns=namespace)}/resnet/status", status, MERGE_PATCH)
     stored = get(client, namespace)["status"]
-    assert stored["pods"]["pod-a"] == entry
-    assert "kopf" not in stored
+    assert "kopf" not in stored and "pods" not in stored and stored["phase"] == "Pending"
+    out = crd.kubectl("get", "-n", namespace, "modelreplicas", "-o", "wide").stdout
+    header, row = out.splitlines()
+    assert header.split() == [
+        "NAME",
+        "MODEL",
+        "REVISION",
+        "STATE",
+        "TARGET",
+        "CHECKPOINT",
+        "MESSAGE",
+        "AGE",
+    ]
+    assert row.split()[:5] == ["pod-a", "resnet", "1", "Serving", "1"]
 
 
 def test_scale_subresource_sets_spec_replicas(crd, kube, namespace):
@@ -216,7 +259,7 @@ def test_scale_subresource_sets_spec_replicas(crd, kube, namespace):
     assert deployment["spec"]["replicas"] == 5
 
 
-def test_sync_counts_real_pods_and_prunes_gone_ones(crd, kube, namespace):
+def test_sync_counts_real_pods_from_their_reports_and_ignores_gone_ones(crd, kube, namespace):
     client = crd.rest()
     create(client, namespace)
     applied = sync(kube, namespace).applied
@@ -234,18 +277,19 @@ def test_sync_counts_real_pods_and_prunes_gone_ones(crd, kube, namespace):
             "targetRevision": 1,
             "message": "weights contain NaN",
         },
-        "resnet-gone-xyz": serving,
+        "resnet-gone-xyz": serving,  # its pod is gone, the garbage collector not yet done
     }
-    client.patch(
-        f"{MD.format(ns=namespace)}/resnet/status", {"status": {"pods": reports}}, MERGE_PATCH
-    )
+    for pod, entry in reports.items():
+        report(client, namespace, pod, entry)
     syncer = Syncer(kube, CPU, EventRecorder(kube, resources.MANAGER))
     syncer.memory[(namespace, "resnet")] = {}  # seen before: each report is news
     result = sync(kube, namespace, applied=applied, client=client, syncer=syncer)
-    assert result.decision.patch["pods"] == {"resnet-gone-xyz": None}
+    assert "pods" not in result.decision.patch
     status = get(client, namespace)["status"]
-    assert set(status["pods"]) == set(pods)
+    assert "pods" not in status
     assert status["phase"] == "Degraded" and status["updated"] == "1/2"
+    assert status["failedReplicas"] == 1
+    assert status["failures"] == [{"pod": pods[1], "revision": 1, "reason": "weights contain NaN"}]
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert pods[1] in degraded["message"] and "weights contain NaN" in degraded["message"]
     again = sync(kube, namespace, applied=applied, client=client, syncer=syncer)
@@ -384,8 +428,8 @@ class RacingKube(Kube):
 
 def test_a_status_write_conflict_syncs_again_and_loses_nothing(crd, kube, namespace):
     """Between the sync's read and its status write, a pod reports and the spec
-    changes: the write is refused (409, resourceVersion precondition) and the sync
-    that follows plans from both."""
+    changes: the write is refused (409, resourceVersion precondition: the spec change)
+    and the sync that follows plans from both."""
     client = crd.rest()
     create(client, namespace)
     applied = sync(kube, namespace).applied
@@ -397,11 +441,11 @@ def test_a_status_write_conflict_syncs_again_and_loses_nothing(crd, kube, namesp
     )
     path = f"{MD.format(ns=namespace)}/resnet"
     serving = {"revision": 1, "sha256": SHA1, "state": "Serving", "targetRevision": 1}
-    client.patch(f"{path}/status", {"status": {"pods": {pods[0]: serving}}}, MERGE_PATCH)
+    report(client, namespace, pods[0], serving)
     v2 = {"uri": "file:///models/v2.safetensors", "sha256": SHA2}
 
     def meanwhile():
-        client.patch(f"{path}/status", {"status": {"pods": {pods[1]: serving}}}, MERGE_PATCH)
+        report(client, namespace, pods[1], serving)
         client.patch(path, {"spec": {"checkpoint": v2}}, MERGE_PATCH)
 
     racing = RacingKube(crd.api_client(), meanwhile)
@@ -414,7 +458,7 @@ def test_a_status_write_conflict_syncs_again_and_loses_nothing(crd, kube, namesp
     status = get(client, namespace)["status"]
     assert status["revision"] == 2 and status["observedGeneration"] == 2
     assert status["stable"]["sha256"] == SHA2 and status["updated"] == "0/2"
-    assert set(status["pods"]) == set(pods)  # both reports kept
+    assert set(replica_reports(client, namespace)) == set(pods)  # both reports kept
     config = json.loads(
         client.get(f"/api/v1/namespaces/{namespace}/configmaps/resnet-model")["data"]["model.json"]
     )

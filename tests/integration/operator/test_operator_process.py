@@ -32,8 +32,7 @@ V2 = {"uri": "file:///models/v2.safetensors", "sha256": SHA2}
 
 @pytest.fixture(scope="module")
 def crd(cluster):
-    crd = Path(__file__).resolve().parents[3] / "crds" / "modeldeployment.yaml"
-    cluster.apply_crd(crd)
+    cluster.apply_crd(Path(__file__).resolve().parents[3] / "crds")
     return cluster
 
 

@@ -1,5 +1,5 @@
 """The runtime against a real kube-apiserver: API watch of the ConfigMap (no mounted
-file at all) and the status report landing on the ModelDeployment's status."""
+file at all) and the status report landing in the pod's own ModelReplica."""
 
 from __future__ import annotations
 
@@ -43,15 +43,18 @@ def deployment(namespace: str, uri: str, sha256: str) -> str:
 
 
 def pod_status(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    """The pod's report: the status of the ModelReplica named after it ({} before it)."""
     out = cluster.kubectl(
-        "get", "modeldeployments.hotswap.dev", NAME, "-n", namespace, "-o", "json"
+        "get", "modelreplicas.hotswap.dev", "-n", namespace, "-o", "json", "--ignore-not-found"
     )
-    entry: dict[str, Any] = json.loads(out.stdout).get("status", {}).get("pods", {}).get(POD, {})
+    items = json.loads(out.stdout or '{"items": []}').get("items", [])
+    found = [i for i in items if i["metadata"]["name"] == POD]
+    entry: dict[str, Any] = found[0].get("status", {}) if found else {}
     return entry
 
 
 def test_api_watch_and_status_report(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
-    cluster.apply_crd(REPO / "crds" / "modeldeployment.yaml")
+    cluster.apply_crd(REPO / "crds")
     sha = {s: ck.save(tiny.weights(s), tmp_path / f"v{s}.safetensors") for s in (1, 2)}
     uri = {s: f"file://{tmp_path}/v{s}.safetensors" for s in (1, 2)}
     cluster.kubectl("apply", "-f", "-", input=deployment(namespace, uri[1], sha[1]))

@@ -152,9 +152,12 @@ class World:
         path = write(self.root / name)
         return path.as_uri(), ck.sha256_of(path)
 
-    def status(self) -> dict[str, Any]:
-        path = f"/apis/hotswap.dev/v1alpha1/namespaces/{self.namespace}/modeldeployments/{NAME}"
-        return dict(self.cluster.rest().get(path).get("status") or {})
+    def report(self) -> dict[str, Any]:
+        """This pod's report: its ModelReplica's status ({} before the first)."""
+        path = f"/apis/hotswap.dev/v1alpha1/namespaces/{self.namespace}/modelreplicas"
+        items = self.cluster.rest().get(path)["items"]
+        found = [i for i in items if i["metadata"]["name"] == POD]
+        return dict(found[0].get("status") or {}) if found else {}
 
 
 def expected_outputs(state: dict[str, torch.Tensor]) -> list[float]:
@@ -238,7 +241,7 @@ def world(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def _namespace_with_model_deployment(cluster: Cluster) -> str:
     client = cluster.rest()
-    cluster.apply_crd(REPO / "crds" / "modeldeployment.yaml")
+    cluster.apply_crd(REPO / "crds")
     namespace = f"hostile-{uuid.uuid4().hex[:6]}"
     client.post("/api/v1/namespaces", {"metadata": {"name": namespace}})
     client.post(
@@ -402,7 +405,7 @@ def assert_nothing_leaked(world: World) -> None:
         "log": world.runtime.log(),
         "metrics": world.runtime.metrics(),
         "metadata": metadata,
-        "status": json.dumps(world.status()),
+        "report": json.dumps(world.report()),
     }
     secret_sha = ck.sha256_of(world.outside / "secret.txt")
     for where, text in places.items():
@@ -426,7 +429,7 @@ def wait_reported(world: World, number: int, code: str) -> dict[str, Any]:
     assert f'reason="{failure["code"]}"' in world.runtime.metrics()
     report = wait_for(
         lambda: (
-            (p := world.status().get("pods", {}).get(POD, {})).get("targetRevision") == number
+            (p := world.report()).get("targetRevision") == number
             and p.get("state") == "Failed"
             and p
         ),

@@ -50,6 +50,7 @@ class FakeApi(Kube):
         super().__init__(api=None)
         self.objects: dict[tuple[str, str, str], JSON] = {}
         self.writes: list[tuple[str, str, Any]] = []
+        self.replicas: dict[tuple[str, str], JSON] = {}  # ModelDeployment -> pod -> report
         self.reads: list[str] = []
         self._versions = itertools.count(100)
         self._uids = itertools.count(1)
@@ -82,10 +83,15 @@ class FakeApi(Kube):
         return copy.deepcopy(md)
 
     def report(self, namespace: str, name: str, pods: JSON) -> None:
-        """Runtime pods' merge patches of status.pods.<pod> (no precondition)."""
-        md = self.objects[("modeldeployments", namespace, name)]
-        md["status"] = merge(md.get("status") or {}, {"pods": pods})
-        md["metadata"]["resourceVersion"] = str(next(self._versions))
+        """Runtime pods' reports: each pod merge-patches its own ModelReplica's status
+        (the ModelDeployment does not change). `reports` is what the controller's cache
+        of them would hold."""
+        held = self.replicas.setdefault((namespace, name), {})
+        for pod, entry in pods.items():
+            held[pod] = merge(held.get(pod) or {}, entry)
+
+    def reports(self, namespace: str, name: str) -> JSON:
+        return copy.deepcopy(self.replicas.get((namespace, name), {}))
 
     def written(self, *methods: str) -> list[tuple[str, str]]:
         """(method, what) of each write, optionally only of some methods."""

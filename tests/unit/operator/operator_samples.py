@@ -64,7 +64,8 @@ def report(
 
 
 def with_reports(status: ModelDeploymentStatus, pods: dict[str, Any]) -> ModelDeploymentStatus:
-    """`status` with the pods' own entries under status.pods replaced by `pods`."""
+    """`status` with the pods' own reports (their ModelReplicas, as a sync sees them)
+    replaced by `pods`."""
     return status.model_copy(update={"pods": pods})
 
 

@@ -35,7 +35,7 @@ class FakeSyncer:
         self.forgotten = []
         self.recorder = SimpleNamespace(forget=self.forgotten.append)
 
-    def sync(self, namespace, name, pods, applied):
+    def sync(self, namespace, name, pods, applied, reports=None):
         self.calls.append(((namespace, name), tuple(pods), applied))
         outcome = self.outcomes.popleft() if self.outcomes else SyncResult()
         if isinstance(outcome, Exception):

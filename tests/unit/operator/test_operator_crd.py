@@ -8,6 +8,7 @@ from hotswap_runtime import contract
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_PATH = REPO / "crds" / "modeldeployment.yaml"
+REPLICA_CRD = REPO / "crds" / "modelreplica.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +28,12 @@ def props(schema, *path):
     return schema
 
 
-def test_chart_carries_a_byte_identical_copy():
-    chart_copy = REPO / "charts" / "hotswap" / "crds" / "modeldeployment.yaml"
-    assert chart_copy.read_bytes() == CRD_PATH.read_bytes(), (
-        "charts/hotswap/crds/modeldeployment.yaml differs from crds/modeldeployment.yaml: "
-        "cp crds/modeldeployment.yaml charts/hotswap/crds/"
+@pytest.mark.parametrize("crd_path", [CRD_PATH, REPLICA_CRD], ids=lambda p: p.name)
+def test_chart_carries_a_byte_identical_copy(crd_path):
+    chart_copy = REPO / "charts" / "hotswap" / "crds" / crd_path.name
+    assert chart_copy.read_bytes() == crd_path.read_bytes(), (
+        f"charts/hotswap/crds/{crd_path.name} differs from crds/{crd_path.name}: "
+        f"cp crds/{crd_path.name} charts/hotswap/crds/"
     )
 
 
@@ -74,14 +76,40 @@ def test_only_model_args_preserve_unknown_fields(version):
     assert preserving == [".spec.model.args"]
 
 
-def test_status_pod_entries_hold_every_pod_report_field(version):
-    entry = props(version["schema"]["openAPIV3Schema"], "status", "pods")["additionalProperties"]
+def test_a_modelreplica_holds_every_pod_report_field_and_describes_each():
+    crd = yaml.safe_load(REPLICA_CRD.read_text())
+    assert crd["spec"]["group"] == contract.API_GROUP
+    assert crd["spec"]["names"]["kind"] == contract.REPLICA_KIND
+    assert crd["spec"]["names"]["plural"] == contract.REPLICA_PLURAL
+    (version,) = crd["spec"]["versions"]
+    schema = version["schema"]["openAPIV3Schema"]
+    entry = props(schema, "status")
     aliases = {f.alias or name for name, f in contract.PodReport.model_fields.items()}
     assert set(entry["properties"]) == aliases
-    assert entry["properties"]["swapSeconds"]["additionalProperties"]["type"] == "number"
+    assert entry["properties"]["swapSeconds"]["additionalProperties"] == {"type": "number"}
     assert entry["properties"]["env"]["additionalProperties"]["type"] == "string"
     states = [s.value for s in contract.PodState]
     assert entry["properties"]["state"]["enum"] == states
+    undescribed = [
+        path
+        for path, node in walk(schema)
+        if path not in ("", ".metadata") and not path.endswith(".*") and not node.get("description")
+    ]
+    assert undescribed == []
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    label = contract.DEPLOYMENT_LABEL.replace(".", "\\.")
+    assert columns["Model"] == f".metadata.labels.{label}"
+    assert (columns["Revision"], columns["State"]) == (".status.revision", ".status.state")
+
+
+def test_status_has_no_per_pod_map_and_a_bounded_failure_list(version):
+    from hotswap_operator.status import MAX_FAILURES, PodFailure
+
+    status = props(version["schema"]["openAPIV3Schema"], "status")
+    assert "pods" not in status["properties"]
+    failures = status["properties"]["failures"]
+    assert failures["maxItems"] == MAX_FAILURES
+    assert set(failures["items"]["properties"]) == aliases(PodFailure)
 
 
 def test_status_and_scale_subresources(version):
@@ -174,7 +202,8 @@ def test_the_typed_status_is_the_status_schema(version):
     )
 
     status = props(version["schema"]["openAPIV3Schema"], "status")
-    assert aliases(ModelDeploymentStatus) == set(status["properties"])
+    # `pods` holds the live pods' reports during a sync (from their ModelReplicas): never stored
+    assert aliases(ModelDeploymentStatus) - {"pods"} == set(status["properties"])
     for field, model in (
         ("stable", RevisionRecord),
         ("candidate", RevisionRecord),

@@ -115,7 +115,7 @@ def test_pods_run_non_root_with_a_read_only_root():
     assert pod["serviceAccountName"] == "resnet-runtime"
 
 
-def test_role_allows_only_the_own_config_map_and_status():
+def test_role_allows_only_the_own_config_map_and_writing_reports():
     role = by_kind(build(SPEC)[0])["Role"]
     assert role["rules"] == [
         {
@@ -124,11 +124,10 @@ def test_role_allows_only_the_own_config_map_and_status():
             "resourceNames": ["resnet-model"],
             "verbs": ["get", "list", "watch"],
         },
-        {
+        {  # which ModelReplica: the chart's admission policy (named after the pod)
             "apiGroups": ["hotswap.dev"],
-            "resources": ["modeldeployments/status"],
-            "resourceNames": ["resnet"],
-            "verbs": ["get", "patch"],
+            "resources": ["modelreplicas"],
+            "verbs": ["create", "patch"],
         },
     ]
     binding = by_kind(build(SPEC)[0])["RoleBinding"]

@@ -1,5 +1,7 @@
 """summary.py: what the pods' reports add up to, and which changes deserve an Event."""
 
+import json
+
 from hotswap_operator import summary
 from hotswap_operator.status import ModelDeploymentStatus, merge_patch
 from hotswap_operator.summary import PodInfo
@@ -12,19 +14,24 @@ PODS = [PodInfo("p-a", True), PodInfo("p-b", True), PodInfo("p-c", True)]
 
 
 def st(pods, **extra):
+    """A stored status plus, under "pods", the pods' reports (their ModelReplicas)."""
     return {"stable": STABLE2, "observedGeneration": 2, "pods": pods, **extra}
 
 
+def stored(raw):
+    return {k: v for k, v in raw.items() if k != "pods"}
+
+
 def summarized(raw, pods=PODS, desired=3, now=NOW):
-    """The status a sync would write from the stored status `raw`."""
-    typed = ModelDeploymentStatus.from_raw(raw)
+    """The status a sync would write from the stored status and the reports in `raw`."""
+    typed = ModelDeploymentStatus.from_raw(stored(raw))
+    typed = typed.model_copy(update={"pods": raw.get("pods") or {}})
     result = summary.summarize(desired, typed, pods)
     return summary.apply(typed, result, now, typed.observed_generation or 0)
 
 
 def patch_for(raw, pods=PODS, desired=3, now=NOW):
-    gone = set(raw.get("pods") or {}) - {p.name for p in pods}
-    return merge_patch(raw, summarized(raw, pods, desired, now), gone)
+    return merge_patch(stored(raw), summarized(raw, pods, desired, now))
 
 
 def events(raw, patch):
@@ -104,12 +111,34 @@ def test_scaling_up_counts_against_the_new_replicas():
     assert "3 of 5 pods exist" in cond(patch, "Progressing")["message"]
 
 
-def test_terminating_pods_do_not_count_and_gone_pods_are_pruned():
+def test_terminating_pods_do_not_count_and_reports_never_reach_the_status():
     pods = [PodInfo("p-a", True), PodInfo("p-b", True, terminating=True)]
-    reports = {"p-a": report(2, SHA_B), "p-b": report(2, SHA_B), "p-gone": report(2, SHA_B)}
+    reports = {"p-a": report(2, SHA_B), "p-b": report(2, SHA_B)}
     patch = patch_for(st(reports), pods, desired=1)
-    assert patch["pods"] == {"p-gone": None}
+    assert "pods" not in patch
     assert patch["replicas"] == 1 and patch["phase"] == "Ready"
+
+
+def test_an_older_versions_status_pods_map_is_removed():
+    raw = st({p.name: report(2, SHA_B) for p in PODS})
+    patch = merge_patch(raw, summarized(raw))  # stored with a `pods` map
+    assert patch["pods"] is None
+
+
+def test_a_thousand_pods_keep_the_status_small():
+    """Whatever the number of pods, the status names at most MAX_FAILURES of them."""
+    many = [PodInfo(f"p-{i:04d}", True) for i in range(1000)]
+    reports = {p.name: report(2, SHA_B, "Failed", target=2, message="bad") for p in many}
+    reports.update({p.name: report(1, SHA_A, "Loading", target=2) for p in many[:500]})
+    patch = patch_for(st(reports), many, desired=1000)
+    assert patch["failedReplicas"] == 500
+    assert [f["pod"] for f in patch["failures"]] == [f"p-{i:04d}" for i in range(500, 510)]
+    assert patch["failures"][0] == {"pod": "p-0500", "revision": 2, "reason": "bad"}
+    assert cond(patch, "Degraded")["message"].endswith("(and 490 more pods)")
+    healthy = {p.name: report(1, SHA_A, "Loading", target=2) for p in many}
+    waiting = cond(patch_for(st(healthy), many, desired=1000), "Progressing")["message"]
+    assert waiting.endswith("p-0009 (Loading) (and 990 more pods)")
+    assert len(json.dumps(patch)) < 8 * 1024
 
 
 def test_unreadable_report_is_a_failure_naming_the_pod():
@@ -204,3 +233,14 @@ def test_serving_names_what_ready_pods_answer_with_never_a_failed_revision():
     assert patch_for(st(mixed, stable=stable3), pods)["serving"] == "2,3"
     nothing = patch_for(st({"p-a": report(None, None, "Loading", target=2)}))
     assert "serving" not in nothing or nothing["serving"] is None
+def test_pod_events_are_bounded_however_many_pods_swapped():
+    before = {f"p-{i:04d}": report(1, SHA_A) for i in range(1000)}
+    _, memory = pod_events(None, before)
+    after = {pod: report(2, SHA_B) for pod in before}
+    after["p-0999"] = report(1, SHA_A, "Failed", target=2, message="NaN in outputs")
+    events, _ = pod_events(memory, after)
+    assert len(events) == 10
+    assert [e.reason for e in events[:9]] == ["Swapped"] * 9
+    assert events[0].message.startswith("pod p-0000 swapped to revision 2")
+    assert (events[-1].type, events[-1].reason) == ("Warning", "SwapFailed")
+    assert events[-1].message.startswith("and 991 more pods: 990 loaded or swapped, 1 failed")

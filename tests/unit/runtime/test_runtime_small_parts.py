@@ -87,14 +87,35 @@ def test_builders() -> None:
         )
 
 
-def test_reporter_body_is_a_merge_patch_of_this_pod_only() -> None:
-    reporter = Reporter(api=None, namespace="ns", name="m", pod="p-1")
+def test_reporter_writes_its_own_modelreplica_owned_by_its_pod() -> None:
+    reporter = Reporter(api=None, namespace="ns", name="m", pod="p-1", pod_uid="u-1")
     first = PodReport(state=PodState.SERVING, revision=2, swapSeconds={"fetch": 1.0, "x": 2.0})
-    body = reporter.body(first)
-    assert list(body["status"]["pods"]) == ["p-1"]
-    entry = body["status"]["pods"]["p-1"]
+    created = reporter.manifest(first)
+    assert created["kind"] == "ModelReplica" and created["metadata"]["name"] == "p-1"
+    assert created["metadata"]["labels"] == {"hotswap.dev/model-deployment": "m"}
+    owner = created["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", "p-1", "u-1")
+    assert created["status"]["state"] == "Serving" and created["status"]["revision"] == 2
+    entry = reporter.body(first)["status"]
     assert entry["state"] == "Serving" and entry["revision"] == 2
     assert entry["targetRevision"] is None  # null removes a stale field in a merge patch
     reporter._sent_phases = {"fetch", "x"}
     second = reporter.body(PodReport(state=PodState.LOADING, swapSeconds={"fetch": 0.5}))
-    assert second["status"]["pods"]["p-1"]["swapSeconds"] == {"fetch": 0.5, "x": None}
+    assert second["status"]["swapSeconds"] == {"fetch": 0.5, "x": None}
+
+
+def test_a_throttled_report_waits_what_the_server_asks_and_no_more() -> None:
+    from hotswap_runtime.reporter import MAX_RETRY_AFTER, retry_after
+    from kubernetes.client.exceptions import ApiException
+
+    throttled = ApiException(status=429, reason="Too Many Requests")
+    throttled.headers = {"Retry-After": "2"}
+    assert retry_after(throttled) == 2.0
+    throttled.headers = {}
+    assert retry_after(throttled) == 1.0  # APF's answer carries one; a proxy's may not
+    throttled.headers = {"Retry-After": "86400"}
+    assert retry_after(throttled) == MAX_RETRY_AFTER
+    throttled.headers = {"Retry-After": "soon"}
+    assert retry_after(throttled) == 1.0
+    assert retry_after(ApiException(status=500)) == 0.0  # exponential back-off instead
+    assert retry_after(OSError("refused")) == 0.0

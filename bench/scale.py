@@ -1,0 +1,596 @@
+"""Benchmark: one swap at N = 10, 100, 300, 1000 replicas, and 100 ModelDeployments at once.
+
+The real control plane (tests/harness/cluster.py) and the chart installed with helm: the
+operator runs as two pods (the chart's default) on a process kubelet, under its own RBAC,
+with the chart's admission policies. Runtime pods are HOLLOW (tests/harness/hollow.py):
+real Pod objects made by the Deployment and ReplicaSet controllers, bound by the
+scheduler to fake Nodes, each running the runtime's real API watch, desired-state path and
+reporter with a stand-in model whose load takes `--load-seconds`, authenticated with a
+token bound to its own pod.
+
+One ModelDeployment is scaled 10 -> 100 -> 300 -> 1000; at each size `--swaps` checkpoint
+changes are timed. Then 100 ModelDeployments of 5 replicas change at once. Per swap:
+
+* `pod_s`: seconds from the patch until each pod reports the new revision Serving (as
+  the bench's watch of the reports sees it), p50/p95 over pods and swaps;
+* `status_s`: seconds until the ModelDeployment's status says so (revision, UPDATED N/N,
+  phase Ready);
+* `status_bytes`: the ModelDeployment object as JSON, after the swap;
+* from the API server's /metrics, deltas over the swap: `api_writes` (requests with a
+  mutating verb, `apiserver_request_total`), `api_write_bytes` (their bodies,
+  `apiserver_request_body_size_bytes_sum`), `api_watch_bytes` (bytes of watch events sent
+  to every watcher, `apiserver_watch_events_sizes_sum`: the fan-out, where a big object
+  written often costs most); `api_bytes` is write plus watch bytes. Node heartbeats and
+  Leases (the operator's leader election, node leases) are left out;
+* `operator_cpu_s`: user+system CPU of both operator processes (/proc), over the swap;
+* `apiserver_rss_mb`, `etcd_rss_mb` after each size.
+
+    python bench/scale.py [--sizes 10,100,300,1000] [--swaps 3] [--fleet 100] [--out FILE]
+                          [--logs DIR]  (the hollow nodes' and operators' logs are kept there)
+
+The last line printed is a JSON summary: `pods` (the largest N measured),
+`converge_p95_s`, `status_bytes`, `api_writes_per_swap`, `api_bytes_per_swap` (at that N),
+`fleet_converge_p95_s`, and `per_size` with every figure; `--out` also writes the whole
+result. A size that does not converge within `--timeout` is recorded with where it stopped
+and the bench goes on to the fleet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import REPO, percentile, rss_mb
+from tests.e2e.fleet import helm_install
+from tests.harness.cluster import Cluster, ensure_binary
+from tests.harness.hollow import LABEL, TAINT
+from tests.harness.kubelet import LocalKubelet
+from tests.harness.rest import ApiError, KubeClient
+from tests.harness.waiting import wait_for
+
+JSON = dict[str, Any]
+HELM = REPO / ".cache" / "bin" / "helm"
+MD_API = "/apis/hotswap.dev/v1alpha1"
+REPORT_API = "/apis/hotswap.dev/v1alpha1"
+REPORT_PLURAL = "modelreplicas"  # the per-pod report objects, where the CRD has them
+MUTATING = ("POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE")
+NOISE = ("leases", "nodes")  # heartbeats and leader election: not the swap's cost
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def checkpoint(i: int) -> JSON:
+    """A checkpoint reference (never fetched: the hollow pods' stand-in does not read it)."""
+    sha = hashlib.sha256(f"scale-{i}".encode()).hexdigest()
+    return {"uri": f"file:///var/tmp/hotswap-examples/scale-{i}.safetensors", "sha256": sha}
+
+
+def manifest(name: str, replicas: int, ref: JSON) -> JSON:
+    return {
+        "apiVersion": "hotswap.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "model": {"architecture": "python/hotswap_runtime.examples:mlp", "inputShape": [4]},
+            "checkpoint": ref,
+            "rollout": {"strategy": "AllAtOnce"},
+            "runtime": {
+                "device": "cpu",
+                "nodeSelector": {LABEL: "true"},
+                "tolerations": [{"key": TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+            },
+        },
+    }
+
+
+# -- what the API server and the operator spent ------------------------------------------
+
+
+def scrape(client: KubeClient) -> dict[str, float]:
+    """Write requests, write bytes and watch bytes, summed over resources (noise left out)."""
+    resp = client._pool.request(  # the metrics endpoint is text, not JSON
+        "GET", client.server + "/metrics", headers=client._headers
+    )
+    text = resp.data.decode()
+    out = {"api_writes": 0.0, "api_write_bytes": 0.0, "api_watch_bytes": 0.0}
+    by_resource: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name, _, rest = line.partition("{")
+        labels: dict[str, str] = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        value = float(line.rsplit(" ", 1)[1])
+        resource = labels.get("resource", labels.get("kind", "")).lower()
+        if any(resource.startswith(n) for n in NOISE):
+            continue
+        if name == "apiserver_request_total" and labels.get("verb") in MUTATING:
+            out["api_writes"] += value
+            key = f"{labels['verb']} {resource}/{labels.get('subresource', '')}".rstrip("/")
+            by_resource[key] = by_resource.get(key, 0.0) + value
+        elif name == "apiserver_request_body_size_bytes_sum" and labels.get("verb", "").upper() in (
+            "PATCH",
+            "UPDATE",
+            "CREATE",
+            "POST",
+            "PUT",
+            "APPLY",
+        ):
+            out["api_write_bytes"] += value
+        elif name == "apiserver_watch_events_sizes_sum":
+            out["api_watch_bytes"] += value
+    out.update({f"writes[{k}]": v for k, v in by_resource.items()})
+    return out
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 1) for k, v in after.items() if v != before.get(k)}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of `pids`; NaN when one has gone (a restarted operator)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+# -- watching reports and status ---------------------------------------------------------
+
+
+@dataclass
+class Watcher:
+    """Watches ModelDeployments (and the per-pod report objects, where they exist) in one
+    namespace, and calls `seen(kind, object)` for each event, with the time it arrived."""
+
+    client: KubeClient
+    namespace: str
+    seen: Callable[[str, JSON, float], None]
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self, reports: bool) -> None:
+        paths = [("md", f"{MD_API}/namespaces/{self.namespace}/modeldeployments")]
+        if reports:
+            paths.append(("report", f"{REPORT_API}/namespaces/{self.namespace}/{REPORT_PLURAL}"))
+        for kind, path in paths:
+            threading.Thread(target=self._run, args=(kind, path), daemon=True).start()
+
+    def _run(self, kind: str, path: str) -> None:
+        while not self.stop.is_set():
+            try:
+                listed = self.client.get(path)
+                for item in listed["items"]:
+                    self.seen(kind, item, time.monotonic())
+                params = {"resourceVersion": listed["metadata"]["resourceVersion"]}
+                for event in self.client.watch(path, {**params, "timeoutSeconds": 120}):
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self.seen(kind, event["object"], time.monotonic())
+                    if self.stop.is_set():
+                        return
+            except Exception as exc:
+                print(f"bench watch {path}: {exc}", flush=True)
+                time.sleep(0.5)
+
+
+class Progress:
+    """For one swap of some ModelDeployments: when each pod first reported the new
+    revision Serving, and when each ModelDeployment's status first said all pods do."""
+
+    def __init__(self, targets: dict[str, tuple[int, str, int]], started: float) -> None:
+        self.targets = targets  # md -> (revision, sha256, replicas)
+        self.started = started
+        self.pods: dict[str, float] = {}
+        self.status: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+    def report(self, md: str, pod: str, report: JSON, at: float) -> None:
+        target = self.targets.get(md)
+        if target is None or report.get("state") != "Serving":
+            return
+        if (report.get("revision"), report.get("sha256")) != target[:2]:
+            return
+        with self.lock:
+            self.pods.setdefault(pod, at - self.started)
+
+    def md(self, body: JSON, at: float) -> None:
+        name = body["metadata"]["name"]
+        target = self.targets.get(name)
+        if target is None:
+            return
+        for pod, entry in ((body.get("status") or {}).get("pods") or {}).items():
+            self.report(name, pod, entry, at)  # the per-pod entries of the current design
+        st = body.get("status") or {}
+        n = target[2]
+        if (
+            st.get("revision") == target[0]
+            and st.get("updated") == f"{n}/{n}"
+            and st.get("phase") == "Ready"
+        ):
+            with self.lock:
+                self.status.setdefault(name, at - self.started)
+                if len(self.status) == len(self.targets):
+                    self.done.set()
+
+
+class Bench:
+    def __init__(self, cluster: Cluster, kubelet: LocalKubelet, namespace: str) -> None:
+        self.cluster = cluster
+        self.kubelet = kubelet
+        self.namespace = namespace
+        self.client = cluster.rest()
+        self.progress: Progress | None = None
+        self.revisions: dict[str, int] = {}
+        self.next_ref = 1
+        self.has_reports = self._has_report_crd()
+        self.watcher = Watcher(self.client, namespace, self._seen)
+        self.watcher.start(self.has_reports)
+
+    def _has_report_crd(self) -> bool:
+        try:
+            self.client.get(
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                f"{REPORT_PLURAL}.hotswap.dev"
+            )
+        except ApiError:
+            return False
+        return True
+
+    def _seen(self, kind: str, obj: JSON, at: float) -> None:
+        progress = self.progress
+        if progress is None:
+            return
+        if kind == "md":
+            progress.md(obj, at)
+            return
+        labels = obj["metadata"].get("labels") or {}
+        md = labels.get("hotswap.dev/model-deployment", "")
+        progress.report(md, obj["metadata"]["name"], obj.get("status") or {}, at)
+
+    def md_path(self, name: str) -> str:
+        return f"{MD_API}/namespaces/{self.namespace}/modeldeployments/{name}"
+
+    def operator_pids(self) -> list[int]:
+        items = self.client.get(
+            f"/api/v1/namespaces/{self.namespace}/pods",
+            {"labelSelector": "app.kubernetes.io/name=hotswap-operator"},
+        )["items"]
+        pids = [self.kubelet.pid(self.namespace, p["metadata"]["name"]) for p in items]
+        return [p for p in pids if p]
+
+    def runtime_pods(self) -> list[JSON]:
+        selector = {"labelSelector": "app.kubernetes.io/name=hotswap-runtime"}
+        items: list[JSON] = self.client.get(f"/api/v1/namespaces/{self.namespace}/pods", selector)[
+            "items"
+        ]
+        return items
+
+    def ready(self, name: str, replicas: int, timeout: float) -> JSON:
+        def check() -> JSON | None:
+            body = self.client.get(self.md_path(name))
+            st = body.get("status") or {}
+            ok = st.get("phase") == "Ready" and st.get("updated") == f"{replicas}/{replicas}"
+            return body if ok and st.get("ready") == f"{replicas}/{replicas}" else None
+
+        return wait_for(check, timeout, 1.0, f"{name}: {replicas} pods Ready")
+
+    def swap(self, names: dict[str, int], timeout: float) -> JSON:
+        """Change every named ModelDeployment's checkpoint at once; time it."""
+        refs = {}
+        targets = {}
+        for name, replicas in names.items():
+            refs[name] = checkpoint(self.next_ref)
+            self.next_ref += 1
+            revision = self.revisions[name] + 1
+            targets[name] = (revision, refs[name]["sha256"], replicas)
+        pids = self.operator_pids()
+        before, cpu0 = scrape(self.client), cpu_seconds(pids)
+        started = time.monotonic()
+        self.progress = Progress(targets, started)
+        with ThreadPoolExecutor(16) as pool:
+            list(
+                pool.map(
+                    lambda n: self.client.patch(self.md_path(n), {"spec": {"checkpoint": refs[n]}}),
+                    names,
+                )
+            )
+        converged = self.progress.done.wait(timeout)
+        elapsed = time.monotonic() - started
+        time.sleep(2.0)  # the last reports' watch events reach the metrics
+        after, cpu1 = scrape(self.client), cpu_seconds(pids)
+        progress, self.progress = self.progress, None
+        for name, (revision, _, _) in targets.items():
+            if name in progress.status:
+                self.revisions[name] = revision
+        pods = sorted(progress.pods.values())
+        expected = sum(r for _, _, r in targets.values())
+        sizes = [len(json.dumps(self.client.get(self.md_path(n)))) for n in list(names)[:5]]
+        spent = delta(after, before)
+        return {
+            "converged": converged,
+            "elapsed_s": round(elapsed, 3),
+            "pods_reported": len(pods),
+            "pods_expected": expected,
+            "pod_s": [round(x, 3) for x in pods],
+            "status_s": sorted(round(x, 3) for x in progress.status.values()),
+            "status_bytes": max(sizes),
+            "operator_cpu_s": None if math.isnan(cpu1 - cpu0) else round(cpu1 - cpu0, 2),
+            **spent,
+        }
+
+    def fix_revision(self, name: str) -> None:
+        self.revisions[name] = int((self.client.get(self.md_path(name))["status"])["revision"])
+
+
+def hollow_nodes(cluster: Cluster, count: int, load_seconds: float, logs: Path) -> Iterator[Any]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)])}
+    for i in range(count):
+        log = (logs / f"hollow-{i}.log").open("ab")
+        yield subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.harness.hollow",
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                "--node",
+                f"hollow-{i}",
+                "--load-seconds",
+                str(load_seconds),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+def mean_of(values: list[float | None]) -> float | None:
+    """Mean of the values measured (None where an operator process restarted)."""
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 2) if known else None
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile; None (JSON null) for no values."""
+    return percentile(values, q) if values else None
+
+
+def figures(swaps: list[JSON], load_seconds: float) -> JSON:
+    pod_s = [x for s in swaps for x in s["pod_s"]]
+    status_s = [x for s in swaps for x in s["status_s"]]
+    n = len(swaps) or 1
+    p95 = pct(status_s, 95)
+
+    def mean(key: str) -> float:
+        return round(sum(float(s.get(key, 0.0)) for s in swaps) / n, 1)
+
+    return {
+        "swaps": len(swaps),
+        "converged": all(s["converged"] for s in swaps),
+        "pod_p50_s": pct(pod_s, 50),
+        "pod_p95_s": pct(pod_s, 95),
+        "status_p50_s": pct(status_s, 50),
+        "status_p95_s": p95,
+        "beyond_load_p95_s": None if p95 is None else round(p95 - load_seconds, 3),
+        "status_bytes": max((s["status_bytes"] for s in swaps), default=0),
+        "api_writes_per_swap": mean("api_writes"),
+        "api_write_bytes_per_swap": mean("api_write_bytes"),
+        "api_watch_bytes_per_swap": mean("api_watch_bytes"),
+        "api_bytes_per_swap": round(mean("api_write_bytes") + mean("api_watch_bytes")),
+        "operator_cpu_s_per_swap": mean_of([s["operator_cpu_s"] for s in swaps]),
+    }
+
+
+def run(args: argparse.Namespace) -> JSON:
+    result: JSON = {"load_seconds": args.load_seconds, "per_size": {}, "runs": {}}
+    with (
+        Cluster(ensure_binary()) as cluster,
+        LocalKubelet(
+            cluster,
+            projection_delay=1.0,
+            base_env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        ) as kubelet,
+    ):
+        namespace = f"scale-{uuid.uuid4().hex[:6]}"
+        helm_install(cluster, HELM, "hotswap", namespace, f"watchNamespaces={{{namespace}}}")
+        logs = cluster.root / "logs"
+        nodes = list(hollow_nodes(cluster, args.nodes, args.load_seconds, logs))
+        try:
+            bench = Bench(cluster, kubelet, namespace)
+            result["report_objects"] = bench.has_reports
+            if args.sizes:
+                one_deployment(bench, args, result)
+            if args.fleet:
+                many_deployments(bench, args, result)
+            pids = cluster.pids
+            result["apiserver_rss_mb"] = round(rss_mb(pids["apiserver"]))
+            result["etcd_rss_mb"] = round(rss_mb(pids["etcd"]))
+        finally:
+            for proc in nodes:
+                proc.terminate()
+            for proc in nodes:
+                proc.wait(30)
+            result["logs"] = keep_logs(logs, kubelet, namespace, args.logs)
+    return result
+
+
+def keep_logs(logs: Path, kubelet: LocalKubelet, namespace: str, keep: Path) -> str:
+    """Copy the hollow nodes' and operator pods' logs out of the cluster's temp folder
+    (which stop() removes): what a pod that never reported was doing."""
+    keep.mkdir(parents=True, exist_ok=True)
+    for log in logs.glob("hollow-*.log"):
+        shutil.copy(log, keep / log.name)
+    for pod in (kubelet.root / "pods").glob(f"{namespace}_hotswap-*"):
+        if (pod / "pod.log").is_file():
+            shutil.copy(pod / "pod.log", keep / f"operator-{pod.name}.log")
+    return str(keep)
+
+
+def one_deployment(bench: Bench, args: argparse.Namespace, result: JSON) -> None:
+    try:
+        scale_through(bench, args, result)
+    finally:  # the fleet gets the cluster to itself
+        bench.client.patch(bench.md_path("scale"), {"spec": {"replicas": 0}})
+        wait_for(lambda: not bench.runtime_pods(), args.setup_timeout, 2.0, "scale: pods gone")
+
+
+def scale_through(bench: Bench, args: argparse.Namespace, result: JSON) -> None:
+    name = "scale"
+    cluster = bench.cluster
+    for i, size in enumerate(args.sizes):
+        began = time.monotonic()
+        try:
+            if i == 0:
+                body = manifest(name, size, checkpoint(0))
+                bench.client.post(f"{MD_API}/namespaces/{bench.namespace}/modeldeployments", body)
+            else:
+                bench.client.patch(bench.md_path(name), {"spec": {"replicas": size}})
+            bench.ready(name, size, args.setup_timeout)
+        except Exception as exc:
+            result["per_size"][str(size)] = {"broke": f"scaling to {size}: {exc}"[:2000]}
+            print(f"N={size}: did not become Ready: {exc}", flush=True)
+            return
+        bench.fix_revision(name)
+        print(f"N={size}: Ready in {time.monotonic() - began:.0f}s", flush=True)
+        swaps = []
+        for k in range(args.swaps):
+            one = bench.swap({name: size}, args.timeout)
+            swaps.append(one)
+            print(f"N={size} swap {k + 1}: {summary_line(one)}", flush=True)
+            if not one["converged"]:
+                break
+        pids = cluster.pids
+        figs = figures(swaps, args.load_seconds)
+        figs["apiserver_rss_mb"] = round(rss_mb(pids["apiserver"]))
+        figs["etcd_rss_mb"] = round(rss_mb(pids["etcd"]))
+        result["per_size"][str(size)] = figs
+        result["runs"][str(size)] = swaps
+        print(f"N={size}: {json.dumps(figs)}", flush=True)
+        if not figs["converged"]:
+            result["broke_at"] = size
+            return
+
+
+def many_deployments(bench: Bench, args: argparse.Namespace, result: JSON) -> None:
+    names = {f"fleet-{i:03d}": args.fleet_replicas for i in range(args.fleet)}
+    began = time.monotonic()
+    path = f"{MD_API}/namespaces/{bench.namespace}/modeldeployments"
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(lambda n: bench.client.post(path, manifest(n, names[n], checkpoint(0))), names)
+        )
+    try:
+        for name, replicas in names.items():
+            left = args.setup_timeout - (time.monotonic() - began)
+            bench.ready(name, replicas, max(left, 10))
+            bench.fix_revision(name)
+    except Exception as exc:
+        result["fleet"] = {"broke": f"creating the fleet: {exc}"[:2000]}
+        return
+    print(f"fleet of {len(names)} Ready in {time.monotonic() - began:.0f}s", flush=True)
+    swaps = []
+    for k in range(args.swaps):
+        one = bench.swap(names, args.timeout)
+        one.pop("pod_s")
+        swaps.append(one)
+        print(f"fleet swap {k + 1}: {summary_line(one)}", flush=True)
+    status_s = [x for s in swaps for x in s["status_s"]]
+    result["fleet"] = {
+        "deployments": len(names),
+        "replicas_each": args.fleet_replicas,
+        "converged": all(s["converged"] for s in swaps),
+        "status_p50_s": pct(status_s, 50),
+        "status_p95_s": pct(status_s, 95),
+        "api_writes_per_swap": round(sum(s.get("api_writes", 0) for s in swaps) / len(swaps)),
+        "operator_cpu_s_per_swap": mean_of([s["operator_cpu_s"] for s in swaps]),
+    }
+
+
+def summary_line(one: JSON) -> str:
+    keep = (
+        "converged",
+        "elapsed_s",
+        "pods_reported",
+        "pods_expected",
+        "status_bytes",
+        "api_writes",
+        "api_write_bytes",
+        "api_watch_bytes",
+        "operator_cpu_s",
+    )
+    return json.dumps({k: one.get(k) for k in keep})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100,300,1000")
+    parser.add_argument("--swaps", type=int, default=3)
+    parser.add_argument("--fleet", type=int, default=100, help="ModelDeployments (0: skip)")
+    parser.add_argument("--fleet-replicas", type=int, default=5)
+    parser.add_argument("--nodes", type=int, default=4, help="hollow node processes")
+    parser.add_argument("--load-seconds", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=300, help="seconds a swap may take")
+    parser.add_argument(
+        "--setup-timeout", type=float, default=900, help="seconds to scale up or create"
+    )
+    parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--logs",
+        type=Path,
+        default=REPO / "bench" / "results" / f"scale-logs-{time.strftime('%Y%m%d-%H%M%S')}",
+        help="where the hollow nodes' and operator pods' logs are kept",
+    )
+    args = parser.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    result = run(args)
+    result["load_average"] = os.getloadavg()
+    measured = [s for s in args.sizes if result["per_size"].get(str(s), {}).get("converged")]
+    top = result["per_size"][str(measured[-1])] if measured else {}
+    result["summary"] = {
+        "pods": measured[-1] if measured else 0,
+        "converge_p95_s": top.get("status_p95_s"),
+        "status_bytes": top.get("status_bytes"),
+        "api_writes_per_swap": top.get("api_writes_per_swap"),
+        "api_bytes_per_swap": top.get("api_bytes_per_swap"),
+        "fleet_converge_p95_s": (result.get("fleet") or {}).get("status_p95_s"),
+        "broke_at": result.get("broke_at"),
+    }
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    per_size = {k: {kk: vv for kk, vv in v.items()} for k, v in result["per_size"].items()}
+    print(
+        json.dumps(
+            {
+                **result["summary"],
+                "per_size": per_size,
+                "fleet": result.get("fleet"),
+                "load_average": result["load_average"],
+            },
+            sort_keys=True,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
