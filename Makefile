@@ -32,8 +32,8 @@ kubeconform:
 # keeps them byte-identical): charts/hotswap/crds/ (installed once by helm) and
 # charts/hotswap-crds/files/ (templated, so `helm upgrade` upgrades it).
 crds:
-	cp crds/modeldeployment.yaml charts/hotswap/crds/modeldeployment.yaml
-	cp crds/modeldeployment.yaml charts/hotswap-crds/files/modeldeployment.yaml
+	cp crds/*.yaml charts/hotswap/crds/
+	cp crds/*.yaml charts/hotswap-crds/files/
 
 # Manifest checks (also part of `make test`): the chart's values schema and README,
 # kube-linter's default checks (tests/harness/kubelint.py, .kube-linter.yaml), the real

@@ -214,8 +214,8 @@ def _summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodIn
         desired,
         phase,
         (),
-        _pod_failures(failing, reports, stable),
-        len(failures),
+        failures=_pod_failures(failing, reports, stable),
+        failed=len(failures),
     )
     shown = canary.override(status, phase)  # a Canary rollout says where it stands
     if shown is not None:

@@ -262,7 +262,7 @@ class Cluster:
             def served(group: str = group, version: str = version, plural: str = plural) -> bool:
                 try:
                     client.get(f"/apis/{group}/{version}/{plural}")
-                except Exception:  # noqa: BLE001 - 404 until the API is served
+                except Exception:
                     return False
                 return True
 

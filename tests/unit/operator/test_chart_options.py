@@ -205,22 +205,28 @@ def test_an_incomplete_network_policy_is_refused_with_the_fix(helm_bin, extra, m
     assert message in done.stderr
 
 
-def test_every_copy_of_the_crd_is_byte_identical():
-    source = CRD.read_bytes()
-    for copy in (
-        CHART / "crds" / "modeldeployment.yaml",
-        CRDS_CHART / "files" / "modeldeployment.yaml",
-    ):
-        assert copy.read_bytes() == source, f"{copy.relative_to(REPO)} differs: run make crds"
+def test_every_copy_of_the_crds_is_byte_identical():
+    sources = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    assert sources == ["modeldeployment.yaml", "modelreplica.yaml"]
+    for folder in (CHART / "crds", CRDS_CHART / "files"):
+        assert sorted(p.name for p in folder.glob("*.yaml")) == sources, f"run make crds ({folder})"
+        for name in sources:
+            copy = folder / name
+            source = (REPO / "crds" / name).read_bytes()
+            assert copy.read_bytes() == source, f"{copy.relative_to(REPO)} differs: run make crds"
 
 
-def test_the_crd_chart_renders_exactly_the_crd_and_keeps_it(helm_bin):
-    (crd,) = render(helm_bin, chart=CRDS_CHART)
-    annotations = crd["metadata"].pop("annotations")
-    assert annotations == {"helm.sh/resource-policy": "keep"}
-    assert crd == yaml.safe_load(CRD.read_text())
-    (dropped,) = render(helm_bin, "--set", "keep=false", chart=CRDS_CHART)
-    assert "annotations" not in dropped["metadata"]
+def test_the_crd_chart_renders_exactly_the_crds_and_keeps_them(helm_bin):
+    rendered = render(helm_bin, chart=CRDS_CHART)
+    expected = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))]
+    for crd in rendered:
+        annotations = crd["metadata"].pop("annotations")
+        assert annotations == {"helm.sh/resource-policy": "keep"}
+    assert sorted(rendered, key=lambda c: c["metadata"]["name"]) == sorted(
+        expected, key=lambda c: c["metadata"]["name"]
+    )
+    dropped = render(helm_bin, "--set", "keep=false", chart=CRDS_CHART)
+    assert len(dropped) == 2 and all("annotations" not in c["metadata"] for c in dropped)
 
 
 def test_the_crd_chart_is_lint_clean(helm_bin):

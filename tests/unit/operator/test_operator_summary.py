@@ -233,6 +233,8 @@ def test_serving_names_what_ready_pods_answer_with_never_a_failed_revision():
     assert patch_for(st(mixed, stable=stable3), pods)["serving"] == "2,3"
     nothing = patch_for(st({"p-a": report(None, None, "Loading", target=2)}))
     assert "serving" not in nothing or nothing["serving"] is None
+
+
 def test_pod_events_are_bounded_however_many_pods_swapped():
     before = {f"p-{i:04d}": report(1, SHA_A) for i in range(1000)}
     _, memory = pod_events(None, before)
