@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from hotswap_runtime.contract import API_GROUP, API_VERSION, KIND, PLURAL
+from hotswap_runtime.contract import (
+    API_GROUP,
+    API_VERSION,
+    DEPLOYMENT_LABEL,
+    KIND,
+    PLURAL,
+    REPLICA_PLURAL,
+)
 from hotswap_runtime.redact import clip
 
 from hotswap_operator.kube import ConflictError, Kube, KubeError
@@ -124,8 +131,9 @@ def _failed(session: Session, name: str, what: str, err: KubeError) -> PluginErr
     if err.status == 403:
         return PluginError(
             f"{what} {where}: forbidden; the plugin needs get and patch on "
-            f"{PLURAL}.{API_GROUP} in namespace {session.namespace} (see README, "
-            f"'kubectl hotswap'). The API server said: {err}"
+            f"{PLURAL}.{API_GROUP} and list on {REPLICA_PLURAL}.{API_GROUP} in namespace "
+            f"{session.namespace} (examples/kubectl-hotswap-rbac.yaml). "
+            f"The API server said: {err}"
         )
     if err.status == 0:  # no answer: connection refused, TLS, timeout
         host = getattr(getattr(session.kube.api, "configuration", None), "host", "?")
@@ -149,6 +157,19 @@ def get_deployment(session: Session, name: str) -> dict[str, Any]:
             "lists those there)"
         )
     return found
+
+
+@requires((API_GROUP, REPLICA_PLURAL, "list"))
+def list_replicas(session: Session, name: str) -> list[dict[str, Any]]:
+    """The ModelReplicas (each runtime pod's own report) of ModelDeployment `name`."""
+    path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{session.namespace}/{REPLICA_PLURAL}"
+    query = [("labelSelector", f"{DEPLOYMENT_LABEL}={name}"), ("limit", "5000")]
+    try:
+        found = session.kube.request("GET", path, None, query)
+    except KubeError as err:
+        raise _failed(session, name, "listing the pod reports (ModelReplicas) of", err) from None
+    items: list[dict[str, Any]] = (found or {}).get("items") or []
+    return items
 
 
 class ChangedError(PluginError):

@@ -1,10 +1,9 @@
-"""Where the plugin reads each runtime pod's report: the one place to change if they move.
+"""Where the plugin reads each runtime pod's report: the pods' ModelReplicas.
 
-Today a pod writes its report (contract.PodReport) at `status.pods.<pod>` of its
-ModelDeployment, so the reports come with the object `api.get_deployment` read and need
-no further call or permission. If reports move to per-pod objects, only this function
-(and the permission it declares) changes: list those objects by the ModelDeployment's
-label and parse each the same way.
+Each runtime pod writes its report (contract.PodReport) into its own ModelReplica, named
+after the pod and labelled with its ModelDeployment's name (docs/architecture.md,
+"Scale"); the ModelDeployment carries only counts. A pod's report that does not parse
+maps to the reason why, as the operator reads them.
 """
 
 from __future__ import annotations
@@ -13,13 +12,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from hotswap_runtime.contract import PodReport
+from pydantic import ValidationError
 
-from hotswap_operator.kubectl.api import Session
-from hotswap_operator.status import ModelDeploymentStatus
+from hotswap_operator.kubectl.api import Session, list_replicas
 
 
 def pod_reports(session: Session, deployment: Mapping[str, Any]) -> dict[str, PodReport | str]:
-    """Each pod's report, by pod name; an entry that does not parse maps to why."""
-    del session  # reports travel with the ModelDeployment today (see module docstring)
-    status = ModelDeploymentStatus.from_raw(deployment.get("status"))
-    return dict(sorted(status.reports().items()))
+    """Each pod's report, by pod name; one that does not parse maps to why."""
+    name = str(deployment["metadata"]["name"])
+    out: dict[str, PodReport | str] = {}
+    for item in list_replicas(session, name):
+        pod = str(item.get("metadata", {}).get("name", "?"))
+        try:
+            out[pod] = PodReport.model_validate(item.get("status") or {})
+        except ValidationError as exc:
+            out[pod] = f"unreadable report: {exc.errors()[0]['msg']}"
+    return dict(sorted(out.items()))

@@ -4,7 +4,7 @@ The plugin runs as a subprocess (the `kubectl-hotswap` console script, and once 
 the real kubectl's plugin discovery), authenticated as `alice`, whom a RoleBinding gives
 exactly examples/kubectl-hotswap-rbac.yaml. Status is made by the operator's real sync
 (hotswap_operator.sync.Syncer, called directly); the pods' reports are written the way a
-runtime pod writes them (a merge patch of status.pods.<pod>).
+runtime pod writes them (its ModelReplica, named after the pod).
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer
 
 from tests.harness.cluster import REPO
-from tests.harness.rest import MERGE_PATCH
+from tests.harness.rest import MERGE_PATCH, ApiError
 
 CRD = REPO / "crds" / "modeldeployment.yaml"
 ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"
 PLUGIN = Path(sys.executable).parent / "kubectl-hotswap"
 MD = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modeldeployments"
+REPLICAS = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modelreplicas"
 NAME = "resnet"
 SHA1, SHA2, SHA3 = "1" * 64, "2" * 64, "3" * 64
 # credentials and a presigned query in the URI: the plugin must never print them
@@ -51,10 +52,7 @@ CPU = RuntimeDefaults.model_validate({"gpu": {"enabled": False}})
 
 @pytest.fixture(scope="module")
 def crd(cluster):
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.hotswap.dev"
-    )
+    cluster.apply_crd(REPO / "crds")  # ModelDeployment and ModelReplica
     cluster.kubectl("apply", "-f", str(ROLE))
     assert PLUGIN.exists(), f"{PLUGIN} missing: `pip install -e .` installs the console script"
     return cluster
@@ -91,7 +89,10 @@ class World:
         return f"{MD.format(ns=self.ns)}/{NAME}"
 
     def sync(self):
-        self.syncer.sync(self.ns, NAME, PODS)
+        selector = {"labelSelector": f"hotswap.dev/model-deployment={NAME}"}
+        items = self.client.get(REPLICAS.format(ns=self.ns), selector)["items"]
+        reports = {i["metadata"]["name"]: i.get("status") or {} for i in items}
+        self.syncer.sync(self.ns, NAME, PODS, None, reports)
         return self.get()
 
     def get(self):
@@ -102,9 +103,22 @@ class World:
         return self.sync()
 
     def report(self, pod, revision, sha256, state="Serving", **extra):
-        """What runtime pod `pod` writes about itself."""
-        entry = {"revision": revision, "sha256": sha256, "state": state, **extra}
-        self.client.patch(f"{self.path}/status", {"status": {"pods": {pod: entry}}}, MERGE_PATCH)
+        """What runtime pod `pod` writes about itself: its ModelReplica's status."""
+        status = {"revision": revision, "sha256": sha256, "state": state, **extra}
+        path = f"{REPLICAS.format(ns=self.ns)}/{pod}"
+        try:
+            self.client.patch(path, {"status": status}, MERGE_PATCH)
+            return
+        except ApiError as err:
+            if err.status != 404:
+                raise
+        body = {
+            "apiVersion": "hotswap.dev/v1alpha1",
+            "kind": "ModelReplica",
+            "metadata": {"name": pod, "labels": {"hotswap.dev/model-deployment": NAME}},
+            "status": status,
+        }
+        self.client.post(REPLICAS.format(ns=self.ns), body)
 
 
 def plugin(kubeconfig, *args, env=None, kubectl=None):
@@ -211,7 +225,8 @@ def test_a_user_without_patch_is_told_what_is_missing(crd, namespace):
     world = two_revisions(crd, namespace)
     crd.kubectl(
         "create", "role", "read-md", "-n", namespace,
-        "--verb=get", "--resource=modeldeployments.hotswap.dev",
+        "--verb=get", "--verb=list", "--resource=modeldeployments.hotswap.dev",
+        "--resource=modelreplicas.hotswap.dev",
     )  # fmt: skip
     crd.kubectl(
         "create", "rolebinding", "bob-read", "-n", namespace, "--role=read-md", "--user=bob"
