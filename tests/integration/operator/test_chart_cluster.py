@@ -78,6 +78,7 @@ def server_dry_run(cluster, docs):
         "--dry-run=server",
         "--validate=strict",
         "--server-side",
+        "--force-conflicts",  # CRDs applied earlier by another manager: validation only
         "--field-manager=hotswap-validate",
         "-f",
         "-",
