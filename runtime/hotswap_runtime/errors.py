@@ -133,6 +133,12 @@ class FormatError(SwapError):
     code = "bad_format"
 
 
+class ManifestError(FormatError):
+    """A shard manifest is malformed, or names shards it may not."""
+
+    code = "bad_manifest"
+
+
 class ArchitectureError(SwapError):
     """The model named by ``model.architecture`` cannot be built."""
 

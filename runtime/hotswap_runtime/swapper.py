@@ -36,7 +36,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -61,13 +60,14 @@ from .errors import (
 )
 from .layouts import Expected, FlatLayout, bind_flat, bindable, is_bound, layout_of, named, overlaps
 from .leases import Leases, LoadedModel, utc_now
+from .manifest import LocalCheckpoint
 from .models import BUILD_FACTOR, Blueprint, build_bounded, size_model
 from .probes import validate
 from .redact import clip, redact_uri
 from .settings import DEFAULT_MAX_CHECKPOINT_BYTES
 from .staging import Staging
 from .store import CheckpointStore
-from .weights import Parsed, non_finite_keys, read_state_dict
+from .weights import Parsed, non_finite_keys, read_local
 
 __all__ = ["PHASES", "LoadedModel", "PhaseClock", "Swapper", "utc_now"]
 
@@ -183,11 +183,11 @@ class Swapper:
 
     def _swap(self, revision: Revision, cancelled: Callable[[], bool], steps: _Steps) -> None:
         with steps("fetch"):
-            path = self.store.fetch(revision.checkpoint, cancelled)
+            local = self.store.fetch_checkpoint(revision.checkpoint, cancelled)
         _stop_if(cancelled, revision)
         with steps("parse"):
             blueprint = self._blueprint(revision)
-            parsed = self._parse(path, revision, blueprint)
+            parsed = self._parse(local, revision, blueprint)
         _stop_if(cancelled, revision)
         plan = _Plan("fresh")
         try:
@@ -232,10 +232,10 @@ class Swapper:
             return Blueprint(revision.model, known.layout, known.nbytes)
         return size_model(revision.model, self.allowed, self.max_model_bytes)
 
-    def _parse(self, path: Path, revision: Revision, blueprint: Blueprint) -> Parsed:
+    def _parse(self, local: LocalCheckpoint, revision: Revision, blueprint: Blueprint) -> Parsed:
         spec = revision.model
         expected = Expected(blueprint.layout, spec.architecture, spec.cast_weights)
-        parsed = read_state_dict(path, revision.checkpoint.uri, expected, self._staging)
+        parsed = read_local(local, revision.checkpoint.uri, expected, self._staging)
         bad = non_finite_keys(parsed.state)
         if bad:
             raise NonFiniteWeights(
