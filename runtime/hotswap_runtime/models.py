@@ -4,7 +4,9 @@
 keyword arguments and no pretrained weights (nor pretrained backbones: nothing is ever
 downloaded); ``python/<module>:<factory>`` imports a module and calls
 ``factory(**args)``. Both must be covered by the admin's allowlist (policy.py), which
-is checked before anything is imported. Anything else is an ArchitectureError.
+is checked before anything is imported. Anything else is an ArchitectureError. A model
+whose ``dtype`` is float16 or bfloat16 is built, then its floating-point parameters and
+buffers are converted (so its layout, size and the fit check are in that dtype).
 
 ``size_model`` learns a model's layout and size before it is built for real: it builds
 the network on the meta device (no memory), or, for a constructor that computes on
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from .allocations import AllocationBudget
-from .contract import ModelSpec
+from .contract import DEFAULT_DTYPE, ModelSpec
 from .errors import ArchitectureError, ModelTooLarge
 from .layouts import Layout, layout_of, model_bytes
 from .policy import architecture_allowed, architecture_refusal
@@ -55,6 +57,19 @@ def build_model(spec: ModelSpec, device: torch.device | str, allowed: Sequence[s
     module.eval()
     module.requires_grad_(False)
     return module
+
+
+def in_dtype(module: nn.Module, spec: ModelSpec) -> nn.Module:
+    """``module`` with its floating-point parameters and buffers in ``spec.dtype``."""
+    if spec.dtype != DEFAULT_DTYPE:
+        module.to(torch_dtype(spec))  # tensor by tensor: at most one extra tensor at a time
+    return module
+
+
+def torch_dtype(spec: ModelSpec) -> torch.dtype:
+    """The dtype ``spec.dtype`` names (float32, float16 or bfloat16)."""
+    dtype: torch.dtype = getattr(torch, spec.dtype)
+    return dtype
 
 
 def _torchvision(name: str, args: dict[str, Any]) -> nn.Module:
@@ -177,4 +192,4 @@ def build_bounded(
             "check model.args (or raise HOTSWAP_MAX_MODEL_BYTES)"
         )
     assert module is not None
-    return module
+    return in_dtype(module, spec)  # outside the budget: at most the built model's size
