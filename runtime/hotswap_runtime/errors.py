@@ -100,6 +100,10 @@ class FetchError(SwapError):
     transient = True
 
 
+class Dropped(FetchError):
+    """The connection broke off mid-body; a source with byte ranges is resumed."""
+
+
 class CheckpointNotFound(FetchError):
     """The checkpoint URI names nothing (404, missing key, missing file)."""
 
