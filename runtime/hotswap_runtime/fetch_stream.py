@@ -55,20 +55,31 @@ class Body:
     ranges: OpenRange | None = None
 
 
-class Sink:
-    """The temporary cache file a download streams into, with its size and sha256."""
+Tap = Callable[[memoryview], None]
+TapFor = Callable[[int | None], Tap | None]  # the declared size -> a tap, or None
 
-    def __init__(self, file: BinaryIO, shown: str, limit: int) -> None:
+
+class Sink:
+    """The temporary cache file a download streams into, with its size and sha256, and
+    the tap each chunk is handed to next (the streaming parser), if any."""
+
+    def __init__(
+        self, file: BinaryIO, shown: str, limit: int, tap_for: TapFor | None = None
+    ) -> None:
         self.file = file
         self.shown = shown
         self.limit = limit
         self.total = 0
         self.digest = hashlib.sha256()
+        self.tap_for = tap_for
+        self.tap: Tap | None = None
 
     def declare(self, size: int | None) -> None:
         """Refuse a source whose declared size is over the limit, before reading it."""
         if size is not None and size > self.limit:
             raise self._too_large()
+        if self.tap_for is not None:
+            self.tap = self.tap_for(size)
 
     def add(self, chunk: bytes | memoryview) -> None:
         self.total += len(chunk)
@@ -83,6 +94,8 @@ class Sink:
                 f"({errno.errorcode.get(exc.errno or 0, type(exc).__name__)}); check that "
                 "HOTSWAP_CACHE_DIR has room for it"
             ) from None
+        if self.tap is not None:
+            self.tap(chunk if isinstance(chunk, memoryview) else memoryview(chunk))
 
     def matches(self, sha256: str) -> bool:
         return self.digest.hexdigest() == sha256

@@ -79,8 +79,8 @@ def read_flat(
             layout = _layout(f, size, limit, bad)
             parts.append((path, bad, f.tell(), layout))
         if owners is not None:  # so shards hold at most the weight map's tensors in all
-            _check_owners(layout, index, owners, where)
-    combined = _concat([part[3] for part in parts], files[0][1] if len(files) == 1 else "")
+            check_owners(layout, index, owners, where)
+    combined = concat([part[3] for part in parts], files[0][1] if len(files) == 1 else "")
     if owners is not None and len(owners) != len(combined.slots):
         missing = sorted(set(owners) - set(combined.specs()))
         raise ManifestError(f"weight_map names {named(missing)}, which no shard holds")
@@ -96,7 +96,7 @@ def read_flat(
     return flat, combined, staging.views(combined)
 
 
-def _check_owners(layout: FlatLayout, index: int, owners: Mapping[str, int], where: str) -> None:
+def check_owners(layout: FlatLayout, index: int, owners: Mapping[str, int], where: str) -> None:
     """Every tensor of shard ``index`` is where the manifest's weight map puts it."""
     for slot in layout.slots:
         if owners.get(slot.name) != index:
@@ -106,7 +106,7 @@ def _check_owners(layout: FlatLayout, index: int, owners: Mapping[str, int], whe
             )
 
 
-def _concat(layouts: Sequence[FlatLayout], where: str) -> FlatLayout:
+def concat(layouts: Sequence[FlatLayout], where: str) -> FlatLayout:
     """Shards' layouts one after the other; a tensor in two shards is refused."""
     slots: list[Slot] = []
     seen: set[str] = set()
@@ -156,7 +156,7 @@ def _layout(f: BufferedReader, size: int, limit: int, bad: str) -> FlatLayout:
             "for this model's tensors can need"
         )
     header = strict_json_object(f.read(length), bad)
-    return _flat_layout(header, size - 8 - length, bad)
+    return flat_layout(header, size - 8 - length, bad)
 
 
 def strict_json_object(
@@ -200,7 +200,7 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _flat_layout(header: dict[str, Any], data_size: int, bad: str) -> FlatLayout:
+def flat_layout(header: dict[str, Any], data_size: int, bad: str) -> FlatLayout:
     metadata = header.get("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FormatError(f"{bad}: __metadata__ is not a map of strings")
