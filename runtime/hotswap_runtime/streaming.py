@@ -33,6 +33,7 @@ from .safetensors_reader import check_owners, concat, flat_layout, header_limit,
 from .staging import Staging
 
 Tap = Callable[[memoryview], None]
+COPY_OUTSIDE_GIL_BYTES = 1 << 20
 
 
 @dataclass
@@ -111,8 +112,7 @@ class StreamParser:
         if self._flat is None or file.layout is None:
             return
         offset = file.base + start - file.data_start
-        view = memoryview(self._flat.numpy()).cast("B")  # type: ignore[arg-type]
-        view[offset : offset + len(chunk)] = chunk
+        _copy(self._flat[offset : offset + len(chunk)], chunk)
 
     def _header(self, index: int, file: _File) -> bool:
         """Read the header once it has arrived; whether the data section has begun."""
@@ -156,3 +156,12 @@ class StreamParser:
             self._flat = self.staging.flat(self.total)
         file.base = self._next_base
         self._next_base += layout.nbytes
+
+
+def _copy(dst: torch.Tensor, chunk: memoryview) -> None:
+    """``chunk`` into ``dst``: large writable chunks (ranged parts, file reads) through
+    torch, which lets go of the GIL while it copies; small socket chunks directly."""
+    if len(chunk) >= COPY_OUTSIDE_GIL_BYTES and not chunk.readonly:
+        dst.copy_(torch.frombuffer(chunk, dtype=torch.uint8))
+        return
+    memoryview(dst.numpy()).cast("B")[:] = chunk  # type: ignore[arg-type]
