@@ -13,7 +13,11 @@ the fetch window.
 
 Nothing streamed is used before the store has verified the sha256 of every file (the
 fetch raises otherwise), and ``result`` hands the buffer over only when every byte of
-every file went through the tap. Anything else (a cached file, a file without a declared
+every file went through the tap. Nor does the tap refuse anything: a header it cannot
+accept only turns the stream off, because its bytes are not verified yet, and a reason
+about them (a header length, a tensor name) would disclose what an unpinned file holds
+(a file that is not a checkpoint at all, read for its sha256 mismatch). The file parse
+after the sha256 matched gives the reason. Anything else (a cached file, a file without a declared
 size, tensors to cast or misaligned, a name the model does not have) turns the stream
 off, and the swapper parses the cached files as before, with the same checks and the
 same reasons.
@@ -103,7 +107,11 @@ class StreamParser:
             return
         if file.data_start is None:
             file.head += chunk
-            if not self._header(index, file):
+            try:
+                if not self._header(index, file):
+                    return
+            except FormatError:  # unverified bytes: no reason may quote them (see above)
+                self.on = False
                 return
             assert file.data_start is not None
             chunk = memoryview(file.head)[file.data_start :]

@@ -239,9 +239,11 @@ class Swapper:
     def _parser(self, revision: Revision, blueprint: Blueprint) -> StreamParser | None:
         """A parser for a safetensors download (one file or shards), or None (.pt)."""
         uri = revision.checkpoint.uri
-        if not is_manifest(uri) and checkpoint_format(uri) != SAFETENSORS:
-            return None
-        return StreamParser(_expected(revision, blueprint), self._staging)
+        try:  # a file type refused here is refused after the fetch, as before
+            streams = is_manifest(uri) or checkpoint_format(uri) == SAFETENSORS
+        except FormatError:
+            streams = False
+        return StreamParser(_expected(revision, blueprint), self._staging) if streams else None
 
     def _parse(
         self,
