@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .allocations import AllocationBudget
 from .contract import DEFAULT_DTYPE, ModelSpec
@@ -49,7 +50,7 @@ def build_model(spec: ModelSpec, device: torch.device | str, allowed: Sequence[s
     if not architecture_allowed(spec.architecture, allowed):
         raise ArchitectureError(architecture_refusal(spec.architecture, allowed))
     kind, _, target = spec.architecture.partition("/")
-    with torch.device(device):
+    with torch.device(device), _FloatsIn(torch_dtype(spec)):
         if kind == "torchvision":
             module = _torchvision(target, spec.args)
         else:
@@ -59,8 +60,36 @@ def build_model(spec: ModelSpec, device: torch.device | str, allowed: Sequence[s
     return module
 
 
+_FACTORIES = frozenset(
+    {torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn, torch.empty_strided}
+)
+
+
+class _FloatsIn(TorchFunctionMode):
+    """Within this thread, tensors that the float factories create without a dtype are
+    made in ``dtype``: a float16 model is built in float16, never first in float32
+    (torch's default dtype is process-wide, and serving threads use it)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in _FACTORIES and kwargs.get("dtype") is None:
+            kwargs["dtype"] = self.dtype
+        return func(*args, **kwargs)
+
+
 def in_dtype(module: nn.Module, spec: ModelSpec) -> nn.Module:
-    """``module`` with its floating-point parameters and buffers in ``spec.dtype``."""
+    """``module`` with its floating-point parameters and buffers in ``spec.dtype`` (what
+    the build did not already make in it: tensors from literals, float64 buffers)."""
     if spec.dtype != DEFAULT_DTYPE:
         module.to(torch_dtype(spec))  # tensor by tensor: at most one extra tensor at a time
     return module
