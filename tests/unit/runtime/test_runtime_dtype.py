@@ -86,3 +86,25 @@ def test_half_precision_weights_serve_and_other_dtypes_need_a_cast(
     assert torch.equal(answer(s), tiny.expected(tiny.weights(3), X))
     current = s.current()
     assert current is not None and current.dtype == torch.float32
+
+
+def test_a_half_precision_model_is_built_in_its_dtype_not_converted_after() -> None:
+    """Under an allocation budget of 1.5x its float16 size: a float32 build (2x) first
+    would be refused; and the process-wide default dtype is left alone."""
+    from hotswap_runtime.models import build_bounded
+
+    args = {"hidden": 512, "layers": 4}
+    half = ModelSpec.model_validate(
+        {
+            "architecture": "python/hotswap_runtime.examples:mlp",
+            "args": args,
+            "inputShape": [16],
+            "dtype": "float16",
+        }
+    )
+    nbytes = size_model(half, ("python/hotswap_runtime.examples",), 10**9).nbytes
+    module = build_bounded(
+        half, torch.device("cpu"), ("python/hotswap_runtime.examples",), int(1.5 * nbytes)
+    )
+    assert {p.dtype for p in module.parameters()} == {torch.float16}
+    assert torch.zeros(1).dtype == torch.float32
