@@ -5,7 +5,7 @@ VENV_STAMP := .venv/.installed
 CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
 
-.PHONY: all deps controlplane helm node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving clean
+.PHONY: all deps controlplane helm node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving bench-large clean
 
 all: deps controlplane helm node images
 
@@ -72,6 +72,9 @@ bench: deps
 
 bench-serving: deps
 	$(PY) bench/serving.py
+
+bench-large: deps
+	$(PY) bench/large.py --gb 2 --dtypes float16
 
 clean:
 	$(PY) -m tests.harness.node cleanup

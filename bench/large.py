@@ -76,6 +76,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--steady-seconds", type=float, default=10.0)
     p.add_argument("--dir", default="/var/tmp", help="where checkpoints and the cache go")
+    p.add_argument("--log", help="a folder to keep the runtime's log in")
     args = p.parse_args(argv)
     args.dtypes = args.dtypes.split(",")
     return args
@@ -121,6 +122,8 @@ class Large:
             finally:
                 load.stop()
                 runtime.stop()
+                if self.args.log:
+                    shutil.copy(runtime.log_path, Path(self.args.log) / f"large-{self.dtype}.log")
         return {
             "dtype": self.dtype,
             "model_bytes": nbytes,
@@ -302,7 +305,7 @@ class Large:
             "HOTSWAP_RESYNC_SECONDS": "300",
             "HOTSWAP_TORCH_THREADS": "1",
             "OMP_NUM_THREADS": "1",
-            "HOTSWAP_LOG_LEVEL": "warning",
+            "HOTSWAP_LOG_LEVEL": "info",
         }
 
 
