@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -92,7 +93,7 @@ class Large:
         self.revision = 0
         itemsize = torch.empty(0, dtype=getattr(torch, dtype)).element_size()
         per_layer = args.hidden * args.hidden * itemsize
-        self.layers = max(1, round(args.gb * 1e9 / per_layer))
+        self.layers = 1 + math.ceil(args.gb * 1e9 / per_layer)  # the first layer is narrow
         self.model = {"features": FEATURES, "hidden": args.hidden, "layers": self.layers}
         self.manifests: dict[str, tuple[Path, str]] = {}
 
