@@ -51,6 +51,7 @@ class _File:
     layout: FlatLayout | None = None
     base: int = 0  # where its data goes in the staging buffer
     seen: int = 0  # bytes of the file seen
+    screened: int = 0  # slots whose values were screened for NaN and infinity
 
 
 class StreamParser:
@@ -66,6 +67,7 @@ class StreamParser:
         self._files: list[_File] = []
         self._flat: torch.Tensor | None = None
         self._next_base = 0
+        self.non_finite: list[str] = []  # tensors holding NaN or infinity (when streamed)
 
     def off(self) -> None:
         """Parse from the cached files instead (a cache hit, a file it cannot stream)."""
@@ -91,6 +93,8 @@ class StreamParser:
         if not self.on or len(files) != count or self._flat is None:
             return None
         if any(f.layout is None or f.seen != f.size for f in files):
+            return None
+        if any(f.layout is not None and f.screened != len(f.layout.slots) for f in files):
             return None
         layout = concat([f.layout for f in files if f.layout is not None], files[0].bad)
         if layout.specs() != dict(self.expected.layout) or layout.nbytes != self.total:
@@ -121,6 +125,23 @@ class StreamParser:
             return
         offset = file.base + start - file.data_start
         _copy(self._flat[offset : offset + len(chunk)], chunk)
+        self._screen(file)
+
+    def _screen(self, file: _File) -> None:
+        """The NaN/infinity screen of each tensor whose bytes have all arrived, so it
+        overlaps the download too; its verdict is read only after the sha256 matched."""
+        layout, flat = file.layout, self._flat
+        assert layout is not None and flat is not None and file.data_start is not None
+        arrived = file.seen - file.data_start
+        while file.screened < len(layout.slots) and layout.slots[file.screened].end <= arrived:
+            slot = layout.slots[file.screened]
+            file.screened += 1
+            if not slot.dtype.is_floating_point or slot.begin == slot.end:
+                continue
+            begin = file.base + slot.begin
+            values = flat[begin : file.base + slot.end].view(slot.dtype)
+            if not bool(torch.isfinite(values).all()):
+                self.non_finite.append(slot.name)
 
     def _header(self, index: int, file: _File) -> bool:
         """Read the header once it has arrived; whether the data section has begun."""

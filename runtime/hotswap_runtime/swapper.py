@@ -254,12 +254,14 @@ class Swapper:
     ) -> Parsed:
         expected = _expected(revision, blueprint)
         streamed = parser.result(len(local.files)) if parser is not None else None
-        if streamed is not None:  # parsed while it downloaded; its sha256 was verified
+        if streamed is not None:  # parsed (and screened) while it downloaded, now verified
+            assert parser is not None
             flat, layout, views = streamed
             parsed = Parsed({name: views[name] for name in expected.layout}, flat, layout)
+            bad = parser.non_finite
         else:
             parsed = read_local(local, revision.checkpoint.uri, expected, self._staging)
-        bad = non_finite_keys(parsed.state)
+            bad = non_finite_keys(parsed.state)
         if bad:
             raise NonFiniteWeights(
                 f"checkpoint {redact_uri(revision.checkpoint.uri)}: tensors hold NaN or "

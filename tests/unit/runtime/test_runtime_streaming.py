@@ -153,3 +153,19 @@ def test_a_swap_parses_while_it_downloads_and_reads_the_cache_on_a_hit(
             seed = 1 if rev.revision != 2 else 2
             assert torch.equal(model.module(x), tiny.expected(tiny.weights(seed), x))
     assert file_reads == [revisions[0].checkpoint.uri], "only the cache hit is read from disk"
+
+
+def test_the_nan_screen_runs_while_it_downloads(tmp_path: Path) -> None:
+    from hotswap_runtime.contract import Revision
+    from hotswap_runtime.errors import NonFiniteWeights
+    from hotswap_runtime.swapper import Swapper
+
+    bad = dict(tiny.weights(1), scale=torch.tensor([float("nan")]))
+    manifest, sha = ck.save_sharded(bad, tmp_path / "nan", 2)
+    checkpoint = Checkpoint(uri=f"file://{manifest}", sha256=sha)
+    parser = StreamParser(TINY, Staging(pin=False))
+    local = store(tmp_path, "c1").fetch_checkpoint(checkpoint, parser=parser)
+    assert parser.result(len(local.files)) is not None and parser.non_finite == ["scale"]
+    s = Swapper(store(tmp_path, "c2"), torch.device("cpu"), tiny.ALLOWED)
+    with pytest.raises(NonFiniteWeights, match="NaN or infinity: scale"):
+        s.swap_to(Revision.model_validate(ck.revision(1, checkpoint.uri, sha)))
