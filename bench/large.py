@@ -106,7 +106,8 @@ class Large:
             self.url = url
             self._publish("a", "file")
             runtime = Runtime(self._env(), free_port(), self.root / "runtime.log")
-            runtime.start()
+            runtime.start(wait_ready=False)  # the first load of a few GB takes a while
+            poll(runtime._ready, 900, "the runtime to load revision A", 0.2)
             load = LoadGenerator(f"{runtime.url}/v2/models/large/infer", _body(), self.args.clients)
             load.start()
             try:
