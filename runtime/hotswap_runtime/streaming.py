@@ -25,6 +25,7 @@ same reasons.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -128,20 +129,23 @@ class StreamParser:
         self._screen(file)
 
     def _screen(self, file: _File) -> None:
-        """The NaN/infinity screen of each tensor whose bytes have all arrived, so it
-        overlaps the download too; its verdict is read only after the sha256 matched."""
+        """The NaN/infinity screen of the tensors whose bytes have all arrived, so it
+        overlaps the download too (one ``_foreach_norm`` per chunk and dtype, as
+        ``weights.non_finite_keys`` does); read only after the sha256 matched."""
         layout, flat = file.layout, self._flat
         assert layout is not None and flat is not None and file.data_start is not None
         arrived = file.seen - file.data_start
+        done: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
         while file.screened < len(layout.slots) and layout.slots[file.screened].end <= arrived:
             slot = layout.slots[file.screened]
             file.screened += 1
-            if not slot.dtype.is_floating_point or slot.begin == slot.end:
-                continue
-            begin = file.base + slot.begin
-            values = flat[begin : file.base + slot.end].view(slot.dtype)
-            if not bool(torch.isfinite(values).all()):
-                self.non_finite.append(slot.name)
+            if slot.dtype.is_floating_point and slot.end > slot.begin:
+                values = flat[file.base + slot.begin : file.base + slot.end].view(slot.dtype)
+                done.setdefault(slot.dtype, []).append((slot.name, values))
+        for group in done.values():
+            norms = torch._foreach_norm([values for _, values in group], math.inf)
+            if not bool(torch.stack(norms).isfinite().all()):
+                self.non_finite += [n for n, v in group if not bool(torch.isfinite(v).all())]
 
     def _header(self, index: int, file: _File) -> bool:
         """Read the header once it has arrived; whether the data section has begun."""
