@@ -6,7 +6,7 @@ CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
 KUBECONFORM := .cache/bin/kubeconform
 
-.PHONY: all deps controlplane helm kubeconform crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving clean
+.PHONY: all deps controlplane helm kubeconform crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving bench-large clean
 
 all: deps controlplane helm node images
 
@@ -97,6 +97,9 @@ bench: deps
 
 bench-serving: deps
 	$(PY) bench/serving.py
+
+bench-large: deps
+	$(PY) bench/large.py --gb 2 --dtypes float16
 
 clean:
 	$(PY) -m tests.harness.node cleanup

@@ -3,9 +3,12 @@
 For each model (torchvision resnet18, resnet50) it starts ``python -m hotswap_runtime``
 on loopback, drives closed-loop HTTP clients, and measures:
 
-* steady latency (no swaps), then latency of requests overlapping a swap window while
-  model.json flips through a pool of four checkpoints (the cache bound is 2.5 models,
-  so every swap downloads and verifies its file again: no cache shortcut);
+* interleaved windows (``--repeats`` pairs): a steady window (no swap) of at least
+  ``--window-requests`` requests (1000), then a swap window of swaps back to back until
+  at least as many requests overlapped a swap, while model.json flips through a pool
+  of four checkpoints (the cache bound is 2.5 models, so every swap downloads and
+  verifies its file again: no cache shortcut). ``p99_ratio`` is the median over the
+  pairs of (swap window p99 / steady window p99); ``p99_ratio_spread`` its min and max;
 * each swap's phases as the runtime reports them, and the process RSS growth from after
   the warm-up swaps to after the last swap;
 * the baseline users have today: SIGTERM the process and start it again on the new
@@ -72,14 +75,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="resnet18 only, 10 swaps (< 60 s)")
+    p.add_argument(
+        "--quick", action="store_true", help="resnet18 only, 3 pairs of 300-request windows"
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--models", help="comma-separated torchvision names")
-    p.add_argument("--swaps", type=int, help="measured swaps per model (default 100; quick 10)")
+    p.add_argument(
+        "--repeats", type=int, help="steady/swap window pairs, interleaved (default 7; quick 3)"
+    )
+    p.add_argument(
+        "--window-requests", type=int, help="requests per window (default 1000; quick 300)"
+    )
     p.add_argument("--clients", type=int, help="concurrent clients (cpu 4, cuda 8)")
     p.add_argument("--input-size", type=int, help="image side (cpu 64, cuda 224)")
-    p.add_argument("--steady-seconds", type=float, help="steady window (default 8; quick 3)")
-    p.add_argument("--gap-seconds", type=float, help="pause between swaps (0.25; quick 0.15)")
+    p.add_argument("--gap-seconds", type=float, help="pause between swaps (default 0.05)")
     p.add_argument("--out", help="also write the JSON object to this file")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
@@ -90,13 +99,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         if args.models
         else (["resnet18"] if args.quick else ["resnet18", "resnet50"])
     )
-    args.swaps = args.swaps or (10 if args.quick else 100)
+    args.repeats = args.repeats or (3 if args.quick else 7)
+    args.window_requests = args.window_requests or (300 if args.quick else 1000)
     args.clients = args.clients or (8 if cuda else 4)
     args.input_size = args.input_size or (224 if cuda else 64)
-    args.steady_seconds = args.steady_seconds or (3.0 if args.quick else 8.0)
-    args.gap_seconds = (
-        args.gap_seconds if args.gap_seconds is not None else (0.15 if args.quick else 0.25)
-    )
+    args.gap_seconds = args.gap_seconds if args.gap_seconds is not None else 0.05
     return args
 
 
@@ -134,26 +141,44 @@ class ModelBench:
         time.sleep(1.0)  # let the warm-up swaps' allocations settle before the baseline
         rss_before = rss_mb(runtime.process.pid)
         t0 = time.perf_counter()
-        time.sleep(self.args.steady_seconds)
-        steady = load.since(t0, time.perf_counter())
-        swaps = []
-        for _ in range(self.args.swaps):
-            swaps.append(self._swap(runtime))
-            time.sleep(self.args.gap_seconds)
+        windows: list[tuple[list[Any], list[Any]]] = []
+        swaps: list[dict[str, Any]] = []
+        for _ in range(self.args.repeats):  # steady and swap windows interleaved
+            steady = self._steady_window(load)
+            during, done = self._swap_window(runtime, load)
+            windows.append((steady, during))
+            swaps += done
         time.sleep(1.0)
         rss_after = rss_mb(runtime.process.pid)
         t_end = time.perf_counter()
-        during = [s for s in load.since(t0, t_end) if _overlaps(s, swaps)]
         failed = sum(not s.ok for s in load.since(t_begin, t_end))
         restart = self._restart(runtime, load)
         return self._result(
-            steady, during, swaps, warm, failed, rss_before, rss_after, model_bytes, restart
+            windows, swaps, warm, failed, rss_before, rss_after, model_bytes, restart, t_end - t0
         )
+
+    def _steady_window(self, load: LoadGenerator) -> list[Any]:
+        """At least ``window_requests`` requests that all ran without a swap."""
+        t0 = time.perf_counter()
+        need = self.args.window_requests
+        poll(lambda: len(load.since(t0)) >= need, 600, f"{need} steady requests", 0.05)
+        return load.since(t0, time.perf_counter())
+
+    def _swap_window(self, runtime: Runtime, load: LoadGenerator) -> tuple[list[Any], list[Any]]:
+        """Swaps back to back until at least ``window_requests`` requests overlapped one;
+        those requests and the swaps."""
+        t0 = time.perf_counter()
+        swaps: list[dict[str, Any]] = []
+        during: list[Any] = []
+        while len(during) < self.args.window_requests or len(swaps) < 2:
+            swaps.append(self._swap(runtime))
+            time.sleep(self.args.gap_seconds)
+            during = [s for s in load.since(t0, time.perf_counter()) if _overlaps(s, swaps)]
+        return during, swaps
 
     def _result(
         self,
-        steady: list[Any],
-        during: list[Any],
+        windows: list[tuple[list[Any], list[Any]]],
         swaps: list[dict[str, Any]],
         warm: list[dict[str, Any]],
         failed: int,
@@ -161,9 +186,14 @@ class ModelBench:
         rss_after: float,
         model_bytes: int,
         restart: dict[str, Any],
+        seconds: float,
     ) -> dict[str, Any]:
-        steady_p99 = percentile([1000 * (s.end - s.start) for s in steady if s.ok], 99)
-        swap_p99 = percentile([1000 * (s.end - s.start) for s in during if s.ok], 99)
+        def p99(samples: list[Any]) -> float:
+            return percentile([1000 * (s.end - s.start) for s in samples if s.ok], 99)
+
+        ratios = sorted(p99(during) / p99(steady) for steady, during in windows)
+        steady_all = [s for steady, _ in windows for s in steady]
+        during_all = [s for _, during in windows for s in during]
         phases = {p: median([s["phases"].get(p, 0.0) for s in swaps]) for p in PHASES}
         totals = [sum(s["phases"].values()) for s in swaps]
         model_mb = model_bytes / 2**20
@@ -177,12 +207,18 @@ class ModelBench:
             "swaps": n,
             "swap_modes": dict(collections.Counter(s["mode"] for s in swaps)),
             "failed_requests": failed,
-            "steady_requests": len(steady),
-            "requests_during_swaps": len(during),
-            "steady_p50_ms": round(percentile([1000 * (s.end - s.start) for s in steady], 50), 2),
-            "steady_p99_ms": round(steady_p99, 2),
-            "swap_p99_ms": round(swap_p99, 2),
-            "p99_ratio": round(swap_p99 / steady_p99, 3),
+            "repeats": len(windows),
+            "steady_requests_per_window": [len(steady) for steady, _ in windows],
+            "swap_requests_per_window": [len(during) for _, during in windows],
+            "steady_p50_ms": round(
+                percentile([1000 * (s.end - s.start) for s in steady_all], 50), 2
+            ),
+            "steady_p99_ms": round(p99(steady_all), 2),
+            "swap_p99_ms": round(p99(during_all), 2),
+            "p99_ratio": round(median(ratios), 3),
+            "p99_ratio_per_repeat": [round(r, 3) for r in ratios],
+            "p99_ratio_spread": [round(ratios[0], 3), round(ratios[-1], 3)],
+            "measured_seconds": round(seconds, 1),
             "swap_seconds": {k: round(v, 4) for k, v in phases.items()},
             "swap_total_seconds_p50": round(median(totals), 4),
             "swap_total_seconds_p99": round(percentile(totals, 99), 4),

@@ -18,9 +18,17 @@ import enum
 import json
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 API_GROUP = "hotswap.dev"
 API_VERSION = "v1alpha1"
@@ -44,6 +52,9 @@ MAX_CONFIG_BYTES = 1 << 20  # model.json: a ConfigMap holds at most 1 MiB
 MAX_ARGS_BYTES = 16 << 10  # model.args as compact JSON
 MAX_INPUT_DIMS = 8
 MAX_PROBE_ELEMENTS = 1 << 24  # a probe batch of one: 64 MiB of float32 at most
+Dtype = Literal["float32", "float16", "bfloat16"]  # spec.model.dtype
+DTYPES: tuple[str, ...] = get_args(Dtype)
+DEFAULT_DTYPE: Dtype = "float32"
 
 
 def configmap_name(deployment: str) -> str:
@@ -66,6 +77,16 @@ class ModelSpec(_Wire):
         alias="inputShape", min_length=1, max_length=MAX_INPUT_DIMS
     )
     cast_weights: bool = Field(default=False, alias="castWeights")
+    dtype: Dtype = DEFAULT_DTYPE  # the floating-point dtype of the model's weights
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The default dtype is left out, so revision digests and ``model.json`` stay
+        what they were before the field existed (and older runtimes can read them)."""
+        data: dict[str, Any] = handler(self)
+        if data.get("dtype") == DEFAULT_DTYPE:
+            del data["dtype"]
+        return data
 
     @field_validator("args")
     @classmethod

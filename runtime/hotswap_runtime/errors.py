@@ -100,6 +100,10 @@ class FetchError(SwapError):
     transient = True
 
 
+class Dropped(FetchError):
+    """The connection broke off mid-body; a source with byte ranges is resumed."""
+
+
 class CheckpointNotFound(FetchError):
     """The checkpoint URI names nothing (404, missing key, missing file)."""
 
@@ -131,6 +135,12 @@ class FormatError(SwapError):
     """The file is not a checkpoint this runtime reads safely."""
 
     code = "bad_format"
+
+
+class ManifestError(FormatError):
+    """A shard manifest is malformed, or names shards it may not."""
+
+    code = "bad_manifest"
 
 
 class ArchitectureError(SwapError):

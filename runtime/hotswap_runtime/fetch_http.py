@@ -7,7 +7,10 @@ and for TLS (SNI and certificate checks), so DNS cannot point the connection any
 else. At most ``MAX_REDIRECTS`` hops, http and https only. The ``Authorization`` header
 (from the Secret, or the URI's userinfo) goes to the original origin only. No proxy or
 netrc from the environment; bodies are read raw (``Accept-Encoding: identity``), so
-the size limit counts what is stored. Failures are described in the runtime's own words:
+the size limit counts what is stored. A server that announces ``Accept-Ranges: bytes``
+is also read with ranged GETs (``fetch_stream``: parts in parallel, a broken connection
+resumed), each following and checking redirects like the first request and accepted only
+as a 206 with exactly the range asked for. Failures are described in the runtime's own words:
 an HTTP status code or an exception type, never a reason phrase, body, header or URL
 the server sent.
 """
@@ -22,7 +25,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from .errors import CheckpointNotFound, FetchError, FetchRefused, SwapError
+from .errors import CheckpointNotFound, Dropped, FetchError, FetchRefused, SwapError
 from .fetch_net import NetPolicy, allowed_addresses, stalled
 from .fetch_stream import Body
 from .redact import redact_uri
@@ -60,18 +63,67 @@ async def open_http(uri: str, authorization: str | None, policy: NetPolicy) -> A
         response = await _follow(client, url, auth, policy, shown)
         try:
             _check_status(response.status_code, shown)
-            yield Body(_declared_size(response), _raw(response, shown, policy))
+            size = _declared_size(response)
+            ranged = response.headers.get("accept-ranges", "").strip().lower() == "bytes"
+
+            @asynccontextmanager
+            async def ranges(start: int, end: int) -> AsyncIterator[Body]:
+                assert size is not None
+                async with _range(client, url, auth, policy, shown, (start, end, size)) as part:
+                    yield part
+
+            chunks = _raw(response, shown, policy)
+            yield Body(size, chunks, ranges if ranged and size is not None else None)
         finally:
             await response.aclose()
 
 
+@asynccontextmanager
+async def _range(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    auth: str | None,
+    policy: NetPolicy,
+    shown: str,
+    span: tuple[int, int, int],
+) -> AsyncIterator[Body]:
+    """Bytes ``[start, end)`` of the ``size``-byte object at ``url``: a GET with
+    ``Range`` (redirects followed and checked again), answered 206 with exactly that
+    ``Content-Range``; anything else is a FetchError (a changed object fails its
+    sha256 in any case)."""
+    start, end, size = span
+    extra = {"Range": f"bytes={start}-{end - 1}"}
+    response = await _follow(client, url, auth, policy, shown, extra)
+    try:
+        if response.status_code != 206:
+            _check_status(response.status_code, shown)
+            raise FetchError(
+                f"cannot fetch checkpoint {shown}: the server announced byte ranges but "
+                f"answered a range request with HTTP {response.status_code}"
+            )
+        if response.headers.get("content-range", "") != f"bytes {start}-{end - 1}/{size}":
+            raise FetchError(
+                f"cannot fetch checkpoint {shown}: the server answered a range request with "
+                "another range or size (the object changed?)"
+            )
+        yield Body(end - start, _raw(response, shown, policy))
+    finally:
+        await response.aclose()
+
+
 async def _follow(
-    client: httpx.AsyncClient, url: httpx.URL, auth: str | None, policy: NetPolicy, shown: str
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    auth: str | None,
+    policy: NetPolicy,
+    shown: str,
+    extra: dict[str, str] | None = None,
 ) -> httpx.Response:
     origin = _origin(url)
     for hop in range(MAX_REDIRECTS + 1):
         same_origin = _origin(url) == origin
-        response = await _get(client, url, auth if same_origin else None, policy, hop > 0, shown)
+        key = auth if same_origin else None
+        response = await _get(client, url, key, policy, hop > 0, shown, extra or {})
         if response.status_code not in _REDIRECTS:
             return response
         location = response.headers.get("location")
@@ -87,12 +139,13 @@ async def _get(
     policy: NetPolicy,
     redirect: bool,
     shown: str,
+    extra: dict[str, str],
 ) -> httpx.Response:
     """Send GET ``url`` to the first allowed address of its host that accepts it."""
     host = url.raw_host.decode("ascii")
     port = url.port or _PORTS[url.scheme]
     addresses = await allowed_addresses(host, port, policy, redirect, shown)
-    headers = {"Host": _host_header(host, url.port), "Accept-Encoding": "identity"}
+    headers = {"Host": _host_header(host, url.port), "Accept-Encoding": "identity", **extra}
     if auth:
         headers["Authorization"] = auth
     extensions = {"sni_hostname": host} if url.scheme == "https" else {}
@@ -118,6 +171,10 @@ async def _raw(
     try:
         async for chunk in response.aiter_raw():
             yield chunk
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        raise Dropped(
+            f"cannot fetch checkpoint {shown}: the server broke off the response"
+        ) from None
     except httpx.HTTPError as exc:
         raise _failure(exc, shown, policy) from None
 

@@ -5,6 +5,8 @@ endpoint's host is checked with the address policy before the client is built, a
 connection the client opens resolves through a resolver that drops refused addresses,
 so the address checked is the one connected to. One ``GetObject`` (the object's size
 from its headers, before a byte of the body is read), its body streamed chunk by chunk;
+objects over one part are also read with ranged ``GetObject`` calls of the same version
+(``fetch_stream``: parts in parallel, a broken connection resumed);
 botocore's connect and read timeouts are the policy's, without retries, so no wait
 outlasts the idle bound. Failures are described by HTTP status or exception type only:
 S3 error messages, request IDs and key IDs never reach a reason.
@@ -19,12 +21,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import botocore.exceptions  # type: ignore[import-untyped]
 import s3fs
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-from .errors import CheckpointNotFound, FetchError, FetchRefused, SwapError
+from .errors import CheckpointNotFound, Dropped, FetchError, FetchRefused, SwapError
 from .fetch_net import NetPolicy, allowed_addresses, stalled
 from .fetch_stream import Body
 from .policy import address_refusal
@@ -94,11 +97,49 @@ async def open_s3(uri: str, secret: dict[str, str], policy: NetPolicy) -> AsyncI
         body = response["Body"]
         try:
             size = response.get("ContentLength")
-            yield Body(size if isinstance(size, int) else None, _chunks(body, shown, policy))
+            size = size if isinstance(size, int) else None
+            if version is None and isinstance(response.get("VersionId"), str):
+                extra = {"VersionId": response["VersionId"]}  # ranges read this very version
+
+            @asynccontextmanager
+            async def ranges(start: int, end: int) -> AsyncIterator[Body]:
+                where = {"Bucket": bucket, "Key": key, **extra}
+                async with _range(client, where, (start, end, size), shown, policy, resolver) as b:
+                    yield b
+
+            yield Body(size, _chunks(body, shown, policy), ranges if size is not None else None)
         finally:
             body.close()
     finally:
         await client.close()
+
+
+@asynccontextmanager
+async def _range(
+    client: Any,
+    where: dict[str, str],
+    span: tuple[int, int, int | None],
+    shown: str,
+    policy: NetPolicy,
+    resolver: GuardedResolver,
+) -> AsyncIterator[Body]:
+    """Bytes ``[start, end)`` of the object: a ranged ``GetObject`` whose
+    ``ContentRange`` must be exactly the one asked for."""
+    start, end, size = span
+    try:
+        response = await client.get_object(Range=f"bytes={start}-{end - 1}", **where)
+    except Exception as exc:
+        raise _failure(exc, shown, policy, resolver) from None
+    body = response["Body"]
+    try:
+        if response.get("ContentRange") != f"bytes {start}-{end - 1}/{size}":
+            raise FetchError(
+                f"cannot fetch checkpoint {shown}: S3 answered a range request with another "
+                "range or size (the object changed?)"
+            )
+        yield Body(end - start, _chunks(body, shown, policy))
+    finally:
+        body.close()
 
 
 def _options(
@@ -136,6 +177,8 @@ async def _chunks(body: Any, shown: str, policy: NetPolicy) -> AsyncGenerator[by
     try:
         while chunk := await body.read(READ_BYTES):
             yield chunk
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionError):
+        raise Dropped(f"cannot fetch checkpoint {shown}: S3 broke off the response") from None
     except Exception as exc:
         raise _failure(exc, shown, policy, None) from None
 

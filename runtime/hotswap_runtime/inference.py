@@ -239,7 +239,7 @@ class Engine:
                 tensors = [job.request.tensor for job in ready]
                 x = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
                 began = time.perf_counter()
-                output = _forward(model.module, x, model.device)
+                output = _forward(model.module, x, model.device, model.dtype)
                 took = time.perf_counter() - began
         except HotswapError as exc:
             for job in batch:
@@ -291,9 +291,11 @@ def _resolve(job: _Job, outcome: Answer | HotswapError) -> None:
         log.exception("handing an answer over failed")
 
 
-def _forward(module: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _forward(
+    module: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     with torch.inference_mode():
-        out = module(x.to(device))
+        out = module(x.to(device, dtype))  # FP32 requests into a float16/bfloat16 model
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"model returned {type(out).__name__}, not a tensor")
         return out.float().cpu()

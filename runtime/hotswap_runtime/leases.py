@@ -23,6 +23,7 @@ from .contract import ModelSpec, Revision
 from .devices import release_cached
 from .errors import ModelNotReady
 from .layouts import FlatLayout, StateDict, TensorSpec, layout_of, model_bytes, tie_groups
+from .models import torch_dtype
 
 
 def utc_now() -> str:
@@ -64,6 +65,11 @@ class LoadedModel:
     @property
     def key(self) -> tuple[int, str]:
         return self.revision.key
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype inputs are given to the module in (``model.dtype``)."""
+        return torch_dtype(self.revision.model)
 
     def successor(self, revision: Revision, output_shape: tuple[int, ...]) -> LoadedModel:
         """A new entry for ``revision`` on this module and its tensors."""

@@ -4,7 +4,9 @@
 keyword arguments and no pretrained weights (nor pretrained backbones: nothing is ever
 downloaded); ``python/<module>:<factory>`` imports a module and calls
 ``factory(**args)``. Both must be covered by the admin's allowlist (policy.py), which
-is checked before anything is imported. Anything else is an ArchitectureError.
+is checked before anything is imported. Anything else is an ArchitectureError. A model
+whose ``dtype`` is float16 or bfloat16 is built, then its floating-point parameters and
+buffers are converted (so its layout, size and the fit check are in that dtype).
 
 ``size_model`` learns a model's layout and size before it is built for real: it builds
 the network on the meta device (no memory), or, for a constructor that computes on
@@ -24,9 +26,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .allocations import AllocationBudget
-from .contract import ModelSpec
+from .contract import DEFAULT_DTYPE, ModelSpec
 from .errors import ArchitectureError, ModelTooLarge
 from .layouts import Layout, layout_of, model_bytes
 from .policy import architecture_allowed, architecture_refusal
@@ -47,7 +50,7 @@ def build_model(spec: ModelSpec, device: torch.device | str, allowed: Sequence[s
     if not architecture_allowed(spec.architecture, allowed):
         raise ArchitectureError(architecture_refusal(spec.architecture, allowed))
     kind, _, target = spec.architecture.partition("/")
-    with torch.device(device):
+    with torch.device(device), _FloatsIn(torch_dtype(spec)):
         if kind == "torchvision":
             module = _torchvision(target, spec.args)
         else:
@@ -55,6 +58,47 @@ def build_model(spec: ModelSpec, device: torch.device | str, allowed: Sequence[s
     module.eval()
     module.requires_grad_(False)
     return module
+
+
+_FACTORIES = frozenset(
+    {torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn, torch.empty_strided}
+)
+
+
+class _FloatsIn(TorchFunctionMode):
+    """Within this thread, tensors that the float factories create without a dtype are
+    made in ``dtype``: a float16 model is built in float16, never first in float32
+    (torch's default dtype is process-wide, and serving threads use it)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in _FACTORIES and kwargs.get("dtype") is None:
+            kwargs["dtype"] = self.dtype
+        return func(*args, **kwargs)
+
+
+def in_dtype(module: nn.Module, spec: ModelSpec) -> nn.Module:
+    """``module`` with its floating-point parameters and buffers in ``spec.dtype`` (what
+    the build did not already make in it: tensors from literals, float64 buffers)."""
+    if spec.dtype != DEFAULT_DTYPE:
+        module.to(torch_dtype(spec))  # tensor by tensor: at most one extra tensor at a time
+    return module
+
+
+def torch_dtype(spec: ModelSpec) -> torch.dtype:
+    """The dtype ``spec.dtype`` names (float32, float16 or bfloat16)."""
+    dtype: torch.dtype = getattr(torch, spec.dtype)
+    return dtype
 
 
 def _torchvision(name: str, args: dict[str, Any]) -> nn.Module:
@@ -177,4 +221,4 @@ def build_bounded(
             "check model.args (or raise HOTSWAP_MAX_MODEL_BYTES)"
         )
     assert module is not None
-    return module
+    return in_dtype(module, spec)  # outside the budget: at most the built model's size

@@ -18,6 +18,7 @@ from torch import nn
 from .contract import Checkpoint, Revision, Validation
 from .devices import is_cuda
 from .errors import NonFiniteWeights, ValidationFailed
+from .models import torch_dtype
 from .weights import read_tensor
 
 Fetch = Callable[[Checkpoint], Path]
@@ -39,7 +40,8 @@ def validate(
 ) -> tuple[int, ...]:
     """The probe output's shape, or ValidationFailed/NonFiniteWeights saying why not.
     ``serving_shape`` is the serving revision's when it has the same model spec."""
-    output = forward(module, probe_input(revision.model.input_shape), device, stream)
+    x = probe_input(revision.model.input_shape).to(torch_dtype(revision.model))
+    output = forward(module, x, device, stream)
     shape = check_probe(output, revision)
     if serving_shape is not None and shape != serving_shape:
         raise ValidationFailed(
@@ -90,7 +92,7 @@ def check_expected(
 ) -> None:
     x = read_tensor(fetch(check.input), check.input.uri)
     expected = read_tensor(fetch(check.expected), check.expected.uri).float()
-    got = forward(module, x.float(), device, stream).float().cpu()
+    got = forward(module, x.to(torch_dtype(revision.model)), device, stream).float().cpu()
     if got.shape != expected.shape:
         raise ValidationFailed(
             f"revision {revision.revision}: validation output shape {tuple(got.shape)} "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from io import BufferedReader
 from pathlib import Path
@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from .errors import FormatError
-from .layouts import Expected, FlatLayout, Slot, StateDict
+from .errors import FormatError, ManifestError
+from .layouts import Expected, FlatLayout, Slot, StateDict, named
 from .redact import clip
 from .staging import Staging
 
@@ -63,16 +63,64 @@ def header_limit(expected: Expected | None) -> int:
 
 
 def read_flat(
-    path: Path, where: str, expected: Expected, staging: Staging
+    files: Sequence[tuple[Path, str]],
+    expected: Expected,
+    staging: Staging,
+    owners: Mapping[str, int] | None = None,
 ) -> tuple[torch.Tensor, FlatLayout, StateDict]:
-    """The data section of ``path`` in a staging buffer, its checked layout, and the
-    tensors as views of that buffer (by name). ``where`` is the redacted URI."""
-    with _open(path, where) as (f, size, bad):
-        layout = _layout(f, size, header_limit(expected), bad)
-        expected.check(layout.specs(), where)
-        flat = staging.flat(layout.nbytes)
-        _read_into(f, flat, bad)
-    return flat, layout, staging.views(layout)
+    """The data sections of ``files`` (path and redacted URI: one file, or the shards of
+    a manifest in its order) back to back in a staging buffer, their checked layout,
+    and the tensors as views of that buffer (by name). ``owners`` (a manifest's weight
+    map: tensor -> index in ``files``) must say where each tensor is."""
+    limit = header_limit(expected)
+    parts: list[tuple[Path, str, int, FlatLayout]] = []
+    for index, (path, where) in enumerate(files):
+        with _open(path, where) as (f, size, bad):
+            layout = _layout(f, size, limit, bad)
+            parts.append((path, bad, f.tell(), layout))
+        if owners is not None:  # so shards hold at most the weight map's tensors in all
+            check_owners(layout, index, owners, where)
+    combined = concat([part[3] for part in parts], files[0][1] if len(files) == 1 else "")
+    if owners is not None and len(owners) != len(combined.slots):
+        missing = sorted(set(owners) - set(combined.specs()))
+        raise ManifestError(f"weight_map names {named(missing)}, which no shard holds")
+    where = files[0][1] if len(files) == 1 else f"{files[0][1]} (and its other shards)"
+    expected.check(combined.specs(), where)
+    flat = staging.flat(combined.nbytes)
+    base = 0
+    for path, bad, start, layout in parts:
+        with path.open("rb") as f:
+            f.seek(start)
+            _read_into(f, flat[base : base + layout.nbytes], bad)
+        base += layout.nbytes
+    return flat, combined, staging.views(combined)
+
+
+def check_owners(layout: FlatLayout, index: int, owners: Mapping[str, int], where: str) -> None:
+    """Every tensor of shard ``index`` is where the manifest's weight map puts it."""
+    for slot in layout.slots:
+        if owners.get(slot.name) != index:
+            raise ManifestError(
+                f"shard {where} holds {clip(slot.name, 100)!r}, which the manifest's "
+                "weight_map puts in another shard or does not list"
+            )
+
+
+def concat(layouts: Sequence[FlatLayout], where: str) -> FlatLayout:
+    """Shards' layouts one after the other; a tensor in two shards is refused."""
+    slots: list[Slot] = []
+    seen: set[str] = set()
+    base = 0
+    for layout in layouts:
+        for s in layout.slots:
+            if s.name in seen:
+                raise FormatError(
+                    f"checkpoint {where or 'shards'}: tensor {clip(s.name, 100)!r} is in two shards"
+                )
+            seen.add(s.name)
+            slots.append(Slot(s.name, s.dtype, s.shape, s.begin + base, s.end + base))
+        base += layout.nbytes
+    return FlatLayout(tuple(slots))
 
 
 def read_single(path: Path, where: str) -> torch.Tensor:
@@ -107,28 +155,30 @@ def _layout(f: BufferedReader, size: int, limit: int, bad: str) -> FlatLayout:
             f"{bad}: its header is {length} bytes, more than the {limit} bytes a header "
             "for this model's tensors can need"
         )
-    header = _parse_header(f.read(length), bad)
-    return _flat_layout(header, size - 8 - length, bad)
+    header = strict_json_object(f.read(length), bad)
+    return flat_layout(header, size - 8 - length, bad)
 
 
-def _parse_header(raw: bytes, bad: str) -> dict[str, Any]:
+def strict_json_object(
+    raw: bytes, bad: str, what: str = "header", error: type[FormatError] = FormatError
+) -> dict[str, Any]:
+    """``raw`` as a JSON object: UTF-8, no duplicate keys, no NaN literals, not too deep;
+    else ``error`` starting with ``bad`` and naming the document ``what``."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise FormatError(f"{bad}: header is not UTF-8") from None
+        raise error(f"{bad}: {what} is not UTF-8") from None
     if not text.startswith("{"):
-        raise FormatError(f"{bad}: header is not a JSON object")
+        raise error(f"{bad}: {what} is not a JSON object")
     try:
-        header = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except _DuplicateError as dup:
-        raise FormatError(
-            f"{bad}: name {clip(dup.name, 100)!r} appears twice in the header"
-        ) from None
+        raise error(f"{bad}: name {clip(dup.name, 100)!r} appears twice in the {what}") from None
     except (ValueError, RecursionError) as exc:
-        raise FormatError(f"{bad}: header is not JSON ({type(exc).__name__})") from None
-    if not isinstance(header, dict):
-        raise FormatError(f"{bad}: header is not a JSON object")
-    return header
+        raise error(f"{bad}: {what} is not JSON ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise error(f"{bad}: {what} is not a JSON object")
+    return doc
 
 
 class _DuplicateError(ValueError):
@@ -150,7 +200,7 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _flat_layout(header: dict[str, Any], data_size: int, bad: str) -> FlatLayout:
+def flat_layout(header: dict[str, Any], data_size: int, bad: str) -> FlatLayout:
     metadata = header.get("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FormatError(f"{bad}: __metadata__ is not a map of strings")

@@ -38,12 +38,15 @@ from .fetch_http import open_http, quiet_client_logs
 from .fetch_loop import FetchLoop
 from .fetch_net import NetPolicy
 from .fetch_s3 import open_s3
-from .fetch_stream import Body, Sink, pump
+from .fetch_stream import Body, Sink, TapFor, pump
+from .manifest import MAX_MANIFEST_BYTES, LocalCheckpoint, is_manifest, read_manifest
 from .policy import DEFAULT_FILE_ROOTS
 from .redact import redact_uri
 from .settings import Settings
+from .streaming import StreamParser
 
 log = logging.getLogger(__name__)
+MAX_MANIFESTS_KNOWN = 64  # manifests whose shards eviction spares while they are protected
 
 
 def _never() -> bool:
@@ -73,6 +76,7 @@ class CheckpointStore:
         self._loop = FetchLoop()
         self._lock = threading.Lock()
         self._protected: frozenset[str] = frozenset()
+        self._shards: dict[str, frozenset[str]] = {}  # manifest sha256 -> its shards'
         quiet_client_logs()
         cache_dir.mkdir(parents=True, exist_ok=True)
         for stale in cache_dir.glob(".tmp-*"):
@@ -111,8 +115,47 @@ class CheckpointStore:
         with self._lock:
             self._protected = frozenset(shas)
 
-    def fetch(self, checkpoint: Checkpoint, cancelled: Callable[[], bool] | None = None) -> Path:
-        """A verified local copy of ``checkpoint``, from the cache or downloaded.
+    def fetch_checkpoint(
+        self,
+        checkpoint: Checkpoint,
+        cancelled: Callable[[], bool] | None = None,
+        parser: StreamParser | None = None,
+    ) -> LocalCheckpoint:
+        """A verified local copy of ``checkpoint``: one file, or a manifest (``.json``,
+        at most MAX_MANIFEST_BYTES) and then each shard it pins, each cached by its own
+        sha256. Each file downloaded goes through ``parser`` too (parsed while it
+        downloads). Raises what ``fetch`` raises, and ManifestError for a bad manifest."""
+        shown = redact_uri(checkpoint.uri)
+        if not is_manifest(checkpoint.uri):
+            tap = parser.tap(0, shown) if parser is not None else None
+            return LocalCheckpoint(((self.fetch(checkpoint, cancelled, tap_for=tap), shown),))
+        path = self.fetch(checkpoint, cancelled, MAX_MANIFEST_BYTES)
+        manifest = read_manifest(path, checkpoint, self.max_checkpoint_bytes)
+        with self._lock:  # shards of a protected manifest are protected too
+            self._shards.pop(checkpoint.sha256, None)
+            shas = frozenset(shard.checkpoint.sha256 for shard in manifest.shards)
+            self._shards[checkpoint.sha256] = shas
+            while len(self._shards) > MAX_MANIFESTS_KNOWN:
+                del self._shards[next(iter(self._shards))]
+        if parser is not None:
+            parser.owners = manifest.owners
+        files = []
+        for index, shard in enumerate(manifest.shards):
+            where = redact_uri(shard.checkpoint.uri)
+            tap = parser.tap(index, where) if parser is not None else None
+            files.append((self.fetch(shard.checkpoint, cancelled, shard.size, tap), where))
+        return LocalCheckpoint(tuple(files), manifest)
+
+    def fetch(
+        self,
+        checkpoint: Checkpoint,
+        cancelled: Callable[[], bool] | None = None,
+        limit: int | None = None,
+        tap_for: TapFor | None = None,
+    ) -> Path:
+        """A verified local copy of the one file ``checkpoint``, from the cache or
+        downloaded; at most ``limit`` bytes (the checkpoint limit by default). A
+        download hands its chunks to the tap ``tap_for`` gives once the size is known.
 
         Raises a SwapError: Superseded once ``cancelled()`` turns true, FetchError and
         its kinds, CheckpointTooLarge, IntegrityError."""
@@ -121,8 +164,9 @@ class CheckpointStore:
             return hit
         shown = redact_uri(checkpoint.uri)
         tmp = self.cache_dir / f".tmp-{checkpoint.sha256}-{uuid.uuid4().hex}"
+        limit = min(limit or self.max_checkpoint_bytes, self.max_checkpoint_bytes)
         try:
-            total = self._download(checkpoint, shown, tmp, cancelled or _never)
+            total = self._download(checkpoint, shown, tmp, cancelled or _never, limit, tap_for)
             final = self.path_for(checkpoint.sha256)
             tmp.replace(final)
         except SwapError:
@@ -136,11 +180,17 @@ class CheckpointStore:
         return final
 
     def _download(
-        self, checkpoint: Checkpoint, shown: str, tmp: Path, cancelled: Callable[[], bool]
+        self,
+        checkpoint: Checkpoint,
+        shown: str,
+        tmp: Path,
+        cancelled: Callable[[], bool],
+        limit: int,
+        tap_for: TapFor | None,
     ) -> int:
         """Stream the source into ``tmp`` and verify it; the number of bytes."""
         with tmp.open("xb") as file:
-            sink = Sink(file, shown, self.max_checkpoint_bytes)
+            sink = Sink(file, shown, limit, tap_for)
             self._copy(checkpoint, sink, cancelled)
             file.flush()
             os.fsync(file.fileno())
@@ -174,6 +224,7 @@ class CheckpointStore:
     def _evict(self, keep: str) -> None:
         with self._lock:
             protected = self._protected | {keep}
+            protected |= {s for sha in protected for s in self._shards.get(sha, ())}
             files = [p for p in self.cache_dir.iterdir() if not p.name.startswith(".")]
             stats = sorted((p.stat().st_mtime, p.stat().st_size, p) for p in files)
             total = sum(size for _, size, _ in stats)

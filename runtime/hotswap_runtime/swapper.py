@@ -36,7 +36,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -61,13 +60,15 @@ from .errors import (
 )
 from .layouts import Expected, FlatLayout, bind_flat, bindable, is_bound, layout_of, named, overlaps
 from .leases import Leases, LoadedModel, utc_now
+from .manifest import LocalCheckpoint, is_manifest
 from .models import BUILD_FACTOR, Blueprint, build_bounded, size_model
 from .probes import validate
 from .redact import clip, redact_uri
 from .settings import DEFAULT_MAX_CHECKPOINT_BYTES
 from .staging import Staging
 from .store import CheckpointStore
-from .weights import Parsed, non_finite_keys, read_state_dict
+from .streaming import StreamParser
+from .weights import SAFETENSORS, Parsed, checkpoint_format, non_finite_keys, read_local
 
 __all__ = ["PHASES", "LoadedModel", "PhaseClock", "Swapper", "utc_now"]
 
@@ -96,7 +97,8 @@ class PhaseClock:
         try:
             yield
         finally:
-            self.phases[phase] = round(time.perf_counter() - start, 6)
+            spent = self.phases.get(phase, 0.0) + time.perf_counter() - start
+            self.phases[phase] = round(spent, 6)
 
 
 @dataclass
@@ -182,12 +184,14 @@ class Swapper:
         return clock
 
     def _swap(self, revision: Revision, cancelled: Callable[[], bool], steps: _Steps) -> None:
+        with steps("parse"):  # the layout first: a download is parsed as it arrives
+            blueprint = self._blueprint(revision)
+            parser = self._parser(revision, blueprint)
         with steps("fetch"):
-            path = self.store.fetch(revision.checkpoint, cancelled)
+            local = self.store.fetch_checkpoint(revision.checkpoint, cancelled, parser)
         _stop_if(cancelled, revision)
         with steps("parse"):
-            blueprint = self._blueprint(revision)
-            parsed = self._parse(path, revision, blueprint)
+            parsed = self._parse(local, revision, blueprint, parser)
         _stop_if(cancelled, revision)
         plan = _Plan("fresh")
         try:
@@ -232,11 +236,32 @@ class Swapper:
             return Blueprint(revision.model, known.layout, known.nbytes)
         return size_model(revision.model, self.allowed, self.max_model_bytes)
 
-    def _parse(self, path: Path, revision: Revision, blueprint: Blueprint) -> Parsed:
-        spec = revision.model
-        expected = Expected(blueprint.layout, spec.architecture, spec.cast_weights)
-        parsed = read_state_dict(path, revision.checkpoint.uri, expected, self._staging)
-        bad = non_finite_keys(parsed.state)
+    def _parser(self, revision: Revision, blueprint: Blueprint) -> StreamParser | None:
+        """A parser for a safetensors download (one file or shards), or None (.pt)."""
+        uri = revision.checkpoint.uri
+        try:  # a file type refused here is refused after the fetch, as before
+            streams = is_manifest(uri) or checkpoint_format(uri) == SAFETENSORS
+        except FormatError:
+            streams = False
+        return StreamParser(_expected(revision, blueprint), self._staging) if streams else None
+
+    def _parse(
+        self,
+        local: LocalCheckpoint,
+        revision: Revision,
+        blueprint: Blueprint,
+        parser: StreamParser | None,
+    ) -> Parsed:
+        expected = _expected(revision, blueprint)
+        streamed = parser.result(len(local.files)) if parser is not None else None
+        if streamed is not None:  # parsed (and screened) while it downloaded, now verified
+            assert parser is not None
+            flat, layout, views = streamed
+            parsed = Parsed({name: views[name] for name in expected.layout}, flat, layout)
+            bad = parser.non_finite
+        else:
+            parsed = read_local(local, revision.checkpoint.uri, expected, self._staging)
+            bad = non_finite_keys(parsed.state)
         if bad:
             raise NonFiniteWeights(
                 f"checkpoint {redact_uri(revision.checkpoint.uri)}: tensors hold NaN or "
@@ -356,6 +381,11 @@ class Swapper:
             )
         copy_tensors(old.targets, parsed.state, self._stream)
         return old.successor(revision, shape)
+
+
+def _expected(revision: Revision, blueprint: Blueprint) -> Expected:
+    spec = revision.model
+    return Expected(blueprint.layout, spec.architecture, spec.cast_weights)
 
 
 def _sound(standby: LoadedModel, blueprint: Blueprint) -> bool:

@@ -16,6 +16,7 @@ layout) are bounded by the file's size instead.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ import torch
 
 from .errors import FormatError
 from .layouts import Expected, FlatLayout, StateDict
+from .manifest import LocalCheckpoint
 from .redact import redact_uri
 from .safetensors_reader import read_flat, read_single
 from .staging import Staging
@@ -31,7 +33,8 @@ from .torch_reader import load_checked
 
 SAFETENSORS = "safetensors"
 PYTORCH = "pytorch"
-_SUFFIXES = {".safetensors": SAFETENSORS, ".pt": PYTORCH, ".pth": PYTORCH}
+SHARDED = "sharded"  # a manifest of safetensors shards (manifest.py)
+_SUFFIXES = {".safetensors": SAFETENSORS, ".pt": PYTORCH, ".pth": PYTORCH, ".json": SHARDED}
 
 
 def checkpoint_format(uri: str) -> str:
@@ -40,7 +43,8 @@ def checkpoint_format(uri: str) -> str:
     if suffix not in _SUFFIXES:
         raise FormatError(
             f"checkpoint {redact_uri(uri)}: file type {suffix[:16] or '(none)'!r} is refused; "
-            "use .safetensors, or .pt/.pth readable by torch.load(weights_only=True)"
+            "use .safetensors, .json (a manifest of safetensors shards), or .pt/.pth "
+            "readable by torch.load(weights_only=True)"
         )
     return _SUFFIXES[suffix]
 
@@ -61,7 +65,7 @@ def read_state_dict(path: Path, uri: str, expected: Expected, staging: Staging) 
     ``expected`` and staged in ``staging``'s buffers, in the model's dtypes."""
     where = redact_uri(uri)
     if checkpoint_format(uri) == SAFETENSORS:
-        return _safetensors(path, where, expected, staging)
+        return _safetensors(((path, where),), expected, staging, None)
     loaded = load_checked(path, where, expected)
     staged = {}
     for name, spec in expected.layout.items():
@@ -72,8 +76,21 @@ def read_state_dict(path: Path, uri: str, expected: Expected, staging: Staging) 
     return Parsed(staged)
 
 
-def _safetensors(path: Path, where: str, expected: Expected, staging: Staging) -> Parsed:
-    flat, layout, views = read_flat(path, where, expected, staging)
+def read_local(local: LocalCheckpoint, uri: str, expected: Expected, staging: Staging) -> Parsed:
+    """``read_state_dict`` for a fetched checkpoint: one file, or a manifest's shards
+    (their data back to back in one staging buffer, each tensor where the manifest says)."""
+    if local.manifest is None:
+        return read_state_dict(local.files[0][0], uri, expected, staging)
+    return _safetensors(local.files, expected, staging, local.manifest.owners)
+
+
+def _safetensors(
+    files: Sequence[tuple[Path, str]],
+    expected: Expected,
+    staging: Staging,
+    owners: Mapping[str, int] | None,
+) -> Parsed:
+    flat, layout, views = read_flat(files, expected, staging, owners)
     state = {name: views[name] for name in expected.layout}
     cast = [name for name, spec in expected.layout.items() if state[name].dtype != spec.dtype]
     for name in cast:  # allowed by the check: a copy in the model's dtype
@@ -87,7 +104,10 @@ def read_tensor(path: Path, uri: str) -> torch.Tensor:
     """The single tensor stored in ``path`` (validation inputs and expected outputs), in
     memory of its own (at most the file's size)."""
     where = redact_uri(uri)
-    if checkpoint_format(uri) == SAFETENSORS:
+    kind = checkpoint_format(uri)
+    if kind == SHARDED:
+        raise FormatError(f"{where}: a validation tensor must be one .safetensors or .pt file")
+    if kind == SAFETENSORS:
         return read_single(path, where)
     tensors = load_checked(path, where, None)
     if len(tensors) != 1:

@@ -93,3 +93,27 @@ def publish(config_dir: Path, text: str) -> None:
         for item in old.iterdir():
             item.unlink()
         old.rmdir()
+
+
+def save_sharded(
+    state: dict[str, torch.Tensor], folder: Path, shards: int, name: str = "model"
+) -> tuple[Path, str]:
+    """``state`` as ``shards`` safetensors files and a manifest
+    (``<name>.safetensors.index.json``: Hugging Face's index plus each shard's sha256 and
+    size); the manifest's path and sha256."""
+    names = list(state)
+    per = -(-len(names) // shards)
+    weight_map: dict[str, str] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    for i in range(shards):
+        shard = f"{name}-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: state[k] for k in names[i * per : (i + 1) * per]}
+        sha = save(part, folder / shard)
+        entries[shard] = {"sha256": sha, "size": (folder / shard).stat().st_size}
+        weight_map.update(dict.fromkeys(part, shard))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    manifest = folder / f"{name}.safetensors.index.json"
+    doc = {"metadata": {"total_size": total}, "weight_map": weight_map, "shards": entries}
+    manifest.write_text(json.dumps(doc))
+    manifest.chmod(0o644)
+    return manifest, sha256_of(manifest)

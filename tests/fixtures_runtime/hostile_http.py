@@ -220,3 +220,40 @@ def connecting(port: int) -> bool:
         if fields[3] == "02" and int(fields[2].split(":")[1], 16) == port:
             return True
     return False
+
+
+def ranged(
+    data: bytes, drop_after: int | None = None, drops: int = 1, honour: bool = True
+) -> Route:
+    """Serve ``data`` with ``Accept-Ranges: bytes`` (206 for ``Range: bytes=a-b``); the
+    first ``drops`` answers send at most ``drop_after`` bytes of their body and then
+    close the connection mid-body. ``honour=False``: answer a range request with 200."""
+    left = [drops]
+    lock = threading.Lock()
+
+    def route(h: BaseHTTPRequestHandler) -> None:
+        wanted = h.headers.get("Range")
+        start, end = 0, len(data)
+        if wanted and honour:
+            first, _, last = wanted.removeprefix("bytes=").partition("-")
+            start, end = int(first), int(last) + 1
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        else:
+            h.send_response(200)
+        h.send_header("Accept-Ranges", "bytes")
+        h.send_header("Content-Length", str(end - start))
+        h.end_headers()
+        body = data[start:end]
+        with lock:
+            drop = drop_after is not None and left[0] > 0
+            left[0] -= drop
+        if drop:
+            assert drop_after is not None
+            _write(h, body[:drop_after])
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)  # the connection breaks off mid-body
+            return
+        _write(h, body)
+
+    return route

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from hotswap_runtime import fetch_net
+from hotswap_runtime import fetch_net, fetch_stream
 from hotswap_runtime.contract import Checkpoint
 from hotswap_runtime.errors import (
     CheckpointNotFound,
@@ -410,3 +410,62 @@ def test_https_checks_the_certificate_against_the_hostname(
         path.unlink()
         with pytest.raises(FetchError, match="TLS verification failed"):
             store.fetch(ck(f"https://127.0.0.1:{secure.port}/ck"))
+
+
+def ranges_asked(web: hostile.Hostile) -> list[str]:
+    return [r.headers["Range"] for r in web.requests if "Range" in r.headers]
+
+
+def test_a_dropped_connection_resumes_with_a_range_request(
+    store: CheckpointStore, web: hostile.Hostile
+) -> None:
+    uri = web.route("/drop/", hostile.ranged(DATA, drop_after=70_000, drops=2))
+    path = store.fetch(ck(uri + "m.safetensors"))
+    assert path.read_bytes() == DATA
+    # the first GET broke off after 70000 bytes; the resumed range broke off 70000 later
+    assert ranges_asked(web) == [f"bytes=70000-{len(DATA) - 1}", f"bytes=140000-{len(DATA) - 1}"]
+
+
+def test_a_source_that_keeps_dropping_fails_after_a_bounded_number_of_resumes(
+    store: CheckpointStore, web: hostile.Hostile
+) -> None:
+    uri = web.route("/drop/", hostile.ranged(DATA, drop_after=1000, drops=100))
+    with pytest.raises(FetchError, match="broke off"):
+        store.fetch(ck(uri + "m.safetensors"))
+    assert len(ranges_asked(web)) == fetch_stream.MAX_RESUMES
+    assert leftovers(store) == []
+
+
+def test_a_range_answered_with_200_is_refused(store: CheckpointStore, web: hostile.Hostile) -> None:
+    uri = web.route("/drop/", hostile.ranged(DATA, drop_after=1000, honour=False))
+    with pytest.raises(FetchError, match="answered a range request with HTTP 200"):
+        store.fetch(ck(uri + "m.safetensors"))
+    assert leftovers(store) == []
+
+
+def test_large_files_are_read_in_parallel_ranged_parts(
+    store: CheckpointStore, web: hostile.Hostile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch_stream, "PART_BYTES", 16_000)
+    uri = web.route("/parts/", hostile.ranged(DATA, drop_after=20_000, drops=1))
+    path = store.fetch(ck(uri + "m.safetensors"))
+    assert path.read_bytes() == DATA
+    asked = ranges_asked(web)
+    parts = -(-len(DATA) // 16_000)
+    assert len(asked) == parts - 1  # part 0 came from the first GET (which then dropped)
+    assert sorted(asked, key=lambda r: int(r[6:].split("-")[0]))[0] == "bytes=16000-31999"
+
+
+def test_a_resumed_download_that_changed_fails_its_sha256(
+    store: CheckpointStore, web: hostile.Hostile
+) -> None:
+    changed = DATA[:100_000] + bytes(len(DATA) - 100_000)
+    served = [DATA, changed]
+
+    def route(h: BaseHTTPRequestHandler) -> None:
+        hostile.ranged(served.pop(0) if len(served) > 1 else served[0], 70_000, 1)(h)
+
+    uri = web.route("/changing/", route)
+    with pytest.raises(IntegrityError):
+        store.fetch(ck(uri + "m.safetensors"))
+    assert leftovers(store) == []

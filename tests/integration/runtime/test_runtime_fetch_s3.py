@@ -13,7 +13,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from hotswap_runtime import fetch_net
+from hotswap_runtime import fetch_net, fetch_s3, fetch_stream
 from hotswap_runtime.contract import Checkpoint
 from hotswap_runtime.errors import CheckpointNotFound, FetchError, FetchRefused, Superseded
 from hotswap_runtime.store import CheckpointStore
@@ -181,3 +181,22 @@ def test_s3_error_text_never_reaches_the_reason(make_store: MakeStore) -> None:
             assert text in reason, reason
             for secret in (marker, KEY_ID, SECRET_KEY, fake_s3.url):
                 assert secret not in reason, (secret, reason)
+
+
+def test_large_objects_are_read_in_parallel_ranged_parts(
+    make_store: MakeStore, moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch_stream, "PART_BYTES", 64_000)
+    asked: list[tuple[int, int, int | None]] = []
+    real = fetch_s3._range
+
+    def counted(client: object, where: dict[str, str], span: tuple[int, int, int | None], *a):  # type: ignore[no-untyped-def]
+        asked.append(span)
+        return real(client, where, span, *a)
+
+    monkeypatch.setattr(fetch_s3, "_range", counted)
+    assert make_store(moto_url).fetch(ck()).read_bytes() == DATA
+    assert sorted(asked) == [
+        (start, min(start + 64_000, len(DATA)), len(DATA))
+        for start in range(64_000, len(DATA), 64_000)
+    ]

@@ -3,6 +3,7 @@ credentials from the mounted Secret folder, rollback from the cache, supersede."
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,3 +169,65 @@ def test_newer_revision_supersedes_a_slow_download(tmp_path: Path) -> None:
         assert infer(runtime.url) == ("3", output_of(3))
         assert "superseded" in runtime.log()
         assert not (tmp_path / "cache" / slow_sha).exists()
+
+
+def test_sharded_checkpoints_over_http_and_s3(tmp_path: Path, s3: str) -> None:
+    """A manifest pins its shards: fetched next to it with the checkpoint's Secret,
+    cached per shard (rollback downloads nothing), a shard path trick refused with the
+    old revision serving."""
+    store = tmp_path / "store"
+    manifests = {
+        seed: ck.save_sharded(tiny.weights(seed), store / f"v{seed}", 2) for seed in (1, 2)
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3,
+        aws_access_key_id=S3_KEY_ID,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket="models")
+    for item in (store / "v2").iterdir():
+        client.upload_file(str(item), "models", f"tiny/{item.name}")
+    secrets = tmp_path / "secrets"
+    write_secret(secrets / "web", {"HTTP_AUTHORIZATION": HTTP_TOKEN})
+    write_secret(
+        secrets / "model-store",
+        {
+            "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "AWS_ENDPOINT_URL": s3,
+            "AWS_REGION": "us-east-1",
+        },
+    )
+    config = tmp_path / "config"
+    with http_fixture.serve(store, token=HTTP_TOKEN) as web:
+
+        def rev(n: int, uri: str, sha: str, secret: str) -> str:
+            return ck.config(n, ck.revision(n, uri, sha, secret=secret))
+
+        path1, sha1 = manifests[1]
+        ck.publish(config, rev(1, f"{web.url}/private/v1/{path1.name}", sha1, "web"))
+        env = {"HOTSWAP_CONFIG_DIR": str(config), "HOTSWAP_SECRETS_DIR": str(secrets)}
+        with running(tmp_path, env) as runtime:
+            assert infer(runtime.url) == ("1", output_of(1))
+            assert web.gets["/private/v1/model-00002-of-00002.safetensors"] == 1
+            path2, sha2 = manifests[2]
+            ck.publish(config, rev(2, f"s3://models/tiny/{path2.name}", sha2, "model-store"))
+            runtime.wait_version(2)
+            assert infer(runtime.url) == ("2", output_of(2))
+            trick = store / "v1" / "trick.safetensors.index.json"
+            doc = json.loads(path1.read_text())
+            doc["shards"] = {f"../v2/{k}": v for k, v in doc["shards"].items()}
+            doc["weight_map"] = {k: f"../v2/{v}" for k, v in doc["weight_map"].items()}
+            trick.write_text(json.dumps(doc))
+            ck.publish(
+                config, rev(3, f"{web.url}/private/v1/{trick.name}", ck.sha256_of(trick), "web")
+            )
+            failure = runtime.wait_failure(3)
+            assert failure["code"] == "bad_manifest" and "below the manifest" in failure["reason"]
+            downloads = dict(web.gets)
+            ck.publish(config, rev(4, f"{web.url}/private/v1/{path1.name}", sha1, "web"))
+            runtime.wait_version(4)
+            assert infer(runtime.url) == ("4", output_of(1))
+            assert web.gets == downloads, "rollback to cached shards downloaded again"

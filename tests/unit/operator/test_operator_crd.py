@@ -224,6 +224,8 @@ def test_bounds_match_the_contract(version):
     assert set(model["properties"]) == aliases
     assert model["properties"]["inputShape"]["maxItems"] == contract.MAX_INPUT_DIMS
     assert model["properties"]["castWeights"]["default"] is False
+    assert model["properties"]["dtype"]["enum"] == list(contract.DTYPES)
+    assert model["properties"]["dtype"]["default"] == contract.DEFAULT_DTYPE
     for artifact in (
         props(spec, "checkpoint"),
         props(spec, "validation", "input"),

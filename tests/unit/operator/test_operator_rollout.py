@@ -63,6 +63,18 @@ def test_model_change_is_a_new_revision():
     assert config2.stable.model.args == {"num_classes": 100}
 
 
+def test_model_dtype_passes_through_and_its_default_keeps_the_revision():
+    _, status, config = step(SPEC, {}, None)
+    default = {**SPEC, "model": {**SPEC["model"], "dtype": "float32"}}  # the CRD's default
+    _, status2, config2 = step(default, status, config)
+    assert config2 == config and status2 == status
+    assert '"dtype"' not in config.dumps(), "model.json an older runtime cannot read"
+    half = {**SPEC, "model": {**SPEC["model"], "dtype": "float16"}}
+    _, _, config3 = step(half, status, config)
+    assert config3.stable.revision == 2 and config3.stable.model.dtype == "float16"
+    assert ModelConfig.model_validate_json(config3.dumps()).stable.model.dtype == "float16"
+
+
 def test_returning_to_an_old_checkpoint_is_a_new_revision():
     _, s1, c1 = step(SPEC, {}, None)
     _, s2, c2 = step(with_checkpoint("file:///m/v2.safetensors", SHA_B), s1, c1)

@@ -297,7 +297,7 @@ def test_anything_raised_in_any_phase_becomes_a_swap_error(tmp_path: Path) -> No
     swapper.swap_to(legit_library(tmp_path, 1))
     real_fetch = swapper.store.fetch
 
-    def exiting_fetch(checkpoint, cancelled=None):
+    def exiting_fetch(checkpoint, *args, **kwargs):
         raise SystemExit("fetch went away")
 
     swapper.store.fetch = exiting_fetch  # type: ignore[method-assign]
@@ -305,7 +305,7 @@ def test_anything_raised_in_any_phase_becomes_a_swap_error(tmp_path: Path) -> No
         swapper.swap_to(legit_library(tmp_path, 2))
     swapper.store.fetch = real_fetch  # type: ignore[method-assign]
 
-    def interrupted(checkpoint, cancelled=None):
+    def interrupted(checkpoint, *args, **kwargs):
         raise KeyboardInterrupt
 
     swapper.store.fetch = interrupted  # type: ignore[method-assign]

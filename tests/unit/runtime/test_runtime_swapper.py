@@ -126,10 +126,10 @@ def test_newer_offer_supersedes_a_load(tmp_path: Path) -> None:
     first = revision(tmp_path, 1, seed=1)
     real_fetch = swapper.store.fetch
 
-    def gated_fetch(checkpoint, cancelled=None):  # holds revision 1 mid-load
+    def gated_fetch(checkpoint, *args, **kwargs):  # holds revision 1 mid-load
         if checkpoint.sha256 == first.checkpoint.sha256:
             gate.wait(30)
-        return real_fetch(checkpoint, cancelled)
+        return real_fetch(checkpoint, *args, **kwargs)
 
     swapper.store.fetch = gated_fetch  # type: ignore[method-assign]
     reconciler.start()

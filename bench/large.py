@@ -1,0 +1,427 @@
+"""Benchmark: a multi-GB sharded checkpoint swapped under load, from a file and over HTTP.
+
+The model is ``python/hotswap_runtime.examples:mlp`` (a stack of Linear layers, on the
+default allowlist) sized to ``--gb`` gigabytes in each ``--dtypes`` dtype, with random
+weights saved as sharded safetensors (``--shards`` files and a manifest) under
+``/var/tmp`` (deleted afterwards). For each dtype it starts ``python -m hotswap_runtime``
+on loopback, loads revision A, swaps once to B (a fresh build: the standby exists after
+it), then measures under closed-loop HTTP load:
+
+* ``file``: a swap to A from ``file://``, then ``http``: a swap to B from a local HTTP
+  server (byte ranges, ``Accept-Ranges: bytes``) capped at ``--mbps`` MiB/s in all.
+  The runtime's cache is emptied of the files not serving before each, so each swap
+  reads every byte from its source.
+* ``swap_seconds``: from writing ``model.json`` to the first metadata answer naming the
+  new revision; ``fetch_only_seconds``: a plain download of the same bytes in the same
+  run (a sequential read of each file; one streaming GET per file through the same
+  capped server); ``swap_over_fetch`` their ratio (target <= 1.15).
+* ``rss_growth_mb``: peak RSS of the runtime during the swap (sampled every 20 ms) minus
+  its RSS just before; target <= model size + the fetch window (64 MiB).
+* failed requests (target 0) and p99 during the swap over steady p99 (few requests: a
+  2 GB model answers in about a second on a CPU; the counts are reported).
+
+The last line printed is one JSON object with the figures per dtype and source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import LoadGenerator, Runtime, free_port, percentile, poll, rss_mb
+
+ARCHITECTURE = "python/hotswap_runtime.examples:mlp"
+FEATURES = 64
+WINDOW_MB = 64  # fetch_stream.WINDOW_BYTES
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    root = Path(tempfile.mkdtemp(prefix="hotswap-large-", dir=args.dir))
+    results: dict[str, Any] = {}
+    try:
+        for dtype in args.dtypes:
+            print(f"== {dtype}, {args.gb} GB", file=sys.stderr, flush=True)
+            results[dtype] = Large(dtype, args, root / dtype).run()
+            print(json.dumps(results[dtype]), file=sys.stderr, flush=True)
+            shutil.rmtree(root / dtype, ignore_errors=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(_summary(results, args)))
+    return 0
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gb", type=float, default=2.0, help="model size in GB (default 2)")
+    p.add_argument("--dtypes", default="float16", help="comma-separated (float16,float32)")
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=8192, help="width of each Linear layer")
+    p.add_argument("--mbps", type=float, default=200.0, help="HTTP server cap, MiB/s")
+    p.add_argument("--clients", type=int, default=2)
+    p.add_argument("--steady-seconds", type=float, default=10.0)
+    p.add_argument("--dir", default="/var/tmp", help="where checkpoints and the cache go")
+    p.add_argument("--log", help="a folder to keep the runtime's log in")
+    args = p.parse_args(argv)
+    args.dtypes = args.dtypes.split(",")
+    return args
+
+
+class Large:
+    """One dtype: two sharded revisions, a runtime process, load, two measured swaps."""
+
+    def __init__(self, dtype: str, args: argparse.Namespace, root: Path) -> None:
+        self.dtype = dtype
+        self.args = args
+        self.root = root
+        self.revision = 0
+        itemsize = torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+        per_layer = args.hidden * args.hidden * itemsize
+        self.layers = 1 + math.ceil(args.gb * 1e9 / per_layer)  # the first layer is narrow
+        self.model = {"features": FEATURES, "hidden": args.hidden, "layers": self.layers}
+        self.manifests: dict[str, tuple[Path, str]] = {}
+
+    def run(self) -> dict[str, Any]:
+        self.root.mkdir(parents=True)
+        for name, seed in (("a", 1), ("b", 2)):
+            self.manifests[name] = self._checkpoint(self.root / name, seed)
+        nbytes = sum(p.stat().st_size for p in (self.root / "a").glob("*.safetensors"))
+        with _capped_server(self.root, self.args.mbps) as url:
+            self.url = url
+            self._publish("a", "file")
+            runtime = Runtime(self._env(), free_port(), self.root / "runtime.log")
+            runtime.start(wait_ready=False)  # the first load of a few GB takes a while
+            poll(runtime._ready, 900, "the runtime to load revision A", 0.2)
+            load = LoadGenerator(f"{runtime.url}/v2/models/large/infer", _body(), self.args.clients)
+            load.start()
+            try:
+                poll(lambda: len([s for s in load.samples if s.ok]) >= 3, 300, "warm-up answers")
+                self._swap(runtime, "b", "file", load)  # a fresh build; then a standby exists
+                t0 = time.perf_counter()
+                time.sleep(self.args.steady_seconds)
+                steady = load.since(t0, time.perf_counter())
+                figures = {
+                    "file": self._measured(runtime, "a", "file", load, steady),
+                    "http": self._measured(runtime, "b", "http", load, steady),
+                }
+                failed = sum(not s.ok for s in load.samples)
+            finally:
+                load.stop()
+                runtime.stop()
+                if self.args.log:
+                    shutil.copy(runtime.log_path, Path(self.args.log) / f"large-{self.dtype}.log")
+        return {
+            "dtype": self.dtype,
+            "model_bytes": nbytes,
+            "model_gb": round(nbytes / 1e9, 3),
+            "layers": self.layers,
+            "hidden": self.args.hidden,
+            "shards": self.args.shards,
+            "http_cap_mib_s": self.args.mbps,
+            "window_mb": WINDOW_MB,
+            "failed_requests": failed,
+            "steady_requests": len(steady),
+            **figures,
+        }
+
+    def _measured(
+        self, runtime: Runtime, name: str, source: str, load: LoadGenerator, steady: list[Any]
+    ) -> dict[str, Any]:
+        self._drop_cached(runtime)
+        fetch_only = self._fetch_only(name, source)
+        swap = self._swap(runtime, name, source, load)
+        model_mb = swap["bytes"] / 2**20
+        steady_p99 = percentile([s.end - s.start for s in steady if s.ok], 99)
+        during = [s for s in load.samples if s.start < swap["end"] and s.end > swap["start"]]
+        during_p99 = percentile([s.end - s.start for s in during if s.ok], 99)
+        return {
+            "swap_seconds": round(swap["seconds"], 3),
+            "fetch_only_seconds": round(fetch_only, 3),
+            "swap_over_fetch": round(swap["seconds"] / fetch_only, 3),
+            "phases": swap["phases"],
+            "mode": swap["mode"],
+            "rss_growth_mb": round(swap["rss_growth_mb"], 1),
+            "rss_growth_target_mb": round(model_mb + WINDOW_MB, 1),
+            "requests_during_swap": len(during),
+            "p99_ratio": round(during_p99 / steady_p99, 3) if during else None,
+        }
+
+    def _swap(
+        self, runtime: Runtime, name: str, source: str, load: LoadGenerator
+    ) -> dict[str, Any]:
+        assert runtime.process is not None
+        pid = runtime.process.pid
+        before = rss_mb(pid)
+        peak = [before]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                peak[0] = max(peak[0], rss_mb(pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        revision = self._publish(name, source)
+        meta = poll(
+            lambda: (m := runtime.metadata("large"))["model_version"] == str(revision) and m,
+            900,
+            f"revision {revision}",
+            0.02,
+        )
+        end = time.perf_counter()
+        done.set()
+        sampler.join()
+        files = (self.root / name).glob("*.safetensors")
+        return {
+            "start": start,
+            "end": end,
+            "seconds": end - start,
+            "phases": meta["last_swap"]["phases"],
+            "mode": meta["last_swap"]["mode"],
+            "rss_growth_mb": peak[0] - before,
+            "bytes": sum(p.stat().st_size for p in files),
+        }
+
+    def _fetch_only(self, name: str, source: str) -> float:
+        """A plain download of the same bytes from the same source."""
+        files = sorted((self.root / name).glob("*.safetensors"))
+        start = time.perf_counter()
+        for path in files:
+            if source == "file":
+                with path.open("rb", buffering=0) as f:
+                    buffer = bytearray(8 << 20)
+                    while f.readinto(buffer):
+                        pass
+            else:
+                with httpx.stream("GET", f"{self.url}/{name}/{path.name}", timeout=60) as r:
+                    for _ in r.iter_raw(1 << 20):
+                        pass
+        return time.perf_counter() - start
+
+    def _drop_cached(self, runtime: Runtime) -> None:
+        """Empty the runtime's cache of every file but the serving revision's."""
+        serving = runtime.metadata("large")["model_version"]
+        keep = self._serving_shas(int(serving))
+        for path in (self.root / "cache").iterdir():
+            if path.name not in keep and not path.name.startswith("."):
+                path.unlink(missing_ok=True)
+
+    def _serving_shas(self, revision: int) -> set[str]:
+        name = self.served[revision]
+        manifest, sha = self.manifests[name]
+        shards = json.loads(manifest.read_text())["shards"]
+        return {sha} | {entry["sha256"] for entry in shards.values()}
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def _checkpoint(self, folder: Path, seed: int) -> tuple[Path, str]:
+        """Random weights of the model, saved as sharded safetensors and a manifest."""
+        import safetensors.torch
+
+        folder.mkdir(parents=True)
+        dtype = getattr(torch, self.dtype)
+        generator = torch.Generator().manual_seed(seed)
+        shapes = _shapes(self.layers, self.args.hidden)
+        per = -(-len(shapes) // self.args.shards)
+        names = list(shapes)
+        weight_map: dict[str, str] = {}
+        entries: dict[str, dict[str, Any]] = {}
+        count = -(-len(names) // per)
+        for i in range(count):
+            shard = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+            part = {}
+            for key in names[i * per : (i + 1) * per]:
+                scale = 1.0 / shapes[key][-1] ** 0.5
+                tensor = torch.rand(shapes[key], generator=generator) * 2 - 1
+                part[key] = (tensor * scale).to(dtype)
+            safetensors.torch.save_file(part, str(folder / shard))
+            del part
+            entries[shard] = {
+                "sha256": _sha256(folder / shard),
+                "size": (folder / shard).stat().st_size,
+            }
+            weight_map.update(dict.fromkeys(names[i * per : (i + 1) * per], shard))
+        manifest = folder / "model.safetensors.index.json"
+        manifest.write_text(json.dumps({"weight_map": weight_map, "shards": entries}))
+        return manifest, _sha256(manifest)
+
+    def _publish(self, name: str, source: str) -> int:
+        from hotswap_runtime.contract import CONFIG_KEY
+
+        self.revision += 1
+        if not hasattr(self, "served"):
+            self.served: dict[int, str] = {}
+        self.served[self.revision] = name
+        manifest, sha = self.manifests[name]
+        uri = f"file://{manifest}" if source == "file" else f"{self.url}/{name}/{manifest.name}"
+        doc = {
+            "name": "large",
+            "generation": self.revision,
+            "stable": {
+                "revision": self.revision,
+                "model": {
+                    "architecture": ARCHITECTURE,
+                    "args": self.model,
+                    "inputShape": [FEATURES],
+                    "dtype": self.dtype,
+                },
+                "checkpoint": {"uri": uri, "sha256": sha},
+            },
+        }
+        config = self.root / "config"
+        config.mkdir(exist_ok=True)
+        tmp = config / f".{CONFIG_KEY}.tmp"
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(config / CONFIG_KEY)
+        return self.revision
+
+    def _env(self) -> dict[str, str]:
+        limit = str(int(3 * self.args.gb * 1e9) + (1 << 30))
+        return {
+            "HOTSWAP_MODEL_NAME": "large",
+            "HOTSWAP_CONFIG_DIR": str(self.root / "config"),
+            "HOTSWAP_CACHE_DIR": str(self.root / "cache"),
+            "HOTSWAP_FILE_ROOTS": str(self.root),
+            "HOTSWAP_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",
+            "HOTSWAP_CACHE_MAX_BYTES": limit,
+            "HOTSWAP_MAX_CHECKPOINT_BYTES": limit,
+            "HOTSWAP_MAX_MODEL_BYTES": limit,
+            "HOTSWAP_DEVICE": "cpu",
+            "HOTSWAP_RESYNC_SECONDS": "300",
+            "HOTSWAP_TORCH_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "HOTSWAP_LOG_LEVEL": "info",
+        }
+
+
+def _shapes(layers: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of ``mlp(FEATURES, hidden, 10, layers)``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    width = FEATURES
+    for i in range(layers):
+        shapes[f"{2 * i + 1}.weight"] = (hidden, width)
+        shapes[f"{2 * i + 1}.bias"] = (hidden,)
+        width = hidden
+    shapes[f"{2 * layers + 1}.weight"] = (10, width)
+    shapes[f"{2 * layers + 1}.bias"] = (10,)
+    return shapes
+
+
+def _body() -> bytes:
+    x = [round(i / FEATURES, 4) for i in range(FEATURES)]
+    doc = {"inputs": [{"name": "input", "shape": [1, FEATURES], "datatype": "FP32", "data": x}]}
+    return json.dumps(doc).encode()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Bucket:
+    """A token bucket shared by every connection: at most ``rate`` bytes per second."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.next = time.perf_counter()
+
+    def take(self, n: int) -> None:
+        with self.lock:
+            now = time.perf_counter()
+            self.next = max(self.next, now) + n / self.rate
+            wait = self.next - now - n / self.rate
+        if wait > 0:
+            time.sleep(wait)  # the bandwidth cap itself
+
+
+@contextmanager
+def _capped_server(root: Path, mib_s: float) -> Iterator[str]:
+    """Files under ``root`` over HTTP with byte ranges, ``mib_s`` MiB/s in all."""
+    bucket = _Bucket(mib_s * 2**20)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            path = root / self.path.lstrip("/")
+            if ".." in self.path or not path.is_file():
+                self.send_error(404)
+                return
+            size = path.stat().st_size
+            start, end = 0, size
+            wanted = self.headers.get("Range")
+            if wanted:
+                first, _, last = wanted.removeprefix("bytes=").partition("-")
+                start, end = int(first), int(last) + 1
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+            else:
+                self.send_response(200)
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Length", str(end - start))
+            self.end_headers()
+            with path.open("rb") as f:
+                f.seek(start)
+                left = end - start
+                while left:
+                    chunk = f.read(min(256 << 10, left))
+                    bucket.take(len(chunk))
+                    try:
+                        self.wfile.write(chunk)
+                    except OSError:
+                        return
+                    left -= len(chunk)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    rows = [(d, s, r[s]) for d, r in results.items() for s in ("file", "http")]
+    return {
+        "bench": "large",
+        "gb": args.gb,
+        "dtypes": args.dtypes,
+        "http_cap_mib_s": args.mbps,
+        "failed_requests": sum(r["failed_requests"] for r in results.values()),
+        "swap_over_fetch": {f"{d}/{s}": f["swap_over_fetch"] for d, s, f in rows},
+        "swap_seconds": {f"{d}/{s}": f["swap_seconds"] for d, s, f in rows},
+        "rss_growth_mb": {f"{d}/{s}": f["rss_growth_mb"] for d, s, f in rows},
+        "p99_ratio": {f"{d}/{s}": f["p99_ratio"] for d, s, f in rows},
+        "results": results,
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

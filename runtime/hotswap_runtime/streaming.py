@@ -1,0 +1,200 @@
+"""Parsing safetensors while they download: header checked, data copied into staging.
+
+The store hands every chunk of a download to a tap (``fetch_stream.Sink``) after hashing
+and writing it to the cache file. For a ``.safetensors`` file (or each shard of a
+manifest, fetched in the manifest's order) the tap here reads the 8-byte length and the
+header as they arrive, checks them as ``safetensors_reader`` does (length bounded by the
+model's tensors and the declared size, strict JSON, offsets back to back), and, when
+every tensor has exactly the model's name, dtype and shape, copies the data section
+into the one staging buffer (shard after shard, back to back) as its bytes arrive. So
+the download, the sha256, the cache file and the parse are one pass, and the host
+memory the swap adds is the staging buffer (the model's size, reused across swaps) plus
+the fetch window.
+
+Nothing streamed is used before the store has verified the sha256 of every file (the
+fetch raises otherwise), and ``result`` hands the buffer over only when every byte of
+every file went through the tap. Nor does the tap refuse anything: a header it cannot
+accept only turns the stream off, because its bytes are not verified yet, and a reason
+about them (a header length, a tensor name) would disclose what an unpinned file holds
+(a file that is not a checkpoint at all, read for its sha256 mismatch). The file parse
+after the sha256 matched gives the reason. Anything else (a cached file, a file without a declared
+size, tensors to cast or misaligned, a name the model does not have) turns the stream
+off, and the swapper parses the cached files as before, with the same checks and the
+same reasons.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import FormatError
+from .layouts import Expected, FlatLayout, StateDict
+from .safetensors_reader import check_owners, concat, flat_layout, header_limit, strict_json_object
+from .staging import Staging
+
+Tap = Callable[[memoryview], None]
+COPY_OUTSIDE_GIL_BYTES = 1 << 20
+
+
+@dataclass
+class _File:
+    """One file's progress through the tap."""
+
+    size: int
+    bad: str
+    head: bytearray = field(default_factory=bytearray)
+    data_start: int | None = None  # offset of the data section, once the header is read
+    layout: FlatLayout | None = None
+    base: int = 0  # where its data goes in the staging buffer
+    seen: int = 0  # bytes of the file seen
+    screened: int = 0  # slots whose values were screened for NaN and infinity
+
+
+class StreamParser:
+    """Parses the files of one checkpoint into ``staging`` as they download."""
+
+    def __init__(self, expected: Expected, staging: Staging) -> None:
+        self.expected = expected
+        self.staging = staging
+        self.limit = header_limit(expected)
+        self.total = sum(spec.nbytes for spec in expected.layout.values())
+        self.on = True
+        self.owners: Mapping[str, int] | None = None
+        self._files: list[_File] = []
+        self._flat: torch.Tensor | None = None
+        self._next_base = 0
+        self.non_finite: list[str] = []  # tensors holding NaN or infinity (when streamed)
+
+    def off(self) -> None:
+        """Parse from the cached files instead (a cache hit, a file it cannot stream)."""
+        self.on = False
+
+    def tap(self, index: int, where: str) -> Callable[[int | None], Tap | None]:
+        """What the sink calls with the declared size of file ``index`` (0, 1, ... in
+        order): its tap, or None when it cannot be streamed."""
+        return lambda size: self._tap(index, size, where)
+
+    def _tap(self, index: int, size: int | None, where: str) -> Tap | None:
+        if not self.on or size is None or index != len(self._files):
+            self.on = False
+            return None
+        file = _File(size, f"checkpoint {where}: not a valid safetensors file")
+        self._files.append(file)
+        return lambda chunk: self._add(index, file, chunk)
+
+    def result(self, count: int) -> tuple[torch.Tensor, FlatLayout, StateDict] | None:
+        """The staging buffer, the checked layout and the views, when all ``count``
+        files streamed completely and hold exactly the model's tensors; else None."""
+        files = self._files
+        if not self.on or len(files) != count or self._flat is None:
+            return None
+        if any(f.layout is None or f.seen != f.size for f in files):
+            return None
+        if any(f.layout is not None and f.screened != len(f.layout.slots) for f in files):
+            return None
+        layout = concat([f.layout for f in files if f.layout is not None], files[0].bad)
+        if layout.specs() != dict(self.expected.layout) or layout.nbytes != self.total:
+            return None
+        return self._flat, layout, self.staging.views(layout)
+
+    def _add(self, index: int, file: _File, chunk: memoryview) -> None:
+        if not self.on:
+            return
+        start = file.seen
+        file.seen += len(chunk)
+        if file.seen > file.size:  # more than declared: the sha256 check fails it anyway
+            self.on = False
+            return
+        if file.data_start is None:
+            file.head += chunk
+            try:
+                if not self._header(index, file):
+                    return
+            except FormatError:  # unverified bytes: no reason may quote them (see above)
+                self.on = False
+                return
+            assert file.data_start is not None
+            chunk = memoryview(file.head)[file.data_start :]
+            start = file.data_start
+            file.head = bytearray()
+        if self._flat is None or file.layout is None:
+            return
+        offset = file.base + start - file.data_start
+        _copy(self._flat[offset : offset + len(chunk)], chunk)
+        self._screen(file)
+
+    def _screen(self, file: _File) -> None:
+        """The NaN/infinity screen of the tensors whose bytes have all arrived, so it
+        overlaps the download too (one ``_foreach_norm`` per chunk and dtype, as
+        ``weights.non_finite_keys`` does); read only after the sha256 matched."""
+        layout, flat = file.layout, self._flat
+        assert layout is not None and flat is not None and file.data_start is not None
+        arrived = file.seen - file.data_start
+        done: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
+        while file.screened < len(layout.slots) and layout.slots[file.screened].end <= arrived:
+            slot = layout.slots[file.screened]
+            file.screened += 1
+            if slot.dtype.is_floating_point and slot.end > slot.begin:
+                values = flat[file.base + slot.begin : file.base + slot.end].view(slot.dtype)
+                done.setdefault(slot.dtype, []).append((slot.name, values))
+        for group in done.values():
+            norms = torch._foreach_norm([values for _, values in group], math.inf)
+            if not bool(torch.stack(norms).isfinite().all()):
+                self.non_finite += [n for n, v in group if not bool(torch.isfinite(v).all())]
+
+    def _header(self, index: int, file: _File) -> bool:
+        """Read the header once it has arrived; whether the data section has begun."""
+        if len(file.head) < 8:
+            return False
+        length = struct.unpack("<Q", file.head[:8])[0]
+        if length > file.size - 8:
+            raise FormatError(f"{file.bad}: header length {length} is past the end of the file")
+        if length > self.limit:
+            raise FormatError(
+                f"{file.bad}: its header is {length} bytes, more than the {self.limit} bytes "
+                "a header for this model's tensors can need"
+            )
+        if len(file.head) < 8 + length:
+            return False
+        header = strict_json_object(bytes(file.head[8 : 8 + length]), file.bad)
+        file.layout = flat_layout(header, file.size - 8 - length, file.bad)
+        file.data_start = 8 + length
+        if self.owners is not None:
+            check_owners(file.layout, index, self.owners, file.bad)
+        self._place(file)
+        return True
+
+    def _place(self, file: _File) -> None:
+        """Give the file's data its place in the staging buffer, or turn the stream off
+        (its tensors need a cast, are misaligned, or are not the model's)."""
+        layout = file.layout
+        assert layout is not None
+        model = self.expected.layout
+        base = self._next_base
+        fits = all(
+            slot.name in model
+            and model[slot.name] == slot.spec
+            and (base + slot.begin) % slot.dtype.itemsize == 0
+            for slot in layout.slots
+        )
+        if not fits or base + layout.nbytes > self.total:
+            self.on = False
+            return
+        if self._flat is None:
+            self._flat = self.staging.flat(self.total)
+        file.base = self._next_base
+        self._next_base += layout.nbytes
+
+
+def _copy(dst: torch.Tensor, chunk: memoryview) -> None:
+    """``chunk`` into ``dst``: large writable chunks (ranged parts, file reads) through
+    torch, which lets go of the GIL while it copies; small socket chunks directly."""
+    if len(chunk) >= COPY_OUTSIDE_GIL_BYTES and not chunk.readonly:
+        dst.copy_(torch.frombuffer(chunk, dtype=torch.uint8))
+        return
+    memoryview(dst.numpy()).cast("B")[:] = chunk  # type: ignore[arg-type]
