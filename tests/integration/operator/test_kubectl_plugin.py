@@ -27,15 +27,15 @@ from hotswap_operator.kube import Kube
 from hotswap_operator.kubectl import cli
 from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer
+from replicas import replica_reports, report
 
 from tests.harness.cluster import REPO
-from tests.harness.rest import MERGE_PATCH, ApiError
+from tests.harness.rest import MERGE_PATCH
 
 CRD = REPO / "crds" / "modeldeployment.yaml"
 ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"
 PLUGIN = Path(sys.executable).parent / "kubectl-hotswap"
 MD = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modeldeployments"
-REPLICAS = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modelreplicas"
 NAME = "resnet"
 SHA1, SHA2, SHA3 = "1" * 64, "2" * 64, "3" * 64
 # credentials and a presigned query in the URI: the plugin must never print them
@@ -89,9 +89,7 @@ class World:
         return f"{MD.format(ns=self.ns)}/{NAME}"
 
     def sync(self):
-        selector = {"labelSelector": f"hotswap.dev/model-deployment={NAME}"}
-        items = self.client.get(REPLICAS.format(ns=self.ns), selector)["items"]
-        reports = {i["metadata"]["name"]: i.get("status") or {} for i in items}
+        reports = replica_reports(self.client, self.ns, NAME)
         self.syncer.sync(self.ns, NAME, PODS, None, reports)
         return self.get()
 
@@ -105,20 +103,7 @@ class World:
     def report(self, pod, revision, sha256, state="Serving", **extra):
         """What runtime pod `pod` writes about itself: its ModelReplica's status."""
         status = {"revision": revision, "sha256": sha256, "state": state, **extra}
-        path = f"{REPLICAS.format(ns=self.ns)}/{pod}"
-        try:
-            self.client.patch(path, {"status": status}, MERGE_PATCH)
-            return
-        except ApiError as err:
-            if err.status != 404:
-                raise
-        body = {
-            "apiVersion": "hotswap.dev/v1alpha1",
-            "kind": "ModelReplica",
-            "metadata": {"name": pod, "labels": {"hotswap.dev/model-deployment": NAME}},
-            "status": status,
-        }
-        self.client.post(REPLICAS.format(ns=self.ns), body)
+        report(self.client, self.ns, pod, status, NAME)
 
 
 def plugin(kubeconfig, *args, env=None, kubectl=None):

@@ -22,6 +22,7 @@ from hotswap_operator.spec import SpecError
 from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer, SyncResult
 from operator_process import allow_events, refuse_events
+from replicas import replica_reports, report
 
 from tests.harness.cluster import KubectlError
 from tests.harness.rest import MERGE_PATCH, ApiError
@@ -79,32 +80,6 @@ def sync(kube, ns, name="resnet", applied=None, client=None, syncer=None) -> Syn
     reports = replica_reports(client, ns, name) if client is not None else {}
     syncer = syncer or Syncer(kube, CPU, EventRecorder(kube, resources.MANAGER))
     return syncer.sync(ns, name, pods, applied, reports)
-
-
-REPLICAS = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modelreplicas"
-
-
-def replica_reports(client, ns, name="resnet"):
-    selector = {"labelSelector": f"hotswap.dev/model-deployment={name}"}
-    items = client.get(REPLICAS.format(ns=ns), selector)["items"]
-    return {i["metadata"]["name"]: i.get("status") or {} for i in items}
-
-
-def report(client, ns, pod, status, name="resnet"):
-    """A pod's report, as its Reporter writes it: merge patch, or create on 404."""
-    path = f"{REPLICAS.format(ns=ns)}/{pod}"
-    try:
-        return client.patch(path, {"status": status}, MERGE_PATCH)
-    except ApiError as err:
-        if err.status != 404:
-            raise
-    body = {
-        "apiVersion": "hotswap.dev/v1alpha1",
-        "kind": "ModelReplica",
-        "metadata": {"name": pod, "labels": {"hotswap.dev/model-deployment": name}},
-        "status": status,
-    }
-    return client.post(REPLICAS.format(ns=ns), body)
 
 
 def reasons(result: SyncResult) -> list[str]:

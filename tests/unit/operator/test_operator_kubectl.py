@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_api import merge
 from hotswap_operator import rollout
 from hotswap_operator.kubectl import api, edits, views
 from hotswap_operator.spec import parse_spec
@@ -24,19 +25,6 @@ from operator_samples import SHA_A, SHA_B, SPEC, body, report
 REPO = Path(__file__).resolve().parents[3]
 SHA_C = "c" * 64
 SECRET_URI = "https://alice:hunter2@store.example/v{n}.safetensors?X-Amz-Signature=s3cr3t#frag"
-
-
-def merge(target, patch):
-    """RFC 7386 JSON merge patch, as the API server applies it."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge(out.get(key), value)
-    return out
 
 
 class World:
