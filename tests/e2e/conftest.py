@@ -9,6 +9,8 @@ before the rest of the suite runs.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -111,4 +113,18 @@ def _print_logs(cluster: Cluster, node: real.RealNode, namespace: str, lines: in
         (keep / f"{name}.log").write_text(text)
         tail = "\n".join(text.splitlines()[-lines:])
         print(f"\n----- {namespace}/{name} (last {lines} lines) -----\n{tail}")
-    print(f"\nfull pod logs: {keep}")
+    _keep_node_state(cluster, node, namespace, keep)
+    print(f"\nfull pod logs, events, EndpointSlices, node logs and NAT rules: {keep}")
+
+
+def _keep_node_state(cluster: Cluster, node: real.RealNode, namespace: str, keep: Path) -> None:
+    """What explains traffic failures that pod logs do not: the namespace's events, pods
+    and EndpointSlices, the node's component logs and kube-proxy's NAT rules."""
+    keep.mkdir(parents=True, exist_ok=True)
+    kinds = "events,pods,endpointslices,services"
+    state = cluster.kubectl("get", kinds, "-n", namespace, "-o", "yaml", check=False)
+    (keep / "state.yaml").write_text(state.stdout + state.stderr)
+    for log in node.logs.glob("*.log"):
+        shutil.copyfile(log, keep / f"node-{log.name}")
+    nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True)
+    (keep / "iptables-nat.txt").write_text(nat.stdout + nat.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -100,8 +101,43 @@ class Fleet:
         return [p["status"]["podIP"] for p in self.pods()]
 
     def load(self, shape: Sequence[int], clients: int = 2) -> Load:
-        """Clients of the Service; `all_answer` also asks each pod what it serves."""
-        return Load(self.name, self.service(), shape, clients, pods=self.pod_ips())
+        """Clients of the Service, once it routes to every pod (as a user starts traffic
+        after the pods are Ready); `all_answer` also asks each pod what it serves."""
+        service = self.wait_routable()
+        return Load(self.name, service, shape, clients, pods=self.pod_ips())
+
+    def ready_endpoints(self) -> set[str]:
+        """The pod IPs the Service's EndpointSlices list as ready."""
+        selector = {"labelSelector": f"kubernetes.io/service-name={self.name}"}
+        slices = self.client.get(
+            f"/apis/discovery.k8s.io/v1/namespaces/{self.namespace}/endpointslices", selector
+        )["items"]
+        return {
+            address
+            for item in slices
+            for endpoint in item.get("endpoints") or []
+            if (endpoint.get("conditions") or {}).get("ready")
+            for address in endpoint.get("addresses") or []
+        }
+
+    def wait_routable(self, timeout: float = 120) -> str:
+        """Wait until the EndpointSlices list every live pod as ready and kube-proxy
+        routes the Service (a health check through it answers); returns `host:port`."""
+        service = self.service()
+        wait_for(
+            lambda: set(self.pod_ips()) <= self.ready_endpoints(),
+            timeout=timeout,
+            what=f"every {self.name} pod a ready endpoint of its Service",
+        )
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"http://{service}/v2/health/ready", timeout=5).is_success
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, timeout=timeout, what=f"the {self.name} Service answering")
+        return service
 
     def kubectl_get(self) -> str:
         return self.cluster.kubectl("get", "modeldeployments", "-n", self.namespace).stdout
@@ -258,6 +294,7 @@ class Load:
         self.body = infer_body(shape)
         self.ok = 0
         self.failures: list[str] = []
+        self.failed_at: list[float] = []  # seconds since the load began, per failure
         self.versions: Counter[str] = Counter()
         self.last_version: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -267,6 +304,7 @@ class Load:
         ]
 
     def __enter__(self) -> Load:
+        self._began = time.monotonic()
         for thread in self._threads:
             thread.start()
         return self
@@ -299,16 +337,32 @@ class Load:
             response = http.post(url, json=self.body)
             version = response.json().get("model_version") if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError) as exc:
-            with self._lock:
-                self.failures.append(f"{url}: {exc!r}")
+            self._failed(f"{url}: {exc!r}")
+            return
+        if version is None:
+            self._failed(f"{url}: HTTP {response.status_code} {response.text[:200]}")
             return
         with self._lock:
-            if version is None:
-                self.failures.append(f"{url}: HTTP {response.status_code} {response.text[:200]}")
-            else:
-                self.ok += 1
-                self.versions[str(version)] += 1
-                self.last_version[url] = str(version)
+            self.ok += 1
+            self.versions[str(version)] += 1
+            self.last_version[url] = str(version)
+
+    def _failed(self, reason: str) -> None:
+        with self._lock:
+            self.failures.append(reason)
+            self.failed_at.append(time.monotonic() - self._began)
+
+    def summary(self) -> str:
+        """The failures in a line per reason, with when they began and ended."""
+        if not self.failures:
+            return f"{self.total} requests, 0 failed"
+        reasons = Counter(self.failures).most_common(5)
+        lines = [
+            f"{len(self.failures)} of {self.total} requests failed, "
+            f"from {min(self.failed_at):.1f}s to {max(self.failed_at):.1f}s into the load:"
+        ]
+        lines += [f"  {count} x {reason}" for reason, count in reasons]
+        return "\n".join(lines)
 
     def wait_answers(self, count: int, timeout: float = 60) -> None:
         start = self.total
