@@ -259,13 +259,17 @@ def bindable(targets: Mapping[str, torch.Tensor], layout: FlatLayout) -> bool:
 
 
 def bind_flat(
-    module: nn.Module, layout: FlatLayout, device: torch.device
+    module: nn.Module, layout: FlatLayout, device: torch.device, flat: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, StateDict]:
-    """Point every state-dict tensor of ``module`` at its slot of one new flat buffer.
+    """Point every state-dict tensor of ``module`` at its slot of one flat buffer: a new
+    one (values not kept: the caller fills them), or ``flat``, which already holds them.
 
     The caller has checked ``bindable``; the views cannot overlap (FlatLayout) and the
-    result is checked with ``is_bound``. Values are not kept: the caller fills them."""
-    flat = torch.empty(layout.nbytes, dtype=torch.uint8, device=device)
+    result is checked with ``is_bound``."""
+    if flat is None:
+        flat = torch.empty(layout.nbytes, dtype=torch.uint8, device=device)
+    if flat.numel() != layout.nbytes or flat.device != device or flat.dtype != torch.uint8:
+        raise RuntimeError("the buffer to bind does not match the layout or the device")
     views = {s.name: flat[s.begin : s.end].view(s.dtype).view(s.shape) for s in layout.slots}
     for name, view in views.items():
         _rebind(module, name, view)

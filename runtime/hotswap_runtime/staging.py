@@ -10,7 +10,11 @@ per-tensor views are reused too. Views are cached together with the buffer they 
 so a view can never outlive a reallocated buffer. A ``.pt`` file's tensors are copied
 into one buffer per name. Buffers are only ever allocated at sizes a reader has
 already checked against the model's layout and the file's size; after a failed swap
-the swapper calls ``release`` so a rejected file leaves nothing allocated. The caller
+the swapper calls ``release`` so a rejected file leaves nothing allocated. On the CPU
+the swapper does not copy a parsed flat buffer into the standby model: it points the
+standby's tensors at it and takes the standby's old buffer back (``exchange``), so the
+swap's "load" is a handful of pointer changes and the three buffers (serving, standby,
+staging) rotate. The caller
 must not parse the next checkpoint before the copies reading these buffers have
 finished (the swapper synchronizes its copy stream first).
 """
@@ -48,6 +52,18 @@ class Staging:
             buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
             self._flat = _Flat(buffer)
         return self._flat.buffer
+
+    def holds(self, buffer: torch.Tensor) -> bool:
+        """Whether ``buffer`` is the current flat buffer."""
+        return self._flat is not None and self._flat.buffer is buffer
+
+    def exchange(self, given: torch.Tensor, back: torch.Tensor | None) -> None:
+        """The current flat buffer ``given`` now belongs to a model (CPU: its tensors were
+        pointed at it instead of copied); ``back``, the buffer that model let go of, is
+        the next one parsed into (None: allocate one when needed)."""
+        if not self.holds(given):
+            raise RuntimeError("staging: only the current flat buffer can be handed over")
+        self._flat = _Flat(back) if back is not None and back.numel() == given.numel() else None
 
     def views(self, layout: FlatLayout) -> StateDict:
         """The tensors of ``layout`` as views of the current flat buffer (a copy for a

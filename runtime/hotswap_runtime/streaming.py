@@ -25,14 +25,15 @@ same reasons.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .errors import FormatError
+from .finite import all_finite
 from .layouts import Expected, FlatLayout, StateDict
 from .safetensors_reader import check_owners, concat, flat_layout, header_limit, strict_json_object
 from .staging import Staging
@@ -130,22 +131,17 @@ class StreamParser:
 
     def _screen(self, file: _File) -> None:
         """The NaN/infinity screen of the tensors whose bytes have all arrived, so it
-        overlaps the download too (one ``_foreach_norm`` per chunk and dtype, as
-        ``weights.non_finite_keys`` does); read only after the sha256 matched."""
+        overlaps the download too (``finite``: numpy on this thread, no OpenMP team next
+        to the serving threads'); read only after the sha256 matched."""
         layout, flat = file.layout, self._flat
         assert layout is not None and flat is not None and file.data_start is not None
         arrived = file.seen - file.data_start
-        done: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
         while file.screened < len(layout.slots) and layout.slots[file.screened].end <= arrived:
             slot = layout.slots[file.screened]
             file.screened += 1
-            if slot.dtype.is_floating_point and slot.end > slot.begin:
-                values = flat[file.base + slot.begin : file.base + slot.end].view(slot.dtype)
-                done.setdefault(slot.dtype, []).append((slot.name, values))
-        for group in done.values():
-            norms = torch._foreach_norm([values for _, values in group], math.inf)
-            if not bool(torch.stack(norms).isfinite().all()):
-                self.non_finite += [n for n, v in group if not bool(torch.isfinite(v).all())]
+            values = flat[file.base + slot.begin : file.base + slot.end].view(slot.dtype)
+            if not all_finite(values):
+                self.non_finite.append(slot.name)
 
     def _header(self, index: int, file: _File) -> bool:
         """Read the header once it has arrived; whether the data section has begun."""
@@ -192,9 +188,10 @@ class StreamParser:
 
 
 def _copy(dst: torch.Tensor, chunk: memoryview) -> None:
-    """``chunk`` into ``dst``: large writable chunks (ranged parts, file reads) through
-    torch, which lets go of the GIL while it copies; small socket chunks directly."""
-    if len(chunk) >= COPY_OUTSIDE_GIL_BYTES and not chunk.readonly:
-        dst.copy_(torch.frombuffer(chunk, dtype=torch.uint8))
+    """``chunk`` into ``dst``: large chunks (ranged parts, file reads) through numpy, which
+    lets go of the GIL while it copies and, unlike torch, starts no OpenMP team next to
+    the serving threads'; small socket chunks directly."""
+    if len(chunk) >= COPY_OUTSIDE_GIL_BYTES:
+        np.copyto(dst.numpy(), np.frombuffer(chunk, dtype=np.uint8))
         return
     memoryview(dst.numpy()).cast("B")[:] = chunk  # type: ignore[arg-type]

@@ -315,15 +315,31 @@ class Swapper:
         return build_bounded(revision.model, device, self.allowed, limit)
 
     def _fill(self, model: LoadedModel, parsed: Parsed) -> None:
-        """Load ``parsed`` into a standby: one bulk copy when its tensors live in one
-        flat buffer laid out like the checkpoint's data (set up when needed), else
-        per tensor."""
+        """Load ``parsed`` into a standby: on the CPU by handing it the staging buffer
+        (no copy); else one bulk copy when its tensors live in one flat buffer laid out
+        like the checkpoint's data (set up when needed), else per tensor."""
         layout = parsed.flat_layout
-        if parsed.flat is not None and layout is not None and self._flat_bound(model, layout):
-            assert model.flat is not None
-            copy_flat(model.flat, parsed.flat, self._stream)
-            return
+        if parsed.flat is not None and layout is not None:
+            if self._adopt(model, parsed.flat, layout):
+                return
+            if self._flat_bound(model, layout):
+                assert model.flat is not None
+                copy_flat(model.flat, parsed.flat, self._stream)
+                return
         copy_tensors(model.targets, parsed.state, self._stream)
+
+    def _adopt(self, model: LoadedModel, flat: torch.Tensor, layout: FlatLayout) -> bool:
+        """On the CPU, point the standby's tensors at the parsed buffer itself and give
+        its old buffer to staging for the next swap; whether that was possible."""
+        cpu = self.device.type == "cpu" and not self._staging.pin
+        if not cpu or not self._staging.holds(flat) or not bindable(model.targets, layout):
+            return False
+        old = model.flat
+        model.flat, model.flat_layout = None, None
+        model.flat, model.targets = bind_flat(model.module, layout, self.device, flat)
+        model.flat_layout = layout
+        self._staging.exchange(flat, old)
+        return True
 
     def _flat_bound(self, model: LoadedModel, layout: FlatLayout) -> bool:
         """Whether ``model``'s tensors are (now) the views of one flat buffer laid out as

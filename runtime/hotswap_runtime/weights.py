@@ -15,7 +15,6 @@ layout) are bounded by the file's size instead.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 import torch
 
 from .errors import FormatError
+from .finite import non_finite
 from .layouts import Expected, FlatLayout, StateDict
 from .manifest import LocalCheckpoint
 from .redact import redact_uri
@@ -116,23 +116,5 @@ def read_tensor(path: Path, uri: str) -> torch.Tensor:
 
 
 def non_finite_keys(state: StateDict) -> list[str]:
-    """Names of floating-point tensors holding NaN or infinity.
-
-    One ``_foreach_norm`` (max-abs, which NaN and inf survive) per dtype screens every
-    tensor in a few calls; only a failing screen looks at tensors one by one.
-    """
-    groups: dict[torch.dtype, list[torch.Tensor]] = {}
-    for tensor in state.values():
-        if tensor.is_floating_point() and tensor.numel():
-            groups.setdefault(tensor.dtype, []).append(tensor)
-    clean = all(
-        bool(torch.stack(torch._foreach_norm(group, math.inf)).isfinite().all())
-        for group in groups.values()
-    )
-    if clean:
-        return []
-    return [
-        name
-        for name, tensor in state.items()
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
-    ]
+    """Names of floating-point tensors holding NaN or infinity (``finite``)."""
+    return non_finite(state.items())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hotswap_runtime import swapper as swapper_module
 from hotswap_runtime.contract import Revision
 from hotswap_runtime.desired import Reconciler
 from hotswap_runtime.errors import ModelNotReady, StateDictMismatch, ValidationFailed
@@ -53,6 +54,36 @@ def test_swaps_reuse_the_standby_and_serve_the_right_weights(tmp_path: Path, mod
         assert current is not None and current.flat is not None
         storages = {t.untyped_storage().data_ptr() for t in current.targets.values()}
         assert storages == {current.flat.untyped_storage().data_ptr()}
+
+
+def test_on_the_cpu_a_standby_takes_the_parsed_buffer_instead_of_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No bulk or per-tensor copy into a reused standby: its tensors are pointed at the
+    staging buffer the checkpoint was parsed into, and the three buffers (serving,
+    standby, staging) rotate, swap after swap, without growing."""
+    swapper = make_swapper(tmp_path)
+    swapper.swap_to(revision(tmp_path, 1, seed=1))
+    swapper.swap_to(revision(tmp_path, 2, seed=2))  # a fresh build: no standby yet
+
+    def no_copy(*args: object) -> None:
+        raise AssertionError("copied into the standby")
+
+    monkeypatch.setattr(swapper_module, "copy_flat", no_copy)
+    monkeypatch.setattr(swapper_module, "copy_tensors", no_copy)
+    buffers = set()
+    for number in range(3, 10):
+        swapper.swap_to(revision(tmp_path, number, seed=number))
+        assert swapper.last_kind == "standby"
+        got_rev, out = answer(swapper)
+        assert got_rev == number
+        assert torch.equal(out, tiny.expected(tiny.weights(number), X))
+        current = swapper.current()
+        assert current is not None and current.flat is not None
+        storages = {t.untyped_storage().data_ptr() for t in current.targets.values()}
+        assert storages == {current.flat.untyped_storage().data_ptr()}
+        buffers.add(current.flat.data_ptr())
+    assert len(buffers) <= 3, "a buffer was allocated per swap"
 
 
 def test_a_lease_keeps_its_model_until_the_request_ends(tmp_path: Path) -> None:
