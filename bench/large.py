@@ -188,6 +188,13 @@ class Large:
         end = time.perf_counter()
         done.set()
         sampler.join()
+        # The answer names the revision a moment before the swap's record is written.
+        meta = poll(
+            lambda: (m := runtime.metadata("large"))["last_swap"]["revision"] == revision and m,
+            60,
+            f"the record of the swap to revision {revision}",
+            0.02,
+        )
         files = (self.root / name).glob("*.safetensors")
         return {
             "start": start,

@@ -329,12 +329,16 @@ class Swapper:
         copy_tensors(model.targets, parsed.state, self._stream)
 
     def _adopt(self, model: LoadedModel, flat: torch.Tensor, layout: FlatLayout) -> bool:
-        """On the CPU, point the standby's tensors at the parsed buffer itself and give
-        its old buffer to staging for the next swap; whether that was possible."""
+        """On the CPU, point a flat-bound standby's tensors at the parsed buffer itself
+        and give its old buffer to staging for the next swap; whether that was possible.
+        (A standby's first reuse binds it to a buffer of its own and copies, so that
+        staging keeps one: three buffers then rotate, and the process does not grow.)"""
         cpu = self.device.type == "cpu" and not self._staging.pin
-        if not cpu or not self._staging.holds(flat) or not bindable(model.targets, layout):
-            return False
         old = model.flat
+        if not cpu or old is None or old.numel() != flat.numel() or old.device != flat.device:
+            return False
+        if not self._staging.holds(flat) or not bindable(model.targets, layout):
+            return False
         model.flat, model.flat_layout = None, None
         model.flat, model.targets = bind_flat(model.module, layout, self.device, flat)
         model.flat_layout = layout

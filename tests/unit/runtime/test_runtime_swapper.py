@@ -63,8 +63,8 @@ def test_on_the_cpu_a_standby_takes_the_parsed_buffer_instead_of_a_copy(
     staging buffer the checkpoint was parsed into, and the three buffers (serving,
     standby, staging) rotate, swap after swap, without growing."""
     swapper = make_swapper(tmp_path)
-    swapper.swap_to(revision(tmp_path, 1, seed=1))
-    swapper.swap_to(revision(tmp_path, 2, seed=2))  # a fresh build: no standby yet
+    for number in (1, 2, 3, 4):  # two fresh builds, then each standby's first reuse
+        swapper.swap_to(revision(tmp_path, number, seed=number))
 
     def no_copy(*args: object) -> None:
         raise AssertionError("copied into the standby")
@@ -72,7 +72,7 @@ def test_on_the_cpu_a_standby_takes_the_parsed_buffer_instead_of_a_copy(
     monkeypatch.setattr(swapper_module, "copy_flat", no_copy)
     monkeypatch.setattr(swapper_module, "copy_tensors", no_copy)
     buffers = set()
-    for number in range(3, 10):
+    for number in range(5, 12):
         swapper.swap_to(revision(tmp_path, number, seed=number))
         assert swapper.last_kind == "standby"
         got_rev, out = answer(swapper)
