@@ -167,6 +167,8 @@ class OperatorSettings(_Settings):
     """How the operator runs (the chart's values, through the environment)."""
 
     sync_workers: int = Field(default=4, ge=1)  # ModelDeployments synced at once
+    # pod and report changes sync a ModelDeployment at most this often (0: every change)
+    report_batch_seconds: float = Field(default=0.25, ge=0, le=10)
     lease_namespace: str = "default"  # where the leader Lease lives (the operator's own)
     lease_name: str = "hotswap-operator"
     lease_seconds: float = Field(default=8.0, gt=0)
@@ -178,6 +180,7 @@ class OperatorSettings(_Settings):
 
 _OPERATOR_ENV = {
     "HOTSWAP_SYNC_WORKERS": "sync_workers",
+    "HOTSWAP_REPORT_BATCH_SECONDS": "report_batch_seconds",
     "POD_NAMESPACE": "lease_namespace",
     "HOTSWAP_LEADER_LEASE": "lease_name",
     "HOTSWAP_LEASE_SECONDS": "lease_seconds",

@@ -100,7 +100,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     metrics = Metrics()
     recorder = EventRecorder(kube, resources.MANAGER, lambda r: metrics.events.labels(r).inc())
     controller = Controller(
-        Syncer(kube, config.runtime_defaults(env), recorder), metrics, operator.sync_workers
+        Syncer(kube, config.runtime_defaults(env), recorder),
+        metrics,
+        operator.sync_workers,
+        operator.report_batch_seconds,
     )
     # Unique per process: a restarted container waits for the Lease like any other.
     identity = f"{env.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"

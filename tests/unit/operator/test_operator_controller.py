@@ -60,10 +60,10 @@ async def settle(controller, calls, timeout=2.0):
     await asyncio.sleep(0.02)
 
 
-def run(test, *outcomes):
+def run(test, *outcomes, report_batch=0.0):
     async def go():
         metrics = Metrics()
-        controller = Controller(FakeSyncer(*outcomes), metrics, workers=2)
+        controller = Controller(FakeSyncer(*outcomes), metrics, 2, report_batch)
         controller.start()
         try:
             await test(controller, metrics)
@@ -107,6 +107,27 @@ def test_a_burst_of_triggers_is_one_sync_with_the_pods_of_the_cache():
         assert value(metrics, "hotswap_operator_sync_seconds_count") == 1
 
     run(test)
+
+
+def test_pod_reports_are_batched_the_first_at_once_the_rest_of_a_burst_together():
+    async def test(c, metrics):
+        loop = asyncio.get_running_loop()
+        c.start_leading()
+        c.on_pod("MODIFIED", POD)  # nothing synced lately: at once
+        await settle(c, 1, timeout=0.15)
+        first = loop.time()
+        for _ in range(50):  # a burst of reports: one sync, a batch period after the first
+            c.on_pod("MODIFIED", POD)
+            await asyncio.sleep(0.002)
+        assert len(c.syncer.calls) == 1
+        await settle(c, 2)
+        assert loop.time() - first >= 0.3 - 0.05
+        await asyncio.sleep(0.4)
+        assert len(c.syncer.calls) == 2
+        c.on_model_deployment("MODIFIED", md("9"))  # a spec change is never batched
+        await settle(c, 3, timeout=0.15)
+
+    run(test, report_batch=0.3)
 
 
 def test_its_own_status_write_is_no_trigger_but_anything_newer_is():
