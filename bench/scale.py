@@ -412,7 +412,10 @@ def run(args: argparse.Namespace) -> JSON:
         ) as kubelet,
     ):
         namespace = f"scale-{uuid.uuid4().hex[:6]}"
-        helm_install(cluster, HELM, "hotswap", namespace, f"watchNamespaces={{{namespace}}}")
+        helm_install(
+            cluster, HELM, "hotswap", namespace, f"watchNamespaces={{{namespace}}}", *args.set
+        )
+        result["chart_values"] = args.set
         logs = cluster.root / "logs"
         nodes = list(hollow_nodes(cluster, args.nodes, args.load_seconds, logs))
         try:
@@ -554,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         "--setup-timeout", type=float, default=900, help="seconds to scale up or create"
     )
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--set", action="append", default=[], help="a chart value, KEY=VALUE (repeatable)"
+    )
     parser.add_argument(
         "--logs",
         type=Path,
