@@ -1,7 +1,7 @@
 """The peer for bench/swap.py: Ray Serve serving the same model, updated in place.
 
 A local Ray cluster (``address="local"``: never one named by ``RAY_ADDRESS``; no
-dashboard; a 256 MiB object store) runs one Serve application, ``bench.peer_ray:build``,
+dashboard; a 256 MiB object store; workers not reniced) runs one Serve application, ``bench.peer_ray:build``,
 behind Serve's own HTTP proxy on loopback. Its one deployment has as many replicas as
 hotswap's bench runs runtimes (one). Each replica decodes the same KServe v2 JSON body
 with hotswap's codec, runs torchvision's model with one torch thread and one inference
@@ -141,6 +141,10 @@ class RayPeer:
         # A short path: Ray puts its unix sockets under it (the kernel allows 107 bytes).
         self._tmp = Path(tempfile.mkdtemp(prefix="ray-"))
         os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+        # Ray renices its workers by 15 by default: on a shared machine the replica would
+        # then lose the CPU to everything else, which hotswap's runtime (run at the
+        # bench's niceness) does not. Same niceness for both.
+        os.environ["RAY_worker_niceness"] = "0"
         # The replica imports bench.peer_ray and hotswap_runtime: workers inherit this.
         paths = [str(REPO), str(REPO / "runtime"), os.environ.get("PYTHONPATH", "")]
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
