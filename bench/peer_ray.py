@@ -1,12 +1,12 @@
 """The peer for bench/swap.py: Ray Serve serving the same model, updated in place.
 
 A local Ray cluster (``address="local"``: never one named by ``RAY_ADDRESS``; no
-dashboard; a 256 MiB object store; workers not reniced) runs one Serve application, ``bench.peer_ray:build``,
-behind Serve's own HTTP proxy on loopback. Its one deployment has as many replicas as
-hotswap's bench runs runtimes (one). Each replica decodes the same KServe v2 JSON body
-with hotswap's codec, runs torchvision's model with one torch thread and one inference
-thread (the runtime's CPU settings), and answers with ``model_version``, as the runtime
-does.
+dashboard; a 256 MiB object store; workers not reniced) runs one Serve application,
+``bench.peer_ray:build``, behind Serve's own HTTP proxy on loopback. Its one deployment
+has as many replicas as hotswap's bench runs runtimes (one). Each replica decodes the
+same KServe v2 JSON body with hotswap's codec, runs torchvision's model with one torch
+thread and one inference thread (the runtime's CPU settings), and answers with
+``model_version``, as the runtime does.
 
 An update is Ray's documented in-place update, a *lightweight config update*: the
 application config is deployed again with a new ``user_config`` (what ``serve deploy``
@@ -14,8 +14,9 @@ sends to the controller, here straight through the Serve client, as the dashboar
 off); Serve keeps the replica process and calls its ``reconfigure(user_config)``, which
 loads the checkpoint file the config names. Like any Ray user's ``reconfigure`` it checks
 nothing beyond what ``load_state_dict`` does (no sha256, no forward pass on the new
-weights): the model is built fresh and replaces the serving one by one assignment, so a
-request sees either the old or the new weights. ``GET /`` says which checkpoint a replica
+weights): the model is built fresh (on the meta device, then given the loaded tensors)
+and replaces the serving one by one assignment, so a request sees either the old or the
+new weights. ``GET /`` says which checkpoint a replica
 serves (``model_version``) and from which process (``pid``).
 
 ``ray`` is the optional ``peer`` extra (``pip install -e '.[peer]'``, ``make bench-peer``).
@@ -65,8 +66,11 @@ class Model:
         import safetensors.torch
         import torchvision
 
-        model = torchvision.models.get_model(self.name, weights=None)
-        model.load_state_dict(safetensors.torch.load_file(config["checkpoint"]))
+        # Built on the meta device and given the loaded tensors (assign=True): no random
+        # init and no copy, the cheapest fresh model torch offers.
+        with torch.device("meta"):
+            model = torchvision.models.get_model(self.name, weights=None)
+        model.load_state_dict(safetensors.torch.load_file(config["checkpoint"]), assign=True)
         model.eval()
         self.current = (model, str(config["version"]))
 
@@ -144,7 +148,7 @@ class RayPeer:
         # Ray renices its workers by 15 by default: on a shared machine the replica would
         # then lose the CPU to everything else, which hotswap's runtime (run at the
         # bench's niceness) does not. Same niceness for both.
-        os.environ["RAY_worker_niceness"] = "0"
+        os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112 (Ray's spelling)
         # The replica imports bench.peer_ray and hotswap_runtime: workers inherit this.
         paths = [str(REPO), str(REPO / "runtime"), os.environ.get("PYTHONPATH", "")]
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
