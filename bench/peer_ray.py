@@ -168,11 +168,13 @@ class RayPeer:
     def stop(self) -> None:
         if self._client is not None:
             self._client.close()
-        if ray.is_initialized():
-            serve.shutdown()
+        try:
+            if ray.is_initialized():
+                serve.shutdown()
+        finally:
             ray.shutdown()
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
 
     def update(self, timeout: float = 120) -> Swap:
         """Deploy the next checkpoint as ``user_config``; the time until the replica

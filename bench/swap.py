@@ -160,10 +160,10 @@ class ModelBench:
         files = [Path(uri.removeprefix("file://")) for uri, _ in self.files]
         peer = RayPeer(self.name, files, [3, size, size])
         print(f"== {self.name}: peer Ray Serve", file=sys.stderr, flush=True)
-        peer.start()
         load = LoadGenerator(peer.url, self._body(), self.args.clients)
-        load.start()
         try:
+            peer.start()
+            load.start()
             t_begin, _ = _warm_up(load, peer.update)
             t0 = time.perf_counter()
             windows, updates = interleaved_windows(
@@ -176,7 +176,7 @@ class ModelBench:
             t_end = time.perf_counter()
         finally:
             load.stop()
-            peer.stop()
+            peer.stop()  # whatever failed: no Ray process outlives the bench
         visible = [u["visible_s"] for u in updates]
         return {
             **peer.describe(),
