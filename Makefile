@@ -6,7 +6,7 @@ CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
 KUBECONFORM := .cache/bin/kubeconform
 
-.PHONY: all deps controlplane helm kubeconform crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving bench-large clean
+.PHONY: all deps controlplane helm kubeconform crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving bench-large bench-peer clean
 
 all: deps controlplane helm node images
 
@@ -100,6 +100,15 @@ bench-serving: deps
 
 bench-large: deps
 	$(PY) bench/large.py --gb 2 --dtypes float16
+
+# hotswap next to Ray Serve (the optional `peer` extra, installed here, not by `deps`).
+PEER_STAMP := .venv/.peer-installed
+$(PEER_STAMP): $(VENV_STAMP)
+	$(PY) -m pip install -q -e '.[runtime,peer]'
+	touch $@
+
+bench-peer: deps $(PEER_STAMP)
+	$(PY) bench/swap.py --models resnet18 --peer ray
 
 clean:
 	$(PY) -m tests.harness.node cleanup

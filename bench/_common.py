@@ -1,4 +1,5 @@
-"""Helpers shared by benchmarks: a runtime process, an HTTP load generator, statistics."""
+"""Helpers shared by benchmarks: a runtime process, an HTTP load generator, statistics,
+and the interleaved steady/swap windows that bench/swap.py runs on hotswap and its peer."""
 
 from __future__ import annotations
 
@@ -180,3 +181,80 @@ class LoadGenerator:
             if not ok:
                 self._stop.wait(self.retry_delay)  # a client's retry pause after an error
         client.close()
+
+
+# ---- interleaved steady and swap windows ---------------------------------------------
+
+# One swap (or a peer's update) as the windows see it: perf_counter ``start`` and
+# ``end``, from the call until every replica answered with the new weights.
+Swap = dict[str, Any]
+# A steady window's requests and the requests of the swap window that follows it.
+Window = tuple[list[Sample], list[Sample]]
+
+
+def overlapping(samples: list[Sample], swaps: list[Swap]) -> list[Sample]:
+    """The samples that were in flight while some swap was."""
+    return [s for s in samples if any(s.start < w["end"] and s.end > w["start"] for w in swaps)]
+
+
+def steady_window(load: LoadGenerator, need: int) -> list[Sample]:
+    """At least ``need`` requests that all ran without a swap."""
+    t0 = time.perf_counter()
+    poll(lambda: len(load.since(t0)) >= need, 600, f"{need} steady requests", 0.05)
+    return load.since(t0, time.perf_counter())
+
+
+def swap_window(
+    load: LoadGenerator, need: int, swap: Callable[[], Swap], gap: float
+) -> tuple[list[Sample], list[Swap]]:
+    """Swaps back to back (``gap`` seconds apart) until at least ``need`` requests
+    overlapped one, and at least two swaps ran; those requests and the swaps."""
+    t0 = time.perf_counter()
+    swaps: list[Swap] = []
+    during: list[Sample] = []
+    while len(during) < need or len(swaps) < 2:
+        swaps.append(swap())
+        time.sleep(gap)
+        during = overlapping(load.since(t0, time.perf_counter()), swaps)
+    return during, swaps
+
+
+def interleaved_windows(
+    load: LoadGenerator, swap: Callable[[], Swap], repeats: int, need: int, gap: float
+) -> tuple[list[Window], list[Swap]]:
+    """``repeats`` pairs of a steady window then a swap window, and every swap."""
+    windows: list[Window] = []
+    swaps: list[Swap] = []
+    for _ in range(repeats):
+        steady = steady_window(load, need)
+        during, done = swap_window(load, need, swap, gap)
+        windows.append((steady, during))
+        swaps += done
+    return windows, swaps
+
+
+def latencies_ms(samples: list[Sample], ok_only: bool = True) -> list[float]:
+    return [1000 * (s.end - s.start) for s in samples if s.ok or not ok_only]
+
+
+def window_figures(windows: list[Window]) -> dict[str, Any]:
+    """Latency figures of interleaved windows. ``p99_ratio`` is the median over the pairs
+    of (swap window p99 / steady window p99), ``p99_ratio_spread`` their min and max;
+    p99s count answered requests only (failures are counted apart), p50 all of them."""
+    ratios = sorted(
+        percentile(latencies_ms(during), 99) / percentile(latencies_ms(steady), 99)
+        for steady, during in windows
+    )
+    steady_all = [s for steady, _ in windows for s in steady]
+    during_all = [s for _, during in windows for s in during]
+    return {
+        "repeats": len(windows),
+        "steady_requests_per_window": [len(steady) for steady, _ in windows],
+        "swap_requests_per_window": [len(during) for _, during in windows],
+        "steady_p50_ms": round(percentile(latencies_ms(steady_all, ok_only=False), 50), 2),
+        "steady_p99_ms": round(percentile(latencies_ms(steady_all), 99), 2),
+        "swap_p99_ms": round(percentile(latencies_ms(during_all), 99), 2),
+        "p99_ratio": round(median(ratios), 3),
+        "p99_ratio_per_repeat": [round(r, 3) for r in ratios],
+        "p99_ratio_spread": [round(ratios[0], 3), round(ratios[-1], 3)],
+    }

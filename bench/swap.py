@@ -17,6 +17,12 @@ on loopback, drives closed-loop HTTP clients, and measures:
 * with ``--device cuda``: the plain host-to-device copy time of the weights from pinned
   memory, and ``activation_over_h2d`` = (standby load + activate) / that copy time.
 
+With ``--peer ray`` each model then runs again on Ray Serve (bench/peer_ray.py: the same
+checkpoints, request body, clients and interleaved windows, one replica, updated in place
+through ``user_config`` and ``reconfigure``); its figures go under the model's ``peer``,
+and the summary's ``peer`` sets hotswap's and Ray's failed requests, p99 ratio (and
+spread) and time until the new weights serve side by side.
+
 The last line printed is one JSON object: per-model results under ``models``; at the
 top level the numbers of the last (largest) model, except ``swaps`` and
 ``failed_requests`` (totals over all models) and ``p99_ratio`` (worst model).
@@ -32,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +48,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import (
     LoadGenerator,
     Runtime,
+    Swap,
+    Window,
     free_port,
+    interleaved_windows,
     median,
     percentile,
     poll,
     rss_mb,
+    window_figures,
 )
 
 PHASES = ("fetch", "parse", "load", "validate", "activate")
@@ -89,6 +100,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, help="concurrent clients (cpu 4, cuda 8)")
     p.add_argument("--input-size", type=int, help="image side (cpu 64, cuda 224)")
     p.add_argument("--gap-seconds", type=float, help="pause between swaps (default 0.05)")
+    p.add_argument(
+        "--peer",
+        choices=["ray"],
+        help="also run the same windows on a peer (ray: Ray Serve, the `peer` extra)",
+    )
     p.add_argument("--out", help="also write the JSON object to this file")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
@@ -128,26 +144,64 @@ class ModelBench:
         )
         load.start()
         try:
-            return self._measure(runtime, load, model_bytes)
+            result = self._measure(runtime, load, model_bytes)
         finally:
             load.stop()
             runtime.stop()
+        if self.args.peer == "ray":
+            result["peer"] = self._ray_peer()
+        return result
+
+    def _ray_peer(self) -> dict[str, Any]:
+        """The same windows, load and checkpoints on Ray Serve (bench/peer_ray.py)."""
+        from bench.peer_ray import RayPeer
+
+        size = self.args.input_size
+        files = [Path(uri.removeprefix("file://")) for uri, _ in self.files]
+        peer = RayPeer(self.name, files, [3, size, size])
+        print(f"== {self.name}: peer Ray Serve", file=sys.stderr, flush=True)
+        load = LoadGenerator(peer.url, self._body(), self.args.clients)
+        try:
+            peer.start()
+            load.start()
+            t_begin, _ = _warm_up(load, peer.update)
+            t0 = time.perf_counter()
+            windows, updates = interleaved_windows(
+                load,
+                peer.update,
+                self.args.repeats,
+                self.args.window_requests,
+                self.args.gap_seconds,
+            )
+            t_end = time.perf_counter()
+        finally:
+            load.stop()
+            peer.stop()  # whatever failed: no Ray process outlives the bench
+        visible = [u["visible_s"] for u in updates]
+        return {
+            **peer.describe(),
+            "updates": len(updates),
+            "failed_requests": sum(not s.ok for s in load.since(t_begin, t_end)),
+            **window_figures(windows),
+            "measured_seconds": round(t_end - t0, 1),
+            "update_visible_seconds_p50": round(median(visible), 4),
+            "update_visible_seconds_p99": round(percentile(visible, 99), 4),
+            # one process id: every update was in place, no replica was replaced
+            "replica_processes": len(peer.pids),
+        }
 
     def _measure(self, runtime: Runtime, load: LoadGenerator, model_bytes: int) -> dict[str, Any]:
         assert runtime.process is not None
-        t_begin = time.perf_counter()
-        poll(lambda: len(load.since(t_begin)) >= 20, 60, "warm-up requests")
-        warm = [self._swap(runtime) for _ in range(3)]  # a fresh build, then standbys
-        time.sleep(1.0)  # let the warm-up swaps' allocations settle before the baseline
+        t_begin, warm = _warm_up(load, lambda: self._swap(runtime))
         rss_before = rss_mb(runtime.process.pid)
         t0 = time.perf_counter()
-        windows: list[tuple[list[Any], list[Any]]] = []
-        swaps: list[dict[str, Any]] = []
-        for _ in range(self.args.repeats):  # steady and swap windows interleaved
-            steady = self._steady_window(load)
-            during, done = self._swap_window(runtime, load)
-            windows.append((steady, during))
-            swaps += done
+        windows, swaps = interleaved_windows(
+            load,
+            lambda: self._swap(runtime),
+            self.args.repeats,
+            self.args.window_requests,
+            self.args.gap_seconds,
+        )
         time.sleep(1.0)
         rss_after = rss_mb(runtime.process.pid)
         t_end = time.perf_counter()
@@ -157,28 +211,9 @@ class ModelBench:
             windows, swaps, warm, failed, rss_before, rss_after, model_bytes, restart, t_end - t0
         )
 
-    def _steady_window(self, load: LoadGenerator) -> list[Any]:
-        """At least ``window_requests`` requests that all ran without a swap."""
-        t0 = time.perf_counter()
-        need = self.args.window_requests
-        poll(lambda: len(load.since(t0)) >= need, 600, f"{need} steady requests", 0.05)
-        return load.since(t0, time.perf_counter())
-
-    def _swap_window(self, runtime: Runtime, load: LoadGenerator) -> tuple[list[Any], list[Any]]:
-        """Swaps back to back until at least ``window_requests`` requests overlapped one;
-        those requests and the swaps."""
-        t0 = time.perf_counter()
-        swaps: list[dict[str, Any]] = []
-        during: list[Any] = []
-        while len(during) < self.args.window_requests or len(swaps) < 2:
-            swaps.append(self._swap(runtime))
-            time.sleep(self.args.gap_seconds)
-            during = [s for s in load.since(t0, time.perf_counter()) if _overlaps(s, swaps)]
-        return during, swaps
-
     def _result(
         self,
-        windows: list[tuple[list[Any], list[Any]]],
+        windows: list[Window],
         swaps: list[dict[str, Any]],
         warm: list[dict[str, Any]],
         failed: int,
@@ -188,12 +223,6 @@ class ModelBench:
         restart: dict[str, Any],
         seconds: float,
     ) -> dict[str, Any]:
-        def p99(samples: list[Any]) -> float:
-            return percentile([1000 * (s.end - s.start) for s in samples if s.ok], 99)
-
-        ratios = sorted(p99(during) / p99(steady) for steady, during in windows)
-        steady_all = [s for steady, _ in windows for s in steady]
-        during_all = [s for _, during in windows for s in during]
         phases = {p: median([s["phases"].get(p, 0.0) for s in swaps]) for p in PHASES}
         totals = [sum(s["phases"].values()) for s in swaps]
         model_mb = model_bytes / 2**20
@@ -207,17 +236,7 @@ class ModelBench:
             "swaps": n,
             "swap_modes": dict(collections.Counter(s["mode"] for s in swaps)),
             "failed_requests": failed,
-            "repeats": len(windows),
-            "steady_requests_per_window": [len(steady) for steady, _ in windows],
-            "swap_requests_per_window": [len(during) for _, during in windows],
-            "steady_p50_ms": round(
-                percentile([1000 * (s.end - s.start) for s in steady_all], 50), 2
-            ),
-            "steady_p99_ms": round(p99(steady_all), 2),
-            "swap_p99_ms": round(p99(during_all), 2),
-            "p99_ratio": round(median(ratios), 3),
-            "p99_ratio_per_repeat": [round(r, 3) for r in ratios],
-            "p99_ratio_spread": [round(ratios[0], 3), round(ratios[-1], 3)],
+            **window_figures(windows),
             "measured_seconds": round(seconds, 1),
             "swap_seconds": {k: round(v, 4) for k, v in phases.items()},
             "swap_total_seconds_p50": round(median(totals), 4),
@@ -358,8 +377,14 @@ class ModelBench:
         return json.dumps(body).encode()
 
 
-def _overlaps(sample: Any, swaps: list[dict[str, Any]]) -> bool:
-    return any(sample.start < s["end"] and sample.end > s["start"] for s in swaps)
+def _warm_up(load: LoadGenerator, swap: Callable[[], Swap]) -> tuple[float, list[Swap]]:
+    """Wait for 20 answers, swap three times (for hotswap: a fresh build, then standbys),
+    let the allocations settle; when that began, and the swaps."""
+    t_begin = time.perf_counter()
+    poll(lambda: len(load.since(t_begin)) >= 20, 60, "warm-up requests")
+    warm = [swap() for _ in range(3)]
+    time.sleep(1.0)
+    return t_begin, warm
 
 
 def _sha256(path: Path) -> str:
@@ -405,7 +430,36 @@ def _summary(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> di
             "models": results,
         }
     )
+    if args.peer:
+        summary["peer"] = peer_summary(results, args.models[-1])
     return summary
+
+
+def peer_summary(results: dict[str, dict[str, Any]], headline: str) -> dict[str, Any]:
+    """hotswap's figures next to its peer's: failed requests summed over the models, the
+    worst model's p99 ratio and its spread, the headline model's time from the update call
+    until the replica serves the new weights (median over updates)."""
+    hotswap = list(results.values())
+    peer = [r["peer"] for r in hotswap]
+    worst = max(hotswap, key=lambda r: r["p99_ratio"])
+    worst_peer = max(peer, key=lambda r: r["p99_ratio"])
+    return {
+        "system": f"{peer[0]['system']} {peer[0]['ray_version']}",
+        "replicas": peer[0]["replicas"],
+        "failed_requests": {
+            "hotswap": sum(r["failed_requests"] for r in hotswap),
+            "peer": sum(r["failed_requests"] for r in peer),
+        },
+        "p99_ratio": {"hotswap": worst["p99_ratio"], "peer": worst_peer["p99_ratio"]},
+        "p99_ratio_spread": {
+            "hotswap": worst["p99_ratio_spread"],
+            "peer": worst_peer["p99_ratio_spread"],
+        },
+        "visible_seconds_p50": {
+            "hotswap": results[headline]["swap_visible_seconds_p50"],
+            "peer": results[headline]["peer"]["update_visible_seconds_p50"],
+        },
+    }
 
 
 if __name__ == "__main__":
