@@ -275,6 +275,15 @@ class ModelBench:
             f"revision {self.revision}",
         )
         end = time.perf_counter()
+        if meta["last_swap"]["revision"] != self.revision:  # written a moment after
+            meta = poll(
+                lambda: (
+                    (m := runtime.metadata(self.name))["last_swap"]["revision"] == self.revision
+                    and m
+                ),
+                30,
+                f"the record of the swap to revision {self.revision}",
+            )
         swap = meta["last_swap"]
         return {
             "start": start,
