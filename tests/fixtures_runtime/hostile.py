@@ -375,45 +375,15 @@ def _replace_with_deflated(path: Path, member: str, deflated: bytes, size: int) 
         if info.filename == member:
             blob, method, usize, crc = deflated, 8, size, _zero_crc(size)
         name = info.filename.encode()
-        out.write(
-            struct.pack(
-                "<4sHHHHHIIIHH",
-                b"PK\x03\x04",
-                20,
-                0,
-                method,
-                0,
-                0,
-                crc,
-                len(blob),
-                usize,
-                len(name),
-                0,
-            )
-            + name
-            + blob
-        )
+        # flags, method, time, date, crc-32, sizes, name and extra lengths: the fields
+        # the local header and the central directory entry share (APPNOTE 4.3.7, 4.3.12)
+        fields = struct.pack("<HHHHIIIHH", 0, method, 0, 0, crc, len(blob), usize, len(name), 0)
+        out.write(b"PK\x03\x04" + struct.pack("<H", 20) + fields + name + blob)
         central.append(
-            struct.pack(
-                "<4sHHHHHHIIIHHHHHII",
-                b"PK\x01\x02",
-                20,
-                20,
-                0,
-                method,
-                0,
-                0,
-                crc,
-                len(blob),
-                usize,
-                len(name),
-                0,
-                0,
-                0,
-                0,
-                0,
-                offset,
-            )
+            b"PK\x01\x02"
+            + struct.pack("<HH", 20, 20)
+            + fields
+            + struct.pack("<HHHII", 0, 0, 0, 0, offset)
             + name
         )
     start = out.tell()
