@@ -60,6 +60,17 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def terminate(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM ``process`` if it still runs; SIGKILL it if it has not exited 30 s later."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 @dataclass
 class Runtime:
     """``python -m hotswap_runtime`` as a real process."""
@@ -108,13 +119,7 @@ class Runtime:
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process)
 
     def metadata(self, model: str) -> dict[str, Any]:
         """Model metadata over one kept-alive connection: a fresh ``httpx.get`` per poll

@@ -45,6 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import LoadGenerator, Runtime, free_port, percentile, poll, rss_mb
+from tests.fixtures_runtime.hostile_http import send_range_head
 
 ARCHITECTURE = "python/hotswap_runtime.examples:mlp"
 FEATURES = 64
@@ -387,19 +388,7 @@ def _capped_server(root: Path, mib_s: float) -> Iterator[str]:
             if ".." in self.path or not path.is_file():
                 self.send_error(404)
                 return
-            size = path.stat().st_size
-            start, end = 0, size
-            wanted = self.headers.get("Range")
-            if wanted:
-                first, _, last = wanted.removeprefix("bytes=").partition("-")
-                start, end = int(first), int(last) + 1
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-            else:
-                self.send_response(200)
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Length", str(end - start))
-            self.end_headers()
+            start, end = send_range_head(self, path.stat().st_size)
             with path.open("rb") as f:
                 f.seek(start)
                 left = end - start

@@ -31,7 +31,6 @@ import http.client
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import REPO, Runtime, free_port, percentile, poll
+from bench._common import REPO, Runtime, free_port, percentile, poll, terminate
 
 MODEL = "resnet18"
 SIZE = 64
@@ -334,13 +333,7 @@ class KServe(Server):
         poll(ready, 120, "kserve to be ready", 0.1)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process)
 
 
 def _serve_kserve(args: argparse.Namespace) -> None:

@@ -62,6 +62,37 @@ def helm_install(
     return done.stdout
 
 
+def cpu_deployment(
+    name: str,
+    replicas: int,
+    architecture: str,
+    input_shape: Sequence[int],
+    checkpoint: JSON,
+    *,
+    runtime: JSON | None = None,
+    **spec: Any,
+) -> JSON:
+    """A ModelDeployment of `replicas` pods on the CPU, one torch thread each; `runtime`
+    adds to spec.runtime and `spec` to the rest of spec (rollout, ...). The test models
+    live in tests/, which the e2e runtime image adds (tests/e2e/conftest.py)."""
+    return {
+        "apiVersion": "hotswap.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "model": {"architecture": architecture, "inputShape": list(input_shape)},
+            "checkpoint": dict(checkpoint),
+            **spec,
+            "runtime": {
+                "device": "cpu",
+                "env": [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}],
+                **(runtime or {}),
+            },
+        },
+    }
+
+
 @dataclass
 class Fleet:
     """One ModelDeployment in one namespace, seen through the API."""
@@ -82,6 +113,12 @@ class Fleet:
         self.cluster.kubectl(
             "apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(manifest)
         )
+
+    def deploy(self, manifest: JSON, timeout: float = 300) -> Fleet:
+        """Apply `manifest` and wait until its first revision serves on every replica."""
+        self.apply(manifest)
+        self.wait_serving(1, manifest["spec"]["replicas"], timeout=timeout)
+        return self
 
     def get(self) -> JSON:
         return self.client.get(self.path)

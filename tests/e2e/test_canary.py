@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from examples.checkpoints import host_path, pod_uri
-from tests.e2e.fleet import MD_API, Fleet, Load, summary
+from tests.e2e.fleet import MD_API, Fleet, Load, cpu_deployment, summary
 from tests.fixtures_runtime import checkpoints, tiny
 from tests.harness.cluster import Cluster
 from tests.harness.waiting import wait_for
@@ -56,23 +56,8 @@ def files() -> Iterator[dict[str, JSON]]:
 
 def manifest(files: dict[str, JSON]) -> JSON:
     """A 4-replica Canary ModelDeployment of the tiny test model on CPU."""
-    return {
-        "apiVersion": "hotswap.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": NAME},
-        "spec": {
-            "replicas": REPLICAS,
-            "model": {"architecture": tiny.ARCHITECTURE, "inputShape": list(SHAPE)},
-            "checkpoint": dict(files["v1"]),
-            "rollout": rollout()["rollout"] | {"stepTimeoutSeconds": 120},
-            "runtime": {
-                "device": "cpu",
-                # The tiny model lives in tests/, which the e2e runtime image adds
-                # (tests/e2e/conftest.py).
-                "env": [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}],
-            },
-        },
-    }
+    canary = rollout()["rollout"] | {"stepTimeoutSeconds": 120}
+    return cpu_deployment(NAME, REPLICAS, tiny.ARCHITECTURE, SHAPE, files["v1"], rollout=canary)
 
 
 class Recorder:
@@ -156,10 +141,7 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def fleet(cluster: Cluster, node: Any, installed: str, files: dict[str, JSON]) -> Fleet:
-    fleet = Fleet(cluster, installed, NAME)
-    fleet.apply(manifest(files))
-    fleet.wait_serving(1, REPLICAS, timeout=420)
-    return fleet
+    return Fleet(cluster, installed, NAME).deploy(manifest(files), timeout=420)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from examples.checkpoints import pod_uri
-from tests.e2e.fleet import Fleet, pod_ids
+from tests.e2e.fleet import Fleet, cpu_deployment, pod_ids
 from tests.fixtures_runtime import checkpoints, tiny
 
 NAME = "fragile"
@@ -43,26 +43,10 @@ def files() -> Iterator[dict[str, dict[str, str]]]:
 
 @pytest.fixture(scope="module")
 def fleet(cluster, node, installed, files) -> Fleet:
-    fleet = Fleet(cluster, installed, NAME)
-    fleet.apply(
-        {
-            "apiVersion": "hotswap.dev/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": NAME},
-            "spec": {
-                "replicas": REPLICAS,
-                "model": {"architecture": tiny.FRAGILE, "inputShape": list(SHAPE)},
-                "checkpoint": files["v1"],
-                "rollout": {"strategy": "AllAtOnce"},
-                "runtime": {
-                    "device": "cpu",
-                    "env": [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}],
-                },
-            },
-        }
+    md = cpu_deployment(
+        NAME, REPLICAS, tiny.FRAGILE, SHAPE, files["v1"], rollout={"strategy": "AllAtOnce"}
     )
-    fleet.wait_serving(1, REPLICAS, timeout=300)
-    return fleet
+    return Fleet(cluster, installed, NAME).deploy(md, timeout=300)
 
 
 def restarts(fleet: Fleet) -> dict[str, int]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from examples.checkpoints import host_path, pod_uri
-from tests.e2e.fleet import Fleet, pod_ids, summary
+from tests.e2e.fleet import Fleet, cpu_deployment, pod_ids, summary
 from tests.fixtures_runtime import checkpoints, tiny
 from tests.harness.cluster import REPO
 
@@ -46,25 +46,8 @@ def files():
 
 @pytest.fixture(scope="module")
 def fleet(cluster, node, installed, files):
-    fleet = Fleet(cluster, installed, NAME)
-    fleet.apply(
-        {
-            "apiVersion": "hotswap.dev/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": NAME},
-            "spec": {
-                "replicas": REPLICAS,
-                "model": {"architecture": tiny.ARCHITECTURE, "inputShape": list(SHAPE)},
-                "checkpoint": dict(files["v1"]),
-                "runtime": {
-                    "device": "cpu",
-                    "env": [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}],
-                },
-            },
-        }
-    )
-    fleet.wait_serving(1, REPLICAS, timeout=420)
-    return fleet
+    md = cpu_deployment(NAME, REPLICAS, tiny.ARCHITECTURE, SHAPE, files["v1"])
+    return Fleet(cluster, installed, NAME).deploy(md, timeout=420)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from examples.checkpoints import pod_uri
-from tests.e2e.fleet import Fleet
+from tests.e2e.fleet import Fleet, cpu_deployment
 from tests.fixtures_runtime import checkpoints, tiny
 from tests.harness import node as real
 from tests.harness.rest import ApiError
@@ -89,35 +89,23 @@ def fleet(cluster, node, installed, priority_class) -> Iterator[Fleet]:
             "data": {".dockerconfigjson": config},
         },
     )
-    fleet = Fleet(cluster, installed, NAME)
-    fleet.apply(
-        {
-            "apiVersion": "hotswap.dev/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": NAME},
-            "spec": {
-                "replicas": REPLICAS,
-                "model": {"architecture": tiny.ARCHITECTURE, "inputShape": [tiny.FEATURES]},
-                "checkpoint": {"uri": pod_uri(path), "sha256": sha},
-                "runtime": {
-                    "device": "cpu",
-                    "env": [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}],
-                    "imagePullSecrets": [{"name": "registry"}],
-                    "priorityClassName": priority_class,
-                    "affinity": AFFINITY,
-                    "topologySpreadConstraints": SPREAD,
-                    "podMetadata": {
-                        "labels": {"team": "vision"},
-                        "annotations": {"example.com/owner": "ml-platform"},
-                    },
-                    "serviceAccount": {"annotations": ROLE},
-                    "podDisruptionBudget": {"enabled": True, "maxUnavailable": 1},
-                },
-            },
-        }
+    settings = {
+        "imagePullSecrets": [{"name": "registry"}],
+        "priorityClassName": priority_class,
+        "affinity": AFFINITY,
+        "topologySpreadConstraints": SPREAD,
+        "podMetadata": {
+            "labels": {"team": "vision"},
+            "annotations": {"example.com/owner": "ml-platform"},
+        },
+        "serviceAccount": {"annotations": ROLE},
+        "podDisruptionBudget": {"enabled": True, "maxUnavailable": 1},
+    }
+    checkpoint = {"uri": pod_uri(path), "sha256": sha}
+    md = cpu_deployment(
+        NAME, REPLICAS, tiny.ARCHITECTURE, [tiny.FEATURES], checkpoint, runtime=settings
     )
-    fleet.wait_serving(1, REPLICAS, timeout=300)
-    yield fleet
+    yield Fleet(cluster, installed, NAME).deploy(md, timeout=300)
     shutil.rmtree(folder, ignore_errors=True)
 
 

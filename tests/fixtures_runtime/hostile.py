@@ -375,45 +375,15 @@ def _replace_with_deflated(path: Path, member: str, deflated: bytes, size: int) 
         if info.filename == member:
             blob, method, usize, crc = deflated, 8, size, _zero_crc(size)
         name = info.filename.encode()
-        out.write(
-            struct.pack(
-                "<4sHHHHHIIIHH",
-                b"PK\x03\x04",
-                20,
-                0,
-                method,
-                0,
-                0,
-                crc,
-                len(blob),
-                usize,
-                len(name),
-                0,
-            )
-            + name
-            + blob
-        )
+        # flags, method, time, date, crc-32, sizes, name and extra lengths: the fields
+        # the local header and the central directory entry share (APPNOTE 4.3.7, 4.3.12)
+        fields = struct.pack("<HHHHIIIHH", 0, method, 0, 0, crc, len(blob), usize, len(name), 0)
+        out.write(b"PK\x03\x04" + struct.pack("<H", 20) + fields + name + blob)
         central.append(
-            struct.pack(
-                "<4sHHHHHHIIIHHHHHII",
-                b"PK\x01\x02",
-                20,
-                20,
-                0,
-                method,
-                0,
-                0,
-                crc,
-                len(blob),
-                usize,
-                len(name),
-                0,
-                0,
-                0,
-                0,
-                0,
-                offset,
-            )
+            b"PK\x01\x02"
+            + struct.pack("<HH", 20, 20)
+            + fields
+            + struct.pack("<HHHII", 0, 0, 0, 0, offset)
             + name
         )
     start = out.tell()
@@ -437,17 +407,13 @@ def _zero_crc(size: int) -> int:
 
 def bytearray_bomb_pt(path: Path, nbytes: int = 2 * GIB) -> Path:
     """data.pkl calls ``bytearray(nbytes)``, a global torch.load(weights_only=True) allows."""
+    _, records = _tiny_pt_parts(path)
     w = tiny.weights(7)
-    views = {name: (t, tuple(t.shape), tuple(t.stride())) for name, t in w.items()}
-    pt_from_views(path, views)
-    source = zipfile.ZipFile(path)
     state = collections.OrderedDict()
     for key, name in enumerate(w):
         t = w[name]
         state[name] = _Rebuild(_Storage(str(key), t.dtype, t.numel()), tuple(t.shape), t.stride())
     state["pad"] = _Call(bytearray, nbytes)
-    records = {str(k): source.read(f"archive/data/{k}") for k in range(len(w))}
-    source.close()
     return pt_archive(path, pickle_state(state), records)
 
 
@@ -462,41 +428,33 @@ def raw_pickle_pt(path: Path) -> Path:
     return path
 
 
-def many_records_pt(path: Path, count: int = 5000) -> Path:
+def _tiny_pt_parts(path: Path) -> tuple[bytes, dict[str, bytes]]:
+    """Write ``tiny.weights(7)`` to ``path`` as torch.save lays it out; its data.pkl and
+    its data records by key, for a variant of that archive."""
     w = tiny.weights(7)
     views = {name: (t, tuple(t.shape), tuple(t.stride())) for name, t in w.items()}
     pt_from_views(path, views)
-    junk = [(f"data/junk{i}", b"") for i in range(count)]
-    source = zipfile.ZipFile(path)
-    blobs = {i.filename.split("/", 1)[1]: source.read(i) for i in source.infolist()}
-    source.close()
+    with zipfile.ZipFile(path) as source:
+        blobs = {i.filename.split("/", 1)[1]: source.read(i) for i in source.infolist()}
     records = {k.split("/", 1)[1]: v for k, v in blobs.items() if k.startswith("data/")}
-    return pt_archive(path, blobs["data.pkl"], records, extra=junk)
+    return blobs["data.pkl"], records
+
+
+def many_records_pt(path: Path, count: int = 5000) -> Path:
+    junk = [(f"data/junk{i}", b"") for i in range(count)]
+    return pt_archive(path, *_tiny_pt_parts(path), extra=junk)
 
 
 def compressed_pickle_pt(path: Path) -> Path:
-    w = tiny.weights(7)
-    views = {name: (t, tuple(t.shape), tuple(t.stride())) for name, t in w.items()}
-    pt_from_views(path, views)
-    source = zipfile.ZipFile(path)
-    blobs = {i.filename.split("/", 1)[1]: source.read(i) for i in source.infolist()}
-    source.close()
-    records = {k.split("/", 1)[1]: v for k, v in blobs.items() if k.startswith("data/")}
-    return pt_archive(path, blobs["data.pkl"], records, compress=["data.pkl"])
+    return pt_archive(path, *_tiny_pt_parts(path), compress=["data.pkl"])
 
 
 def duplicate_records_pt(path: Path) -> Path:
     """Two zip entries named archive/data/0: readers disagree on which one counts."""
-    w = tiny.weights(7)
-    views = {name: (t, tuple(t.shape), tuple(t.stride())) for name, t in w.items()}
-    pt_from_views(path, views)
-    source = zipfile.ZipFile(path)
-    blobs = {i.filename.split("/", 1)[1]: source.read(i) for i in source.infolist()}
-    source.close()
-    records = {k.split("/", 1)[1]: v for k, v in blobs.items() if k.startswith("data/")}
+    pickled, records = _tiny_pt_parts(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns about the duplicate it writes
-        return pt_archive(path, blobs["data.pkl"], records, extra=[("data/0", bytes(48))])
+        return pt_archive(path, pickled, records, extra=[("data/0", bytes(48))])
 
 
 def torch_saved(path: Path, state: dict[str, torch.Tensor]) -> Path:

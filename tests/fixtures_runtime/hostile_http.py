@@ -222,6 +222,25 @@ def connecting(port: int) -> bool:
     return False
 
 
+def send_range_head(h: BaseHTTPRequestHandler, size: int, honour: bool = True) -> tuple[int, int]:
+    """The head of an answer with ``Accept-Ranges: bytes`` for a ``size``-byte body: 206
+    for ``Range: bytes=a-b`` (200 without one, or with ``honour=False``); returns the
+    ``(start, end)`` of the body to send. bench/large.py serves its files through it."""
+    wanted = h.headers.get("Range")
+    start, end = 0, size
+    if wanted and honour:
+        first, _, last = wanted.removeprefix("bytes=").partition("-")
+        start, end = int(first), int(last) + 1
+        h.send_response(206)
+        h.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+    else:
+        h.send_response(200)
+    h.send_header("Accept-Ranges", "bytes")
+    h.send_header("Content-Length", str(end - start))
+    h.end_headers()
+    return start, end
+
+
 def ranged(
     data: bytes, drop_after: int | None = None, drops: int = 1, honour: bool = True
 ) -> Route:
@@ -232,18 +251,7 @@ def ranged(
     lock = threading.Lock()
 
     def route(h: BaseHTTPRequestHandler) -> None:
-        wanted = h.headers.get("Range")
-        start, end = 0, len(data)
-        if wanted and honour:
-            first, _, last = wanted.removeprefix("bytes=").partition("-")
-            start, end = int(first), int(last) + 1
-            h.send_response(206)
-            h.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
-        else:
-            h.send_response(200)
-        h.send_header("Accept-Ranges", "bytes")
-        h.send_header("Content-Length", str(end - start))
-        h.end_headers()
+        start, end = send_range_head(h, len(data), honour)
         body = data[start:end]
         with lock:
             drop = drop_after is not None and left[0] > 0

@@ -460,20 +460,9 @@ class Cluster:
                 self._poll(name, functools.partial(_http_ok, url, ctx), deadline)
 
     def _poll(self, name: str, check: Callable[[], bool], deadline: float) -> None:
-        while True:
-            for comp, proc in self._procs.items():
-                if proc.poll() is not None:
-                    log = self.logs / f"{comp}.log"
-                    raise ClusterError(
-                        f"{comp} exited with {proc.returncode} while starting; its log {log} "
-                        f"ends:\n{procs.tail(log)}"
-                    )
-            if check():
-                return
-            if time.monotonic() > deadline:
-                log = self.logs / f"{name}.log"
-                raise ClusterError(f"{name} not ready in time; log {log} ends:\n{procs.tail(log)}")
-            time.sleep(0.1)
+        procs.wait_started(
+            name, check, deadline, children=self._procs, logs=self.logs, error=ClusterError
+        )
 
 
 def _http_ok(url: str, ctx: ssl.SSLContext | None) -> bool:

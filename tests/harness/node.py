@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -410,21 +410,16 @@ class RealNode:
         log = self.logs / f"{name}.log"
         self._procs[name] = procs.spawn(argv, log=log, env=env, cwd=RUN)
 
-    def _poll(self, name: str, check: Any, deadline: float) -> None:
-        while True:
-            for comp, proc in self._procs.items():
-                if proc.poll() is not None:
-                    log = self.logs / f"{comp}.log"
-                    raise NodeError(
-                        f"{comp} exited with {proc.returncode}; its log {log} ends:\n"
-                        f"{procs.tail(log)}"
-                    )
-            if check():
-                return
-            if time.monotonic() > deadline:
-                log = self.logs / f"{name}.log"
-                raise NodeError(f"{name} not ready in time; log {log} ends:\n{procs.tail(log)}")
-            time.sleep(0.2)
+    def _poll(self, name: str, check: Callable[[], bool], deadline: float) -> None:
+        procs.wait_started(
+            name,
+            check,
+            deadline,
+            children=self._procs,
+            logs=self.logs,
+            error=NodeError,
+            interval=0.2,
+        )
 
     # -- for tests ------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -117,6 +117,38 @@ def tail(path: Path, lines: int = 30) -> str:
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_started(
+    name: str,
+    check: Callable[[], bool],
+    deadline: float,
+    *,
+    children: Mapping[str, subprocess.Popen[bytes]],
+    logs: Path,
+    error: type[Exception],
+    interval: float = 0.1,
+) -> None:
+    """Poll `check` until it is true while every child keeps running.
+
+    Raises `error` naming the child that exited (with its log's tail), or `name` if
+    `deadline` (a `time.monotonic()` value) passes first; each child logs to
+    `logs / f"{child}.log"`.
+    """
+    while True:
+        for child, proc in children.items():
+            if proc.poll() is not None:
+                log = logs / f"{child}.log"
+                raise error(
+                    f"{child} exited with {proc.returncode} while starting; its log {log} "
+                    f"ends:\n{tail(log)}"
+                )
+        if check():
+            return
+        if time.monotonic() > deadline:
+            log = logs / f"{name}.log"
+            raise error(f"{name} not ready in time; log {log} ends:\n{tail(log)}")
+        time.sleep(interval)
 
 
 class LogFile:

@@ -28,13 +28,12 @@ from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.spec import parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
 
+from tests.harness.helm import CHART, CRDS_CHART, template
 from tests.harness.openapi_schemas import LOCATION, write_schemas
 from tests.harness.rest import ApiError
 from tests.harness.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "charts" / "hotswap"
-CRDS_CHART = REPO / "charts" / "hotswap-crds"
 CRD = REPO / "crds" / "modeldeployment.yaml"
 CRD_NAME = "modeldeployments.hotswap.dev"
 CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
@@ -57,18 +56,13 @@ def helm(helm_bin, cluster, *args):
 
 def render(helm_bin, namespace, *sets, values=()):
     args = [*values, *(a for s in sets for a in ("--set", s))]
-    out = subprocess.run(
-        [
-            *(str(helm_bin), "template", "hs", str(CHART), "--namespace", namespace),
-            *("--include-crds", "--api-versions", "monitoring.coreos.com/v1"),
-            *("--api-versions", "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return template(
+        helm_bin,
+        *("--include-crds", "--api-versions", "monitoring.coreos.com/v1"),
+        *("--api-versions", "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"),
+        *args,
+        namespace=namespace,
+    )
 
 
 def server_dry_run(cluster, docs):

@@ -66,11 +66,28 @@ def kube(crd):
     return Kube(crd.api_client())
 
 
+def pods_of(client, ns, name="resnet"):
+    """The pods of ModelDeployment `name`, by its selector labels."""
+    selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels(name).items())
+    return client.get(f"/api/v1/namespaces/{ns}/pods", {"labelSelector": selector})["items"]
+
+
 def live_pods(client, ns, name="resnet"):
     """The runtime pods as the operator's pod cache would hold them."""
-    selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels(name).items())
-    items = client.get(f"/api/v1/namespaces/{ns}/pods", {"labelSelector": selector})["items"]
-    return [PodInfo.from_pod(p) for p in items]
+    return [PodInfo.from_pod(p) for p in pods_of(client, ns, name)]
+
+
+def wait_pods(client, ns, count=2, name="resnet"):
+    """The sorted names of `name`'s pods not being deleted, once there are `count`."""
+
+    def names():
+        items = pods_of(client, ns, name)
+        found = sorted(
+            p["metadata"]["name"] for p in items if not p["metadata"].get("deletionTimestamp")
+        )
+        return len(found) == count and found
+
+    return wait_for(names, timeout=60, what=f"{count} pods of {name} from the controller-manager")
 
 
 def sync(kube, ns, name="resnet", applied=None, client=None, syncer=None) -> SyncResult:
@@ -128,8 +145,7 @@ def test_sync_builds_owned_children_and_twice_changes_nothing(crd, kube, namespa
         assert (ref["kind"], ref["uid"]) == ("ModelDeployment", created["metadata"]["uid"])
     md = get(client, namespace)
     assert md["status"]["revision"] == 1 and md["status"]["observedGeneration"] == 1
-    selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels("resnet").items())
-    wait_for(lambda: len(_pods(client, namespace, selector)) == 2, timeout=60, what="2 pods")
+    wait_pods(client, namespace)
     sync(kube, namespace, applied=first.applied, client=client)  # counts the new pods
     md = get(client, namespace)
     assert md["status"]["replicas"] == 2
@@ -238,12 +254,7 @@ def test_sync_counts_real_pods_from_their_reports_and_ignores_gone_ones(crd, kub
     client = crd.rest()
     create(client, namespace)
     applied = sync(kube, namespace).applied
-    selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels("resnet").items())
-    pods = wait_for(
-        lambda: len(_pods(client, namespace, selector)) == 2 and _pods(client, namespace, selector),
-        timeout=60,
-        what="2 pods of resnet from the controller-manager",
-    )
+    pods = wait_pods(client, namespace)
     serving = {"revision": 1, "sha256": SHA1, "state": "Serving", "targetRevision": 1}
     reports = {
         pods[0]: serving,
@@ -271,13 +282,6 @@ def test_sync_counts_real_pods_from_their_reports_and_ignores_gone_ones(crd, kub
     assert again.decision.patch == {} and again.events == []
     events = client.get(f"/api/v1/namespaces/{namespace}/events")["items"]
     assert any(e["reason"] == "SwapFailed" and pods[1] in e["message"] for e in events)
-
-
-def _pods(client, ns, selector):
-    items = client.get(f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}")["items"]
-    return sorted(
-        p["metadata"]["name"] for p in items if not p["metadata"].get("deletionTimestamp")
-    )
 
 
 def test_kubectl_get_prints_the_columns(crd, kube, namespace):
@@ -408,12 +412,7 @@ def test_a_status_write_conflict_syncs_again_and_loses_nothing(crd, kube, namesp
     client = crd.rest()
     create(client, namespace)
     applied = sync(kube, namespace).applied
-    selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels("resnet").items())
-    pods = wait_for(
-        lambda: len(_pods(client, namespace, selector)) == 2 and _pods(client, namespace, selector),
-        timeout=60,
-        what="2 pods of resnet from the controller-manager",
-    )
+    pods = wait_pods(client, namespace)
     path = f"{MD.format(ns=namespace)}/resnet"
     serving = {"revision": 1, "sha256": SHA1, "state": "Serving", "targetRevision": 1}
     report(client, namespace, pods[0], serving)

@@ -10,21 +10,19 @@ ModelDeployment.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from hotswap_operator import resources
 from hotswap_runtime.contract import PodReport, PodState
 from hotswap_runtime.reporter import Reporter
 
+from tests.harness.helm import template
 from tests.harness.rest import MERGE_PATCH, ApiError, KubeClient
 from tests.harness.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 CRDS = [REPO / "crds" / "modeldeployment.yaml", REPO / "crds" / "modelreplica.yaml"]
-CHART = REPO / "charts" / "hotswap"
 VAP_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
 API = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}"
 SPEC = {
@@ -37,15 +35,8 @@ SPEC = {
 def policy(cluster, helm_bin):
     for crd in CRDS:
         cluster.apply_crd(crd)
-    rendered = subprocess.run(
-        [str(helm_bin), "template", "hs", str(CHART), "--api-versions", VAP_API],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    docs = [
-        d for d in yaml.safe_load_all(rendered) if d and "ValidatingAdmissionPolicy" in d["kind"]
-    ]
+    rendered = template(helm_bin, "--api-versions", VAP_API)
+    docs = [d for d in rendered if "ValidatingAdmissionPolicy" in d["kind"]]
     assert [d["kind"] for d in docs] == [
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",

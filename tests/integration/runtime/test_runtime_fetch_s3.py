@@ -11,18 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 from hotswap_runtime import fetch_net, fetch_s3, fetch_stream
 from hotswap_runtime.contract import Checkpoint
 from hotswap_runtime.errors import CheckpointNotFound, FetchError, FetchRefused, Superseded
 from hotswap_runtime.store import CheckpointStore
-from moto.server import ThreadedMotoServer
 
 from tests.fixtures_runtime import hostile_http as hostile
+from tests.fixtures_runtime import moto_s3
 
-KEY_ID = "AKIDHOTSWAPS3TEST"
-SECRET_KEY = "hotswap-s3-secret-key"
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
 IDLE = 1.0
@@ -32,23 +29,9 @@ MakeStore = Callable[..., CheckpointStore]
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = hostile.unused_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=url,
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket="models")
-    client.put_object(Bucket="models", Key="tiny/v1.safetensors", Body=DATA)
-    try:
+    with moto_s3.serve() as url:
+        moto_s3.client(url).put_object(Bucket=moto_s3.BUCKET, Key="tiny/v1.safetensors", Body=DATA)
         yield url
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -62,13 +45,7 @@ def make_store(tmp_path: Path) -> Iterator[MakeStore]:
         secrets = tmp_path / f"secrets{len(made)}"
         folder = secrets / "store"
         folder.mkdir(parents=True)
-        values = {
-            "AWS_ACCESS_KEY_ID": KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_REGION": "us-east-1",
-        }
-        for key, value in values.items():
+        for key, value in moto_s3.secret(endpoint).items():
             (folder / key).write_text(value)
         store = CheckpointStore(
             tmp_path / f"cache{len(made)}",
@@ -179,7 +156,7 @@ def test_s3_error_text_never_reaches_the_reason(make_store: MakeStore) -> None:
                 store.fetch(ck(key))
             reason = str(caught.value)
             assert text in reason, reason
-            for secret in (marker, KEY_ID, SECRET_KEY, fake_s3.url):
+            for secret in (marker, moto_s3.KEY_ID, moto_s3.SECRET_KEY, fake_s3.url):
                 assert secret not in reason, (secret, reason)
 
 

@@ -152,6 +152,21 @@ class World:
         path = write(self.root / name)
         return path.as_uri(), ck.sha256_of(path)
 
+    def good_revision(self, name: str, seed: int) -> dict[str, Any]:
+        """A verified revision of ``tiny.weights(seed)`` in file ``name``; its exact
+        outputs are what Traffic and assert_previous_serves expect of it."""
+        state = tiny.weights(seed)
+        uri, sha = self.file(name, lambda p: _save(state, p))
+        rev = self.revision(uri, sha)
+        self.expected[str(rev["revision"])] = expected_outputs(state)
+        return rev
+
+    def serve(self, rev: dict[str, Any], timeout: float = 60) -> None:
+        """Publish ``rev`` and wait until it is the serving revision."""
+        self.publish(rev)
+        self.runtime.wait_version(rev["revision"], timeout=timeout)
+        self.serving = rev["revision"]
+
     def report(self) -> dict[str, Any]:
         """This pod's report: its ModelReplica's status ({} before the first)."""
         path = f"/apis/hotswap.dev/v1alpha1/namespaces/{self.namespace}/modelreplicas"
@@ -461,18 +476,13 @@ def test_after_every_failure_a_legitimate_revision_serves_its_exact_weights(worl
     """Run last in this module's order: whatever the cases above left behind (aliased
     buffers, staging, failures remembered), the next verified checkpoint serves exactly
     what a fresh model loaded from the same file computes."""
-    state = tiny.weights(8)
-    uri, sha = world.file("legit-after.safetensors", lambda p: _save(state, p))
-    rev = world.revision(uri, sha)
-    world.expected[str(rev["revision"])] = expected_outputs(state)
-    world.publish(rev)
-    world.runtime.wait_version(rev["revision"], timeout=60)
-    world.serving = rev["revision"]
+    rev = world.good_revision("legit-after.safetensors", 8)
+    world.serve(rev)
     assert_previous_serves(world)
     body = {"inputs": [{"name": "input", "shape": list(X.shape), "datatype": "FP32"}]}
     body["inputs"][0]["data"] = X.flatten().tolist()
     answer = httpx.post(f"{world.runtime.url}/v2/models/{NAME}/infer", json=body).json()
-    assert answer["outputs"][0]["data"] == expected_outputs(state)
+    assert answer["outputs"][0]["data"] == expected_outputs(tiny.weights(8))
 
 
 def test_a_factory_that_raises_system_exit_leaves_the_loader_alive(world: World) -> None:
@@ -482,13 +492,7 @@ def test_a_factory_that_raises_system_exit_leaves_the_loader_alive(world: World)
         world.publish(rev)
         failure = wait_reported(world, rev["revision"], "")
         assert "SystemExit" in failure["reason"], failure
-    state = tiny.weights(9)
-    good_uri, good_sha = world.file("after-exit.safetensors", lambda p: _save(state, p))
-    rev = world.revision(good_uri, good_sha)
-    world.expected[str(rev["revision"])] = expected_outputs(state)
-    world.publish(rev)
-    world.runtime.wait_version(rev["revision"], timeout=60)
-    world.serving = rev["revision"]
+    world.serve(world.good_revision("after-exit.safetensors", 9))
     assert_previous_serves(world)
 
 
@@ -500,16 +504,11 @@ def test_a_stalled_download_yields_to_a_newer_revision_within_a_second(world: Wo
     first = world.revision(stalled + ".safetensors", slow)
     world.publish(first)
     wrote.wait(30)
-    state = tiny.weights(10)
-    uri, sha = world.file("newer.safetensors", lambda p: _save(state, p))
-    newer = world.revision(uri, sha)
-    world.expected[str(newer["revision"])] = expected_outputs(state)
+    newer = world.good_revision("newer.safetensors", 10)
     began = time.monotonic()
-    world.publish(newer)
-    world.runtime.wait_version(newer["revision"], timeout=30)
+    world.serve(newer, timeout=30)
     took = time.monotonic() - began
     release.set()
-    world.serving = newer["revision"]
     assert took < 3, f"the newer revision served {took:.2f}s after it was published"
     wait_for(  # the superseded attempt is recorded first, then the newer one's
         lambda: (world.runtime.metadata()["last_swap"] or {}).get("revision") == newer["revision"],

@@ -8,19 +8,15 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 import torch
-from moto.server import ThreadedMotoServer
 
 from tests.fixtures_runtime import checkpoints as ck
 from tests.fixtures_runtime import http as http_fixture
-from tests.fixtures_runtime import tiny
-from tests.fixtures_runtime.server import free_port, running
+from tests.fixtures_runtime import moto_s3, tiny
+from tests.fixtures_runtime.server import running
 
-S3_KEY_ID = "AKIDHOTSWAPTEST"
-S3_SECRET = "hotswap-very-secret-key"
 HTTP_TOKEN = "Bearer s3cret-token"
 SUPERSEDED = r'hotswap_swaps_total\{[^}]*result="superseded"[^}]*\} 1'
 
@@ -48,39 +44,19 @@ def write_secret(folder: Path, values: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def s3(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+def s3() -> Iterator[str]:
+    with moto_s3.serve() as url:
+        yield url
 
 
 def test_s3_with_secret_credentials(tmp_path: Path, s3: str) -> None:
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3,
-        aws_access_key_id=S3_KEY_ID,
-        aws_secret_access_key=S3_SECRET,
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket="models")
+    client = moto_s3.client(s3)
     sha = {}
     for seed, name in ((1, "v1.safetensors"), (2, "v2.pt")):
         sha[seed] = ck.save(tiny.weights(seed), tmp_path / name)
-        client.upload_file(str(tmp_path / name), "models", f"tiny/{name}")
+        client.upload_file(str(tmp_path / name), moto_s3.BUCKET, f"tiny/{name}")
     secrets = tmp_path / "secrets"
-    write_secret(
-        secrets / "model-store",
-        {
-            "AWS_ACCESS_KEY_ID": S3_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-            "AWS_ENDPOINT_URL": s3,
-            "AWS_REGION": "us-east-1",
-        },
-    )
+    write_secret(secrets / "model-store", moto_s3.secret(s3))
     config = tmp_path / "config"
 
     def rev(n: int, name: str, sha256: str) -> str:
@@ -103,7 +79,7 @@ def test_s3_with_secret_credentials(tmp_path: Path, s3: str) -> None:
         assert failure["code"] == "not_found", failure
         assert infer(runtime.url) == ("2", output_of(2))
         log = runtime.log()
-    assert S3_SECRET not in log and S3_KEY_ID not in log
+    assert moto_s3.SECRET_KEY not in log and moto_s3.KEY_ID not in log
 
 
 def test_http_with_authorization_and_rollback_from_cache(tmp_path: Path) -> None:
@@ -179,27 +155,12 @@ def test_sharded_checkpoints_over_http_and_s3(tmp_path: Path, s3: str) -> None:
     manifests = {
         seed: ck.save_sharded(tiny.weights(seed), store / f"v{seed}", 2) for seed in (1, 2)
     }
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3,
-        aws_access_key_id=S3_KEY_ID,
-        aws_secret_access_key=S3_SECRET,
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket="models")
+    client = moto_s3.client(s3)
     for item in (store / "v2").iterdir():
-        client.upload_file(str(item), "models", f"tiny/{item.name}")
+        client.upload_file(str(item), moto_s3.BUCKET, f"tiny/{item.name}")
     secrets = tmp_path / "secrets"
     write_secret(secrets / "web", {"HTTP_AUTHORIZATION": HTTP_TOKEN})
-    write_secret(
-        secrets / "model-store",
-        {
-            "AWS_ACCESS_KEY_ID": S3_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-            "AWS_ENDPOINT_URL": s3,
-            "AWS_REGION": "us-east-1",
-        },
-    )
+    write_secret(secrets / "model-store", moto_s3.secret(s3))
     config = tmp_path / "config"
     with http_fixture.serve(store, token=HTTP_TOKEN) as web:
 

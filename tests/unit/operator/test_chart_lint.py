@@ -2,7 +2,6 @@
 are clean on every manifest the chart renders and every object the operator builds."""
 
 import copy
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,9 @@ from hotswap_operator.spec import parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
 
 from tests.harness import kubelint
+from tests.harness.helm import template
 
 REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "charts" / "hotswap"
 EVERY_OPTION = (
     "watchNamespaces={team-a}",
     "monitoring.serviceMonitor.enabled=true",
@@ -51,16 +50,8 @@ def known(finding):
 
 
 def render(helm_bin, values):
-    out = subprocess.run(
-        [
-            *(str(helm_bin), "template", "hs", str(CHART), "--namespace", "ops"),
-            *("--include-crds", "--api-versions", "monitoring.coreos.com/v1", *values),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    api = ("--api-versions", "monitoring.coreos.com/v1")
+    return template(helm_bin, "--include-crds", *api, *values, namespace="ops")
 
 
 def operator_children(replicas=1, gpu=True):

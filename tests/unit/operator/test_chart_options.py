@@ -11,9 +11,9 @@ from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.spec import parse_spec
 from hotswap_runtime.contract import GRPC_PORT, HTTP_PORT
 
+from tests.harness.helm import CHART, CRDS_CHART, template
+
 REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "charts" / "hotswap"
-CRDS_CHART = REPO / "charts" / "hotswap-crds"
 CRD = REPO / "crds" / "modeldeployment.yaml"
 MONITORING_API = "monitoring.coreos.com/v1"
 POLICY = ("networkPolicy.enabled=true", "networkPolicy.apiServer.cidrs={10.0.0.10/32}")
@@ -26,8 +26,7 @@ def helm(helm_bin, *args, ok=True):
 
 
 def render(helm_bin, *args, chart=CHART):
-    out = helm(helm_bin, "template", "hs", str(chart), "--namespace", "ops", *args).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return template(helm_bin, *args, chart=chart, namespace="ops")
 
 
 def sets(*items):

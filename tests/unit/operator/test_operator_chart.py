@@ -5,13 +5,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from hotswap_operator import handlers, leader, resources
 from hotswap_operator.config import operator_settings, runtime_defaults
 from hotswap_operator.kube import PERMISSIONS
 
+from tests.harness.helm import CHART, template
+
 REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "charts" / "hotswap"
 
 
 def helm(helm_bin, *args):
@@ -21,8 +21,7 @@ def helm(helm_bin, *args):
 
 
 def render(helm_bin, *sets):
-    out = helm(helm_bin, "template", "hs", str(CHART), "--namespace", "hotswap-system", *sets)
-    return [d for d in yaml.safe_load_all(out) if d]
+    return template(helm_bin, *sets, namespace="hotswap-system")
 
 
 def flatten(rules):

@@ -34,6 +34,8 @@ CHILDREN_FIRST = [
 STATUS = ("PATCH", "modeldeployments/resnet/status")
 CONFIG = ("PATCH", "configmaps/resnet-model")
 DEPLOYMENT = ("PATCH", "deployments/resnet")
+# A new revision: access first, then status names it, then the pods' config, then pods.
+NEW_REVISION = [*CHILDREN_FIRST, STATUS, CONFIG, DEPLOYMENT, ("POST", "events RevisionCreated")]
 
 
 def create(api: FakeApi, spec=SPEC) -> dict:
@@ -113,13 +115,7 @@ def started(api: FakeApi, spec=SPEC):
 def test_first_sync_writes_access_then_status_once_then_config_then_pods(api):
     md = create(api)
     result = syncer(api).sync(NS, NAME, [], None)
-    assert writes(api) == [
-        *CHILDREN_FIRST,
-        STATUS,
-        CONFIG,
-        DEPLOYMENT,
-        ("POST", "events RevisionCreated"),
-    ]
+    assert writes(api) == NEW_REVISION
     (patch,) = status_patches(api)
     assert patch["metadata"] == {"resourceVersion": md["metadata"]["resourceVersion"]}
     assert patch["status"]["revision"] == 1 and patch["status"]["observedGeneration"] == 1
@@ -169,13 +165,7 @@ def test_a_checkpoint_change_writes_status_before_the_config_map(api):
     s, applied, _ = started(api)
     changed = api.patch_spec(NS, NAME, {"checkpoint": V2})
     s.sync(NS, NAME, PODS, applied)
-    assert writes(api) == [
-        *CHILDREN_FIRST,
-        STATUS,
-        CONFIG,
-        DEPLOYMENT,
-        ("POST", "events RevisionCreated"),
-    ]
+    assert writes(api) == NEW_REVISION
     (patch,) = status_patches(api)
     assert patch["metadata"]["resourceVersion"] == changed["metadata"]["resourceVersion"]
     assert patch["status"]["revision"] == 2 and status(api)["updated"] == "0/3"

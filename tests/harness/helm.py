@@ -1,0 +1,26 @@
+"""The chart as `helm template` renders it, for tests that read or apply its objects."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "hotswap"
+CRDS_CHART = REPO / "charts" / "hotswap-crds"
+
+
+def template(
+    helm_bin: Path, *args: str, chart: Path = CHART, namespace: str | None = None
+) -> list[dict[str, Any]]:
+    """The objects of `helm template hs <chart> [--namespace <namespace>] <args>`."""
+    cmd = [str(helm_bin), "template", "hs", str(chart)]
+    if namespace is not None:
+        cmd += ["--namespace", namespace]
+    done = subprocess.run([*cmd, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd[1:])} failed:\n{done.stderr or done.stdout}")
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
