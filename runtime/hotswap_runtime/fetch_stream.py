@@ -15,8 +15,9 @@ received, at most ``MAX_RESUMES`` times per download; the sha256 of the whole fi
 checked after the last byte, is what vouches for the pieces.
 
 The sink checks the size limit before anything is read and again as bytes arrive,
-hashes while writing, passes each chunk to a ``tap`` (the streaming parser) when there
-is one, and knows nothing of where the bytes came from.
+hashes while a writer thread writes the cache file (large chunks), passes each chunk
+to a ``tap`` (the streaming parser) when there is one, and knows nothing of where the
+bytes came from.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import errno
 import hashlib
 import logging
 from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -41,6 +43,9 @@ PART_BYTES = 16 << 20
 PARALLEL = 4
 WINDOW_BYTES = PART_BYTES * PARALLEL
 MAX_RESUMES = 5
+WRITE_BESIDE_BYTES = 1 << 20  # chunks from this size are written beside the hashing
+# One thread writes cache files beside the loader: a swap fetches one file at a time.
+_WRITER = ThreadPoolExecutor(1, thread_name_prefix="hotswap-cache-write")
 
 OpenRange = Callable[[int, int], AbstractAsyncContextManager["Body"]]
 
@@ -82,20 +87,41 @@ class Sink:
             self.tap = self.tap_for(size)
 
     def add(self, chunk: bytes | memoryview) -> None:
+        """Count, hash, keep and tap ``chunk``. A large chunk is written to the cache
+        file on the writer thread while this one hashes and taps it (the write is the
+        costliest step: page-cache allocation and copy); it returns once both are done,
+        so the caller may reuse the chunk's buffer."""
         self.total += len(chunk)
         if self.total > self.limit:
             raise self._too_large()
-        self.digest.update(chunk)
+        view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
+        if len(view) < WRITE_BESIDE_BYTES:
+            self.digest.update(view)
+            self._write(view)
+            self._tap(view)
+            return
+        written = _WRITER.submit(self._write, view)
         try:
-            self.file.write(chunk)
+            self.digest.update(view)
+            self._tap(view)
+        finally:
+            failed = written.exception()  # waits: the buffer is the caller's again after
+        if failed is not None:
+            raise failed
+
+    def _tap(self, view: memoryview) -> None:
+        if self.tap is not None:
+            self.tap(view)
+
+    def _write(self, view: memoryview) -> None:
+        try:
+            self.file.write(view)
         except OSError as exc:
             raise FetchError(
                 f"cannot write checkpoint {self.shown} into the cache folder "
                 f"({errno.errorcode.get(exc.errno or 0, type(exc).__name__)}); check that "
                 "HOTSWAP_CACHE_DIR has room for it"
             ) from None
-        if self.tap is not None:
-            self.tap(chunk if isinstance(chunk, memoryview) else memoryview(chunk))
 
     def matches(self, sha256: str) -> bool:
         return self.digest.hexdigest() == sha256
