@@ -12,7 +12,7 @@ pattern (float8, complex) fall back to ``torch.isfinite``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -46,6 +46,6 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return True
 
 
-def non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+def non_finite(state: Mapping[str, torch.Tensor]) -> list[str]:
     """The names of the tensors that hold NaN or infinity."""
-    return [name for name, tensor in named if not all_finite(tensor)]
+    return [name for name, tensor in state.items() if not all_finite(tensor)]

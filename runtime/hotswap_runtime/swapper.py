@@ -58,6 +58,7 @@ from .errors import (
     SwapError,
     ValidationFailed,
 )
+from .finite import non_finite
 from .layouts import Expected, FlatLayout, bind_flat, bindable, is_bound, layout_of, named, overlaps
 from .leases import Leases, LoadedModel, utc_now
 from .manifest import LocalCheckpoint, is_manifest
@@ -68,7 +69,7 @@ from .settings import DEFAULT_MAX_CHECKPOINT_BYTES
 from .staging import Staging
 from .store import CheckpointStore
 from .streaming import StreamParser
-from .weights import SAFETENSORS, Parsed, checkpoint_format, non_finite_keys, read_local
+from .weights import SAFETENSORS, Parsed, checkpoint_format, read_local
 
 __all__ = ["PHASES", "LoadedModel", "PhaseClock", "Swapper", "utc_now"]
 
@@ -261,7 +262,7 @@ class Swapper:
             bad = parser.non_finite
         else:
             parsed = read_local(local, revision.checkpoint.uri, expected, self._staging)
-            bad = non_finite_keys(parsed.state)
+            bad = non_finite(parsed.state)
         if bad:
             raise NonFiniteWeights(
                 f"checkpoint {redact_uri(revision.checkpoint.uri)}: tensors hold NaN or "
@@ -335,7 +336,7 @@ class Swapper:
         staging keeps one: three buffers then rotate, and the process does not grow.)"""
         cpu = self.device.type == "cpu" and not self._staging.pin
         old = model.flat
-        if not cpu or old is None or old.numel() != flat.numel() or old.device != flat.device:
+        if not cpu or old is None or old.numel() != flat.numel():
             return False
         if not self._staging.holds(flat) or not bindable(model.targets, layout):
             return False

@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 import torch
 
 from .errors import FormatError
-from .finite import non_finite
 from .layouts import Expected, FlatLayout, StateDict
 from .manifest import LocalCheckpoint
 from .redact import redact_uri
@@ -113,8 +112,3 @@ def read_tensor(path: Path, uri: str) -> torch.Tensor:
     if len(tensors) != 1:
         raise FormatError(f"{where}: holds {len(tensors)} tensors, expected exactly one")
     return next(iter(tensors.values())).clone(memory_format=torch.contiguous_format)
-
-
-def non_finite_keys(state: StateDict) -> list[str]:
-    """Names of floating-point tensors holding NaN or infinity (``finite``)."""
-    return non_finite(state.items())

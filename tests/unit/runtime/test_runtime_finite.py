@@ -50,4 +50,4 @@ def test_other_dtypes_fall_back_to_torch() -> None:
 
 def test_non_finite_names_the_tensors() -> None:
     state = {"a": torch.ones(3), "b": torch.tensor([1.0, float("nan")]), "c": torch.arange(3)}
-    assert finite.non_finite(state.items()) == ["b"]
+    assert finite.non_finite(state) == ["b"]

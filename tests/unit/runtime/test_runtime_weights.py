@@ -9,9 +9,10 @@ import pytest
 import safetensors.torch
 import torch
 from hotswap_runtime.errors import FormatError, StateDictMismatch
+from hotswap_runtime.finite import non_finite
 from hotswap_runtime.layouts import Expected, layout_of
 from hotswap_runtime.staging import Staging
-from hotswap_runtime.weights import checkpoint_format, non_finite_keys, read_state_dict, read_tensor
+from hotswap_runtime.weights import checkpoint_format, read_state_dict, read_tensor
 
 from tests.fixtures_runtime import hostile, tiny
 
@@ -172,10 +173,10 @@ def test_read_tensor_refuses_views_larger_than_the_file(tmp_path: Path) -> None:
         read_tensor(path, "file:///x.pt")
 
 
-def test_non_finite_keys_names_the_bad_tensors() -> None:
+def test_non_finite_names_the_bad_tensors() -> None:
     state = mixed_state()
-    assert non_finite_keys(state) == []
+    assert non_finite(state) == []
     state["b"] = torch.tensor([1.0, float("inf")], dtype=torch.float16)
     state["a"] = state["a"].clone()
     state["a"][1, 1] = float("nan")
-    assert sorted(non_finite_keys(state)) == ["a", "b"]
+    assert sorted(non_finite(state)) == ["a", "b"]
