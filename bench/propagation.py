@@ -36,7 +36,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, percentile, poll
-from tests.e2e.fleet import Fleet, helm_install
+from tests.e2e.fleet import Fleet, cpu_deployment, helm_install
 from tests.fixtures_runtime import checkpoints, tiny
 from tests.harness.cluster import Cluster, ensure_binary
 from tests.harness.kubelet import LocalKubelet
@@ -58,18 +58,15 @@ def manifest(name: str, checkpoint: dict[str, str], api_watch: bool) -> dict[str
     env = [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}]
     if not api_watch:
         env.append({"name": "HOTSWAP_API_WATCH", "value": "false"})
-    return {
-        "apiVersion": "hotswap.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": PODS,
-            "model": {"architecture": tiny.ARCHITECTURE, "inputShape": [tiny.FEATURES]},
-            "checkpoint": checkpoint,
-            "rollout": {"strategy": "AllAtOnce"},
-            "runtime": {"device": "cpu", "env": env},
-        },
-    }
+    return cpu_deployment(
+        name,
+        PODS,
+        tiny.ARCHITECTURE,
+        [tiny.FEATURES],
+        checkpoint,
+        runtime={"env": env},
+        rollout={"strategy": "AllAtOnce"},
+    )
 
 
 def serving_everywhere(http: httpx.Client, urls: list[str], revision: int) -> bool:
