@@ -155,7 +155,10 @@ def test_wrong_sha256_degrades_then_recovers(fleet, made):
     fleet.patch_spec(checkpoint(made, 3, sha256="0" * 64))
 
     def all_failed(st):
+        # The pods' reports are read directly; the Degraded condition is the operator's
+        # aggregate of them, written up to a report batch later: wait for both.
         reports = st.get("pods") or {}
+        degraded = next((c for c in st.get("conditions") or [] if c["type"] == "Degraded"), {})
         return (
             st.get("phase") == "Degraded"
             and len(reports) == 3
@@ -163,6 +166,7 @@ def test_wrong_sha256_degrades_then_recovers(fleet, made):
                 r.get("state") == "Failed" and r.get("targetRevision") == rev + 1
                 for r in reports.values()
             )
+            and all(pod in degraded.get("message", "") for pod in reports)
         )
 
     status = fleet.wait(all_failed, "every pod refusing the wrong sha256")
