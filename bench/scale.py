@@ -341,7 +341,16 @@ class Bench:
         self.revisions[name] = int((self.client.get(self.md_path(name))["status"])["revision"])
 
 
-def hollow_nodes(cluster: Cluster, count: int, load_seconds: float, logs: Path) -> Iterator[Any]:
+def pods_per_node(args: argparse.Namespace) -> int:
+    """Each hollow node's pod capacity: the most pods the bench runs at once, spread
+    evenly with a fifth to spare, so the scheduler cannot pack them into one process."""
+    most = int(max([*args.sizes, args.fleet * args.fleet_replicas, 1]))
+    return math.ceil(most * 1.2 / int(args.nodes)) + 5
+
+
+def hollow_nodes(
+    cluster: Cluster, count: int, load_seconds: float, max_pods: int, logs: Path
+) -> Iterator[Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)])}
     for i in range(count):
         log = (logs / f"hollow-{i}.log").open("ab")
@@ -356,6 +365,8 @@ def hollow_nodes(cluster: Cluster, count: int, load_seconds: float, logs: Path) 
                 f"hollow-{i}",
                 "--load-seconds",
                 str(load_seconds),
+                "--max-pods",
+                str(max_pods),
             ],
             env=env,
             stdout=log,
@@ -417,7 +428,9 @@ def run(args: argparse.Namespace) -> JSON:
         )
         result["chart_values"] = args.set
         logs = cluster.root / "logs"
-        nodes = list(hollow_nodes(cluster, args.nodes, args.load_seconds, logs))
+        max_pods = pods_per_node(args)
+        result["pods_per_node"] = max_pods
+        nodes = list(hollow_nodes(cluster, args.nodes, args.load_seconds, max_pods, logs))
         try:
             bench = Bench(cluster, kubelet, namespace)
             result["report_objects"] = bench.has_reports

@@ -169,6 +169,9 @@ class OperatorSettings(_Settings):
     sync_workers: int = Field(default=4, ge=1)  # ModelDeployments synced at once
     # pod and report changes sync a ModelDeployment at most this often (0: every change)
     report_batch_seconds: float = Field(default=0.25, ge=0, le=10)
+    # every ModelDeployment is synced again this often from the caches (0: never), so a
+    # trigger lost anywhere (a watch, the API server under load) is late, not lost
+    resync_seconds: float = Field(default=60.0, ge=0, le=86400)
     lease_namespace: str = "default"  # where the leader Lease lives (the operator's own)
     lease_name: str = "hotswap-operator"
     lease_seconds: float = Field(default=8.0, gt=0)
@@ -181,6 +184,7 @@ class OperatorSettings(_Settings):
 _OPERATOR_ENV = {
     "HOTSWAP_SYNC_WORKERS": "sync_workers",
     "HOTSWAP_REPORT_BATCH_SECONDS": "report_batch_seconds",
+    "HOTSWAP_RESYNC_SECONDS": "resync_seconds",
     "POD_NAMESPACE": "lease_namespace",
     "HOTSWAP_LEADER_LEASE": "lease_name",
     "HOTSWAP_LEASE_SECONDS": "lease_seconds",

@@ -8,7 +8,9 @@ watches before any handler runs: no LIST per event). Only the leader
 syncs: the other replicas keep their caches and take every key when they become
 leader. After a sync the controller remembers what it wrote (so the watch event of its
 own write is not a new trigger), requeues at the next step deadline, and retries
-failures with a per-key backoff.
+failures with a per-key backoff. Every `resync` seconds the leader syncs every
+ModelDeployment again from the caches (spread over half the period), so a trigger lost
+anywhere on its way (a watch event the API server never sent) is late, not lost.
 """
 
 from __future__ import annotations
@@ -52,7 +54,12 @@ def owner_key(obj: Mapping[str, Any]) -> Key | None:
 
 class Controller:
     def __init__(
-        self, syncer: Syncer, metrics: Metrics, workers: int = 4, report_batch: float = 0.0
+        self,
+        syncer: Syncer,
+        metrics: Metrics,
+        workers: int = 4,
+        report_batch: float = 0.0,
+        resync: float = 0.0,
     ) -> None:
         self.syncer = syncer
         self.metrics = metrics
@@ -62,6 +69,7 @@ class Controller:
         # rest of a burst together. 1000 pods reporting a swap are a few dozen syncs and
         # status writes, not a thousand, each reading every report.
         self.report_batch = report_batch
+        self.resync = resync  # seconds between syncs of every key (0: never)
         self._last_started: dict[Key, float] = {}  # loop time of each key's last sync
         self.queue: WorkQueue[Key] = WorkQueue()
         self.metrics.watch_queue(lambda: len(self.queue))
@@ -139,6 +147,19 @@ class Controller:
         self._tasks = [
             asyncio.create_task(self._work(), name=f"hotswap-sync-{i}") for i in range(self.workers)
         ]
+        if self.resync > 0:
+            self._tasks.append(asyncio.create_task(self._resync(), name="hotswap-resync"))
+
+    async def _resync(self) -> None:
+        """Every `resync` seconds, queue every known ModelDeployment, spread over half
+        the period so a hundred of them are not a burst of API reads."""
+        while True:
+            await asyncio.sleep(self.resync)
+            if not self.leading:
+                continue
+            keys = sorted(self.known)
+            for i, key in enumerate(keys):
+                self.queue.add_after(key, self.resync / 2 * i / len(keys))
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop the workers; wait (up to `timeout`) for syncs already in their threads,

@@ -104,6 +104,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         metrics,
         operator.sync_workers,
         operator.report_batch_seconds,
+        operator.resync_seconds,
     )
     # Unique per process: a restarted container waits for the Lease like any other.
     identity = f"{env.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
@@ -156,8 +157,11 @@ async def replica_reports(body: kopf.Body, **_: Any) -> dict[Key, Report] | None
     return {(body.metadata.namespace, name): (body.metadata.name, dict(body.status or {}))}
 
 
-def _attach(memo: kopf.Memo, kwargs: dict[str, Any]) -> Controller:
+def _attach(memo: kopf.Memo, kwargs: dict[str, Any], event: kopf.RawEvent) -> Controller:
+    """The controller, its caches wired to kopf's indexes, the event counted."""
     controller: Controller = memo.controller
+    kind = str(event["object"].get("kind", "")).lower()
+    controller.metrics.watch_events.labels(kind or "unknown").inc()
     pod_index: kopf.Index[Key, PodInfo] = kwargs["runtime_pods"]
     report_index: kopf.Index[Key, Report] = kwargs["replica_reports"]
 
@@ -175,23 +179,23 @@ def _attach(memo: kopf.Memo, kwargs: dict[str, Any]) -> Controller:
 @kopf.on.event(*MD)
 async def model_deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
     """The spec, the pods' reports (status) and the object's deletion."""
-    _attach(memo, kwargs).on_model_deployment(event["type"], event["object"])
+    _attach(memo, kwargs, event).on_model_deployment(event["type"], event["object"])
 
 
 @kopf.on.event("", "v1", "pods", labels=RUNTIME_PODS)
 async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
     """Readiness changes, new pods and deleted pods (whose reports get pruned)."""
-    _attach(memo, kwargs).on_pod(event["type"], event["object"])
+    _attach(memo, kwargs, event).on_pod(event["type"], event["object"])
 
 
 @kopf.on.event("", "v1", "configmaps", labels=OWNED)
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
     """A ConfigMap edited or deleted, a Deployment deleted: the sync puts them back."""
-    _attach(memo, kwargs).on_child(event["type"], event["object"])
+    _attach(memo, kwargs, event).on_child(event["type"], event["object"])
 
 
 @kopf.on.event(*REPLICAS, labels={resources.LABEL_DEPLOYMENT: kopf.PRESENT})
 async def replica_event(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
     """A pod's report changed: a sync aggregates it (a burst of reports is one sync)."""
-    _attach(memo, kwargs).on_pod(event["type"], event["object"])
+    _attach(memo, kwargs, event).on_pod(event["type"], event["object"])

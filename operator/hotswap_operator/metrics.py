@@ -9,6 +9,9 @@
   `Stalled` (phase Degraded or Failed);
 * `hotswap_operator_events_total{result}`: Events `created`, `aggregated` (a repeat:
   count + 1) or `failed` (never fails a sync);
+* `hotswap_operator_watch_events_total{kind}`: watch events received, by object kind
+  (`modeldeployment`, `modelreplica`, `pod`, `configmap`, `deployment`): a flat line
+  while pods report means the watch is not delivering;
 * `hotswap_operator_leader`: 1 while this replica holds the leader Lease, else 0.
 
 Each operator process has its own registry (tests build several in one process).
@@ -53,6 +56,12 @@ class Metrics:
             "hotswap_operator_events",
             "Kubernetes Events posted, by result",
             ["result"],
+            registry=self.registry,
+        )
+        self.watch_events = Counter(
+            "hotswap_operator_watch_events",
+            "Watch events received, by object kind",
+            ["kind"],
             registry=self.registry,
         )
         self.leader = Gauge(

@@ -131,6 +131,9 @@ def test_the_operator_serves_metrics_and_one_replica_leads(fleet):
     assert lead['hotswap_operator_rollouts_total{outcome="Complete"}'] >= 1
     unexpected = 'hotswap_operator_sync_errors_total{reason="Unexpected"}'
     assert lead.get(unexpected, 0) == 0
+    for m in readings.values():  # every replica keeps its caches filled by its watches
+        for kind in ("modeldeployment", "modelreplica", "pod"):
+            assert m.get(f'hotswap_operator_watch_events_total{{kind="{kind}"}}', 0) > 0, kind
     standby = [m for name, m in readings.items() if name != leader]
     assert all(m.get("hotswap_operator_sync_seconds_count", 0) == 0 for m in standby)
     errors = {k: v for k, v in lead.items() if k.startswith("hotswap_operator_sync_errors_total")}

@@ -206,6 +206,7 @@ def test_operator_settings_reach_the_operator(helm_bin):
     )
     assert (settings.lease_seconds, settings.renew_deadline_seconds) == (8, 5)
     assert settings.retry_seconds == 1 and settings.sync_workers == 4
+    assert (settings.report_batch_seconds, settings.resync_seconds) == (0.25, 60)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == settings.metrics_port == 8082
 

@@ -60,10 +60,10 @@ async def settle(controller, calls, timeout=2.0):
     await asyncio.sleep(0.02)
 
 
-def run(test, *outcomes, report_batch=0.0):
+def run(test, *outcomes, report_batch=0.0, resync=0.0):
     async def go():
         metrics = Metrics()
-        controller = Controller(FakeSyncer(*outcomes), metrics, 2, report_batch)
+        controller = Controller(FakeSyncer(*outcomes), metrics, 2, report_batch, resync)
         controller.start()
         try:
             await test(controller, metrics)
@@ -128,6 +128,27 @@ def test_pod_reports_are_batched_the_first_at_once_the_rest_of_a_burst_together(
         await settle(c, 3, timeout=0.15)
 
     run(test, report_batch=0.3)
+
+
+def test_the_leader_resyncs_every_known_model_deployment_without_a_trigger():
+    other = {"metadata": {**MD["metadata"], "name": "bert", "uid": "u-2"}}
+
+    async def test(c, metrics):
+        c.on_model_deployment(None, md("1"))
+        c.on_model_deployment(None, other)
+        await asyncio.sleep(0.35)  # a follower: known, never synced
+        assert c.syncer.calls == []
+        c.start_leading()
+        await settle(c, 2)
+        await settle(c, 6, timeout=1.0)  # two periods later, with no event at all
+        synced = [call[0] for call in c.syncer.calls]
+        assert synced.count(KEY) >= 3 and synced.count(("ml", "bert")) >= 3
+        c.on_model_deployment("DELETED", md("2"))  # forgotten: no longer resynced
+        calls = len(c.syncer.calls)
+        await asyncio.sleep(0.45)
+        assert all(call[0] == ("ml", "bert") for call in c.syncer.calls[calls + 1 :])
+
+    run(test, resync=0.15)
 
 
 def test_its_own_status_write_is_no_trigger_but_anything_newer_is():
