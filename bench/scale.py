@@ -22,7 +22,10 @@ changes are timed. Then 100 ModelDeployments of 5 replicas change at once. Per s
   to every watcher, `apiserver_watch_events_sizes_sum`: the fan-out, where a big object
   written often costs most); `api_bytes` is write plus watch bytes. Node heartbeats and
   Leases (the operator's leader election, node leases) are left out;
-* `operator_cpu_s`: user+system CPU of both operator processes (/proc), over the swap;
+* `operator_cpu_s`: user+system CPU of both operator processes (/proc), over the swap
+  (until every pod converged, plus 2 s); `apiserver_cpu_s`, `etcd_cpu_s` and
+  `hollow_cpu_s` (the hollow nodes' processes: on a real cluster, the pods' own nodes)
+  likewise, to show what shares this machine's cores;
 * `apiserver_rss_mb`, `etcd_rss_mb` after each size.
 
     python bench/scale.py [--sizes 10,100,300,1000] [--swaps 3] [--fleet 100] [--out FILE]
@@ -242,6 +245,7 @@ class Bench:
         self.revisions: dict[str, int] = {}
         self.next_ref = 1
         self.has_reports = self._has_report_crd()
+        self.processes: dict[str, list[int]] = {}  # apiserver, etcd, hollow: their pids
         self.watcher = Watcher(self.client, namespace, self._seen)
         self.watcher.start(self.has_reports)
 
@@ -304,6 +308,7 @@ class Bench:
             targets[name] = (revision, refs[name]["sha256"], replicas)
         pids = self.operator_pids()
         before, cpu0 = scrape(self.client), cpu_seconds(pids)
+        others0 = {name: cpu_seconds(p) for name, p in self.processes.items()}
         started = time.monotonic()
         self.progress = Progress(targets, started)
         with ThreadPoolExecutor(16) as pool:
@@ -317,6 +322,7 @@ class Bench:
         elapsed = time.monotonic() - started
         time.sleep(2.0)  # the last reports' watch events reach the metrics
         after, cpu1 = scrape(self.client), cpu_seconds(pids)
+        others = {name: cpu_seconds(p) - others0[name] for name, p in self.processes.items()}
         progress, self.progress = self.progress, None
         for name, (revision, _, _) in targets.items():
             if name in progress.status:
@@ -334,6 +340,7 @@ class Bench:
             "status_s": sorted(round(x, 3) for x in progress.status.values()),
             "status_bytes": max(sizes),
             "operator_cpu_s": None if math.isnan(cpu1 - cpu0) else round(cpu1 - cpu0, 2),
+            **{f"{k}_cpu_s": None if math.isnan(v) else round(v, 2) for k, v in others.items()},
             **spent,
         }
 
@@ -408,7 +415,10 @@ def figures(swaps: list[JSON], load_seconds: float) -> JSON:
         "api_write_bytes_per_swap": mean("api_write_bytes"),
         "api_watch_bytes_per_swap": mean("api_watch_bytes"),
         "api_bytes_per_swap": round(mean("api_write_bytes") + mean("api_watch_bytes")),
-        "operator_cpu_s_per_swap": mean_of([s["operator_cpu_s"] for s in swaps]),
+        **{
+            f"{k}_cpu_s_per_swap": mean_of([s.get(f"{k}_cpu_s") for s in swaps])
+            for k in ("operator", "apiserver", "etcd", "hollow")
+        },
     }
 
 
@@ -433,6 +443,11 @@ def run(args: argparse.Namespace) -> JSON:
         nodes = list(hollow_nodes(cluster, args.nodes, args.load_seconds, max_pods, logs))
         try:
             bench = Bench(cluster, kubelet, namespace)
+            bench.processes = {
+                "apiserver": [cluster.pids["apiserver"]],
+                "etcd": [cluster.pids["etcd"]],
+                "hollow": [proc.pid for proc in nodes],
+            }
             result["report_objects"] = bench.has_reports
             if args.sizes:
                 one_deployment(bench, args, result)
@@ -538,7 +553,10 @@ def many_deployments(bench: Bench, args: argparse.Namespace, result: JSON) -> No
         "status_p50_s": pct(status_s, 50),
         "status_p95_s": pct(status_s, 95),
         "api_writes_per_swap": round(sum(s.get("api_writes", 0) for s in swaps) / len(swaps)),
-        "operator_cpu_s_per_swap": mean_of([s["operator_cpu_s"] for s in swaps]),
+        **{
+            f"{k}_cpu_s_per_swap": mean_of([s.get(f"{k}_cpu_s") for s in swaps])
+            for k in ("operator", "apiserver", "etcd", "hollow")
+        },
     }
 
 
@@ -553,6 +571,9 @@ def summary_line(one: JSON) -> str:
         "api_write_bytes",
         "api_watch_bytes",
         "operator_cpu_s",
+        "apiserver_cpu_s",
+        "etcd_cpu_s",
+        "hollow_cpu_s",
     )
     return json.dumps({k: one.get(k) for k in keep})
 
