@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--swaps", type=int, default=3)
     parser.add_argument("--fleet", type=int, default=100, help="ModelDeployments (0: skip)")
     parser.add_argument("--fleet-replicas", type=int, default=5)
-    parser.add_argument("--nodes", type=int, default=4, help="hollow node processes")
+    parser.add_argument("--nodes", type=int, default=8, help="hollow node processes")
     parser.add_argument("--load-seconds", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=300, help="seconds a swap may take")
     parser.add_argument(

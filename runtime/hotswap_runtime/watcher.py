@@ -34,6 +34,10 @@ from .reporter import retry_after
 
 log = logging.getLogger(__name__)
 WATCHED_SECONDS = 5.0  # a watch that ran this long and dropped is re-listed at once
+# Each watch asks the server to end it after a random 5 to 10 minutes, as client-go's
+# reflector does: pods started together do not list, watch and open a new TLS
+# connection together (a thousand pods with a fixed 60 s were 17 handshakes a second).
+WATCH_TIMEOUT_SECONDS = (300, 600)
 
 
 class ConfigReader:
@@ -236,7 +240,7 @@ class ApiWatcher:
             self.namespace,
             field_selector=f"metadata.name={self.name}",
             resource_version=listing.metadata.resource_version,
-            timeout_seconds=60,
+            timeout_seconds=random.randint(*WATCH_TIMEOUT_SECONDS),
         ):
             if self._stop.is_set():
                 return

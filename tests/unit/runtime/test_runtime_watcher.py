@@ -89,3 +89,37 @@ def test_a_hostile_model_json_is_a_config_error(tmp_path: Path, kind: str) -> No
     link.write_text(good_config(2))
     watcher.read_once()
     assert sink.offers == [2]
+
+
+class OneWatchCore:
+    """CoreV1Api's list call: a list answer, then a watch that records its arguments and
+    ends the attempt."""
+
+    class EndedError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.watches: list[dict] = []
+
+    def list_namespaced_config_map(self, namespace, **kwargs):
+        from types import SimpleNamespace
+
+        if kwargs.get("watch"):
+            self.watches.append(kwargs)
+            raise self.EndedError
+        return SimpleNamespace(items=[], metadata=SimpleNamespace(resource_version="7"))
+
+
+def test_api_watches_end_at_spread_times_so_pods_started_together_do_not_reconnect_together():
+    from hotswap_runtime.watcher import WATCH_TIMEOUT_SECONDS, ApiWatcher
+
+    watcher = ApiWatcher(None, "ml", "resnet-model", Sink(), "resnet-a")  # type: ignore[arg-type]
+    core = OneWatchCore()
+    for _ in range(40):
+        with pytest.raises(OneWatchCore.EndedError):
+            watcher._watch_once(core)
+    timeouts = [w["timeout_seconds"] for w in core.watches]
+    assert all(w["resource_version"] == "7" for w in core.watches)
+    low, high = WATCH_TIMEOUT_SECONDS
+    assert low >= 300 and all(low <= t <= high for t in timeouts)
+    assert len(set(timeouts)) > 20, timeouts  # spread, not one value for every pod
