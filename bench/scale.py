@@ -21,7 +21,8 @@ changes are timed. Then 100 ModelDeployments of 5 replicas change at once. Per s
   `apiserver_request_body_size_bytes_sum`), `api_watch_bytes` (bytes of watch events sent
   to every watcher, `apiserver_watch_events_sizes_sum`: the fan-out, where a big object
   written often costs most); `api_bytes` is write plus watch bytes. Node heartbeats and
-  Leases (the operator's leader election, node leases) are left out;
+  Leases (the operator's leader election, node leases) are left out; `rejected[<priority
+  level> <reason>]`: requests Priority and Fairness refused with a 429;
 * `operator_cpu_s`: user+system CPU of both operator processes (/proc), over the swap
   (until every pod converged, plus 2 s); `apiserver_cpu_s`, `etcd_cpu_s` and
   `hollow_cpu_s` (the hollow nodes' processes: on a real cluster, the pods' own nodes)
@@ -137,6 +138,9 @@ def scrape(client: KubeClient) -> dict[str, float]:
             out["api_write_bytes"] += value
         elif name == "apiserver_watch_events_sizes_sum":
             out["api_watch_bytes"] += value
+        elif name == "apiserver_flowcontrol_rejected_requests_total":  # 429s, and why
+            key = f"rejected[{labels.get('priority_level')} {labels.get('reason')}]"
+            out[key] = out.get(key, 0.0) + value
     out.update({f"writes[{k}]": v for k, v in by_resource.items()})
     return out
 
