@@ -60,6 +60,7 @@ def render(helm_bin, namespace, *sets, values=()):
         helm_bin,
         *("--include-crds", "--api-versions", "monitoring.coreos.com/v1"),
         *("--api-versions", "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"),
+        *("--api-versions", "flowcontrol.apiserver.k8s.io/v1/FlowSchema"),
         *args,
         namespace=namespace,
     )

@@ -170,6 +170,31 @@ def test_status_integrity_policy_is_rendered_where_the_api_exists(helm_bin):
     assert "ValidatingAdmissionPolicy" not in [d["kind"] for d in off]
 
 
+FLOW_API = "flowcontrol.apiserver.k8s.io/v1/FlowSchema"
+
+
+def test_report_priority_level_is_rendered_where_the_api_exists(helm_bin):
+    docs = {d["kind"]: d for d in render(helm_bin, "--api-versions", FLOW_API)}
+    schema, level = docs["FlowSchema"], docs["PriorityLevelConfiguration"]
+    assert schema["spec"]["priorityLevelConfiguration"]["name"] == level["metadata"]["name"]
+    assert schema["spec"]["matchingPrecedence"] < 9000  # before service-accounts
+    (rule,) = schema["spec"]["rules"]
+    assert rule["resourceRules"] == [
+        {
+            "apiGroups": ["hotswap.dev"],
+            "resources": ["modelreplicas", "modelreplicas/status"],
+            "verbs": ["create", "patch", "update"],
+            "namespaces": ["*"],
+        }
+    ]
+    assert "nonResourceRules" not in rule  # reads and everything else: the defaults
+    queuing = level["spec"]["limited"]["limitResponse"]["queuing"]
+    assert queuing["handSize"] * queuing["queueLengthLimit"] >= 1000
+    assert "FlowSchema" not in [d["kind"] for d in render(helm_bin)]
+    off = render(helm_bin, "--api-versions", FLOW_API, "--set", "reportPriority.enabled=false")
+    assert "FlowSchema" not in [d["kind"] for d in off]
+
+
 def test_operator_tmp_is_size_limited(helm_bin):
     pod = operator_pod(render(helm_bin))
     (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
