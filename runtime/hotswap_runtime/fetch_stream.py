@@ -8,9 +8,11 @@ steady download finishes and a stalled one fails.
 
 A source with ranges and more than one ``PART_BYTES`` is read in parts: the first from
 the response already open, the next ones with ranged requests, at most ``PARALLEL``
-parts in flight, handed to the sink in order. So the bytes held besides the sink's file
-are at most ``PARALLEL * PART_BYTES`` (the window: 64 MiB). A connection that breaks
-off mid-part (``Dropped``) is resumed with a range request from the first byte not yet
+parts in flight, handed to the sink in order. So the bytes one download holds besides
+the sink's file are at most ``PARALLEL * PART_BYTES`` (64 MiB); the store downloads at
+most ``FILES_IN_FLIGHT`` shards at once, so a swap holds at most ``WINDOW_BYTES``
+(128 MiB) besides the files and the staging buffer. A connection that breaks off
+mid-part (``Dropped``) is resumed with a range request from the first byte not yet
 received, at most ``MAX_RESUMES`` times per download; the sha256 of the whole file,
 checked after the last byte, is what vouches for the pieces.
 
@@ -41,11 +43,12 @@ log = logging.getLogger(__name__)
 
 PART_BYTES = 16 << 20
 PARALLEL = 4
-WINDOW_BYTES = PART_BYTES * PARALLEL
+FILES_IN_FLIGHT = 2  # shards a store downloads at once (store.CheckpointStore)
+WINDOW_BYTES = PART_BYTES * PARALLEL * FILES_IN_FLIGHT
 MAX_RESUMES = 5
 WRITE_BESIDE_BYTES = 1 << 20  # chunks from this size are written beside the hashing
-# One thread writes cache files beside the loader: a swap fetches one file at a time.
-_WRITER = ThreadPoolExecutor(1, thread_name_prefix="hotswap-cache-write")
+# One thread per file in flight writes cache files beside the loader.
+_WRITER = ThreadPoolExecutor(FILES_IN_FLIGHT, thread_name_prefix="hotswap-cache-write")
 
 OpenRange = Callable[[int, int], AbstractAsyncContextManager["Body"]]
 

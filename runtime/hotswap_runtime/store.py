@@ -26,20 +26,28 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .contract import Checkpoint, short_sha
 from .credentials import read_secret
-from .errors import FetchError, FetchRefused, IntegrityError, SwapError
+from .errors import FetchError, FetchRefused, IntegrityError, Superseded, SwapError
 from .fetch_file import copy_file
 from .fetch_http import open_http, quiet_client_logs
 from .fetch_loop import FetchLoop
 from .fetch_net import NetPolicy
 from .fetch_s3 import open_s3
-from .fetch_stream import Body, Sink, TapFor, pump
-from .manifest import MAX_MANIFEST_BYTES, LocalCheckpoint, is_manifest, read_manifest
+from .fetch_stream import FILES_IN_FLIGHT, Body, Sink, TapFor, pump
+from .manifest import (
+    MAX_MANIFEST_BYTES,
+    LocalCheckpoint,
+    Manifest,
+    Shard,
+    is_manifest,
+    read_manifest,
+)
 from .policy import DEFAULT_FILE_ROOTS
 from .redact import redact_uri
 from .settings import Settings
@@ -51,6 +59,24 @@ MAX_MANIFESTS_KNOWN = 64  # manifests whose shards eviction spares while they ar
 
 def _never() -> bool:
     return False
+
+
+class _Stop:
+    """The ``cancelled`` of a checkpoint's concurrent shard downloads: true once the
+    caller's is, or once one of them failed (the first failure, kept to be raised)."""
+
+    def __init__(self, cancelled: Callable[[], bool]) -> None:
+        self.cancelled = cancelled
+        self.failure: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        return self.failure is not None or self.cancelled()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.failure is None:
+                self.failure = exc
 
 
 class CheckpointStore:
@@ -138,13 +164,49 @@ class CheckpointStore:
             while len(self._shards) > MAX_MANIFESTS_KNOWN:
                 del self._shards[next(iter(self._shards))]
         if parser is not None:
-            parser.owners = manifest.owners
-        files = []
-        for index, shard in enumerate(manifest.shards):
-            where = redact_uri(shard.checkpoint.uri)
-            tap = parser.tap(index, where) if parser is not None else None
-            files.append((self.fetch(shard.checkpoint, cancelled, shard.size, tap), where))
-        return LocalCheckpoint(tuple(files), manifest)
+            parser.shards(manifest.owners)
+        return LocalCheckpoint(self._fetch_shards(manifest, cancelled, parser), manifest)
+
+    def _fetch_shards(
+        self,
+        manifest: Manifest,
+        cancelled: Callable[[], bool] | None,
+        parser: StreamParser | None,
+    ) -> tuple[tuple[Path, str], ...]:
+        """Each shard of ``manifest``, verified and cached, in order. From the network
+        ``FILES_IN_FLIGHT`` download at once, so the next one's requests go out while
+        the one before drains into its sink, fsyncs and is renamed (``file://`` shards,
+        bound by the disk, one after another). The first shard to fail stops the others;
+        its error is raised once every download has returned (and removed its temp file)."""
+        shards = manifest.shards
+        remote = urlsplit(shards[0].checkpoint.uri).scheme in ("http", "https", "s3")
+        stop = _Stop(cancelled or _never)
+        with ThreadPoolExecutor(
+            FILES_IN_FLIGHT if remote else 1, thread_name_prefix="hotswap-shard"
+        ) as pool:
+            futures = [
+                pool.submit(self._fetch_shard, shard, index, stop, parser)
+                for index, shard in enumerate(shards)
+            ]
+        if stop.failure is not None:
+            raise stop.failure
+        paths = [future.result() for future in futures]
+        return tuple(
+            (path, redact_uri(s.checkpoint.uri)) for path, s in zip(paths, shards, strict=True)
+        )
+
+    def _fetch_shard(
+        self, shard: Shard, index: int, stop: _Stop, parser: StreamParser | None
+    ) -> Path:
+        where = redact_uri(shard.checkpoint.uri)
+        tap = parser.tap(index, where) if parser is not None else None
+        try:
+            if stop():
+                raise Superseded(f"download of {where} stopped: a newer revision is wanted")
+            return self.fetch(shard.checkpoint, stop, shard.size, tap)
+        except BaseException as exc:
+            stop.fail(exc)
+            raise
 
     def fetch(
         self,

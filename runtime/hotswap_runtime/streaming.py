@@ -2,14 +2,17 @@
 
 The store hands every chunk of a download to a tap (``fetch_stream.Sink``) after hashing
 and writing it to the cache file. For a ``.safetensors`` file (or each shard of a
-manifest, fetched in the manifest's order) the tap here reads the 8-byte length and the
-header as they arrive, checks them as ``safetensors_reader`` does (length bounded by the
-model's tensors and the declared size, strict JSON, offsets back to back), and, when
-every tensor has exactly the model's name, dtype and shape, copies the data section
-into the one staging buffer (shard after shard, back to back) as its bytes arrive. So
-the download, the sha256, the cache file and the parse are one pass, and the host
-memory the swap adds is the staging buffer (the model's size, reused across swaps) plus
-the fetch window.
+manifest, two of which may download at once and finish in any order) the tap here reads
+the 8-byte length and the header as they arrive, checks them as ``safetensors_reader``
+does (length bounded by the model's tensors and the declared size, strict JSON, offsets
+back to back), and, when every tensor has exactly the model's name, dtype and shape,
+copies the data section into the one staging buffer as its bytes arrive. Each shard's
+data has its own place there, known before any header arrives: after the data of every
+shard before it in the manifest, whose sizes the weight map (``owners``) and the model's
+layout give; a shard whose header does not cover exactly the bytes the weight map gives
+it turns the stream off. So the download, the sha256, the cache file and the parse are
+one pass, and the host memory the swap adds is the staging buffer (the model's size,
+reused across swaps) plus the fetch window.
 
 Nothing streamed is used before the store has verified the sha256 of every file (the
 fetch raises otherwise), and ``result`` hands the buffer over only when every byte of
@@ -26,6 +29,7 @@ same reasons.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -54,10 +58,12 @@ class _File:
     base: int = 0  # where its data goes in the staging buffer
     seen: int = 0  # bytes of the file seen
     screened: int = 0  # slots whose values were screened for NaN and infinity
+    non_finite: list[str] = field(default_factory=list)  # its tensors holding NaN or inf
 
 
 class StreamParser:
-    """Parses the files of one checkpoint into ``staging`` as they download."""
+    """Parses the files of one checkpoint into ``staging`` as they download; the taps
+    of two files may run at once, on two threads."""
 
     def __init__(self, expected: Expected, staging: Staging) -> None:
         self.expected = expected
@@ -66,33 +72,53 @@ class StreamParser:
         self.total = sum(spec.nbytes for spec in expected.layout.values())
         self.on = True
         self.owners: Mapping[str, int] | None = None
-        self._files: list[_File] = []
+        self._spans: dict[int, tuple[int, int]] = {0: (0, self.total)}  # a single file
+        self._files: dict[int, _File] = {}
         self._flat: torch.Tensor | None = None
-        self._next_base = 0
-        self.non_finite: list[str] = []  # tensors holding NaN or infinity (when streamed)
+        self._lock = threading.Lock()  # the files, their places and the buffer's allocation
 
     def off(self) -> None:
         """Parse from the cached files instead (a cache hit, a file it cannot stream)."""
         self.on = False
 
+    def shards(self, owners: Mapping[str, int]) -> None:
+        """A manifest's weight map (tensor -> shard index): shard ``i``'s data goes after
+        the model's tensors that shards ``0 .. i-1`` own, whatever order they arrive in."""
+        sizes: dict[int, int] = {}
+        for name, spec in self.expected.layout.items():
+            if name in owners:
+                sizes[owners[name]] = sizes.get(owners[name], 0) + spec.nbytes
+        self.owners = owners
+        self._spans = {}
+        base = 0
+        for index in sorted(sizes):
+            self._spans[index] = (base, sizes[index])
+            base += sizes[index]
+
+    @property
+    def non_finite(self) -> list[str]:
+        """The tensors holding NaN or infinity (when streamed), in the files' order."""
+        return [name for _, f in sorted(self._files.items()) for name in f.non_finite]
+
     def tap(self, index: int, where: str) -> Callable[[int | None], Tap | None]:
         """What the sink calls with the declared size of file ``index`` (0, 1, ... in
-        order): its tap, or None when it cannot be streamed."""
+        any order): its tap, or None when it cannot be streamed."""
         return lambda size: self._tap(index, size, where)
 
     def _tap(self, index: int, size: int | None, where: str) -> Tap | None:
-        if not self.on or size is None or index != len(self._files):
-            self.on = False
-            return None
-        file = _File(size, f"checkpoint {where}: not a valid safetensors file")
-        self._files.append(file)
+        with self._lock:
+            if not self.on or size is None or index in self._files:
+                self.on = False
+                return None
+            file = _File(size, f"checkpoint {where}: not a valid safetensors file")
+            self._files[index] = file
         return lambda chunk: self._add(index, file, chunk)
 
     def result(self, count: int) -> tuple[torch.Tensor, FlatLayout, StateDict] | None:
         """The staging buffer, the checked layout and the views, when all ``count``
         files streamed completely and hold exactly the model's tensors; else None."""
-        files = self._files
-        if not self.on or len(files) != count or self._flat is None:
+        files = [self._files[index] for index in range(count) if index in self._files]
+        if not self.on or len(files) != count or len(self._files) != count or self._flat is None:
             return None
         if any(f.layout is None or f.seen != f.size for f in files):
             return None
@@ -141,7 +167,7 @@ class StreamParser:
             file.screened += 1
             values = flat[file.base + slot.begin : file.base + slot.end].view(slot.dtype)
             if not all_finite(values):
-                self.non_finite.append(slot.name)
+                file.non_finite.append(slot.name)
 
     def _header(self, index: int, file: _File) -> bool:
         """Read the header once it has arrived; whether the data section has begun."""
@@ -162,29 +188,30 @@ class StreamParser:
         file.data_start = 8 + length
         if self.owners is not None:
             check_owners(file.layout, index, self.owners, file.bad)
-        self._place(file)
+        self._place(index, file)
         return True
 
-    def _place(self, file: _File) -> None:
+    def _place(self, index: int, file: _File) -> None:
         """Give the file's data its place in the staging buffer, or turn the stream off
-        (its tensors need a cast, are misaligned, or are not the model's)."""
+        (its tensors need a cast, are misaligned, are not the model's, or do not take
+        exactly the bytes the weight map gives the file)."""
         layout = file.layout
         assert layout is not None
         model = self.expected.layout
-        base = self._next_base
+        base, nbytes = self._spans.get(index, (0, -1))
         fits = all(
             slot.name in model
             and model[slot.name] == slot.spec
             and (base + slot.begin) % slot.dtype.itemsize == 0
             for slot in layout.slots
         )
-        if not fits or base + layout.nbytes > self.total:
+        if not fits or layout.nbytes != nbytes:
             self.on = False
             return
-        if self._flat is None:
-            self._flat = self.staging.flat(self.total)
-        file.base = self._next_base
-        self._next_base += layout.nbytes
+        with self._lock:
+            if self._flat is None:
+                self._flat = self.staging.flat(self.total)
+        file.base = base
 
 
 def _copy(dst: torch.Tensor, chunk: memoryview) -> None:

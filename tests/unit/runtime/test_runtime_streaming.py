@@ -3,8 +3,10 @@ header fails the download early, and anything it cannot stream falls back to the
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,56 @@ def test_the_nan_screen_runs_while_it_downloads(tmp_path: Path) -> None:
     s = Swapper(store(tmp_path, "c2"), torch.device("cpu"), tiny.ALLOWED)
     with pytest.raises(NonFiniteWeights, match="NaN or infinity: scale"):
         s.swap_to(Revision.model_validate(ck.revision(1, checkpoint.uri, sha)))
+
+
+def _feed(parser: StreamParser, index: int, path: Path, piece: int) -> list[Callable[[], None]]:
+    """Each chunk of ``path`` handed to the tap of file ``index`` (made at once, from its
+    declared size), as steps to run in any order across files."""
+    raw = path.read_bytes()
+    tap = parser.tap(index, path.name)(len(raw))
+    assert tap is not None
+    chunks = [memoryview(raw)[i : i + piece] for i in range(0, len(raw), piece)]
+    return [functools.partial(tap, chunk) for chunk in chunks]
+
+
+def test_shards_that_arrive_out_of_order_stream_into_their_places(tmp_path: Path) -> None:
+    """Two shards download at once and may finish in any order: each one's data goes to
+    the place the weight map gives it, whatever arrived before."""
+    manifest, sha = ck.save_sharded(tiny.weights(3), tmp_path / "s", 3)
+    local = store(tmp_path).fetch_checkpoint(Checkpoint(uri=f"file://{manifest}", sha256=sha))
+    assert local.manifest is not None
+    parser = StreamParser(TINY, Staging(pin=False))
+    parser.shards(local.manifest.owners)
+    paths = [path for path, _ in local.files]
+    steps = {i: _feed(parser, i, paths[i], 7) for i in (2, 0, 1)}  # declared out of order
+    while any(steps.values()):  # interleaved: the last shard first, chunk by chunk
+        for i in (2, 1, 0):
+            if steps[i]:
+                steps[i].pop(0)()
+    result = parser.result(3)
+    assert result is not None
+    _, layout, views = result
+    assert [slot.name for slot in layout.slots] == list(tiny.weights(3))  # manifest order
+    assert all(torch.equal(views[k], v) for k, v in tiny.weights(3).items())
+
+
+def test_a_shard_without_the_bytes_the_weight_map_gives_it_turns_the_stream_off(
+    tmp_path: Path,
+) -> None:
+    """The weight map puts fc.bias in the first shard, which does not hold it (no shard
+    does): its header covers fewer bytes than its place, so nothing streams, and the
+    file parse refuses the checkpoint as it did before shards streamed out of order."""
+    manifest, _ = ck.save_sharded(tiny.weights(1), tmp_path / "s", 3)
+    doc = json.loads(manifest.read_text())
+    second = sorted(doc["shards"])[1]
+    del doc["shards"][second]
+    (tmp_path / "s" / second).unlink()
+    doc["weight_map"]["fc.bias"] = sorted(doc["shards"])[0]
+    manifest.write_text(json.dumps(doc))
+    checkpoint = Checkpoint(uri=f"file://{manifest}", sha256=ck.sha256_of(manifest))
+    assert streamed(tmp_path, checkpoint) is None
+    from hotswap_runtime.weights import read_local
+
+    local = store(tmp_path).fetch_checkpoint(checkpoint)
+    with pytest.raises(ManifestError, match="no shard holds"):
+        read_local(local, checkpoint.uri, TINY, Staging(pin=False))
