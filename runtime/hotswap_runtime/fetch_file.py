@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import CheckpointNotFound, FetchError, FetchRefused, Superseded
-from .fetch_stream import Sink
+from .fetch_stream import SLICE_BYTES, Sink
 from .policy import path_under
 
-CHUNK = 8 << 20  # few, large reads into one reused buffer
+CHUNK = SLICE_BYTES  # reads the sink takes in one slice (see fetch_stream.SLICE_BYTES)
 _REOPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 

@@ -65,3 +65,16 @@ def test_a_full_cache_folder_is_a_fetch_error_naming_the_fix(size: int) -> None:
     sink = Sink(FullDisk(), "https://models.example/m.safetensors", 2 * BIG)
     with pytest.raises(FetchError, match=r"ENOSPC.*HOTSWAP_CACHE_DIR has room"):
         sink.add(b"x" * size)
+
+
+def test_a_large_chunk_goes_through_hash_file_and_tap_a_cache_sized_slice_at_a_time() -> None:
+    file = io.BytesIO()
+    tapped: list[bytes] = []
+    size = 5 * fetch_stream.SLICE_BYTES + 3  # a ranged part is 16 MiB
+    sink = Sink(file, "https://models.example/m.safetensors", size, lambda _: tapped.append)
+    sink.declare(size)
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    sink.add(memoryview(data))
+    assert [len(t) for t in tapped] == [fetch_stream.SLICE_BYTES] * 5 + [3]
+    assert b"".join(tapped) == data and file.getvalue() == data
+    assert sink.matches(hashlib.sha256(data).hexdigest()) and sink.total == size
