@@ -54,6 +54,7 @@ from .settings import Settings
 from .streaming import StreamParser
 
 log = logging.getLogger(__name__)
+REMOTE_SCHEMES = ("http", "https", "s3")  # read on the fetch loop; shards two at a time
 MAX_MANIFESTS_KNOWN = 64  # manifests whose shards eviction spares while they are protected
 
 
@@ -179,7 +180,7 @@ class CheckpointStore:
         bound by the disk, one after another). The first shard to fail stops the others;
         its error is raised once every download has returned (and removed its temp file)."""
         shards = manifest.shards
-        remote = urlsplit(shards[0].checkpoint.uri).scheme in ("http", "https", "s3")
+        remote = urlsplit(shards[0].checkpoint.uri).scheme in REMOTE_SCHEMES
         stop = _Stop(cancelled or _never)
         with ThreadPoolExecutor(
             FILES_IN_FLIGHT if remote else 1, thread_name_prefix="hotswap-shard"
@@ -269,7 +270,7 @@ class CheckpointStore:
         if scheme == "file":
             copy_file(uri, self.file_roots, sink, cancelled)
             return
-        if scheme not in ("http", "https", "s3"):
+        if scheme not in REMOTE_SCHEMES:
             raise FetchRefused(f"checkpoint {shown}: only file, http, https and s3 URIs are read")
         opened = self._open_remote(checkpoint, scheme)
         self._loop.run(lambda: pump(opened, sink, self.net), cancelled, shown)

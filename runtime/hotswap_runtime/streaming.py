@@ -117,9 +117,9 @@ class StreamParser:
     def result(self, count: int) -> tuple[torch.Tensor, FlatLayout, StateDict] | None:
         """The staging buffer, the checked layout and the views, when all ``count``
         files streamed completely and hold exactly the model's tensors; else None."""
-        files = [self._files[index] for index in range(count) if index in self._files]
-        if not self.on or len(files) != count or len(self._files) != count or self._flat is None:
+        if not self.on or sorted(self._files) != list(range(count)) or self._flat is None:
             return None
+        files = [self._files[index] for index in range(count)]
         if any(f.layout is None or f.seen != f.size for f in files):
             return None
         if any(f.layout is not None and f.screened != len(f.layout.slots) for f in files):
