@@ -310,9 +310,9 @@ class Bench:
             self.next_ref += 1
             revision = self.revisions[name] + 1
             targets[name] = (revision, refs[name]["sha256"], replicas)
-        pids = self.operator_pids()
-        before, cpu0 = scrape(self.client), cpu_seconds(pids)
-        others0 = {name: cpu_seconds(p) for name, p in self.processes.items()}
+        processes = {"operator": self.operator_pids(), **self.processes}
+        before = scrape(self.client)
+        cpu0 = {name: cpu_seconds(pids) for name, pids in processes.items()}
         started = time.monotonic()
         self.progress = Progress(targets, started)
         with ThreadPoolExecutor(16) as pool:
@@ -325,8 +325,8 @@ class Bench:
         converged = self.progress.done.wait(timeout)
         elapsed = time.monotonic() - started
         time.sleep(2.0)  # the last reports' watch events reach the metrics
-        after, cpu1 = scrape(self.client), cpu_seconds(pids)
-        others = {name: cpu_seconds(p) - others0[name] for name, p in self.processes.items()}
+        after = scrape(self.client)
+        cpu = {name: cpu_seconds(pids) - cpu0[name] for name, pids in processes.items()}
         progress, self.progress = self.progress, None
         for name, (revision, _, _) in targets.items():
             if name in progress.status:
@@ -343,8 +343,7 @@ class Bench:
             "pod_s": [round(x, 3) for x in pods],
             "status_s": sorted(round(x, 3) for x in progress.status.values()),
             "status_bytes": max(sizes),
-            "operator_cpu_s": None if math.isnan(cpu1 - cpu0) else round(cpu1 - cpu0, 2),
-            **{f"{k}_cpu_s": None if math.isnan(v) else round(v, 2) for k, v in others.items()},
+            **{f"{k}_cpu_s": None if math.isnan(v) else round(v, 2) for k, v in cpu.items()},
             **spent,
         }
 
@@ -397,6 +396,14 @@ def pct(values: list[float], q: float) -> float | None:
     return percentile(values, q) if values else None
 
 
+def cpu_per_swap(swaps: list[JSON]) -> JSON:
+    """Mean CPU seconds per swap of each process group (operator, API server, ...)."""
+    return {
+        f"{k}_cpu_s_per_swap": mean_of([s.get(f"{k}_cpu_s") for s in swaps])
+        for k in ("operator", "apiserver", "etcd", "hollow")
+    }
+
+
 def figures(swaps: list[JSON], load_seconds: float) -> JSON:
     pod_s = [x for s in swaps for x in s["pod_s"]]
     status_s = [x for s in swaps for x in s["status_s"]]
@@ -419,10 +426,7 @@ def figures(swaps: list[JSON], load_seconds: float) -> JSON:
         "api_write_bytes_per_swap": mean("api_write_bytes"),
         "api_watch_bytes_per_swap": mean("api_watch_bytes"),
         "api_bytes_per_swap": round(mean("api_write_bytes") + mean("api_watch_bytes")),
-        **{
-            f"{k}_cpu_s_per_swap": mean_of([s.get(f"{k}_cpu_s") for s in swaps])
-            for k in ("operator", "apiserver", "etcd", "hollow")
-        },
+        **cpu_per_swap(swaps),
     }
 
 
@@ -557,10 +561,7 @@ def many_deployments(bench: Bench, args: argparse.Namespace, result: JSON) -> No
         "status_p50_s": pct(status_s, 50),
         "status_p95_s": pct(status_s, 95),
         "api_writes_per_swap": round(sum(s.get("api_writes", 0) for s in swaps) / len(swaps)),
-        **{
-            f"{k}_cpu_s_per_swap": mean_of([s.get(f"{k}_cpu_s") for s in swaps])
-            for k in ("operator", "apiserver", "etcd", "hollow")
-        },
+        **cpu_per_swap(swaps),
     }
 
 
