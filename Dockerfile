@@ -47,6 +47,7 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
 # This project's code, without its dependencies (installed above).
 FROM python AS app
 COPY pyproject.toml README.md /src/
+COPY contract /src/contract
 COPY operator /src/operator
 COPY runtime /src/runtime
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \

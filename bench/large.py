@@ -281,7 +281,7 @@ class Large:
         return manifest, _sha256(manifest)
 
     def _publish(self, name: str, source: str) -> int:
-        from hotswap_runtime.contract import CONFIG_KEY
+        from hotswap_contract.wire import CONFIG_KEY
 
         self.revision += 1
         if not hasattr(self, "served"):

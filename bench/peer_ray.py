@@ -81,7 +81,7 @@ class Model:
         model, version = current
         if request.method == "GET":
             return _json({"model_version": version, "pid": os.getpid()})
-        from hotswap_runtime.codec import check_shape, decode_rest, encode_rest
+        from hotswap_runtime.serving.codec import check_shape, decode_rest, encode_rest
 
         loop = asyncio.get_running_loop()
         body = await request.body()

@@ -148,7 +148,7 @@ def rest_binary(batch: int) -> tuple[bytes, dict[str, str]]:
 
 
 def grpc_message(batch: int, model: str) -> bytes:
-    from hotswap_runtime.grpc_v2 import inference_pb2 as pb
+    from hotswap_runtime.serving.grpc_v2 import inference_pb2 as pb
 
     x = _input(batch)
     request = pb.ModelInferRequest(model_name=model, id="bench")

@@ -334,7 +334,7 @@ class ModelBench:
         return Path(self.files[0][0].removeprefix("file://")).stat().st_size
 
     def _publish(self, revision: int) -> None:
-        from hotswap_runtime.contract import CONFIG_KEY
+        from hotswap_contract.wire import CONFIG_KEY
 
         uri, sha = self.files[(revision - 1) % POOL]
         doc = {

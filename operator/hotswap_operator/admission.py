@@ -4,20 +4,19 @@ Who may edit a ModelDeployment may choose what its pods serve, never what code t
 run or what they read besides checkpoints. A spec that names an architecture, a runtime
 image, an environment variable or a file outside the chart's `policy` values is refused
 here, in status (phase Failed, with the reason and the fix); the runtime checks the
-architecture, files and network addresses again itself (hotswap_runtime.policy).
+architecture, files and network addresses again itself (hotswap_contract.policy).
 """
 
 from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from hotswap_runtime.policy import (
+from hotswap_contract.policy import (
     architecture_allowed,
     architecture_refusal,
     image_allowed,
     path_under,
 )
-
 from hotswap_operator.config import Policy, RuntimeDefaults
 from hotswap_operator.spec import DeploymentSpec, SpecError
 

@@ -27,8 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from hotswap_runtime.contract import ModelConfig, PodReport, PodState, Revision, short_sha
-
+from hotswap_contract.wire import ModelConfig, PodReport, PodState, Revision, short_sha
 from hotswap_operator.reasons import Event, EventType, Phase, Reason
 from hotswap_operator.revisions import (
     Plan,

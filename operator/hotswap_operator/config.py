@@ -7,7 +7,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from hotswap_runtime.policy import (
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hotswap_contract.policy import (
     DEFAULT_ARCHITECTURES,
     DEFAULT_FILE_ROOTS,
     PolicyError,
@@ -15,8 +17,6 @@ from hotswap_runtime.policy import (
     normalized_root,
     parse_networks,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from hotswap_operator.spec import DisruptionBudget, PodMetadata, SecretRef, ServiceAccountSpec
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/hotswap-dev/hotswap-runtime:0.1.0"

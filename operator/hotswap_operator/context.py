@@ -12,8 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hotswap_runtime.contract import CONFIG_KEY, ConfigError, ModelConfig, parse_config
-
+from hotswap_contract.wire import CONFIG_KEY, ConfigError, ModelConfig, parse_config
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.resources import Owner

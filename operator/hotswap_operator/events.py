@@ -20,8 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hotswap_runtime.contract import API_GROUP, API_VERSION, KIND
-
+from hotswap_contract.wire import API_GROUP, API_VERSION, KIND
 from hotswap_operator.kube import Kube, KubeError
 from hotswap_operator.reasons import Event
 

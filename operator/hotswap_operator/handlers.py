@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import kopf
-from hotswap_runtime.contract import API_GROUP, API_VERSION, PLURAL, REPLICA_PLURAL
 
+from hotswap_contract.wire import API_GROUP, API_VERSION, PLURAL, REPLICA_PLURAL
 from hotswap_operator import config, resources
 from hotswap_operator.controller import Controller, Key, Report
 from hotswap_operator.events import EventRecorder

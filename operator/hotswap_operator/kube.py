@@ -12,8 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from hotswap_runtime.contract import API_GROUP, API_VERSION, PLURAL, configmap_name
-
+from hotswap_contract.wire import API_GROUP, API_VERSION, PLURAL, configmap_name
 from hotswap_operator.resources import (
     MANAGER,
     Manifest,

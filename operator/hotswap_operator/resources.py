@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hotswap_runtime.contract import (
+from hotswap_contract.policy import MODELS_DIR
+from hotswap_contract.wire import (
     API_GROUP,
     API_VERSION,
     CONFIG_KEY,
@@ -29,8 +30,6 @@ from hotswap_runtime.contract import (
     ModelConfig,
     configmap_name,
 )
-from hotswap_runtime.policy import MODELS_DIR
-
 from hotswap_operator.config import GPU_RESOURCE, RuntimeDefaults
 from hotswap_operator.spec import DeploymentSpec, DisruptionBudget, SpecError
 

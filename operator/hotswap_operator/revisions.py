@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hotswap_runtime.contract import ModelConfig, Revision, short_sha
-
+from hotswap_contract.wire import ModelConfig, Revision, short_sha
 from hotswap_operator.reasons import Event
 from hotswap_operator.spec import DeploymentSpec
 from hotswap_operator.status import ModelDeploymentStatus, RevisionRecord

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from hotswap_runtime.contract import ModelConfig, short_sha
-
+from hotswap_contract.wire import ModelConfig, short_sha
 from hotswap_operator import canary
 from hotswap_operator.reasons import Event, EventType, Reason
 from hotswap_operator.revisions import (

@@ -14,7 +14,9 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from hotswap_runtime.contract import (
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hotswap_contract.wire import (
     MAX_BATCH_SIZE,
     MAX_QUEUE_DELAY_US,
     SHA256_PATTERN,
@@ -23,7 +25,6 @@ from hotswap_runtime.contract import (
     ModelSpec,
     Validation,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Strategy = Literal["AllAtOnce", "Canary"]
 Device = Literal["auto", "cuda", "cpu"]

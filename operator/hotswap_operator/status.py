@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from hotswap_runtime.contract import PodReport
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hotswap_contract.wire import PodReport
 from hotswap_operator.reasons import ConditionType, Phase
 
 

@@ -16,9 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from hotswap_runtime.contract import PodReport, PodState, short_sha
-from hotswap_runtime.redact import clip
-
+from hotswap_contract.redact import clip
+from hotswap_contract.wire import PodReport, PodState, short_sha
 from hotswap_operator import canary
 from hotswap_operator.reasons import ConditionType, Event, EventType, Phase, Reason
 from hotswap_operator.status import (

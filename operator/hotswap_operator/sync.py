@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from hotswap_runtime.contract import ModelConfig
-
+from hotswap_contract.wire import ModelConfig
 from hotswap_operator import canary, resources, rollout, summary
 from hotswap_operator.admission import admit
 from hotswap_operator.config import RuntimeDefaults

@@ -13,9 +13,9 @@ from types import FrameType
 import torch
 import uvicorn
 
-from .server import create_app
-from .service import Runtime
-from .settings import load_settings
+from hotswap_runtime.server import create_app
+from hotswap_runtime.service import Runtime
+from hotswap_runtime.settings import load_settings
 
 # Libraries that log request headers or signing material at DEBUG: never below INFO, so
 # credentials from the Secret folder cannot reach the log whatever the runtime's level.

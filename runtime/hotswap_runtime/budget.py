@@ -16,7 +16,7 @@ import collections
 import contextlib
 from collections.abc import AsyncIterator
 
-from .errors import RequestTooLarge
+from hotswap_runtime.errors import RequestTooLarge
 
 # Python objects of one JSON chunk being parsed (jsonscan.CHUNK bytes; ~32 B a number).
 JSON_WINDOW = 24 << 20

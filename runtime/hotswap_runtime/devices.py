@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import platform
 from collections.abc import Mapping
 
 import torch
@@ -105,3 +106,13 @@ def copy_tensors(
         with torch.cuda.stream(stream):
             torch._foreach_copy_(dst, src, non_blocking=True)
         stream.synchronize()
+
+
+def runtime_env() -> dict[str, str]:
+    """Versions reported in the pod's ModelReplica (``status.env``)."""
+    env = {"python": platform.python_version(), "torch": torch.__version__}
+    if torch.version.cuda:
+        env["cuda"] = str(torch.version.cuda)
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env

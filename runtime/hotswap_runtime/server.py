@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .rest import VersionHeader, add_routes
-from .service import Runtime
+from hotswap_runtime.service import Runtime
+from hotswap_runtime.serving.rest import VersionHeader, add_routes
 
 
 def create_app(runtime: Runtime) -> FastAPI:

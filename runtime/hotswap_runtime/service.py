@@ -1,4 +1,5 @@
-"""The runtime assembled from its parts: store, swapper, reconciler, watchers, reporter."""
+"""The runtime assembled from its parts: store, swapper, the pod's control path,
+inference, and the REST and gRPC transports over one data plane."""
 
 from __future__ import annotations
 
@@ -7,20 +8,20 @@ import contextlib
 import logging
 from typing import Any
 
-from .budget import MemoryBudget
-from .contract import PodReport, configmap_name
-from .desired import Failure, Reconciler, Status, SwapRecord
-from .devices import resolve_device
-from .grpc_server import GrpcServer
-from .inference import Engine
-from .journal import LoadJournal
-from .kube import api_client, runtime_env
-from .metrics import Metrics
-from .reporter import Reporter, pod_report
-from .settings import Settings
-from .store import CheckpointStore
-from .swapper import Swapper
-from .watcher import ApiWatcher, FileWatcher
+from hotswap_contract.wire import configmap_name
+from hotswap_runtime.budget import MemoryBudget
+from hotswap_runtime.checkpoint.store import CheckpointStore
+from hotswap_runtime.control.desired import Reconciler
+from hotswap_runtime.control.journal import LoadJournal
+from hotswap_runtime.control.kube import api_client
+from hotswap_runtime.control.pod import PodControl, PodIdentity
+from hotswap_runtime.control.watcher import FileWatcher
+from hotswap_runtime.devices import resolve_device, runtime_env
+from hotswap_runtime.serving.grpc_server import GrpcServer
+from hotswap_runtime.serving.inference import Engine
+from hotswap_runtime.serving.metrics import Metrics
+from hotswap_runtime.settings import Settings
+from hotswap_runtime.swap.swapper import Swapper
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,20 @@ class Runtime:
         )
         self.grpc: GrpcServer | None = None
         self.draining = False  # set on SIGTERM: not ready, still serving
-        self.reconciler = Reconciler(
-            self.swapper,
-            [self.metrics, _StatusSink(self)],
-            journal=LoadJournal(settings.cache_dir),
-        )
         self.pod = settings.pod_name or "local"
+        identity = PodIdentity(
+            pod=self.pod,
+            namespace=settings.pod_namespace or "",
+            model=settings.model_name,
+            uid=settings.pod_uid,
+            device=str(self.device),
+            env=runtime_env(),
+        )
+        self.control = PodControl(
+            self.swapper, identity, [self.metrics], journal=LoadJournal(settings.cache_dir)
+        )
+        self.reconciler: Reconciler = self.control.reconciler
         self.api: Any = None
-        self.reporter: Reporter | None = None
-        self.api_watcher: ApiWatcher | None = None
-        self._env = runtime_env()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -72,17 +77,12 @@ class Runtime:
             self.grpc = GrpcServer(self)
             await self.grpc.start()
         self._connect()
-        self.reconciler.start()
-        if self.reporter is not None:
-            self.reporter.start()
-        if self.api_watcher is not None:
-            self.api_watcher.start()
+        self.control.start()
         if self.settings.config_dir is not None:
             watcher = FileWatcher(
                 self.settings.config_dir, self.reconciler, self.pod, self.settings.resync_seconds
             )
             self._tasks.append(asyncio.create_task(watcher.run(self._stop)))
-        self.report(self.reconciler.status())
 
     async def stop(self) -> None:
         self._stop.set()
@@ -91,11 +91,7 @@ class Runtime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 5)
-        if self.api_watcher is not None:
-            self.api_watcher.stop()
-        self.reconciler.stop()
-        if self.reporter is not None:
-            self.reporter.stop()
+        self.control.stop()
         self.engine.stop()
 
     def _connect(self) -> None:
@@ -108,34 +104,5 @@ class Runtime:
             log.warning("Kubernetes API unavailable (%s): reports and API watch are off", exc)
         if self.api is None:
             return
-        self.reporter = Reporter(self.api, s.pod_namespace, s.model_name, s.pod_name, s.pod_uid)
-        if s.api_watch:
-            name = s.configmap or configmap_name(s.model_name)
-            self.api_watcher = ApiWatcher(
-                self.api, s.pod_namespace, name, self.reconciler, self.pod
-            )
-
-    # ---- reporting ----------------------------------------------------------------
-
-    def report(self, status: Status) -> None:
-        if self.reporter is not None:
-            self.reporter.submit(self.pod_report(status))
-
-    def pod_report(self, status: Status) -> PodReport:
-        return pod_report(status, str(self.device), self._env)
-
-
-class _StatusSink:
-    """Observer forwarding status changes to the reporter."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    def swap_finished(self, record: SwapRecord) -> None:
-        return None
-
-    def config_rejected(self, failure: Failure) -> None:
-        return None
-
-    def status_changed(self, status: Status) -> None:
-        self.runtime.report(status)
+        configmap = (s.configmap or configmap_name(s.model_name)) if s.api_watch else None
+        self.control.connect(self.api, configmap)

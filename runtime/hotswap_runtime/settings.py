@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .budget import decode_cost
-from .contract import GRPC_PORT, HTTP_PORT, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US
-from .policy import (
+from hotswap_contract.policy import (
     DEFAULT_ARCHITECTURES,
     DEFAULT_FILE_ROOTS,
     PolicyError,
@@ -25,6 +23,8 @@ from .policy import (
     parse_networks,
     split_list,
 )
+from hotswap_contract.wire import GRPC_PORT, HTTP_PORT, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US
+from hotswap_runtime.budget import decode_cost
 
 DEFAULT_CACHE_MAX_BYTES = 8 * 1024**3
 DEFAULT_MAX_CHECKPOINT_BYTES = 4 * 1024**3

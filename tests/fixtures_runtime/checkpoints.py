@@ -11,9 +11,9 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from hotswap_runtime.contract import CONFIG_KEY
 
 from examples.checkpoints import DEFAULT_DIR
+from hotswap_contract.wire import CONFIG_KEY
 
 from . import tiny
 

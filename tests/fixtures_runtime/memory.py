@@ -86,11 +86,11 @@ def _settle() -> None:
 
 def main() -> None:
     import torch
-    from hotswap_runtime.contract import Revision
-    from hotswap_runtime.errors import SwapError
-    from hotswap_runtime.store import CheckpointStore
-    from hotswap_runtime.swapper import Swapper
 
+    from hotswap_contract.wire import Revision
+    from hotswap_runtime.checkpoint.store import CheckpointStore
+    from hotswap_runtime.errors import SwapError
+    from hotswap_runtime.swap.swapper import Swapper
     from tests.fixtures_runtime import tiny
 
     torch.set_num_threads(1)

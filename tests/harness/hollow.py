@@ -8,16 +8,16 @@ the real Deployment and ReplicaSet controllers), and for each pod:
 * mints a ServiceAccount token bound to that pod (TokenRequest with boundObjectRef, as
   kubelet does), so the pod's API calls authenticate as the pod: RBAC and the chart's
   admission policies apply to them exactly as to a real runtime pod;
-* runs the runtime's REAL desired-state path (`desired.Reconciler`), its REAL API watch
-  of the ConfigMap (`watcher.ApiWatcher`) and its REAL reporter (`reporter.Reporter`,
-  `reporter.pod_report`), with a stand-in model whose "load" waits `--load-seconds`
-  (honouring cancellation) instead of fetching and loading weights;
+* runs the runtime's REAL control path (`control.pod.PodControl`, wired as the runtime
+  wires it: the reconciler, the API watch of the ConfigMap and the reporter), around a
+  stand-in `SwapTarget` whose "load" waits `--load-seconds` (honouring cancellation)
+  instead of fetching and loading weights;
 * marks the pod Running through `pods/status` (Ready once its stand-in serves), and on
   graceful deletion stops the pod and deletes the object with grace 0, as kubelet does.
 
 What it leaves out: no HTTP server, no file watcher of a mounted model.json (the API
-watch is the path that matters at scale), no load journal. `desired.py` imports torch
-through swapper.py; the stand-in never touches it.
+watch is the path that matters at scale), no load journal. The control path imports no
+torch; neither does this module.
 
     python -m tests.harness.hollow --kubeconfig admin.kubeconfig --node hollow-0
 """
@@ -38,13 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from hotswap_runtime.contract import Revision, configmap_name
-from hotswap_runtime.desired import Failure, Reconciler, Status, SwapRecord
+from hotswap_contract.wire import Revision, configmap_name
+from hotswap_runtime.control.desired import Failure, Status, SwapRecord
+from hotswap_runtime.control.pod import PodControl, PodIdentity
+from hotswap_runtime.control.target import PhaseClock
 from hotswap_runtime.errors import Superseded
-from hotswap_runtime.reporter import Reporter, pod_report
-from hotswap_runtime.swapper import PhaseClock, Swapper
-from hotswap_runtime.watcher import ApiWatcher
-
 from tests.harness.rest import ApiError, KubeClient, q
 
 JSON = dict[str, Any]
@@ -67,7 +65,7 @@ def _now(micro: bool = False) -> str:
 
 @dataclass
 class StandInModel:
-    """What `desired.Reconciler` and `reporter.pod_report` read of a loaded model."""
+    """What the control path reads of a loaded model (`control.target.Serving`)."""
 
     revision: Revision
     loaded_at: str = field(default_factory=_now)
@@ -77,8 +75,8 @@ class StandInModel:
         return self.revision.key
 
 
-class StandInSwapper:
-    """`Swapper`'s surface for the reconciler: a load is a cancellable wait."""
+class StandInTarget:
+    """A `control.target.SwapTarget` whose load is a cancellable wait."""
 
     def __init__(self, load_seconds: float) -> None:
         self.load_seconds = load_seconds
@@ -97,9 +95,13 @@ class StandInSwapper:
                 time.sleep(min(left, STAND_IN_POLL_SECONDS))
         self._current = StandInModel(revision)
 
+    def release_memory(self) -> None:
+        return None
+
 
 class HollowPod:
-    """One runtime pod: reconciler + API watcher + reporter, as service.Runtime wires them."""
+    """One runtime pod: the runtime's `PodControl` around a stand-in target; it marks
+    the Pod ready once the stand-in serves (the readiness probe's part)."""
 
     def __init__(self, node: HollowNode, pod: JSON, token: str) -> None:
         from kubernetes import client
@@ -115,23 +117,15 @@ class HollowPod:
         cfg.api_key = {"authorization": f"Bearer {token}"}
         self.api = client.ApiClient(cfg)
         self.ready = False
-        self.reporter = Reporter(self.api, self.namespace, model, self.name, meta["uid"])
-        swapper = cast(Swapper, StandInSwapper(node.load_seconds))
-        self.reconciler = Reconciler(swapper, [self])
-        self.watcher = ApiWatcher(
-            self.api, self.namespace, configmap_name(model), self.reconciler, self.name
-        )
+        identity = PodIdentity(self.name, self.namespace, model, meta["uid"], "hollow", node.env)
+        self.control = PodControl(StandInTarget(node.load_seconds), identity, [self])
+        self.control.connect(self.api, configmap_name(model))
 
     def start(self) -> None:
-        self.reconciler.start()
-        self.reporter.start()
-        self.watcher.start()
-        self.status_changed(self.reconciler.status())
+        self.control.start()
 
     def stop(self) -> None:
-        self.watcher.stop()
-        self.reconciler.stop(timeout=2)
-        self.reporter.stop(timeout=2)
+        self.control.stop(timeout=2)
 
     # -- desired.Observer ----------------------------------------------------------------
 
@@ -142,7 +136,6 @@ class HollowPod:
         return None
 
     def status_changed(self, status: Status) -> None:
-        self.reporter.submit(pod_report(status, "hollow", self.node.env))
         if status.serving is not None and not self.ready:
             self.ready = True  # the readiness probe would pass from now on
             self.node.pool.submit(self.node.mark, self.namespace, self.name, True)

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from hotswap_runtime.contract import (
+
+from hotswap_contract.redact import clip
+from hotswap_contract.wire import (
     API_GROUP,
     API_VERSION,
     DEPLOYMENT_LABEL,
@@ -24,8 +26,6 @@ from hotswap_runtime.contract import (
     PLURAL,
     REPLICA_PLURAL,
 )
-from hotswap_runtime.redact import clip
-
 from hotswap_operator.kube import ConflictError, Kube, KubeError
 
 Permission = tuple[str, str, str]  # (apiGroup, resource, verb)

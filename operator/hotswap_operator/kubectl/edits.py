@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hotswap_runtime.contract import KIND, short_sha
-from hotswap_runtime.redact import redact_uri
-
+from hotswap_contract.redact import redact_uri
+from hotswap_contract.wire import KIND, short_sha
 from hotswap_operator.kubectl.api import PluginError
 from hotswap_operator.revisions import known_numbers
 from hotswap_operator.spec import SpecError, parse_spec

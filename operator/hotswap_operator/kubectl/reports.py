@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hotswap_runtime.contract import PodReport
 from pydantic import ValidationError
 
+from hotswap_contract.wire import PodReport
 from hotswap_operator.kubectl.api import Session, list_replicas
 
 

@@ -12,9 +12,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hotswap_runtime.contract import KIND, PodReport, PodState, short_sha
-from hotswap_runtime.redact import clip, redact_uri
-
+from hotswap_contract.redact import clip, redact_uri
+from hotswap_contract.wire import KIND, PodReport, PodState, short_sha
 from hotswap_operator.reasons import ConditionType, Phase
 from hotswap_operator.status import ModelDeploymentStatus, RevisionRecord
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from replicas import replica_reports, report
+
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.events import EventRecorder
@@ -27,8 +29,6 @@ from hotswap_operator.kube import Kube
 from hotswap_operator.kubectl import cli
 from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer
-from replicas import replica_reports, report
-
 from tests.harness.cluster import REPO
 from tests.harness.rest import MERGE_PATCH
 

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from operator_process import allow_events, refuse_events
+from replicas import replica_reports, report
+
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.events import EventRecorder
@@ -21,9 +24,6 @@ from hotswap_operator.kube import ConflictError, Kube
 from hotswap_operator.spec import SpecError
 from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer, SyncResult
-from operator_process import allow_events, refuse_events
-from replicas import replica_reports, report
-
 from tests.harness.cluster import KubectlError
 from tests.harness.rest import MERGE_PATCH, ApiError
 from tests.harness.waiting import wait_for

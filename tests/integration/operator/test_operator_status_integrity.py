@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hotswap_operator import resources
-from hotswap_runtime.contract import PodReport, PodState
-from hotswap_runtime.reporter import Reporter
 
+from hotswap_contract.wire import PodReport, PodState
+from hotswap_operator import resources
+from hotswap_runtime.control.reporter import Reporter
 from tests.harness.helm import template
 from tests.harness.rest import MERGE_PATCH, ApiError, KubeClient
 from tests.harness.waiting import wait_for

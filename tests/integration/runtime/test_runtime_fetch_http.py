@@ -19,8 +19,11 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from hotswap_runtime import fetch_net, fetch_stream
-from hotswap_runtime.contract import Checkpoint
+
+from hotswap_contract.wire import Checkpoint
+from hotswap_runtime.checkpoint.fetch import net as fetch_net
+from hotswap_runtime.checkpoint.fetch import stream as fetch_stream
+from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import (
     CheckpointNotFound,
     CheckpointTooLarge,
@@ -29,8 +32,6 @@ from hotswap_runtime.errors import (
     IntegrityError,
     Superseded,
 )
-from hotswap_runtime.store import CheckpointStore
-
 from tests.fixtures_runtime import hostile_http as hostile
 
 IDLE = 1.0

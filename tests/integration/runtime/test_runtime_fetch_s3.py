@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hotswap_runtime import fetch_net, fetch_s3, fetch_stream
-from hotswap_runtime.contract import Checkpoint
-from hotswap_runtime.errors import CheckpointNotFound, FetchError, FetchRefused, Superseded
-from hotswap_runtime.store import CheckpointStore
 
+from hotswap_contract.wire import Checkpoint
+from hotswap_runtime.checkpoint.fetch import net as fetch_net
+from hotswap_runtime.checkpoint.fetch import s3 as fetch_s3
+from hotswap_runtime.checkpoint.fetch import stream as fetch_stream
+from hotswap_runtime.checkpoint.store import CheckpointStore
+from hotswap_runtime.errors import CheckpointNotFound, FetchError, FetchRefused, Superseded
 from tests.fixtures_runtime import hostile_http as hostile
 from tests.fixtures_runtime import moto_s3
 

@@ -18,8 +18,8 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from hotswap_runtime.grpc_v2 import inference_pb2 as pb
 
+from hotswap_runtime.serving.grpc_v2 import inference_pb2 as pb
 from tests.fixtures_runtime import checkpoints as ck
 from tests.fixtures_runtime import tiny
 from tests.fixtures_runtime.server import RuntimeProcess, running, wait_for

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.spec import parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
-
 from tests.harness import kubelint
 from tests.harness.helm import template
 

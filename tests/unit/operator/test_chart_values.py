@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hotswap_runtime.policy import ARCHITECTURE_ENTRY
+
+from hotswap_contract.policy import ARCHITECTURE_ENTRY
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "hotswap"

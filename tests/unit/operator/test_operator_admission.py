@@ -4,11 +4,12 @@ files), and children the operator may write (never one it did not create)."""
 import copy
 
 import pytest
+from operator_samples import SPEC
+
 from hotswap_operator import resources
 from hotswap_operator.admission import admit
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.spec import SpecError, parse_spec
-from operator_samples import SPEC
 
 OWNER = resources.Owner(name="resnet", namespace="ml", uid="uid-1")
 DEFAULTS = RuntimeDefaults.model_validate({"gpu": {"enabled": False}})

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from operator_samples import SHA_A, SHA_B, SPEC, report
+
 from hotswap_operator import canary, rollout, summary
 from hotswap_operator.reasons import Phase
 from hotswap_operator.spec import parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
-from operator_samples import SHA_A, SHA_B, SPEC, report
 
 SHA_C = "c" * 64
 PODS = ("md-a", "md-b", "md-c", "md-d")

@@ -3,6 +3,7 @@
 import logging
 
 import pytest
+
 from hotswap_operator import config
 from hotswap_operator.handlers import QuietEventHandlers
 

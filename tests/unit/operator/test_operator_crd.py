@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hotswap_runtime import contract
+
+from hotswap_contract import wire as contract
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_PATH = REPO / "crds" / "modeldeployment.yaml"

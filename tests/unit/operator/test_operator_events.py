@@ -2,6 +2,7 @@
 
 import pytest
 from fake_api import FakeApi
+
 from hotswap_operator.events import REPEAT_SECONDS, EventRecorder
 from hotswap_operator.reasons import Event, EventType, Reason
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_api import merge
+from operator_samples import SHA_A, SHA_B, SPEC, body, report
+
 from hotswap_operator import rollout
 from hotswap_operator.kubectl import api, edits, views
 from hotswap_operator.spec import parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
-from operator_samples import SHA_A, SHA_B, SPEC, body, report
 
 REPO = Path(__file__).resolve().parents[3]
 SHA_C = "c" * 64

@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 from fake_api import FakeApi
+
 from hotswap_operator.leader import LeaderElector, Timing
 
 NS, LEASE = "hotswap-system", "hs-hotswap-leader"

@@ -4,11 +4,12 @@ template, the ServiceAccount and an optional PodDisruptionBudget (pure builders)
 import json
 
 import pytest
+from operator_samples import SHA_B, SPEC, with_checkpoint
+
 from hotswap_operator import canary, resources, rollout
 from hotswap_operator.config import ConfigurationError, RuntimeDefaults, runtime_defaults
 from hotswap_operator.spec import SpecError, parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
-from operator_samples import SHA_B, SPEC, with_checkpoint
 
 OWNER = resources.Owner(name="resnet", namespace="ml", uid="uid-1")
 SPREAD = {

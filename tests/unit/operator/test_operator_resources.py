@@ -1,13 +1,14 @@
 import json
 
 import pytest
+from operator_samples import SHA_B, SPEC, body, with_checkpoint
+
+from hotswap_contract.wire import CONFIG_KEY, parse_config
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import RuntimeDefaults, runtime_defaults
 from hotswap_operator.context import SyncContext
 from hotswap_operator.spec import SpecError, parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
-from hotswap_runtime.contract import CONFIG_KEY, parse_config
-from operator_samples import SHA_B, SPEC, body, with_checkpoint
 
 OWNER = resources.Owner(name="resnet", namespace="ml", uid="uid-1")
 GPU = RuntimeDefaults()  # built-in defaults: GPU on

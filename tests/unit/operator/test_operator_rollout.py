@@ -1,9 +1,10 @@
 import pytest
+from operator_samples import SHA_A, SHA_B, SPEC, with_checkpoint
+
+from hotswap_contract.wire import ModelConfig
 from hotswap_operator import rollout
 from hotswap_operator.spec import SpecError, parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
-from hotswap_runtime.contract import ModelConfig
-from operator_samples import SHA_A, SHA_B, SPEC, with_checkpoint
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-02T00:00:00Z"

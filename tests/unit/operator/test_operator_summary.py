@@ -2,10 +2,11 @@
 
 import json
 
+from operator_samples import SHA_A, SHA_B, report
+
 from hotswap_operator import summary
 from hotswap_operator.status import ModelDeploymentStatus, merge_patch
 from hotswap_operator.summary import PodInfo
-from operator_samples import SHA_A, SHA_B, report
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:05:00Z"

@@ -11,6 +11,8 @@ import json
 
 import pytest
 from fake_api import FakeApi
+from operator_samples import SHA_A, SHA_B, SPEC, report
+
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.context import SyncContext
 from hotswap_operator.events import EventRecorder
@@ -18,7 +20,6 @@ from hotswap_operator.kube import ChildConflictError, ConflictError
 from hotswap_operator.spec import SpecError
 from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer, decide
-from operator_samples import SHA_A, SHA_B, SPEC, report
 
 NS, NAME = "ml", "resnet"
 NOW = "2026-01-01T00:00:00Z"

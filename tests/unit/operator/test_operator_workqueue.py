@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+
 from hotswap_operator.workqueue import WorkQueue
 
 

@@ -10,17 +10,18 @@ import numpy as np
 import orjson
 import pytest
 import torch
-from hotswap_runtime import jsonscan
+
 from hotswap_runtime.budget import MemoryBudget
-from hotswap_runtime.codec import (
+from hotswap_runtime.errors import InvalidInput, RequestTooLarge
+from hotswap_runtime.serving import jsonscan
+from hotswap_runtime.serving.codec import (
     InferRequest,
     decode_grpc,
     decode_rest,
     encode_grpc,
     encode_rest,
 )
-from hotswap_runtime.errors import InvalidInput, RequestTooLarge
-from hotswap_runtime.grpc_v2 import inference_pb2 as pb
+from hotswap_runtime.serving.grpc_v2 import inference_pb2 as pb
 
 
 def body(data: object, shape: object = (2, 2), **extra: object) -> bytes:

@@ -8,12 +8,12 @@ from pathlib import Path
 import pydantic
 import pytest
 import torch
-from hotswap_runtime.contract import ModelSpec, Revision
-from hotswap_runtime.errors import StateDictMismatch
-from hotswap_runtime.models import size_model
-from hotswap_runtime.store import CheckpointStore
-from hotswap_runtime.swapper import Swapper
 
+from hotswap_contract.wire import ModelSpec, Revision
+from hotswap_runtime.checkpoint.store import CheckpointStore
+from hotswap_runtime.errors import StateDictMismatch
+from hotswap_runtime.swap.models import size_model
+from hotswap_runtime.swap.swapper import Swapper
 from tests.fixtures_runtime import checkpoints as ck
 from tests.fixtures_runtime import tiny
 
@@ -91,7 +91,7 @@ def test_half_precision_weights_serve_and_other_dtypes_need_a_cast(
 def test_a_half_precision_model_is_built_in_its_dtype_not_converted_after() -> None:
     """Under an allocation budget of 1.5x its float16 size: a float32 build (2x) first
     would be refused; and the process-wide default dtype is left alone."""
-    from hotswap_runtime.models import build_bounded
+    from hotswap_runtime.swap.models import build_bounded
 
     args = {"hidden": 512, "layers": 4}
     half = ModelSpec.model_validate(

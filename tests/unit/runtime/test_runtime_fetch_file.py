@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hotswap_runtime.contract import Checkpoint
-from hotswap_runtime.credentials import MAX_VALUE_BYTES, read_secret
+
+from hotswap_contract.wire import Checkpoint
+from hotswap_runtime.checkpoint.fetch.credentials import MAX_VALUE_BYTES, read_secret
+from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import CheckpointNotFound, FetchError, FetchRefused
-from hotswap_runtime.store import CheckpointStore
 
 SHA = "a" * 64
 

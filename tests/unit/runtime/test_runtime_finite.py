@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hotswap_runtime import finite
+
+from hotswap_runtime.checkpoint import finite
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INTS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

@@ -1,4 +1,4 @@
-"""The checked-in protoc output in hotswap_runtime/grpc_v2 is what its .proto gives."""
+"""The checked-in protoc output in hotswap_runtime/serving/grpc_v2 is what its .proto gives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-PACKAGE = Path("hotswap_runtime") / "grpc_v2"
+PACKAGE = Path("hotswap_runtime") / "serving" / "grpc_v2"
 
 
 def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
@@ -35,8 +35,8 @@ def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
 
 
 def test_service_speaks_the_kserve_v2_names() -> None:
-    from hotswap_runtime.grpc_server import SERVICE
-    from hotswap_runtime.grpc_v2 import inference_pb2 as pb
+    from hotswap_runtime.serving.grpc_server import SERVICE
+    from hotswap_runtime.serving.grpc_v2 import inference_pb2 as pb
 
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert service.full_name == SERVICE == "inference.GRPCInferenceService"

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 import safetensors.torch
 import torch
-from hotswap_runtime.contract import Revision
+
+from hotswap_contract.wire import Revision
+from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import (
     ArchitectureError,
     FetchError,
@@ -21,9 +23,7 @@ from hotswap_runtime.errors import (
     SwapError,
     ValidationFailed,
 )
-from hotswap_runtime.store import CheckpointStore
-from hotswap_runtime.swapper import Swapper
-
+from hotswap_runtime.swap.swapper import Swapper
 from tests.fixtures_runtime import checkpoints as ck
 from tests.fixtures_runtime import hostile, tiny
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hotswap_runtime.errors import StateDictMismatch
-from hotswap_runtime.layouts import (
+
+from hotswap_runtime.checkpoint.layouts import (
     Expected,
     FlatLayout,
     Slot,
@@ -17,7 +17,7 @@ from hotswap_runtime.layouts import (
     overlaps,
     tie_groups,
 )
-
+from hotswap_runtime.errors import StateDictMismatch
 from tests.fixtures_runtime import hostile, tiny
 
 F32 = torch.float32

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hotswap_runtime.allocations import AllocationBudget
-from hotswap_runtime.contract import ModelSpec
-from hotswap_runtime.errors import ArchitectureError, ModelTooLarge
-from hotswap_runtime.models import build_bounded, size_model
 
+from hotswap_contract.wire import ModelSpec
+from hotswap_runtime.errors import ArchitectureError, ModelTooLarge
+from hotswap_runtime.swap.allocations import AllocationBudget
+from hotswap_runtime.swap.models import build_bounded, size_model
 from tests.fixtures_runtime import hostile, tiny
 
 ALLOWED = (*tiny.ALLOWED,)

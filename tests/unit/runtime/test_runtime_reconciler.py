@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import torch
-from hotswap_runtime.contract import PodState, Revision
-from hotswap_runtime.desired import KEEP_FAILURES, Failure, Reconciler, SwapRecord
-from hotswap_runtime.journal import FILE, LoadJournal
-from hotswap_runtime.store import CheckpointStore
-from hotswap_runtime.swapper import Swapper
 
+from hotswap_contract.wire import PodState, Revision
+from hotswap_runtime.checkpoint.store import CheckpointStore
+from hotswap_runtime.control.desired import KEEP_FAILURES, Failure, Reconciler, SwapRecord
+from hotswap_runtime.control.journal import FILE, LoadJournal
+from hotswap_runtime.swap.swapper import Swapper
 from tests.fixtures_runtime import checkpoints as ck
 from tests.fixtures_runtime import tiny
 from tests.fixtures_runtime.server import wait_for

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from hotswap_runtime.errors import FormatError, StateDictMismatch
-from hotswap_runtime.layouts import Expected, layout_of
-from hotswap_runtime.safetensors_reader import MAX_HEADER_BYTES, header_limit
-from hotswap_runtime.staging import Staging
-from hotswap_runtime.weights import read_state_dict, read_tensor
 
+from hotswap_runtime.checkpoint.layouts import Expected, layout_of
+from hotswap_runtime.checkpoint.safetensors_file import MAX_HEADER_BYTES, header_limit
+from hotswap_runtime.checkpoint.staging import Staging
+from hotswap_runtime.checkpoint.weights import read_state_dict, read_tensor
+from hotswap_runtime.errors import FormatError, StateDictMismatch
 from tests.fixtures_runtime import hostile, tiny
 
 TINY = Expected(layout_of(tiny.make_model().state_dict()), tiny.ARCHITECTURE)

@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 import torch
-from hotswap_runtime.contract import Checkpoint, Revision
+
+from hotswap_contract.wire import Checkpoint, Revision
+from hotswap_runtime.checkpoint.manifest import MAX_SHARDS, read_manifest, shard_uri
+from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import (
     CheckpointTooLarge,
     FormatError,
@@ -18,10 +21,7 @@ from hotswap_runtime.errors import (
     ManifestError,
     StateDictMismatch,
 )
-from hotswap_runtime.manifest import MAX_SHARDS, read_manifest, shard_uri
-from hotswap_runtime.store import CheckpointStore
-from hotswap_runtime.swapper import Swapper
-
+from hotswap_runtime.swap.swapper import Swapper
 from tests.fixtures_runtime import checkpoints as ck
 from tests.fixtures_runtime import tiny
 

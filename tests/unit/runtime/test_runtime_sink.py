@@ -10,9 +10,10 @@ import threading
 import time
 
 import pytest
-from hotswap_runtime import fetch_stream
+
+from hotswap_runtime.checkpoint.fetch import stream as fetch_stream
+from hotswap_runtime.checkpoint.fetch.stream import Sink
 from hotswap_runtime.errors import FetchError
-from hotswap_runtime.fetch_stream import Sink
 
 BIG = fetch_stream.WRITE_BESIDE_BYTES
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hotswap_runtime.contract import ModelSpec, PodReport, PodState
+
+from hotswap_contract.wire import ModelSpec, PodReport, PodState
+from hotswap_runtime.control.reporter import Reporter
 from hotswap_runtime.errors import (
     ArchitectureError,
     InferenceFailed,
@@ -18,10 +20,8 @@ from hotswap_runtime.errors import (
     grpc_status,
     http_status,
 )
-from hotswap_runtime.models import build_model
-from hotswap_runtime.reporter import Reporter
 from hotswap_runtime.settings import load_settings
-
+from hotswap_runtime.swap.models import build_model
 from tests.fixtures_runtime import tiny
 
 
@@ -105,8 +105,9 @@ def test_reporter_writes_its_own_modelreplica_owned_by_its_pod() -> None:
 
 
 def test_a_throttled_report_waits_what_the_server_asks_and_no_more() -> None:
-    from hotswap_runtime.reporter import MAX_RETRY_AFTER, retry_after
     from kubernetes.client.exceptions import ApiException
+
+    from hotswap_runtime.control.reporter import MAX_RETRY_AFTER, retry_after
 
     throttled = ApiException(status=429, reason="Too Many Requests")
     throttled.headers = {"Retry-After": "2"}

@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from hotswap_runtime.contract import Checkpoint
+
+from hotswap_contract.wire import Checkpoint
+from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import (
     CheckpointNotFound,
     CheckpointTooLarge,
@@ -15,7 +17,6 @@ from hotswap_runtime.errors import (
     IntegrityError,
     Superseded,
 )
-from hotswap_runtime.store import CheckpointStore
 
 
 def blob(tmp_path: Path, name: str, size: int) -> Checkpoint:
@@ -86,7 +87,7 @@ def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
 def test_chunks_through_one_buffer_keep_every_byte(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hotswap_runtime import fetch_file
+    from hotswap_runtime.checkpoint.fetch import file as fetch_file
 
     monkeypatch.setattr(fetch_file, "CHUNK", 1000)  # 4 full chunks and a partial one
     ck = blob(tmp_path, "multi.pt", 4500)

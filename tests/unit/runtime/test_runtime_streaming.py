@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hotswap_runtime.contract import Checkpoint
-from hotswap_runtime.errors import IntegrityError, ManifestError
-from hotswap_runtime.layouts import Expected, layout_of
-from hotswap_runtime.staging import Staging
-from hotswap_runtime.store import CheckpointStore
-from hotswap_runtime.streaming import StreamParser
 
+from hotswap_contract.wire import Checkpoint
+from hotswap_runtime.checkpoint.layouts import Expected, layout_of
+from hotswap_runtime.checkpoint.staging import Staging
+from hotswap_runtime.checkpoint.store import CheckpointStore
+from hotswap_runtime.checkpoint.streaming import StreamParser
+from hotswap_runtime.errors import IntegrityError, ManifestError
 from tests.fixtures_runtime import checkpoints as ck
 from tests.fixtures_runtime import tiny
 
@@ -109,7 +109,7 @@ def test_a_shard_holding_a_tensor_of_another_is_refused_by_the_file_parse(
     manifest.write_text(json.dumps(doc))
     checkpoint = Checkpoint(uri=f"file://{manifest}", sha256=ck.sha256_of(manifest))
     assert streamed(tmp_path, checkpoint) is None
-    from hotswap_runtime.weights import read_local
+    from hotswap_runtime.checkpoint.weights import read_local
 
     local = store(tmp_path).fetch_checkpoint(checkpoint)
     with pytest.raises(ManifestError):
@@ -131,9 +131,9 @@ def test_streamed_bytes_of_a_file_that_fails_its_sha256_are_never_handed_over(
 def test_a_swap_parses_while_it_downloads_and_reads_the_cache_on_a_hit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hotswap_runtime import swapper as swapper_module
-    from hotswap_runtime.contract import Revision
-    from hotswap_runtime.swapper import Swapper
+    from hotswap_contract.wire import Revision
+    from hotswap_runtime.swap import swapper as swapper_module
+    from hotswap_runtime.swap.swapper import Swapper
 
     file_reads: list[str] = []
     real = swapper_module.read_local
@@ -158,9 +158,9 @@ def test_a_swap_parses_while_it_downloads_and_reads_the_cache_on_a_hit(
 
 
 def test_the_nan_screen_runs_while_it_downloads(tmp_path: Path) -> None:
-    from hotswap_runtime.contract import Revision
+    from hotswap_contract.wire import Revision
     from hotswap_runtime.errors import NonFiniteWeights
-    from hotswap_runtime.swapper import Swapper
+    from hotswap_runtime.swap.swapper import Swapper
 
     bad = dict(tiny.weights(1), scale=torch.tensor([float("nan")]))
     manifest, sha = ck.save_sharded(bad, tmp_path / "nan", 2)
@@ -219,7 +219,7 @@ def test_a_shard_without_the_bytes_the_weight_map_gives_it_turns_the_stream_off(
     manifest.write_text(json.dumps(doc))
     checkpoint = Checkpoint(uri=f"file://{manifest}", sha256=ck.sha256_of(manifest))
     assert streamed(tmp_path, checkpoint) is None
-    from hotswap_runtime.weights import read_local
+    from hotswap_runtime.checkpoint.weights import read_local
 
     local = store(tmp_path).fetch_checkpoint(checkpoint)
     with pytest.raises(ManifestError, match="no shard holds"):

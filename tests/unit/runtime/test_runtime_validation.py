@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hotswap_runtime.contract import Revision
-from hotswap_runtime.errors import ValidationFailed
-from hotswap_runtime.store import CheckpointStore
-from hotswap_runtime.swapper import Swapper
 
+from hotswap_contract.wire import Revision
+from hotswap_runtime.checkpoint.store import CheckpointStore
+from hotswap_runtime.errors import ValidationFailed
+from hotswap_runtime.swap.swapper import Swapper
 from tests.fixtures_runtime import checkpoints, tiny
 
 torch.set_num_threads(1)

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from hotswap_runtime.contract import CONFIG_KEY, MAX_CONFIG_BYTES, ConfigError, parse_config
-from hotswap_runtime.watcher import FileWatcher, read_bounded
 
+from hotswap_contract.wire import CONFIG_KEY, MAX_CONFIG_BYTES, ConfigError, parse_config
+from hotswap_runtime.control.watcher import FileWatcher, read_bounded
 from tests.fixtures_runtime import checkpoints as ck
 
 
@@ -111,7 +111,7 @@ class OneWatchCore:
 
 
 def test_api_watches_end_at_spread_times_so_pods_started_together_do_not_reconnect_together():
-    from hotswap_runtime.watcher import WATCH_TIMEOUT_SECONDS, ApiWatcher
+    from hotswap_runtime.control.watcher import WATCH_TIMEOUT_SECONDS, ApiWatcher
 
     watcher = ApiWatcher(None, "ml", "resnet-model", Sink(), "resnet-a")  # type: ignore[arg-type]
     core = OneWatchCore()

@@ -1,0 +1,268 @@
+"""http(s):// checkpoints with httpx: one streaming GET, redirects followed by hand.
+
+Every hop resolves its host once (``fetch_net``), refuses addresses the policy forbids
+(the spec's own URI: loopback, link-local, reserved; a redirect: private ranges too),
+and connects to an allowed address itself, keeping the hostname for the ``Host`` header
+and for TLS (SNI and certificate checks), so DNS cannot point the connection anywhere
+else. At most ``MAX_REDIRECTS`` hops, http and https only. The ``Authorization`` header
+(from the Secret, or the URI's userinfo) goes to the original origin only. No proxy or
+netrc from the environment; bodies are read raw (``Accept-Encoding: identity``), so
+the size limit counts what is stored. A server that announces ``Accept-Ranges: bytes``
+is also read with ranged GETs (``fetch_stream``: parts in parallel, a broken connection
+resumed), each following and checking redirects like the first request and accepted only
+as a 206 with exactly the range asked for. Failures are described in the runtime's own words:
+an HTTP status code or an exception type, never a reason phrase, body, header or URL
+the server sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import unquote
+
+import httpx
+
+from hotswap_contract.redact import redact_uri
+from hotswap_runtime.checkpoint.fetch.net import NetPolicy, allowed_addresses, stalled
+from hotswap_runtime.checkpoint.fetch.stream import Body
+from hotswap_runtime.errors import CheckpointNotFound, Dropped, FetchError, FetchRefused, SwapError
+
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_PORTS = {"http": 80, "https": 443}
+Origin = tuple[str, str, int]
+
+
+def quiet_client_logs() -> None:
+    """httpx logs each request's full URL (presigned signatures) and the server's reason
+    phrase at INFO: keep its loggers at WARNING whatever the runtime's level."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+
+
+@asynccontextmanager
+async def open_http(uri: str, authorization: str | None, policy: NetPolicy) -> AsyncIterator[Body]:
+    """The body of the final response to GET ``uri`` (status 200)."""
+    shown = redact_uri(uri)
+    url, userinfo = _parse(uri, shown)
+    auth = authorization or _basic(userinfo)
+    timeout = httpx.Timeout(
+        connect=policy.connect_seconds,
+        read=policy.idle_seconds,
+        write=policy.idle_seconds,
+        pool=policy.connect_seconds,
+    )
+    tls = httpx.create_ssl_context(trust_env=True)  # SSL_CERT_FILE / SSL_CERT_DIR of the pod
+    async with httpx.AsyncClient(
+        trust_env=False, follow_redirects=False, timeout=timeout, verify=tls
+    ) as client:
+        response = await _follow(client, url, auth, policy, shown)
+        try:
+            _check_status(response.status_code, shown)
+            size = _declared_size(response)
+            ranged = response.headers.get("accept-ranges", "").strip().lower() == "bytes"
+
+            @asynccontextmanager
+            async def ranges(start: int, end: int) -> AsyncIterator[Body]:
+                assert size is not None
+                async with _range(client, url, auth, policy, shown, (start, end, size)) as part:
+                    yield part
+
+            chunks = _raw(response, shown, policy)
+            yield Body(size, chunks, ranges if ranged and size is not None else None)
+        finally:
+            await response.aclose()
+
+
+@asynccontextmanager
+async def _range(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    auth: str | None,
+    policy: NetPolicy,
+    shown: str,
+    span: tuple[int, int, int],
+) -> AsyncIterator[Body]:
+    """Bytes ``[start, end)`` of the ``size``-byte object at ``url``: a GET with
+    ``Range`` (redirects followed and checked again), answered 206 with exactly that
+    ``Content-Range``; anything else is a FetchError (a changed object fails its
+    sha256 in any case)."""
+    start, end, size = span
+    extra = {"Range": f"bytes={start}-{end - 1}"}
+    response = await _follow(client, url, auth, policy, shown, extra)
+    try:
+        if response.status_code != 206:
+            _check_status(response.status_code, shown)
+            raise FetchError(
+                f"cannot fetch checkpoint {shown}: the server announced byte ranges but "
+                f"answered a range request with HTTP {response.status_code}"
+            )
+        if response.headers.get("content-range", "") != f"bytes {start}-{end - 1}/{size}":
+            raise FetchError(
+                f"cannot fetch checkpoint {shown}: the server answered a range request with "
+                "another range or size (the object changed?)"
+            )
+        yield Body(end - start, _raw(response, shown, policy))
+    finally:
+        await response.aclose()
+
+
+async def _follow(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    auth: str | None,
+    policy: NetPolicy,
+    shown: str,
+    extra: dict[str, str] | None = None,
+) -> httpx.Response:
+    origin = _origin(url)
+    for hop in range(MAX_REDIRECTS + 1):
+        same_origin = _origin(url) == origin
+        key = auth if same_origin else None
+        response = await _get(client, url, key, policy, hop > 0, shown, extra or {})
+        if response.status_code not in _REDIRECTS:
+            return response
+        location = response.headers.get("location")
+        await response.aclose()
+        url = _redirect_target(url, location, shown)
+    raise FetchError(f"cannot fetch checkpoint {shown}: more than {MAX_REDIRECTS} redirects")
+
+
+async def _get(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    auth: str | None,
+    policy: NetPolicy,
+    redirect: bool,
+    shown: str,
+    extra: dict[str, str],
+) -> httpx.Response:
+    """Send GET ``url`` to the first allowed address of its host that accepts it."""
+    host = url.raw_host.decode("ascii")
+    port = url.port or _PORTS[url.scheme]
+    addresses = await allowed_addresses(host, port, policy, redirect, shown)
+    headers = {"Host": _host_header(host, url.port), "Accept-Encoding": "identity", **extra}
+    if auth:
+        headers["Authorization"] = auth
+    extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+    client.cookies.clear()  # nothing one hop set travels to the next
+    failure: httpx.HTTPError | None = None
+    for address in addresses:
+        request = client.build_request(
+            "GET", url.copy_with(host=address), headers=headers, extensions=extensions
+        )
+        try:
+            return await client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            failure = exc  # try the host's next address
+        except httpx.HTTPError as exc:
+            raise _failure(exc, shown, policy) from None
+    assert failure is not None
+    raise _failure(failure, shown, policy) from None
+
+
+async def _raw(
+    response: httpx.Response, shown: str, policy: NetPolicy
+) -> AsyncGenerator[bytes, None]:
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        raise Dropped(
+            f"cannot fetch checkpoint {shown}: the server broke off the response"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise _failure(exc, shown, policy) from None
+
+
+def _parse(uri: str, shown: str) -> tuple[httpx.URL, str]:
+    """``uri`` without userinfo and fragment, and its userinfo (percent-decoded)."""
+    try:
+        url = httpx.URL(uri)
+        host = url.raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError, UnicodeError):
+        raise FetchError(f"checkpoint URI {shown} is not a valid URL") from None
+    if url.scheme not in _PORTS or not host:
+        raise FetchError(f"checkpoint URI {shown} is not a valid http(s) URL")
+    userinfo = unquote(url.userinfo.decode("ascii"))
+    return url.copy_with(userinfo=b"", fragment=None), userinfo
+
+
+def _basic(userinfo: str) -> str | None:
+    if not userinfo:
+        return None
+    return "Basic " + base64.b64encode(userinfo.encode()).decode("ascii")
+
+
+def _origin(url: httpx.URL) -> Origin:
+    return (url.scheme, url.raw_host.decode("ascii").lower(), url.port or _PORTS[url.scheme])
+
+
+def _host_header(host: str, port: int | None) -> str:
+    name = f"[{host}]" if ":" in host else host
+    return name if port is None else f"{name}:{port}"
+
+
+def _redirect_target(url: httpx.URL, location: str | None, shown: str) -> httpx.URL:
+    """Where a redirect leads; its text is the server's, so no reason quotes it."""
+    if not location:
+        raise FetchError(f"cannot fetch checkpoint {shown}: a redirect without a Location")
+    try:
+        target = url.join(location)
+        host = target.raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError, UnicodeError):
+        raise FetchError(f"cannot fetch checkpoint {shown}: a redirect to an invalid URL") from None
+    if target.scheme not in _PORTS:
+        raise FetchRefused(
+            f"cannot fetch checkpoint {shown}: a redirect to a scheme other than http or "
+            "https is refused"
+        )
+    if not host:
+        raise FetchError(f"cannot fetch checkpoint {shown}: a redirect to an invalid URL")
+    return target.copy_with(userinfo=b"", fragment=None)
+
+
+def _check_status(status: int, shown: str) -> None:
+    if status == 200:
+        return
+    if status in (404, 410):
+        raise CheckpointNotFound(
+            f"checkpoint {shown} does not exist (HTTP {status}); check spec.checkpoint.uri"
+        )
+    if status in (401, 403):
+        raise FetchError(
+            f"cannot fetch checkpoint {shown}: access denied (HTTP {status}); check the "
+            "Secret named by checkpoint.secretRef"
+        )
+    raise FetchError(f"cannot fetch checkpoint {shown}: the server answered HTTP {status}")
+
+
+def _declared_size(response: httpx.Response) -> int | None:
+    length = response.headers.get("content-length", "")
+    return int(length) if length.isascii() and length.isdigit() else None
+
+
+def _failure(exc: httpx.HTTPError, shown: str, policy: NetPolicy) -> SwapError:
+    """A reason for an httpx failure, from its type only (its text may quote the server)."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return FetchError(
+            f"cannot fetch checkpoint {shown}: its host did not accept a connection within "
+            f"{policy.connect_seconds:g} s"
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return stalled(shown, policy)
+    if isinstance(exc, httpx.ConnectError):
+        return FetchError(
+            f"cannot fetch checkpoint {shown}: cannot connect to its host (ConnectError: "
+            "refused, unreachable, or TLS verification failed)"
+        )
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return FetchError(
+            f"cannot fetch checkpoint {shown}: the server broke off or garbled the response "
+            "(RemoteProtocolError)"
+        )
+    return FetchError(f"cannot fetch checkpoint {shown}: {type(exc).__name__}")

@@ -1,0 +1,301 @@
+"""Checkpoint store: fetch, verify sha256 while streaming, cache by sha256.
+
+The cache is a folder of files named by their sha256. A fetch streams the source into a
+temporary file in that folder while hashing it, checks the size limit before reading
+and as bytes arrive, and renames the file into place only when the hash matches, so a
+reader never sees a partial or unverified file. A cache hit (a rollback, or several
+revisions sharing a checkpoint) downloads nothing. The folder is kept under a byte bound
+by evicting the least recently used files, never one that is serving or about to.
+
+Sources, each treated as hostile (docs/architecture.md, "Trust model"):
+
+* ``file://`` under ``HOTSWAP_FILE_ROOTS`` only, regular files only (``fetch_file``);
+* ``http(s)://`` and ``s3://`` on the store's own event-loop thread (``fetch_loop``),
+  where a newer revision stops a download within a poll and no wait outlasts the idle
+  bound; every address is checked before it is connected to (``fetch_net``).
+
+Whatever fails, ``fetch`` raises a ``SwapError`` whose reason shows the URI redacted
+(``redact.redact_uri``) and no text the source sent, and leaves no temporary file.
+Credentials (``credentials``) go to the fetchers only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from hotswap_contract.policy import DEFAULT_FILE_ROOTS
+from hotswap_contract.redact import redact_uri
+from hotswap_contract.wire import Checkpoint, short_sha
+from hotswap_runtime.checkpoint.fetch.credentials import read_secret
+from hotswap_runtime.checkpoint.fetch.file import copy_file
+from hotswap_runtime.checkpoint.fetch.http import open_http, quiet_client_logs
+from hotswap_runtime.checkpoint.fetch.loop import FetchLoop
+from hotswap_runtime.checkpoint.fetch.net import NetPolicy
+from hotswap_runtime.checkpoint.fetch.s3 import open_s3
+from hotswap_runtime.checkpoint.fetch.stream import FILES_IN_FLIGHT, Body, Sink, TapFor, pump
+from hotswap_runtime.checkpoint.manifest import (
+    MAX_MANIFEST_BYTES,
+    LocalCheckpoint,
+    Manifest,
+    Shard,
+    is_manifest,
+    read_manifest,
+)
+from hotswap_runtime.checkpoint.streaming import StreamParser
+from hotswap_runtime.errors import FetchError, FetchRefused, IntegrityError, Superseded, SwapError
+from hotswap_runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+REMOTE_SCHEMES = ("http", "https", "s3")  # read on the fetch loop; shards two at a time
+MAX_MANIFESTS_KNOWN = 64  # manifests whose shards eviction spares while they are protected
+
+
+def _never() -> bool:
+    return False
+
+
+class _Stop:
+    """The ``cancelled`` of a checkpoint's concurrent shard downloads: true once the
+    caller's is, or once one of them failed (the first failure, kept to be raised)."""
+
+    def __init__(self, cancelled: Callable[[], bool]) -> None:
+        self.cancelled = cancelled
+        self.failure: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        return self.failure is not None or self.cancelled()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.failure is None:
+                self.failure = exc
+
+
+class CheckpointStore:
+    """Fetches checkpoints into a sha256-keyed cache folder with a byte bound."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        max_bytes: int,
+        max_checkpoint_bytes: int,
+        secrets_dir: Path | None = None,
+        *,
+        file_roots: Sequence[str] = DEFAULT_FILE_ROOTS,
+        allowed_networks: Sequence[str] = (),
+        idle_seconds: float = 30.0,
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.max_bytes = max_bytes
+        self.max_checkpoint_bytes = max_checkpoint_bytes
+        self.secrets_dir = secrets_dir
+        self.file_roots = tuple(file_roots)
+        self.net = NetPolicy.of(allowed_networks, idle_seconds)
+        self._loop = FetchLoop()
+        self._lock = threading.Lock()
+        self._protected: frozenset[str] = frozenset()
+        self._shards: dict[str, frozenset[str]] = {}  # manifest sha256 -> its shards'
+        quiet_client_logs()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for stale in cache_dir.glob(".tmp-*"):
+            stale.unlink(missing_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CheckpointStore:
+        return cls(
+            settings.cache_dir,
+            settings.cache_max_bytes,
+            settings.max_checkpoint_bytes,
+            settings.secrets_dir,
+            file_roots=settings.file_roots,
+            allowed_networks=settings.fetch_allowed_networks,
+            idle_seconds=settings.fetch_idle_seconds,
+        )
+
+    def close(self) -> None:
+        """Stop the fetch loop thread (a later fetch starts it again)."""
+        self._loop.close()
+
+    def path_for(self, sha256: str) -> Path:
+        return self.cache_dir / sha256
+
+    def cached(self, sha256: str) -> Path | None:
+        """The cached file for ``sha256``, marked as recently used, or None."""
+        path = self.path_for(sha256)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return None
+        return path
+
+    def protect(self, shas: Iterable[str]) -> None:
+        """Declare the sha256s that must never be evicted (serving, loading)."""
+        with self._lock:
+            self._protected = frozenset(shas)
+
+    def fetch_checkpoint(
+        self,
+        checkpoint: Checkpoint,
+        cancelled: Callable[[], bool] | None = None,
+        parser: StreamParser | None = None,
+    ) -> LocalCheckpoint:
+        """A verified local copy of ``checkpoint``: one file, or a manifest (``.json``,
+        at most MAX_MANIFEST_BYTES) and then each shard it pins, each cached by its own
+        sha256. Each file downloaded goes through ``parser`` too (parsed while it
+        downloads). Raises what ``fetch`` raises, and ManifestError for a bad manifest."""
+        shown = redact_uri(checkpoint.uri)
+        if not is_manifest(checkpoint.uri):
+            tap = parser.tap(0, shown) if parser is not None else None
+            return LocalCheckpoint(((self.fetch(checkpoint, cancelled, tap_for=tap), shown),))
+        path = self.fetch(checkpoint, cancelled, MAX_MANIFEST_BYTES)
+        manifest = read_manifest(path, checkpoint, self.max_checkpoint_bytes)
+        with self._lock:  # shards of a protected manifest are protected too
+            self._shards.pop(checkpoint.sha256, None)
+            shas = frozenset(shard.checkpoint.sha256 for shard in manifest.shards)
+            self._shards[checkpoint.sha256] = shas
+            while len(self._shards) > MAX_MANIFESTS_KNOWN:
+                del self._shards[next(iter(self._shards))]
+        if parser is not None:
+            parser.shards(manifest.owners)
+        return LocalCheckpoint(self._fetch_shards(manifest, cancelled, parser), manifest)
+
+    def _fetch_shards(
+        self,
+        manifest: Manifest,
+        cancelled: Callable[[], bool] | None,
+        parser: StreamParser | None,
+    ) -> tuple[tuple[Path, str], ...]:
+        """Each shard of ``manifest``, verified and cached, in order. From the network
+        ``FILES_IN_FLIGHT`` download at once, so the next one's requests go out while
+        the one before drains into its sink, fsyncs and is renamed (``file://`` shards,
+        bound by the disk, one after another). The first shard to fail stops the others;
+        its error is raised once every download has returned (and removed its temp file)."""
+        shards = manifest.shards
+        remote = urlsplit(shards[0].checkpoint.uri).scheme in REMOTE_SCHEMES
+        stop = _Stop(cancelled or _never)
+        with ThreadPoolExecutor(
+            FILES_IN_FLIGHT if remote else 1, thread_name_prefix="hotswap-shard"
+        ) as pool:
+            futures = [
+                pool.submit(self._fetch_shard, shard, index, stop, parser)
+                for index, shard in enumerate(shards)
+            ]
+        if stop.failure is not None:
+            raise stop.failure
+        paths = [future.result() for future in futures]
+        return tuple(
+            (path, redact_uri(s.checkpoint.uri)) for path, s in zip(paths, shards, strict=True)
+        )
+
+    def _fetch_shard(
+        self, shard: Shard, index: int, stop: _Stop, parser: StreamParser | None
+    ) -> Path:
+        where = redact_uri(shard.checkpoint.uri)
+        tap = parser.tap(index, where) if parser is not None else None
+        try:
+            if stop():
+                raise Superseded(f"download of {where} stopped: a newer revision is wanted")
+            return self.fetch(shard.checkpoint, stop, shard.size, tap)
+        except BaseException as exc:
+            stop.fail(exc)
+            raise
+
+    def fetch(
+        self,
+        checkpoint: Checkpoint,
+        cancelled: Callable[[], bool] | None = None,
+        limit: int | None = None,
+        tap_for: TapFor | None = None,
+    ) -> Path:
+        """A verified local copy of the one file ``checkpoint``, from the cache or
+        downloaded; at most ``limit`` bytes (the checkpoint limit by default). A
+        download hands its chunks to the tap ``tap_for`` gives once the size is known.
+
+        Raises a SwapError: Superseded once ``cancelled()`` turns true, FetchError and
+        its kinds, CheckpointTooLarge, IntegrityError."""
+        hit = self.cached(checkpoint.sha256)
+        if hit is not None:
+            return hit
+        shown = redact_uri(checkpoint.uri)
+        tmp = self.cache_dir / f".tmp-{checkpoint.sha256}-{uuid.uuid4().hex}"
+        limit = min(limit or self.max_checkpoint_bytes, self.max_checkpoint_bytes)
+        try:
+            total = self._download(checkpoint, shown, tmp, cancelled or _never, limit, tap_for)
+            final = self.path_for(checkpoint.sha256)
+            tmp.replace(final)
+        except SwapError:
+            raise
+        except Exception as exc:  # a library's own exception: its text may quote the source
+            raise FetchError(f"cannot fetch checkpoint {shown}: {type(exc).__name__}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("fetched %s sha256=%s bytes=%d", shown, short_sha(checkpoint.sha256), total)
+        self._evict(keep=checkpoint.sha256)
+        return final
+
+    def _download(
+        self,
+        checkpoint: Checkpoint,
+        shown: str,
+        tmp: Path,
+        cancelled: Callable[[], bool],
+        limit: int,
+        tap_for: TapFor | None,
+    ) -> int:
+        """Stream the source into ``tmp`` and verify it; the number of bytes."""
+        with tmp.open("xb") as file:
+            sink = Sink(file, shown, limit, tap_for)
+            self._copy(checkpoint, sink, cancelled)
+            file.flush()
+            os.fsync(file.fileno())
+        if not sink.matches(checkpoint.sha256):
+            raise IntegrityError(
+                f"checkpoint {shown}: content does not match spec.checkpoint.sha256 "
+                f"({checkpoint.sha256}); the file changed, or the sha256 in the spec is wrong"
+            )
+        return sink.total
+
+    def _copy(self, checkpoint: Checkpoint, sink: Sink, cancelled: Callable[[], bool]) -> None:
+        uri, shown = checkpoint.uri, sink.shown
+        scheme = urlsplit(uri).scheme
+        if scheme == "file":
+            copy_file(uri, self.file_roots, sink, cancelled)
+            return
+        if scheme not in REMOTE_SCHEMES:
+            raise FetchRefused(f"checkpoint {shown}: only file, http, https and s3 URIs are read")
+        opened = self._open_remote(checkpoint, scheme)
+        self._loop.run(lambda: pump(opened, sink, self.net), cancelled, shown)
+
+    def _open_remote(
+        self, checkpoint: Checkpoint, scheme: str
+    ) -> AbstractAsyncContextManager[Body]:
+        ref = checkpoint.secret_ref
+        secret = read_secret(self.secrets_dir, ref) if ref else {}
+        if scheme == "s3":
+            return open_s3(checkpoint.uri, secret, self.net)
+        return open_http(checkpoint.uri, secret.get("HTTP_AUTHORIZATION"), self.net)
+
+    def _evict(self, keep: str) -> None:
+        with self._lock:
+            protected = self._protected | {keep}
+            protected |= {s for sha in protected for s in self._shards.get(sha, ())}
+            files = [p for p in self.cache_dir.iterdir() if not p.name.startswith(".")]
+            stats = sorted((p.stat().st_mtime, p.stat().st_size, p) for p in files)
+            total = sum(size for _, size, _ in stats)
+            for _, size, path in stats:
+                if total <= self.max_bytes:
+                    break
+                if path.name in protected:
+                    continue
+                path.unlink(missing_ok=True)
+                total -= size
+                log.info("cache: evicted %s (%d bytes)", short_sha(path.name), size)

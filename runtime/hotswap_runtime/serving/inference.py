@@ -1,0 +1,307 @@
+"""Running decoded requests on the model: codec threads, inference workers, batching.
+
+Both protocols serve a request the same way (``Engine.serve``): decode in a codec
+thread, queue for an inference worker, encode in a codec thread; the event loop only
+moves bytes. A worker takes the next request and, with dynamic batching on
+(``max_batch_size`` > 1), gathers more for up to ``max_queue_delay`` seconds while the
+batch has room, as Triton's dynamic batcher does. A batch runs whole on one lease: one
+revision computes every answer in it and each answer names that revision. A request
+larger than ``max_batch_size`` runs alone, never split.
+
+Per request the engine records where the time went: ``decode``, ``queue`` (waiting for
+a worker, the batch and the lease), ``forward`` (the batch's forward pass) and
+``encode``, in ``hotswap_request_phase_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from hotswap_contract.redact import clip
+from hotswap_runtime.errors import (
+    HotswapError,
+    InferenceFailed,
+    ModelNotReady,
+    VersionConflict,
+    http_status,
+)
+from hotswap_runtime.serving.codec import InferRequest, check_shape
+from hotswap_runtime.serving.metrics import Metrics
+from hotswap_runtime.swap.swapper import Swapper
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SWITCH_INTERVAL = 0.001
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The model's output for one request, and what computed it."""
+
+    version: str
+    output: torch.Tensor
+    queued: float
+    forward: float
+    batch: int  # samples in the forward pass that computed it
+
+
+@dataclass
+class _Job:
+    request: InferRequest
+    done: Callable[[Answer | HotswapError], None]  # called once, on the worker thread
+    enqueued: float
+
+
+class Engine:
+    """Inference workers on leases of ``swapper``'s current model, and codec threads."""
+
+    def __init__(
+        self,
+        swapper: Swapper,
+        metrics: Metrics,
+        *,
+        workers: int = 1,
+        max_batch_size: int = 1,
+        max_queue_delay: float = 0.0,
+        codec_threads: int = 2,
+    ) -> None:
+        self.swapper = swapper
+        self.metrics = metrics
+        self.workers = workers
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay
+        self._codec = ThreadPoolExecutor(codec_threads, thread_name_prefix="codec")
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        # A forward pass gives the GIL up inside every op and needs it back after; with
+        # the event loop or a codec thread busy in Python, the default 5 ms switch
+        # interval can add 5 ms per op. 1 ms keeps that wait short.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        for number in range(self.workers):
+            thread = threading.Thread(target=self._work, name=f"infer-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(10)
+        self._threads.clear()
+        self._codec.shutdown(wait=False, cancel_futures=True)
+
+    # ---- the event loop's side ------------------------------------------------------
+
+    async def serve(
+        self,
+        decode: Callable[[], InferRequest],
+        encode: Callable[[str, torch.Tensor, InferRequest], T],
+    ) -> tuple[T, str]:
+        """Decode, run and encode one request; the encoded answer and its version.
+
+        The stages hand over thread to thread (codec -> worker -> codec) and wake the
+        event loop once, with the encoded answer or the error."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[T, Answer]] = loop.create_future()
+        start = time.perf_counter()
+        marks: dict[str, float] = {}
+        decoded: list[InferRequest] = []
+
+        def settle(outcome: tuple[T, Answer] | BaseException) -> None:
+            def on_loop() -> None:
+                if future.done():
+                    return  # the client went away
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(on_loop)
+
+        def decoding() -> None:
+            try:
+                request = decode()
+            except HotswapError as exc:
+                settle(exc)
+                return
+            except Exception:
+                log.exception("decoding a request failed")
+                settle(InferenceFailed("the request could not be decoded"))
+                return
+            decoded.append(request)
+            marks["decoded"] = time.perf_counter()
+            self._queue.put(_Job(request, answered, marks["decoded"]))
+
+        def answered(outcome: Answer | HotswapError) -> None:
+            if isinstance(outcome, HotswapError):
+                settle(outcome)
+                return
+            try:
+                self._codec.submit(encoding, outcome)
+            except RuntimeError:  # shut down
+                settle(ModelNotReady("the runtime is shutting down"))
+
+        def encoding(answer: Answer) -> None:
+            marks["computed"] = time.perf_counter()
+            try:
+                settle((encode(answer.version, answer.output, decoded[0]), answer))
+            except HotswapError as exc:
+                settle(exc)
+            except Exception:
+                log.exception("encoding an answer failed")
+                settle(InferenceFailed("the answer could not be encoded"))
+
+        try:
+            self._codec.submit(decoding)
+            body, answer = await future
+        except HotswapError as exc:
+            self.metrics.request("none", http_status(exc), time.perf_counter() - start)
+            raise
+        end = time.perf_counter()
+        self.metrics.request(answer.version, 200, end - start)
+        self.metrics.phases(
+            decode=marks["decoded"] - start,
+            queue=answer.queued,
+            forward=answer.forward,
+            encode=end - marks["computed"],
+        )
+        return body, answer.version
+
+    # ---- worker threads -------------------------------------------------------------
+
+    def _work(self) -> None:
+        carried: _Job | None = None
+        while True:
+            job = carried if carried is not None else self._queue.get()
+            carried = None
+            if job is None:
+                return
+            batch, carried, stopping = self._gather(job)
+            try:
+                self._run(batch)
+            except BaseException:  # never lose a worker: fail the batch, keep serving
+                log.exception("inference worker failed a batch")
+                for each in batch:
+                    _resolve(each, InferenceFailed("the inference worker failed"))
+            # Drop the batch now, not at the next request: its tensors may view request
+            # bodies whose memory the budget has already handed to the next request.
+            del job, batch
+            if stopping:
+                return
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
+        """``first`` and the requests that join its batch; one left over; stop seen."""
+        batch = [first]
+        total = first.request.batch
+        if self.max_batch_size <= 1:
+            return batch, None, False
+        deadline = time.perf_counter() + self.max_queue_delay
+        while total < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            try:
+                nxt = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if nxt is None:
+                return batch, None, True
+            if total + nxt.request.batch > self.max_batch_size:
+                return batch, nxt, False
+            batch.append(nxt)
+            total += nxt.request.batch
+        return batch, None, False
+
+    def _run(self, batch: list[_Job]) -> None:
+        try:
+            with self.swapper.lease() as model:
+                version = str(model.revision.revision)
+                ready: list[_Job] = []
+                for job in batch:
+                    problem = _refusal(job.request, version, model.revision.model.input_shape)
+                    if problem is None:
+                        ready.append(job)
+                    else:
+                        _resolve(job, problem)
+                if not ready:
+                    return
+                tensors = [job.request.tensor for job in ready]
+                x = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+                began = time.perf_counter()
+                output = _forward(model.module, x, model.device, model.dtype)
+                took = time.perf_counter() - began
+        except HotswapError as exc:
+            for job in batch:
+                _resolve(job, exc)
+            return
+        except Exception as exc:
+            failure = InferenceFailed(
+                f"the model failed on this input ({clip(type(exc).__name__)})"
+            )
+            for job in batch:
+                _resolve(job, failure)
+            return
+        self.metrics.batch(int(x.shape[0]))
+        if len(ready) > 1 and (output.ndim == 0 or output.shape[0] != x.shape[0]):
+            failure = InferenceFailed(
+                f"the model's output has batch {list(output.shape)[:1]} for an input batch of "
+                f"{x.shape[0]}; dynamic batching needs outputs with the input's batch size"
+            )
+            for job in ready:
+                _resolve(job, failure)
+            return
+        offset = 0
+        for job in ready:
+            size = job.request.batch
+            piece = output if len(ready) == 1 else output[offset : offset + size]
+            offset += size
+            queued = began - job.enqueued
+            _resolve(job, Answer(version, piece, queued, took, int(x.shape[0])))
+
+
+def _refusal(
+    request: InferRequest, version: str, input_shape: tuple[int, ...]
+) -> HotswapError | None:
+    if request.version is not None and request.version != version:
+        return VersionConflict(
+            f"version {clip(request.version, 40)} is not serving; version {version} is"
+        )
+    try:
+        check_shape(request.tensor, input_shape)
+    except HotswapError as exc:
+        return exc
+    return None
+
+
+def _resolve(job: _Job, outcome: Answer | HotswapError) -> None:
+    try:
+        job.done(outcome)
+    except Exception:  # a waiter's hand-over must never take the worker down
+        log.exception("handing an answer over failed")
+
+
+def _forward(
+    module: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    with torch.inference_mode():
+        out = module(x.to(device, dtype))  # FP32 requests into a float16/bfloat16 model
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"model returned {type(out).__name__}, not a tensor")
+        return out.float().cpu()

@@ -1,0 +1,212 @@
+"""Open Inference Protocol v2 over REST: every endpoint, on the FastAPI app.
+
+Health: ``/v2/health/live``, ``/v2/health/ready``. Server metadata: ``GET /v2``. Model:
+``/v2/models/<m>[/versions/<v>]`` (metadata), ``.../ready``, ``POST .../infer``. A
+version route names the one version this pod serves or answers 404 (ready: 503 with
+``ready: false``; infer: 409 when a swap got there first). Not ready answers 503, as
+KServe does (the spec asks for a 4xx; clients test for 200).
+
+An infer request is charged against the request memory budget (``budget.py``) from its
+headers before a byte of its body is read; a declared body over
+``HOTSWAP_MAX_REQUEST_BYTES`` answers 413 at once, an undeclared (chunked) one as soon
+as it passes the limit. The body lands in one preallocated buffer, then decoding,
+inference and encoding run off the event loop (``inference.Engine``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
+
+from hotswap_runtime.budget import decode_cost
+from hotswap_runtime.errors import (
+    HotswapError,
+    InvalidInput,
+    ModelNotReady,
+    RequestTooLarge,
+    http_status,
+)
+from hotswap_runtime.serving import dataplane as protocol
+from hotswap_runtime.serving.codec import InferRequest, decode_rest, encode_rest
+
+if TYPE_CHECKING:
+    import torch
+
+    from hotswap_runtime.service import Runtime
+
+VERSION_HEADER = "hotswap-model-version"
+HEADER_LENGTH = "inference-header-content-length"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class VersionHeader:
+    """ASGI middleware: every answer names the version serving when it is sent, unless
+    the route already named the version that computed it."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_version(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                version = protocol.serving_version(self.runtime)
+                headers = list(message.get("headers", []))
+                if version is not None and not any(
+                    k.lower() == VERSION_HEADER.encode() for k, _ in headers
+                ):
+                    headers.append((VERSION_HEADER.encode(), version.encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)
+
+
+def add_routes(app: FastAPI, runtime: Runtime) -> None:
+    """Register the OIP v2 endpoints and the error table's handler on ``app``."""
+    settings = runtime.settings
+
+    @app.exception_handler(HotswapError)
+    async def _error(_: Request, exc: HotswapError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=http_status(exc))
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return protocol.server_metadata()
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, Any]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict[str, Any]:
+        if runtime.draining:
+            raise ModelNotReady(f"model {settings.model_name!r} is shutting down (draining)")
+        version = protocol.serving_version(runtime)
+        if version is None:
+            raise ModelNotReady(f"model {settings.model_name!r} is not loaded yet")
+        return {"ready": True, "model_version": version}
+
+    @app.get("/v2/models/{model}")
+    async def metadata(model: str) -> dict[str, Any]:
+        protocol.check_model(runtime, model)
+        return protocol.model_metadata(runtime)
+
+    @app.get("/v2/models/{model}/versions/{version}")
+    async def version_metadata(model: str, version: str) -> dict[str, Any]:
+        protocol.check_model(runtime, model)
+        protocol.check_version(runtime, version)
+        return protocol.model_metadata(runtime)
+
+    @app.get("/v2/models/{model}/ready")
+    async def model_ready(model: str) -> JSONResponse:
+        protocol.check_model(runtime, model)
+        return _ready(runtime, model, None)
+
+    @app.get("/v2/models/{model}/versions/{version}/ready")
+    async def version_ready(model: str, version: str) -> JSONResponse:
+        protocol.check_model(runtime, model)
+        return _ready(runtime, model, version)
+
+    @app.post("/v2/models/{model}/infer")
+    async def infer(model: str, request: Request) -> Response:
+        protocol.check_model(runtime, model)
+        return await _infer(runtime, request, None)
+
+    @app.post("/v2/models/{model}/versions/{version}/infer")
+    async def infer_version(model: str, version: str, request: Request) -> Response:
+        protocol.check_model(runtime, model)
+        return await _infer(runtime, request, version)
+
+
+def _ready(runtime: Runtime, model: str, version: str | None) -> JSONResponse:
+    serving = protocol.serving_version(runtime)
+    ready = protocol.ready_version(runtime) is not None and version in (None, serving)
+    body: dict[str, Any] = {"name": model, "ready": ready, "model_version": serving}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def _infer(runtime: Runtime, request: Request, version: str | None) -> Response:
+    settings = runtime.settings
+    limit = settings.max_request_bytes
+    headers = request.headers
+    if headers.get("content-encoding", "identity").lower() != "identity":
+        raise InvalidInput("compressed request bodies (Content-Encoding) are not supported")
+    declared = _int_header(headers.get("content-length"), "Content-Length")
+    if declared is not None and declared > limit:
+        raise RequestTooLarge(
+            f"the request body has {declared} bytes, over this runtime's limit of {limit} "
+            "(HOTSWAP_MAX_REQUEST_BYTES)"
+        )
+    json_length = _int_header(headers.get(HEADER_LENGTH), "Inference-Header-Content-Length")
+    size = limit if declared is None else declared
+    async with runtime.budget.hold(decode_cost(size, json_length)):
+        try:
+            body = await _receive(request, declared, limit)
+        except ClientDisconnect:
+            return Response(status_code=400)
+
+        def decode() -> InferRequest:
+            return decode_rest(body, json_length, version)
+
+        def encode(
+            answered: str, output: torch.Tensor, decoded: InferRequest
+        ) -> tuple[bytes, int | None]:
+            return encode_rest(settings.model_name, answered, output, decoded)
+
+        (content, header_length), answered = await runtime.engine.serve(decode, encode)
+    out_headers = {VERSION_HEADER: answered}
+    if header_length is not None:
+        out_headers["Inference-Header-Content-Length"] = str(header_length)
+        media = "application/octet-stream"
+    else:
+        media = "application/json"
+    return Response(content, media_type=media, headers=out_headers)
+
+
+async def _receive(request: Request, declared: int | None, limit: int) -> bytearray:
+    """The whole body in one buffer: preallocated when its length is declared."""
+    if declared is not None:
+        body = bytearray(declared)
+        view = memoryview(body)
+        filled = 0
+        async for chunk in request.stream():
+            end = filled + len(chunk)
+            if end > declared:
+                raise InvalidInput("the request body is longer than its Content-Length")
+            view[filled:end] = chunk
+            filled = end
+        if filled != declared:
+            raise InvalidInput("the request body is shorter than its Content-Length")
+        return body
+    grown = bytearray()
+    async for chunk in request.stream():
+        if len(grown) + len(chunk) > limit:
+            raise RequestTooLarge(
+                f"the request body is over this runtime's limit of {limit} bytes "
+                "(HOTSWAP_MAX_REQUEST_BYTES)"
+            )
+        grown += chunk
+    return grown
+
+
+def _int_header(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit() or len(text) > 18:
+        raise InvalidInput(f"header {name} must be a non-negative integer")
+    return int(text)
