@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log = logging.getLogger("hotswap_runtime")
 
     def drain() -> None:
-        app.state.runtime.draining = True
+        app.state.runtime.dataplane.draining = True
         log.info("SIGTERM: not ready; serving for %.1fs more, then exiting", settings.drain_seconds)
 
     config = uvicorn.Config(

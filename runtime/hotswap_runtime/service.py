@@ -1,5 +1,5 @@
 """The runtime assembled from its parts: store, swapper, the pod's control path,
-inference, and the REST and gRPC transports over one data plane."""
+inference and the data plane that the transports (server.py) serve."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hotswap_runtime.control.kube import api_client
 from hotswap_runtime.control.pod import PodControl, PodIdentity
 from hotswap_runtime.control.watcher import FileWatcher
 from hotswap_runtime.devices import resolve_device, runtime_env
-from hotswap_runtime.serving.grpc_server import GrpcServer
+from hotswap_runtime.serving.dataplane import Batching, DataPlane
 from hotswap_runtime.serving.inference import Engine
 from hotswap_runtime.serving.metrics import Metrics
 from hotswap_runtime.settings import Settings
@@ -50,8 +50,6 @@ class Runtime:
             max_queue_delay=settings.max_queue_delay_us / 1e6,
             codec_threads=settings.codec_threads,
         )
-        self.grpc: GrpcServer | None = None
-        self.draining = False  # set on SIGTERM: not ready, still serving
         self.pod = settings.pod_name or "local"
         identity = PodIdentity(
             pod=self.pod,
@@ -65,6 +63,15 @@ class Runtime:
             self.swapper, identity, [self.metrics], journal=LoadJournal(settings.cache_dir)
         )
         self.reconciler: Reconciler = self.control.reconciler
+        self.dataplane = DataPlane(
+            settings.model_name,
+            str(self.device),
+            Batching(settings.max_batch_size, settings.max_queue_delay_us),
+            self.swapper,
+            self.reconciler.status,
+            self.engine,
+            self.budget,
+        )
         self.api: Any = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,9 +80,6 @@ class Runtime:
 
     async def start(self) -> None:
         self.engine.start()
-        if self.settings.grpc_port:
-            self.grpc = GrpcServer(self)
-            await self.grpc.start()
         self._connect()
         self.control.start()
         if self.settings.config_dir is not None:
@@ -86,8 +90,6 @@ class Runtime:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self.grpc is not None:
-            await self.grpc.stop()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 5)

@@ -23,14 +23,12 @@ from grpc import aio
 
 from hotswap_runtime.budget import decode_cost
 from hotswap_runtime.errors import HotswapError, grpc_status
-from hotswap_runtime.serving import dataplane as protocol
 from hotswap_runtime.serving.codec import InferRequest, decode_grpc, encode_grpc
+from hotswap_runtime.serving.dataplane import DataPlane, TensorMetadata
 from hotswap_runtime.serving.grpc_v2 import inference_pb2 as pb
 
 if TYPE_CHECKING:
     import torch
-
-    from hotswap_runtime.service import Runtime
 
 log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
@@ -38,20 +36,20 @@ VERSION_KEY = "hotswap-model-version"
 
 
 class GrpcServer:
-    """GRPCInferenceService for ``runtime`` on ``settings.host:settings.grpc_port``."""
+    """GRPCInferenceService over ``plane`` on ``host:port``; built on the event loop
+    that serves it."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        settings = runtime.settings
+    def __init__(self, plane: DataPlane, host: str, port: int, max_request_bytes: int) -> None:
+        self.plane = plane
         self.server = aio.server(
             options=[
-                ("grpc.max_receive_message_length", settings.max_request_bytes),
+                ("grpc.max_receive_message_length", max_request_bytes),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),
             ]
         )
         self.server.add_generic_rpc_handlers((self._handlers(),))
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
 
     async def start(self) -> None:
         await self.server.start()
@@ -90,7 +88,7 @@ class GrpcServer:
         )
 
     def _trail(self, context: aio.ServicerContext[Any, Any]) -> None:
-        version = protocol.serving_version(self.runtime)
+        version = self.plane.serving_version()
         if version is not None:
             context.set_trailing_metadata(((VERSION_KEY, version),))
 
@@ -98,49 +96,48 @@ class GrpcServer:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, _: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=protocol.ready_version(self.runtime) is not None)
+        return pb.ServerReadyResponse(ready=self.plane.ready_version() is not None)
 
     async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
-        protocol.check_model(self.runtime, request.name)
-        serving = protocol.ready_version(self.runtime)
-        wanted = request.version or serving
-        return pb.ModelReadyResponse(ready=serving is not None and wanted == serving)
+        answer = self.plane.model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=answer.ready)
 
     async def server_metadata(self, _: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
-        meta = protocol.server_metadata()
+        meta = self.plane.server_metadata()
         return pb.ServerMetadataResponse(
-            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+            name=meta.name, version=meta.version, extensions=meta.extensions
         )
 
     async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
-        protocol.check_model(self.runtime, request.name)
-        protocol.check_version(self.runtime, request.version or None)
-        inputs, outputs = protocol.signature(self.runtime)
-        serving = protocol.serving_version(self.runtime)
-        tensor = pb.ModelMetadataResponse.TensorMetadata
+        meta = self.plane.model_metadata(request.name, request.version or None)
         return pb.ModelMetadataResponse(
-            name=self.runtime.settings.model_name,
-            versions=[serving] if serving else [],
-            platform=protocol.PLATFORM,
-            inputs=[tensor(name=inputs.name, datatype=inputs.datatype, shape=inputs.shape)],
-            outputs=[tensor(name=outputs.name, datatype=outputs.datatype, shape=outputs.shape)],
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=[_tensor(t) for t in meta.inputs],
+            outputs=[_tensor(t) for t in meta.outputs],
         )
 
     async def model_infer(self, raw: bytes) -> bytes:
-        runtime = self.runtime
-        name = runtime.settings.model_name
-        async with runtime.budget.hold(decode_cost(len(raw), 0)):
+        plane = self.plane
+        async with plane.admit(decode_cost(len(raw), 0)):
 
             def decode() -> InferRequest:
                 message, request = decode_grpc(raw)
-                protocol.check_model(runtime, message.model_name)
+                plane.check_model(message.model_name)
                 return request
 
             def encode(version: str, output: torch.Tensor, request: InferRequest) -> bytes:
-                return encode_grpc(name, version, output, request)
+                return encode_grpc(plane.model_name, version, output, request)
 
-            body, _ = await runtime.engine.serve(decode, encode)
+            body, _ = await plane.infer(decode, encode)
         return body
+
+
+def _tensor(meta: TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=meta.name, datatype=meta.datatype, shape=meta.shape
+    )
 
 
 def _serialize(message: Any) -> bytes:

@@ -26,17 +26,14 @@ from hotswap_runtime.budget import decode_cost
 from hotswap_runtime.errors import (
     HotswapError,
     InvalidInput,
-    ModelNotReady,
     RequestTooLarge,
     http_status,
 )
-from hotswap_runtime.serving import dataplane as protocol
 from hotswap_runtime.serving.codec import InferRequest, decode_rest, encode_rest
+from hotswap_runtime.serving.dataplane import DataPlane
 
 if TYPE_CHECKING:
     import torch
-
-    from hotswap_runtime.service import Runtime
 
 VERSION_HEADER = "hotswap-model-version"
 HEADER_LENGTH = "inference-header-content-length"
@@ -52,9 +49,9 @@ class VersionHeader:
     """ASGI middleware: every answer names the version serving when it is sent, unless
     the route already named the version that computed it."""
 
-    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
         self.app = app
-        self.runtime = runtime
+        self.plane = plane
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,7 +60,7 @@ class VersionHeader:
 
         async def send_with_version(message: Message) -> None:
             if message["type"] == "http.response.start":
-                version = protocol.serving_version(self.runtime)
+                version = self.plane.serving_version()
                 headers = list(message.get("headers", []))
                 if version is not None and not any(
                     k.lower() == VERSION_HEADER.encode() for k, _ in headers
@@ -75,9 +72,8 @@ class VersionHeader:
         await self.app(scope, receive, send_with_version)
 
 
-def add_routes(app: FastAPI, runtime: Runtime) -> None:
+def add_routes(app: FastAPI, plane: DataPlane, max_request_bytes: int) -> None:
     """Register the OIP v2 endpoints and the error table's handler on ``app``."""
-    settings = runtime.settings
 
     @app.exception_handler(HotswapError)
     async def _error(_: Request, exc: HotswapError) -> JSONResponse:
@@ -85,7 +81,7 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return protocol.server_metadata()
+        return plane.server_metadata().to_json()
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, Any]:
@@ -93,55 +89,41 @@ def add_routes(app: FastAPI, runtime: Runtime) -> None:
 
     @app.get("/v2/health/ready")
     async def ready() -> dict[str, Any]:
-        if runtime.draining:
-            raise ModelNotReady(f"model {settings.model_name!r} is shutting down (draining)")
-        version = protocol.serving_version(runtime)
-        if version is None:
-            raise ModelNotReady(f"model {settings.model_name!r} is not loaded yet")
-        return {"ready": True, "model_version": version}
+        return {"ready": True, "model_version": plane.server_ready()}
 
     @app.get("/v2/models/{model}")
     async def metadata(model: str) -> dict[str, Any]:
-        protocol.check_model(runtime, model)
-        return protocol.model_metadata(runtime)
+        return plane.model_metadata(model).to_json()
 
     @app.get("/v2/models/{model}/versions/{version}")
     async def version_metadata(model: str, version: str) -> dict[str, Any]:
-        protocol.check_model(runtime, model)
-        protocol.check_version(runtime, version)
-        return protocol.model_metadata(runtime)
+        return plane.model_metadata(model, version).to_json()
 
     @app.get("/v2/models/{model}/ready")
     async def model_ready(model: str) -> JSONResponse:
-        protocol.check_model(runtime, model)
-        return _ready(runtime, model, None)
+        return _ready(plane, model, None)
 
     @app.get("/v2/models/{model}/versions/{version}/ready")
     async def version_ready(model: str, version: str) -> JSONResponse:
-        protocol.check_model(runtime, model)
-        return _ready(runtime, model, version)
+        return _ready(plane, model, version)
 
     @app.post("/v2/models/{model}/infer")
     async def infer(model: str, request: Request) -> Response:
-        protocol.check_model(runtime, model)
-        return await _infer(runtime, request, None)
+        plane.check_model(model)
+        return await _infer(plane, request, None, max_request_bytes)
 
     @app.post("/v2/models/{model}/versions/{version}/infer")
     async def infer_version(model: str, version: str, request: Request) -> Response:
-        protocol.check_model(runtime, model)
-        return await _infer(runtime, request, version)
+        plane.check_model(model)
+        return await _infer(plane, request, version, max_request_bytes)
 
 
-def _ready(runtime: Runtime, model: str, version: str | None) -> JSONResponse:
-    serving = protocol.serving_version(runtime)
-    ready = protocol.ready_version(runtime) is not None and version in (None, serving)
-    body: dict[str, Any] = {"name": model, "ready": ready, "model_version": serving}
-    return JSONResponse(body, status_code=200 if ready else 503)
+def _ready(plane: DataPlane, model: str, version: str | None) -> JSONResponse:
+    answer = plane.model_ready(model, version)
+    return JSONResponse(answer.to_json(), status_code=200 if answer.ready else 503)
 
 
-async def _infer(runtime: Runtime, request: Request, version: str | None) -> Response:
-    settings = runtime.settings
-    limit = settings.max_request_bytes
+async def _infer(plane: DataPlane, request: Request, version: str | None, limit: int) -> Response:
     headers = request.headers
     if headers.get("content-encoding", "identity").lower() != "identity":
         raise InvalidInput("compressed request bodies (Content-Encoding) are not supported")
@@ -153,7 +135,7 @@ async def _infer(runtime: Runtime, request: Request, version: str | None) -> Res
         )
     json_length = _int_header(headers.get(HEADER_LENGTH), "Inference-Header-Content-Length")
     size = limit if declared is None else declared
-    async with runtime.budget.hold(decode_cost(size, json_length)):
+    async with plane.admit(decode_cost(size, json_length)):
         try:
             body = await _receive(request, declared, limit)
         except ClientDisconnect:
@@ -165,9 +147,9 @@ async def _infer(runtime: Runtime, request: Request, version: str | None) -> Res
         def encode(
             answered: str, output: torch.Tensor, decoded: InferRequest
         ) -> tuple[bytes, int | None]:
-            return encode_rest(settings.model_name, answered, output, decoded)
+            return encode_rest(plane.model_name, answered, output, decoded)
 
-        (content, header_length), answered = await runtime.engine.serve(decode, encode)
+        (content, header_length), answered = await plane.infer(decode, encode)
     out_headers = {VERSION_HEADER: answered}
     if header_length is not None:
         out_headers["Inference-Header-Content-Length"] = str(header_length)
