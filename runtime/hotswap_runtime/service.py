@@ -42,25 +42,13 @@ class Runtime:
         )
         self.metrics = Metrics(self.device)
         self.budget = MemoryBudget(settings.request_memory_bytes)
-        self.engine = Engine(
-            self.swapper,
-            self.metrics,
-            workers=settings.infer_workers,
-            max_batch_size=settings.max_batch_size,
-            max_queue_delay=settings.max_queue_delay_us / 1e6,
-            codec_threads=settings.codec_threads,
-        )
+        self.engine = _engine(settings, self.swapper, self.metrics)
         self.pod = settings.pod_name or "local"
-        identity = PodIdentity(
-            pod=self.pod,
-            namespace=settings.pod_namespace or "",
-            model=settings.model_name,
-            uid=settings.pod_uid,
-            device=str(self.device),
-            env=runtime_env(),
-        )
         self.control = PodControl(
-            self.swapper, identity, [self.metrics], journal=LoadJournal(settings.cache_dir)
+            self.swapper,
+            _identity(settings, self.pod, str(self.device)),
+            [self.metrics],
+            journal=LoadJournal(settings.cache_dir),
         )
         self.reconciler: Reconciler = self.control.reconciler
         self.dataplane = DataPlane(
@@ -108,3 +96,25 @@ class Runtime:
             return
         configmap = (s.configmap or configmap_name(s.model_name)) if s.api_watch else None
         self.control.connect(self.api, configmap)
+
+
+def _engine(settings: Settings, swapper: Swapper, metrics: Metrics) -> Engine:
+    return Engine(
+        swapper,
+        metrics,
+        workers=settings.infer_workers,
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay=settings.max_queue_delay_us / 1e6,
+        codec_threads=settings.codec_threads,
+    )
+
+
+def _identity(settings: Settings, pod: str, device: str) -> PodIdentity:
+    return PodIdentity(
+        pod=pod,
+        namespace=settings.pod_namespace or "",
+        model=settings.model_name,
+        uid=settings.pod_uid,
+        device=device,
+        env=runtime_env(),
+    )
