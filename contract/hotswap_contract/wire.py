@@ -28,6 +28,7 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 API_GROUP = "hotswap.dev"
@@ -115,25 +116,116 @@ class Checkpoint(_Wire):
     secret_ref: str | None = Field(default=None, alias="secretRef", pattern=SECRET_NAME_PATTERN)
 
 
-class Validation(_Wire):
-    """Expected outputs for a probe input; a candidate that disagrees fails."""
+def _drop_none(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Leave out optional fields that are unset, so documents written before the fields
+    existed keep their digests and older readers (extra="forbid") still read them."""
+    for key in keys:
+        if data.get(key, 0) is None:
+            del data[key]
+    return data
 
-    input: Checkpoint
-    expected: Checkpoint
+
+class Evaluation(_Wire):
+    """A labelled set every pod runs new weights on before they serve: ``inputs`` a float
+    tensor ``[N, *inputShape]``, ``labels`` an integer tensor ``[N]`` of class indices
+    (the model's output is ``[N, classes]``). The revision fails when its top-1
+    accuracy is below ``minAccuracy``, or below the serving revision's own accuracy on
+    the same set minus ``maxRegression``."""
+
+    inputs: Checkpoint
+    labels: Checkpoint
+    min_accuracy: float | None = Field(default=None, ge=0, le=1, alias="minAccuracy")
+    max_regression: float | None = Field(default=None, ge=0, le=1, alias="maxRegression")
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_none(
+            handler(self), ("minAccuracy", "maxRegression", "min_accuracy", "max_regression")
+        )
+
+
+class Validation(_Wire):
+    """What new weights must pass before they serve: expected outputs for a probe input
+    (``input`` with ``expected``, within ``tolerance``), a labelled evaluation set, or
+    both."""
+
+    input: Checkpoint | None = None
+    expected: Checkpoint | None = None
     tolerance: float = Field(default=1e-4, ge=0)
+    evaluation: Evaluation | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Validation:
+        if (self.input is None) != (self.expected is None):
+            raise ValueError("input and expected go together: give both or neither")
+        if self.input is None and self.evaluation is None:
+            raise ValueError("give input and expected, an evaluation, or both")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_none(handler(self), ("input", "expected", "evaluation"))
+
+    def files(self) -> list[tuple[str, Checkpoint]]:
+        """Every file it names, with its field path below spec.validation."""
+        named = [("input", self.input), ("expected", self.expected)]
+        if self.evaluation is not None:
+            named += [
+                ("evaluation.inputs", self.evaluation.inputs),
+                ("evaluation.labels", self.evaluation.labels),
+            ]
+        return [(field, file) for field, file in named if file is not None]
+
+
+ShadowMetric = Literal["top1", "maxAbsDiff", "totalVariation"]
+OnTimeout = Literal["Activate", "Wait"]
+MAX_SHADOW_SAMPLES = 100_000
+
+
+class Shadow(_Wire):
+    """Score sampled live requests with the new weights, after the serving model has
+    answered them, before the new weights serve (docs/analysis.md).
+
+    A scored sample *disagrees* when the two answers differ by ``metric``: ``top1``
+    (argmax of any output row differs), ``maxAbsDiff`` (largest absolute difference
+    above ``tolerance``) or ``totalVariation`` (total variation distance between the
+    rows' softmax above ``tolerance``). A sequential test refuses the revision when its
+    disagreement rate is at ``maxDisagreement`` or above, and passes it when the rate is
+    at most a fifth of that; ``maxSamples`` ends the test either way."""
+
+    metric: ShadowMetric = "top1"
+    max_disagreement: float = Field(default=0.01, gt=0, le=0.5, alias="maxDisagreement")
+    tolerance: float = Field(default=1e-3, ge=0)
+    sample_rate: float = Field(default=1.0, gt=0, le=1, alias="sampleRate")
+    max_samples: int = Field(default=5000, ge=10, le=MAX_SHADOW_SAMPLES, alias="maxSamples")
+    timeout_seconds: int = Field(default=300, ge=1, le=86_400, alias="timeoutSeconds")
+    on_timeout: OnTimeout = Field(default="Wait", alias="onTimeout")
+
+
+class Analysis(_Wire):
+    """How a pod judges new weights on live traffic before they serve."""
+
+    shadow: Shadow | None = None
 
 
 class Revision(_Wire):
-    """One numbered revision: a model and the checkpoint that fills it."""
+    """One numbered revision: a model and the checkpoint that fills it. ``analysis``
+    (how a pod judges it on live traffic) is not part of what the revision is made of:
+    the operator writes the spec's current settings into every revision of model.json."""
 
     revision: int = Field(ge=1)
     model: ModelSpec
     checkpoint: Checkpoint
     validation: Validation | None = None
+    analysis: Analysis | None = None
 
     @property
     def key(self) -> tuple[int, str]:
         return (self.revision, self.checkpoint.sha256)
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_none(handler(self), ("analysis",))
 
 
 class ModelConfig(_Wire):
@@ -192,6 +284,47 @@ class PodState(str, enum.Enum):  # noqa: UP042 (str() of members stays as it was
     FAILED = "Failed"  # the target revision failed; the pod serves its previous one
 
 
+ShadowDecision = Literal["Running", "Waiting", "Passed", "Failed", "Activated", "Skipped"]
+
+
+class EvaluationFigures(_Wire):
+    """A revision's accuracy on the evaluation set, and the serving revision's."""
+
+    revision: int
+    samples: int
+    accuracy: float
+    serving_revision: int | None = Field(default=None, alias="servingRevision")
+    serving_accuracy: float | None = Field(default=None, alias="servingAccuracy")
+    passed: bool
+
+
+class ShadowFigures(_Wire):
+    """Where a revision's shadow comparison stands (``Running`` while it scores;
+    ``Waiting`` past its timeout with too few samples; ``Activated``: timed out and
+    activated as spec.analysis.shadow.onTimeout says; ``Skipped``: no comparison was
+    possible, e.g. nothing served yet)."""
+
+    revision: int
+    metric: ShadowMetric
+    decision: ShadowDecision
+    samples: int = 0
+    disagreements: int = 0
+    skipped: int = 0  # sampled requests not scored: shadow busy, too old or over budget
+    max_abs_diff: float | None = Field(default=None, alias="maxAbsDiff")
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.disagreements / self.samples if self.samples else 0.0
+
+
+class AnalysisFigures(_Wire):
+    """What a pod found judging its target revision: evaluation set and shadow."""
+
+    evaluation: EvaluationFigures | None = None
+    shadow: ShadowFigures | None = None
+
+
 class PodReport(_Wire):
     """A ``ModelReplica``'s ``status``: what one pod serves and how its last swap went."""
 
@@ -206,6 +339,7 @@ class PodReport(_Wire):
     env: dict[str, str] = Field(default_factory=dict)
     message: str = ""
     config_generation: int | None = Field(default=None, alias="configGeneration")
+    analysis: AnalysisFigures | None = None
 
     def to_status(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)

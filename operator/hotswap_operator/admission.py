@@ -72,10 +72,7 @@ def _env_allowed(name: str, allowed: tuple[str, ...]) -> bool:
 def _files(spec: DeploymentSpec, policy: Policy) -> list[str]:
     named = [("spec.checkpoint.uri", spec.checkpoint.uri)]
     if spec.validation is not None:
-        named += [
-            ("spec.validation.input.uri", spec.validation.input.uri),
-            ("spec.validation.expected.uri", spec.validation.expected.uri),
-        ]
+        named += [(f"spec.validation.{f}.uri", file.uri) for f, file in spec.validation.files()]
     return [
         f"{field}: {reason}"
         for field, uri in named

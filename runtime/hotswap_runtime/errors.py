@@ -161,6 +161,18 @@ class ValidationFailed(SwapError):
     code = "validation_failed"
 
 
+class EvaluationFailed(ValidationFailed):
+    """The new weights' accuracy on spec.validation.evaluation's set is below a bound."""
+
+    code = "evaluation_failed"
+
+
+class ShadowRefused(ValidationFailed):
+    """The new weights disagree with the serving ones on too many sampled live requests."""
+
+    code = "shadow_refused"
+
+
 class NonFiniteWeights(ValidationFailed):
     """The checkpoint or the probe output holds NaN or infinity."""
 

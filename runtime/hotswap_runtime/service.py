@@ -21,6 +21,7 @@ from hotswap_runtime.serving.dataplane import Batching, DataPlane
 from hotswap_runtime.serving.inference import Engine
 from hotswap_runtime.serving.metrics import Metrics
 from hotswap_runtime.settings import Settings
+from hotswap_runtime.swap.shadow import ShadowTap
 from hotswap_runtime.swap.swapper import Swapper
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,19 @@ class Runtime:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.store = CheckpointStore.from_settings(settings)
+        tap = ShadowTap()  # the engine offers answered batches, the swapper compares
         self.swapper = Swapper(
             self.store,
             self.device,
             settings.allowed_architectures,
             settings.swap_mode,
             max_model_bytes=settings.max_model_bytes,
+            tap=tap,
         )
         self.metrics = Metrics(self.device)
         self.budget = MemoryBudget(settings.request_memory_bytes)
-        self.engine = _engine(settings, self.swapper, self.metrics)
+        self.engine = _engine(settings, self.swapper, self.metrics, tap)
+        self.swapper.serving_idle = self.engine.idle
         self.pod = settings.pod_name or "local"
         self.control = PodControl(
             self.swapper,
@@ -98,7 +102,7 @@ class Runtime:
         self.control.connect(self.api, configmap)
 
 
-def _engine(settings: Settings, swapper: Swapper, metrics: Metrics) -> Engine:
+def _engine(settings: Settings, swapper: Swapper, metrics: Metrics, tap: ShadowTap) -> Engine:
     return Engine(
         swapper,
         metrics,
@@ -106,6 +110,7 @@ def _engine(settings: Settings, swapper: Swapper, metrics: Metrics) -> Engine:
         max_batch_size=settings.max_batch_size,
         max_queue_delay=settings.max_queue_delay_us / 1e6,
         codec_threads=settings.codec_threads,
+        tap=tap,
     )
 
 

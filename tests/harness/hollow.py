@@ -86,7 +86,13 @@ class StandInTarget:
     def current(self) -> StandInModel | None:
         return self._current
 
-    def swap_to(self, revision: Revision, cancelled: Callable[[], bool], clock: PhaseClock) -> None:
+    def swap_to(
+        self,
+        revision: Revision,
+        cancelled: Callable[[], bool],
+        clock: PhaseClock,
+        progress: Callable[[], None],
+    ) -> None:
         with clock("load"):
             deadline = time.monotonic() + self.load_seconds
             while (left := deadline - time.monotonic()) > 0:
@@ -96,6 +102,9 @@ class StandInTarget:
         self._current = StandInModel(revision)
 
     def release_memory(self) -> None:
+        return None
+
+    def analysis(self) -> None:
         return None
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hotswap_contract.redact import clip
-from hotswap_contract.wire import PodState, Revision, short_sha
+from hotswap_contract.wire import AnalysisFigures, PodState, Revision, short_sha
 from hotswap_runtime.control.journal import LoadJournal, Recovery
 from hotswap_runtime.control.target import PhaseClock, Serving, SwapTarget, utc_now
 from hotswap_runtime.errors import Superseded, SwapError
@@ -74,6 +74,7 @@ class Status:
     last_failure: Failure | None
     last_swap: SwapRecord | None
     config_generation: int | None
+    analysis: AnalysisFigures | None = None  # what judging the target found so far
 
 
 class Observer(Protocol):
@@ -184,6 +185,7 @@ class Reconciler:
                 last_failure=self._last_failure,
                 last_swap=self._last_swap,
                 config_generation=self._generation,
+                analysis=self.swapper.analysis(),
             )
 
     def wanted(self, key: tuple[int, str]) -> bool:
@@ -274,7 +276,7 @@ class Reconciler:
         clock = PhaseClock()
         key = revision.key
         try:
-            self.swapper.swap_to(revision, lambda: not self.wanted(key), clock)
+            self.swapper.swap_to(revision, lambda: not self.wanted(key), clock, self._notify_status)
         except Superseded as exc:
             _log_swap(revision, "superseded", clock, str(exc))
             return SwapRecord(revision, "superseded", clock.phases, self.swapper.last_kind)

@@ -208,6 +208,7 @@ def pod_report(status: Status, device: str, env: dict[str, str]) -> PodReport:
         env=env,
         message=_message(status, failure if failed or _config_failure(failure) else None),
         configGeneration=status.config_generation,
+        analysis=status.analysis,
     )
 
 
@@ -219,7 +220,23 @@ def _message(status: Status, failure: Failure | None) -> str:
     if failure is not None:
         return failure.reason
     if status.state == PodState.LOADING and status.target is not None:
-        return f"loading revision {status.target.revision}"
+        return _judging(status.target.revision, status) or (
+            f"loading revision {status.target.revision}"
+        )
     if status.serving is not None:
         return f"serving revision {status.serving.revision.revision}"
     return "waiting for model.json"
+
+
+def _judging(revision: int, status: Status) -> str | None:
+    """Where a shadow comparison of ``revision`` stands, while it runs."""
+    shadow = status.analysis.shadow if status.analysis is not None else None
+    if shadow is None or shadow.revision != revision:
+        return None
+    if shadow.decision not in ("Running", "Waiting"):
+        return None
+    head = "waiting for traffic to judge" if shadow.decision == "Waiting" else "judging"
+    return (
+        f"{head} revision {revision} on live requests: {shadow.disagreements} of "
+        f"{shadow.samples} samples disagree ({shadow.skipped} skipped, {shadow.seconds:.0f}s)"
+    )

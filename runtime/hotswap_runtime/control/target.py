@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from hotswap_contract.wire import Revision
+from hotswap_contract.wire import AnalysisFigures, Revision
 
 
 def utc_now() -> str:
@@ -61,8 +61,19 @@ class SwapTarget(Protocol):
     def current(self) -> Serving | None: ...
 
     def swap_to(
-        self, revision: Revision, cancelled: Callable[[], bool], clock: PhaseClock
-    ) -> object: ...
+        self,
+        revision: Revision,
+        cancelled: Callable[[], bool],
+        clock: PhaseClock,
+        progress: Callable[[], None],
+    ) -> object:
+        """``cancelled`` says to stop (raise Superseded); ``progress`` that ``analysis``
+        changed while the attempt runs (a shadow comparison takes minutes)."""
+        ...
+
+    def analysis(self) -> AnalysisFigures | None:
+        """What judging the last target found (evaluation set, shadow), if anything."""
+        ...
 
     def release_memory(self) -> None:
         """Give back what an attempt left in the allocator (called after every attempt)."""

@@ -39,6 +39,7 @@ from hotswap_runtime.errors import (
 )
 from hotswap_runtime.serving.codec import InferRequest, check_shape
 from hotswap_runtime.serving.metrics import Metrics
+from hotswap_runtime.swap.shadow import ShadowTap
 from hotswap_runtime.swap.swapper import Swapper
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,12 @@ class Engine:
         max_batch_size: int = 1,
         max_queue_delay: float = 0.0,
         codec_threads: int = 2,
+        tap: ShadowTap | None = None,
     ) -> None:
         self.swapper = swapper
         self.metrics = metrics
+        self.tap = tap  # answered batches, sampled for a shadow comparison
+        self._in_flight = 0  # requests between serve()'s start and end (event loop only)
         self.workers = workers
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
@@ -103,6 +107,10 @@ class Engine:
             thread.join(10)
         self._threads.clear()
         self._codec.shutdown(wait=False, cancel_futures=True)
+
+    def idle(self) -> bool:
+        """Whether no request is being decoded, waits, runs or is encoded now."""
+        return self._in_flight == 0
 
     # ---- the event loop's side ------------------------------------------------------
 
@@ -166,12 +174,15 @@ class Engine:
                 log.exception("encoding an answer failed")
                 settle(InferenceFailed("the answer could not be encoded"))
 
+        self._in_flight += 1
         try:
             self._codec.submit(decoding)
             body, answer = await future
         except HotswapError as exc:
             self.metrics.request("none", http_status(exc), time.perf_counter() - start)
             raise
+        finally:
+            self._in_flight -= 1
         end = time.perf_counter()
         self.metrics.request(answer.version, 200, end - start)
         self.metrics.phases(
@@ -274,6 +285,8 @@ class Engine:
             offset += size
             queued = began - job.enqueued
             _resolve(job, Answer(version, piece, queued, took, int(x.shape[0])))
+        if self.tap is not None:  # after every answer went out
+            self.tap.offer(version, x, output)
 
 
 def _refusal(

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hotswap_contract.wire import Checkpoint, Revision, Validation
+from hotswap_contract.wire import Checkpoint, Revision
 from hotswap_runtime.checkpoint.weights import read_tensor
 from hotswap_runtime.devices import is_cuda
 from hotswap_runtime.errors import NonFiniteWeights, ValidationFailed
@@ -48,8 +48,7 @@ def validate(
             f"revision {revision.revision}: probe output shape {shape} differs from "
             f"the serving revision's {serving_shape}"
         )
-    if revision.validation is not None:
-        check_expected(module, revision, revision.validation, device, stream, fetch)
+    check_expected(module, revision, device, stream, fetch)
     return shape
 
 
@@ -85,11 +84,14 @@ def check_probe(output: torch.Tensor, revision: Revision) -> tuple[int, ...]:
 def check_expected(
     module: nn.Module,
     revision: Revision,
-    check: Validation,
     device: torch.device,
     stream: torch.cuda.Stream | None,
     fetch: Fetch,
 ) -> None:
+    """The validation input's output against the expected one, when the spec has them."""
+    check = revision.validation
+    if check is None or check.input is None or check.expected is None:
+        return
     x = read_tensor(fetch(check.input), check.input.uri)
     expected = read_tensor(fetch(check.expected), check.expected.uri).float()
     got = forward(module, x.to(torch_dtype(revision.model)), device, stream).float().cpu()

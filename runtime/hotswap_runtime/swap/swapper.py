@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from hotswap_contract.redact import clip, redact_uri
-from hotswap_contract.wire import Revision
+from hotswap_contract.wire import AnalysisFigures, Revision, ShadowFigures
 from hotswap_runtime.checkpoint.finite import non_finite
 from hotswap_runtime.checkpoint.layouts import (
     Expected,
@@ -67,6 +67,7 @@ from hotswap_runtime.devices import (
     release_host_memory,
 )
 from hotswap_runtime.errors import (
+    EvaluationFailed,
     FetchError,
     FormatError,
     NonFiniteWeights,
@@ -76,15 +77,23 @@ from hotswap_runtime.errors import (
     ValidationFailed,
 )
 from hotswap_runtime.settings import DEFAULT_MAX_CHECKPOINT_BYTES
+from hotswap_runtime.swap.evaluation import EvaluationSet, Scores, judge, key_of
 from hotswap_runtime.swap.leases import Leases, LoadedModel
-from hotswap_runtime.swap.models import BUILD_FACTOR, Blueprint, build_bounded, size_model
-from hotswap_runtime.swap.probes import validate
+from hotswap_runtime.swap.models import (
+    BUILD_FACTOR,
+    Blueprint,
+    build_bounded,
+    size_model,
+    torch_dtype,
+)
+from hotswap_runtime.swap.probes import forward, validate
+from hotswap_runtime.swap.shadow import Comparison, Hooks, ShadowTap, compare, skipped_figures
 
 __all__ = ["PHASES", "LoadedModel", "PhaseClock", "Swapper"]
 
 log = logging.getLogger(__name__)
 
-PHASES = ("fetch", "parse", "load", "validate", "activate")
+PHASES = ("fetch", "parse", "load", "validate", "shadow", "activate")
 ROOM_FACTOR = 1.25  # free GPU memory needed for a second copy, as a multiple of its size
 DEFAULT_MAX_MODEL_BYTES = DEFAULT_MAX_CHECKPOINT_BYTES
 # what an unexpected exception in each phase is reported as
@@ -109,6 +118,14 @@ class _Steps:
             yield
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """The reconciler's side of one swap: whether to stop, and whom to tell of progress."""
+
+    cancelled: Callable[[], bool]
+    progress: Callable[[], None]
+
+
 @dataclass
 class _Plan:
     kind: str  # fresh | standby | inplace
@@ -126,6 +143,7 @@ class Swapper:
         mode: str = "auto",
         drain_timeout: float = 2.0,
         max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+        tap: ShadowTap | None = None,
     ) -> None:
         self.store = store
         self.device = device
@@ -139,6 +157,10 @@ class Swapper:
             torch.cuda.Stream(device) if is_cuda(device) else None  # type: ignore[no-untyped-call]
         )
         self.last_kind = ""
+        self.tap = tap or ShadowTap()  # sampled answers, for shadow comparisons
+        self.serving_idle: Callable[[], bool] = lambda: True  # set to the engine's
+        self._scores = Scores()
+        self._analysis = AnalysisFigures()
 
     # ---- serving side -----------------------------------------------------------------
 
@@ -147,6 +169,11 @@ class Swapper:
 
     def release_memory(self) -> None:
         release_host_memory()
+
+    def analysis(self) -> AnalysisFigures | None:
+        """What judging the last target found (evaluation set, shadow), if anything."""
+        found = self._analysis
+        return found if found.evaluation is not None or found.shadow is not None else None
 
     def lease(self) -> contextlib.AbstractContextManager[LoadedModel]:
         """The current model, guaranteed not to be released until the block ends."""
@@ -164,13 +191,16 @@ class Swapper:
         revision: Revision,
         cancelled: Callable[[], bool] = lambda: False,
         clock: PhaseClock | None = None,
+        progress: Callable[[], None] = lambda: None,
     ) -> PhaseClock:
-        """Make ``revision`` serve, or raise SwapError leaving the current model serving."""
+        """Make ``revision`` serve, or raise SwapError leaving the current model serving.
+        ``progress`` is called when the analysis figures change while it runs."""
         clock = clock or PhaseClock()
         steps = _Steps(clock)
+        self._analysis = AnalysisFigures()
         try:
             self._protect(revision)
-            self._swap(revision, cancelled, steps)
+            self._swap(revision, _Attempt(cancelled, progress), steps)
             self._protect(revision)
         except BaseException as exc:
             traceback.clear_frames(exc.__traceback__)  # drop the attempt's tensors now
@@ -180,7 +210,8 @@ class Swapper:
             raise _crashed(steps.phase, revision, exc) from None
         return clock
 
-    def _swap(self, revision: Revision, cancelled: Callable[[], bool], steps: _Steps) -> None:
+    def _swap(self, revision: Revision, attempt: _Attempt, steps: _Steps) -> None:
+        cancelled = attempt.cancelled
         with steps("parse"):  # the layout first: a download is parsed as it arrives
             blueprint = self._blueprint(revision)
             parser = self._parser(revision, blueprint)
@@ -199,7 +230,11 @@ class Swapper:
             _stop_if(cancelled, revision)
             with steps("validate"):
                 shape = self._validate(module, revision, plan)
+                self._evaluate(module, revision, plan, attempt)
             _stop_if(cancelled, revision)
+            if revision.analysis is not None and revision.analysis.shadow is not None:
+                with steps("shadow"):
+                    self._shadow(module, revision, plan, attempt)
             with steps("activate"):
                 self._activate(plan, revision, module, shape, parsed)
         except BaseException:
@@ -367,6 +402,66 @@ class Swapper:
         same_spec = current is not None and current.revision.model == revision.model
         serving_shape = current.output_shape if current is not None and same_spec else None
         return validate(module, revision, device, self._stream, serving_shape, self.store.fetch)
+
+    def _evaluate(
+        self, module: nn.Module, revision: Revision, plan: _Plan, attempt: _Attempt
+    ) -> None:
+        """The evaluation gate (evaluation.py); its figures are reported pass or fail."""
+        evaluation = revision.validation.evaluation if revision.validation else None
+        if evaluation is None:
+            return
+        device = torch.device("cpu") if plan.kind == "inplace" else self.device
+        dataset = EvaluationSet(evaluation, revision.model, self.store.fetch)
+        accuracy = dataset.accuracy(module, revision.model, device, self._stream)
+        figures, reason = judge(revision, accuracy, dataset.samples, self._serving_score(dataset))
+        self._analysis = self._analysis.model_copy(update={"evaluation": figures})
+        attempt.progress()
+        if reason is not None:
+            raise EvaluationFailed(reason)
+
+    def _serving_score(self, dataset: EvaluationSet) -> tuple[int, float] | None:
+        """The serving revision's accuracy on ``dataset``, computed once and kept."""
+        current = self._leases.current()
+        if current is None or current.revision.model.input_shape != dataset.inputs.shape[1:]:
+            return None
+        with self._leases.lease() as serving:
+            key = key_of(serving.revision, dataset.spec)
+            model = serving.revision.model
+            score = self._scores.get(
+                key, lambda: dataset.accuracy(serving.module, model, serving.device, None)
+            )
+            return serving.revision.revision, score
+
+    def _shadow(
+        self, module: nn.Module, revision: Revision, plan: _Plan, attempt: _Attempt
+    ) -> None:
+        """Score sampled live requests with the new weights before they serve (shadow.py).
+        Only a newer revision of the same input shape is compared with what serves."""
+        assert revision.analysis is not None and revision.analysis.shadow is not None
+        spec = revision.analysis.shadow
+        current = self._leases.current()
+        if (
+            current is None
+            or current.revision.revision >= revision.revision
+            or (current.revision.model.input_shape != revision.model.input_shape)
+        ):
+            self._report_shadow(skipped_figures(revision.revision, spec), attempt)
+            return
+        device = torch.device("cpu") if plan.kind == "inplace" else self.device
+        dtype = torch_dtype(revision.model)
+        hooks = Hooks(
+            candidate=lambda x: forward(module, x.to(dtype), device, self._stream),
+            idle=self.serving_idle,
+            stop=lambda: _stop_if(attempt.cancelled, revision),
+            report=lambda figures: self._report_shadow(figures, attempt),
+        )
+        compare(
+            Comparison.start(revision.revision, spec), self.tap, current.revision.revision, hooks
+        )
+
+    def _report_shadow(self, figures: ShadowFigures, attempt: _Attempt) -> None:
+        self._analysis = self._analysis.model_copy(update={"shadow": figures})
+        attempt.progress()
 
     def _activate(
         self,
