@@ -211,7 +211,8 @@ class Analysis(_Wire):
 class Revision(_Wire):
     """One numbered revision: a model and the checkpoint that fills it. ``analysis``
     (how a pod judges it on live traffic) is not part of what the revision is made of:
-    the operator writes the spec's current settings into every revision of model.json."""
+    the operator writes it once at the top of model.json and ``ModelConfig.revision_for``
+    hands it to the pod with its revision."""
 
     revision: int = Field(ge=1)
     model: ModelSpec
@@ -241,12 +242,20 @@ class ModelConfig(_Wire):
     stable: Revision
     candidate: Revision | None = None
     candidate_pods: tuple[str, ...] = Field(default=(), alias="candidatePods")
+    analysis: Analysis | None = None  # spec.analysis: how pods judge a newer revision
 
     def revision_for(self, pod: str) -> Revision:
-        """The revision meant for ``pod``."""
+        """The revision meant for ``pod``, with the analysis settings to judge it by."""
+        chosen = self.stable
         if self.candidate is not None and pod in self.candidate_pods:
-            return self.candidate
-        return self.stable
+            chosen = self.candidate
+        if self.analysis is None:
+            return chosen
+        return chosen.model_copy(update={"analysis": self.analysis})
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_none(handler(self), ("analysis",))
 
     def dumps(self) -> str:
         return json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
