@@ -36,10 +36,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, percentile, poll
-from tests.e2e.fleet import Fleet, cpu_deployment, helm_install
+from devcluster.cluster import Cluster, ensure_binary
+from devcluster.fleet import Fleet, cpu_deployment, helm_install
+from devcluster.kubelet import LocalKubelet
 from tests.fixtures_runtime import checkpoints, tiny
-from tests.harness.cluster import Cluster, ensure_binary
-from tests.harness.kubelet import LocalKubelet
 
 PODS = 4
 POLL_S = 0.02

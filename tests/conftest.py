@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.cluster import REPO, Cluster, ensure_binary
-from tests.harness.kubelet import LocalKubelet
-from tests.harness.rest import ApiError
-from tests.harness.waiting import wait_for
+from devcluster.cluster import REPO, Cluster, ensure_binary
+from devcluster.kubelet import LocalKubelet
+from devcluster.rest import ApiError
+from devcluster.waiting import wait_for
 
 HELM = REPO / ".cache" / "bin" / "helm"
 # HOTSWAP_KUBECONFORM: another place for it (a shared .cache/bin left as it is).

@@ -37,11 +37,11 @@ import httpx
 import pytest
 import torch
 
+from devcluster.cluster import REPO, Cluster
 from tests.fixtures_runtime import checkpoints as ck
 from tests.fixtures_runtime import hostile, tiny
 from tests.fixtures_runtime import hostile_http as servers
 from tests.fixtures_runtime.server import RuntimeProcess, running, wait_for
-from tests.harness.cluster import REPO, Cluster
 
 NAME = "hostile"
 POD = "hostile-0"

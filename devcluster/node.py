@@ -6,7 +6,7 @@ kube-proxy.
         ...                                                    # pods run as containers
 
 The pieces: kubelet and kube-proxy built from the Kubernetes modules of
-tests/controlplane, containerd v2 and its runc shim from containerd's module, and the
+devcluster/controlplane, containerd v2 and its runc shim from containerd's module, and the
 pause program (scripts/build-node.sh); runc and the CNI plugins from Debian's packages
 (scripts/node-deps.sh). The node has a non-loopback address (`NODE_IP`, on a bridge
 without ports: this kernel has no dummy driver) so that the API server reaches the
@@ -25,7 +25,7 @@ podman image id changes.
 
 One node per machine at a time (fixed interface names): a lock file serializes them.
 
-For people: `python -m tests.harness.node cleanup` undoes a node left behind.
+For people: `python -m devcluster.node cleanup` undoes a node left behind.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ from typing import Any
 
 import yaml
 
-from tests.harness import procs
-from tests.harness.cluster import REPO, SERVICE_CIDR, Cluster, ClusterError, free_port
-from tests.harness.rest import ApiError
-from tests.harness.waiting import wait_for
+from devcluster import procs
+from devcluster.cluster import REPO, SERVICE_CIDR, Cluster, ClusterError, free_port
+from devcluster.rest import ApiError
+from devcluster.waiting import wait_for
 
 BIN = REPO / ".cache" / "bin"
 BUILD_SCRIPT = REPO / "scripts" / "build-node.sh"
@@ -201,7 +201,7 @@ class RealNode:
         read, write = os.pipe()
         os.set_inheritable(read, True)
         self._guardian = subprocess.Popen(
-            [sys.executable, "-m", "tests.harness.node", "guard", str(read)],
+            [sys.executable, "-m", "devcluster.node", "guard", str(read)],
             cwd=REPO,
             pass_fds=(read,),
             start_new_session=True,
@@ -252,7 +252,7 @@ class RealNode:
         argv = [
             sys.executable,
             "-m",
-            "tests.harness.clusterdns",
+            "devcluster.clusterdns",
             NODE_IP,
             str(self.cluster.kubeconfig),
         ]
@@ -708,13 +708,13 @@ def main(argv: list[str] | None = None) -> int:
         for line in cleanup():
             print(line)
         return 0
-    print("usage: python -m tests.harness.node cleanup", file=sys.stderr)
+    print("usage: python -m devcluster.node cleanup", file=sys.stderr)
     return 2
 
 
 def node_cluster() -> Cluster:
     """A control plane ready for a real node."""
-    from tests.harness.cluster import ensure_binary
+    from devcluster.cluster import ensure_binary
 
     return Cluster(ensure_binary(), node_ip=NODE_IP)
 
