@@ -438,11 +438,11 @@ class RealNode:
 PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs")
 OPERATOR_IMAGE = "localhost/hotswap-operator:dev"
 RUNTIME_IMAGE = "localhost/hotswap-runtime:dev"
-# The runtime image plus the tests' tiny model (tests/fixtures_runtime) on PYTHONPATH,
-# as a user's image adds their model code: e2e tests of that model run on it.
+# The runtime image plus the tiny model (devcluster/tiny.py) on PYTHONPATH, as a user's
+# image adds their model code: e2e tests of that model run on it.
 TEST_RUNTIME_IMAGE = "localhost/hotswap-runtime-test:dev"
 TEST_LAYER = """FROM {base}
-COPY tests /opt/hotswap-tests/tests
+COPY devcluster /opt/hotswap-tests/devcluster
 ENV PYTHONPATH=/opt/hotswap-tests
 """
 
@@ -459,11 +459,10 @@ def ensure_images() -> None:
         )
     with tempfile.TemporaryDirectory(prefix="hotswap-test-layer-") as tmp:
         context = Path(tmp)
-        package = context / "tests" / "fixtures_runtime"
-        package.mkdir(parents=True)
-        shutil.copy(REPO / "tests" / "__init__.py", context / "tests")
+        package = context / "devcluster"
+        package.mkdir()
         for name in ("__init__.py", "tiny.py"):
-            shutil.copy(REPO / "tests" / "fixtures_runtime" / name, package)
+            shutil.copy(REPO / "devcluster" / name, package)
         (context / "Containerfile").write_text(TEST_LAYER.format(base=RUNTIME_IMAGE))
         _run(*PODMAN, "build", "-q", "-t", TEST_RUNTIME_IMAGE, str(context))
 

@@ -25,7 +25,7 @@ from devcluster.rest import ApiError
 from devcluster.waiting import wait_for
 
 RELEASE = "hotswap"
-# The e2e runtime image: the runtime image plus the tests' tiny model.
+# The e2e runtime image: the runtime image plus the tiny model (devcluster/tiny.py).
 E2E_SETS = (
     f"runtime.image.repository={real.TEST_RUNTIME_IMAGE.rsplit(':', 1)[0]}",
     f"runtime.image.tag={real.TEST_RUNTIME_IMAGE.rsplit(':', 1)[1]}",

@@ -19,11 +19,11 @@ import httpx
 import pytest
 
 from devcluster import node as real
+from devcluster.checkpoints import publish
 from devcluster.cluster import Cluster, free_port
 from devcluster.fleet import infer_body
 from devcluster.waiting import wait_for
 from examples import checkpoints
-from tests.fixtures_runtime.checkpoints import publish
 
 LOCKED_DOWN = (
     "--read-only",

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from devcluster.cluster import Cluster
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
 from tests.fixtures_runtime.server import REPO, running, wait_for
 
 NAME = "tiny"

@@ -37,9 +37,10 @@ import httpx
 import pytest
 import torch
 
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from devcluster.cluster import REPO, Cluster
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import hostile, tiny
+from tests.fixtures_runtime import hostile
 from tests.fixtures_runtime import hostile_http as servers
 from tests.fixtures_runtime.server import RuntimeProcess, running, wait_for
 
