@@ -19,7 +19,7 @@ $(VENV_STAMP): pyproject.toml
 	touch $@
 
 controlplane:
-	tests/controlplane/build.sh $(CONTROLPLANE)
+	devcluster/controlplane/build.sh $(CONTROLPLANE)
 
 helm:
 	scripts/install-helm.sh $(HELM)
@@ -36,7 +36,7 @@ crds:
 	cp crds/*.yaml charts/hotswap-crds/files/
 
 # Manifest checks (also part of `make test`): the chart's values schema and README,
-# kube-linter's default checks (tests/harness/kubelint.py, .kube-linter.yaml), the real
+# kube-linter's default checks (devcluster/kubelint.py, .kube-linter.yaml), the real
 # API server's strict server-side dry-run and kubeconform -strict (schemas from that API
 # server) of every rendered manifest and every object the operator builds, and the CRD
 # upgrade paths.
@@ -78,10 +78,10 @@ demo: deps controlplane helm node images
 	$(PY) scripts/demo.py
 
 cluster: deps controlplane
-	$(PY) -m tests.harness.cluster up
+	$(PY) -m devcluster.cluster up
 
 cluster-smoke: deps controlplane
-	$(PY) -m tests.harness.smoke
+	$(PY) -m devcluster.smoke
 
 e2e-smoke: deps controlplane helm node images
 	@rm -f .cache/e2e-smoke.txt
@@ -111,5 +111,5 @@ bench-peer: deps $(PEER_STAMP)
 	$(PY) bench/swap.py --models resnet18 --peer ray
 
 clean:
-	$(PY) -m tests.harness.node cleanup
+	$(PY) -m devcluster.node cleanup
 	rm -rf .cache/run build dist *.egg-info

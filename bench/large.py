@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import LoadGenerator, Runtime, free_port, percentile, poll, rss_mb
-from tests.fixtures_runtime.hostile_http import send_range_head
+from devcluster.ranges import send_range_head
 
 ARCHITECTURE = "python/hotswap_runtime.examples:mlp"
 FEATURES = 64

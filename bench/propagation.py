@@ -36,10 +36,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, percentile, poll
-from tests.e2e.fleet import Fleet, cpu_deployment, helm_install
-from tests.fixtures_runtime import checkpoints, tiny
-from tests.harness.cluster import Cluster, ensure_binary
-from tests.harness.kubelet import LocalKubelet
+from devcluster import checkpoints, tiny
+from devcluster.cluster import Cluster, ensure_binary
+from devcluster.fleet import Fleet, cpu_deployment, helm_install
+from devcluster.kubelet import LocalKubelet
 
 PODS = 4
 POLL_S = 0.02
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cluster,
                 projection_delay=None,  # the kubelet default: random 0-60 s per resync
                 restart_backoff=1.0,
-                # The local images carry this checkout (the tiny model is in tests/).
+                # The local images carry this checkout (the tiny model is devcluster/tiny.py).
                 base_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
             ),
         ):

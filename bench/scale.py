@@ -1,8 +1,8 @@
 """Benchmark: one swap at N = 10, 100, 300, 1000 replicas, and 100 ModelDeployments at once.
 
-The real control plane (tests/harness/cluster.py) and the chart installed with helm: the
+The real control plane (devcluster/cluster.py) and the chart installed with helm: the
 operator runs as two pods (the chart's default) on a process kubelet, under its own RBAC,
-with the chart's admission policies. Runtime pods are HOLLOW (tests/harness/hollow.py):
+with the chart's admission policies. Runtime pods are HOLLOW (devcluster/hollow.py):
 real Pod objects made by the Deployment and ReplicaSet controllers, bound by the
 scheduler to fake Nodes, each running the runtime's real API watch, desired-state path and
 reporter with a stand-in model whose load takes `--load-seconds`, authenticated with a
@@ -61,12 +61,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, percentile, rss_mb
-from tests.e2e.fleet import helm_install
-from tests.harness.cluster import Cluster, ensure_binary
-from tests.harness.hollow import LABEL, TAINT
-from tests.harness.kubelet import LocalKubelet
-from tests.harness.rest import ApiError, KubeClient
-from tests.harness.waiting import wait_for
+from devcluster.cluster import Cluster, ensure_binary
+from devcluster.fleet import helm_install
+from devcluster.hollow import LABEL, TAINT
+from devcluster.kubelet import LocalKubelet
+from devcluster.rest import ApiError, KubeClient
+from devcluster.waiting import wait_for
 
 JSON = dict[str, Any]
 HELM = REPO / ".cache" / "bin" / "helm"
@@ -368,7 +368,7 @@ def hollow_nodes(
             [
                 sys.executable,
                 "-m",
-                "tests.harness.hollow",
+                "devcluster.hollow",
                 "--kubeconfig",
                 str(cluster.kubeconfig),
                 "--node",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the binaries of a real node into .cache/bin (or $1):
-#   kubelet, kube-proxy  from k8s.io/kubernetes in the module of tests/controlplane (its
+#   kubelet, kube-proxy  from k8s.io/kubernetes in the module of devcluster/controlplane (its
 #                        go.mod and replaces, copied to a scratch folder so that the few
 #                        go.sum lines -mod=mod adds never touch the control plane's stamp)
 #   containerd, containerd-shim-runc-v2, ctr  from containerd's own Go module (v2)
@@ -12,7 +12,7 @@ set -euo pipefail
 CONTAINERD_VERSION=v2.2.9
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$(realpath -m "${1:-$root/.cache/bin}")
-mod=$root/tests/controlplane
+mod=$root/devcluster/controlplane
 kver=$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$mod/go.mod")
 minor=$(echo "$kver" | cut -d. -f2)
 mkdir -p "$out"

@@ -1,7 +1,7 @@
 """`make demo`: hotswap end to end on this machine, no Docker engine and no downloads.
 
 Starts the real control plane and a real node (kubelet, containerd, runc, kube-proxy:
-tests/harness/node.py), loads the operator and runtime images built from the Dockerfile
+devcluster/node.py), loads the operator and runtime images built from the Dockerfile
 (`make images`) into containerd, installs the chart with the real helm, applies
 examples/resnet18.yaml (3 replicas), sends traffic to its Service, points the
 ModelDeployment at checkpoint v2, and prints `kubectl get modeldeployments` and
@@ -22,10 +22,10 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
+from devcluster import node as real  # noqa: E402
+from devcluster.cluster import Cluster, ensure_binary  # noqa: E402
+from devcluster.fleet import EXAMPLE, Fleet, helm_install, pod_ids  # noqa: E402
 from examples import checkpoints  # noqa: E402
-from tests.e2e.fleet import EXAMPLE, Fleet, helm_install, pod_ids  # noqa: E402
-from tests.harness import node as real  # noqa: E402
-from tests.harness.cluster import Cluster, ensure_binary  # noqa: E402
 
 NAMESPACE = "default"
 OPERATOR_NAMESPACE = "hotswap-system"

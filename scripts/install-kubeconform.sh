@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install kubeconform, pinned, with `go install` of its Go module (the module proxy serves
 # it). Its default schemas live on GitHub, out of reach here: the tests give it schemas
-# generated from the test API server's OpenAPI v3 (tests/harness/openapi_schemas.py).
+# generated from the test API server's OpenAPI v3 (devcluster/openapi_schemas.py).
 # Usage: scripts/install-kubeconform.sh [path/to/kubeconform]
 set -euo pipefail
 KUBECONFORM_VERSION=v0.8.0

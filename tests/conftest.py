@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.cluster import REPO, Cluster, ensure_binary
-from tests.harness.kubelet import LocalKubelet
-from tests.harness.rest import ApiError
-from tests.harness.waiting import wait_for
+from devcluster.cluster import REPO, Cluster, ensure_binary
+from devcluster.kubelet import LocalKubelet
+from devcluster.rest import ApiError
+from devcluster.waiting import wait_for
 
 HELM = REPO / ".cache" / "bin" / "helm"
 # HOTSWAP_KUBECONFORM: another place for it (a shared .cache/bin left as it is).
@@ -52,7 +52,7 @@ def kubelet(cluster: Cluster) -> Iterator[LocalKubelet]:
         max_backoff=10.0,
         stop_grace=5.0,
         # The local images carry this checkout, as a real runtime image carries the
-        # user's model code: the tiny test model in tests/ is importable in every pod.
+        # user's model code: the tiny model (devcluster/tiny.py) is importable in every pod.
         # (Image env, not pod spec env: the kubelet rewrites spec paths under a mount.)
         # No Service routing here to drain from: runtime pods exit at once on SIGTERM.
         base_env={

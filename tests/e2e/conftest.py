@@ -1,4 +1,4 @@
-"""e2e fixtures: a control plane with a real node (tests/harness/node.py), the images
+"""e2e fixtures: a control plane with a real node (devcluster/node.py), the images
 built from the Dockerfile, and one helm install of the chart per test module.
 
 The e2e package has its own control plane (package scope): the process kubelet of the
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.fleet import helm_install
-from tests.harness import node as real
-from tests.harness.cluster import REPO, Cluster, ensure_binary
-from tests.harness.rest import ApiError
-from tests.harness.waiting import wait_for
+from devcluster import node as real
+from devcluster.cluster import REPO, Cluster, ensure_binary
+from devcluster.fleet import helm_install
+from devcluster.rest import ApiError
+from devcluster.waiting import wait_for
 
 RELEASE = "hotswap"
-# The e2e runtime image: the runtime image plus the tests' tiny model.
+# The e2e runtime image: the runtime image plus the tiny model (devcluster/tiny.py).
 E2E_SETS = (
     f"runtime.image.repository={real.TEST_RUNTIME_IMAGE.rsplit(':', 1)[0]}",
     f"runtime.image.tag={real.TEST_RUNTIME_IMAGE.rsplit(':', 1)[1]}",

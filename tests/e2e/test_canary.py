@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import torch
 
+from devcluster import checkpoints, tiny
+from devcluster.cluster import Cluster
+from devcluster.fleet import MD_API, Fleet, Load, cpu_deployment, summary
+from devcluster.waiting import wait_for
 from examples.checkpoints import host_path, pod_uri
-from tests.e2e.fleet import MD_API, Fleet, Load, cpu_deployment, summary
-from tests.fixtures_runtime import checkpoints, tiny
-from tests.harness.cluster import Cluster
-from tests.harness.waiting import wait_for
 
 NAME = "canary"
 REPLICAS = 4

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from devcluster import checkpoints, tiny
+from devcluster.fleet import Fleet, cpu_deployment, pod_ids
 from examples.checkpoints import pod_uri
-from tests.e2e.fleet import Fleet, cpu_deployment, pod_ids
-from tests.fixtures_runtime import checkpoints, tiny
 
 NAME = "fragile"
 REPLICAS = 3

@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devcluster import node as real
+from devcluster.checkpoints import publish
+from devcluster.cluster import Cluster, free_port
+from devcluster.fleet import infer_body
+from devcluster.waiting import wait_for
 from examples import checkpoints
-from tests.e2e.fleet import infer_body
-from tests.fixtures_runtime.checkpoints import publish
-from tests.harness import node as real
-from tests.harness.cluster import Cluster, free_port
-from tests.harness.waiting import wait_for
 
 LOCKED_DOWN = (
     "--read-only",

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from devcluster import checkpoints, tiny
+from devcluster.cluster import REPO
+from devcluster.fleet import Fleet, cpu_deployment, pod_ids, summary
 from examples.checkpoints import host_path, pod_uri
-from tests.e2e.fleet import Fleet, cpu_deployment, pod_ids, summary
-from tests.fixtures_runtime import checkpoints, tiny
-from tests.harness.cluster import REPO
 
 NAME = "undo"
 REPLICAS = 3

@@ -19,12 +19,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from devcluster import checkpoints, tiny
+from devcluster import node as real
+from devcluster.fleet import Fleet, cpu_deployment
+from devcluster.rest import ApiError
+from devcluster.waiting import wait_for
 from examples.checkpoints import pod_uri
-from tests.e2e.fleet import Fleet, cpu_deployment
-from tests.fixtures_runtime import checkpoints, tiny
-from tests.harness import node as real
-from tests.harness.rest import ApiError
-from tests.harness.waiting import wait_for
 
 NAME = "placed"
 REPLICAS = 2

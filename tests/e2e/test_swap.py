@@ -16,11 +16,11 @@ import httpx
 import pytest
 import yaml
 
+from devcluster.cluster import KubectlError
+from devcluster.fleet import EXAMPLE, Fleet, pod_ids
+from devcluster.rest import ApiError
+from devcluster.waiting import wait_for
 from examples import checkpoints
-from tests.e2e.fleet import EXAMPLE, Fleet, pod_ids
-from tests.harness.cluster import KubectlError
-from tests.harness.rest import ApiError
-from tests.harness.waiting import wait_for
 
 SHAPE = (3, 32, 32)
 MANIFEST = yaml.safe_load(EXAMPLE.read_text())

@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from devcluster.ranges import send_range_head
+
 Route = Callable[[BaseHTTPRequestHandler], None]
 
 
@@ -220,25 +222,6 @@ def connecting(port: int) -> bool:
         if fields[3] == "02" and int(fields[2].split(":")[1], 16) == port:
             return True
     return False
-
-
-def send_range_head(h: BaseHTTPRequestHandler, size: int, honour: bool = True) -> tuple[int, int]:
-    """The head of an answer with ``Accept-Ranges: bytes`` for a ``size``-byte body: 206
-    for ``Range: bytes=a-b`` (200 without one, or with ``honour=False``); returns the
-    ``(start, end)`` of the body to send. bench/large.py serves its files through it."""
-    wanted = h.headers.get("Range")
-    start, end = 0, size
-    if wanted and honour:
-        first, _, last = wanted.removeprefix("bytes=").partition("-")
-        start, end = int(first), int(last) + 1
-        h.send_response(206)
-        h.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-    else:
-        h.send_response(200)
-    h.send_header("Accept-Ranges", "bytes")
-    h.send_header("Content-Length", str(end - start))
-    h.end_headers()
-    return start, end
 
 
 def ranged(

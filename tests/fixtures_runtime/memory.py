@@ -87,11 +87,11 @@ def _settle() -> None:
 def main() -> None:
     import torch
 
+    from devcluster import tiny
     from hotswap_contract.wire import Revision
     from hotswap_runtime.checkpoint.store import CheckpointStore
     from hotswap_runtime.errors import SwapError
     from hotswap_runtime.swap.swapper import Swapper
-    from tests.fixtures_runtime import tiny
 
     torch.set_num_threads(1)
     job = json.loads(sys.argv[1])

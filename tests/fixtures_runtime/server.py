@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from . import tiny
+from . import hostile
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -116,7 +116,7 @@ def start_runtime(
         "HOTSWAP_DEVICE": os.environ.get("HOTSWAP_TEST_DEVICE", "cpu"),
         "HOTSWAP_TORCH_THREADS": "1",
         "OMP_NUM_THREADS": "1",
-        "HOTSWAP_ALLOWED_ARCHITECTURES": ",".join(tiny.ALLOWED),
+        "HOTSWAP_ALLOWED_ARCHITECTURES": ",".join(hostile.ALLOWED),
         # Tests keep checkpoints in their work folder and serve them on 127.0.0.1.
         "HOTSWAP_FILE_ROOTS": str(workdir),
         "HOTSWAP_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from tests.harness.cluster import Cluster
-from tests.harness.rest import ApiError, KubeClient
-from tests.harness.waiting import wait_for
+from devcluster.cluster import Cluster
+from devcluster.rest import ApiError, KubeClient
+from devcluster.waiting import wait_for
 
 CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",

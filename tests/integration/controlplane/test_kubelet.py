@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from tests.harness.cluster import Cluster
-from tests.harness.kubelet import LocalKubelet
-from tests.harness.projection import DATA
-from tests.harness.rest import ApiError, KubeClient
-from tests.harness.waiting import wait_for
+from devcluster.cluster import Cluster
+from devcluster.kubelet import LocalKubelet
+from devcluster.projection import DATA
+from devcluster.rest import ApiError, KubeClient
+from devcluster.waiting import wait_for
 
 HTTP_IMAGE = "example.test/http-server:1"
 SHADOW = "/" + Path(sys.executable).parts[1]

@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from tests.harness import cluster as cluster_module
-from tests.harness import procs
-from tests.harness.cluster import REPO, Cluster, ensure_binary
-from tests.harness.kubelet import LocalKubelet
-from tests.harness.waiting import wait_for
+from devcluster import cluster as cluster_module
+from devcluster import procs
+from devcluster.cluster import REPO, Cluster, ensure_binary
+from devcluster.kubelet import LocalKubelet
+from devcluster.waiting import wait_for
 
 
 def test_stop_leaves_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,8 +58,8 @@ def test_stop_leaves_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 CRASHING_PARENT = """
 import json, sys, time
-from tests.harness.cluster import Cluster
-from tests.harness.kubelet import LocalKubelet
+from devcluster.cluster import Cluster
+from devcluster.kubelet import LocalKubelet
 cluster = Cluster().start()
 kubelet = LocalKubelet(cluster, "crash-node", projection_delay=0.5).start()
 sleep = [sys.executable, "-c", "import time; time.sleep(600)"]

@@ -1,4 +1,4 @@
-"""The real node (tests/harness/node.py) leaves nothing behind, even when the process
+"""The real node (devcluster/node.py) leaves nothing behind, even when the process
 that started it is killed: its guardian undoes the links, mounts, cgroups, iptables
 chains and processes. Needs root and the node's binaries (make node)."""
 
@@ -10,17 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import node as real
-from tests.harness.cluster import REPO
-from tests.harness.waiting import wait_for
+from devcluster import node as real
+from devcluster.cluster import REPO
+from devcluster.waiting import wait_for
 
 # A process that starts a control plane and a node, runs one pod (a container from the
 # local pause image), says so, and waits to be killed.
 OWNER = """
 import sys, time
-from tests.harness import node as real
-from tests.harness.cluster import Cluster, ensure_binary
-from tests.harness.waiting import wait_for
+from devcluster import node as real
+from devcluster.cluster import Cluster, ensure_binary
+from devcluster.waiting import wait_for
 cluster = Cluster(ensure_binary(), node_ip=real.NODE_IP).start()
 node = real.RealNode(cluster).start()
 cluster.kubectl("run", "sleeper", f"--image={real.PAUSE_IMAGE}", "--image-pull-policy=Never")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.images import ImageTable, repository
-from tests.harness.ipam import LoopbackIPs
-from tests.harness.podenv import ConfigError, MountMap, container_env, expand, quantity
-from tests.harness.projection import DATA, current, write_atomic
+from devcluster.images import ImageTable, repository
+from devcluster.ipam import LoopbackIPs
+from devcluster.podenv import ConfigError, MountMap, container_env, expand, quantity
+from devcluster.projection import DATA, current, write_atomic
 
 
 def read_consistent(volume: Path) -> tuple[str, str]:

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.harness import procs
-from tests.harness.cluster import REPO, Cluster, free_port
-from tests.harness.rest import ApiError, KubeClient
-from tests.harness.waiting import wait_for
+from devcluster import procs
+from devcluster.cluster import REPO, Cluster, free_port
+from devcluster.rest import ApiError, KubeClient
+from devcluster.waiting import wait_for
 
 CPU_DEFAULTS = '{"gpu": {"enabled": false}}'
 ADMISSION = "/apis/admissionregistration.k8s.io/v1"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.harness.rest import MERGE_PATCH, ApiError
+from devcluster.rest import MERGE_PATCH, ApiError
 
 REPLICAS = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modelreplicas"
 

@@ -7,7 +7,7 @@ values, every optional part on) and every object the operator builds:
   our CRD), with defaulting and admission, unknown or duplicate fields refused. The
   strongest check: it is what a real apply does, short of storing.
 * kubeconform -strict (built from its Go module, scripts/install-kubeconform.sh), with
-  schemas generated from the same API server's OpenAPI v3 (tests/harness/openapi_schemas.py):
+  schemas generated from the same API server's OpenAPI v3 (devcluster/openapi_schemas.py):
   its default schemas live on GitHub, out of reach here, and these cannot drift from the
   version we test against. A static check, for files, as CI pipelines run it.
 
@@ -24,14 +24,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devcluster.helm import CHART, CRDS_CHART, template
+from devcluster.openapi_schemas import LOCATION, write_schemas
+from devcluster.rest import ApiError
+from devcluster.waiting import wait_for
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.spec import parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
-from tests.harness.helm import CHART, CRDS_CHART, template
-from tests.harness.openapi_schemas import LOCATION, write_schemas
-from tests.harness.rest import ApiError
-from tests.harness.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "crds" / "modeldeployment.yaml"

@@ -22,6 +22,8 @@ import pytest
 import yaml
 from replicas import replica_reports, report
 
+from devcluster.cluster import REPO
+from devcluster.rest import MERGE_PATCH
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.events import EventRecorder
@@ -29,8 +31,6 @@ from hotswap_operator.kube import Kube
 from hotswap_operator.kubectl import cli
 from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer
-from tests.harness.cluster import REPO
-from tests.harness.rest import MERGE_PATCH
 
 CRD = REPO / "crds" / "modeldeployment.yaml"
 ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"

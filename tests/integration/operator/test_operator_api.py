@@ -17,6 +17,9 @@ import yaml
 from operator_process import allow_events, refuse_events
 from replicas import replica_reports, report
 
+from devcluster.cluster import KubectlError
+from devcluster.rest import MERGE_PATCH, ApiError
+from devcluster.waiting import wait_for
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.events import EventRecorder
@@ -24,9 +27,6 @@ from hotswap_operator.kube import ConflictError, Kube
 from hotswap_operator.spec import SpecError
 from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer, SyncResult
-from tests.harness.cluster import KubectlError
-from tests.harness.rest import MERGE_PATCH, ApiError
-from tests.harness.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "crds"  # both CRDs: ModelDeployment and ModelReplica

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devcluster.rest import MERGE_PATCH, ApiError
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.events import EventRecorder
 from hotswap_operator.kube import Kube
 from hotswap_operator.spec import parse_spec
 from hotswap_operator.sync import Syncer
-from tests.harness.rest import MERGE_PATCH, ApiError
 
 REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "crds" / "modeldeployment.yaml"

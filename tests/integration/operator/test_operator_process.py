@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from operator_process import allow_events, operator_process, refuse_events
 
-from tests.harness.rest import ApiError, KubeClient
-from tests.harness.waiting import wait_for
+from devcluster.rest import ApiError, KubeClient
+from devcluster.waiting import wait_for
 
 MD = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modeldeployments"
 SHA1, SHA2 = "1" * 64, "2" * 64

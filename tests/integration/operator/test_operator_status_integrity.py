@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from devcluster.helm import template
+from devcluster.rest import MERGE_PATCH, ApiError, KubeClient
+from devcluster.waiting import wait_for
 from hotswap_contract.wire import PodReport, PodState
 from hotswap_operator import resources
 from hotswap_runtime.control.reporter import Reporter
-from tests.harness.helm import template
-from tests.harness.rest import MERGE_PATCH, ApiError, KubeClient
-from tests.harness.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 CRDS = [REPO / "crds" / "modeldeployment.yaml", REPO / "crds" / "modelreplica.yaml"]

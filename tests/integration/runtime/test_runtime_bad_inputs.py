@@ -19,8 +19,9 @@ import httpx
 import pytest
 import torch
 
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import hostile, tiny
+from devcluster import checkpoints as ck
+from devcluster import tiny
+from tests.fixtures_runtime import hostile
 from tests.fixtures_runtime import http as http_fixture
 from tests.fixtures_runtime.server import RuntimeProcess, free_port, running, wait_for
 

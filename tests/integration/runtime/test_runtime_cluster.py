@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
+from devcluster import checkpoints as ck
+from devcluster import tiny
+from devcluster.cluster import Cluster
 from tests.fixtures_runtime.server import REPO, running, wait_for
-from tests.harness.cluster import Cluster
 
 NAME = "tiny"
 POD = "tiny-7d9f-abcde"

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures_runtime import checkpoints as ck
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from tests.fixtures_runtime import hostile_http as hostile
-from tests.fixtures_runtime import tiny
 from tests.fixtures_runtime.server import running
 
 MARKER = "MARKER-REFLECTED-5c1e"

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import torch
 
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from tests.fixtures_runtime.server import running
 
 X = [1.0, 2.0, 3.0, 4.0]

@@ -37,11 +37,12 @@ import httpx
 import pytest
 import torch
 
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import hostile, tiny
+from devcluster import checkpoints as ck
+from devcluster import tiny
+from devcluster.cluster import REPO, Cluster
+from tests.fixtures_runtime import hostile
 from tests.fixtures_runtime import hostile_http as servers
 from tests.fixtures_runtime.server import RuntimeProcess, running, wait_for
-from tests.harness.cluster import REPO, Cluster
 
 NAME = "hostile"
 POD = "hostile-0"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from tests.fixtures_runtime.server import REPO, RuntimeProcess, running
 
 X = [[1.0, 2.0, 3.0, 4.0], [-2.0, 0.0, 5.0, 1.0]]

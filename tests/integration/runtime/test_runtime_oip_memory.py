@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from tests.fixtures_runtime.server import running
 
 SAMPLE = (1024, 1024)  # 4 MiB of FP32 per sample

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from hotswap_runtime.serving.grpc_v2 import inference_pb2 as pb
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
 from tests.fixtures_runtime.server import RuntimeProcess, running, wait_for
 
 INFER = "/v2/models/tiny/infer"

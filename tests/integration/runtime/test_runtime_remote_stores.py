@@ -12,9 +12,10 @@ import httpx
 import pytest
 import torch
 
-from tests.fixtures_runtime import checkpoints as ck
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from tests.fixtures_runtime import http as http_fixture
-from tests.fixtures_runtime import moto_s3, tiny
+from tests.fixtures_runtime import moto_s3
 from tests.fixtures_runtime.server import running
 
 HTTP_TOKEN = "Bearer s3cret-token"

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import torch
 
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from tests.fixtures_runtime.server import running, wait_for
 
 CLIENTS = 8

@@ -1,4 +1,4 @@
-"""kube-linter's default checks (tests/harness/kubelint.py, exclusions in .kube-linter.yaml)
+"""kube-linter's default checks (devcluster/kubelint.py, exclusions in .kube-linter.yaml)
 are clean on every manifest the chart renders and every object the operator builds."""
 
 import copy
@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devcluster import kubelint
+from devcluster.helm import template
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.spec import parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
-from tests.harness import kubelint
-from tests.harness.helm import template
 
 REPO = Path(__file__).resolve().parents[3]
 EVERY_OPTION = (

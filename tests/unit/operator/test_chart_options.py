@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devcluster.helm import CHART, CRDS_CHART, template
 from hotswap_contract.wire import GRPC_PORT, HTTP_PORT
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.spec import parse_spec
-from tests.harness.helm import CHART, CRDS_CHART, template
 
 REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "crds" / "modeldeployment.yaml"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from devcluster.helm import CHART, template
 from hotswap_operator import handlers, leader, resources
 from hotswap_operator.config import operator_settings, runtime_defaults
 from hotswap_operator.kube import PERMISSIONS
-from tests.harness.helm import CHART, template
 
 REPO = Path(__file__).resolve().parents[3]
 

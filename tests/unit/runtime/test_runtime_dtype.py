@@ -9,13 +9,13 @@ import pydantic
 import pytest
 import torch
 
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from hotswap_contract.wire import ModelSpec, Revision
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import StateDictMismatch
 from hotswap_runtime.swap.models import size_model
 from hotswap_runtime.swap.swapper import Swapper
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
 
 X = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
 

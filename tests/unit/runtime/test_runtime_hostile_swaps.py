@@ -13,6 +13,8 @@ import pytest
 import safetensors.torch
 import torch
 
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from hotswap_contract.wire import Revision
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import (
@@ -24,8 +26,7 @@ from hotswap_runtime.errors import (
     ValidationFailed,
 )
 from hotswap_runtime.swap.swapper import Swapper
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import hostile, tiny
+from tests.fixtures_runtime import hostile
 
 X = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-3.0, 0.0, 2.0, -1.0]])
 MakeRevision = Callable[[Path, int], Revision]
@@ -40,7 +41,7 @@ def revision_for(path: Path, number: int, **model: Any) -> Revision:
 def make_swapper(tmp_path: Path, mode: str = "auto") -> Swapper:
     torch.set_num_threads(1)
     store = CheckpointStore(tmp_path / "cache", 10**9, 10**9, file_roots=(str(tmp_path),))
-    return Swapper(store, torch.device("cpu"), tiny.ALLOWED, mode)
+    return Swapper(store, torch.device("cpu"), hostile.ALLOWED, mode)
 
 
 def answer(swapper: Swapper) -> tuple[int, torch.Tensor]:
@@ -275,7 +276,7 @@ def test_dtypes_are_refused_unless_cast_is_set(tmp_path: Path) -> None:
 
 def test_model_too_large_is_refused_before_it_is_built(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path / "cache", 10**8, 10**8, file_roots=(str(tmp_path),))
-    swapper = Swapper(store, torch.device("cpu"), tiny.ALLOWED, max_model_bytes=1000)
+    swapper = Swapper(store, torch.device("cpu"), hostile.ALLOWED, max_model_bytes=1000)
     swapper.swap_to(legit_library(tmp_path, 1))
     with pytest.raises(ModelTooLarge, match="over this runtime's limit of 1000"):
         swapper.swap_to(_spec(classes=100)(tmp_path, 2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from devcluster import tiny
 from hotswap_runtime.checkpoint.layouts import (
     Expected,
     FlatLayout,
@@ -18,7 +19,7 @@ from hotswap_runtime.checkpoint.layouts import (
     tie_groups,
 )
 from hotswap_runtime.errors import StateDictMismatch
-from tests.fixtures_runtime import hostile, tiny
+from tests.fixtures_runtime import hostile
 
 F32 = torch.float32
 

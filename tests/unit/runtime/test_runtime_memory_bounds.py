@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import hostile, tiny
+from devcluster import checkpoints as ck
+from devcluster import tiny
+from tests.fixtures_runtime import hostile
 from tests.fixtures_runtime.memory import MIB, measure_swaps
 
 PEAK_BOUND = 32 * MIB

@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from devcluster import tiny
 from hotswap_contract.wire import ModelSpec
 from hotswap_runtime.errors import ArchitectureError, ModelTooLarge
 from hotswap_runtime.swap.allocations import AllocationBudget
 from hotswap_runtime.swap.models import build_bounded, size_model
-from tests.fixtures_runtime import hostile, tiny
+from tests.fixtures_runtime import hostile
 
-ALLOWED = (*tiny.ALLOWED,)
+ALLOWED = hostile.ALLOWED
 GIB = 1 << 30
 
 

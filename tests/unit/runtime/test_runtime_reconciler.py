@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from hotswap_contract.wire import PodState, Revision
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.control.desired import KEEP_FAILURES, Failure, Reconciler, SwapRecord
 from hotswap_runtime.control.journal import FILE, LoadJournal
 from hotswap_runtime.swap.swapper import Swapper
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
 from tests.fixtures_runtime.server import wait_for
 
 

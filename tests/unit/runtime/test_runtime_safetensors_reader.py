@@ -10,12 +10,13 @@ import pytest
 import safetensors.torch
 import torch
 
+from devcluster import tiny
 from hotswap_runtime.checkpoint.layouts import Expected, layout_of
 from hotswap_runtime.checkpoint.safetensors_file import MAX_HEADER_BYTES, header_limit
 from hotswap_runtime.checkpoint.staging import Staging
 from hotswap_runtime.checkpoint.weights import read_state_dict, read_tensor
 from hotswap_runtime.errors import FormatError, StateDictMismatch
-from tests.fixtures_runtime import hostile, tiny
+from tests.fixtures_runtime import hostile
 
 TINY = Expected(layout_of(tiny.make_model().state_dict()), tiny.ARCHITECTURE)
 URI = "file:///m.safetensors"

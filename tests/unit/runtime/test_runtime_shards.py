@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import torch
 
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from hotswap_contract.wire import Checkpoint, Revision
 from hotswap_runtime.checkpoint.manifest import MAX_SHARDS, read_manifest, shard_uri
 from hotswap_runtime.checkpoint.store import CheckpointStore
@@ -22,8 +24,6 @@ from hotswap_runtime.errors import (
     StateDictMismatch,
 )
 from hotswap_runtime.swap.swapper import Swapper
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
 
 X = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
 SHA = "a" * 64

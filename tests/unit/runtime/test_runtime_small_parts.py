@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from devcluster import tiny
 from hotswap_contract.wire import ModelSpec, PodReport, PodState
 from hotswap_runtime.control.reporter import Reporter
 from hotswap_runtime.errors import (
@@ -22,7 +23,6 @@ from hotswap_runtime.errors import (
 )
 from hotswap_runtime.settings import load_settings
 from hotswap_runtime.swap.models import build_model
-from tests.fixtures_runtime import tiny
 
 
 def test_settings_from_env_and_flags() -> None:
@@ -68,7 +68,7 @@ def test_builders() -> None:
     model = build_model(spec, "cpu", tiny.ALLOWED)
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3) and not model.training
     small = ModelSpec(
-        architecture="python/tests.fixtures_runtime.tiny:make_model",
+        architecture="python/devcluster.tiny:make_model",
         args={"classes": 5},
         inputShape=(4,),
     )
@@ -81,7 +81,7 @@ def test_builders() -> None:
         )
     with pytest.raises(ArchitectureError, match="has no callable 'nope'"):
         build_model(
-            ModelSpec(architecture="python/tests.fixtures_runtime.tiny:nope", inputShape=(4,)),
+            ModelSpec(architecture="python/devcluster.tiny:nope", inputShape=(4,)),
             "cpu",
             tiny.ALLOWED,
         )

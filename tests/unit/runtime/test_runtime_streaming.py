@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from hotswap_contract.wire import Checkpoint
 from hotswap_runtime.checkpoint.layouts import Expected, layout_of
 from hotswap_runtime.checkpoint.staging import Staging
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.checkpoint.streaming import StreamParser
 from hotswap_runtime.errors import IntegrityError, ManifestError
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
 
 TINY = Expected(layout_of(tiny.weights(1)), tiny.ARCHITECTURE)
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from devcluster import checkpoints as ck
+from devcluster import tiny
 from hotswap_contract.wire import Revision
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.control.desired import Reconciler
 from hotswap_runtime.errors import ModelNotReady, StateDictMismatch, ValidationFailed
 from hotswap_runtime.swap import swapper as swapper_module
 from hotswap_runtime.swap.swapper import Swapper
-from tests.fixtures_runtime import checkpoints as ck
-from tests.fixtures_runtime import tiny
 from tests.fixtures_runtime.server import wait_for
 
 X = torch.tensor([[1.0, 2.0, 3.0, 4.0]])

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from devcluster import tiny
 from hotswap_runtime.checkpoint.layouts import Expected, layout_of
 from hotswap_runtime.checkpoint.staging import Staging
 from hotswap_runtime.checkpoint.torch_file import ALLOWED_GLOBALS
 from hotswap_runtime.checkpoint.weights import read_state_dict
 from hotswap_runtime.errors import FormatError, StateDictMismatch
-from tests.fixtures_runtime import hostile, tiny
+from tests.fixtures_runtime import hostile
 
 TINY = Expected(layout_of(tiny.make_model().state_dict()), tiny.ARCHITECTURE)
 URI = "file:///m.pt"

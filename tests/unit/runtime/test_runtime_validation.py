@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from devcluster import checkpoints, tiny
 from hotswap_contract.wire import Revision
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import ValidationFailed
 from hotswap_runtime.swap.swapper import Swapper
-from tests.fixtures_runtime import checkpoints, tiny
 
 torch.set_num_threads(1)
 

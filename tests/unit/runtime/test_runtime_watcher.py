@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from devcluster import checkpoints as ck
 from hotswap_contract.wire import CONFIG_KEY, MAX_CONFIG_BYTES, ConfigError, parse_config
 from hotswap_runtime.control.watcher import FileWatcher, read_bounded
-from tests.fixtures_runtime import checkpoints as ck
 
 
 class Sink:

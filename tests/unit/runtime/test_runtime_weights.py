@@ -9,12 +9,13 @@ import pytest
 import safetensors.torch
 import torch
 
+from devcluster import tiny
 from hotswap_runtime.checkpoint.finite import non_finite
 from hotswap_runtime.checkpoint.layouts import Expected, layout_of
 from hotswap_runtime.checkpoint.staging import Staging
 from hotswap_runtime.checkpoint.weights import checkpoint_format, read_state_dict, read_tensor
 from hotswap_runtime.errors import FormatError, StateDictMismatch
-from tests.fixtures_runtime import hostile, tiny
+from tests.fixtures_runtime import hostile
 
 
 class Evil:

@@ -1,8 +1,8 @@
 """Driving a hotswap install the way a user does: helm, kubectl, traffic to a Service.
 
-Shared by the e2e tests and `scripts/demo.py`. Everything goes through the real API
+Shared by the e2e tests, `scripts/demo.py` and the benchmarks. Everything goes through the real API
 server, the real helm binary, and real HTTP to the ModelDeployment's Service (its
-ClusterIP, routed by kube-proxy on the real node, tests/harness/node.py) to pods that
+ClusterIP, routed by kube-proxy on the real node, devcluster/node.py) to pods that
 run as containers from the images built from the Dockerfile.
 """
 
@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.harness.cluster import REPO, Cluster
-from tests.harness.rest import ApiError, KubeClient
-from tests.harness.waiting import wait_for
+from devcluster.cluster import REPO, Cluster
+from devcluster.rest import ApiError, KubeClient
+from devcluster.waiting import wait_for
 
 JSON = dict[str, Any]
 CHART = REPO / "charts" / "hotswap"
@@ -73,8 +73,8 @@ def cpu_deployment(
     **spec: Any,
 ) -> JSON:
     """A ModelDeployment of `replicas` pods on the CPU, one torch thread each; `runtime`
-    adds to spec.runtime and `spec` to the rest of spec (rollout, ...). The test models
-    live in tests/, which the e2e runtime image adds (tests/e2e/conftest.py)."""
+    adds to spec.runtime and `spec` to the rest of spec (rollout, ...). The tiny model
+    (devcluster/tiny.py) is in the e2e runtime image (node.TEST_RUNTIME_IMAGE)."""
     return {
         "apiVersion": "hotswap.dev/v1alpha1",
         "kind": "ModelDeployment",
@@ -325,7 +325,7 @@ class Load:
         shape: Sequence[int],
         clients: int = 2,
         pods: Sequence[str] = (),
-    ):
+    ) -> None:
         self.urls = [f"http://{service}/v2/models/{model}/infer"]
         self.pods = [f"http://{ip}:{RUNTIME_PORT}/v2/health/ready" for ip in pods]
         self.body = infer_body(shape)

@@ -53,14 +53,14 @@ from typing import TYPE_CHECKING, Any
 
 import urllib3
 
-from tests.harness import procs
-from tests.harness.images import ImageCommand, ImageTable
-from tests.harness.ipam import LoopbackIPs
-from tests.harness.podworker import HOST_IP, PodWorker
-from tests.harness.rest import ApiError, KubeClient, q
+from devcluster import procs
+from devcluster.images import ImageCommand, ImageTable
+from devcluster.ipam import LoopbackIPs
+from devcluster.podworker import HOST_IP, PodWorker
+from devcluster.rest import ApiError, KubeClient, q
 
 if TYPE_CHECKING:
-    from tests.harness.cluster import Cluster
+    from devcluster.cluster import Cluster
 
 JSON = dict[str, Any]
 HEARTBEAT_SECONDS = 10.0

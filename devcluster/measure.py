@@ -1,6 +1,6 @@
 """Costs of the test control plane, printed as one JSON object (last line):
 
-    .venv/bin/python -m tests.harness.measure
+    .venv/bin/python -m devcluster.measure
 
 start time (and its phases), resident memory of each component when idle and after a
 2-replica Deployment ran to Ready on the local kubelet, and stop time.
@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.harness.cluster import Cluster, ensure_binary
-from tests.harness.kubelet import LocalKubelet
+from devcluster.cluster import Cluster, ensure_binary
+from devcluster.kubelet import LocalKubelet
 
 DEPLOYMENT = {
     "apiVersion": "apps/v1",

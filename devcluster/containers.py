@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.harness import procs
-from tests.harness.images import image_id
-from tests.harness.probes import ProbeState
+from devcluster import procs
+from devcluster.images import image_id
+from devcluster.probes import ProbeState
 
 JSON = dict[str, Any]
 

@@ -8,8 +8,8 @@ import sys
 import time
 import urllib.request
 
-from tests.harness.cluster import Cluster, ClusterError, ensure_binary
-from tests.harness.kubelet import LocalKubelet
+from devcluster.cluster import Cluster, ClusterError, ensure_binary
+from devcluster.kubelet import LocalKubelet
 
 POD = {
     "apiVersion": "v1",

@@ -6,7 +6,7 @@ kube-proxy.
         ...                                                    # pods run as containers
 
 The pieces: kubelet and kube-proxy built from the Kubernetes modules of
-tests/controlplane, containerd v2 and its runc shim from containerd's module, and the
+devcluster/controlplane, containerd v2 and its runc shim from containerd's module, and the
 pause program (scripts/build-node.sh); runc and the CNI plugins from Debian's packages
 (scripts/node-deps.sh). The node has a non-loopback address (`NODE_IP`, on a bridge
 without ports: this kernel has no dummy driver) so that the API server reaches the
@@ -25,7 +25,7 @@ podman image id changes.
 
 One node per machine at a time (fixed interface names): a lock file serializes them.
 
-For people: `python -m tests.harness.node cleanup` undoes a node left behind.
+For people: `python -m devcluster.node cleanup` undoes a node left behind.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ from typing import Any
 
 import yaml
 
-from tests.harness import procs
-from tests.harness.cluster import REPO, SERVICE_CIDR, Cluster, ClusterError, free_port
-from tests.harness.rest import ApiError
-from tests.harness.waiting import wait_for
+from devcluster import procs
+from devcluster.cluster import REPO, SERVICE_CIDR, Cluster, ClusterError, free_port
+from devcluster.rest import ApiError
+from devcluster.waiting import wait_for
 
 BIN = REPO / ".cache" / "bin"
 BUILD_SCRIPT = REPO / "scripts" / "build-node.sh"
@@ -201,7 +201,7 @@ class RealNode:
         read, write = os.pipe()
         os.set_inheritable(read, True)
         self._guardian = subprocess.Popen(
-            [sys.executable, "-m", "tests.harness.node", "guard", str(read)],
+            [sys.executable, "-m", "devcluster.node", "guard", str(read)],
             cwd=REPO,
             pass_fds=(read,),
             start_new_session=True,
@@ -252,7 +252,7 @@ class RealNode:
         argv = [
             sys.executable,
             "-m",
-            "tests.harness.clusterdns",
+            "devcluster.clusterdns",
             NODE_IP,
             str(self.cluster.kubeconfig),
         ]
@@ -438,11 +438,11 @@ class RealNode:
 PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs")
 OPERATOR_IMAGE = "localhost/hotswap-operator:dev"
 RUNTIME_IMAGE = "localhost/hotswap-runtime:dev"
-# The runtime image plus the tests' tiny model (tests/fixtures_runtime) on PYTHONPATH,
-# as a user's image adds their model code: e2e tests of that model run on it.
+# The runtime image plus the tiny model (devcluster/tiny.py) on PYTHONPATH, as a user's
+# image adds their model code: e2e tests of that model run on it.
 TEST_RUNTIME_IMAGE = "localhost/hotswap-runtime-test:dev"
 TEST_LAYER = """FROM {base}
-COPY tests /opt/hotswap-tests/tests
+COPY devcluster /opt/hotswap-tests/devcluster
 ENV PYTHONPATH=/opt/hotswap-tests
 """
 
@@ -459,11 +459,10 @@ def ensure_images() -> None:
         )
     with tempfile.TemporaryDirectory(prefix="hotswap-test-layer-") as tmp:
         context = Path(tmp)
-        package = context / "tests" / "fixtures_runtime"
-        package.mkdir(parents=True)
-        shutil.copy(REPO / "tests" / "__init__.py", context / "tests")
+        package = context / "devcluster"
+        package.mkdir()
         for name in ("__init__.py", "tiny.py"):
-            shutil.copy(REPO / "tests" / "fixtures_runtime" / name, package)
+            shutil.copy(REPO / "devcluster" / name, package)
         (context / "Containerfile").write_text(TEST_LAYER.format(base=RUNTIME_IMAGE))
         _run(*PODMAN, "build", "-q", "-t", TEST_RUNTIME_IMAGE, str(context))
 
@@ -708,13 +707,13 @@ def main(argv: list[str] | None = None) -> int:
         for line in cleanup():
             print(line)
         return 0
-    print("usage: python -m tests.harness.node cleanup", file=sys.stderr)
+    print("usage: python -m devcluster.node cleanup", file=sys.stderr)
     return 2
 
 
 def node_cluster() -> Cluster:
     """A control plane ready for a real node."""
-    from tests.harness.cluster import ensure_binary
+    from devcluster.cluster import ensure_binary
 
     return Cluster(ensure_binary(), node_ip=NODE_IP)
 

@@ -19,7 +19,7 @@ What it leaves out: no HTTP server, no file watcher of a mounted model.json (the
 watch is the path that matters at scale), no load journal. The control path imports no
 torch; neither does this module.
 
-    python -m tests.harness.hollow --kubeconfig admin.kubeconfig --node hollow-0
+    python -m devcluster.hollow --kubeconfig admin.kubeconfig --node hollow-0
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from devcluster.rest import ApiError, KubeClient, q
 from hotswap_contract.wire import Revision, configmap_name
 from hotswap_runtime.control.desired import Failure, Status, SwapRecord
 from hotswap_runtime.control.pod import PodControl, PodIdentity
 from hotswap_runtime.control.target import PhaseClock
 from hotswap_runtime.errors import Superseded
-from tests.harness.rest import ApiError, KubeClient, q
 
 JSON = dict[str, Any]
 TAINT = "hotswap.dev/hollow"

@@ -9,7 +9,7 @@ and reads exclusions from `.kube-linter.yaml` in kube-linter's own format, so th
 file works with the real binary. Objects may opt out of one check with kube-linter's
 annotation `ignore-check.kube-linter.io/<check>: <reason>`.
 
-    python -m tests.harness.kubelint FILE...   # lint YAML files, exit 1 on findings
+    python -m devcluster.kubelint FILE...   # lint YAML files, exit 1 on findings
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / ".kube-linter.yaml"
 IGNORE_PREFIX = "ignore-check.kube-linter.io/"
 

@@ -6,8 +6,8 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
-from tests.harness.podenv import ConfigError, Lookup, field_value
-from tests.harness.projection import Payload
+from devcluster.podenv import ConfigError, Lookup, field_value
+from devcluster.projection import Payload
 
 JSON = dict[str, Any]
 TokenSource = Callable[[str | None, int], str]  # (audience, expirationSeconds) -> token

@@ -9,17 +9,17 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.harness import procs
-from tests.harness.containers import ContainerRun, now_rfc3339
-from tests.harness.kubeconfig import write_kubeconfig
-from tests.harness.podenv import ConfigError, MountMap, container_env, expand
-from tests.harness.probes import check
-from tests.harness.projection import write_atomic
-from tests.harness.rest import ApiError, q
-from tests.harness.volumes import volume_payload
+from devcluster import procs
+from devcluster.containers import ContainerRun, now_rfc3339
+from devcluster.kubeconfig import write_kubeconfig
+from devcluster.podenv import ConfigError, MountMap, container_env, expand
+from devcluster.probes import check
+from devcluster.projection import write_atomic
+from devcluster.rest import ApiError, q
+from devcluster.volumes import volume_payload
 
 if TYPE_CHECKING:
-    from tests.harness.kubelet import LocalKubelet
+    from devcluster.kubelet import LocalKubelet
 
 JSON = dict[str, Any]
 HOST_IP = "127.0.0.1"

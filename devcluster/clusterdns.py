@@ -6,7 +6,7 @@ for A queries, answering from the API server (each name looked up when asked, ke
 5 s); other names under cluster.local are NXDOMAIN, and names outside it are resolved
 by this machine's resolver (nothing but the package registries is reachable anyway).
 
-    python -m tests.harness.clusterdns ADDRESS KUBECONFIG   # listens on ADDRESS:53
+    python -m devcluster.clusterdns ADDRESS KUBECONFIG   # listens on ADDRESS:53
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.harness.rest import ApiError, KubeClient
+from devcluster.rest import ApiError, KubeClient
 
 DOMAIN = "svc.cluster.local"
 TTL = 5
@@ -112,7 +112,7 @@ def serve(address: str, kubeconfig: Path, port: int = 53) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m tests.harness.clusterdns ADDRESS KUBECONFIG", file=sys.stderr)
+        print("usage: python -m devcluster.clusterdns ADDRESS KUBECONFIG", file=sys.stderr)
         return 2
     serve(args[0], Path(args[1]))
     return 0

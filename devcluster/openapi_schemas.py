@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.harness.rest import KubeClient
+from devcluster.rest import KubeClient
 
 Schema = dict[str, Any]
 LOCATION = "{{ .ResourceKind }}{{ .KindSuffix }}.json"  # kubeconform's -schema-location tail

@@ -1,4 +1,4 @@
-"""A tiny model for runtime tests: ``python/tests.fixtures_runtime.tiny:make_model``.
+"""A tiny model for the tests, benchmarks and e2e image: ``python/devcluster.tiny:make_model``.
 
 Weights are small integers and inputs are small integers, so every output is exact in
 float32 whatever order the sums run in: a test can compare outputs with ``==``.
@@ -12,12 +12,12 @@ import signal
 import torch
 from torch import nn
 
-ARCHITECTURE = "python/tests.fixtures_runtime.tiny:make_model"
-# The architecture allowlist of test runtimes: torchvision and the test fixtures.
-ALLOWED = ("torchvision", "python/tests.fixtures_runtime")
+ARCHITECTURE = "python/devcluster.tiny:make_model"
+# An architecture allowlist for runtimes that load it: torchvision and this module.
+ALLOWED = ("torchvision", "python/devcluster.tiny")
 # Same network, but its process dies (SIGKILL) when its scale is CRASH_SCALE: a stand-in
 # for a checkpoint that kills the loader (out of memory, a fatal error in native code).
-FRAGILE = "python/tests.fixtures_runtime.tiny:make_fragile"
+FRAGILE = "python/devcluster.tiny:make_fragile"
 CRASH_SCALE = 666.0
 FEATURES = 4
 CLASSES = 3
@@ -52,7 +52,7 @@ class Pooled(Tiny):
         return super().forward(pooled)
 
 
-POOLED = "python/tests.fixtures_runtime.tiny:make_pooled"
+POOLED = "python/devcluster.tiny:make_pooled"
 
 
 def make_pooled(features: int = FEATURES, classes: int = CLASSES) -> nn.Module:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "hotswap"
 CRDS_CHART = REPO / "charts" / "hotswap-crds"
 

@@ -1,6 +1,6 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver,
 kube-controller-manager and kube-scheduler, all from one binary built by
-tests/controlplane/build.sh.
+devcluster/controlplane/build.sh.
 
     with Cluster() as cluster:
         cluster.kubectl("get", "nodes")
@@ -9,7 +9,7 @@ Everything (certificates, etcd data, logs, kubeconfigs) lives in one temp folder
 `stop()` removes. Each component runs in its own process group with a parent-death
 signal (see procs.py), so nothing outlives the Python process, even when it crashes.
 
-For people: `python -m tests.harness.cluster up` starts the control plane and a local
+For people: `python -m devcluster.cluster up` starts the control plane and a local
 kubelet, prints `export KUBECONFIG=...` and runs until Ctrl-C.
 """
 
@@ -36,17 +36,17 @@ from typing import TYPE_CHECKING
 import urllib3
 import yaml
 
-from tests.harness import procs
-from tests.harness.certs import CertificateAuthority, KeyPair, service_account_keys
-from tests.harness.kubeconfig import write_kubeconfig
-from tests.harness.rest import ApiError, KubeClient
-from tests.harness.waiting import wait_for
+from devcluster import procs
+from devcluster.certs import CertificateAuthority, KeyPair, service_account_keys
+from devcluster.kubeconfig import write_kubeconfig
+from devcluster.rest import ApiError, KubeClient
+from devcluster.waiting import wait_for
 
 if TYPE_CHECKING:
     import kubernetes
 
-REPO = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO / "tests" / "controlplane" / "build.sh"
+REPO = Path(__file__).resolve().parents[1]
+BUILD_SCRIPT = REPO / "devcluster" / "controlplane" / "build.sh"
 DEFAULT_BINARY = REPO / ".cache" / "bin" / "controlplane"
 SERVICE_CIDR = "10.0.0.0/24"
 # Controllers with nothing to do here: storage and DRA (no volumes but local folders),
@@ -118,13 +118,13 @@ def find_kubectl(binary: Path = DEFAULT_BINARY) -> list[str]:
             return [str(binary), "kubectl"]
     if path := shutil.which("kubectl"):
         return [path]
-    raise ClusterError("no kubectl: rebuild tests/controlplane or put kubectl on PATH")
+    raise ClusterError("no kubectl: rebuild devcluster/controlplane or put kubectl on PATH")
 
 
 class Cluster:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler on loopback.
 
-    With `node_ip` (a real node's address, tests/harness/node.py), the API server also
+    With `node_ip` (a real node's address, devcluster/node.py), the API server also
     listens there and advertises it, so the `kubernetes` Service routes pods to it; the
     endpoint controllers run (real pod IPs are valid endpoints) and the API server holds
     a client certificate that kubelets accept (`kubectl logs/exec`).
@@ -484,7 +484,7 @@ def _has_default_sa(client: KubeClient) -> bool:
 
 
 def _up() -> int:
-    from tests.harness.kubelet import LocalKubelet
+    from devcluster.kubelet import LocalKubelet
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on SIGTERM too
     binary = ensure_binary()
@@ -514,7 +514,7 @@ def _up() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args != ["up"]:
-        print("usage: python -m tests.harness.cluster up", file=sys.stderr)
+        print("usage: python -m devcluster.cluster up", file=sys.stderr)
         return 2
     return _up()
 
