@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import torch
 
+from devcluster import checkpoints, tiny
 from hotswap_contract.wire import Revision
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import EvaluationFailed, ShadowRefused, Superseded
 from hotswap_runtime.swap.sequential import SequentialTest, Verdict
 from hotswap_runtime.swap.swapper import Swapper
-from tests.fixtures_runtime import checkpoints, tiny
 
 torch.set_num_threads(1)
 
