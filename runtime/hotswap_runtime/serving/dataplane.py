@@ -19,7 +19,7 @@ from importlib import metadata as package_metadata
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hotswap_contract.redact import clip
-from hotswap_contract.wire import ModelSpec
+from hotswap_contract.wire import AnalysisFigures, ModelSpec
 from hotswap_runtime.budget import MemoryBudget
 from hotswap_runtime.control.desired import Failure, Status, SwapRecord
 from hotswap_runtime.errors import ModelNotFound, ModelNotReady
@@ -93,6 +93,7 @@ class ModelMetadata:
     max_batch_size: int
     max_queue_delay_microseconds: int
     architecture: str | None
+    analysis: AnalysisFigures | None = None
     platform: str = PLATFORM
 
     def to_json(self) -> Json:
@@ -117,6 +118,10 @@ class ModelMetadata:
         }
         if self.architecture is not None:
             body["architecture"] = self.architecture
+        if self.analysis is not None:
+            body["analysis"] = self.analysis.model_dump(
+                mode="json", by_alias=True, exclude_none=True
+            )
         return body
 
 
@@ -221,6 +226,7 @@ class DataPlane:
             max_batch_size=self.batching.max_batch_size,
             max_queue_delay_microseconds=self.batching.max_queue_delay_us,
             architecture=spec.architecture if spec is not None else None,
+            analysis=status.analysis,
         )
 
     def _signature(self, spec: ModelSpec | None) -> tuple[TensorMetadata, TensorMetadata]:
