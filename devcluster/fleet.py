@@ -137,11 +137,12 @@ class Fleet:
     def pod_ips(self) -> list[str]:
         return [p["status"]["podIP"] for p in self.pods()]
 
-    def load(self, shape: Sequence[int], clients: int = 2) -> Load:
+    def load(self, shape: Sequence[int], clients: int = 2, bodies: Sequence[JSON] = ()) -> Load:
         """Clients of the Service, once it routes to every pod (as a user starts traffic
-        after the pods are Ready); `all_answer` also asks each pod what it serves."""
+        after the pods are Ready); `all_answer` also asks each pod what it serves.
+        `bodies`: the requests to send in turn (default: one of 0.5s)."""
         service = self.wait_routable()
-        return Load(self.name, service, shape, clients, pods=self.pod_ips())
+        return Load(self.name, service, shape, clients, pods=self.pod_ips(), bodies=bodies)
 
     def ready_endpoints(self) -> set[str]:
         """The pod IPs the Service's EndpointSlices list as ready."""
@@ -325,10 +326,11 @@ class Load:
         shape: Sequence[int],
         clients: int = 2,
         pods: Sequence[str] = (),
+        bodies: Sequence[JSON] = (),
     ) -> None:
         self.urls = [f"http://{service}/v2/models/{model}/infer"]
         self.pods = [f"http://{ip}:{RUNTIME_PORT}/v2/health/ready" for ip in pods]
-        self.body = infer_body(shape)
+        self.bodies = list(bodies) or [infer_body(shape)]
         self.ok = 0
         self.failures: list[str] = []
         self.failed_at: list[float] = []  # seconds since the load began, per failure
@@ -366,12 +368,13 @@ class Load:
             i = offset
             while not self._stop.is_set():
                 url = self.urls[i % len(self.urls)]
+                body = self.bodies[i % len(self.bodies)]
                 i += 1
-                self._one(http, url)
+                self._one(http, url, body)
 
-    def _one(self, http: httpx.Client, url: str) -> None:
+    def _one(self, http: httpx.Client, url: str, body: JSON) -> None:
         try:
-            response = http.post(url, json=self.body)
+            response = http.post(url, json=body)
             version = response.json().get("model_version") if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError) as exc:
             self._failed(f"{url}: {exc!r}")
