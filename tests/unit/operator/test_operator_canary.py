@@ -240,7 +240,7 @@ def test_a_failure_after_rollback_of_a_different_revision_starts_fresh(world):
 
 
 def conditions(summary):
-    return {kind: (flag, reason, message) for kind, flag, reason, message in summary.conditions}
+    return {c.type: (c.status, c.reason, c.message) for c in summary.conditions}
 
 
 def test_status_shows_the_step_then_the_rollback(world):
