@@ -37,6 +37,7 @@ from hotswap_operator.revisions import (
     numbered,
     record,
     revision_from_spec,
+    settled,
     with_history,
 )
 from hotswap_operator.spec import DeploymentSpec
@@ -130,19 +131,7 @@ def _settled(
 ) -> Plan:
     """No rollout in progress: every pod serves stable."""
     config = _config(r, _stable_revision(r, stable), None, ())
-    status = r.status.model_copy(
-        update={
-            "stable": stable,
-            "candidate": None,
-            "candidate_pods": None,
-            "canary": None,
-            "rollback": rollback,
-            "revision": stable.revision,
-            "checkpoint": short_sha(stable.sha256),
-            "config_generation": config.generation,
-            "history": r.status.history or (stable,),
-        }
-    )
+    status = settled(r.status, stable, config, r.status.history or (stable,), rollback)
     return Plan(config=config, status=status, events=events)
 
 
@@ -318,18 +307,7 @@ def _advance(
 
 def _promote(r: Rollout, ref: RevisionRecord, named: Sequence[str]) -> Plan:
     config = _config(r, revision_from_spec(r.spec, ref.revision), None, ())
-    status = r.status.model_copy(
-        update={
-            "stable": ref,
-            "candidate": None,
-            "candidate_pods": None,
-            "canary": None,
-            "rollback": None,
-            "revision": ref.revision,
-            "checkpoint": short_sha(ref.sha256),
-            "config_generation": config.generation,
-        }
-    )
+    status = settled(r.status, ref, config, r.status.history)
     event = Event(
         EventType.NORMAL,
         Reason.PROMOTED,

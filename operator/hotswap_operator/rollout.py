@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from hotswap_contract.wire import ModelConfig, short_sha
+from hotswap_contract.wire import ModelConfig
 from hotswap_operator import canary
 from hotswap_operator.reasons import Event, EventType, Reason
 from hotswap_operator.revisions import (
@@ -20,6 +20,7 @@ from hotswap_operator.revisions import (
     numbered,
     record,
     revision_from_spec,
+    settled,
     with_history,
 )
 from hotswap_operator.spec import DeploymentSpec, SpecError
@@ -52,19 +53,8 @@ def plan_all_at_once(
     )
     created = previous.created_at if not new and previous is not None else now
     ref = record(spec, number, created)
-    planned = status.model_copy(
-        update={
-            "stable": ref,
-            "candidate": None,
-            "candidate_pods": None,
-            "canary": None,
-            "rollback": None,
-            "revision": number,
-            "checkpoint": short_sha(spec.checkpoint.sha256),
-            "config_generation": config.generation,
-            "history": with_history(status, ref) if new else status.history or (ref,),
-        }
-    )
+    history = with_history(status, ref) if new else status.history or (ref,)
+    planned = settled(status, ref, config, history)
     events = []
     if new:
         message = announce(ref, "rolling out to all pods")
