@@ -22,12 +22,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hotswap_operator import resources
-from hotswap_operator.context import Applied
+from hotswap_operator.context import Applied, PodInfo
 from hotswap_operator.kube import ChildConflictError, ConflictError, KubeError
 from hotswap_operator.metrics import Metrics
 from hotswap_operator.reasons import Reason
 from hotswap_operator.spec import SpecError
-from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer, SyncResult
 from hotswap_operator.workqueue import WorkQueue
 

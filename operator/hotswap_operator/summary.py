@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from hotswap_contract.redact import clip
 from hotswap_contract.wire import PodReport, PodState, short_sha
 from hotswap_operator import canary
+from hotswap_operator.context import PodInfo
 from hotswap_operator.reasons import ConditionType, Event, EventType, Phase, Reason
 from hotswap_operator.status import (
     MAX_FAILURES,
@@ -31,22 +31,6 @@ from hotswap_operator.status import (
 )
 
 C = ConditionType
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    """What the operator keeps of one runtime pod (from its watch of pods)."""
-
-    name: str
-    ready: bool
-    terminating: bool = False
-
-    @classmethod
-    def from_pod(cls, pod: Mapping[str, Any]) -> PodInfo:
-        conditions = (pod.get("status") or {}).get("conditions") or []
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-        meta = pod.get("metadata") or {}
-        return cls(meta["name"], ready, bool(meta.get("deletionTimestamp")))
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,14 @@ from hotswap_contract.wire import ModelConfig
 from hotswap_operator import canary, resources, rollout, summary
 from hotswap_operator.admission import admit
 from hotswap_operator.config import RuntimeDefaults
-from hotswap_operator.context import Applied, SyncContext
+from hotswap_operator.context import Applied, PodInfo, SyncContext
 from hotswap_operator.events import EventRecorder
 from hotswap_operator.kube import ChildConflictError, Kube
 from hotswap_operator.reasons import Event
 from hotswap_operator.resources import Manifest
 from hotswap_operator.spec import SpecError, parse_spec
 from hotswap_operator.status import ModelDeploymentStatus, merge_patch
-from hotswap_operator.summary import PodInfo, PodMemory
+from hotswap_operator.summary import PodMemory
 
 log = logging.getLogger(__name__)
 DEADLINE_SLACK = 1.0  # sync this long after a step deadline (the timeout is "> limit")
@@ -65,7 +65,7 @@ def decide(ctx: SyncContext) -> Decision:
     try:
         spec = parse_spec(ctx.raw_spec, name=ctx.owner.name)
         admit(spec, ctx.defaults, ctx.owner.name)
-        plan = rollout.plan(ctx.owner.name, spec, ctx.status, ctx.config, ctx.now, ctx.live_pods)
+        plan = rollout.plan(ctx, spec)
         children, retired = (
             (
                 resources.children(ctx.owner, spec, ctx.defaults, plan.config),

@@ -5,6 +5,7 @@ import json
 from operator_samples import SHA_A, SHA_B, report
 
 from hotswap_operator import summary
+from hotswap_operator.context import PodInfo
 from hotswap_operator.reasons import ConditionType, Reason
 from hotswap_operator.status import (
     ConditionValue,
@@ -12,7 +13,6 @@ from hotswap_operator.status import (
     merge_patch,
     set_condition,
 )
-from hotswap_operator.summary import PodInfo
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:05:00Z"
