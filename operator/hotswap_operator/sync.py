@@ -56,7 +56,7 @@ class Decision:
     children: list[Manifest]  # every child, ConfigMap included (empty: not due)
     events: list[Event]  # plan and phase-change Events (pod Events: Syncer.memory)
     requeue_after: float | None  # seconds until the next deadline (a Canary step)
-    error: SpecError | None = None  # the spec cannot run (recorded in status)
+    error: SpecError | ChildConflictError | None = None  # why it cannot run (in status)
     retired: list[Manifest] = field(default_factory=list)  # children to delete if ours
 
 
@@ -93,7 +93,7 @@ def decide(ctx: SyncContext) -> Decision:
     )
 
 
-def refuse(ctx: SyncContext, exc: SpecError) -> Decision:
+def refuse(ctx: SyncContext, exc: SpecError | ChildConflictError) -> Decision:
     """The status saying why the spec cannot run (phase Failed); nothing else written."""
     failed = ctx.status.model_copy(
         update={"error": str(exc), "observed_generation": ctx.generation}
@@ -165,8 +165,8 @@ class Syncer:
         reports: Mapping[str, Any] | None = None,
     ) -> SyncResult:
         """One sync. Raises ConflictError when the object changed since it was read (sync
-        again), SpecError (ChildConflictError) when the spec cannot run (recorded in
-        status), KubeError when the API refuses a write."""
+        again), SpecError when the spec cannot run and ChildConflictError when a child's
+        name is taken (both recorded in status), KubeError when the API refuses a write."""
         body = self.kube.model_deployment(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.forget(namespace, name)
