@@ -88,7 +88,14 @@ class Runtime:
 
     def start(self, wait_ready: bool = True) -> None:
         path = os.pathsep.join(
-            p for p in (str(REPO / "runtime"), str(REPO), os.environ.get("PYTHONPATH")) if p
+            p
+            for p in (
+                str(REPO / "runtime"),
+                str(REPO / "contract"),
+                str(REPO),
+                os.environ.get("PYTHONPATH"),
+            )
+            if p
         )
         env = {
             **os.environ,

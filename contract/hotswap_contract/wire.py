@@ -8,8 +8,8 @@ Two documents cross the boundary between them:
 * ``PodReport``: what a runtime pod reports, the ``status`` of its own ``ModelReplica``
   object (named after the pod, owned by the pod, labelled with the ModelDeployment).
 
-This module imports only the standard library and pydantic, so the operator image
-(which never installs torch) can use it.
+This module imports only the standard library, pydantic and schemes.py, so the operator
+image (which never installs torch) can use it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from hotswap_contract.schemes import SCHEMES
+
 API_GROUP = "hotswap.dev"
 API_VERSION = "v1alpha1"
 KIND = "ModelDeployment"
@@ -45,7 +47,7 @@ GRPC_PORT = 8081  # the KServe v2 GRPCInferenceService
 MAX_BATCH_SIZE = 1024  # spec.runtime.batching.maxBatchSize bound (CRD and runtime)
 MAX_QUEUE_DELAY_US = 1_000_000  # spec.runtime.batching.maxQueueDelayMicroseconds bound
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-URI_PATTERN = r"^(file|https?|s3)://.+"
+URI_PATTERN = rf"^({'|'.join(SCHEMES)})://.+"  # schemes.py
 ARCHITECTURE_PATTERN = r"^(torchvision/[A-Za-z0-9_]+|python/[A-Za-z0-9_.]+:[A-Za-z0-9_]+)$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"  # DNS-1123 subdomain
 MAX_URI_LENGTH = 2048

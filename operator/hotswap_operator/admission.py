@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
+from hotswap_contract import schemes
 from hotswap_contract.policy import (
     architecture_allowed,
     architecture_refusal,
@@ -83,7 +84,7 @@ def _files(spec: DeploymentSpec, policy: Policy) -> list[str]:
 def file_refusal(uri: str, roots: tuple[str, ...]) -> str | None:
     """Why a file:// URI may not be read, or None (also for other schemes)."""
     parts = urlsplit(uri)
-    if parts.scheme != "file":
+    if parts.scheme != schemes.FILE:
         return None
     if parts.netloc not in ("", "localhost"):
         return "a file:// URI names a local path (file:///path), not a host"

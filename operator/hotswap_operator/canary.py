@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from hotswap_contract.wire import ModelConfig, PodReport, PodState, Revision, short_sha
+from hotswap_operator.context import SyncContext
 from hotswap_operator.reasons import Event, EventType, Phase, Reason
 from hotswap_operator.revisions import (
     Plan,
@@ -37,6 +38,7 @@ from hotswap_operator.revisions import (
     numbered,
     record,
     revision_from_spec,
+    settled,
     with_history,
 )
 from hotswap_operator.spec import DeploymentSpec
@@ -62,33 +64,23 @@ def step_counts(steps: Sequence[int | str], replicas: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Rollout:
-    """Everything one evaluation looks at."""
+    """Everything one evaluation looks at: what the sync read, and the spec parsed."""
 
-    name: str
+    ctx: SyncContext
     spec: DeploymentSpec
-    status: ModelDeploymentStatus
-    current: ModelConfig | None
-    now: str
-    pods: tuple[str, ...]
 
     @property
     def digest(self) -> str:
         return self.spec.content_digest()
 
 
-def plan_canary(
-    name: str,
-    spec: DeploymentSpec,
-    status: ModelDeploymentStatus,
-    current: ModelConfig | None,
-    now: str,
-    pods: Sequence[str] = (),
-) -> Plan:
+def plan_canary(ctx: SyncContext, spec: DeploymentSpec) -> Plan:
     """The ConfigMap and status for a Canary ModelDeployment that has a stable revision."""
+    status = ctx.status
     stable = status.stable
     if stable is None:
         raise ValueError("plan_canary needs a stable revision (rollout.plan makes the first)")
-    r = Rollout(name, spec, status, current, now, tuple(sorted(pods)))
+    r = Rollout(ctx, spec)
     if r.digest == stable.digest:
         return _settled(r, stable, rollback=None, events=[])
     if status.rollback is not None and status.rollback.digest == r.digest:
@@ -104,8 +96,8 @@ def plan_canary(
 
 def _stable_revision(r: Rollout, stable: RevisionRecord) -> Revision:
     """The full stable revision: from the ConfigMap (which carries model and validation)."""
-    if r.current is not None and r.current.stable.key == stable.key:
-        return r.current.stable
+    if r.ctx.config is not None and r.ctx.config.stable.key == stable.key:
+        return r.ctx.config.stable
     checkpoint = r.spec.checkpoint.to_contract().model_copy(
         update={"uri": stable.uri, "sha256": stable.sha256}
     )
@@ -116,13 +108,13 @@ def _config(
     r: Rollout, stable: Revision, candidate: Revision | None, pods: Sequence[str]
 ) -> ModelConfig:
     desired = ModelConfig(
-        name=r.name,
+        name=r.ctx.owner.name,
         generation=0,
         stable=stable,
         candidate=candidate,
         candidatePods=tuple(pods) if candidate is not None else (),
     )
-    return numbered(desired, r.current, r.status)
+    return numbered(desired, r.ctx.config, r.ctx.status)
 
 
 def _settled(
@@ -130,19 +122,7 @@ def _settled(
 ) -> Plan:
     """No rollout in progress: every pod serves stable."""
     config = _config(r, _stable_revision(r, stable), None, ())
-    status = r.status.model_copy(
-        update={
-            "stable": stable,
-            "candidate": None,
-            "candidate_pods": None,
-            "canary": None,
-            "rollback": rollback,
-            "revision": stable.revision,
-            "checkpoint": short_sha(stable.sha256),
-            "config_generation": config.generation,
-            "history": r.status.history or (stable,),
-        }
-    )
+    status = settled(r.ctx.status, stable, config, r.ctx.status.history or (stable,), rollback)
     return Plan(config=config, status=status, events=events)
 
 
@@ -150,21 +130,21 @@ def _settled(
 
 
 def _start(r: Rollout, stable: RevisionRecord) -> Plan:
-    written = r.current.candidate if r.current is not None else None
-    number = next_number(r.spec, r.status, r.current, written)
-    ref = record(r.spec, number, r.now)
+    written = r.ctx.config.candidate if r.ctx.config is not None else None
+    number = next_number(r.spec, r.ctx.status, r.ctx.config, written)
+    ref = record(r.spec, number, r.ctx.now)
     steps = step_counts(r.spec.rollout.steps, r.spec.replicas)
     state = CanaryState(
-        revision=number, step=1, steps=steps, stepStartedAt=r.now, paused=r.spec.rollout.paused
+        revision=number, step=1, steps=steps, stepStartedAt=r.ctx.now, paused=r.spec.rollout.paused
     )
-    named = choose(r.pods, r.status.candidate_pods or (), steps[0])
+    named = choose(r.ctx.live_pods, r.ctx.status.candidate_pods or (), steps[0])
     plan = _running(r, stable, ref, state, named)
     where = (
         f"canary step 1 of {len(steps)} on {names(named)}; "
         f"the other pods keep revision {stable.revision}"
     )
     event = Event(EventType.NORMAL, Reason.REVISION_CREATED, announce(ref, where))
-    status = plan.status.model_copy(update={"history": with_history(r.status, ref)})
+    status = plan.status.model_copy(update={"history": with_history(r.ctx.status, ref)})
     return Plan(config=plan.config, status=status, events=[event])
 
 
@@ -185,7 +165,7 @@ def _running(
 ) -> Plan:
     candidate = revision_from_spec(r.spec, ref.revision)
     config = _config(r, _stable_revision(r, stable), candidate, named)
-    status = r.status.model_copy(
+    status = r.ctx.status.model_copy(
         update={
             "stable": stable,
             "candidate": ref,
@@ -204,10 +184,10 @@ def _running(
 
 
 def _progress(r: Rollout, stable: RevisionRecord, ref: RevisionRecord, state: CanaryState) -> Plan:
-    named = choose(r.pods, r.status.candidate_pods or (), state.steps[state.step - 1])
+    named = choose(r.ctx.live_pods, r.ctx.status.candidate_pods or (), state.steps[state.step - 1])
     if state.halted:
         return _running(r, stable, ref, state, named)
-    reports = _reports(r.status)
+    reports = _reports(r.ctx.status)
     failure = _failure(named, reports, ref)
     if failure is None and not r.spec.rollout.paused:
         failure = _timed_out(r, state, named, reports, ref)
@@ -216,7 +196,7 @@ def _progress(r: Rollout, stable: RevisionRecord, ref: RevisionRecord, state: Ca
     if r.spec.rollout.paused:
         return _running(r, stable, ref, state.model_copy(update={"paused": True}), named)
     if state.paused:  # resumed: the step clock starts again
-        state = state.model_copy(update={"paused": False, "step_started_at": r.now})
+        state = state.model_copy(update={"paused": False, "step_started_at": r.ctx.now})
     if not _step_done(named, reports, ref, state):
         return _running(r, stable, ref, state, named)
     if state.step == len(state.steps):
@@ -274,7 +254,7 @@ def _timed_out(
     ref: RevisionRecord,
 ) -> tuple[str, str] | None:
     limit = r.spec.rollout.step_timeout_seconds
-    if state.paused or _seconds_between(state.step_started_at, r.now) <= limit:
+    if state.paused or _seconds_between(state.step_started_at, r.ctx.now) <= limit:
         return None
     behind = [p for p in named if not _serves(reports.get(p), ref)] or list(named)
     states = ", ".join(
@@ -304,8 +284,8 @@ def _advance(
     state: CanaryState,
     named: Sequence[str],
 ) -> Plan:
-    nxt = state.model_copy(update={"step": state.step + 1, "step_started_at": r.now})
-    more = choose(r.pods, named, nxt.steps[nxt.step - 1])
+    nxt = state.model_copy(update={"step": state.step + 1, "step_started_at": r.ctx.now})
+    more = choose(r.ctx.live_pods, named, nxt.steps[nxt.step - 1])
     plan = _running(r, stable, ref, nxt, more)
     event = Event(
         EventType.NORMAL,
@@ -318,18 +298,7 @@ def _advance(
 
 def _promote(r: Rollout, ref: RevisionRecord, named: Sequence[str]) -> Plan:
     config = _config(r, revision_from_spec(r.spec, ref.revision), None, ())
-    status = r.status.model_copy(
-        update={
-            "stable": ref,
-            "candidate": None,
-            "candidate_pods": None,
-            "canary": None,
-            "rollback": None,
-            "revision": ref.revision,
-            "checkpoint": short_sha(ref.sha256),
-            "config_generation": config.generation,
-        }
-    )
+    status = settled(r.ctx.status, ref, config, r.ctx.status.history)
     event = Event(
         EventType.NORMAL,
         Reason.PROMOTED,
@@ -358,7 +327,7 @@ def _fail(
         stable=stable.revision,
         pod=pod,
         reason=why,
-        rolledBackAt=r.now,
+        rolledBackAt=r.ctx.now,
     )
     event = Event(
         EventType.WARNING,

@@ -17,9 +17,24 @@ from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.resources import Owner
 from hotswap_operator.status import ModelDeploymentStatus
-from hotswap_operator.summary import PodInfo
 
 Applied = tuple[str, int]  # (uid, generation) whose children this process applied
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """What the operator keeps of one runtime pod (from its watch of pods)."""
+
+    name: str
+    ready: bool
+    terminating: bool = False
+
+    @classmethod
+    def from_pod(cls, pod: Mapping[str, Any]) -> PodInfo:
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        meta = pod.get("metadata") or {}
+        return cls(meta["name"], ready, bool(meta.get("deletionTimestamp")))
 
 
 @dataclass(frozen=True)

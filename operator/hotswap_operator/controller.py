@@ -22,12 +22,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hotswap_operator import resources
-from hotswap_operator.context import Applied
-from hotswap_operator.kube import ChildConflictError, ConflictError, KubeError
+from hotswap_operator.context import Applied, PodInfo
+from hotswap_operator.errors import PermanentError, SyncError
+from hotswap_operator.kube import ConflictError, KubeError
 from hotswap_operator.metrics import Metrics
 from hotswap_operator.reasons import Reason
-from hotswap_operator.spec import SpecError
-from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer, SyncResult
 from hotswap_operator.workqueue import WorkQueue
 
@@ -197,30 +196,25 @@ class Controller:
         running.add_done_callback(self._running.discard)
         try:
             result = await asyncio.shield(running)
-        except ConflictError:  # changed since it was read: read again
-            self._failed(key, "Conflict", delay=None)
-            return None
-        except ChildConflictError as exc:  # may clear up when the other object goes
-            self._failed(key, "ChildConflict", delay=exc.retry_seconds)
-            return None
-        except SpecError:  # recorded in status; the next spec change syncs again
-            self._failed(key, "InvalidSpec", delay=-1)
-            return None
-        except KubeError as exc:
-            log.warning("sync of %s/%s: %s", *key, exc)
-            self._failed(key, "ApiError", delay=None)
+        except SyncError as exc:
+            self._failed(key, exc)
             return None
         finally:
             self.metrics.sync_seconds.observe(time.monotonic() - started)
         self._succeeded(key, result)
         return result
 
-    def _failed(self, key: Key, reason: str, delay: float | None) -> None:
-        self.metrics.sync_errors.labels(reason).inc()
-        if delay is None:
+    def _failed(self, key: Key, exc: SyncError) -> None:
+        """Count the failure and sync again when `exc` says (errors.py)."""
+        self.metrics.sync_errors.labels(exc.reason).inc()
+        if isinstance(exc, KubeError) and not isinstance(exc, ConflictError):
+            log.warning("sync of %s/%s: %s", *key, exc)  # not in status, not routine
+        if isinstance(exc, PermanentError):
+            return
+        if exc.delay is None:
             self.queue.retry(key)
-        elif delay >= 0:
-            self.queue.add_after(key, delay)
+        else:
+            self.queue.add_after(key, exc.delay)
 
     def _succeeded(self, key: Key, result: SyncResult) -> None:
         self.queue.forget(key)

@@ -23,12 +23,12 @@ import kopf
 
 from hotswap_contract.wire import API_GROUP, API_VERSION, PLURAL, REPLICA_PLURAL
 from hotswap_operator import config, resources
+from hotswap_operator.context import PodInfo
 from hotswap_operator.controller import Controller, Key, Report
 from hotswap_operator.events import EventRecorder
 from hotswap_operator.kube import Kube, Permission, load_api_client
 from hotswap_operator.leader import LeaderElector, Timing
 from hotswap_operator.metrics import Metrics
-from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer
 
 MD = (API_GROUP, API_VERSION, PLURAL)

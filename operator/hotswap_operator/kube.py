@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from hotswap_contract.wire import API_GROUP, API_VERSION, PLURAL, configmap_name
+from hotswap_operator.errors import SyncError
 from hotswap_operator.resources import (
     MANAGER,
     Manifest,
@@ -20,7 +21,6 @@ from hotswap_operator.resources import (
     holder,
     left_by_predecessor,
 )
-from hotswap_operator.spec import SpecError
 
 Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
 PERMISSIONS: set[Permission] = set()
@@ -54,8 +54,10 @@ def requires(*permissions: Permission) -> Callable[[F], F]:
     return lambda fn: fn
 
 
-class KubeError(RuntimeError):
+class KubeError(SyncError, RuntimeError):
     """An API call failed; `status` is the HTTP code (0 when none came back)."""
+
+    reason = "ApiError"
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -63,13 +65,18 @@ class KubeError(RuntimeError):
 
 
 class ConflictError(KubeError):
-    """A write's precondition failed (HTTP 409): the object changed since it was read."""
+    """A write's precondition failed (HTTP 409): the object changed since it was read
+    (the sync reads it again)."""
+
+    reason = "Conflict"
 
 
-class ChildConflictError(SpecError):
-    """A child's name is taken by an object this ModelDeployment does not own."""
+class ChildConflictError(SyncError):
+    """A child's name is taken by an object this ModelDeployment does not own (recorded
+    in status); it may clear up when that object goes."""
 
-    retry_seconds = 30.0
+    reason = "ChildConflict"
+    delay = 30.0
 
 
 def load_api_client() -> Any:

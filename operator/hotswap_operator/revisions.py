@@ -4,7 +4,8 @@ A revision is a numbered (model, checkpoint, validation). The same content keeps
 number; new content gets one above every number known (status and the current
 ConfigMap, so a crash between the two writes is adopted, not renumbered). A `Plan` is
 what a planner returns: the `model.json` to write, the status with the planner's fields
-set, and the Events the step is worth. rollout.py (AllAtOnce and the strategy table)
+set, and the Events the step is worth; `settled` is the status of a revision every pod
+serves. rollout.py (AllAtOnce and the strategy table)
 and canary.py import this module; neither imports the other's internals.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from hotswap_contract.wire import ModelConfig, Revision, short_sha
 from hotswap_operator.reasons import Event
 from hotswap_operator.spec import DeploymentSpec
-from hotswap_operator.status import ModelDeploymentStatus, RevisionRecord
+from hotswap_operator.status import ModelDeploymentStatus, RevisionRecord, Rollback
 
 HISTORY_LIMIT = 10
 
@@ -104,6 +105,30 @@ def with_history(status: ModelDeploymentStatus, ref: RevisionRecord) -> tuple[Re
     """status.history with `ref` last (replacing an entry of the same number)."""
     entries = [h for h in status.history or () if h.revision != ref.revision]
     return (*entries, ref)[-HISTORY_LIMIT:]
+
+
+def settled(
+    status: ModelDeploymentStatus,
+    stable: RevisionRecord,
+    config: ModelConfig,
+    history: tuple[RevisionRecord, ...] | None,
+    rollback: Rollback | None = None,
+) -> ModelDeploymentStatus:
+    """`status` settled at revision `stable`: every pod serves it (no candidate, no
+    canary step), `config` its model.json, with `history` and `rollback` as given."""
+    return status.model_copy(
+        update={
+            "stable": stable,
+            "candidate": None,
+            "candidate_pods": None,
+            "canary": None,
+            "rollback": rollback,
+            "revision": stable.revision,
+            "checkpoint": short_sha(stable.sha256),
+            "config_generation": config.generation,
+            "history": history,
+        }
+    )
 
 
 def names(pods: Sequence[str]) -> str:

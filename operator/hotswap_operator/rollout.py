@@ -8,10 +8,11 @@ that fails it keeps serving its previous revision. Canary is canary.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from hotswap_contract.wire import ModelConfig, short_sha
+from hotswap_contract.wire import ModelConfig
 from hotswap_operator import canary
+from hotswap_operator.context import SyncContext
 from hotswap_operator.reasons import Event, EventType, Reason
 from hotswap_operator.revisions import (
     Plan,
@@ -20,25 +21,17 @@ from hotswap_operator.revisions import (
     numbered,
     record,
     revision_from_spec,
+    settled,
     with_history,
 )
 from hotswap_operator.spec import DeploymentSpec, SpecError
-from hotswap_operator.status import ModelDeploymentStatus
 
-Planner = Callable[
-    [str, DeploymentSpec, ModelDeploymentStatus, ModelConfig | None, str, Sequence[str]], Plan
-]
+Planner = Callable[[SyncContext, DeploymentSpec], Plan]
 
 
-def plan_all_at_once(
-    name: str,
-    spec: DeploymentSpec,
-    status: ModelDeploymentStatus,
-    current: ModelConfig | None,
-    now: str,
-    pods: Sequence[str] = (),
-) -> Plan:
+def plan_all_at_once(ctx: SyncContext, spec: DeploymentSpec) -> Plan:
     """Every pod takes the spec's revision; it becomes stable immediately."""
+    status, current = ctx.status, ctx.config
     previous = status.stable
     if previous is not None and previous.digest == spec.content_digest():
         number, new = previous.revision, False
@@ -46,25 +39,14 @@ def plan_all_at_once(
         written = current.stable if current is not None else None
         number, new = next_number(spec, status, current, written), True
     config = numbered(
-        ModelConfig(name=name, generation=0, stable=revision_from_spec(spec, number)),
+        ModelConfig(name=ctx.owner.name, generation=0, stable=revision_from_spec(spec, number)),
         current,
         status,
     )
-    created = previous.created_at if not new and previous is not None else now
+    created = previous.created_at if not new and previous is not None else ctx.now
     ref = record(spec, number, created)
-    planned = status.model_copy(
-        update={
-            "stable": ref,
-            "candidate": None,
-            "candidate_pods": None,
-            "canary": None,
-            "rollback": None,
-            "revision": number,
-            "checkpoint": short_sha(spec.checkpoint.sha256),
-            "config_generation": config.generation,
-            "history": with_history(status, ref) if new else status.history or (ref,),
-        }
-    )
+    history = with_history(status, ref) if new else status.history or (ref,)
+    planned = settled(status, ref, config, history)
     events = []
     if new:
         message = announce(ref, "rolling out to all pods")
@@ -78,21 +60,14 @@ STRATEGIES: dict[str, Planner] = {
 }
 
 
-def plan(
-    name: str,
-    spec: DeploymentSpec,
-    status: ModelDeploymentStatus,
-    current: ModelConfig | None,
-    now: str,
-    pods: Sequence[str] = (),
-) -> Plan:
-    """The plan of `spec`'s strategy; `pods` are the live runtime pods' names."""
+def plan(ctx: SyncContext, spec: DeploymentSpec) -> Plan:
+    """The plan of `spec`'s strategy for what `ctx` read."""
     planner = STRATEGIES.get(spec.rollout.strategy)
     if planner is None:
         raise SpecError(
-            f"ModelDeployment {name}: spec.rollout.strategy {spec.rollout.strategy} is not "
-            f"supported by this operator version; use one of {', '.join(STRATEGIES)}"
+            f"ModelDeployment {ctx.owner.name}: spec.rollout.strategy {spec.rollout.strategy} "
+            f"is not supported by this operator version; use one of {', '.join(STRATEGIES)}"
         )
-    if status.stable is None:  # nothing to compare a canary against: stable at once
+    if ctx.status.stable is None:  # nothing to compare a canary against: stable at once
         planner = plan_all_at_once
-    return planner(name, spec, status, current, now, pods)
+    return planner(ctx, spec)

@@ -25,13 +25,16 @@ from hotswap_contract.wire import (
     ModelSpec,
     Validation,
 )
+from hotswap_operator.errors import PermanentError
 
 Strategy = Literal["AllAtOnce", "Canary"]
 Device = Literal["auto", "cuda", "cpu"]
 
 
-class SpecError(ValueError):
+class SpecError(PermanentError, ValueError):
     """The spec can never work as written; the message names the field and the fix."""
+
+    reason = "InvalidSpec"
 
 
 class _Spec(BaseModel):

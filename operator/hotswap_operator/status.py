@@ -12,12 +12,13 @@ A `status.pods` map left by an older version is removed by the next write.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hotswap_contract.wire import PodReport
-from hotswap_operator.reasons import ConditionType, Phase
+from hotswap_operator.reasons import ConditionType, Phase, Reason
 
 
 class _Status(BaseModel):
@@ -82,6 +83,16 @@ class Condition(_Status):
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
 
 
+@dataclass(frozen=True)
+class ConditionValue:
+    """A condition as a sync decides it; `set_condition` stamps the times."""
+
+    type: ConditionType
+    status: bool
+    reason: Reason
+    message: str
+
+
 class ModelDeploymentStatus(_Status):
     """Everything under `status`. None means absent (removed by a merge patch)."""
 
@@ -141,6 +152,27 @@ class ModelDeploymentStatus(_Status):
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)
+
+
+def set_condition(
+    status: ModelDeploymentStatus, value: ConditionValue, now: str, generation: int
+) -> ModelDeploymentStatus:
+    """`status` with its condition of `value.type` set to `value`, last in the list
+    (argo-rollouts' SetRolloutCondition): lastTransitionTime stays when the status does
+    not change, else it is `now`."""
+    flag: Literal["True", "False"] = "True" if value.status else "False"
+    before = status.condition(value.type)
+    since = before.last_transition_time if before is not None and before.status == flag else None
+    condition = Condition(
+        type=value.type,
+        status=flag,
+        reason=value.reason,
+        message=value.message,
+        lastTransitionTime=since or now,
+        observedGeneration=generation,
+    )
+    others = tuple(c for c in status.conditions if c.type != value.type)
+    return status.model_copy(update={"conditions": (*others, condition)})
 
 
 OWNED_FIELDS = tuple(

@@ -4,9 +4,10 @@ worth posting for what changed.
 Runtime pods report in their own ModelReplica objects (contract.PodReport). From those
 reports and the live pods (the controller's caches), `summarize` computes replica
 counts, the printable UPDATED / READY strings, the phase, the Ready / Progressing /
-Degraded conditions and the first few failing pods; `apply` sets them on a status,
-moving a condition's lastTransitionTime only when it flips. Whatever N, what it writes
-is bounded: messages and `failures` name at most MAX_FAILURES pods.
+Degraded conditions and the first few failing pods; `apply` sets them on a status
+(`status.set_condition`: a condition's lastTransitionTime moves only when it flips).
+Whatever N, what it writes is bounded: messages and `failures` name at most
+MAX_FAILURES pods.
 `transition_events` and `pod_events` say which changes deserve an Event.
 """
 
@@ -14,40 +15,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
 
 from hotswap_contract.redact import clip
 from hotswap_contract.wire import PodReport, PodState, short_sha
 from hotswap_operator import canary
+from hotswap_operator.context import PodInfo
 from hotswap_operator.reasons import ConditionType, Event, EventType, Phase, Reason
 from hotswap_operator.status import (
     MAX_FAILURES,
-    Condition,
+    ConditionValue,
     ModelDeploymentStatus,
     PodFailure,
     RevisionRecord,
+    set_condition,
 )
 
 C = ConditionType
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    """What the operator keeps of one runtime pod (from its watch of pods)."""
-
-    name: str
-    ready: bool
-    terminating: bool = False
-
-    @classmethod
-    def from_pod(cls, pod: Mapping[str, Any]) -> PodInfo:
-        conditions = (pod.get("status") or {}).get("conditions") or []
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-        meta = pod.get("metadata") or {}
-        return cls(meta["name"], ready, bool(meta.get("deletionTimestamp")))
-
-
-ConditionValue = tuple[ConditionType, bool, Reason, str]  # (type, status, reason, message)
 
 
 @dataclass(frozen=True)
@@ -188,9 +171,9 @@ def _summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodIn
             phase, reason = (Phase.FAILED, Reason.INVALID_SPEC)
         message = status.error or "waiting for the operator to write revision 1"
         conditions = (
-            (C.READY, False, reason, message),
-            (C.PROGRESSING, not status.error, reason, message),
-            (C.DEGRADED, bool(status.error), reason, message),
+            ConditionValue(C.READY, False, reason, message),
+            ConditionValue(C.PROGRESSING, not status.error, reason, message),
+            ConditionValue(C.DEGRADED, bool(status.error), reason, message),
         )
         return Summary(len(live), ready, 0, desired, phase, conditions)
     reports = status.reports()
@@ -220,14 +203,14 @@ def _summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodIn
     if shown is not None:
         return _canary_summary(base, counts, shown)
     conditions = (
-        (C.READY, phase is Phase.READY, _READY_REASONS[phase], counts),
-        (
+        ConditionValue(C.READY, phase is Phase.READY, _READY_REASONS[phase], counts),
+        ConditionValue(
             C.PROGRESSING,
             phase in (Phase.PENDING, Phase.PROGRESSING),
             _PROGRESS_REASONS[phase],
             failed_msg or waiting if phase is not Phase.READY else counts,
         ),
-        (
+        ConditionValue(
             C.DEGRADED,
             bool(failures),
             _READY_REASONS[phase] if failures else Reason.NO_FAILURES,
@@ -241,9 +224,9 @@ def _canary_summary(base: Summary, counts: str, shown: tuple[Phase, Reason, str]
     phase, reason, message = shown
     degraded = phase is Phase.DEGRADED
     conditions = (
-        (C.READY, base.phase is Phase.READY, _READY_REASONS[base.phase], counts),
-        (C.PROGRESSING, phase is Phase.PROGRESSING, reason, message),
-        (C.DEGRADED, degraded, reason if degraded else Reason.NO_FAILURES, message),
+        ConditionValue(C.READY, base.phase is Phase.READY, _READY_REASONS[base.phase], counts),
+        ConditionValue(C.PROGRESSING, phase is Phase.PROGRESSING, reason, message),
+        ConditionValue(C.DEGRADED, degraded, reason if degraded else Reason.NO_FAILURES, message),
     )
     return replace(base, phase=phase, conditions=conditions)
 
@@ -251,25 +234,9 @@ def _canary_summary(base: Summary, counts: str, shown: tuple[Phase, Reason, str]
 def apply(
     status: ModelDeploymentStatus, summary: Summary, now: str, generation: int
 ) -> ModelDeploymentStatus:
-    """`status` with the summary's counts, phase and conditions; a condition's
-    lastTransitionTime moves only when its status flips."""
-    previous = {c.type: c for c in status.conditions}
-    conditions = []
-    for kind, flag, reason, message in summary.conditions:
-        value: Literal["True", "False"] = "True" if flag else "False"
-        before = previous.get(kind)
-        same = before is not None and before.status == value
-        since = before.last_transition_time if same and before is not None else None
-        conditions.append(
-            Condition(
-                type=kind,
-                status=value,
-                reason=reason,
-                message=message,
-                lastTransitionTime=since or now,
-                observedGeneration=generation,
-            )
-        )
+    """`status` with the summary's counts, phase and conditions."""
+    for value in summary.conditions:
+        status = set_condition(status, value, now, generation)
     return status.model_copy(
         update={
             "replicas": summary.replicas,
@@ -279,7 +246,6 @@ def apply(
             "ready": f"{summary.ready_replicas}/{summary.desired}",
             "serving": summary.serving,
             "phase": summary.phase,
-            "conditions": tuple(conditions),
             "failed_replicas": summary.failed,
             "failures": summary.failures or None,
         }

@@ -29,14 +29,14 @@ from hotswap_contract.wire import ModelConfig
 from hotswap_operator import canary, resources, rollout, summary
 from hotswap_operator.admission import admit
 from hotswap_operator.config import RuntimeDefaults
-from hotswap_operator.context import Applied, SyncContext
+from hotswap_operator.context import Applied, PodInfo, SyncContext
 from hotswap_operator.events import EventRecorder
 from hotswap_operator.kube import ChildConflictError, Kube
 from hotswap_operator.reasons import Event
 from hotswap_operator.resources import Manifest
 from hotswap_operator.spec import SpecError, parse_spec
 from hotswap_operator.status import ModelDeploymentStatus, merge_patch
-from hotswap_operator.summary import PodInfo, PodMemory
+from hotswap_operator.summary import PodMemory
 
 log = logging.getLogger(__name__)
 DEADLINE_SLACK = 1.0  # sync this long after a step deadline (the timeout is "> limit")
@@ -56,7 +56,7 @@ class Decision:
     children: list[Manifest]  # every child, ConfigMap included (empty: not due)
     events: list[Event]  # plan and phase-change Events (pod Events: Syncer.memory)
     requeue_after: float | None  # seconds until the next deadline (a Canary step)
-    error: SpecError | None = None  # the spec cannot run (recorded in status)
+    error: SpecError | ChildConflictError | None = None  # why it cannot run (in status)
     retired: list[Manifest] = field(default_factory=list)  # children to delete if ours
 
 
@@ -65,7 +65,7 @@ def decide(ctx: SyncContext) -> Decision:
     try:
         spec = parse_spec(ctx.raw_spec, name=ctx.owner.name)
         admit(spec, ctx.defaults, ctx.owner.name)
-        plan = rollout.plan(ctx.owner.name, spec, ctx.status, ctx.config, ctx.now, ctx.live_pods)
+        plan = rollout.plan(ctx, spec)
         children, retired = (
             (
                 resources.children(ctx.owner, spec, ctx.defaults, plan.config),
@@ -93,7 +93,7 @@ def decide(ctx: SyncContext) -> Decision:
     )
 
 
-def refuse(ctx: SyncContext, exc: SpecError) -> Decision:
+def refuse(ctx: SyncContext, exc: SpecError | ChildConflictError) -> Decision:
     """The status saying why the spec cannot run (phase Failed); nothing else written."""
     failed = ctx.status.model_copy(
         update={"error": str(exc), "observed_generation": ctx.generation}
@@ -165,8 +165,8 @@ class Syncer:
         reports: Mapping[str, Any] | None = None,
     ) -> SyncResult:
         """One sync. Raises ConflictError when the object changed since it was read (sync
-        again), SpecError (ChildConflictError) when the spec cannot run (recorded in
-        status), KubeError when the API refuses a write."""
+        again), SpecError when the spec cannot run and ChildConflictError when a child's
+        name is taken (both recorded in status), KubeError when the API refuses a write."""
         body = self.kube.model_deployment(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.forget(namespace, name)

@@ -53,7 +53,7 @@ def measure_swaps(
     }
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(runtime_path), str(REPO)]),
+        "PYTHONPATH": os.pathsep.join([str(runtime_path), str(REPO / "contract"), str(REPO)]),
         "OMP_NUM_THREADS": "1",
     }
     done = subprocess.run(

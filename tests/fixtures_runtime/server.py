@@ -106,7 +106,14 @@ def start_runtime(
     full_env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO / "runtime"), str(REPO), os.environ.get("PYTHONPATH")) if p
+            p
+            for p in (
+                str(REPO / "runtime"),
+                str(REPO / "contract"),
+                str(REPO),
+                os.environ.get("PYTHONPATH"),
+            )
+            if p
         ),
         "HOTSWAP_MODEL_NAME": model,
         "HOTSWAP_HOST": "127.0.0.1",

@@ -31,6 +31,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from hotswap_contract import schemes
 from hotswap_contract.policy import DEFAULT_FILE_ROOTS
 from hotswap_contract.redact import redact_uri
 from hotswap_contract.wire import Checkpoint, short_sha
@@ -54,7 +55,6 @@ from hotswap_runtime.errors import FetchError, FetchRefused, IntegrityError, Sup
 from hotswap_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
-REMOTE_SCHEMES = ("http", "https", "s3")  # read on the fetch loop; shards two at a time
 MAX_MANIFESTS_KNOWN = 64  # manifests whose shards eviction spares while they are protected
 
 
@@ -180,7 +180,7 @@ class CheckpointStore:
         bound by the disk, one after another). The first shard to fail stops the others;
         its error is raised once every download has returned (and removed its temp file)."""
         shards = manifest.shards
-        remote = urlsplit(shards[0].checkpoint.uri).scheme in REMOTE_SCHEMES
+        remote = urlsplit(shards[0].checkpoint.uri).scheme in schemes.REMOTE
         stop = _Stop(cancelled or _never)
         with ThreadPoolExecutor(
             FILES_IN_FLIGHT if remote else 1, thread_name_prefix="hotswap-shard"
@@ -267,11 +267,11 @@ class CheckpointStore:
     def _copy(self, checkpoint: Checkpoint, sink: Sink, cancelled: Callable[[], bool]) -> None:
         uri, shown = checkpoint.uri, sink.shown
         scheme = urlsplit(uri).scheme
-        if scheme == "file":
+        if scheme == schemes.FILE:
             copy_file(uri, self.file_roots, sink, cancelled)
             return
-        if scheme not in REMOTE_SCHEMES:
-            raise FetchRefused(f"checkpoint {shown}: only file, http, https and s3 URIs are read")
+        if scheme not in schemes.REMOTE:  # read on the fetch loop
+            raise FetchRefused(f"checkpoint {shown}: only {schemes.LISTED} URIs are read")
         opened = self._open_remote(checkpoint, scheme)
         self._loop.run(lambda: pump(opened, sink, self.net), cancelled, shown)
 

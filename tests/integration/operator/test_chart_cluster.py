@@ -30,8 +30,8 @@ from devcluster.rest import ApiError
 from devcluster.waiting import wait_for
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import RuntimeDefaults
+from hotswap_operator.context import SyncContext
 from hotswap_operator.spec import parse_spec
-from hotswap_operator.status import ModelDeploymentStatus
 
 REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "crds" / "modeldeployment.yaml"
@@ -157,6 +157,12 @@ def test_a_broken_manifest_fails_the_validation(cluster, helm_bin, crd_installed
     assert done.returncode != 0 and "cidr" in done.stderr
 
 
+def new_object() -> SyncContext:
+    """What the first sync of ModelDeployment m reads: nothing written yet."""
+    body = {"metadata": {"name": "m", "namespace": "team-a", "uid": "uid", "resourceVersion": "1"}}
+    return SyncContext.build(body, None, (), RuntimeDefaults(), "2026-01-01T00:00:00Z", None)
+
+
 def spec_variants():
     base = {
         "model": {"architecture": "torchvision/resnet18", "inputShape": [3, 8, 8]},
@@ -192,7 +198,7 @@ def test_every_object_the_operator_builds_passes_the_api_servers_validation(
 ):
     raw = spec_variants()[variant]
     spec = parse_spec(raw)
-    plan = rollout.plan("m", spec, ModelDeploymentStatus(), None, "2026-01-01T00:00:00Z")
+    plan = rollout.plan(new_object(), spec)
     defaults = RuntimeDefaults.model_validate(
         {
             "gpu": {"enabled": gpu},
@@ -374,7 +380,7 @@ def test_kubeconform_accepts_every_object_the_operator_builds(
 ):
     raw = spec_variants()[variant]
     spec = parse_spec(raw)
-    plan = rollout.plan("m", spec, ModelDeploymentStatus(), None, "2026-01-01T00:00:00Z")
+    plan = rollout.plan(new_object(), spec)
     children = resources.children(
         resources.Owner("m", "team-a", "uid"), spec, RuntimeDefaults(), plan.config
     )

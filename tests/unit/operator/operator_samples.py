@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
+from hotswap_contract.wire import ModelConfig
+from hotswap_operator.config import RuntimeDefaults
+from hotswap_operator.context import PodInfo, SyncContext
+from hotswap_operator.resources import Owner
 from hotswap_operator.status import ModelDeploymentStatus
 
 SHA_A = "a" * 64
@@ -71,3 +76,30 @@ def with_reports(status: ModelDeploymentStatus, pods: dict[str, Any]) -> ModelDe
 
 def typed(raw: dict[str, Any]) -> ModelDeploymentStatus:
     return ModelDeploymentStatus.from_raw(raw)
+
+
+def sync_context(
+    status: ModelDeploymentStatus | None = None,
+    config: ModelConfig | None = None,
+    now: str = "2026-01-01T00:00:00Z",
+    pods: Sequence[str] = (),
+    name: str = "resnet",
+) -> SyncContext:
+    """What a sync of ModelDeployment `name` would read: `status` (the pods' reports in
+    its `pods`), `config` as model.json and the live, ready runtime pods `pods`."""
+    return SyncContext(
+        owner=Owner(name=name, namespace="ml", uid="uid-1"),
+        body={},
+        resource_version="1",
+        generation=1,
+        raw_spec={},
+        raw_status={},
+        status=status or ModelDeploymentStatus(),
+        config=config,
+        config_uid=None,
+        config_holder=None,
+        pods=tuple(PodInfo(pod, ready=True) for pod in pods),
+        defaults=RuntimeDefaults(),
+        now=now,
+        children_due=False,
+    )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from operator_samples import sync_context
 
 from devcluster import kubelint
 from devcluster.helm import template
@@ -66,7 +67,7 @@ def operator_children(replicas=1, gpu=True):
         "runtime": {"env": [{"name": "HOTSWAP_LOG_LEVEL", "value": "debug"}]},
     }
     spec = parse_spec(raw)
-    plan = rollout.plan("m", spec, ModelDeploymentStatus(), None, "2026-01-01T00:00:00Z")
+    plan = rollout.plan(sync_context(ModelDeploymentStatus(), name="m"), spec)
     defaults = RuntimeDefaults.model_validate(
         {
             # the chart's defaults (values.yaml runtime.resources)

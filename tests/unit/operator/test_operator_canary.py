@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from operator_samples import SHA_A, SHA_B, SPEC, report
+from operator_samples import SHA_A, SHA_B, SPEC, report, sync_context
 
 from hotswap_operator import canary, rollout, summary
+from hotswap_operator.context import PodInfo
 from hotswap_operator.reasons import Phase
 from hotswap_operator.spec import parse_spec
 from hotswap_operator.status import ModelDeploymentStatus
@@ -45,7 +46,8 @@ class World:
         return self.status.to_raw()
 
     def plan(self, spec, now=T0):
-        p = rollout.plan("md", parse_spec(spec), self.status, self.config, now, self.pods)
+        ctx = sync_context(self.status, self.config, now, self.pods, name="md")
+        p = rollout.plan(ctx, parse_spec(spec))
         self.status = p.status
         self.config = p.config
         self.events += p.events
@@ -240,11 +242,11 @@ def test_a_failure_after_rollback_of_a_different_revision_starts_fresh(world):
 
 
 def conditions(summary):
-    return {kind: (flag, reason, message) for kind, flag, reason, message in summary.conditions}
+    return {c.type: (c.status, c.reason, c.message) for c in summary.conditions}
 
 
 def test_status_shows_the_step_then_the_rollback(world):
-    pods = [summary.PodInfo(p, ready=True) for p in PODS]
+    pods = [PodInfo(p, ready=True) for p in PODS]
     world.plan(canary_spec(SHA_B))
     during = summary.summarize(4, world.status, pods)
     assert during.phase == "Progressing"

@@ -8,12 +8,12 @@ import asyncio
 from collections import deque
 from types import SimpleNamespace
 
+from hotswap_operator.context import PodInfo
 from hotswap_operator.controller import Controller
 from hotswap_operator.kube import ChildConflictError, ConflictError, KubeError
 from hotswap_operator.metrics import Metrics
 from hotswap_operator.reasons import Event, EventType, Reason
 from hotswap_operator.spec import SpecError
-from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import SyncResult
 
 KEY = ("ml", "resnet")

@@ -1,10 +1,12 @@
 """The CRD is the one schema: it must agree with contract.py and the chart's copy."""
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from hotswap_contract import schemes
 from hotswap_contract import wire as contract
 
 REPO = Path(__file__).resolve().parents[3]
@@ -55,6 +57,21 @@ def test_patterns_match_the_contract(version):
     assert props(spec, "replicas")["minimum"] == 0
     assert props(spec, "rollout", "strategy")["enum"] == ["AllAtOnce", "Canary"]
     assert props(spec, "runtime", "device")["enum"] == ["auto", "cuda", "cpu"]
+
+
+def test_every_uri_pattern_accepts_exactly_the_checkpoint_schemes(version):
+    spec = props(version["schema"]["openAPIV3Schema"], "spec")
+    uris = [
+        props(spec, "checkpoint", "uri"),
+        props(spec, "validation", "input", "uri"),
+        props(spec, "validation", "expected", "uri"),
+    ]
+    assert {uri["pattern"] for uri in uris} == {contract.URI_PATTERN}
+    others = ["ftp", "gs", "hdfs", "httpss", "files", "s3a", "HTTP", ""]
+    accepted = [
+        s for s in [*schemes.SCHEMES, *others] if re.match(contract.URI_PATTERN, f"{s}://m/x")
+    ]
+    assert accepted == list(schemes.SCHEMES) == ["file", "http", "https", "s3"]
 
 
 def walk(schema, path=""):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_api import merge
-from operator_samples import SHA_A, SHA_B, SPEC, body, report
+from operator_samples import SHA_A, SHA_B, SPEC, body, report, sync_context
 
 from hotswap_operator import rollout
 from hotswap_operator.kubectl import api, edits, views
@@ -41,7 +41,8 @@ class World:
     def step(self, pods=("pod-a", "pod-b", "pod-c")):
         self.clock += 1
         now = f"2026-11-27T10:00:{self.clock:02d}+00:00"
-        plan = rollout.plan("resnet", parse_spec(self.spec), self.status, self.current, now, pods)
+        ctx = sync_context(self.status, self.current, now, pods)
+        plan = rollout.plan(ctx, parse_spec(self.spec))
         self.status, self.current = plan.status, plan.config
         return self
 

@@ -4,12 +4,11 @@ template, the ServiceAccount and an optional PodDisruptionBudget (pure builders)
 import json
 
 import pytest
-from operator_samples import SHA_B, SPEC, with_checkpoint
+from operator_samples import SHA_B, SPEC, sync_context, with_checkpoint
 
 from hotswap_operator import canary, resources, rollout
 from hotswap_operator.config import ConfigurationError, RuntimeDefaults, runtime_defaults
 from hotswap_operator.spec import SpecError, parse_spec
-from hotswap_operator.status import ModelDeploymentStatus
 
 OWNER = resources.Owner(name="resnet", namespace="ml", uid="uid-1")
 SPREAD = {
@@ -36,9 +35,7 @@ def defaults(**values):
 def children(runtime=None, chart=None, spec=SPEC, status=None):
     raw = {**spec, "runtime": {**spec.get("runtime", {}), **(runtime or {})}}
     parsed = parse_spec(raw)
-    plan = rollout.plan(
-        "resnet", parsed, status or ModelDeploymentStatus(), None, "2026-01-01T00:00:00Z"
-    )
+    plan = rollout.plan(sync_context(status), parsed)
     return {
         c["kind"]: c for c in resources.children(OWNER, parsed, chart or defaults(), plan.config)
     }, plan

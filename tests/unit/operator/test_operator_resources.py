@@ -1,14 +1,13 @@
 import json
 
 import pytest
-from operator_samples import SHA_B, SPEC, body, with_checkpoint
+from operator_samples import SHA_B, SPEC, body, sync_context, with_checkpoint
 
 from hotswap_contract.wire import CONFIG_KEY, parse_config
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import RuntimeDefaults, runtime_defaults
 from hotswap_operator.context import SyncContext
 from hotswap_operator.spec import SpecError, parse_spec
-from hotswap_operator.status import ModelDeploymentStatus
 
 OWNER = resources.Owner(name="resnet", namespace="ml", uid="uid-1")
 GPU = RuntimeDefaults()  # built-in defaults: GPU on
@@ -16,9 +15,7 @@ GPU = RuntimeDefaults()  # built-in defaults: GPU on
 
 def build(spec_raw, status=None, defaults=GPU):
     spec = parse_spec(spec_raw)
-    plan = rollout.plan(
-        "resnet", spec, status or ModelDeploymentStatus(), None, "2026-01-01T00:00:00Z"
-    )
+    plan = rollout.plan(sync_context(status), spec)
     return resources.children(OWNER, spec, defaults, plan.config), plan
 
 

@@ -1,5 +1,5 @@
 import pytest
-from operator_samples import SHA_A, SHA_B, SPEC, with_checkpoint
+from operator_samples import SHA_A, SHA_B, SPEC, sync_context, with_checkpoint
 
 from hotswap_contract.wire import ModelConfig
 from hotswap_operator import rollout
@@ -13,7 +13,7 @@ LATER = "2026-01-02T00:00:00Z"
 def step(spec_raw, status, current, now=NOW):
     """Plan once; returns the plan, the status it leaves (raw, as stored) and model.json."""
     typed = ModelDeploymentStatus.from_raw(status)
-    plan = rollout.plan("resnet", parse_spec(spec_raw), typed, current, now)
+    plan = rollout.plan(sync_context(typed, current, now), parse_spec(spec_raw))
     return plan, plan.status.to_raw(), plan.config
 
 

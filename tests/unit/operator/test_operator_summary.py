@@ -5,8 +5,14 @@ import json
 from operator_samples import SHA_A, SHA_B, report
 
 from hotswap_operator import summary
-from hotswap_operator.status import ModelDeploymentStatus, merge_patch
-from hotswap_operator.summary import PodInfo
+from hotswap_operator.context import PodInfo
+from hotswap_operator.reasons import ConditionType, Reason
+from hotswap_operator.status import (
+    ConditionValue,
+    ModelDeploymentStatus,
+    merge_patch,
+    set_condition,
+)
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:05:00Z"
@@ -163,6 +169,21 @@ def test_unchanged_status_gives_an_empty_patch_and_keeps_transition_times():
     patch = patch_for(degraded, now=LATER)
     times = {c["type"]: c["lastTransitionTime"] for c in patch["conditions"]}
     assert times == {"Ready": LATER, "Progressing": NOW, "Degraded": LATER}
+
+
+def test_set_condition_keeps_the_transition_time_until_the_status_flips():
+    ready = ConditionValue(ConditionType.READY, True, Reason.ALL_PODS_SERVING, "3/3")
+    first = set_condition(ModelDeploymentStatus(), ready, NOW, 1)
+    again = set_condition(
+        first, ConditionValue(ConditionType.READY, True, Reason.UPDATING, "2/3"), LATER, 2
+    )
+    (kept,) = again.conditions
+    assert (kept.reason, kept.message, kept.last_transition_time) == ("Updating", "2/3", NOW)
+    assert kept.observed_generation == 2
+    flipped = set_condition(
+        again, ConditionValue(ConditionType.READY, False, Reason.UPDATING, "1/3"), LATER, 2
+    )
+    assert [(c.status, c.last_transition_time) for c in flipped.conditions] == [("False", LATER)]
 
 
 def test_spec_error_is_failed_with_the_reason():

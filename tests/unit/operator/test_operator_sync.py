@@ -14,11 +14,10 @@ from fake_api import FakeApi
 from operator_samples import SHA_A, SHA_B, SPEC, report
 
 from hotswap_operator.config import RuntimeDefaults
-from hotswap_operator.context import SyncContext
+from hotswap_operator.context import PodInfo, SyncContext
 from hotswap_operator.events import EventRecorder
 from hotswap_operator.kube import ChildConflictError, ConflictError
 from hotswap_operator.spec import SpecError
-from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer, decide
 
 NS, NAME = "ml", "resnet"
