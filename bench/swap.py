@@ -44,6 +44,8 @@ from typing import Any
 
 import torch
 
+from hotswap_contract.wire import SWAP_PHASES
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import (
     LoadGenerator,
@@ -59,7 +61,7 @@ from bench._common import (
     window_figures,
 )
 
-PHASES = ("fetch", "parse", "load", "validate", "activate")
+PHASES = SWAP_PHASES
 POOL = 4
 
 

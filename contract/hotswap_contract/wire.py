@@ -46,6 +46,7 @@ HTTP_PORT = 8080  # OIP v2 REST, health probes and /metrics
 GRPC_PORT = 8081  # the KServe v2 GRPCInferenceService
 MAX_BATCH_SIZE = 1024  # spec.runtime.batching.maxBatchSize bound (CRD and runtime)
 MAX_QUEUE_DELAY_US = 1_000_000  # spec.runtime.batching.maxQueueDelayMicroseconds bound
+SWAP_PHASES = ("fetch", "parse", "load", "validate", "shadow", "activate")  # swapSeconds keys
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 URI_PATTERN = rf"^({'|'.join(SCHEMES)})://.+"  # schemes.py
 ARCHITECTURE_PATTERN = r"^(torchvision/[A-Za-z0-9_]+|python/[A-Za-z0-9_.]+:[A-Za-z0-9_]+)$"

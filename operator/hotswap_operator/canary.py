@@ -113,6 +113,7 @@ def _config(
         stable=stable,
         candidate=candidate,
         candidatePods=tuple(pods) if candidate is not None else (),
+        analysis=r.spec.analysis,
     )
     return numbered(desired, r.ctx.config, r.ctx.status)
 

@@ -39,7 +39,12 @@ def plan_all_at_once(ctx: SyncContext, spec: DeploymentSpec) -> Plan:
         written = current.stable if current is not None else None
         number, new = next_number(spec, status, current, written), True
     config = numbered(
-        ModelConfig(name=ctx.owner.name, generation=0, stable=revision_from_spec(spec, number)),
+        ModelConfig(
+            name=ctx.owner.name,
+            generation=0,
+            stable=revision_from_spec(spec, number),
+            analysis=spec.analysis,
+        ),
         current,
         status,
     )

@@ -21,6 +21,7 @@ from hotswap_contract.wire import (
     MAX_QUEUE_DELAY_US,
     SHA256_PATTERN,
     URI_PATTERN,
+    Analysis,
     Checkpoint,
     ModelSpec,
     Validation,
@@ -229,6 +230,7 @@ class DeploymentSpec(_Spec):
     model: ModelSpec
     checkpoint: CheckpointSpec
     validation: Validation | None = None
+    analysis: Analysis | None = None  # how pods judge a new revision; never in the digest
     rollout: RolloutSpec = RolloutSpec()
     runtime: RuntimeSpec = RuntimeSpec()
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hotswap_contract.wire import PodReport
+from hotswap_contract.wire import EvaluationFigures, PodReport, ShadowFigures
 from hotswap_operator.reasons import ConditionType, Phase, Reason
 
 
@@ -93,6 +93,17 @@ class ConditionValue:
     message: str
 
 
+class AnalysisStatus(_Status):
+    """The worst figures the pods report judging one revision (analysis.py)."""
+
+    revision: int
+    pods: int  # pods that reported figures for it
+    evaluation: EvaluationFigures | None = None
+    evaluation_pod: str | None = Field(default=None, alias="evaluationPod")
+    shadow: ShadowFigures | None = None
+    shadow_pod: str | None = Field(default=None, alias="shadowPod")
+
+
 class ModelDeploymentStatus(_Status):
     """Everything under `status`. None means absent (removed by a merge patch)."""
 
@@ -120,6 +131,7 @@ class ModelDeploymentStatus(_Status):
     canary: CanaryState | None = None
     rollback: Rollback | None = None
     history: tuple[RevisionRecord, ...] | None = None  # last HISTORY_LIMIT, oldest first
+    analysis: AnalysisStatus | None = None  # what judging the newest revision found
     # the live pods' own reports, from their ModelReplica objects (SyncContext.build);
     # raw, so an entry that does not parse is reported, not dropped. Never written.
     pods: dict[str, Any] = Field(default_factory=dict, exclude=True)

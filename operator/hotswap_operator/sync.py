@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hotswap_contract.wire import ModelConfig
-from hotswap_operator import canary, resources, rollout, summary
+from hotswap_operator import analysis, canary, resources, rollout, summary
 from hotswap_operator.admission import admit
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.context import Applied, PodInfo, SyncContext
@@ -114,7 +114,8 @@ def _summarized(
     ctx: SyncContext, status: ModelDeploymentStatus, desired: int
 ) -> ModelDeploymentStatus:
     result = summary.summarize(desired, status, ctx.pods)
-    return summary.apply(status, result, ctx.now, ctx.generation)
+    judged = summary.apply(status, result, ctx.now, ctx.generation)
+    return judged.model_copy(update={"analysis": analysis.summarize(judged)})
 
 
 def _seconds_until(deadline: datetime, now: str) -> float:

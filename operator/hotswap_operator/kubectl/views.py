@@ -13,12 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hotswap_contract.redact import clip, redact_uri
-from hotswap_contract.wire import KIND, PodReport, PodState, short_sha
+from hotswap_contract.wire import KIND, SWAP_PHASES, PodReport, PodState, short_sha
 from hotswap_operator.reasons import ConditionType, Phase
 from hotswap_operator.status import ModelDeploymentStatus, RevisionRecord
 
 JSON = dict[str, Any]
-PHASES = ("fetch", "parse", "load", "validate", "activate")  # the runtime's swap phases
 
 
 # ---- documents ----------------------------------------------------------------------
@@ -56,6 +55,11 @@ def status_document(
         "candidate": _record(status.candidate),
         "canary": _canary(status),
         "rollback": _rollback(status),
+        "analysis": (
+            status.analysis.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if status.analysis is not None
+            else None
+        ),
         "conditions": [
             {
                 "type": c.type.value,
@@ -264,9 +268,37 @@ def status_text(doc: Mapping[str, Any]) -> str:
             f"Rolled back:   revision {rb['revision']} to {rb['to']}: "
             f"pod {rb['pod']} {rb['reason']}"
         )
+    lines += _analysis(doc.get("analysis"))
     lines += ["Conditions:", *_indent(_conditions(doc["conditions"]))]
     lines += ["Pods:", *_indent(_pods(doc["pods"]))]
     return "\n".join(lines)
+
+
+def _analysis(found: Mapping[str, Any] | None) -> list[str]:
+    """The worst figures judging the newest revision (status.analysis), a line each."""
+    if not found:
+        return []
+    lines = []
+    if e := found.get("evaluation"):
+        serving = e.get("servingAccuracy")
+        against = (
+            f" (serving revision {e.get('servingRevision')}: {serving:.4f})"
+            if serving is not None
+            else ""
+        )
+        verdict = "passed" if e["passed"] else "refused"
+        lines.append(
+            f"Evaluation:    revision {e['revision']} {verdict}: accuracy {e['accuracy']:.4f} on "
+            f"{e['samples']} samples{against}, worst on pod {found.get('evaluationPod')}"
+        )
+    if sh := found.get("shadow"):
+        lines.append(
+            f"Shadow:        revision {sh['revision']} {sh['decision']}: "
+            f"{sh.get('disagreements', 0)} of {sh.get('samples', 0)} samples disagree by "
+            f"{sh['metric']} ({sh.get('skipped', 0)} skipped), "
+            f"worst on pod {found.get('shadowPod')}"
+        )
+    return lines
 
 
 def history_text(doc: Mapping[str, Any]) -> str:
@@ -298,7 +330,14 @@ def _conditions(conditions: Sequence[Mapping[str, Any]]) -> list[str]:
 def _pods(pods: Sequence[Mapping[str, Any]]) -> list[str]:
     if not pods:
         return ["no pod has reported yet"]
-    header = ("NAME", "REVISION", "SHA256", "STATE", *(p.upper() for p in PHASES), "LAST FAILURE")
+    header = (
+        "NAME",
+        "REVISION",
+        "SHA256",
+        "STATE",
+        *(p.upper() for p in SWAP_PHASES),
+        "LAST FAILURE",
+    )
     rows = []
     for p in pods:
         seconds = p.get("swapSeconds") or {}
@@ -308,7 +347,7 @@ def _pods(pods: Sequence[Mapping[str, Any]]) -> list[str]:
                 _n(p.get("revision")),
                 short_sha(p.get("sha256") or "") or "-",
                 _state(p),
-                *(_seconds(seconds[k]) if k in seconds else "-" for k in PHASES),
+                *(_seconds(seconds[k]) if k in seconds else "-" for k in SWAP_PHASES),
                 (p.get("message") or "-") if p["state"] in ("Failed", "Unreadable") else "-",
             )
         )

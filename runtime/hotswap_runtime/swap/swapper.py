@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from hotswap_contract.redact import clip, redact_uri
-from hotswap_contract.wire import AnalysisFigures, Revision, ShadowFigures
+from hotswap_contract.wire import SWAP_PHASES, AnalysisFigures, Revision, ShadowFigures
 from hotswap_runtime.checkpoint.finite import non_finite
 from hotswap_runtime.checkpoint.layouts import (
     Expected,
@@ -93,7 +93,7 @@ __all__ = ["PHASES", "LoadedModel", "PhaseClock", "Swapper"]
 
 log = logging.getLogger(__name__)
 
-PHASES = ("fetch", "parse", "load", "validate", "shadow", "activate")
+PHASES = SWAP_PHASES
 ROOM_FACTOR = 1.25  # free GPU memory needed for a second copy, as a multiple of its size
 DEFAULT_MAX_MODEL_BYTES = DEFAULT_MAX_CHECKPOINT_BYTES
 # what an unexpected exception in each phase is reported as

@@ -237,3 +237,41 @@ def test_arguments_like_kubectl_flags_anywhere_and_durations():
         with pytest.raises(SystemExit) as usage:
             cli.parser().parse_args(bad)
         assert usage.value.code == 2
+
+
+def test_status_shows_what_judging_the_newest_revision_found():
+    md = World().body()
+    md["status"]["analysis"] = {
+        "revision": 2,
+        "pods": 3,
+        "evaluationPod": "pod-b",
+        "evaluation": {
+            "revision": 2,
+            "samples": 200,
+            "accuracy": 0.6,
+            "servingRevision": 1,
+            "servingAccuracy": 1.0,
+            "passed": False,
+        },
+        "shadowPod": "pod-c",
+        "shadow": {
+            "revision": 2,
+            "metric": "top1",
+            "decision": "Failed",
+            "samples": 61,
+            "disagreements": 9,
+            "skipped": 2,
+        },
+    }
+    reports = ModelDeploymentStatus.from_raw(md["status"]).reports()
+    doc = views.status_document(md, reports, None)
+    assert doc["analysis"]["shadowPod"] == "pod-c"
+    text = views.status_text(doc)
+    assert (
+        "Evaluation:    revision 2 refused: accuracy 0.6000 on 200 samples (serving revision 1: "
+        "1.0000), worst on pod pod-b" in text
+    ), text
+    assert (
+        "Shadow:        revision 2 Failed: 9 of 61 samples disagree by top1 (2 skipped), "
+        "worst on pod pod-c" in text
+    ), text
