@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from devcluster.procs import source_path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -87,16 +89,7 @@ class Runtime:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True) -> None:
-        path = os.pathsep.join(
-            p
-            for p in (
-                str(REPO / "runtime"),
-                str(REPO / "contract"),
-                str(REPO),
-                os.environ.get("PYTHONPATH"),
-            )
-            if p
-        )
+        path = source_path()
         env = {
             **os.environ,
             "PYTHONPATH": path,

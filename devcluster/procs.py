@@ -180,3 +180,13 @@ def temp_root(prefix: str) -> Path:
     root = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     (root / ".owner-pid").write_text(str(os.getpid()))
     return root
+
+
+def source_path(*extra: str) -> str:
+    """A PYTHONPATH for a child Python that runs this checkout's sources (runtime,
+    contract, the repository root for devcluster's test models) before anything
+    installed, then what this process was given."""
+    repo = Path(__file__).resolve().parents[1]
+    parts = [str(repo / "runtime"), str(repo / "contract"), str(repo), *extra]
+    given = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([*parts, given] if given else parts)

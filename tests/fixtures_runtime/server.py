@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from devcluster.procs import source_path
+
 from . import hostile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,16 +107,7 @@ def start_runtime(
     log_path = workdir / f"runtime-{port}-{time.time_ns()}.log"
     full_env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            p
-            for p in (
-                str(REPO / "runtime"),
-                str(REPO / "contract"),
-                str(REPO),
-                os.environ.get("PYTHONPATH"),
-            )
-            if p
-        ),
+        "PYTHONPATH": source_path(),
         "HOTSWAP_MODEL_NAME": model,
         "HOTSWAP_HOST": "127.0.0.1",
         "HOTSWAP_PORT": str(port),
