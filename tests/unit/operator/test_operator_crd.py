@@ -266,3 +266,56 @@ def test_batching_schema_matches_the_spec_model(version):
     assert (delay["minimum"], delay["maximum"]) == (0, contract.MAX_QUEUE_DELAY_US)
     assert size["default"] == fields["max_batch_size"].default
     assert delay["default"] == fields["max_queue_delay_microseconds"].default
+
+
+SCHEMA_KEYS = {
+    "type",
+    "description",
+    "properties",
+    "items",
+    "additionalProperties",
+    "required",
+    "enum",
+    "default",
+    "format",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "nullable",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "not",
+    "example",
+    "x-kubernetes-validations",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type",
+    "x-kubernetes-embedded-resource",
+    "uniqueItems",
+    "multipleOf",
+}
+
+
+@pytest.mark.parametrize("path", [CRD_PATH, REPLICA_CRD], ids=lambda p: p.name)
+def test_every_schema_node_holds_only_schema_keywords(path):
+    """A flow mapping such as `{type: integer, description: a, b}` parses as extra keys
+    (`b`): the API server refuses the CRD (field not declared in schema)."""
+    crd = yaml.safe_load(path.read_text())
+    odd = [
+        (where, sorted(set(node) - SCHEMA_KEYS))
+        for v in crd["spec"]["versions"]
+        for where, node in walk(v["schema"]["openAPIV3Schema"])
+        if set(node) - SCHEMA_KEYS
+    ]
+    assert odd == []
