@@ -106,7 +106,7 @@ def test_an_accuracy_regression_is_refused_with_both_figures(fleet: Fleet, files
         assert figures["accuracy"] == pytest.approx(0.6) and not figures["passed"], name
         assert figures["servingAccuracy"] == 1.0 and figures["servingRevision"] == first, name
         assert report["revision"] == first, name  # still serving the previous revision
-    assert st["serving"] == first
+    assert st["serving"] == str(first)
     fleet.patch_spec({"checkpoint": files["truth-again"]})  # as good as what serves: passes
     fleet.wait_serving(first + 2, REPLICAS, timeout=240)
     for name, report in fleet.reports().items():
@@ -149,7 +149,7 @@ def test_a_shadow_refusal_under_traffic_keeps_every_answer_on_the_old_weights(
     # the same bytes with the shadow off go live (another file: a new revision)
     fleet.patch_spec({"analysis": None, "checkpoint": files["flips-again"]})
     status = fleet.wait_serving(serving + 2, REPLICAS, timeout=240)
-    assert status["serving"] == serving + 2
+    assert status["serving"] == str(serving + 2)
     with fleet.load(SHAPE, bodies=bodies(files["traffic"]["x"])) as load:
         load.all_answer(str(serving + 2))
         load.wait_answers(20)
