@@ -14,8 +14,10 @@ which a chosen share flips top-1 between the serving weights and the disagreeing
 * false refusals: ``--false-refusal-runs`` new revisions with the serving weights saved
   again (identical outputs) at ``--false-refusal-rate`` requests/s: how many were refused;
 * serving p99 with the shadow on against off in the same run: ``--p99-pairs`` pairs of a
-  window with no comparison running, then a window as long in which one runs (identical
-  weights), at ``--rate``; ``shadow_p99_ratio`` is the median of (on p99 / off p99).
+  window in which a comparison runs (identical weights; from its start, as the pod
+  reports it, to its decision: the load before it is bench/swap.py's subject), then a
+  window as long with none, at ``--rate``; ``shadow_p99_ratio`` is the median of
+  (on p99 / off p99).
 
 The last line printed is one JSON object with ``detect_s`` (median seconds by share,
 keys as given, e.g. "0.05"), ``false_refusal_runs``, ``false_refusal_rate`` and
@@ -251,9 +253,9 @@ def p99_pairs(bench: Bench, traffic: Traffic) -> dict[str, Any]:
     traffic.set(inputs(bench, 0.0), bench.args.rate)
     ratios, offs, ons = [], [], []
     for _ in range(bench.args.p99_pairs):
-        t0 = time.perf_counter()
         figures = bench.judged("serving")  # a comparison runs: shadow on
         t1 = time.perf_counter()
+        t0 = t1 - figures["seconds"]  # the comparison alone, not the load before it
         on = [1000 * (e - s) for s, e, ok in traffic.between(t0, t1) if ok]
         time.sleep(t1 - t0)  # the same time with no comparison: shadow off
         off = [1000 * (e - s) for s, e, ok in traffic.between(t1, time.perf_counter()) if ok]
