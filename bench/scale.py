@@ -87,7 +87,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def checkpoint(i: int) -> JSON:
     """A checkpoint reference (never fetched: the hollow pods' stand-in does not read it)."""
     sha = hashlib.sha256(f"scale-{i}".encode()).hexdigest()
-    return {"uri": f"file:///var/tmp/hotswap-examples/scale-{i}.safetensors", "sha256": sha}
+    return {"uri": f"file:///models/scale-{i}.safetensors", "sha256": sha}
 
 
 def manifest(name: str, replicas: int, ref: JSON) -> JSON:
