@@ -6,7 +6,7 @@ CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
 KUBECONFORM := .cache/bin/kubeconform
 
-.PHONY: all deps controlplane helm kubeconform crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster cluster-smoke e2e-smoke bench bench-quick bench-serving bench-large bench-peer clean
+.PHONY: all deps controlplane helm kubeconform crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster e2e-smoke bench bench-quick bench-serving bench-large bench-peer clean
 
 all: deps controlplane helm node images
 
@@ -77,11 +77,9 @@ typecheck: deps
 demo: deps controlplane helm node images
 	$(PY) scripts/demo.py
 
+# The control plane alone (no node: pods stay Pending) until Ctrl-C; prints its KUBECONFIG.
 cluster: deps controlplane
 	$(PY) -m devcluster.cluster up
-
-cluster-smoke: deps controlplane
-	$(PY) -m devcluster.smoke
 
 e2e-smoke: deps controlplane helm node images
 	@rm -f .cache/e2e-smoke.txt

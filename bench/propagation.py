@@ -1,9 +1,11 @@
 """Benchmark: time from a ModelDeployment patch to every pod serving the new revision.
 
-It starts the real control plane and a local kubelet whose ConfigMap projection delay
-is the kubelet default (each pod's volumes resync after a random 0-60 s, like kubelet's
-periodic sync), installs the chart with helm (the operator runs as a pod), and runs two
-4-replica ModelDeployments of the tiny test model side by side:
+It starts the real control plane and a real node (devcluster/node.py: kubelet,
+containerd, runc, kube-proxy) whose kubelet resyncs pods, and so updates their ConfigMap
+volumes, every ``--sync-frequency`` (kubelet's default, 1 min, unless told otherwise),
+loads the operator image and the e2e runtime image (the runtime image plus the tiny test
+model) into containerd, installs the chart with helm (the operator runs as a pod), and
+runs two ModelDeployments of ``--pods`` replicas of the tiny model side by side:
 
 * ``fast``: the runtime's API watch of its ConfigMap is on (the default);
 * ``mount_only``: ``HOTSWAP_API_WATCH=false``, so pods see a change only when the
@@ -15,18 +17,20 @@ each time) and clocks, from just before the patch, until every pod answers
 The last line printed is one JSON object with ``fast_p50_s``, ``fast_p95_s``,
 ``mount_only_p50_s``, ``pods`` and the raw times. Target: ``fast_p95_s`` < 2 s.
 
-    python bench/propagation.py [--changes 10] [--quick] [--out FILE]
+    python bench/propagation.py [--changes 10] [--quick] [--mount-changes N] [--pods 4]
+                                [--sync-frequency 1m] [--out FILE]
 
 ``--quick`` keeps 10 fast changes but measures only 3 mount-only changes (each can take
-a minute); the JSON says how many of each ran.
+a minute or more); ``--mount-changes 0`` skips the mount-only ModelDeployment. The JSON
+says how many of each ran. Needs root (the real node); one node per machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -37,30 +41,36 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, percentile, poll
 from devcluster import checkpoints, tiny
+from devcluster import node as real
 from devcluster.cluster import Cluster, ensure_binary
-from devcluster.fleet import Fleet, cpu_deployment, helm_install
-from devcluster.kubelet import LocalKubelet
+from devcluster.fleet import RUNTIME_PORT, Fleet, cpu_deployment, helm_install
+from examples.checkpoints import pod_uri
 
-PODS = 4
 POLL_S = 0.02
 HELM = REPO / ".cache" / "bin" / "helm"
+# The runtime pods run the e2e runtime image: the runtime image plus the tiny model.
+RUNTIME_SETS = (
+    f"runtime.image.repository={real.TEST_RUNTIME_IMAGE.rsplit(':', 1)[0]}",
+    f"runtime.image.tag={real.TEST_RUNTIME_IMAGE.rsplit(':', 1)[1]}",
+)
 
 
 def make_checkpoints(folder: Path) -> list[dict[str, str]]:
+    """Three checkpoints under the examples' folder, named as the pods see it (/models)."""
     refs = []
     for seed in (1, 2, 3):
         path = folder / f"v{seed}.safetensors"
-        refs.append({"uri": path.as_uri(), "sha256": checkpoints.save(tiny.weights(seed), path)})
+        refs.append({"uri": pod_uri(path), "sha256": checkpoints.save(tiny.weights(seed), path)})
     return refs
 
 
-def manifest(name: str, checkpoint: dict[str, str], api_watch: bool) -> dict[str, Any]:
+def manifest(name: str, pods: int, checkpoint: dict[str, str], api_watch: bool) -> dict[str, Any]:
     env = [{"name": "HOTSWAP_TORCH_THREADS", "value": "1"}]
     if not api_watch:
         env.append({"name": "HOTSWAP_API_WATCH", "value": "false"})
     return cpu_deployment(
         name,
-        PODS,
+        pods,
         tiny.ARCHITECTURE,
         [tiny.FEATURES],
         checkpoint,
@@ -97,7 +107,7 @@ def one_change(
 
     poll(done, timeout, f"{fleet.name}: every pod on revision {revision}", POLL_S)
     total = time.perf_counter() - start
-    fleet.wait_serving(revision, PODS, timeout=60)  # status settled before the next change
+    fleet.wait_serving(revision, len(urls), timeout=60)  # status settled before the next change
     return round(written[0] or total, 3), round(total, 3)
 
 
@@ -105,7 +115,7 @@ def measure(
     fleet: Fleet, refs: list[dict[str, str]], changes: int, timeout: float
 ) -> tuple[list[float], list[float]]:
     """Per change: seconds to the ConfigMap write and to every pod serving the revision."""
-    urls = [f"http://{p['status']['podIP']}:8080/v2/models/{fleet.name}" for p in fleet.pods()]
+    urls = [f"http://{ip}:{RUNTIME_PORT}/v2/models/{fleet.name}" for ip in fleet.pod_ips()]
     written, served = [], []
     with httpx.Client() as http:
         for i in range(changes):
@@ -118,41 +128,52 @@ def measure(
     return written, served
 
 
-def deploy(fleet: Fleet, ref: dict[str, str], api_watch: bool) -> None:
-    fleet.apply(manifest(fleet.name, ref, api_watch))
-    fleet.wait_serving(1, PODS, timeout=300)
+def deploy(fleet: Fleet, pods: int, ref: dict[str, str], api_watch: bool) -> None:
+    fleet.apply(manifest(fleet.name, pods, ref, api_watch))
+    fleet.wait_serving(1, pods, timeout=600)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     mount_changes = args.mount_changes if args.mount_changes is not None else args.changes
     if args.quick and args.mount_changes is None:
         mount_changes = 3
-    with tempfile.TemporaryDirectory(prefix="bench-", dir=checkpoints.local_root()) as tmp:
-        refs = make_checkpoints(Path(tmp))
+    real.ensure_binaries()
+    real.ensure_images()
+    folder = checkpoints.local_folder("bench-propagation")
+    try:
+        refs = make_checkpoints(folder)
         with (
-            Cluster(ensure_binary()) as cluster,
-            LocalKubelet(
-                cluster,
-                projection_delay=None,  # the kubelet default: random 0-60 s per resync
-                restart_backoff=1.0,
-                # The local images carry this checkout (the tiny model is devcluster/tiny.py).
-                base_env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-            ),
+            Cluster(ensure_binary(), node_ip=real.NODE_IP) as cluster,
+            real.RealNode(cluster, sync_frequency=args.sync_frequency) as node,
         ):
+            node.load_images([real.OPERATOR_IMAGE, real.TEST_RUNTIME_IMAGE])
             namespace = f"bench-{uuid.uuid4().hex[:6]}"
-            helm_install(cluster, HELM, "hotswap", namespace, f"watchNamespaces={{{namespace}}}")
+            helm_install(
+                cluster,
+                HELM,
+                "hotswap",
+                namespace,
+                f"watchNamespaces={{{namespace}}}",
+                *RUNTIME_SETS,
+            )
             fast = Fleet(cluster, namespace, "fast")
             mount = Fleet(cluster, namespace, "mount-only")
-            deploy(fast, refs[0], api_watch=True)
-            deploy(mount, refs[0], api_watch=False)
+            deploy(fast, args.pods, refs[0], api_watch=True)
+            if mount_changes:
+                deploy(mount, args.pods, refs[0], api_watch=False)
             fast_written, fast_times = measure(fast, refs, args.changes, timeout=60)
-            mount_written, mount_times = measure(mount, refs, mount_changes, timeout=300)
+            mount_written: list[float] = []
+            mount_times: list[float] = []
+            if mount_changes:
+                mount_written, mount_times = measure(mount, refs, mount_changes, timeout=300)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return {
-        "pods": PODS,
+        "pods": args.pods,
         "changes_fast": len(fast_times),
         "changes_mount_only": len(mount_times),
         "quick": bool(args.quick),
-        "projection_delay": "kubelet default: uniform 0-60 s per pod resync",
+        "kubelet_sync_frequency": args.sync_frequency,
         "fast_times_s": fast_times,
         "mount_only_times_s": mount_times,
         "operator_write_p50_s": percentile(fast_written + mount_written, 50),
@@ -170,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=10, help="changes per mode (>= 10)")
     parser.add_argument("--quick", action="store_true", help="only 3 mount-only changes")
     parser.add_argument("--mount-changes", type=int, help="mount-only changes (0 skips it)")
+    parser.add_argument("--pods", type=int, default=4, help="replicas of each ModelDeployment")
+    parser.add_argument(
+        "--sync-frequency",
+        default="1m",
+        help="the kubelet's syncFrequency: when it updates mounted ConfigMaps (default 1m)",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON result here")
     args = parser.parse_args(argv)
     result = run(args)

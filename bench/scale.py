@@ -1,12 +1,15 @@
 """Benchmark: one swap at N = 10, 100, 300, 1000 replicas, and 100 ModelDeployments at once.
 
 The real control plane (devcluster/cluster.py) and the chart installed with helm: the
-operator runs as two pods (the chart's default) on a process kubelet, under its own RBAC,
-with the chart's admission policies. Runtime pods are HOLLOW (devcluster/hollow.py):
-real Pod objects made by the Deployment and ReplicaSet controllers, bound by the
-scheduler to fake Nodes, each running the runtime's real API watch, desired-state path and
-reporter with a stand-in model whose load takes `--load-seconds`, authenticated with a
-token bound to its own pod.
+operator runs as two pods (the chart's default) in containers on a real node
+(devcluster/node.py: kubelet, containerd, runc; the operator image from the Dockerfile),
+under its own RBAC, with the chart's admission policies. Runtime pods are HOLLOW
+(devcluster/hollow.py): real Pod objects made by the Deployment and ReplicaSet
+controllers, bound by the scheduler to fake Nodes, each running the runtime's real API
+watch, desired-state path and reporter with a stand-in model whose load takes
+`--load-seconds`, authenticated with a token bound to its own pod. With the real node,
+the endpoint controllers, kube-proxy and the node's cluster DNS run too, and follow the
+runtime Service's (hollow) endpoints.
 
 One ModelDeployment is scaled 10 -> 100 -> 300 -> 1000; at each size `--swaps` checkpoint
 changes are timed. Then 100 ModelDeployments of 5 replicas change at once. Per swap:
@@ -23,7 +26,8 @@ changes are timed. Then 100 ModelDeployments of 5 replicas change at once. Per s
   written often costs most); `api_bytes` is write plus watch bytes. Node heartbeats and
   Leases (the operator's leader election, node leases) are left out; `rejected[<priority
   level> <reason>]`: requests Priority and Fairness refused with a 429;
-* `operator_cpu_s`: user+system CPU of both operator processes (/proc), over the swap
+* `operator_cpu_s`: user+system CPU of both operator pods' processes (found through each
+  pod's cgroup on the real node, read in /proc), over the swap
   (until every pod converged, plus 2 s); `apiserver_cpu_s`, `etcd_cpu_s` and
   `hollow_cpu_s` (the hollow nodes' processes: on a real cluster, the pods' own nodes)
   likewise, to show what shares this machine's cores;
@@ -31,6 +35,8 @@ changes are timed. Then 100 ModelDeployments of 5 replicas change at once. Per s
 
     python bench/scale.py [--sizes 10,100,300,1000] [--swaps 3] [--fleet 100] [--out FILE]
                           [--logs DIR]  (the hollow nodes' and operators' logs are kept there)
+
+Needs root (the real node); one node per machine.
 
 The last line printed is a JSON summary: `pods` (the largest N measured),
 `converge_p95_s`, `status_bytes`, `api_writes_per_swap`, `api_bytes_per_swap` (at that N),
@@ -61,10 +67,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, percentile, rss_mb
+from devcluster import node as real
 from devcluster.cluster import Cluster, ensure_binary
-from devcluster.fleet import helm_install
+from devcluster.fleet import OPERATOR_PODS, helm_install
 from devcluster.hollow import LABEL, TAINT
-from devcluster.kubelet import LocalKubelet
 from devcluster.rest import ApiError, KubeClient
 from devcluster.waiting import wait_for
 
@@ -81,7 +87,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def checkpoint(i: int) -> JSON:
     """A checkpoint reference (never fetched: the hollow pods' stand-in does not read it)."""
     sha = hashlib.sha256(f"scale-{i}".encode()).hexdigest()
-    return {"uri": f"file:///var/tmp/hotswap-examples/scale-{i}.safetensors", "sha256": sha}
+    return {"uri": f"file:///models/scale-{i}.safetensors", "sha256": sha}
 
 
 def manifest(name: str, replicas: int, ref: JSON) -> JSON:
@@ -240,9 +246,9 @@ class Progress:
 
 
 class Bench:
-    def __init__(self, cluster: Cluster, kubelet: LocalKubelet, namespace: str) -> None:
+    def __init__(self, cluster: Cluster, node: real.RealNode, namespace: str) -> None:
         self.cluster = cluster
-        self.kubelet = kubelet
+        self.node = node
         self.namespace = namespace
         self.client = cluster.rest()
         self.progress: Progress | None = None
@@ -278,12 +284,13 @@ class Bench:
         return f"{MD_API}/namespaces/{self.namespace}/modeldeployments/{name}"
 
     def operator_pids(self) -> list[int]:
-        items = self.client.get(
-            f"/api/v1/namespaces/{self.namespace}/pods",
-            {"labelSelector": "app.kubernetes.io/name=hotswap-operator"},
-        )["items"]
-        pids = [self.kubelet.pid(self.namespace, p["metadata"]["name"]) for p in items]
-        return [p for p in pids if p]
+        """Host PIDs of the operator pods' processes (containers on the real node)."""
+        items = self.client.get(f"/api/v1/namespaces/{self.namespace}/pods", OPERATOR_PODS)
+        return [
+            pid
+            for p in items["items"]
+            for pid in self.node.pids(self.namespace, p["metadata"]["name"])
+        ]
 
     def runtime_pods(self) -> list[JSON]:
         selector = {"labelSelector": "app.kubernetes.io/name=hotswap-runtime"}
@@ -432,14 +439,13 @@ def figures(swaps: list[JSON], load_seconds: float) -> JSON:
 
 def run(args: argparse.Namespace) -> JSON:
     result: JSON = {"load_seconds": args.load_seconds, "per_size": {}, "runs": {}}
+    real.ensure_binaries()
+    real.ensure_images()
     with (
-        Cluster(ensure_binary()) as cluster,
-        LocalKubelet(
-            cluster,
-            projection_delay=1.0,
-            base_env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-        ) as kubelet,
+        Cluster(ensure_binary(), node_ip=real.NODE_IP) as cluster,
+        real.RealNode(cluster) as node,
     ):
+        node.load_images([real.OPERATOR_IMAGE])  # the runtime pods are hollow
         namespace = f"scale-{uuid.uuid4().hex[:6]}"
         helm_install(
             cluster, HELM, "hotswap", namespace, f"watchNamespaces={{{namespace}}}", *args.set
@@ -450,7 +456,7 @@ def run(args: argparse.Namespace) -> JSON:
         result["pods_per_node"] = max_pods
         nodes = list(hollow_nodes(cluster, args.nodes, args.load_seconds, max_pods, logs))
         try:
-            bench = Bench(cluster, kubelet, namespace)
+            bench = Bench(cluster, node, namespace)
             bench.processes = {
                 "apiserver": [cluster.pids["apiserver"]],
                 "etcd": [cluster.pids["etcd"]],
@@ -469,19 +475,21 @@ def run(args: argparse.Namespace) -> JSON:
                 proc.terminate()
             for proc in nodes:
                 proc.wait(30)
-            result["logs"] = keep_logs(logs, kubelet, namespace, args.logs)
+            result["logs"] = keep_logs(logs, node, namespace, args.logs)
     return result
 
 
-def keep_logs(logs: Path, kubelet: LocalKubelet, namespace: str, keep: Path) -> str:
-    """Copy the hollow nodes' and operator pods' logs out of the cluster's temp folder
-    (which stop() removes): what a pod that never reported was doing."""
+def keep_logs(logs: Path, node: real.RealNode, namespace: str, keep: Path) -> str:
+    """Copy the hollow nodes' logs out of the cluster's temp folder (which stop()
+    removes) and the operator pods' logs (`kubectl logs`, before the node deletes the
+    pods): what a pod that never reported was doing."""
     keep.mkdir(parents=True, exist_ok=True)
     for log in logs.glob("hollow-*.log"):
         shutil.copy(log, keep / log.name)
-    for pod in (kubelet.root / "pods").glob(f"{namespace}_hotswap-*"):
-        if (pod / "pod.log").is_file():
-            shutil.copy(pod / "pod.log", keep / f"operator-{pod.name}.log")
+    pods = node.cluster.rest().get(f"/api/v1/namespaces/{namespace}/pods", OPERATOR_PODS)
+    for pod in pods["items"]:
+        name = pod["metadata"]["name"]
+        (keep / f"operator-{name}.log").write_text(node.logs_of(namespace, name))
     return str(keep)
 
 

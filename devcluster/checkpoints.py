@@ -19,8 +19,8 @@ from . import tiny
 
 
 def local_root() -> Path:
-    """The examples' folder: the one file root the local chart values
-    (examples/values-local.yaml) allow, so pods on the local kubelet may read it."""
+    """The examples' folder, which the local chart values (examples/values-local.yaml)
+    mount at /models in runtime pods on the real node."""
     DEFAULT_DIR.mkdir(parents=True, exist_ok=True)
     return DEFAULT_DIR
 

@@ -9,8 +9,8 @@ Everything (certificates, etcd data, logs, kubeconfigs) lives in one temp folder
 `stop()` removes. Each component runs in its own process group with a parent-death
 signal (see procs.py), so nothing outlives the Python process, even when it crashes.
 
-For people: `python -m devcluster.cluster up` starts the control plane and a local
-kubelet, prints `export KUBECONFIG=...` and runs until Ctrl-C.
+For people: `python -m devcluster.cluster up` starts the control plane (no node: pods
+stay Pending), prints `export KUBECONFIG=...` and runs until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ BUILD_SCRIPT = REPO / "devcluster" / "controlplane" / "build.sh"
 DEFAULT_BINARY = REPO / ".cache" / "bin" / "controlplane"
 SERVICE_CIDR = "10.0.0.0/24"
 # Controllers with nothing to do here: storage and DRA (no volumes but local folders),
-# autoscaling, node IPAM; and endpoints/EndpointSlices, whose loopback pod IPs the API
-# rejects (no kube-proxy either). Fewer controllers also start faster.
+# autoscaling, node IPAM; and endpoints/EndpointSlices unless a real node runs (`node_ip`:
+# its pod IPs and kube-proxy). Fewer controllers also start faster.
 DISABLED_CONTROLLERS = (
     "persistentvolume-attach-detach-controller",
     "persistentvolume-binder-controller",
@@ -484,19 +484,12 @@ def _has_default_sa(client: KubeClient) -> bool:
 
 
 def _up() -> int:
-    from devcluster.kubelet import LocalKubelet
-
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on SIGTERM too
     binary = ensure_binary()
     began = time.monotonic()
     cluster = Cluster(binary).start()
-    try:
-        kubelet = LocalKubelet(cluster).start()
-    except BaseException:
-        cluster.stop()
-        raise
     print(f"# control plane {cluster.version()} ready in {time.monotonic() - began:.1f}s")
-    print(f"# local kubelet: node {kubelet.node_name}, pod logs under {kubelet.root}")
+    print("# no node: pods stay Pending (a real node: devcluster/node.py, `make demo`)")
     print(f"# component logs: {cluster.logs}; Ctrl-C stops everything")
     print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
     try:
@@ -507,7 +500,6 @@ def _up() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        kubelet.stop()
         cluster.stop()
 
 

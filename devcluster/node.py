@@ -99,11 +99,14 @@ def _run(*argv: str, check: bool = True, input: str | None = None) -> str:
 class RealNode:
     """kubelet + containerd + kube-proxy registered as node `NODE_NAME` on `cluster`."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, sync_frequency: str = "10s") -> None:
+        """`sync_frequency`: the kubelet's periodic pod resync, which is also when it
+        updates a pod's ConfigMap and Secret volumes (kubelet's default is "1m")."""
         if cluster.node_ip != NODE_IP:
             raise NodeError(f"start the cluster with Cluster(node_ip={NODE_IP!r})")
         self.cluster = cluster
         self.name = NODE_NAME
+        self.sync_frequency = sync_frequency
         self.ip = NODE_IP
         self.logs = RUN / "logs"
         self.socket = RUN / "containerd.sock"
@@ -339,7 +342,7 @@ class RealNode:
             "resolvConf": "/etc/resolv.conf",
             "clusterDomain": "cluster.local",
             "clusterDNS": [NODE_IP],
-            "syncFrequency": "10s",
+            "syncFrequency": self.sync_frequency,
             "nodeStatusUpdateFrequency": "2s",
             "serializeImagePulls": False,
             # Small thresholds: the disk and memory are shared with everything else here,
@@ -433,6 +436,22 @@ class RealNode:
     def exec(self, namespace: str, pod: str, *command: str) -> str:
         """`kubectl exec` in a pod's first container; returns stdout."""
         return self.cluster.kubectl("exec", "-n", namespace, pod, "--", *command).stdout
+
+    def pids(self, namespace: str, pod: str) -> list[int]:
+        """Host PIDs of every process of a pod (its containers and its pause process):
+        the members of its cgroup, `pod<uid>` below the kubelet's cgroupRoot."""
+        uid = self.cluster.rest().get(f"/api/v1/namespaces/{namespace}/pods/{pod}")["metadata"][
+            "uid"
+        ]
+        found: set[int] = set()
+        for top in _cgroup_dirs():
+            for folder in top.rglob(f"pod{uid}"):
+                for procs_file in folder.rglob("cgroup.procs"):
+                    with contextlib.suppress(OSError, ValueError):
+                        found |= {int(x) for x in procs_file.read_text().split()}
+            if found:
+                break
+        return sorted(found)
 
 
 PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs")

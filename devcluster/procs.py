@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -149,20 +148,6 @@ def wait_started(
             log = logs / f"{name}.log"
             raise error(f"{name} not ready in time; log {log} ends:\n{tail(log)}")
         time.sleep(interval)
-
-
-class LogFile:
-    """An append-mode log file shared by several writers (one per pod)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-
-    def note(self, line: str) -> None:
-        stamp = time.strftime("%H:%M:%S")
-        with self._lock, self.path.open("a") as f:
-            f.write(f"[kubelet {stamp}] {line}\n")
 
 
 def temp_root(prefix: str) -> Path:

@@ -1,5 +1,5 @@
-"""Fixtures shared by every test: the real control plane, the local kubelet, helm, and a
-fresh namespace per test.
+"""Fixtures shared by every test: the real control plane, helm, kubeconform, and a fresh
+namespace per test.
 
 Tests that use any of them are marked `cluster` automatically (`-m "not cluster"` skips
 them). Nothing is skipped silently: a missing control-plane binary is built (quick when
@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 
 from devcluster.cluster import REPO, Cluster, ensure_binary
-from devcluster.kubelet import LocalKubelet
 from devcluster.rest import ApiError
 from devcluster.waiting import wait_for
 
 HELM = REPO / ".cache" / "bin" / "helm"
 # HOTSWAP_KUBECONFORM: another place for it (a shared .cache/bin left as it is).
 KUBECONFORM = Path(os.environ.get("HOTSWAP_KUBECONFORM", REPO / ".cache" / "bin" / "kubeconform"))
-CLUSTER_FIXTURES = {"cluster", "kubelet", "namespace", "helm_bin", "kubeconform_bin"}
+CLUSTER_FIXTURES = {"cluster", "namespace", "helm_bin", "kubeconform_bin"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,29 +38,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def cluster() -> Iterator[Cluster]:
     """The control plane (etcd, apiserver, controller-manager, scheduler), one per session."""
     with Cluster(ensure_binary()) as running:
-        yield running
-
-
-@pytest.fixture(scope="session")
-def kubelet(cluster: Cluster) -> Iterator[LocalKubelet]:
-    """A local kubelet on `cluster`: volume changes land within 0.5 s, restarts back off 1 s."""
-    with LocalKubelet(
-        cluster,
-        projection_delay=0.5,
-        restart_backoff=1.0,
-        max_backoff=10.0,
-        stop_grace=5.0,
-        # The local images carry this checkout, as a real runtime image carries the
-        # user's model code: the tiny model (devcluster/tiny.py) is importable in every pod.
-        # (Image env, not pod spec env: the kubelet rewrites spec paths under a mount.)
-        # No Service routing here to drain from: runtime pods exit at once on SIGTERM.
-        base_env={
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-            "PYTHONPATH": str(REPO),
-            "HOTSWAP_DRAIN_SECONDS": "0",
-        },
-    ) as running:
         yield running
 
 

@@ -54,7 +54,7 @@ KOPF_PERMISSIONS: set[Permission] = {
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """$KUBECONFIG when set (the local kubelet sets one per pod), else in-cluster.
+    """$KUBECONFIG when set (the operator run as a process, as tests do), else in-cluster.
 
     The kubeconfig goes through the kubernetes client, which resolves relative paths and
     reads tokenFile; kopf calls this again on a 401, which re-reads a rotated token.

@@ -1,8 +1,8 @@
 """e2e fixtures: a control plane with a real node (devcluster/node.py), the images
 built from the Dockerfile, and one helm install of the chart per test module.
 
-The e2e package has its own control plane (package scope): the process kubelet of the
-integration tests never shares a scheduler with the real node, and the node is stopped
+The e2e package has its own control plane (package scope), started with the node's
+address (the session `cluster` of the other tests has no node), and the node is stopped
 before the rest of the suite runs.
 """
 
