@@ -26,10 +26,10 @@ from devcluster.cluster import REPO
 from devcluster.rest import MERGE_PATCH
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
+from hotswap_operator.context import PodInfo
 from hotswap_operator.events import EventRecorder
 from hotswap_operator.kube import Kube
 from hotswap_operator.kubectl import cli
-from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer
 
 CRD = REPO / "crds" / "modeldeployment.yaml"
@@ -144,8 +144,19 @@ def test_status_history_and_undo_with_only_the_documented_role(crd, namespace, a
     assert "Revision:      latest 2, stable 2; pods serve 1 (1 pod), 2 (1 pod)" in text
     assert "https://store.example/m/v2.safetensors (sha256 222222222222)" in text
     row_a = next(line.split() for line in text.splitlines() if "resnet-pod-a" in line)
-    assert row_a == ["resnet-pod-a", "2", SHA2[:12], "Serving", "250ms", "10ms", "125ms",
-                     "20ms", "1.0ms", "-"]  # fmt: skip
+    assert row_a == [
+        "resnet-pod-a",
+        "2",
+        SHA2[:12],
+        "Serving",
+        "250ms",
+        "10ms",
+        "125ms",
+        "20ms",
+        "-",
+        "1.0ms",
+        "-",
+    ]  # fmt: skip (no shadow phase: "-")
     assert "Failed on 2" in text and "sha256 mismatch" in text
     doc = json.loads(plugin(alice, "status", NAME, "-n", namespace, "-o", "json").stdout)
     assert doc["revisions"]["served"] == {"1": 1, "2": 1}

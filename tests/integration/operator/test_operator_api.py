@@ -22,10 +22,10 @@ from devcluster.rest import MERGE_PATCH, ApiError
 from devcluster.waiting import wait_for
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
+from hotswap_operator.context import PodInfo
 from hotswap_operator.events import EventRecorder
-from hotswap_operator.kube import ConflictError, Kube
+from hotswap_operator.kube import ChildConflictError, ConflictError, Kube
 from hotswap_operator.spec import SpecError
-from hotswap_operator.summary import PodInfo
 from hotswap_operator.sync import Syncer, SyncResult
 
 REPO = Path(__file__).resolve().parents[3]
@@ -351,7 +351,7 @@ def test_objects_it_did_not_create_are_never_taken_over(crd, kube, namespace):
     rules = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
     role = client.post(f"{rbac}/roles", {"metadata": {"name": "resnet-runtime"}, "rules": rules})
     created = create(client, namespace)
-    with pytest.raises(SpecError, match="never takes over"):
+    with pytest.raises(ChildConflictError, match="never takes over"):
         sync(kube, namespace)
     status = get(client, namespace)["status"]
     assert status["phase"] == "Failed"
