@@ -67,6 +67,35 @@ def make_fragile(features: int = FEATURES, classes: int = CLASSES) -> nn.Module:
     return Fragile(features, classes)
 
 
+DEEP = "python/devcluster.tiny:make_deep"
+DEEP_WIDTH, DEEP_DEPTH = 2048, 8  # about 34M multiply-adds a sample: 10+ ms on one thread
+
+
+class Deep(nn.Module):
+    """A larger network with Tiny's input and output shapes: the same answers' shape,
+    many times the latency (the canary analysis e2e test's slow candidate)."""
+
+    def __init__(self, features: int = FEATURES, classes: int = CLASSES) -> None:
+        super().__init__()
+        self.inp = nn.Linear(features, DEEP_WIDTH)
+        self.hidden = nn.Sequential(*(nn.Linear(DEEP_WIDTH, DEEP_WIDTH) for _ in range(DEEP_DEPTH)))
+        self.out = nn.Linear(DEEP_WIDTH, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.out(torch.relu(self.hidden(self.inp(x.flatten(1)))))
+        return out
+
+
+def make_deep(features: int = FEATURES, classes: int = CLASSES) -> nn.Module:
+    return Deep(features, classes)
+
+
+def deep_weights(seed: int) -> dict[str, torch.Tensor]:
+    """Small random weights for Deep (finite outputs)."""
+    torch.manual_seed(seed)
+    return {k: v.detach().clone() * 0.1 for k, v in Deep().state_dict().items()}
+
+
 def crashing_weights() -> dict[str, torch.Tensor]:
     """Weights that make a Fragile model kill its process on its first forward pass."""
     return {**weights(7), "scale": torch.tensor([CRASH_SCALE])}

@@ -27,7 +27,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from hotswap_contract.wire import ModelConfig, PodReport, PodState, Revision, short_sha
+from hotswap_contract.wire import (
+    ModelConfig,
+    PodReport,
+    PodState,
+    Revision,
+    ShadowFigures,
+    short_sha,
+)
+from hotswap_operator import checks
 from hotswap_operator.context import SyncContext
 from hotswap_operator.reasons import Event, EventType, Phase, Reason
 from hotswap_operator.revisions import (
@@ -42,7 +50,13 @@ from hotswap_operator.revisions import (
     with_history,
 )
 from hotswap_operator.spec import DeploymentSpec
-from hotswap_operator.status import CanaryState, ModelDeploymentStatus, RevisionRecord, Rollback
+from hotswap_operator.status import (
+    CanaryState,
+    CheckResult,
+    ModelDeploymentStatus,
+    RevisionRecord,
+    Rollback,
+)
 
 DEFAULT_STEPS: tuple[int | str, ...] = (1, "50%", "100%")
 
@@ -83,8 +97,11 @@ def plan_canary(ctx: SyncContext, spec: DeploymentSpec) -> Plan:
     r = Rollout(ctx, spec)
     if r.digest == stable.digest:
         return _settled(r, stable, rollback=None, events=[])
-    if status.rollback is not None and status.rollback.digest == r.digest:
-        return _settled(r, stable, rollback=status.rollback, events=[])  # not retried
+    rollback = status.rollback
+    if rollback is not None and rollback.digest == r.digest:
+        if ctx.commands.retry == (rollback.revision, rollback.rolled_back_at):
+            return _start(r, stable, retried=rollback)
+        return _settled(r, stable, rollback=rollback, events=[])  # not retried
     candidate, state = status.candidate, status.canary
     if candidate is None or candidate.digest != r.digest or state is None:
         return _start(r, stable)
@@ -130,9 +147,10 @@ def _settled(
 # ---- starting a candidate -----------------------------------------------------------
 
 
-def _start(r: Rollout, stable: RevisionRecord) -> Plan:
+def _start(r: Rollout, stable: RevisionRecord, retried: Rollback | None = None) -> Plan:
     written = r.ctx.config.candidate if r.ctx.config is not None else None
     number = next_number(r.spec, r.ctx.status, r.ctx.config, written)
+    number = retried.revision if retried is not None else number
     ref = record(r.spec, number, r.ctx.now)
     steps = step_counts(r.spec.rollout.steps, r.spec.replicas)
     state = CanaryState(
@@ -145,6 +163,9 @@ def _start(r: Rollout, stable: RevisionRecord) -> Plan:
         f"the other pods keep revision {stable.revision}"
     )
     event = Event(EventType.NORMAL, Reason.REVISION_CREATED, announce(ref, where))
+    if retried is not None:
+        why = f"revision {number} retried (rolled back at {retried.rolled_back_at}): {where}"
+        event = Event(EventType.NORMAL, Reason.RETRIED, why)
     status = plan.status.model_copy(update={"history": with_history(r.ctx.status, ref)})
     return Plan(config=plan.config, status=status, events=[event])
 
@@ -186,23 +207,138 @@ def _running(
 
 def _progress(r: Rollout, stable: RevisionRecord, ref: RevisionRecord, state: CanaryState) -> Plan:
     named = choose(r.ctx.live_pods, r.ctx.status.candidate_pods or (), state.steps[state.step - 1])
+    if r.ctx.commands.abort == ref.revision:
+        return _fail(r, stable, ref, state, named, ABORTED, abort=True)
     if state.halted:
         return _running(r, stable, ref, state, named)
     reports = _reports(r.ctx.status)
     failure = _failure(named, reports, ref)
-    if failure is None and not r.spec.rollout.paused:
+    if failure is None and not r.spec.rollout.paused and not state.bake_started_at:
         failure = _timed_out(r, state, named, reports, ref)
     if failure is not None:
         return _fail(r, stable, ref, state, named, failure)
     if r.spec.rollout.paused:
         return _running(r, stable, ref, state.model_copy(update={"paused": True}), named)
-    if state.paused:  # resumed: the step clock starts again
-        state = state.model_copy(update={"paused": False, "step_started_at": r.ctx.now})
+    if state.paused:  # resumed: the step clock (and its bake) starts again
+        state = state.model_copy(
+            update={"paused": False, "step_started_at": r.ctx.now, "bake_started_at": ""}
+        )
+    if r.ctx.commands.promotes_fully(ref.revision) and state.step < len(state.steps):
+        return _advance(r, stable, ref, state, named, to=len(state.steps), promoted=True)
     if not _step_done(named, reports, ref, state):
         return _running(r, stable, ref, state, named)
     if state.step == len(state.steps):
         return _promote(r, ref, named)
-    return _advance(r, stable, ref, state, named)
+    return _bake(r, stable, ref, state, named, reports)
+
+
+ABORTED = ("", "aborted by kubectl hotswap abort (annotation hotswap.dev/abort)")
+
+
+# ---- the bake and its checks --------------------------------------------------------
+
+
+def _bake(
+    r: Rollout,
+    stable: RevisionRecord,
+    ref: RevisionRecord,
+    state: CanaryState,
+    named: Sequence[str],
+    reports: Mapping[str, PodReport],
+) -> Plan:
+    """The step's pods serve the candidate: bake, judge, then the next step."""
+    if r.ctx.commands.promotes(ref.revision, state.step):
+        return _advance(r, stable, ref, state, named, promoted=True)
+    bake = r.spec.rollout.bake_seconds
+    if bake == 0:
+        return _advance(r, stable, ref, state, named)
+    if not state.bake_started_at:
+        started = state.model_copy(update={"bake_started_at": r.ctx.now})
+        return _running(r, stable, ref, started, named)
+    if _seconds_between(state.bake_started_at, r.ctx.now) < bake:
+        return _running(r, stable, ref, state, named)
+    if not r.spec.rollout.checks:
+        return _advance(r, stable, ref, state, named)
+    return _judge(r, stable, ref, state, named, reports)
+
+
+NO_START = CheckResult(
+    metric="window",
+    result="Inconclusive",
+    message=(
+        "no reading of the pods at the start of this bake window on this operator replica"
+        " (it restarted or became leader since): a new window begins"
+    ),
+)
+
+
+def _judge(
+    r: Rollout,
+    stable: RevisionRecord,
+    ref: RevisionRecord,
+    state: CanaryState,
+    named: Sequence[str],
+    reports: Mapping[str, PodReport],
+) -> Plan:
+    """The bake window ended: a failed check rolls back, an inconclusive one runs
+    another window, all passed advance."""
+    window = r.ctx.window
+    mine = window is not None and (window.revision, window.step, window.started_at) == (
+        ref.revision,
+        state.step,
+        state.bake_started_at,
+    )
+    needs_window = any(c.metric != "shadowAgreement" for c in r.spec.rollout.checks)
+    if needs_window and not mine:
+        return _again(r, stable, ref, state, named, (NO_START,))
+    results = checks.evaluate(r.spec.rollout.checks, window, _shadows(named, reports, ref))
+    judged = state.model_copy(update={"checks": results, "checked_step": state.step})
+    bad = checks.failed(results)
+    if bad is not None:
+        return _fail(r, stable, ref, judged, named, ("", bad.message), results=results)
+    if checks.inconclusive(results) is not None:
+        return _again(r, stable, ref, state, named, results)
+    return _advance(r, stable, ref, judged, named, passed=results)
+
+
+def _again(
+    r: Rollout,
+    stable: RevisionRecord,
+    ref: RevisionRecord,
+    state: CanaryState,
+    named: Sequence[str],
+    results: Sequence[CheckResult],
+) -> Plan:
+    """Another bake window for this step, the inconclusive results kept in status."""
+    nxt = state.model_copy(
+        update={
+            "bake_started_at": r.ctx.now,
+            "windows": state.windows + 1,
+            "checks": tuple(results),
+            "checked_step": state.step,
+        }
+    )
+    plan = _running(r, stable, ref, nxt, named)
+    unsure = checks.inconclusive(results) or results[0]
+    why = (
+        f"revision {ref.revision} step {state.step}: bake window {nxt.windows} inconclusive"
+        f" ({unsure.message}); another window of {r.spec.rollout.bake_seconds} s runs"
+        " (kubectl hotswap promote or abort decides instead)"
+    )
+    event = Event(EventType.WARNING, Reason.ANALYSIS_INCONCLUSIVE, why)
+    return Plan(config=plan.config, status=plan.status, events=[event])
+
+
+def _shadows(
+    named: Sequence[str], reports: Mapping[str, PodReport], ref: RevisionRecord
+) -> dict[str, ShadowFigures]:
+    """The candidate pods' shadow figures for the candidate."""
+    out: dict[str, ShadowFigures] = {}
+    for pod in named:
+        found = reports[pod].analysis if pod in reports else None
+        if found is not None and found.shadow and found.shadow.revision == ref.revision:
+            out[pod] = found.shadow
+    return out
 
 
 def _reports(status: ModelDeploymentStatus) -> dict[str, PodReport]:
@@ -284,17 +420,37 @@ def _advance(
     ref: RevisionRecord,
     state: CanaryState,
     named: Sequence[str],
+    to: int | None = None,
+    promoted: bool = False,
+    passed: Sequence[CheckResult] = (),
 ) -> Plan:
-    nxt = state.model_copy(update={"step": state.step + 1, "step_started_at": r.ctx.now})
+    """The next step (or step `to`): more pods take the candidate; its own bake later."""
+    step = to or state.step + 1
+    nxt = state.model_copy(
+        update={"step": step, "step_started_at": r.ctx.now, "bake_started_at": "", "windows": 0}
+    )
     more = choose(r.ctx.live_pods, named, nxt.steps[nxt.step - 1])
     plan = _running(r, stable, ref, nxt, more)
-    event = Event(
-        EventType.NORMAL,
-        Reason.CANARY_STEP,
-        f"revision {ref.revision}: step {state.step} done, step {nxt.step} of "
-        f"{len(nxt.steps)}: {len(more)}/{r.spec.replicas} pods ({names(more)})",
+    where = (
+        f"step {nxt.step} of {len(nxt.steps)}: {len(more)}/{r.spec.replicas} pods ({names(more)})"
     )
-    return Plan(config=plan.config, status=plan.status, events=[event])
+    done = f"revision {ref.revision}: step {state.step} done, {where}"
+    events = [Event(EventType.NORMAL, Reason.CANARY_STEP, done)]
+    if promoted:
+        how = "the rest of the rollout" if to else f"the rest of step {state.step}'s bake"
+        why = f"revision {ref.revision}: kubectl hotswap promote skipped {how}; {where}"
+        events = [Event(EventType.NORMAL, Reason.STEP_PROMOTED, why)]
+    if passed:
+        figures = "; ".join(c.message for c in passed)
+        events.insert(
+            0,
+            Event(
+                EventType.NORMAL,
+                Reason.ANALYSIS_PASSED,
+                f"revision {ref.revision} step {state.step}: {figures}",
+            ),
+        )
+    return Plan(config=plan.config, status=plan.status, events=events)
 
 
 def _promote(r: Rollout, ref: RevisionRecord, named: Sequence[str]) -> Plan:
@@ -309,6 +465,11 @@ def _promote(r: Rollout, ref: RevisionRecord, named: Sequence[str]) -> Plan:
     return Plan(config=config, status=status, events=[event])
 
 
+def cause(pod: str, why: str) -> str:
+    """A failure as status and Events say it: "pod P failed ..." or a check's sentence."""
+    return f"pod {pod} {why}" if pod else why
+
+
 def _fail(
     r: Rollout,
     stable: RevisionRecord,
@@ -316,26 +477,38 @@ def _fail(
     state: CanaryState,
     named: Sequence[str],
     failure: tuple[str, str],
+    results: Sequence[CheckResult] = (),
+    abort: bool = False,
 ) -> Plan:
     pod, why = failure
-    if not r.spec.rollout.auto_rollback:
-        halted = f"rollout of revision {ref.revision} halted: pod {pod} {why}"
+    first = (
+        [
+            Event(
+                EventType.WARNING,
+                Reason.ANALYSIS_FAILED,
+                f"revision {ref.revision} step {state.step}: {why}",
+            )
+        ]
+        if results
+        else []
+    )
+    if not r.spec.rollout.auto_rollback and not abort:
+        halted = f"rollout of revision {ref.revision} halted: {cause(pod, why)}"
         plan = _running(r, stable, ref, state.model_copy(update={"halted": halted}), named)
         event = Event(EventType.WARNING, Reason.ROLLOUT_HALTED, halted)
-        return Plan(config=plan.config, status=plan.status, events=[event])
+        return Plan(config=plan.config, status=plan.status, events=[*first, event])
     rollback = Rollback(
         **ref.model_dump(by_alias=True),
         stable=stable.revision,
         pod=pod,
         reason=why,
         rolledBackAt=r.ctx.now,
+        checks=tuple(results),
     )
-    event = Event(
-        EventType.WARNING,
-        Reason.ROLLED_BACK,
-        f"revision {ref.revision} rolled back to revision {stable.revision}: pod {pod} {why}",
-    )
-    return _settled(r, stable, rollback=rollback, events=[event])
+    told = f"revision {ref.revision} rolled back to revision {stable.revision}: {cause(pod, why)}"
+    reason = Reason.ABORTED if abort else Reason.ROLLED_BACK
+    event = Event(EventType.WARNING, reason, told)
+    return _settled(r, stable, rollback=rollback, events=[*first, event])
 
 
 # ---- what the sync and summary.py ask -----------------------------------------------
@@ -346,6 +519,9 @@ def step_deadline(status: ModelDeploymentStatus, spec: DeploymentSpec) -> dateti
     state = status.canary
     if state is None or status.candidate is None or state.paused or state.halted:
         return None
+    if state.bake_started_at:  # baking: the window ends (no step timeout now)
+        baked = _parse(state.bake_started_at)
+        return None if baked is None else baked + timedelta(seconds=spec.rollout.bake_seconds)
     started = _parse(state.step_started_at)
     if started is None:
         return None
@@ -370,6 +546,12 @@ def override(status: ModelDeploymentStatus, phase: Phase) -> tuple[Phase, Reason
         )
         if state.paused:
             return Phase.PROGRESSING, Reason.PAUSED, f"paused at {where}"
+        if state.bake_started_at:
+            return (
+                Phase.PROGRESSING,
+                Reason.BAKING,
+                f"{where}: baking since {state.bake_started_at}",
+            )
         return Phase.PROGRESSING, Reason.CANARY_STEP, where
     rollback = status.rollback
     if rollback is not None and candidate is None and phase in (Phase.READY, Phase.PROGRESSING):
@@ -377,6 +559,6 @@ def override(status: ModelDeploymentStatus, phase: Phase) -> tuple[Phase, Reason
             Phase.ROLLED_BACK,
             Reason.ROLLED_BACK,
             f"revision {rollback.revision} rolled back to revision "
-            f"{rollback.stable}: pod {rollback.pod} {rollback.reason}",
+            f"{rollback.stable}: {cause(rollback.pod, rollback.reason)}",
         )
     return None

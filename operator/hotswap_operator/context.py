@@ -14,9 +14,11 @@ from typing import Any
 
 from hotswap_contract.wire import CONFIG_KEY, ConfigError, ModelConfig, parse_config
 from hotswap_operator import resources
+from hotswap_operator.commands import Commands, read_commands
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.resources import Owner
 from hotswap_operator.status import ModelDeploymentStatus
+from hotswap_operator.traffic import Window
 
 Applied = tuple[str, int]  # (uid, generation) whose children this process applied
 
@@ -28,13 +30,16 @@ class PodInfo:
     name: str
     ready: bool
     terminating: bool = False
+    ip: str = ""  # status.podIP: where a bake window reads its /metrics (scrape.py)
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> PodInfo:
-        conditions = (pod.get("status") or {}).get("conditions") or []
+        status = pod.get("status") or {}
+        conditions = status.get("conditions") or []
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         meta = pod.get("metadata") or {}
-        return cls(meta["name"], ready, bool(meta.get("deletionTimestamp")))
+        ip = str(status.get("podIP") or "")
+        return cls(meta["name"], ready, bool(meta.get("deletionTimestamp")), ip)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,13 @@ class SyncContext:
     defaults: RuntimeDefaults  # the chart's runtime defaults and the admin's policy
     now: str  # this sync's clock (RFC 3339, seconds)
     children_due: bool  # apply every child: this generation's children not applied yet
+    # -- what the sync measured: the Canary bake window that just ended (scrape.py) -----
+    window: Window | None = None  # None: no window ended (or none began on this replica)
+
+    @property
+    def commands(self) -> Commands:
+        """promote / abort / retry, from the object's annotations (commands.py)."""
+        return read_commands(self.body.get("metadata") or {})
 
     @property
     def live_pods(self) -> list[str]:

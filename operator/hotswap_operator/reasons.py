@@ -48,6 +48,14 @@ class Reason(enum.StrEnum):
     PAUSED = "Paused"
     ROLLOUT_HALTED = "RolloutHalted"
     ROLLED_BACK = "RolledBack"
+    BAKING = "Baking"  # the step's pods serve the candidate; its bake window runs
+    # Canary analysis and commands (Events)
+    ANALYSIS_PASSED = "AnalysisPassed"
+    ANALYSIS_FAILED = "AnalysisFailed"
+    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    STEP_PROMOTED = "StepPromoted"
+    ABORTED = "Aborted"
+    RETRIED = "Retried"
     # Events only
     REVISION_CREATED = "RevisionCreated"
     PROMOTED = "Promoted"

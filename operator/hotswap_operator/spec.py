@@ -75,12 +75,70 @@ def step_value(step: int | str) -> tuple[int, int]:
     return (1, int(match[1]))
 
 
+Metric = Literal["errorRate", "p99Latency", "shadowAgreement"]
+# the thresholds each metric takes (at least one of them)
+THRESHOLDS: dict[str, tuple[str, ...]] = {
+    "errorRate": ("maxIncrease", "max"),
+    "p99Latency": ("maxRatio", "maxMilliseconds"),
+    "shadowAgreement": ("min",),
+}
+MAX_BAKE_SECONDS = 86400
+
+
+class CheckSpec(_Spec):
+    """One check of a Canary step's bake window (checks.py evaluates it)."""
+
+    metric: Metric
+    max_increase: float | None = Field(default=None, ge=0, le=1, alias="maxIncrease")
+    max: float | None = Field(default=None, ge=0, le=1)
+    max_ratio: float | None = Field(default=None, ge=1, le=100, alias="maxRatio")
+    max_milliseconds: float | None = Field(
+        default=None, gt=0, le=3_600_000, alias="maxMilliseconds"
+    )
+    min: float | None = Field(default=None, ge=0, le=1)
+    min_requests: int = Field(default=20, ge=1, le=1_000_000, alias="minRequests")
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> CheckSpec:
+        allowed = THRESHOLDS[self.metric]
+        given = {
+            k
+            for k in ("maxIncrease", "max", "maxRatio", "maxMilliseconds", "min")
+            if getattr(self, _FIELD[k]) is not None
+        }
+        if not given or not given <= set(allowed):
+            raise ValueError(
+                f"check {self.metric} takes {' and/or '.join(allowed)}"
+                f" (given: {', '.join(sorted(given)) or 'none'}); set one of them"
+            )
+        return self
+
+
+_FIELD = {
+    "maxIncrease": "max_increase",
+    "max": "max",
+    "maxRatio": "max_ratio",
+    "maxMilliseconds": "max_milliseconds",
+    "min": "min",
+}
+
+
 class RolloutSpec(_Spec):
     strategy: Strategy = "AllAtOnce"
     steps: tuple[int | str, ...] = Field(default=(), max_length=10)
     step_timeout_seconds: int = Field(default=300, ge=1, alias="stepTimeoutSeconds")
     auto_rollback: bool = Field(default=True, alias="autoRollback")
     paused: bool = False
+    bake_seconds: int = Field(default=0, ge=0, le=MAX_BAKE_SECONDS, alias="bakeSeconds")
+    checks: tuple[CheckSpec, ...] = Field(default=(), max_length=8)
+
+    @model_validator(mode="after")
+    def _bake_for_checks(self) -> RolloutSpec:
+        if self.checks and self.bake_seconds < 1:
+            raise ValueError(
+                "checks need a bake window: set bakeSeconds (e.g. 60), or remove checks"
+            )
+        return self
 
     @field_validator("steps")
     @classmethod

@@ -43,6 +43,19 @@ class RevisionRecord(_Status):
         return (self.revision, self.sha256)
 
 
+Verdict = Literal["Passed", "Failed", "Inconclusive"]
+
+
+class CheckResult(_Status):
+    """One check of a bake window (checks.py): its verdict, the figures, the sentence."""
+
+    metric: str
+    result: Verdict
+    canary: float | None = None  # the candidate's figure (ratio, ms or agreement)
+    stable: float | None = None  # the stable pods' figure it was compared with
+    message: str = ""
+
+
 class CanaryState(_Status):
     """`status.canary`: where the Canary rollout of the candidate stands."""
 
@@ -52,6 +65,11 @@ class CanaryState(_Status):
     step_started_at: str = Field(default="", alias="stepStartedAt")
     paused: bool = False
     halted: str = ""  # why the rollout stopped (autoRollback false); empty while going
+    # the bake: when the step's pods all served the candidate ("" while not baking)
+    bake_started_at: str = Field(default="", alias="bakeStartedAt")
+    windows: int = 0  # bake windows this step has run (an inconclusive one runs again)
+    checks: tuple[CheckResult, ...] = ()  # the last judged window's results
+    checked_step: int = Field(default=0, alias="checkedStep")  # the step they judged
 
 
 class Rollback(RevisionRecord):
@@ -61,6 +79,7 @@ class Rollback(RevisionRecord):
     pod: str = ""
     reason: str = ""
     rolled_back_at: str = Field(default="", alias="rolledBackAt")
+    checks: tuple[CheckResult, ...] = ()  # the bake window's results when a check failed
 
 
 class PodFailure(_Status):

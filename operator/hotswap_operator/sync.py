@@ -19,6 +19,7 @@ never with the previous spec, so no change is lost whatever failed before it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from hotswap_operator.resources import Manifest
 from hotswap_operator.spec import SpecError, parse_spec
 from hotswap_operator.status import ModelDeploymentStatus, merge_patch
 from hotswap_operator.summary import PodMemory
+from hotswap_operator.windows import Windows
 
 log = logging.getLogger(__name__)
 DEADLINE_SLACK = 1.0  # sync this long after a step deadline (the timeout is "> limit")
@@ -147,15 +149,18 @@ class Syncer:
         defaults: RuntimeDefaults,
         recorder: EventRecorder,
         clock: Callable[[], str] = utcnow,
+        windows: Windows | None = None,
     ) -> None:
         self.kube = kube
         self.defaults = defaults
         self.recorder = recorder
         self.clock = clock
         self.memory: dict[tuple[str, str], PodMemory] = {}
+        self.windows = windows or Windows()  # Canary bake windows' start readings
 
     def forget(self, namespace: str, name: str) -> None:
         self.memory.pop((namespace, name), None)
+        self.windows.forget((namespace, name))
 
     def sync(
         self,
@@ -176,11 +181,15 @@ class Syncer:
         ctx = SyncContext.build(
             body, config_map, pods, self.defaults, self.clock(), applied, reports or {}
         )
+        window = self.windows.measure((namespace, name), ctx)  # a bake window that ended
+        ctx = dataclasses.replace(ctx, window=window) if window is not None else ctx
         decision = decide(ctx)
         if decision.error is not None:
             self._refuse(ctx, decision)
             raise decision.error
-        return self._persist(ctx, decision)
+        result = self._persist(ctx, decision)
+        self.windows.begin((namespace, name), decision.status, pods)  # one that began
+        return result
 
     def _refuse(self, ctx: SyncContext, decision: Decision) -> None:
         """Status says why the spec cannot run; nothing else is written."""

@@ -4,6 +4,7 @@
     kubectl hotswap history NAME [-o text|json|yaml]
     kubectl hotswap undo NAME [--to-revision N] [--dry-run] [-o text|json|yaml]
     kubectl hotswap pause NAME | resume NAME
+    kubectl hotswap promote NAME [--full] | abort NAME | retry NAME
     global: -n/--namespace, --kubeconfig, --context (anywhere on the line, as kubectl)
 
 Exit codes: 0 done (or nothing to do), 1 an error (not found, refused, forbidden, a
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hotswap_operator.kubectl import edits, views
+from hotswap_operator.kubectl import decisions, edits, views
 from hotswap_operator.kubectl.api import (
     PluginError,
     Session,
@@ -129,6 +130,19 @@ def resume(session: Session, args: argparse.Namespace) -> Result:
     return _write(session, args.name, edits.resume(get_deployment(session, args.name)))
 
 
+def promote(session: Session, args: argparse.Namespace) -> Result:
+    edit = decisions.promote(get_deployment(session, args.name), args.full)
+    return _write(session, args.name, edit)
+
+
+def abort(session: Session, args: argparse.Namespace) -> Result:
+    return _write(session, args.name, decisions.abort(get_deployment(session, args.name)))
+
+
+def retry(session: Session, args: argparse.Namespace) -> Result:
+    return _write(session, args.name, decisions.retry(get_deployment(session, args.name)))
+
+
 def _write(session: Session, name: str, edit: edits.Edit) -> Result:
     if edit.patch is not None:
         patch_deployment(session, name, edit.patch, edit.resource_version)
@@ -151,6 +165,9 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "undo": (undo, "set the spec back to an earlier revision (pods swap from cache)"),
     "pause": (pause, "hold a Canary rollout at its current step (spec.rollout.paused)"),
     "resume": (resume, "let a paused Canary rollout go on"),
+    "promote": (promote, "skip the rest of the step's bake (--full: every step)"),
+    "abort": (abort, "roll the running Canary candidate back to stable now"),
+    "retry": (retry, "run the rolled-back revision again from step 1"),
 }
 
 
@@ -190,6 +207,12 @@ def parser() -> argparse.ArgumentParser:
                 default=300.0,
                 metavar="DURATION",
                 help="how long --wait waits: 90, 90s, 5m, 1h (default 5m; exit 1 after)",
+            )
+        if name == "promote":
+            sub.add_argument(
+                "--full",
+                action="store_true",
+                help="skip every remaining step and bake: all pods take the candidate",
             )
         if name == "undo":
             sub.add_argument(

@@ -14,8 +14,9 @@ from typing import Any
 
 from hotswap_contract.redact import clip, redact_uri
 from hotswap_contract.wire import KIND, SWAP_PHASES, PodReport, PodState, short_sha
+from hotswap_operator.canary import cause
 from hotswap_operator.reasons import ConditionType, Phase
-from hotswap_operator.status import ModelDeploymentStatus, RevisionRecord
+from hotswap_operator.status import CheckResult, ModelDeploymentStatus, RevisionRecord
 
 JSON = dict[str, Any]
 
@@ -93,6 +94,7 @@ def history_document(
                 "outcome": outcome(status, ref, counts),
                 "sameContentAs": earlier[-1] if earlier else None,
                 "inSpec": bool(digest) and ref.digest == digest,
+                "checks": _judged(status, ref),
             }
         )
     return {"name": meta.get("name"), "namespace": meta.get("namespace"), "revisions": rows}
@@ -135,6 +137,14 @@ def _pods_on(reports: Mapping[str, PodReport | str]) -> Counter[tuple[str, int, 
     return counts
 
 
+def _judged(status: ModelDeploymentStatus, ref: RevisionRecord) -> list[JSON]:
+    """The checks of the last bake window judged for revision `ref` (if status keeps it)."""
+    if status.rollback is not None and status.rollback.key == ref.key:
+        return _checks(status.rollback.checks)
+    running = status.candidate is not None and status.candidate.key == ref.key
+    return _checks(status.canary.checks) if running and status.canary is not None else []
+
+
 def outcome(
     status: ModelDeploymentStatus,
     ref: RevisionRecord,
@@ -148,11 +158,15 @@ def outcome(
         where = f"canary, step {state.step} of {len(state.steps)}{pods}"
         if state.halted:
             return f"halted at {where}: {clip(state.halted, 160)}"
+        if state.bake_started_at and not state.paused:
+            where += f", baking since {state.bake_started_at}"
         return f"{where}, paused" if state.paused else where
     if status.stable is not None and status.stable.key == ref.key:
         return f"stable{pods}"
     if rollback is not None and rollback.key == ref.key:
-        return f"rolled back to {rollback.stable}: pod {rollback.pod} {clip(rollback.reason, 160)}"
+        return (
+            f"rolled back to {rollback.stable}: {clip(cause(rollback.pod, rollback.reason), 160)}"
+        )
     return "superseded"
 
 
@@ -198,7 +212,15 @@ def _canary(status: ModelDeploymentStatus) -> JSON | None:
         "paused": state.paused,
         "halted": clip(state.halted) or None,
         "stepStartedAt": state.step_started_at,
+        "bakeStartedAt": state.bake_started_at or None,
+        "windows": state.windows,
+        "checkedStep": state.checked_step or None,
+        "checks": _checks(state.checks),
     }
+
+
+def _checks(results: Sequence[CheckResult]) -> list[JSON]:
+    return [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in results]
 
 
 def _rollback(status: ModelDeploymentStatus) -> JSON | None:
@@ -211,6 +233,7 @@ def _rollback(status: ModelDeploymentStatus) -> JSON | None:
         "pod": rb.pod,
         "reason": clip(rb.reason),
         "rolledBackAt": rb.rolled_back_at,
+        "checks": _checks(rb.checks),
     }
 
 
@@ -263,15 +286,25 @@ def status_text(doc: Mapping[str, Any]) -> str:
             f"Canary:        revision {canary['revision']} at step {canary['step']} of "
             f"{len(canary['steps'])}, on {', '.join(canary['pods']) or 'no pod yet'}{state}"
         )
+        if canary.get("bakeStartedAt"):
+            lines.append(f"Baking:        since {canary['bakeStartedAt']}")
+        lines += _check_lines(canary.get("checks"), canary.get("checkedStep"))
     if rb := doc["rollback"]:
         lines.append(
             f"Rolled back:   revision {rb['revision']} to {rb['to']}: "
-            f"pod {rb['pod']} {rb['reason']}"
+            f"{cause(rb['pod'], rb['reason'])}"
         )
+        lines += _check_lines(rb.get("checks"), None)
     lines += _analysis(doc.get("analysis"))
     lines += ["Conditions:", *_indent(_conditions(doc["conditions"]))]
     lines += ["Pods:", *_indent(_pods(doc["pods"]))]
     return "\n".join(lines)
+
+
+def _check_lines(found: Sequence[Mapping[str, Any]] | None, step: int | None) -> list[str]:
+    """The last judged bake window's checks, a line each."""
+    where = f" (step {step})" if step else ""
+    return [f"Check{where}:".ljust(15) + f"{c['result']}: {c['message']}" for c in found or ()]
 
 
 def _analysis(found: Mapping[str, Any] | None) -> list[str]:
@@ -317,7 +350,12 @@ def history_text(doc: Mapping[str, Any]) -> str:
         )
     if not rows:
         return f"{doc['name']}: no revisions yet (the operator has not taken the spec)"
-    return "\n".join(table(header, rows))
+    checks = [
+        f"revision {r['revision']} {c['result']}: {c['message']}"
+        for r in doc["revisions"]
+        for c in r.get("checks") or ()
+    ]
+    return "\n".join([*table(header, rows), *(["Checks:", *_indent(checks)] if checks else [])])
 
 
 def _conditions(conditions: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -158,8 +158,11 @@ def test_network_policies_admit_inference_and_scrapes_and_reach_only_api_dns_and
     assert matches(runtime["podSelector"], runtime_pod_labels())
     assert runtime["policyTypes"] == ["Ingress", "Egress"]
     assert runtime_ports() == {"http": HTTP_PORT, "grpc": GRPC_PORT}
-    inference, scrape = runtime["ingress"]
+    inference, bake_reads, scrape = runtime["ingress"]
     assert {p["port"] for p in inference["ports"]} == {"http", "grpc"}
+    assert bake_reads["ports"] == [{"protocol": "TCP", "port": "http"}]  # Canary bake windows
+    (reader,) = bake_reads["from"]
+    assert reader["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}
     assert "from" not in inference  # any client may send inference requests
     assert scrape["from"] == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
     api, dns, store = runtime["egress"]
@@ -176,7 +179,15 @@ def test_network_policies_admit_inference_and_scrapes_and_reach_only_api_dns_and
     operator = next(p for p in policies if p["metadata"]["namespace"] == "ops")["spec"]
     (deployment,) = by_kind(docs, "Deployment")
     assert matches(operator["podSelector"], deployment["spec"]["template"]["metadata"]["labels"])
-    assert operator["egress"] == [api]
+    assert matches(reader["podSelector"], deployment["spec"]["template"]["metadata"]["labels"])
+    to_api, to_runtime = operator["egress"]
+    assert to_api == api
+    assert to_runtime["ports"] == [{"protocol": "TCP", "port": HTTP_PORT}]
+    (pods,) = to_runtime["to"]
+    assert pods["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    ]
+    assert matches(pods["podSelector"], runtime_pod_labels())
     liveness, metrics = operator["ingress"]
     assert liveness["ports"] == [{"protocol": "TCP", "port": 8081}]
     assert metrics["ports"] == [{"protocol": "TCP", "port": 8082}]
