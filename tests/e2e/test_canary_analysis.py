@@ -79,8 +79,38 @@ def tiny_model() -> JSON:
     return {"architecture": tiny.ARCHITECTURE, "inputShape": list(SHAPE)}
 
 
+def settle(fleet: Fleet, files: dict[str, JSON]) -> int:
+    """The spec back on the tiny model's stable revision (an earlier test may have left
+    a candidate or a rollback), phase Ready; returns the stable revision."""
+    stable = fleet.status()["stable"]
+    back = {k: stable[k] for k in ("uri", "sha256")}
+    fleet.patch_spec({"model": tiny_model(), "checkpoint": back, "rollout": rollout()})
+    fleet.wait_serving(stable["revision"], REPLICAS, timeout=180)
+    return int(stable["revision"])
+
+
+def newest(fleet: Fleet) -> int:
+    return max(int(h["revision"]) for h in fleet.status().get("history") or ())
+
+
+def all_on(fleet: Fleet, phase: str, revision: int) -> JSON:
+    """Every pod serves `revision` and is ready, in `phase` (RolledBack stays until the
+    spec changes again)."""
+    everyone = f"{REPLICAS}/{REPLICAS}"
+    return fleet.wait(
+        lambda s: (
+            s.get("phase") == phase
+            and s.get("revision") == revision
+            and s.get("updated") == everyone
+            and s.get("ready") == everyone
+        ),
+        f"every pod on revision {revision}, phase {phase}",
+        timeout=120,
+    )
+
+
 def test_a_slower_candidate_fails_its_latency_check_and_rolls_back(fleet: Fleet, load: Load, files):
-    stable = int(fleet.status()["stable"]["revision"])
+    stable = settle(fleet, files)
     deep = {"architecture": tiny.DEEP, "inputShape": list(SHAPE)}
     fleet.patch_spec({"model": deep, "checkpoint": files["deep"], "rollout": rollout()})
     st = fleet.wait(
@@ -97,30 +127,31 @@ def test_a_slower_candidate_fails_its_latency_check_and_rolls_back(fleet: Fleet,
     assert failed[0]["canary"] > 1.5 * failed[0]["stable"], failed
     wait_event(fleet, "AnalysisFailed", f"revision {stable + 1}", "p99Latency")
     wait_event(fleet, "RolledBack", f"revision {stable + 1}", "p99Latency")
-    fleet.wait_serving(stable, REPLICAS, timeout=120)
+    all_on(fleet, "RolledBack", stable)
     assert not load.failures, load.summary()
-    fleet.patch_spec({"model": tiny_model(), "checkpoint": files["v1"]})  # back to stable
 
 
 def test_a_good_candidate_passes_each_bake_and_is_promoted(fleet: Fleet, load: Load, files):
-    stable = int(fleet.status()["stable"]["revision"])
-    fleet.wait_serving(stable, REPLICAS, timeout=120)
+    settle(fleet, files)
+    new = newest(fleet) + 1  # a rolled-back revision keeps its number
     fleet.patch_spec({"model": tiny_model(), "checkpoint": files["v2"], "rollout": rollout()})
-    final = fleet.wait_serving(stable + 1, REPLICAS, timeout=300)
-    assert final["stable"]["revision"] == stable + 1 and "rollback" not in final
-    passed = [m for m in events(fleet, "AnalysisPassed") if f"revision {stable + 1}" in m]
+    final = fleet.wait_serving(new, REPLICAS, timeout=300)
+    assert final["stable"]["revision"] == new and "rollback" not in final
+    passed = [m for m in events(fleet, "AnalysisPassed") if f"revision {new}" in m]
     assert len(passed) == 2, passed  # steps 1 and 2 baked and passed; step 3 promotes
     assert all("p99Latency" in m and "within maxRatio 1.5" in m for m in passed), passed
-    wait_event(fleet, "Promoted", f"revision {stable + 1}")
+    wait_event(fleet, "Promoted", f"revision {new}")
     assert not load.failures, load.summary()
 
 
 def test_promote_skips_the_bake_and_abort_rolls_back(fleet: Fleet, load: Load, files):
-    stable = int(fleet.status()["stable"]["revision"])
+    stable = settle(fleet, files)
     long_bake = rollout(bakeSeconds=3600)
     fleet.patch_spec({"model": tiny_model(), "checkpoint": files["v3"], "rollout": long_bake})
-    fleet.wait(lambda s: (s.get("canary") or {}).get("bakeStartedAt"), "step 1 baking", timeout=120)
-    candidate = stable + 1
+    st = fleet.wait(
+        lambda s: (s.get("canary") or {}).get("bakeStartedAt"), "step 1 baking", timeout=120
+    )
+    candidate = int(st["candidate"]["revision"])
     annotate(fleet, {"hotswap.dev/promote": f"{candidate}/1"})
     fleet.wait(lambda s: (s.get("canary") or {}).get("step") == 2, "step 2", timeout=60)
     wait_event(fleet, "StepPromoted", f"revision {candidate}")
@@ -128,7 +159,7 @@ def test_promote_skips_the_bake_and_abort_rolls_back(fleet: Fleet, load: Load, f
     st = fleet.wait(lambda s: s.get("phase") == "RolledBack", "aborted", timeout=120)
     assert "aborted" in st["rollback"]["reason"], st["rollback"]
     wait_event(fleet, "Aborted", f"revision {candidate}")
-    fleet.wait_serving(stable, REPLICAS, timeout=120)
+    all_on(fleet, "RolledBack", stable)
     assert not load.failures, load.summary()
 
 
