@@ -159,7 +159,7 @@ def skipped_figures(revision: int, spec: Shadow) -> ShadowFigures:
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
-REPORT_EVERY = 2.0  # seconds between progress reports while a comparison runs
+REPORT_EVERY = 10.0  # seconds between progress reports (API writes) while a comparison runs
 
 
 @dataclass(frozen=True)
