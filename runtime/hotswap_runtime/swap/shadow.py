@@ -102,15 +102,17 @@ class ShadowTap:
 def disagreements(
     serving: torch.Tensor, candidate: torch.Tensor, metric: ShadowMetric, tolerance: float
 ) -> torch.Tensor:
-    """Per row of a batch: whether the two outputs disagree by ``metric``."""
+    """Per row of a batch: whether the two outputs disagree by ``metric``. A row where
+    the new weights answer NaN or infinity always disagrees (NaN compares false)."""
     a = serving.float().reshape(serving.shape[0], -1)
     b = candidate.float().reshape(candidate.shape[0], -1)
+    broken = ~torch.isfinite(b).all(dim=1)
     if metric == "top1":
-        return a.argmax(dim=1) != b.argmax(dim=1)
+        return broken | (a.argmax(dim=1) != b.argmax(dim=1))
     if metric == "maxAbsDiff":
-        return (a - b).abs().amax(dim=1) > tolerance
+        return broken | ((a - b).abs().amax(dim=1) > tolerance)
     tv = 0.5 * (a.softmax(dim=1) - b.softmax(dim=1)).abs().sum(dim=1)
-    return tv > tolerance
+    return broken | (tv > tolerance)
 
 
 @dataclass
@@ -131,12 +133,15 @@ class Comparison:
         return cls(revision, spec, test, time.monotonic())
 
     def score(self, serving: torch.Tensor, candidate: torch.Tensor) -> Verdict:
-        if candidate.shape != serving.shape:
-            return self.test.add(int(serving.shape[0]) if serving.ndim else 1, 1)
-        rows = disagreements(serving, candidate, self.spec.metric, self.spec.tolerance)
-        diff = float((serving.float() - candidate.float()).abs().max()) if serving.numel() else 0.0
-        self.max_abs_diff = max(self.max_abs_diff, diff)
-        return self.test.add(int(rows.sum()), int(rows.numel()))
+        """Add one answered batch: every row disagrees when the shapes differ."""
+        if candidate.shape != serving.shape or serving.ndim == 0:
+            rows = int(serving.shape[0]) if serving.ndim else 1
+            return self.test.add(rows, rows)
+        found = disagreements(serving, candidate, self.spec.metric, self.spec.tolerance)
+        diff = (serving.float() - candidate.float()).abs().nan_to_num(nan=float("inf"))
+        if diff.numel():
+            self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
+        return self.test.add(int(found.sum()), int(found.numel()))
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

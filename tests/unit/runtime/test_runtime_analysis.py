@@ -264,3 +264,16 @@ def test_a_rollback_to_an_older_revision_is_not_compared(swapper: Swapper, tmp_p
     assert found is not None and found.shadow is not None and found.shadow.decision == "Skipped"
     current = swapper.current()
     assert current is not None and current.revision.revision == 1
+
+
+def test_rows_the_new_weights_answer_with_nan_or_infinity_disagree() -> None:
+    from hotswap_contract.wire import Shadow
+    from hotswap_runtime.swap.shadow import Comparison, disagreements
+
+    serving = torch.tensor([[1.0, 2.0], [3.0, 1.0], [0.0, 1.0]])
+    candidate = torch.tensor([[1.0, 2.0], [float("nan"), 1.0], [0.0, float("inf")]])
+    for metric in ("top1", "maxAbsDiff", "totalVariation"):
+        assert disagreements(serving, candidate, metric, 1e-3).tolist() == [False, True, True]
+    comparison = Comparison.start(2, Shadow())
+    comparison.score(serving, torch.zeros(3, 5))  # another shape: every row disagrees
+    assert (comparison.test.samples, comparison.test.disagreements) == (3, 3)
