@@ -29,6 +29,7 @@ BATCH = 32  # samples per forward pass: bounds the activations
 MAX_SAMPLES = 100_000
 KEEP_SCORES = 16  # serving accuracies remembered
 Fetch = Callable[[Checkpoint], Path]
+Stream = torch.cuda.Stream | None
 Key = tuple[int, str, str, str]  # serving revision, its sha256, inputs sha256, labels sha256
 
 
@@ -60,9 +61,6 @@ class EvaluationSet:
                 )
             correct += int((out.argmax(dim=1) == self.labels[start : start + BATCH]).sum())
         return correct / self.samples
-
-
-Stream = torch.cuda.Stream | None
 
 
 class Scores:

@@ -318,6 +318,11 @@ class Swapper:
             return _Plan("inplace")
         return _Plan("fresh")
 
+    def _device_for(self, plan: _Plan) -> torch.device:
+        """Where the new weights are built and judged: an in-place swap validates a CPU
+        copy before it overwrites the live tensors."""
+        return torch.device("cpu") if plan.kind == "inplace" else self.device
+
     def _room_for(self, nbytes: int) -> bool:
         free = free_bytes(self.device)
         return free is None or free >= ROOM_FACTOR * nbytes
@@ -329,7 +334,7 @@ class Swapper:
             assert plan.target is not None
             self._fill(plan.target, parsed)
             return plan.target.module
-        device = torch.device("cpu") if plan.kind == "inplace" else self.device
+        device = self._device_for(plan)
         module = self._build(revision, device, blueprint)
         if layout_of(module.state_dict()) != blueprint.layout:
             raise StateDictMismatch(
@@ -397,7 +402,7 @@ class Swapper:
     # ---- validate and activate --------------------------------------------------------
 
     def _validate(self, module: nn.Module, revision: Revision, plan: _Plan) -> tuple[int, ...]:
-        device = torch.device("cpu") if plan.kind == "inplace" else self.device
+        device = self._device_for(plan)
         current = self._leases.current()
         same_spec = current is not None and current.revision.model == revision.model
         serving_shape = current.output_shape if current is not None and same_spec else None
@@ -410,7 +415,7 @@ class Swapper:
         evaluation = revision.validation.evaluation if revision.validation else None
         if evaluation is None:
             return
-        device = torch.device("cpu") if plan.kind == "inplace" else self.device
+        device = self._device_for(plan)
         dataset = EvaluationSet(evaluation, revision.model, self.store.fetch)
         accuracy = dataset.accuracy(module, revision.model, device, self._stream)
         figures, reason = judge(revision, accuracy, dataset.samples, self._serving_score(dataset))
@@ -447,7 +452,7 @@ class Swapper:
         ):
             self._report_shadow(skipped_figures(revision.revision, spec), attempt)
             return
-        device = torch.device("cpu") if plan.kind == "inplace" else self.device
+        device = self._device_for(plan)
         dtype = torch_dtype(revision.model)
         hooks = Hooks(
             candidate=lambda x: forward(module, x.to(dtype), device, self._stream),
