@@ -82,6 +82,7 @@ class Runtime:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     grpc_port: int = field(default_factory=free_port)
+    source: Path | None = None  # another checkout's sources to run (bench baselines)
     _client: httpx.Client | None = None  # one connection for metadata polls
 
     @property
@@ -90,6 +91,9 @@ class Runtime:
 
     def start(self, wait_ready: bool = True) -> None:
         path = source_path()
+        if self.source is not None:
+            tree = self.source
+            path = os.pathsep.join(str(tree / part) for part in ("runtime", "contract", "."))
         env = {
             **os.environ,
             "PYTHONPATH": path,

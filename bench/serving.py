@@ -11,6 +11,9 @@ count in every server. Servers, started one at a time so they never share the CP
   the same network (this file, ``--serve-kserve``), REST and gRPC;
 * ``-tuned`` variants: the same with ``HOTSWAP_MMAP_THRESHOLD_BYTES`` at 32 MiB, so
   activations of batched forward passes come from the heap, not from fresh mmaps;
+* ``hotswap-baseline`` (with ``--baseline REF``): the runtime of another commit of this
+  repository (``git archive REF``), default settings, measured beside ``hotswap`` in the
+  same run so that a change's cost is read from one run: ``baseline_ratio`` per point;
 * TorchServe is not measured: see ``TORCHSERVE`` below.
 
 Points: protocol (REST JSON, REST binary tensor data, gRPC raw contents) x concurrency
@@ -89,6 +92,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="hotswap[-batching][-tuned] (tuned: HOTSWAP_MMAP_THRESHOLD_BYTES=32 MiB), kserve",
     )
     p.add_argument("--out", help="also write the full result here")
+    p.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure this git commit's runtime as hotswap-baseline (before/after)",
+    )
     p.add_argument("--serve-kserve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -384,7 +392,7 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         self._model()
-        servers = [self._server(name) for name in self.args.servers.split(",")]
+        servers = self._servers()
         points: list[dict[str, Any]] = []
         phases: dict[str, Any] = {}
         health: dict[str, Any] = {}
@@ -434,6 +442,12 @@ class Bench:
             print(json.dumps(point), file=sys.stderr, flush=True)
         return points
 
+    def _servers(self) -> list[Server]:
+        servers = [self._server(name) for name in self.args.servers.split(",")]
+        if self.args.baseline:
+            servers.append(self._baseline(self.args.baseline))
+        return servers
+
     def _server(self, name: str) -> Server:
         if name == "kserve":
             return KServe(self.root, self.args.threads)
@@ -442,6 +456,22 @@ class Bench:
         return Hotswap(
             self.root, self.args.threads, batching="batching" in name, tuned="tuned" in name
         )
+
+    def _baseline(self, ref: str) -> Server:
+        """``hotswap`` as commit ``ref`` has it: its sources unpacked beside the run."""
+        tree = self.root / "baseline"
+        tree.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", ref, "runtime", "contract", "devcluster"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        server = Hotswap(self.root, self.args.threads, batching=False, tuned=False)
+        server.name = "hotswap-baseline"
+        server.runtime.source = tree
+        server.runtime.env["HOTSWAP_CACHE_DIR"] = str(self.root / "cache-baseline")
+        return server
 
     def _model(self) -> None:
         import hashlib
@@ -554,6 +584,7 @@ class Bench:
                 continue
             point["throughput_ratio"] = _ratio(point["requests_per_s"], other["requests_per_s"])
             point["p99_ratio"] = _ratio(point["p99_ms"], other["p99_ms"])
+        _against_baseline(points)
         summary: dict[str, Any] = {
             "model": f"{MODEL} 3x{SIZE}x{SIZE} cpu, {self.args.threads} torch thread(s)",
             "points": len(points),
@@ -563,23 +594,45 @@ class Bench:
             mine = [p for p in points if p["server"] == name and "throughput_ratio" in p]
             if not mine:
                 continue
-            entry = {
-                "throughput_ge_peer_everywhere": all(p["throughput_ratio"] >= 1 for p in mine),
-                "p99_le_peer_everywhere": all(p["p99_ratio"] <= 1 for p in mine),
-                "worst_throughput_ratio": min(p["throughput_ratio"] for p in mine),
-                "worst_p99_ratio": max(p["p99_ratio"] for p in mine),
-                "misses": [
-                    f"{p['protocol']}/c{p['concurrency']}/b{p['batch']}"
-                    for p in mine
-                    if p["throughput_ratio"] < 1 or p["p99_ratio"] > 1
-                ],
-            }
-            if "batching" in name:
-                entry["target_1_5x_met"] = all(p["throughput_ratio"] >= 1.5 for p in mine)
-            summary[name] = entry
+            summary[name] = self._entry(name, mine)
         summary["health_p99_ms_during_64mb_json_decode"] = health.get("p99_ms")
         summary["torchserve"] = TORCHSERVE
         return {"points": points, "phases_batch8": phases, "health": health, "summary": summary}
+
+    @staticmethod
+    def _entry(name: str, mine: list[dict[str, Any]]) -> dict[str, Any]:
+        """One server's line of the summary: its ratios to the peer (and to the baseline)."""
+        entry: dict[str, Any] = {
+            "throughput_ge_peer_everywhere": all(p["throughput_ratio"] >= 1 for p in mine),
+            "p99_le_peer_everywhere": all(p["p99_ratio"] <= 1 for p in mine),
+            "worst_throughput_ratio": min(p["throughput_ratio"] for p in mine),
+            "worst_p99_ratio": max(p["p99_ratio"] for p in mine),
+            "misses": [
+                f"{p['protocol']}/c{p['concurrency']}/b{p['batch']}"
+                for p in mine
+                if p["throughput_ratio"] < 1 or p["p99_ratio"] > 1
+            ],
+        }
+        if "batching" in name:
+            entry["target_1_5x_met"] = all(p["throughput_ratio"] >= 1.5 for p in mine)
+        against = [p["baseline_ratio"] for p in mine if "baseline_ratio" in p]
+        if against:
+            entry["worst_throughput_vs_baseline"] = min(against)
+            entry["within_3pct_of_baseline_everywhere"] = min(against) >= 0.97
+        return entry
+
+
+def _against_baseline(points: list[dict[str, Any]]) -> None:
+    """``baseline_ratio``: hotswap's throughput over hotswap-baseline's at each point."""
+    base = {
+        (p["protocol"], p["concurrency"], p["batch"]): p
+        for p in points
+        if p["server"] == "hotswap-baseline"
+    }
+    for point in points:
+        other = base.get((point["protocol"], point["concurrency"], point["batch"]))
+        if point["server"] == "hotswap" and other is not None:
+            point["baseline_ratio"] = _ratio(point["requests_per_s"], other["requests_per_s"])
 
 
 def _ratio(a: float, b: float) -> float:
