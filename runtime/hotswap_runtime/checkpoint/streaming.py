@@ -20,13 +20,12 @@ every file went through the tap. Nor does the tap refuse anything: a header it c
 accept only turns the stream off, because its bytes are not verified yet, and a reason
 about them (a header length, a tensor name) would disclose what an unpinned file holds
 (a file that is not a checkpoint at all, read for its sha256 mismatch). The file parse
-after the sha256 matched gives the reason; and ``result``, called once every sha256 matched,
-checks the shards against the manifest's weight map with ``weight_map.check_shards``, the
-check the cached files get, so a manifest streamed once is never refused from the cache
-later. Anything else (a cached file, a file without a declared
-size, tensors to cast or misaligned, a name the model does not have) turns the stream
-off, and the swapper parses the cached files as before, with the same checks and the
-same reasons.
+after the sha256 matched gives the reason. ``result``, called once every sha256 matched,
+checks the shards against the manifest's weight map with ``weight_map.check_shards``,
+the check the cached files get, so a manifest streamed once is never refused from the
+cache later. Anything else (a cached file, a file without a declared size, tensors to
+cast or misaligned, a name the model does not have) turns the stream off, and the
+swapper parses the cached files as before, with the same checks and the same reasons.
 """
 
 from __future__ import annotations
