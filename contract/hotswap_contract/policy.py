@@ -7,8 +7,8 @@ pods, and the runtime checks them again before it imports, opens or connects to
 anything a spec names:
 
 * architectures: ``torchvision`` (any torchvision model), ``torchvision/<name>``,
-  ``python/<module>`` (factories in that module or its submodules) or
-  ``python/<module>:<factory>``;
+  ``python/<module>`` (factories defined in that module or its submodules, not names
+  they import from elsewhere) or ``python/<module>:<factory>`` (that callable);
 * runtime images: exact references, or prefixes ending in ``*``; empty allows only the
   chart's own runtime image;
 * file roots: folders under which ``file://`` checkpoints may be read;
@@ -61,17 +61,36 @@ def check_architecture_entries(entries: Iterable[str]) -> tuple[str, ...]:
 def architecture_allowed(architecture: str, allowed: Iterable[str]) -> bool:
     """Whether ``architecture`` (``torchvision/<name>`` or ``python/<module>:<factory>``)
     is covered by an entry of ``allowed``. Module prefixes match whole dotted names only:
-    ``python/pkg`` covers ``pkg`` and ``pkg.sub``, never ``pkg_evil``."""
+    ``python/pkg`` covers ``pkg`` and ``pkg.sub``, never ``pkg_evil``. The runtime then
+    checks where the factory it finds is defined (``factory_allowed``)."""
     kind, _, target = architecture.partition("/")
     module = target.partition(":")[0]
     for entry in allowed:
         if entry == architecture or (kind == "torchvision" and entry == "torchvision"):
             return True
-        prefix = entry.removeprefix("python/")
-        in_module = module == prefix or module.startswith(prefix + ".")
-        if kind == "python" and entry.startswith("python/") and ":" not in prefix and in_module:
+        if kind == "python" and _module_entry_covers(entry, module):
             return True
     return False
+
+
+def factory_allowed(architecture: str, defined_in: str, allowed: Iterable[str]) -> bool:
+    """Whether the factory that ``python/<module>:<factory>`` names, found defined in
+    module ``defined_in`` (its ``__module__``), may be called. An entry naming exactly
+    ``architecture`` allows it: the admin chose that callable. A module entry
+    ``python/<module>`` allows the factories defined in that module or its submodules,
+    never a name one of them merely imports (``from subprocess import run``)."""
+    allowed = tuple(allowed)
+    if architecture in allowed:
+        return True
+    return bool(defined_in) and any(_module_entry_covers(e, defined_in) for e in allowed)
+
+
+def _module_entry_covers(entry: str, module: str) -> bool:
+    """Whether ``entry`` is ``python/<prefix>`` and ``module`` is it or below it."""
+    prefix = entry.removeprefix("python/")
+    if not entry.startswith("python/") or ":" in prefix:
+        return False
+    return module == prefix or module.startswith(prefix + ".")
 
 
 def architecture_refusal(architecture: str, allowed: Sequence[str]) -> str:

@@ -342,6 +342,20 @@ def stride0_right_shape_pt(path: Path) -> Path:
     )
 
 
+def storage_size_pt(path: Path, stored: int, declared: int) -> Path:
+    """fc.weight's storage holds ``stored`` floats, and data.pkl declares ``declared``:
+    torch.load refuses it; with ``mmap=True`` it maps ``declared`` floats from the
+    record's start (past its end into the next records' headers, or short of it)."""
+    w = tiny.weights(7)
+    records = {"0": raw_bytes(torch.arange(stored, dtype=torch.float32))}
+    records |= {"1": raw_bytes(w["fc.bias"]), "2": raw_bytes(w["scale"])}
+    state = collections.OrderedDict()
+    state["fc.weight"] = _Rebuild(_Storage("0", torch.float32, declared), (3, 4), (4, 1))
+    state["fc.bias"] = _Rebuild(_Storage("1", torch.float32, 3), (3,), (1,))
+    state["scale"] = _Rebuild(_Storage("2", torch.float32, 1), (1,), (1,))
+    return pt_archive(path, pickle_state(state), records)
+
+
 def deflate_bomb_pt(path: Path, inflated: int = 256 << 20) -> Path:
     """data/0 is ``inflated`` zero bytes, deflated to a fraction of a MiB; the pickle
     declares a storage of that many floats behind fc.weight."""

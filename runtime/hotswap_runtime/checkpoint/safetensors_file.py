@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from hotswap_contract.redact import clip
-from hotswap_runtime.checkpoint.layouts import Expected, FlatLayout, Slot, StateDict, named
+from hotswap_runtime.checkpoint.layouts import Expected, FlatLayout, Slot, StateDict
 from hotswap_runtime.checkpoint.staging import Staging
-from hotswap_runtime.errors import FormatError, ManifestError
+from hotswap_runtime.checkpoint.weight_map import check_shards
+from hotswap_runtime.errors import FormatError
 
 DTYPES = {
     "F64": torch.float64,
@@ -74,16 +75,13 @@ def read_flat(
     map: tensor -> index in ``files``) must say where each tensor is."""
     limit = header_limit(expected)
     parts: list[tuple[Path, str, int, FlatLayout]] = []
-    for index, (path, where) in enumerate(files):
+    for path, where in files:
         with _open(path, where) as (f, size, bad):
             layout = _layout(f, size, limit, bad)
             parts.append((path, bad, f.tell(), layout))
-        if owners is not None:  # so shards hold at most the weight map's tensors in all
-            check_owners(layout, index, owners, where)
+    if owners is not None:  # the one check a streamed checkpoint gets too (weight_map.py)
+        check_shards([part[3] for part in parts], owners, [where for _, where in files])
     combined = concat([part[3] for part in parts], files[0][1] if len(files) == 1 else "")
-    if owners is not None and len(owners) != len(combined.slots):
-        missing = sorted(set(owners) - set(combined.specs()))
-        raise ManifestError(f"weight_map names {named(missing)}, which no shard holds")
     where = files[0][1] if len(files) == 1 else f"{files[0][1]} (and its other shards)"
     expected.check(combined.specs(), where)
     flat = staging.flat(combined.nbytes)
@@ -94,16 +92,6 @@ def read_flat(
             _read_into(f, flat[base : base + layout.nbytes], bad)
         base += layout.nbytes
     return flat, combined, staging.views(combined)
-
-
-def check_owners(layout: FlatLayout, index: int, owners: Mapping[str, int], where: str) -> None:
-    """Every tensor of shard ``index`` is where the manifest's weight map puts it."""
-    for slot in layout.slots:
-        if owners.get(slot.name) != index:
-            raise ManifestError(
-                f"shard {where} holds {clip(slot.name, 100)!r}, which the manifest's "
-                "weight_map puts in another shard or does not list"
-            )
 
 
 def concat(layouts: Sequence[FlatLayout], where: str) -> FlatLayout:

@@ -41,7 +41,14 @@ from hotswap_runtime.checkpoint.fetch.http import open_http, quiet_client_logs
 from hotswap_runtime.checkpoint.fetch.loop import FetchLoop
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy
 from hotswap_runtime.checkpoint.fetch.s3 import open_s3
-from hotswap_runtime.checkpoint.fetch.stream import FILES_IN_FLIGHT, Body, Sink, TapFor, pump
+from hotswap_runtime.checkpoint.fetch.stream import (
+    FILES_IN_FLIGHT,
+    Body,
+    Sink,
+    TapFor,
+    pump,
+    too_large,
+)
 from hotswap_runtime.checkpoint.manifest import (
     MAX_MANIFEST_BYTES,
     LocalCheckpoint,
@@ -221,13 +228,16 @@ class CheckpointStore:
         download hands its chunks to the tap ``tap_for`` gives once the size is known.
 
         Raises a SwapError: Superseded once ``cancelled()`` turns true, FetchError and
-        its kinds, CheckpointTooLarge, IntegrityError."""
+        its kinds, CheckpointTooLarge (for a cached file too, as its download would),
+        IntegrityError."""
+        shown = redact_uri(checkpoint.uri)
+        limit = min(limit or self.max_checkpoint_bytes, self.max_checkpoint_bytes)
         hit = self.cached(checkpoint.sha256)
         if hit is not None:
+            if hit.stat().st_size > limit:  # a shard its manifest declares smaller
+                raise too_large(shown, limit)
             return hit
-        shown = redact_uri(checkpoint.uri)
         tmp = self.cache_dir / f".tmp-{checkpoint.sha256}-{uuid.uuid4().hex}"
-        limit = min(limit or self.max_checkpoint_bytes, self.max_checkpoint_bytes)
         try:
             total = self._download(checkpoint, shown, tmp, cancelled or _never, limit, tap_for)
             final = self.path_for(checkpoint.sha256)

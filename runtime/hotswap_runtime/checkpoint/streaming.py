@@ -20,10 +20,12 @@ every file went through the tap. Nor does the tap refuse anything: a header it c
 accept only turns the stream off, because its bytes are not verified yet, and a reason
 about them (a header length, a tensor name) would disclose what an unpinned file holds
 (a file that is not a checkpoint at all, read for its sha256 mismatch). The file parse
-after the sha256 matched gives the reason. Anything else (a cached file, a file without a declared
-size, tensors to cast or misaligned, a name the model does not have) turns the stream
-off, and the swapper parses the cached files as before, with the same checks and the
-same reasons.
+after the sha256 matched gives the reason. ``result``, called once every sha256 matched,
+checks the shards against the manifest's weight map with ``weight_map.check_shards``,
+the check the cached files get, so a manifest streamed once is never refused from the
+cache later. Anything else (a cached file, a file without a declared size, tensors to
+cast or misaligned, a name the model does not have) turns the stream off, and the
+swapper parses the cached files as before, with the same checks and the same reasons.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ import torch
 from hotswap_runtime.checkpoint.finite import all_finite
 from hotswap_runtime.checkpoint.layouts import Expected, FlatLayout, StateDict
 from hotswap_runtime.checkpoint.safetensors_file import (
-    check_owners,
     concat,
     flat_layout,
     header_limit,
     strict_json_object,
 )
 from hotswap_runtime.checkpoint.staging import Staging
+from hotswap_runtime.checkpoint.weight_map import check_shard, check_shards
 from hotswap_runtime.errors import FormatError
 
 Tap = Callable[[memoryview], None]
@@ -57,6 +59,7 @@ class _File:
     """One file's progress through the tap."""
 
     size: int
+    where: str  # its redacted URI
     bad: str
     head: bytearray = field(default_factory=bytearray)
     data_start: int | None = None  # offset of the data section, once the header is read
@@ -116,13 +119,15 @@ class StreamParser:
             if not self.on or size is None or index in self._files:
                 self.on = False
                 return None
-            file = _File(size, f"checkpoint {where}: not a valid safetensors file")
+            file = _File(size, where, f"checkpoint {where}: not a valid safetensors file")
             self._files[index] = file
         return lambda chunk: self._add(index, file, chunk)
 
     def result(self, count: int) -> tuple[torch.Tensor, FlatLayout, StateDict] | None:
         """The staging buffer, the checked layout and the views, when all ``count``
-        files streamed completely and hold exactly the model's tensors; else None."""
+        files streamed completely and hold exactly the model's tensors; else None.
+        Called once every file's sha256 matched: shards that break the manifest's
+        weight map raise the ManifestError that reading them from the cache raises."""
         if not self.on or sorted(self._files) != list(range(count)) or self._flat is None:
             return None
         files = [self._files[index] for index in range(count)]
@@ -130,7 +135,10 @@ class StreamParser:
             return None
         if any(f.layout is not None and f.screened != len(f.layout.slots) for f in files):
             return None
-        layout = concat([f.layout for f in files if f.layout is not None], files[0].bad)
+        layouts = [f.layout for f in files if f.layout is not None]
+        if self.owners is not None:  # the check read_flat makes (weight_map.py)
+            check_shards(layouts, self.owners, [f.where for f in files])
+        layout = concat(layouts, files[0].bad)
         if layout.specs() != dict(self.expected.layout) or layout.nbytes != self.total:
             return None
         return self._flat, layout, self.staging.views(layout)
@@ -193,7 +201,7 @@ class StreamParser:
         file.layout = flat_layout(header, file.size - 8 - length, file.bad)
         file.data_start = 8 + length
         if self.owners is not None:
-            check_owners(file.layout, index, self.owners, file.bad)
+            check_shard(file.layout, index, self.owners, file.where)
         self._place(index, file)
         return True
 

@@ -11,7 +11,10 @@ and its weights-only unpickler still allows calls such as ``bytearray(n)``; a le
   of the records torch.save writes, agrees with its local header, and lies inside the
   file without overlapping another record (so their sizes sum to at most the file's);
 * ``data.pkl`` is bounded by what a pickle for the expected tensors can need, and the
-  only globals it may name are the few a state dict of plain tensors uses.
+  only globals it may name are the few a state dict of plain tensors uses;
+* every storage it names has a record of exactly the bytes it declares (``numel``
+  elements of its type), as ``torch.load`` without ``mmap`` requires: with ``mmap`` it
+  would map the declared length from the record's start, into the records after it.
 
 Then ``torch.load(weights_only=True, mmap=True)`` maps the file: storages are views of
 the mapping, so a stride-0 or oversized view costs nothing until it is copied, and it
@@ -20,7 +23,10 @@ is only copied after its name, shape and dtype were checked against the model's 
 
 from __future__ import annotations
 
+import collections
+import io
 import os
+import pickle
 import pickletools
 import struct
 import warnings
@@ -49,20 +55,20 @@ _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")
 _TOP_RECORDS = {"data.pkl", "byteorder", "version", ".format_version", ".storage_alignment"}
 
-_STORAGES = (
-    "FloatStorage",
-    "DoubleStorage",
-    "HalfStorage",
-    "BFloat16Storage",
-    "LongStorage",
-    "IntStorage",
-    "ShortStorage",
-    "CharStorage",
-    "ByteStorage",
-    "BoolStorage",
-    "ComplexFloatStorage",
-    "ComplexDoubleStorage",
-)
+_STORAGES = {  # the typed storage classes torch.save names, and their element types
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64,
+    "ComplexDoubleStorage": torch.complex128,
+}
 _DTYPE_GLOBALS = (
     "float32",
     "float64",
@@ -117,7 +123,9 @@ def load_checked(path: Path, where: str, expected: Expected | None) -> dict[str,
     with path.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
         records = inspect_archive(f, size, most, pickle_limit, where)
-        scan_pickle(_read(f, records["data.pkl"]), where)
+        pickled = _read(f, records["data.pkl"])
+    scan_pickle(pickled, where)
+    check_storages(pickled, records, where)
     tensors = _tensors(_torch_load(path, where), where)
     if expected is not None:
         expected.check({n: TensorSpec(t.dtype, tuple(t.shape)) for n, t in tensors.items()}, where)
@@ -344,6 +352,92 @@ def scan_pickle(data: bytes, where: str) -> None:
         raise
     except Exception as exc:
         raise FormatError(f"{bad} is not a valid pickle ({type(exc).__name__})") from None
+
+
+def check_storages(data: bytes, records: Mapping[str, Record], where: str) -> None:
+    """Every storage data.pkl names has a record of exactly the bytes it declares
+    (``numel`` elements of its type), as ``torch.load`` without ``mmap`` requires: with
+    ``mmap`` it would map the declared length from the record's start, past its end into
+    the records after it, or serve a record cut short. Run after ``scan_pickle``."""
+    bad = f"checkpoint {where}: data.pkl"
+    for key, numel, itemsize in _storage_refs(data, bad):
+        name = f"data/{key}"
+        record = records.get(name)
+        if record is None:
+            raise FormatError(
+                f"{bad} names storage {clip(name, 100)!r}, which the archive does not hold; "
+                "re-save it with torch.save"
+            )
+        if numel * itemsize != record.size:
+            raise FormatError(
+                f"{bad} declares storage {clip(name, 100)!r} as {numel * itemsize} bytes "
+                f"({numel} elements of {itemsize} bytes), but its record holds {record.size}; "
+                "torch.load refuses such a file: re-save it with torch.save"
+            )
+
+
+def _storage_refs(data: bytes, bad: str) -> list[tuple[str, int, int]]:
+    """(key, numel, element size) of each storage data.pkl names, as torch.load's
+    unpickler reads them; every global replaced by an inert stand-in, so nothing of
+    torch is built (the pickle is bounded by ``limits``, and torch.load reads it next)."""
+    reader = _StorageRefs(io.BytesIO(data), bad)
+    try:
+        reader.load()
+    except FormatError:
+        raise
+    except Exception as exc:
+        raise FormatError(f"{bad} is not a valid pickle ({type(exc).__name__})") from None
+    return reader.refs
+
+
+@dataclass(frozen=True)
+class _StorageType:
+    itemsize: int
+
+
+class _Inert:
+    """What a rebuild call or a storage stands for while the storages are collected."""
+
+
+def _inert(*args: object, **kwargs: object) -> _Inert:
+    return _Inert()
+
+
+class _StorageRefs(pickle.Unpickler):
+    """An unpickler that collects the storages a torch.save pickle names."""
+
+    def __init__(self, file: IO[bytes], bad: str) -> None:
+        super().__init__(file)
+        self.bad = bad
+        self.refs: list[tuple[str, int, int]] = []
+
+    def find_class(self, module: str, name: str) -> object:
+        if f"{module} {name}" not in ALLOWED_GLOBALS:
+            raise FormatError(f"{self.bad} calls {clip(f'{module}.{name}', 80)}")
+        if module == "collections":
+            return collections.OrderedDict
+        if (module, name) == ("torch.storage", "UntypedStorage"):
+            return _StorageType(1)
+        if name in _STORAGES:
+            return _StorageType(_STORAGES[name].itemsize)
+        return _inert
+
+    def persistent_load(self, pid: object) -> _Inert:
+        if (
+            not isinstance(pid, tuple)
+            or len(pid) != 5
+            or pid[0] not in ("storage", b"storage")
+            or not isinstance(pid[1], _StorageType)
+            or not isinstance(pid[2], str)
+            or type(pid[4]) is not int
+            or pid[4] < 0
+        ):
+            raise FormatError(
+                f"{self.bad} names a storage in a form torch.save never writes; "
+                "re-save it with torch.save"
+            )
+        self.refs.append((pid[2], pid[4], pid[1].itemsize))
+        return _Inert()
 
 
 # ---- torch.load and what it returns -----------------------------------------------------

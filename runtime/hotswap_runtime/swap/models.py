@@ -4,7 +4,11 @@
 keyword arguments and no pretrained weights (nor pretrained backbones: nothing is ever
 downloaded); ``python/<module>:<factory>`` imports a module and calls
 ``factory(**args)``. Both must be covered by the admin's allowlist (policy.py), which
-is checked before anything is imported. Anything else is an ArchitectureError. A model
+is checked before anything is imported; a factory allowed through a module entry
+(``python/<module>``) must also be defined in an allowed module (its ``__module__``;
+a ``functools.partial`` is judged by what it wraps), so a name the module merely
+imports (``subprocess.run``, ``torch.hub.load``) is never called. Anything else is an
+ArchitectureError. A model
 whose ``dtype`` is float16 or bfloat16 is built, then its floating-point parameters and
 buffers are converted (so its layout, size and the fit check are in that dtype).
 
@@ -17,6 +21,7 @@ same budget, so no constructor allocates past it whatever ``model.args`` say.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -28,7 +33,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from hotswap_contract.policy import architecture_allowed, architecture_refusal
+from hotswap_contract.policy import architecture_allowed, architecture_refusal, factory_allowed
 from hotswap_contract.redact import clip
 from hotswap_contract.wire import DEFAULT_DTYPE, ModelSpec
 from hotswap_runtime.checkpoint.layouts import Layout, layout_of, model_bytes
@@ -37,6 +42,7 @@ from hotswap_runtime.swap.allocations import AllocationBudget
 
 log = logging.getLogger(__name__)
 BUILD_FACTOR = 2  # a build may allocate twice the model limit in all (temporaries)
+MAX_PARTIALS = 8  # functools.partial wrappers unwrapped to find where a factory is defined
 
 # Keyword arguments that would fetch pretrained weights from the internet.
 _DOWNLOADS = ("weights", "weights_backbone", "progress")
@@ -54,7 +60,7 @@ def build_model(spec: ModelSpec, device: torch.device | str, allowed: Sequence[s
         if kind == "torchvision":
             module = _torchvision(target, spec.args)
         else:
-            module = _python(target, spec.args)
+            module = _python(target, spec.args, allowed)
     module.eval()
     module.requires_grad_(False)
     return module
@@ -121,7 +127,7 @@ def _torchvision(name: str, args: dict[str, Any]) -> nn.Module:
     return _call(f"torchvision/{name}", builder, {"weights": None, **extra, **args})
 
 
-def _python(target: str, args: dict[str, Any]) -> nn.Module:
+def _python(target: str, args: dict[str, Any], allowed: Sequence[str]) -> nn.Module:
     module_name, _, factory_name = target.partition(":")
     name = f"python/{target}"
     try:
@@ -136,7 +142,27 @@ def _python(target: str, args: dict[str, Any]) -> nn.Module:
         raise ArchitectureError(
             f"architecture {name}: module {module_name!r} has no callable {factory_name!r}"
         )
+    defined_in = defining_module(factory)
+    if not factory_allowed(name, defined_in, allowed):
+        shown = clip(defined_in or "(no module)", 80)
+        raise ArchitectureError(
+            f"architecture {name}: {factory_name!r} is defined in {shown!r}, not in an "
+            f"allowed module ({module_name!r} only imports it); name a factory defined in "
+            "an allowed module, or ask the cluster admin to allow this one in the chart "
+            "value policy.architectures"
+        )
     return _call(name, factory, args)
+
+
+def defining_module(factory: Any) -> str:
+    """The module that defines ``factory`` (a function, class or method; a partial is
+    judged by the callable it wraps), or "" when it names none."""
+    for _ in range(MAX_PARTIALS):
+        if not isinstance(factory, functools.partial):
+            break
+        factory = factory.func
+    module = getattr(factory, "__module__", None)
+    return module if isinstance(module, str) else ""
 
 
 def _call(name: str, factory: Any, args: dict[str, Any]) -> nn.Module:

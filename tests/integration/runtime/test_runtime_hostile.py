@@ -22,9 +22,9 @@ a swap path that cannot die or hang, disclosure, and model.json itself.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
-import os
 import threading
 import time
 import uuid
@@ -40,6 +40,7 @@ import torch
 from devcluster import checkpoints as ck
 from devcluster import tiny
 from devcluster.cluster import REPO, Cluster
+from devcluster.procs import source_path
 from tests.fixtures_runtime import hostile
 from tests.fixtures_runtime import hostile_http as servers
 from tests.fixtures_runtime.server import RuntimeProcess, running, wait_for
@@ -229,7 +230,7 @@ def world(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "POD_NAMESPACE": namespace,
         "KUBECONFIG": str(cluster.kubeconfig),
         "HOTSWAP_TEST_SECRET": ENV_SECRET,
-        "PYTHONPATH": os.pathsep.join((str(REPO / "runtime"), str(REPO), str(modules))),
+        "PYTHONPATH": source_path(str(modules)),  # this checkout's contract too
     }
     expected = {"1": expected_outputs(good)}
     with (
@@ -297,6 +298,43 @@ def code_execution(world: World, kind: str) -> Case:
     architecture, args = calls[kind]
     rev = world.revision(uri, sha, architecture=architecture, args=args)
     return Case("bad_architecture", f"architecture {architecture} is not allowed", rev)
+
+
+def reexported(world: World, kind: str) -> Case:
+    """An allowed module's import (``from subprocess import run``, ``from torch.hub
+    import load``) named as the factory: refused before it is called."""
+    uri, sha = world.file(f"reexport-{kind}.safetensors", lambda p: _save(tiny.weights(5), p))
+    marker = world.markers / "ran"
+    hub = world.root.parent / "hub"
+    hub.mkdir(exist_ok=True)
+    (hub / "hubconf.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    calls = {
+        "subprocess-run": ("run", {"args": ["touch", str(marker)]}),
+        "torch-hub-load": ("load", {"repo_or_dir": str(hub), "model": "m", "source": "local"}),
+    }
+    name, args = calls[kind]
+    architecture = f"python/tests.fixtures_runtime.reexports:{name}"
+    rev = world.revision(uri, sha, architecture=architecture, args=args)
+    return Case("bad_architecture", "not in an allowed module", rev)
+
+
+def ghost_tensor(world: World) -> Case:
+    """A shard manifest whose weight map names a tensor no shard holds, its shards new
+    to the pod (so parsed while they download): refused as it is from the cache."""
+    manifest, _ = ck.save_sharded(tiny.weights(6), world.root / "manifest-ghost", 3)
+    doc = json.loads(manifest.read_text())
+    doc["weight_map"]["ghost.weight"] = next(iter(doc["shards"]))
+    manifest.write_text(json.dumps(doc))
+    rev = world.revision(manifest.as_uri(), ck.sha256_of(manifest))
+    return Case("bad_manifest", "which no shard holds", rev)
+
+
+def storages(world: World, kind: str) -> Case:
+    """A .pt whose storage in data.pkl is longer or shorter than its record."""
+    stored = {"past-its-record": 8, "short-of-its-record": 16}[kind]
+    write = functools.partial(hostile.storage_size_pt, stored=stored, declared=12)
+    uri, sha = world.file(f"storage-{kind}.pt", write)
+    return Case("bad_format", "but its record holds", world.revision(uri, sha))
 
 
 def memory(world: World, kind: str) -> Case:
@@ -397,6 +435,15 @@ CASES: dict[str, Callable[[World], Case]] = {
         )
     },
     "memory/giant-model-args": giant_model,
+    **{
+        f"code/reexported-{k}": (lambda w, k=k: reexported(w, k))
+        for k in ("subprocess-run", "torch-hub-load")
+    },
+    "manifest/tensor-in-no-shard": ghost_tensor,
+    **{
+        f"pt/storage-{k}": (lambda w, k=k: storages(w, k))
+        for k in ("past-its-record", "short-of-its-record")
+    },
     **{f"aliasing/{k}": (lambda w, k=k: aliasing(w, k)) for k in ("overlapping", "duplicates")},
     "dtype/float16": lambda w: dtypes(w, torch.float16),
     "dtype/int64": lambda w: dtypes(w, torch.int64),

@@ -61,7 +61,34 @@ CASES: dict[str, tuple[Callable[[Path], Path], type[Exception], str]] = {
         r"data.pkl is 200003 bytes, more than the \d+",
     ),
     "truncated": (lambda p: _truncated(p), FormatError, "not an archive written by torch.save"),
+    "storage larger than its record": (
+        lambda p: hostile.storage_size_pt(p, stored=8, declared=12),
+        FormatError,
+        r"declares storage 'data/0' as 48 bytes \(12 elements of 4 bytes\), but its "
+        "record holds 32; torch.load refuses",
+    ),
+    "storage smaller than its record": (
+        lambda p: hostile.storage_size_pt(p, stored=16, declared=12),
+        FormatError,
+        r"declares storage 'data/0' as 48 bytes \(12 elements of 4 bytes\), but its "
+        "record holds 64; torch.load refuses",
+    ),
+    "storage without a record": (
+        lambda p: _without_record(p),
+        FormatError,
+        "names storage 'data/0', which the archive does not hold",
+    ),
 }
+
+
+def _without_record(path: Path) -> Path:
+    """data.pkl names storage 0, and the archive holds no data/0 record."""
+    hostile.storage_size_pt(path, stored=12, declared=12)
+    with zipfile.ZipFile(path) as z:
+        blobs = {n.partition("/")[2]: z.read(n) for n in z.namelist()}
+    records = {n.partition("/")[2]: b for n, b in blobs.items() if n.startswith("data/")}
+    del records["0"]
+    return hostile.pt_archive(path, blobs["data.pkl"], records)
 
 
 def _torchscript(path: Path) -> Path:
@@ -86,6 +113,20 @@ def test_hostile_pt_is_refused_before_anything_is_staged(tmp_path: Path, case: s
         read_state_dict(path, URI, TINY, staging)
     assert not staging._buffers, "nothing was staged"
     assert len(str(refused.value)) < 400
+
+
+@pytest.mark.parametrize(("stored", "declared"), [(8, 12), (16, 12)])
+def test_a_storage_size_other_than_its_record_is_what_it_claims(
+    tmp_path: Path, stored: int, declared: int
+) -> None:
+    """Unchecked, torch.load refuses it, but with mmap=True it serves the declared
+    length from the record's start: the fixture is a real disagreement."""
+    path = hostile.storage_size_pt(tmp_path / "m.pt", stored, declared)
+    with pytest.raises(RuntimeError, match="does not match expected size"):
+        torch.load(path, weights_only=True)
+    mapped = torch.load(path, weights_only=True, mmap=True)["fc.weight"].flatten()
+    assert mapped.untyped_storage().nbytes() == 4 * declared
+    assert torch.equal(mapped[: min(stored, 12)], torch.arange(min(stored, 12)).float())
 
 
 def test_deflate_bomb_is_what_it_claims(tmp_path: Path) -> None:

@@ -139,10 +139,15 @@ class Sink:
         return self.digest.hexdigest() == sha256
 
     def _too_large(self) -> CheckpointTooLarge:
-        return CheckpointTooLarge(
-            f"checkpoint {self.shown} is over the size limit of {self.limit} bytes; "
-            "raise HOTSWAP_MAX_CHECKPOINT_BYTES if it is right"
-        )
+        return too_large(self.shown, self.limit)
+
+
+def too_large(shown: str, limit: int) -> CheckpointTooLarge:
+    """The refusal of checkpoint ``shown`` over ``limit`` bytes, downloaded or cached."""
+    return CheckpointTooLarge(
+        f"checkpoint {shown} is over the size limit of {limit} bytes; "
+        "raise HOTSWAP_MAX_CHECKPOINT_BYTES if it is right"
+    )
 
 
 async def pump(opened: AbstractAsyncContextManager[Body], sink: Sink, policy: NetPolicy) -> None:
