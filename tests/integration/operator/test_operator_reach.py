@@ -287,6 +287,8 @@ def test_the_operators_own_children_are_written_updated_and_retired(team):
         "code-through-env",
         "wider-policy",
         "no-owner",
+        "apparmor-unconfined",
+        "replicas",
     ],
 )
 def test_a_deployment_outside_the_runtime_shape_is_refused(team, installed, attack):
@@ -323,6 +325,12 @@ def test_a_deployment_outside_the_runtime_shape_is_refused(team, installed, atta
             if entry["name"] == "HOTSWAP_ALLOWED_ARCHITECTURES":
                 entry["value"] = "torchvision,python/os:system"
         words = "no wider than the chart policy values"
+    elif attack == "apparmor-unconfined":
+        container["securityContext"]["appArmorProfile"] = {"type": "Unconfined"}
+        words = "AppArmor confined"
+    elif attack == "replicas":
+        deployment["spec"]["replicas"] = 100000
+        words = "at most 10000"
     elif attack == "no-owner":
         del deployment["metadata"]["ownerReferences"]
         words = "only children of a ModelDeployment"
