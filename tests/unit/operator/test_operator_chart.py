@@ -1,6 +1,7 @@
 """The Helm chart: lint-clean, least-privilege RBAC equal to what the code calls."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from devcluster.helm import CHART, template
 from hotswap_operator import handlers, leader, resources
 from hotswap_operator.config import operator_settings, runtime_defaults
 from hotswap_operator.kube import PERMISSIONS
+from hotswap_operator.spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -161,13 +163,72 @@ def render_defaults(helm_bin, *sets):
     return next(e["value"] for e in container["env"] if e["name"] == "HOTSWAP_RUNTIME_DEFAULTS")
 
 
-def test_status_integrity_policy_is_rendered_where_the_api_exists(helm_bin):
-    kinds = [d["kind"] for d in render(helm_bin, "--api-versions", VAP_API)]
-    assert kinds.count("ValidatingAdmissionPolicy") == 1
-    assert kinds.count("ValidatingAdmissionPolicyBinding") == 1
-    assert "ValidatingAdmissionPolicy" not in [d["kind"] for d in render(helm_bin)]
-    off = render(helm_bin, "--api-versions", VAP_API, "--set", "statusIntegrity.enabled=false")
-    assert "ValidatingAdmissionPolicy" not in [d["kind"] for d in off]
+def policies(docs):
+    """{kind: sorted names} of the admission policies and their bindings."""
+    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    return {k: sorted(d["metadata"]["name"] for d in docs if d["kind"] == k) for k in kinds}
+
+
+REPORTS = "hotswap-system-hs-hotswap-pod-reports"
+WRITES = "hotswap-system-hs-hotswap-operator-writes"
+
+
+@pytest.mark.parametrize(
+    ("sets", "names"),
+    [
+        ((), [WRITES, REPORTS]),
+        (("--set", "statusIntegrity.enabled=false"), [WRITES]),
+        (("--set", "childIntegrity.enabled=false"), [REPORTS]),
+    ],
+)
+def test_admission_policies_are_rendered_where_the_api_exists(helm_bin, sets, names):
+    rendered = policies(render(helm_bin, "--api-versions", VAP_API, *sets))
+    assert rendered == {
+        "ValidatingAdmissionPolicy": names,
+        "ValidatingAdmissionPolicyBinding": names,
+    }
+    assert policies(render(helm_bin, *sets)) == {
+        "ValidatingAdmissionPolicy": [],
+        "ValidatingAdmissionPolicyBinding": [],
+    }
+
+
+def operator_writes(helm_bin, *sets):
+    docs = render(helm_bin, "--api-versions", VAP_API, *sets)
+    (policy,) = [d for d in docs if d["metadata"]["name"] == WRITES and "Binding" not in d["kind"]]
+    return policy["spec"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "account"), [((), "hs-hotswap"), (("--set", "serviceAccount.name=op"), "op")]
+)
+def test_child_integrity_matches_the_operators_account_only(helm_bin, sets, account):
+    (condition,) = operator_writes(helm_bin, *sets)["matchConditions"]
+    user = f"system:serviceaccount:hotswap-system:{account}"
+    assert condition["expression"] == f"request.userInfo.username == {json.dumps(user)}"
+
+
+def test_child_integrity_knows_every_variable_the_operator_sets(helm_bin):
+    """The policy pins the runtime's interface variables by name: a variable the operator
+    starts to set must be added there (or its Deployments would be refused), and one it
+    stops setting removed."""
+    spec = operator_writes(helm_bin)
+    named = set(re.findall(r"'((?:HOTSWAP|POD)_[A-Z_]+)'", json.dumps(spec)))
+    full = parse_spec(
+        {
+            "model": {"architecture": "torchvision/resnet18", "inputShape": [3, 8, 8]},
+            "checkpoint": {"uri": "file:///models/v1.safetensors", "sha256": "1" * 64},
+            "runtime": {
+                "cacheMaxBytes": 1024,
+                "batching": {"maxBatchSize": 8, "maxQueueDelayMicroseconds": 500},
+            },
+        }
+    )
+    defaults = runtime_defaults(
+        {"HOTSWAP_RUNTIME_DEFAULTS": json.dumps({"policy": {"maxCheckpointBytes": 1024}})}
+    )
+    owner = resources.Owner("m", "ns", "uid")
+    assert named == {e["name"] for e in resources.runtime_env(owner, full, defaults)}
 
 
 FLOW_API = "flowcontrol.apiserver.k8s.io/v1/FlowSchema"
