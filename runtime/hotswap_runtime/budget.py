@@ -104,6 +104,10 @@ class Claim:
         self.close()
 
 
+def _limit(claim: Claim) -> int:
+    return claim.limit
+
+
 class MemoryBudget:
     """Byte claims on one event loop, granted by the banker's rule in arrival order."""
 
@@ -123,6 +127,7 @@ class MemoryBudget:
         self.used = 0
         self.refused = 0
         self._need = 0  # the sum of every open claim's need
+        self._largest = 0  # at least the largest open claim's limit
         self._claims: dict[Claim, None] = {}  # open claims, oldest first
         self._waiting: dict[Claim, tuple[int, asyncio.Future[None]]] = {}
         self._seq = itertools.count()
@@ -141,6 +146,7 @@ class MemoryBudget:
         claim = Claim(self, limit, what, next(self._seq))
         self._claims[claim] = None
         self._need += limit
+        self._largest = max(self._largest, limit)
         return claim
 
     @contextlib.asynccontextmanager
@@ -156,7 +162,10 @@ class MemoryBudget:
         avail = self.capacity - self.used - nbytes
         if avail < 0:
             return False
-        if avail >= self._need - claim.need:  # every other claim could finish at once
+        if avail >= self._largest or avail >= self._need - claim.need:
+            return True  # any other claim could finish alone, or all of them at once
+        self._largest = max(self._claims, key=_limit).limit  # it may have closed
+        if avail >= self._largest:
             return True
         before = 0
         for older in self._claims:

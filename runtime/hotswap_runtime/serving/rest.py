@@ -35,7 +35,7 @@ from hotswap_runtime.errors import (
     RequestTooLarge,
     http_status,
 )
-from hotswap_runtime.serving.body import BodyLimits, receive_body
+from hotswap_runtime.serving.body import BodyClock, BodyLimits
 from hotswap_runtime.serving.codec import InferRequest, decode_rest, encode_rest
 from hotswap_runtime.serving.dataplane import DataPlane
 
@@ -84,6 +84,7 @@ class VersionHeader:
 
 def add_routes(app: FastAPI, plane: DataPlane, limits: BodyLimits) -> None:
     """Register the OIP v2 endpoints and the error table's handler on ``app``."""
+    bodies = BodyClock(limits)
 
     @app.exception_handler(HotswapError)
     async def _error(_: Request, exc: HotswapError) -> JSONResponse:
@@ -121,12 +122,12 @@ def add_routes(app: FastAPI, plane: DataPlane, limits: BodyLimits) -> None:
     @app.post("/v2/models/{model}/infer")
     async def infer(model: str, request: Request) -> Response:
         plane.check_model(model)
-        return await _infer(plane, request, None, limits)
+        return await _infer(plane, request, None, bodies)
 
     @app.post("/v2/models/{model}/versions/{version}/infer")
     async def infer_version(model: str, version: str, request: Request) -> Response:
         plane.check_model(model)
-        return await _infer(plane, request, version, limits)
+        return await _infer(plane, request, version, bodies)
 
 
 def _ready(plane: DataPlane, model: str, version: str | None) -> JSONResponse:
@@ -135,9 +136,9 @@ def _ready(plane: DataPlane, model: str, version: str | None) -> JSONResponse:
 
 
 async def _infer(
-    plane: DataPlane, request: Request, version: str | None, limits: BodyLimits
+    plane: DataPlane, request: Request, version: str | None, bodies: BodyClock
 ) -> Response:
-    headers = request.headers
+    headers, limits = request.headers, bodies.limits
     if headers.get("content-encoding", "identity").lower() != "identity":
         raise InvalidInput("compressed request bodies (Content-Encoding) are not supported")
     declared = _int_header(headers.get("content-length"), "Content-Length")
@@ -150,7 +151,7 @@ async def _infer(
     size = limits.max_bytes if declared is None else declared
     async with plane.claim(decode_cost(size, json_length)) as claim:
         try:
-            body = await receive_body(request.receive, claim, declared, limits, _client(request))
+            body = await bodies.receive(request.receive, claim, declared, _client(request))
         except ClientDisconnect:
             return Response(status_code=400)
         await claim.take_rest()
