@@ -98,6 +98,13 @@ class Tricklers:
             self._open(selector)
 
 
+def grpc_request() -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="tiny")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
+    return request
+
+
 @dataclass
 class BenignLoad:
     """REST and gRPC infer requests in a loop, each with a 5 s timeout, until ``stop``."""
@@ -118,9 +125,7 @@ class BenignLoad:
                     self.results.append(f"REST {type(exc).__name__}")
 
     def grpc(self) -> None:
-        request = pb.ModelInferRequest(model_name="tiny")
-        request.inputs.add(name="input", datatype="FP32", shape=[1, 4])
-        request.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
+        request = grpc_request()
         with grpc.insecure_channel(self.grpc_target) as channel:
             infer = channel.unary_unary(
                 "/inference.GRPCInferenceService/ModelInfer",
@@ -198,6 +203,11 @@ def test_readiness_is_false_while_the_memory_is_spent_and_true_after(tmp_path: P
             request_serializer=pb.ServerReadyRequest.SerializeToString,
             response_deserializer=pb.ServerReadyResponse.FromString,
         )
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
         hog = Tricklers(rt.url, 1, 1 << 20)
         thread = threading.Thread(target=hog.run)
         thread.start()
@@ -211,6 +221,11 @@ def test_readiness_is_false_while_the_memory_is_spent_and_true_after(tmp_path: P
                 httpx.post(rt.url + INFER, content=BODY, timeout=10)  # refused again
                 return rt.get("/v2/health/ready").status_code == 503
 
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as refused:
+                infer(grpc_request(), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+            assert time.monotonic() - started < 3, "refused within the wait, not queued"
             wait_for(unready, 20, "readiness 503 while the memory is spent", interval=0.2)
             assert "refusing requests" in rt.get("/v2/health/ready").json()["error"]
             assert not server_ready(pb.ServerReadyRequest(), timeout=5).ready
@@ -220,4 +235,5 @@ def test_readiness_is_false_while_the_memory_is_spent_and_true_after(tmp_path: P
         wait_for(lambda: rt.get("/v2/health/ready").status_code == 200, 10, "ready again")
         assert server_ready(pb.ServerReadyRequest(), timeout=5).ready
         assert httpx.post(rt.url + INFER, content=BODY, timeout=10).status_code == 200
+        assert infer(grpc_request(), timeout=10).model_version == "1"
         assert hog.answers == [], "the hog kept its rate and was not cut off"
