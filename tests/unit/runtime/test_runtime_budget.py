@@ -7,9 +7,10 @@ import asyncio
 
 import pytest
 
-from hotswap_runtime.budget import SMALLEST_CLAIM, MemoryBudget
-from hotswap_runtime.errors import Overloaded, RequestTooLarge
-from hotswap_runtime.serving.body import BodyLimits
+from hotswap_runtime.budget import RECEIVE_FIXED, SMALLEST_CLAIM, MemoryBudget
+from hotswap_runtime.errors import BodyTooSlow, Overloaded, RequestTooLarge
+from hotswap_runtime.serving.body import BodyClock, BodyLimits
+from hotswap_runtime.settings import load_settings
 
 MiB = 1 << 20
 
@@ -186,3 +187,57 @@ def test_a_body_may_be_slow_for_the_grace_then_must_keep_the_rate() -> None:
     assert limits.cutoff(2000) == 5
     assert limits.cutoff(20_000) == 20  # 20 kB carry it to 20 s at 1 kB/s
     assert limits.cutoff(10**9) == 60  # never past the deadline
+
+
+def test_slow_sender_settings_come_from_the_environment_and_are_checked() -> None:
+    env = {
+        "HOTSWAP_MODEL_NAME": "m",
+        "HOTSWAP_REQUEST_WAIT_SECONDS": "2",
+        "HOTSWAP_BODY_SECONDS": "30",
+        "HOTSWAP_BODY_GRACE_SECONDS": "1",
+        "HOTSWAP_BODY_MIN_RATE": "1000",
+        "HOTSWAP_OVERLOAD_UNREADY_SECONDS": "0",
+    }
+    settings = load_settings([], env)
+    assert (
+        settings.request_wait_seconds,
+        settings.body_seconds,
+        settings.body_grace_seconds,
+        settings.body_min_rate,
+        settings.overload_unready_seconds,
+    ) == (2, 30, 1, 1000, 0)
+    with pytest.raises(SystemExit, match="HOTSWAP_BODY_MIN_RATE must be positive"):
+        load_settings(["--body-min-rate", "0"], env)
+    with pytest.raises(SystemExit, match="must not be negative"):
+        load_settings([], {**env, "HOTSWAP_BODY_GRACE_SECONDS": "-1"})
+
+
+def test_a_silent_body_is_cut_off_but_not_while_it_waits_for_the_budget() -> None:
+    limits = BodyLimits(1000, seconds=5, grace=0.05, min_rate=1e6)
+
+    async def scenario() -> None:
+        bodies = BodyClock(limits, tick=0.01)
+        budget = MemoryBudget(RECEIVE_FIXED + 100, wait=5)
+        silent = asyncio.Event()
+
+        async def never() -> dict[str, object]:
+            await silent.wait()
+            return {}
+
+        async with budget.claim(RECEIVE_FIXED + 100) as claim:
+            with pytest.raises(BodyTooSlow, match=r"0 of 100 bytes in 0\.\d+s; after 0\.05s"):
+                await bodies.receive(never, claim, 100, "test")
+        hog = budget.claim(100)
+        await hog.take_rest()
+
+        async def whole() -> dict[str, object]:
+            return {"type": "http.request", "body": b"x" * 100, "more_body": False}
+
+        async with budget.claim(RECEIVE_FIXED + 100) as claim:
+            receiving = asyncio.create_task(bodies.receive(whole, claim, 100, "test"))
+            await asyncio.sleep(0.2)  # four graces spent waiting for the budget
+            assert not receiving.done()
+            hog.close()
+            assert await receiving == b"x" * 100
+
+    asyncio.run(scenario())
