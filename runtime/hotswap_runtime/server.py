@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from hotswap_runtime.service import Runtime
+from hotswap_runtime.serving.body import BodyLimits
 from hotswap_runtime.serving.grpc_server import GrpcServer
 from hotswap_runtime.serving.rest import VersionHeader, add_routes
 
@@ -46,7 +47,13 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="hotswap-runtime", lifespan=lifespan)
     app.state.runtime = runtime
     app.add_middleware(VersionHeader, plane=plane)
-    add_routes(app, plane, settings.max_request_bytes)
+    limits = BodyLimits(
+        settings.max_request_bytes,
+        settings.body_seconds,
+        settings.body_grace_seconds,
+        settings.body_min_rate,
+    )
+    add_routes(app, plane, limits)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -44,7 +44,11 @@ class Runtime:
             tap=tap,
         )
         self.metrics = Metrics(self.device)
-        self.budget = MemoryBudget(settings.request_memory_bytes)
+        self.budget = MemoryBudget(
+            settings.request_memory_bytes,
+            settings.request_wait_seconds,
+            settings.overload_unready_seconds,
+        )
         self.engine = _engine(settings, self.swapper, self.metrics, tap)
         self.swapper.serving_idle = self.engine.idle
         self.pod = settings.pod_name or "local"

@@ -72,6 +72,12 @@ class Settings:
     codec_threads: int = 2
     mmap_threshold_bytes: int = 1 << 20
     drain_seconds: float = 5.0
+    # Slow senders and a spent request memory (budget.py, serving/body.py).
+    request_wait_seconds: float = 5.0
+    body_seconds: float = 60.0
+    body_grace_seconds: float = 5.0
+    body_min_rate: float = 64 << 10
+    overload_unready_seconds: float = 10.0
 
 
 # flag -> (environment variable, type, help)
@@ -145,6 +151,29 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         float,
         "after SIGTERM: seconds of not-ready while still serving, before the listener closes",
     ),
+    # Slow senders and a spent request memory.
+    "request_wait_seconds": (
+        "HOTSWAP_REQUEST_WAIT_SECONDS",
+        float,
+        "seconds a request may wait for request memory in all, then 503 / RESOURCE_EXHAUSTED",
+    ),
+    "body_seconds": ("HOTSWAP_BODY_SECONDS", float, "a REST body must arrive within (408)"),
+    "body_grace_seconds": (
+        "HOTSWAP_BODY_GRACE_SECONDS",
+        float,
+        "seconds a REST body may take before HOTSWAP_BODY_MIN_RATE counts",
+    ),
+    "body_min_rate": (
+        "HOTSWAP_BODY_MIN_RATE",
+        float,
+        "bytes a second a REST body must average after the grace (408 below it)",
+    ),
+    "overload_unready_seconds": (
+        "HOTSWAP_OVERLOAD_UNREADY_SECONDS",
+        float,
+        "readiness turns false after requests were refused this long with none getting "
+        "through (0: never)",
+    ),
 }
 
 
@@ -201,6 +230,7 @@ def _check(settings: Settings) -> None:
     if settings.fetch_idle_seconds <= 0:
         raise SystemExit("hotswap-runtime: HOTSWAP_FETCH_IDLE_SECONDS must be positive")
     _check_serving(settings)
+    _check_slow_senders(settings)
 
 
 def _check_serving(s: Settings) -> None:
@@ -221,4 +251,17 @@ def _check_serving(s: Settings) -> None:
         raise SystemExit(
             "hotswap-runtime: HOTSWAP_REQUEST_MEMORY_BYTES must hold at least what decoding "
             f"one binary request of HOTSWAP_MAX_REQUEST_BYTES takes ({floor} bytes)"
+        )
+
+
+def _check_slow_senders(s: Settings) -> None:
+    if s.request_wait_seconds <= 0 or s.body_seconds <= 0 or s.body_min_rate <= 0:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_REQUEST_WAIT_SECONDS, HOTSWAP_BODY_SECONDS and "
+            "HOTSWAP_BODY_MIN_RATE must be positive"
+        )
+    if s.body_grace_seconds < 0 or s.overload_unready_seconds < 0:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_BODY_GRACE_SECONDS and HOTSWAP_OVERLOAD_UNREADY_SECONDS "
+            "must not be negative"
         )

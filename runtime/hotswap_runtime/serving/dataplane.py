@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hotswap_contract.redact import clip
 from hotswap_contract.wire import AnalysisFigures, ModelSpec
-from hotswap_runtime.budget import MemoryBudget
+from hotswap_runtime.budget import Claim, MemoryBudget
 from hotswap_runtime.control.desired import Failure, Status, SwapRecord
 from hotswap_runtime.errors import ModelNotFound, ModelNotReady
 from hotswap_runtime.serving.codec import DATATYPE, INPUT, OUTPUT, InferRequest
@@ -161,14 +161,23 @@ class DataPlane:
         return None if current is None else str(current.revision.revision)
 
     def ready_version(self) -> str | None:
-        """The serving version while the pod takes new work: None when nothing is loaded
-        or the pod is draining after SIGTERM (requests still run; readiness says stop)."""
-        return None if self.draining else self.serving_version()
+        """The serving version while the pod takes new work: None when nothing is loaded,
+        the pod is draining after SIGTERM (requests still run; readiness says stop) or
+        the request memory has been exhausted for a while (``budget.py``)."""
+        if self.draining or self.budget.exhausted():
+            return None
+        return self.serving_version()
 
     def server_ready(self) -> str:
         """The serving version, or ModelNotReady saying why there is none to offer."""
         if self.draining:
             raise ModelNotReady(f"model {self.model_name!r} is shutting down (draining)")
+        if self.budget.exhausted():
+            raise ModelNotReady(
+                f"model {self.model_name!r} is refusing requests: its request memory "
+                f"(HOTSWAP_REQUEST_MEMORY_BYTES) has been spent for "
+                f"{self.budget.exhausted_for():.0f}s; ready again once requests get through"
+            )
         version = self.serving_version()
         if version is None:
             raise ModelNotReady(f"model {self.model_name!r} is not loaded yet")
@@ -242,9 +251,15 @@ class DataPlane:
     # ---- inference ------------------------------------------------------------------
 
     def admit(self, cost: int) -> contextlib.AbstractAsyncContextManager[None]:
-        """Hold ``cost`` bytes of the request memory budget (``budget.py``) for a block:
-        a transport takes it before it reads or decodes a request."""
+        """Hold ``cost`` bytes of the request memory budget (``budget.py``) for a block,
+        taken whole: for a request already received (gRPC). Overloaded when the budget
+        does not grant them within its wait."""
         return self.budget.hold(cost)
+
+    def claim(self, limit: int) -> Claim:
+        """A claim of at most ``limit`` bytes on the request memory budget, charged as a
+        request is received (REST) and given back when its block ends."""
+        return self.budget.claim(limit)
 
     async def infer(
         self,

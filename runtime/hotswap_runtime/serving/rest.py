@@ -6,11 +6,15 @@ version route names the one version this pod serves or answers 404 (ready: 503 w
 ``ready: false``; infer: 409 when a swap got there first). Not ready answers 503, as
 KServe does (the spec asks for a 4xx; clients test for 200).
 
-An infer request is charged against the request memory budget (``budget.py``) from its
-headers before a byte of its body is read; a declared body over
-``HOTSWAP_MAX_REQUEST_BYTES`` answers 413 at once, an undeclared (chunked) one as soon
-as it passes the limit. The body lands in one preallocated buffer, then decoding,
-inference and encoding run off the event loop (``inference.Engine``).
+An infer request claims its share of the request memory budget (``budget.py``) from its
+headers before a byte of its body is read, and is charged as its body arrives
+(``body.py``: a deadline and a minimum rate cut off slow senders, 408); a declared body
+over ``HOTSWAP_MAX_REQUEST_BYTES`` answers 413 at once, an undeclared (chunked) one as
+soon as it passes the limit. Once the body is in, the rest of the claim is charged and
+decoding, inference and encoding run off the event loop (``inference.Engine``). A
+request the budget cannot admit within ``HOTSWAP_REQUEST_WAIT_SECONDS`` answers 503.
+An answer sent before the body was read whole closes the connection. Readiness is 503
+while the budget is exhausted (``DataPlane.server_ready``).
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ from starlette.requests import ClientDisconnect
 
 from hotswap_runtime.budget import decode_cost
 from hotswap_runtime.errors import (
+    BodyTooSlow,
     HotswapError,
     InvalidInput,
+    Overloaded,
     RequestTooLarge,
     http_status,
 )
+from hotswap_runtime.serving.body import BodyClock, BodyLimits
 from hotswap_runtime.serving.codec import InferRequest, decode_rest, encode_rest
 from hotswap_runtime.serving.dataplane import DataPlane
 
@@ -43,6 +50,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Refusals that may come before the body was read whole: the connection is closed, so
+# the rest of the body is neither waited for nor read.
+UNREAD = (BodyTooSlow, Overloaded, RequestTooLarge)
 
 
 class VersionHeader:
@@ -72,12 +82,14 @@ class VersionHeader:
         await self.app(scope, receive, send_with_version)
 
 
-def add_routes(app: FastAPI, plane: DataPlane, max_request_bytes: int) -> None:
+def add_routes(app: FastAPI, plane: DataPlane, limits: BodyLimits) -> None:
     """Register the OIP v2 endpoints and the error table's handler on ``app``."""
+    bodies = BodyClock(limits)
 
     @app.exception_handler(HotswapError)
     async def _error(_: Request, exc: HotswapError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=http_status(exc))
+        headers = {"connection": "close"} if isinstance(exc, UNREAD) else None
+        return JSONResponse({"error": str(exc)}, status_code=http_status(exc), headers=headers)
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
@@ -110,12 +122,12 @@ def add_routes(app: FastAPI, plane: DataPlane, max_request_bytes: int) -> None:
     @app.post("/v2/models/{model}/infer")
     async def infer(model: str, request: Request) -> Response:
         plane.check_model(model)
-        return await _infer(plane, request, None, max_request_bytes)
+        return await _infer(plane, request, None, bodies)
 
     @app.post("/v2/models/{model}/versions/{version}/infer")
     async def infer_version(model: str, version: str, request: Request) -> Response:
         plane.check_model(model)
-        return await _infer(plane, request, version, max_request_bytes)
+        return await _infer(plane, request, version, bodies)
 
 
 def _ready(plane: DataPlane, model: str, version: str | None) -> JSONResponse:
@@ -123,23 +135,26 @@ def _ready(plane: DataPlane, model: str, version: str | None) -> JSONResponse:
     return JSONResponse(answer.to_json(), status_code=200 if answer.ready else 503)
 
 
-async def _infer(plane: DataPlane, request: Request, version: str | None, limit: int) -> Response:
-    headers = request.headers
+async def _infer(
+    plane: DataPlane, request: Request, version: str | None, bodies: BodyClock
+) -> Response:
+    headers, limits = request.headers, bodies.limits
     if headers.get("content-encoding", "identity").lower() != "identity":
         raise InvalidInput("compressed request bodies (Content-Encoding) are not supported")
     declared = _int_header(headers.get("content-length"), "Content-Length")
-    if declared is not None and declared > limit:
+    if declared is not None and declared > limits.max_bytes:
         raise RequestTooLarge(
-            f"the request body has {declared} bytes, over this runtime's limit of {limit} "
-            "(HOTSWAP_MAX_REQUEST_BYTES)"
+            f"the request body has {declared} bytes, over this runtime's limit of "
+            f"{limits.max_bytes} (HOTSWAP_MAX_REQUEST_BYTES)"
         )
     json_length = _int_header(headers.get(HEADER_LENGTH), "Inference-Header-Content-Length")
-    size = limit if declared is None else declared
-    async with plane.admit(decode_cost(size, json_length)):
+    size = limits.max_bytes if declared is None else declared
+    async with plane.claim(decode_cost(size, json_length)) as claim:
         try:
-            body = await _receive(request, declared, limit)
+            body = await bodies.receive(request.receive, claim, declared, _client(request))
         except ClientDisconnect:
             return Response(status_code=400)
+        await claim.take_rest()
 
         def decode() -> InferRequest:
             return decode_rest(body, json_length, version)
@@ -159,30 +174,9 @@ async def _infer(plane: DataPlane, request: Request, version: str | None, limit:
     return Response(content, media_type=media, headers=out_headers)
 
 
-async def _receive(request: Request, declared: int | None, limit: int) -> bytearray:
-    """The whole body in one buffer: preallocated when its length is declared."""
-    if declared is not None:
-        body = bytearray(declared)
-        view = memoryview(body)
-        filled = 0
-        async for chunk in request.stream():
-            end = filled + len(chunk)
-            if end > declared:
-                raise InvalidInput("the request body is longer than its Content-Length")
-            view[filled:end] = chunk
-            filled = end
-        if filled != declared:
-            raise InvalidInput("the request body is shorter than its Content-Length")
-        return body
-    grown = bytearray()
-    async for chunk in request.stream():
-        if len(grown) + len(chunk) > limit:
-            raise RequestTooLarge(
-                f"the request body is over this runtime's limit of {limit} bytes "
-                "(HOTSWAP_MAX_REQUEST_BYTES)"
-            )
-        grown += chunk
-    return grown
+def _client(request: Request) -> str:
+    client = request.client
+    return "an unknown client" if client is None else f"{client.host}:{client.port}"
 
 
 def _int_header(value: str | None, name: str) -> int | None:

@@ -1,9 +1,7 @@
-"""The OIP v2 codec: JSON and binary REST bodies, gRPC messages, chunked JSON numbers,
-and the request memory budget."""
+"""The OIP v2 codec: JSON and binary REST bodies, gRPC messages, chunked JSON numbers."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import numpy as np
@@ -11,8 +9,7 @@ import orjson
 import pytest
 import torch
 
-from hotswap_runtime.budget import MemoryBudget
-from hotswap_runtime.errors import InvalidInput, RequestTooLarge
+from hotswap_runtime.errors import InvalidInput
 from hotswap_runtime.serving import jsonscan
 from hotswap_runtime.serving.codec import (
     InferRequest,
@@ -157,30 +154,6 @@ def test_grpc_raw_and_typed_contents() -> None:
         decode_grpc(short.SerializeToString())
     with pytest.raises(InvalidInput, match="not a ModelInferRequest"):
         decode_grpc(b"\xff\xff\xff")
-
-
-def test_budget_is_first_come_first_served_and_refuses_what_never_fits() -> None:
-    async def scenario() -> list[str]:
-        budget = MemoryBudget(100)
-        order: list[str] = []
-        await budget.acquire(60)
-        big = asyncio.create_task(budget.acquire(80))
-        await asyncio.sleep(0)  # let it queue (a scheduling step, not a wait for time)
-        small = asyncio.create_task(budget.acquire(10))
-        await asyncio.sleep(0)
-        assert not big.done() and not small.done(), "a small request overtook a big one"
-        budget.release(60)
-        await big
-        order.append("big")
-        budget.release(80)
-        await small
-        order.append("small")
-        with pytest.raises(RequestTooLarge, match="over this runtime's request memory"):
-            await budget.acquire(101)
-        assert budget.used == 10
-        return order
-
-    assert asyncio.run(scenario()) == ["big", "small"]
 
 
 def test_infer_request_batch() -> None:
