@@ -30,6 +30,11 @@ DEFAULT_CACHE_MAX_BYTES = 8 * 1024**3
 DEFAULT_MAX_CHECKPOINT_BYTES = 4 * 1024**3
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024**2
 DEFAULT_REQUEST_MEMORY_BYTES = 1024**3
+# forward passes (swap/footprint.py)
+DEFAULT_MAX_FORWARD_BATCH = 1024
+MAX_FORWARD_BATCH = 1 << 16
+DEFAULT_FORWARD_MEMORY_BYTES = 1024**3
+MIN_FORWARD_MEMORY_BYTES = 1 << 20
 DEVICES = ("auto", "cuda", "cpu")
 SWAP_MODES = ("auto", "standby", "inplace")
 _OFF = ("false", "0", "no", "off")
@@ -72,6 +77,8 @@ class Settings:
     codec_threads: int = 2
     mmap_threshold_bytes: int = 1 << 20
     drain_seconds: float = 5.0
+    max_forward_batch: int = DEFAULT_MAX_FORWARD_BATCH
+    forward_memory_bytes: int = DEFAULT_FORWARD_MEMORY_BYTES
 
 
 # flag -> (environment variable, type, help)
@@ -145,6 +152,17 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         float,
         "after SIGTERM: seconds of not-ready while still serving, before the listener closes",
     ),
+    "max_forward_batch": (
+        "HOTSWAP_MAX_FORWARD_BATCH",
+        int,
+        "most samples in one forward pass; larger requests run in several passes",
+    ),
+    "forward_memory_bytes": (
+        "HOTSWAP_FORWARD_MEMORY_BYTES",
+        int,
+        "memory the inference workers' forward passes and split answers may hold at once "
+        "(sets the forward batch from each model's activations, sized at load)",
+    ),
 }
 
 
@@ -216,9 +234,22 @@ def _check_serving(s: Settings) -> None:
         raise SystemExit("hotswap-runtime: HOTSWAP_MMAP_THRESHOLD_BYTES must be 128 KiB..32 MiB")
     if not 0 <= s.grpc_port <= 65535:
         raise SystemExit("hotswap-runtime: HOTSWAP_GRPC_PORT must be 0..65535")
+    _check_forward(s)
     floor = decode_cost(s.max_request_bytes, 0)
     if s.max_request_bytes < 1 or s.request_memory_bytes < floor:
         raise SystemExit(
             "hotswap-runtime: HOTSWAP_REQUEST_MEMORY_BYTES must hold at least what decoding "
             f"one binary request of HOTSWAP_MAX_REQUEST_BYTES takes ({floor} bytes)"
+        )
+
+
+def _check_forward(s: Settings) -> None:
+    if not 1 <= s.max_forward_batch <= MAX_FORWARD_BATCH:
+        raise SystemExit(
+            f"hotswap-runtime: HOTSWAP_MAX_FORWARD_BATCH must be 1..{MAX_FORWARD_BATCH}"
+        )
+    if s.forward_memory_bytes < MIN_FORWARD_MEMORY_BYTES:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_FORWARD_MEMORY_BYTES must be at least "
+            f"{MIN_FORWARD_MEMORY_BYTES} bytes"
         )
