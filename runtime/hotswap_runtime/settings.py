@@ -23,7 +23,14 @@ from hotswap_contract.policy import (
     parse_networks,
     split_list,
 )
-from hotswap_contract.wire import GRPC_PORT, HTTP_PORT, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US
+from hotswap_contract.wire import (
+    GRPC_PORT,
+    HTTP_PORT,
+    MAX_BATCH_SIZE,
+    MAX_FORWARD_BATCH,
+    MAX_QUEUE_DELAY_US,
+    MIN_FORWARD_MEMORY_BYTES,
+)
 from hotswap_runtime.budget import decode_cost
 
 DEFAULT_CACHE_MAX_BYTES = 8 * 1024**3
@@ -32,9 +39,7 @@ DEFAULT_MAX_REQUEST_BYTES = 256 * 1024**2
 DEFAULT_REQUEST_MEMORY_BYTES = 1024**3
 # forward passes (swap/footprint.py)
 DEFAULT_MAX_FORWARD_BATCH = 1024
-MAX_FORWARD_BATCH = 1 << 16
 DEFAULT_FORWARD_MEMORY_BYTES = 1024**3
-MIN_FORWARD_MEMORY_BYTES = 1 << 20
 DEVICES = ("auto", "cuda", "cpu")
 SWAP_MODES = ("auto", "standby", "inplace")
 _OFF = ("false", "0", "no", "off")
