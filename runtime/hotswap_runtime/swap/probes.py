@@ -71,6 +71,21 @@ def forward(
         return result
 
 
+def forward_passes(
+    module: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    stream: torch.cuda.Stream | None,
+    batch: int,
+) -> torch.Tensor:
+    """``forward`` in passes of at most ``batch`` samples (the model's forward batch),
+    their outputs joined: one pass, no join, when ``x`` fits."""
+    if x.ndim == 0 or x.shape[0] <= batch:
+        return forward(module, x, device, stream)
+    pieces = [forward(module, x[i : i + batch], device, stream) for i in range(0, len(x), batch)]
+    return torch.cat(pieces)
+
+
 def check_probe(output: torch.Tensor, revision: Revision) -> tuple[int, ...]:
     if output.ndim == 0 or output.shape[0] != 1:
         raise ValidationFailed(

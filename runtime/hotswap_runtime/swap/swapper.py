@@ -88,7 +88,7 @@ from hotswap_runtime.swap.models import (
     size_model,
     torch_dtype,
 )
-from hotswap_runtime.swap.probes import forward, validate
+from hotswap_runtime.swap.probes import forward_passes, validate
 from hotswap_runtime.swap.shadow import Comparison, Hooks, ShadowTap, compare, skipped_figures
 
 __all__ = ["PHASES", "LoadedModel", "PhaseClock", "Swapper"]
@@ -238,7 +238,7 @@ class Swapper:
             _stop_if(cancelled, revision)
             if revision.analysis is not None and revision.analysis.shadow is not None:
                 with steps("shadow"):
-                    self._shadow(module, revision, plan, attempt)
+                    self._shadow(module, revision, plan, attempt, footprint)
             with steps("activate"):
                 self._activate(plan, revision, module, (shape, footprint), parsed)
         except BaseException:
@@ -460,10 +460,16 @@ class Swapper:
             return serving.revision.revision, score
 
     def _shadow(
-        self, module: nn.Module, revision: Revision, plan: _Plan, attempt: _Attempt
+        self,
+        module: nn.Module,
+        revision: Revision,
+        plan: _Plan,
+        attempt: _Attempt,
+        footprint: Footprint,
     ) -> None:
-        """Score sampled live requests with the new weights before they serve (shadow.py).
-        Only a newer revision of the same input shape is compared with what serves."""
+        """Score sampled live requests with the new weights before they serve (shadow.py),
+        in passes of at most their forward batch. Only a newer revision of the same input
+        shape is compared with what serves."""
         assert revision.analysis is not None and revision.analysis.shadow is not None
         spec = revision.analysis.shadow
         current = self._leases.current()
@@ -477,7 +483,9 @@ class Swapper:
         device = self._device_for(plan)
         dtype = torch_dtype(revision.model)
         hooks = Hooks(
-            candidate=lambda x: forward(module, x.to(dtype), device, self._stream),
+            candidate=lambda x: forward_passes(
+                module, x.to(dtype), device, self._stream, footprint.forward_batch
+            ),
             idle=self.serving_idle,
             stop=lambda: _stop_if(attempt.cancelled, revision),
             report=lambda figures: self._report_shadow(figures, attempt),

@@ -21,6 +21,7 @@ from hotswap_runtime.serving.inference import Engine
 from hotswap_runtime.serving.metrics import Metrics
 from hotswap_runtime.settings import load_settings
 from hotswap_runtime.swap.footprint import HEADROOM, ForwardLimits, measure_peak
+from hotswap_runtime.swap.probes import forward_passes
 from hotswap_runtime.swap.swapper import Swapper
 
 WIDTH = 1024  # 4 KiB of hidden layer a sample, and as much again after the relu
@@ -209,3 +210,15 @@ def test_dynamic_batching_gathers_no_more_than_the_forward_batch(tmp_path: Path)
     assert all(torch.equal(out, whole[i : i + 1]) for i, (out, _) in enumerate(answers))
     sizes = [len(p) for p in seen]
     assert sum(sizes) == 40 and max(sizes) == 8, sizes
+
+
+def test_the_shadow_candidate_runs_a_sampled_batch_in_passes_of_the_forward_batch() -> None:
+    model = tiny.make_wide(width=WIDTH).eval()
+    model.load_state_dict(tiny.wide_weights(1, width=WIDTH))
+    x = inputs(70)
+    with torch.inference_mode():
+        whole = model(x)
+    seen = passes(model)
+    out = forward_passes(model, x, torch.device("cpu"), None, 32)
+    assert [len(p) for p in seen] == [32, 32, 6]
+    assert torch.equal(out, whole)
