@@ -261,7 +261,9 @@ class Engine:
 
     def _run(self, batch: list[_Job]) -> None:
         """Run ``batch`` on one lease: together when it fits one forward pass, else each
-        request on its own, split into passes of at most the forward batch."""
+        request on its own, split into passes of at most the forward batch. Answers go
+        out once the lease has ended."""
+        finishes: list[Callable[[], None]] = []
         try:
             with self.swapper.lease() as model:
                 version = str(model.revision.revision)
@@ -271,40 +273,54 @@ class Engine:
                 groups = [ready] if total <= limit else [[job] for job in ready]
                 for group in groups:
                     if group:
-                        self._compute(group, model, version, limit)
+                        finishes.append(self._compute(group, model, version, limit))
         except HotswapError as exc:  # no lease: nothing was resolved yet
             for job in batch:
                 _resolve(job, exc)
+        for finish in finishes:
+            finish()
 
-    def _compute(self, group: list[_Job], model: LoadedModel, version: str, limit: int) -> None:
-        """The forward pass(es) of ``group`` and each request's answer."""
+    def _compute(
+        self, group: list[_Job], model: LoadedModel, version: str, limit: int
+    ) -> Callable[[], None]:
+        """The forward pass(es) of ``group``; what hands each request its answer."""
         tensors = [job.request.tensor for job in group]
         x = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
         began = time.perf_counter()
         try:
             output = _forward_all(model, x, limit)
-            took = time.perf_counter() - began
-        except HotswapError as exc:
-            for job in group:
-                _resolve(job, exc)
-            return
         except Exception as exc:
-            failure = InferenceFailed(
-                f"the model failed on this input ({clip(type(exc).__name__)})"
+            failure = (
+                exc.with_traceback(None)  # its frames hold the pass's tensors
+                if isinstance(exc, HotswapError)
+                else InferenceFailed(f"the model failed on this input ({clip(type(exc).__name__)})")
             )
-            for job in group:
-                _resolve(job, failure)
-            return
+            return lambda: _fail(group, failure)
+        took = time.perf_counter() - began
+        return lambda: self._answer(group, version, x, output, (began, took, limit))
+
+    def _answer(
+        self,
+        group: list[_Job],
+        version: str,
+        x: torch.Tensor,
+        output: torch.Tensor,
+        timing: tuple[float, float, int],
+    ) -> None:
+        """Hand each request of ``group`` its rows of ``output``."""
+        began, took, limit = timing
         samples = int(x.shape[0])
         for start in range(0, samples, limit):
             self.metrics.batch(min(limit, samples - start))
         if len(group) > 1 and (output.ndim == 0 or output.shape[0] != samples):
-            failure = InferenceFailed(
-                f"the model's output has batch {list(output.shape)[:1]} for an input batch of "
-                f"{samples}; dynamic batching needs outputs with the input's batch size"
+            _fail(
+                group,
+                InferenceFailed(
+                    f"the model's output has batch {list(output.shape)[:1]} for an input "
+                    f"batch of {samples}; dynamic batching needs outputs with the input's "
+                    "batch size"
+                ),
             )
-            for job in group:
-                _resolve(job, failure)
             return
         offset = 0
         for job in group:
@@ -358,6 +374,11 @@ def _refusal(
     except HotswapError as exc:
         return exc
     return None
+
+
+def _fail(group: list[_Job], failure: HotswapError) -> None:
+    for job in group:
+        _resolve(job, failure)
 
 
 def _resolve(job: _Job, outcome: Answer | HotswapError) -> None:
