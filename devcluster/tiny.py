@@ -117,3 +117,40 @@ def expected(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         out: torch.Tensor = model(x)
     return out
+
+
+WIDE = "python/devcluster.tiny:make_wide"
+WIDE_FEATURES, WIDE_WIDTH = 16, 16384  # 64 bytes of input, 64 KiB of hidden layer a sample
+
+
+class Wide(nn.Module):
+    """A model whose activations dominate: each sample's WIDE_FEATURES numbers become a
+    hidden layer of ``width`` (1024 times the input's bytes), then CLASSES outputs. With
+    ``wide_weights`` (integers in -1..1) and small integer inputs every output is exact
+    in float32, however the batch is split."""
+
+    def __init__(
+        self, features: int = WIDE_FEATURES, width: int = WIDE_WIDTH, classes: int = CLASSES
+    ) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(features, width)
+        self.out = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.out(torch.relu(self.hidden(x.flatten(1))))
+        return out
+
+
+def make_wide(
+    features: int = WIDE_FEATURES, width: int = WIDE_WIDTH, classes: int = CLASSES
+) -> nn.Module:
+    return Wide(features, width, classes)
+
+
+def wide_weights(
+    seed: int, features: int = WIDE_FEATURES, width: int = WIDE_WIDTH, classes: int = CLASSES
+) -> dict[str, torch.Tensor]:
+    """Integer weights in -1..1 for Wide: exact outputs for inputs of small integers."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = Wide(features, width, classes).state_dict()
+    return {k: torch.randint(-1, 2, v.shape, generator=g).float() for k, v in shapes.items()}

@@ -17,6 +17,7 @@ from hotswap_contract.policy import (
     normalized_root,
     parse_networks,
 )
+from hotswap_contract.wire import MAX_FORWARD_BATCH, MIN_FORWARD_MEMORY_BYTES
 from hotswap_operator.spec import DisruptionBudget, PodMetadata, SecretRef, ServiceAccountSpec
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/hotswap-dev/hotswap-runtime:0.1.0"
@@ -69,6 +70,14 @@ class Policy(_Settings):
     fetch_networks: tuple[str, ...] = Field(default=(), alias="fetchAllowedNetworks")
     runtime_env: tuple[str, ...] = Field(default=DEFAULT_RUNTIME_ENV, alias="runtimeEnv")
     max_checkpoint_bytes: int | None = Field(default=None, ge=1, alias="maxCheckpointBytes")
+    # forward passes (HOTSWAP_MAX_FORWARD_BATCH, HOTSWAP_FORWARD_MEMORY_BYTES); None: the
+    # runtime's defaults
+    max_forward_batch: int | None = Field(
+        default=None, ge=1, le=MAX_FORWARD_BATCH, alias="maxForwardBatch"
+    )
+    forward_memory_bytes: int | None = Field(
+        default=None, ge=MIN_FORWARD_MEMORY_BYTES, alias="forwardMemoryBytes"
+    )
 
     @field_validator("architectures")
     @classmethod

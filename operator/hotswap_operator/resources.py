@@ -30,7 +30,7 @@ from hotswap_contract.wire import (
     ModelConfig,
     configmap_name,
 )
-from hotswap_operator.config import GPU_RESOURCE, RuntimeDefaults
+from hotswap_operator.config import GPU_RESOURCE, Policy, RuntimeDefaults
 from hotswap_operator.spec import DeploymentSpec, DisruptionBudget, SpecError
 
 Manifest = dict[str, Any]
@@ -339,6 +339,7 @@ def runtime_env(
             {"name": "HOTSWAP_MAX_CHECKPOINT_BYTES", "value": limit},
             {"name": "HOTSWAP_MAX_MODEL_BYTES", "value": limit},
         ]
+    env += _forward_env(policy)
     batching = spec.runtime.batching
     if batching is not None:
         env += [
@@ -358,6 +359,17 @@ def runtime_env(
             "operator sets itself; use the matching spec field or remove the entry"
         )
     env.extend({"name": e.name, "value": e.value} for e in spec.runtime.env)
+    return env
+
+
+def _forward_env(policy: Policy) -> list[dict[str, Any]]:
+    """The admin's bounds on forward passes, where the chart sets them."""
+    env = []
+    if policy.max_forward_batch is not None:
+        env.append({"name": "HOTSWAP_MAX_FORWARD_BATCH", "value": str(policy.max_forward_batch)})
+    if policy.forward_memory_bytes is not None:
+        memory = str(policy.forward_memory_bytes)
+        env.append({"name": "HOTSWAP_FORWARD_MEMORY_BYTES", "value": memory})
     return env
 
 

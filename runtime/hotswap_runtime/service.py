@@ -21,6 +21,7 @@ from hotswap_runtime.serving.dataplane import Batching, DataPlane
 from hotswap_runtime.serving.inference import Engine
 from hotswap_runtime.serving.metrics import Metrics
 from hotswap_runtime.settings import Settings
+from hotswap_runtime.swap.footprint import ForwardLimits
 from hotswap_runtime.swap.shadow import ShadowTap
 from hotswap_runtime.swap.swapper import Swapper
 
@@ -42,6 +43,9 @@ class Runtime:
             settings.swap_mode,
             max_model_bytes=settings.max_model_bytes,
             tap=tap,
+            forward=ForwardLimits(
+                settings.max_forward_batch, settings.forward_memory_bytes, settings.infer_workers
+            ),
         )
         self.metrics = Metrics(self.device)
         self.budget = MemoryBudget(

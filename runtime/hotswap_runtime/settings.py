@@ -23,13 +23,23 @@ from hotswap_contract.policy import (
     parse_networks,
     split_list,
 )
-from hotswap_contract.wire import GRPC_PORT, HTTP_PORT, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US
+from hotswap_contract.wire import (
+    GRPC_PORT,
+    HTTP_PORT,
+    MAX_BATCH_SIZE,
+    MAX_FORWARD_BATCH,
+    MAX_QUEUE_DELAY_US,
+    MIN_FORWARD_MEMORY_BYTES,
+)
 from hotswap_runtime.budget import decode_cost
 
 DEFAULT_CACHE_MAX_BYTES = 8 * 1024**3
 DEFAULT_MAX_CHECKPOINT_BYTES = 4 * 1024**3
 DEFAULT_MAX_REQUEST_BYTES = 256 * 1024**2
 DEFAULT_REQUEST_MEMORY_BYTES = 1024**3
+# forward passes (swap/footprint.py)
+DEFAULT_MAX_FORWARD_BATCH = 1024
+DEFAULT_FORWARD_MEMORY_BYTES = 1024**3
 DEVICES = ("auto", "cuda", "cpu")
 SWAP_MODES = ("auto", "standby", "inplace")
 _OFF = ("false", "0", "no", "off")
@@ -78,6 +88,8 @@ class Settings:
     body_grace_seconds: float = 5.0
     body_min_rate: float = 64 << 10
     overload_unready_seconds: float = 10.0
+    max_forward_batch: int = DEFAULT_MAX_FORWARD_BATCH
+    forward_memory_bytes: int = DEFAULT_FORWARD_MEMORY_BYTES
 
 
 # flag -> (environment variable, type, help)
@@ -174,6 +186,17 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         "readiness turns false after requests were refused this long with none getting "
         "through (0: never)",
     ),
+    "max_forward_batch": (
+        "HOTSWAP_MAX_FORWARD_BATCH",
+        int,
+        "most samples in one forward pass; larger requests run in several passes",
+    ),
+    "forward_memory_bytes": (
+        "HOTSWAP_FORWARD_MEMORY_BYTES",
+        int,
+        "memory the inference workers' forward passes and split answers may hold at once "
+        "(sets the forward batch from each model's activations, sized at load)",
+    ),
 }
 
 
@@ -246,6 +269,7 @@ def _check_serving(s: Settings) -> None:
         raise SystemExit("hotswap-runtime: HOTSWAP_MMAP_THRESHOLD_BYTES must be 128 KiB..32 MiB")
     if not 0 <= s.grpc_port <= 65535:
         raise SystemExit("hotswap-runtime: HOTSWAP_GRPC_PORT must be 0..65535")
+    _check_forward(s)
     floor = decode_cost(s.max_request_bytes, 0)
     if s.max_request_bytes < 1 or s.request_memory_bytes < floor:
         raise SystemExit(
@@ -264,4 +288,16 @@ def _check_slow_senders(s: Settings) -> None:
         raise SystemExit(
             "hotswap-runtime: HOTSWAP_BODY_GRACE_SECONDS and HOTSWAP_OVERLOAD_UNREADY_SECONDS "
             "must not be negative"
+        )
+
+
+def _check_forward(s: Settings) -> None:
+    if not 1 <= s.max_forward_batch <= MAX_FORWARD_BATCH:
+        raise SystemExit(
+            f"hotswap-runtime: HOTSWAP_MAX_FORWARD_BATCH must be 1..{MAX_FORWARD_BATCH}"
+        )
+    if s.forward_memory_bytes < MIN_FORWARD_MEMORY_BYTES:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_FORWARD_MEMORY_BYTES must be at least "
+            f"{MIN_FORWARD_MEMORY_BYTES} bytes"
         )

@@ -7,7 +7,9 @@ input ``input`` of shape ``[-1, *inputShape]`` and one FP32 output ``output`` of
 ``[-1, *outputShape]``. Metadata shows them at every state: the input shape comes from
 the serving revision, else the one being loaded; the output shape from the serving
 model; a dimension not known yet is -1, and a tensor whose rank is not known yet has
-shape ``[-1]``.
+shape ``[-1]``. Its ``batching`` section adds, once a model serves, what its forward
+passes were sized to at load (footprint.py): activation and answer bytes per sample,
+the forward batch, and the most samples one request's answer may hold.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from hotswap_runtime.control.desired import Failure, Status, SwapRecord
 from hotswap_runtime.errors import ModelNotFound, ModelNotReady
 from hotswap_runtime.serving.codec import DATATYPE, INPUT, OUTPUT, InferRequest
 from hotswap_runtime.serving.inference import Engine
+from hotswap_runtime.swap.footprint import Footprint
 from hotswap_runtime.swap.swapper import Swapper
 
 if TYPE_CHECKING:
@@ -94,6 +97,7 @@ class ModelMetadata:
     max_queue_delay_microseconds: int
     architecture: str | None
     analysis: AnalysisFigures | None = None
+    footprint: Footprint | None = None  # the serving model's forward passes, sized at load
     platform: str = PLATFORM
 
     def to_json(self) -> Json:
@@ -114,6 +118,7 @@ class ModelMetadata:
             "batching": {
                 "max_batch_size": self.max_batch_size,
                 "max_queue_delay_microseconds": self.max_queue_delay_microseconds,
+                **(self.footprint.to_json() if self.footprint is not None else {}),
             },
         }
         if self.architecture is not None:
@@ -236,7 +241,12 @@ class DataPlane:
             max_queue_delay_microseconds=self.batching.max_queue_delay_us,
             architecture=spec.architecture if spec is not None else None,
             analysis=status.analysis,
+            footprint=self._footprint(),
         )
+
+    def _footprint(self) -> Footprint | None:
+        current = self.swapper.current()
+        return current.footprint if current is not None else None
 
     def _signature(self, spec: ModelSpec | None) -> tuple[TensorMetadata, TensorMetadata]:
         """The model's input and output, as far as they are known now."""

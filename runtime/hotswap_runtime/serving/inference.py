@@ -5,8 +5,14 @@ thread, queue for an inference worker, encode in a codec thread; the event loop 
 moves bytes. A worker takes the next request and, with dynamic batching on
 (``max_batch_size`` > 1), gathers more for up to ``max_queue_delay`` seconds while the
 batch has room, as Triton's dynamic batcher does. A batch runs whole on one lease: one
-revision computes every answer in it and each answer names that revision. A request
-larger than ``max_batch_size`` runs alone, never split.
+revision computes every answer in it and each answer names that revision. A batch
+never holds more samples than the serving model's forward batch (footprint.py: sized
+at load so that the workers' forward passes stay under HOTSWAP_FORWARD_MEMORY_BYTES).
+A request larger than that runs alone, split into forward passes of at most the forward
+batch on the same lease (one revision computes the whole answer); their outputs are
+copied into one answer as they come. A request that fits one pass runs as before, with
+no copy. A request whose answer alone would take more than a worker may hold for one
+is refused (RequestTooLarge, naming the most samples a request may have).
 
 Per request the engine records where the time went: ``decode``, ``queue`` (waiting for
 a worker, the batch and the lease), ``forward`` (the batch's forward pass) and
@@ -34,11 +40,14 @@ from hotswap_runtime.errors import (
     HotswapError,
     InferenceFailed,
     ModelNotReady,
+    RequestTooLarge,
     VersionConflict,
     http_status,
 )
 from hotswap_runtime.serving.codec import InferRequest, check_shape
 from hotswap_runtime.serving.metrics import Metrics
+from hotswap_runtime.swap.footprint import Footprint
+from hotswap_runtime.swap.leases import LoadedModel
 from hotswap_runtime.swap.shadow import ShadowTap
 from hotswap_runtime.swap.swapper import Swapper
 
@@ -219,10 +228,11 @@ class Engine:
         """``first`` and the requests that join its batch; one left over; stop seen."""
         batch = [first]
         total = first.request.batch
-        if self.max_batch_size <= 1:
+        limit = self._batch_limit()
+        if limit <= 1:
             return batch, None, False
         deadline = time.perf_counter() + self.max_queue_delay
-        while total < self.max_batch_size:
+        while total < limit:
             remaining = deadline - time.perf_counter()
             try:
                 nxt = (
@@ -234,59 +244,122 @@ class Engine:
                 break
             if nxt is None:
                 return batch, None, True
-            if total + nxt.request.batch > self.max_batch_size:
+            if total + nxt.request.batch > limit:
                 return batch, nxt, False
             batch.append(nxt)
             total += nxt.request.batch
         return batch, None, False
 
+    def _batch_limit(self) -> int:
+        """Samples a gathered batch may hold: ``max_batch_size``, and no more than the
+        serving model's forward batch."""
+        current = self.swapper.current()
+        footprint = current.footprint if current is not None else None
+        if footprint is None:
+            return self.max_batch_size
+        return min(self.max_batch_size, footprint.forward_batch)
+
     def _run(self, batch: list[_Job]) -> None:
+        """Run ``batch`` on one lease: together when it fits one forward pass, else each
+        request on its own, split into passes of at most the forward batch. Answers go
+        out once the lease has ended."""
+        finishes: list[Callable[[], None]] = []
         try:
             with self.swapper.lease() as model:
                 version = str(model.revision.revision)
-                ready: list[_Job] = []
-                for job in batch:
-                    problem = _refusal(job.request, version, model.revision.model.input_shape)
-                    if problem is None:
-                        ready.append(job)
-                    else:
-                        _resolve(job, problem)
-                if not ready:
-                    return
-                tensors = [job.request.tensor for job in ready]
-                x = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-                began = time.perf_counter()
-                output = _forward(model.module, x, model.device, model.dtype)
-                took = time.perf_counter() - began
-        except HotswapError as exc:
+                ready = [job for job in batch if _admitted(job, version, model)]
+                limit = _forward_batch(model)
+                total = sum(job.request.batch for job in ready)
+                groups = [ready] if total <= limit else [[job] for job in ready]
+                for group in groups:
+                    if group:
+                        finishes.append(self._compute(group, model, version, limit))
+        except HotswapError as exc:  # no lease: nothing was resolved yet
             for job in batch:
                 _resolve(job, exc)
-            return
+        for finish in finishes:
+            finish()
+
+    def _compute(
+        self, group: list[_Job], model: LoadedModel, version: str, limit: int
+    ) -> Callable[[], None]:
+        """The forward pass(es) of ``group``; what hands each request its answer."""
+        tensors = [job.request.tensor for job in group]
+        x = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+        began = time.perf_counter()
+        try:
+            output = _forward_all(model, x, limit)
         except Exception as exc:
-            failure = InferenceFailed(
-                f"the model failed on this input ({clip(type(exc).__name__)})"
+            failure = (
+                exc.with_traceback(None)  # its frames hold the pass's tensors
+                if isinstance(exc, HotswapError)
+                else InferenceFailed(f"the model failed on this input ({clip(type(exc).__name__)})")
             )
-            for job in batch:
-                _resolve(job, failure)
-            return
-        self.metrics.batch(int(x.shape[0]))
-        if len(ready) > 1 and (output.ndim == 0 or output.shape[0] != x.shape[0]):
-            failure = InferenceFailed(
-                f"the model's output has batch {list(output.shape)[:1]} for an input batch of "
-                f"{x.shape[0]}; dynamic batching needs outputs with the input's batch size"
+            return lambda: _fail(group, failure)
+        took = time.perf_counter() - began
+        return lambda: self._answer(group, version, x, output, (began, took, limit))
+
+    def _answer(
+        self,
+        group: list[_Job],
+        version: str,
+        x: torch.Tensor,
+        output: torch.Tensor,
+        timing: tuple[float, float, int],
+    ) -> None:
+        """Hand each request of ``group`` its rows of ``output``."""
+        began, took, limit = timing
+        samples = int(x.shape[0])
+        for start in range(0, samples, limit):
+            self.metrics.batch(min(limit, samples - start))
+        if len(group) > 1 and (output.ndim == 0 or output.shape[0] != samples):
+            _fail(
+                group,
+                InferenceFailed(
+                    f"the model's output has batch {list(output.shape)[:1]} for an input "
+                    f"batch of {samples}; dynamic batching needs outputs with the input's "
+                    "batch size"
+                ),
             )
-            for job in ready:
-                _resolve(job, failure)
             return
         offset = 0
-        for job in ready:
+        for job in group:
             size = job.request.batch
-            piece = output if len(ready) == 1 else output[offset : offset + size]
+            piece = output if len(group) == 1 else output[offset : offset + size]
             offset += size
             queued = began - job.enqueued
-            _resolve(job, Answer(version, piece, queued, took, int(x.shape[0])))
+            _resolve(job, Answer(version, piece, queued, took, min(samples, limit)))
         if self.tap is not None:  # after every answer went out
             self.tap.offer(version, x, output)
+
+
+def _forward_batch(model: LoadedModel) -> int:
+    """Most samples in one forward pass of ``model`` (footprint.py)."""
+    footprint = model.footprint
+    return sys.maxsize if footprint is None else footprint.forward_batch
+
+
+def _admitted(job: _Job, version: str, model: LoadedModel) -> bool:
+    """Whether ``job`` may run on ``model``; else it is answered with the refusal."""
+    problem = _refusal(job.request, version, model.revision.model.input_shape)
+    if problem is None:
+        problem = _answer_refusal(job.request, model.footprint)
+    if problem is not None:
+        _resolve(job, problem)
+    return problem is None
+
+
+def _answer_refusal(request: InferRequest, footprint: Footprint | None) -> HotswapError | None:
+    """A request whose answer would take more than a worker may hold for one."""
+    if footprint is None or request.batch <= footprint.max_answer_samples:
+        return None
+    return RequestTooLarge(
+        f"a request of {request.batch} samples has an answer of "
+        f"{request.batch * footprint.output_bytes} bytes ({footprint.output_bytes} per "
+        "sample), over what an inference worker may hold for one (half of "
+        "HOTSWAP_FORWARD_MEMORY_BYTES / HOTSWAP_INFER_WORKERS); send at most "
+        f"{footprint.max_answer_samples} samples per request"
+    )
 
 
 def _refusal(
@@ -303,11 +376,41 @@ def _refusal(
     return None
 
 
+def _fail(group: list[_Job], failure: HotswapError) -> None:
+    for job in group:
+        _resolve(job, failure)
+
+
 def _resolve(job: _Job, outcome: Answer | HotswapError) -> None:
     try:
         job.done(outcome)
     except Exception:  # a waiter's hand-over must never take the worker down
         log.exception("handing an answer over failed")
+
+
+def _forward_all(model: LoadedModel, x: torch.Tensor, limit: int) -> torch.Tensor:
+    """``model``'s answer to ``x``: one forward pass when ``x`` has at most ``limit``
+    samples (no copy), else passes of ``limit`` samples whose outputs are copied into
+    one answer as they come."""
+    samples = int(x.shape[0])
+    if samples <= limit:
+        return _forward(model.module, x, model.device, model.dtype)
+    answer: torch.Tensor | None = None
+    for start in range(0, samples, limit):
+        size = min(limit, samples - start)
+        piece = _forward(model.module, x[start : start + size], model.device, model.dtype)
+        if answer is None and piece.ndim > 0:
+            answer = torch.empty((samples, *piece.shape[1:]), dtype=piece.dtype)
+        if answer is None or piece.shape != (size, *answer.shape[1:]):
+            raise InferenceFailed(
+                f"the model's output has shape {list(piece.shape)} for a forward pass of "
+                f"{size} samples; a request of more than {limit} samples (the forward batch) "
+                "runs in several passes, which needs outputs of the input's batch size"
+            )
+        answer[start : start + size] = piece
+        del piece
+    assert answer is not None
+    return answer
 
 
 def _forward(

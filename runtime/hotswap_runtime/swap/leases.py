@@ -30,6 +30,7 @@ from hotswap_runtime.checkpoint.layouts import (
 from hotswap_runtime.control.target import utc_now
 from hotswap_runtime.devices import release_cached
 from hotswap_runtime.errors import ModelNotReady
+from hotswap_runtime.swap.footprint import Footprint
 from hotswap_runtime.swap.models import torch_dtype
 
 
@@ -41,7 +42,8 @@ class LoadedModel:
     ``ties`` are taken from the freshly built module and carried to every model that
     reuses it, so a later check can tell the architecture's tied tensors from aliasing.
     ``flat``/``flat_layout``: the one buffer holding every target, laid out like a
-    checkpoint's data (a reused standby), or None."""
+    checkpoint's data (a reused standby), or None. ``footprint``: what its forward
+    passes may hold (footprint.py), sized by its probe; None only outside the swapper."""
 
     revision: Revision
     module: nn.Module
@@ -57,6 +59,7 @@ class LoadedModel:
     layout: dict[str, TensorSpec] = field(default_factory=dict)
     nbytes: int = 0
     ties: frozenset[frozenset[str]] = frozenset()
+    footprint: Footprint | None = None
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -74,13 +77,16 @@ class LoadedModel:
         """The dtype inputs are given to the module in (``model.dtype``)."""
         return torch_dtype(self.revision.model)
 
-    def successor(self, revision: Revision, output_shape: tuple[int, ...]) -> LoadedModel:
+    def successor(
+        self, revision: Revision, output_shape: tuple[int, ...], footprint: Footprint
+    ) -> LoadedModel:
         """A new entry for ``revision`` on this module and its tensors."""
         return LoadedModel(
             revision,
             self.module,
             self.device,
             output_shape,
+            footprint=footprint,
             targets=self.targets,
             flat=self.flat,
             flat_layout=self.flat_layout,

@@ -4,7 +4,9 @@ Every swap runs a fixed pseudo-random batch of one through the new model: the ou
 must be a tensor with a batch dimension of 1, finite, and (for the same model spec)
 the same shape as the serving revision's. A revision with ``validation`` also runs the
 user's input and compares with the expected output within the tolerance; both files
-are read with the same bounded readers as checkpoints (``weights.read_tensor``).
+are read with the same bounded readers as checkpoints (``weights.read_tensor``). The
+probe also sizes the model's activations (footprint.py): the peak bytes its tensors
+held at once, measured as it runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hotswap_contract.wire import Checkpoint, Revision
 from hotswap_runtime.checkpoint.weights import read_tensor
 from hotswap_runtime.devices import is_cuda
 from hotswap_runtime.errors import NonFiniteWeights, ValidationFailed
+from hotswap_runtime.swap.footprint import measure_peak
 from hotswap_runtime.swap.models import torch_dtype
 
 Fetch = Callable[[Checkpoint], Path]
@@ -37,11 +40,12 @@ def validate(
     stream: torch.cuda.Stream | None,
     serving_shape: tuple[int, ...] | None,
     fetch: Fetch,
-) -> tuple[int, ...]:
-    """The probe output's shape, or ValidationFailed/NonFiniteWeights saying why not.
-    ``serving_shape`` is the serving revision's when it has the same model spec."""
+) -> tuple[tuple[int, ...], int]:
+    """The probe output's shape and the peak bytes of activations its forward pass held,
+    or ValidationFailed/NonFiniteWeights saying why not. ``serving_shape`` is the
+    serving revision's when it has the same model spec."""
     x = probe_input(revision.model.input_shape).to(torch_dtype(revision.model))
-    output = forward(module, x, device, stream)
+    output, peak = measure_peak(lambda: forward(module, x, device, stream))
     shape = check_probe(output, revision)
     if serving_shape is not None and shape != serving_shape:
         raise ValidationFailed(
@@ -49,7 +53,7 @@ def validate(
             f"the serving revision's {serving_shape}"
         )
     check_expected(module, revision, device, stream, fetch)
-    return shape
+    return shape, peak
 
 
 def forward(
@@ -65,6 +69,21 @@ def forward(
             result = out.to("cpu", non_blocking=True)
         stream.synchronize()
         return result
+
+
+def forward_passes(
+    module: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    stream: torch.cuda.Stream | None,
+    batch: int,
+) -> torch.Tensor:
+    """``forward`` in passes of at most ``batch`` samples (the model's forward batch),
+    their outputs joined: one pass, no join, when ``x`` fits."""
+    if x.ndim == 0 or x.shape[0] <= batch:
+        return forward(module, x, device, stream)
+    pieces = [forward(module, x[i : i + batch], device, stream) for i in range(0, len(x), batch)]
+    return torch.cat(pieces)
 
 
 def check_probe(output: torch.Tensor, revision: Revision) -> tuple[int, ...]:

@@ -19,7 +19,8 @@ A swap runs off the serving path: fetch -> parse -> load -> validate -> activate
   - ``inplace``: on CUDA when the GPU cannot hold two copies (or when configured): the
     new weights are validated on a CPU copy, then new requests are briefly held, the
     weights are copied into the live tensors, and requests resume (leases.py).
-* validate: probes.py.
+* validate: probes.py; the probe also sizes the model's activations, from which the
+  forward batch is derived (footprint.py), logged and kept with the model.
 
 Any failure before ``activate`` leaves the serving model untouched. Whatever it was
 (a factory's or a model's SystemExit included; KeyboardInterrupt excepted), ``swap_to``
@@ -78,6 +79,7 @@ from hotswap_runtime.errors import (
 )
 from hotswap_runtime.settings import DEFAULT_MAX_CHECKPOINT_BYTES
 from hotswap_runtime.swap.evaluation import EvaluationSet, Scores, judge, key_of
+from hotswap_runtime.swap.footprint import HEADROOM, Footprint, ForwardLimits
 from hotswap_runtime.swap.leases import Leases, LoadedModel
 from hotswap_runtime.swap.models import (
     BUILD_FACTOR,
@@ -86,7 +88,7 @@ from hotswap_runtime.swap.models import (
     size_model,
     torch_dtype,
 )
-from hotswap_runtime.swap.probes import forward, validate
+from hotswap_runtime.swap.probes import forward_passes, validate
 from hotswap_runtime.swap.shadow import Comparison, Hooks, ShadowTap, compare, skipped_figures
 
 __all__ = ["PHASES", "LoadedModel", "PhaseClock", "Swapper"]
@@ -144,6 +146,7 @@ class Swapper:
         drain_timeout: float = 2.0,
         max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
         tap: ShadowTap | None = None,
+        forward: ForwardLimits | None = None,
     ) -> None:
         self.store = store
         self.device = device
@@ -151,6 +154,7 @@ class Swapper:
         self.mode = mode
         self.drain_timeout = drain_timeout
         self.max_model_bytes = max_model_bytes
+        self.forward = forward or ForwardLimits()  # bounds forward passes (footprint.py)
         self._leases = Leases(device, keep_standby=mode != "inplace")
         self._staging = Staging(pin=is_cuda(device))
         self._stream: torch.cuda.Stream | None = (
@@ -229,14 +233,14 @@ class Swapper:
                 module = self._load(plan, revision, parsed, blueprint)
             _stop_if(cancelled, revision)
             with steps("validate"):
-                shape = self._validate(module, revision, plan)
+                shape, footprint = self._validate(module, revision, plan)
                 self._evaluate(module, revision, plan, attempt)
             _stop_if(cancelled, revision)
             if revision.analysis is not None and revision.analysis.shadow is not None:
                 with steps("shadow"):
-                    self._shadow(module, revision, plan, attempt)
+                    self._shadow(module, revision, plan, attempt, footprint)
             with steps("activate"):
-                self._activate(plan, revision, module, shape, parsed)
+                self._activate(plan, revision, module, (shape, footprint), parsed)
         except BaseException:
             if plan.target is not None:
                 self._leases.release(plan.target)
@@ -401,12 +405,30 @@ class Swapper:
 
     # ---- validate and activate --------------------------------------------------------
 
-    def _validate(self, module: nn.Module, revision: Revision, plan: _Plan) -> tuple[int, ...]:
+    def _validate(
+        self, module: nn.Module, revision: Revision, plan: _Plan
+    ) -> tuple[tuple[int, ...], Footprint]:
+        """The probe's output shape, and the footprint sized from its forward pass."""
         device = self._device_for(plan)
         current = self._leases.current()
         same_spec = current is not None and current.revision.model == revision.model
         serving_shape = current.output_shape if current is not None and same_spec else None
-        return validate(module, revision, device, self._stream, serving_shape, self.store.fetch)
+        shape, peak = validate(
+            module, revision, device, self._stream, serving_shape, self.store.fetch
+        )
+        footprint = self.forward.footprint(peak, shape, f"revision {revision.revision}")
+        log.info(
+            "revision %d: %d bytes of activations per sample (probe peak x%d), %d bytes "
+            "of answer per sample: forward passes of at most %d samples, answers of at "
+            "most %d",
+            revision.revision,
+            footprint.activation_bytes,
+            HEADROOM,
+            footprint.output_bytes,
+            footprint.forward_batch,
+            footprint.max_answer_samples,
+        )
+        return shape, footprint
 
     def _evaluate(
         self, module: nn.Module, revision: Revision, plan: _Plan, attempt: _Attempt
@@ -438,10 +460,16 @@ class Swapper:
             return serving.revision.revision, score
 
     def _shadow(
-        self, module: nn.Module, revision: Revision, plan: _Plan, attempt: _Attempt
+        self,
+        module: nn.Module,
+        revision: Revision,
+        plan: _Plan,
+        attempt: _Attempt,
+        footprint: Footprint,
     ) -> None:
-        """Score sampled live requests with the new weights before they serve (shadow.py).
-        Only a newer revision of the same input shape is compared with what serves."""
+        """Score sampled live requests with the new weights before they serve (shadow.py),
+        in passes of at most their forward batch. Only a newer revision of the same input
+        shape is compared with what serves."""
         assert revision.analysis is not None and revision.analysis.shadow is not None
         spec = revision.analysis.shadow
         current = self._leases.current()
@@ -455,7 +483,9 @@ class Swapper:
         device = self._device_for(plan)
         dtype = torch_dtype(revision.model)
         hooks = Hooks(
-            candidate=lambda x: forward(module, x.to(dtype), device, self._stream),
+            candidate=lambda x: forward_passes(
+                module, x.to(dtype), device, self._stream, footprint.forward_batch
+            ),
             idle=self.serving_idle,
             stop=lambda: _stop_if(attempt.cancelled, revision),
             report=lambda figures: self._report_shadow(figures, attempt),
@@ -473,21 +503,28 @@ class Swapper:
         plan: _Plan,
         revision: Revision,
         module: nn.Module,
-        shape: tuple[int, ...],
+        probed: tuple[tuple[int, ...], Footprint],
         parsed: Parsed,
     ) -> None:
         if plan.kind == "inplace":
-            self._leases.replace_in_place(lambda old: self._overwrite(old, revision, shape, parsed))
+            self._leases.replace_in_place(
+                lambda old: self._overwrite(old, revision, probed, parsed)
+            )
             return
+        shape, footprint = probed
         if plan.target is not None:  # the standby's module and tensors carry over
-            new = plan.target.successor(revision, shape)
+            new = plan.target.successor(revision, shape, footprint)
             plan.target.module_handed_on = True
         else:
-            new = LoadedModel(revision, module, self.device, shape)
+            new = LoadedModel(revision, module, self.device, shape, footprint=footprint)
         self._leases.activate(new)
 
     def _overwrite(
-        self, old: LoadedModel, revision: Revision, shape: tuple[int, ...], parsed: Parsed
+        self,
+        old: LoadedModel,
+        revision: Revision,
+        probed: tuple[tuple[int, ...], Footprint],
+        parsed: Parsed,
     ) -> LoadedModel:
         """Copy validated weights into the live tensors (requests are held)."""
         old.targets = old.module.state_dict()
@@ -497,7 +534,7 @@ class Swapper:
                 "memory; not overwriting them in place"
             )
         copy_tensors(old.targets, parsed.state, self._stream)
-        return old.successor(revision, shape)
+        return old.successor(revision, *probed)
 
 
 def _expected(revision: Revision, blueprint: Blueprint) -> Expected:

@@ -54,6 +54,8 @@ def template(helm_bin, *args):
         (["policy.fileRoots={models}"], "at '/policy/fileRoots/0': 'models' does not match"),
         (["policy.fetchAllowedNetworks={10.0.0.1}"], "at '/policy/fetchAllowedNetworks/0'"),
         (["policy.maxCheckpointBytes=0"], "at '/policy/maxCheckpointBytes': minimum"),
+        (["policy.forwardMemoryBytes=1000"], "at '/policy/forwardMemoryBytes': minimum"),
+        (["policy.maxForwardBatch=0"], "at '/policy/maxForwardBatch': minimum"),
         (["statusIntegrity.enabled=yes"], "at '/statusIntegrity/enabled': got string"),
         (["monitoring.podMonitor.interval=5"], "at '/monitoring/podMonitor/interval': got number"),
         (["monitoring.serviceMonitor.interval=soon"], "'soon' does not match"),

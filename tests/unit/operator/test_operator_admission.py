@@ -147,6 +147,23 @@ def test_the_policy_reaches_runtime_pods_and_the_model_volume_is_mounted_read_on
     assert mounts["models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
 
 
+def test_the_forward_limits_reach_runtime_pods_only_where_the_chart_sets_them():
+    def env_of(policy):
+        defaults = RuntimeDefaults.model_validate({"gpu": {"enabled": False}, "policy": policy})
+        (container,) = resources.deployment(OWNER, spec_with(), defaults)["spec"]["template"][
+            "spec"
+        ]["containers"]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    env = env_of({"maxForwardBatch": 64, "forwardMemoryBytes": 256 << 20})
+    assert env["HOTSWAP_MAX_FORWARD_BATCH"] == "64"
+    assert env["HOTSWAP_FORWARD_MEMORY_BYTES"] == str(256 << 20)
+    assert not {"HOTSWAP_MAX_FORWARD_BATCH", "HOTSWAP_FORWARD_MEMORY_BYTES"} & set(env_of({}))
+    for bad in ({"maxForwardBatch": 0}, {"maxForwardBatch": 1 << 17}, {"forwardMemoryBytes": 1000}):
+        with pytest.raises(ValueError):
+            RuntimeDefaults.model_validate({"policy": bad})
+
+
 def controlled(uid, kind="ModelDeployment", name="resnet"):
     return {
         "metadata": {

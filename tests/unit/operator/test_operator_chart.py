@@ -225,7 +225,17 @@ def test_child_integrity_knows_every_variable_the_operator_sets(helm_bin):
         }
     )
     defaults = runtime_defaults(
-        {"HOTSWAP_RUNTIME_DEFAULTS": json.dumps({"policy": {"maxCheckpointBytes": 1024}})}
+        {
+            "HOTSWAP_RUNTIME_DEFAULTS": json.dumps(
+                {
+                    "policy": {
+                        "maxCheckpointBytes": 1024,
+                        "maxForwardBatch": 64,
+                        "forwardMemoryBytes": 1 << 28,
+                    }
+                }
+            )
+        }
     )
     owner = resources.Owner("m", "ns", "uid")
     assert named == {e["name"] for e in resources.runtime_env(owner, full, defaults)}
