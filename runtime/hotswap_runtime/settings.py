@@ -78,6 +78,11 @@ class Settings:
     body_grace_seconds: float = 5.0
     body_min_rate: float = 64 << 10
     overload_unready_seconds: float = 10.0
+    # REST request heads and connections (serving/head.py).
+    head_bytes: int = 64 << 10
+    head_seconds: float = 10.0
+    keep_alive_seconds: int = 5
+    max_connections: int = 1000
 
 
 # flag -> (environment variable, type, help)
@@ -174,6 +179,25 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         "readiness turns false after requests were refused this long with none getting "
         "through (0: never)",
     ),
+    # REST request heads and connections.
+    "head_bytes": ("HOTSWAP_HEAD_BYTES", int, "largest REST request line and headers (431)"),
+    "head_seconds": (
+        "HOTSWAP_HEAD_SECONDS",
+        float,
+        "a REST connection must send a whole request head within (408), from its opening "
+        "or its last response",
+    ),
+    "keep_alive_seconds": (
+        "HOTSWAP_KEEP_ALIVE_SECONDS",
+        int,
+        "a REST connection with no request under way is closed after this many idle seconds",
+    ),
+    "max_connections": (
+        "HOTSWAP_MAX_CONNECTIONS",
+        int,
+        "REST connections open at once: at this many requests are answered 503, and "
+        "connections beyond it closed",
+    ),
 }
 
 
@@ -231,6 +255,7 @@ def _check(settings: Settings) -> None:
         raise SystemExit("hotswap-runtime: HOTSWAP_FETCH_IDLE_SECONDS must be positive")
     _check_serving(settings)
     _check_slow_senders(settings)
+    _check_heads(settings)
 
 
 def _check_serving(s: Settings) -> None:
@@ -264,4 +289,16 @@ def _check_slow_senders(s: Settings) -> None:
         raise SystemExit(
             "hotswap-runtime: HOTSWAP_BODY_GRACE_SECONDS and HOTSWAP_OVERLOAD_UNREADY_SECONDS "
             "must not be negative"
+        )
+
+
+def _check_heads(s: Settings) -> None:
+    if s.head_bytes < 1024 or s.head_seconds <= 0:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_HEAD_BYTES must be 1024 or more and "
+            "HOTSWAP_HEAD_SECONDS positive"
+        )
+    if s.keep_alive_seconds < 1 or s.max_connections < 1:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_KEEP_ALIVE_SECONDS and HOTSWAP_MAX_CONNECTIONS must be >= 1"
         )
