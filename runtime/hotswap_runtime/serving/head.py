@@ -150,8 +150,8 @@ class HeadBoundProtocol(HttpToolsProtocol):
 
     def _due(self) -> None:
         self._timer = None
-        if self.transport.is_closing() or not self._waiting():
-            return  # on_response_complete starts the clock again
+        if self.transport.is_closing() or self not in self.connections or not self._waiting():
+            return  # closed, upgraded to a websocket, or a request under way
         due = self._since + self.limits.seconds
         if self.loop.time() < due:
             self._timer = self.loop.call_at(due, self._due)

@@ -91,11 +91,16 @@ def connect(runtime: RuntimeProcess) -> socket.socket:
 
 
 def answer(sock: socket.socket) -> bytes:
-    """What the server sent before closing (b"" if nothing, or reset)."""
-    try:
-        return sock.recv(65536)
-    except OSError:
-        return b""
+    """What the server sent (up to 64 KiB) until it closed or reset the connection, or
+    until one whole answer came (it ends with its body, which has no newline)."""
+    got = b""
+    with contextlib.suppress(OSError):
+        while len(got) < 65536 and not got.endswith(b"}"):
+            more = sock.recv(65536)
+            if not more:
+                break
+            got += more
+    return got
 
 
 def status_kib(pid: int, field: str) -> int:
