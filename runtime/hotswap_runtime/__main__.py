@@ -15,6 +15,7 @@ import uvicorn
 
 from hotswap_runtime.server import create_app
 from hotswap_runtime.service import Runtime
+from hotswap_runtime.serving.head import HeadLimits, bounded_protocol
 from hotswap_runtime.settings import load_settings
 
 # Libraries that log request headers or signing material at DEBUG: never below INFO, so
@@ -120,8 +121,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         app.state.runtime.dataplane.draining = True
         log.info("SIGTERM: not ready; serving for %.1fs more, then exiting", settings.drain_seconds)
 
+    heads = HeadLimits(settings.head_bytes, settings.head_seconds, settings.max_connections)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        http=bounded_protocol(heads),
+        timeout_keep_alive=settings.keep_alive_seconds,
+        limit_concurrency=settings.max_connections,
     )
     DrainingServer(config, settings.drain_seconds, drain).run()
 

@@ -90,6 +90,11 @@ class Settings:
     overload_unready_seconds: float = 10.0
     max_forward_batch: int = DEFAULT_MAX_FORWARD_BATCH
     forward_memory_bytes: int = DEFAULT_FORWARD_MEMORY_BYTES
+    # REST request heads and connections (serving/head.py).
+    head_bytes: int = 64 << 10
+    head_seconds: float = 10.0
+    keep_alive_seconds: int = 5
+    max_connections: int = 1000
 
 
 # flag -> (environment variable, type, help)
@@ -197,6 +202,25 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         "memory the inference workers' forward passes and split answers may hold at once "
         "(sets the forward batch from each model's activations, sized at load)",
     ),
+    # REST request heads and connections.
+    "head_bytes": ("HOTSWAP_HEAD_BYTES", int, "largest REST request line and headers (431)"),
+    "head_seconds": (
+        "HOTSWAP_HEAD_SECONDS",
+        float,
+        "a REST connection must send a whole request head within (408), from its opening "
+        "or its last response",
+    ),
+    "keep_alive_seconds": (
+        "HOTSWAP_KEEP_ALIVE_SECONDS",
+        int,
+        "a REST connection with no request under way is closed after this many idle seconds",
+    ),
+    "max_connections": (
+        "HOTSWAP_MAX_CONNECTIONS",
+        int,
+        "REST connections open at once: at this many requests are answered 503, and "
+        "connections beyond it closed",
+    ),
 }
 
 
@@ -254,6 +278,7 @@ def _check(settings: Settings) -> None:
         raise SystemExit("hotswap-runtime: HOTSWAP_FETCH_IDLE_SECONDS must be positive")
     _check_serving(settings)
     _check_slow_senders(settings)
+    _check_heads(settings)
 
 
 def _check_serving(s: Settings) -> None:
@@ -300,4 +325,16 @@ def _check_forward(s: Settings) -> None:
         raise SystemExit(
             "hotswap-runtime: HOTSWAP_FORWARD_MEMORY_BYTES must be at least "
             f"{MIN_FORWARD_MEMORY_BYTES} bytes"
+        )
+
+
+def _check_heads(s: Settings) -> None:
+    if s.head_bytes < 1024 or s.head_seconds <= 0:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_HEAD_BYTES must be 1024 or more and "
+            "HOTSWAP_HEAD_SECONDS positive"
+        )
+    if s.keep_alive_seconds < 1 or s.max_connections < 1:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_KEEP_ALIVE_SECONDS and HOTSWAP_MAX_CONNECTIONS must be >= 1"
         )
