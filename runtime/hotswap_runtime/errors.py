@@ -2,9 +2,10 @@
 
 Two families:
 
-* request errors (``InvalidInput``, ``RequestTooLarge``, ``ModelNotFound``,
-  ``VersionConflict``, ``ModelNotReady``) answer a REST or gRPC request; ``STATUS``
-  maps each to its HTTP code and gRPC status name, the one table both servers read.
+* request errors (``InvalidInput``, ``RequestTooLarge``, ``RequestTimeout``,
+  ``ModelNotFound``, ``VersionConflict``, ``ModelNotReady``) answer a REST or gRPC
+  request; ``STATUS`` maps each to its HTTP code and gRPC status name, the one table
+  both servers read.
 * swap errors (``SwapError`` and subclasses) explain why a revision could not be made
   to serve. They never reach a client: the old model keeps serving and the reason shows
   in model metadata, metrics and the pod report. ``code`` is the short label used in
@@ -32,6 +33,12 @@ class RequestTooLarge(HotswapError):
     the runtime lets requests hold at once."""
 
     code = "too_large"
+
+
+class RequestTimeout(HotswapError):
+    """The request did not arrive whole within the time the runtime gives it."""
+
+    code = "timeout"
 
 
 class ModelNotFound(HotswapError):
@@ -64,6 +71,7 @@ STATUS: dict[type[HotswapError], tuple[int, str]] = {
     ModelNotFound: (404, "NOT_FOUND"),
     VersionConflict: (409, "FAILED_PRECONDITION"),
     RequestTooLarge: (413, "RESOURCE_EXHAUSTED"),
+    RequestTimeout: (408, "DEADLINE_EXCEEDED"),
     ModelNotReady: (503, "UNAVAILABLE"),
     InferenceFailed: (500, "INTERNAL"),
 }
