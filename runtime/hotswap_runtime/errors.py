@@ -3,9 +3,9 @@
 Two families:
 
 * request errors (``InvalidInput``, ``RequestTooLarge``, ``Overloaded``,
-  ``BodyTooSlow``, ``ModelNotFound``, ``VersionConflict``, ``ModelNotReady``) answer a
-  REST or gRPC request; ``STATUS`` maps each to its HTTP code and gRPC status name, the
-  one table both servers read.
+  ``BodyTooSlow``, ``RequestTimeout``, ``ModelNotFound``, ``VersionConflict``,
+  ``ModelNotReady``) answer a REST or gRPC request; ``STATUS`` maps each to its HTTP
+  code and gRPC status name, the one table both servers read.
 * swap errors (``SwapError`` and subclasses) explain why a revision could not be made
   to serve. They never reach a client: the old model keeps serving and the reason shows
   in model metadata, metrics and the pod report. ``code`` is the short label used in
@@ -47,6 +47,12 @@ class BodyTooSlow(HotswapError):
     code = "body_too_slow"
 
 
+class RequestTimeout(HotswapError):
+    """The request did not arrive whole within the time the runtime gives it."""
+
+    code = "timeout"
+
+
 class ModelNotFound(HotswapError):
     """The request names a model this runtime does not serve."""
 
@@ -79,6 +85,7 @@ STATUS: dict[type[HotswapError], tuple[int, str]] = {
     RequestTooLarge: (413, "RESOURCE_EXHAUSTED"),
     Overloaded: (503, "RESOURCE_EXHAUSTED"),
     BodyTooSlow: (408, "DEADLINE_EXCEEDED"),
+    RequestTimeout: (408, "DEADLINE_EXCEEDED"),
     ModelNotReady: (503, "UNAVAILABLE"),
     InferenceFailed: (500, "INTERNAL"),
 }

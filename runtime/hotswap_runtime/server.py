@@ -34,9 +34,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         grpc = None
         try:
             if settings.grpc_port:
-                grpc = GrpcServer(
-                    plane, settings.host, settings.grpc_port, settings.max_request_bytes
-                )
+                grpc = GrpcServer(plane, settings)
                 await grpc.start()
             yield
         finally:

@@ -95,6 +95,12 @@ class Settings:
     head_seconds: float = 10.0
     keep_alive_seconds: int = 5
     max_connections: int = 1000
+    # gRPC's own limits (serving/grpc_server.py; docs/security.md, "Serving: gRPC")
+    grpc_max_connections: int = 128
+    grpc_max_streams: int = 32
+    grpc_receiving: int = 4
+    grpc_receive_seconds: float = 30.0
+    grpc_min_ping_seconds: float = 10.0
 
 
 # flag -> (environment variable, type, help)
@@ -221,6 +227,27 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         "REST connections open at once: at this many requests are answered 503, and "
         "connections beyond it closed",
     ),
+    "grpc_max_connections": (
+        "HOTSWAP_GRPC_MAX_CONNECTIONS",
+        int,
+        "gRPC connections open at once; more are closed as they come",
+    ),
+    "grpc_max_streams": ("HOTSWAP_GRPC_MAX_STREAMS", int, "gRPC calls at once per connection"),
+    "grpc_receiving": (
+        "HOTSWAP_GRPC_RECEIVING",
+        int,
+        "gRPC messages arriving at once (each up to HOTSWAP_MAX_REQUEST_BYTES); others wait",
+    ),
+    "grpc_receive_seconds": (
+        "HOTSWAP_GRPC_RECEIVE_SECONDS",
+        float,
+        "a gRPC message not whole this many seconds after it began to arrive is refused",
+    ),
+    "grpc_min_ping_seconds": (
+        "HOTSWAP_GRPC_MIN_PING_SECONDS",
+        float,
+        "clients pinging more often are disconnected (keepalive enforcement)",
+    ),
 }
 
 
@@ -295,6 +322,7 @@ def _check_serving(s: Settings) -> None:
     if not 0 <= s.grpc_port <= 65535:
         raise SystemExit("hotswap-runtime: HOTSWAP_GRPC_PORT must be 0..65535")
     _check_forward(s)
+    _check_grpc(s)
     floor = decode_cost(s.max_request_bytes, 0)
     if s.max_request_bytes < 1 or s.request_memory_bytes < floor:
         raise SystemExit(
@@ -337,4 +365,17 @@ def _check_heads(s: Settings) -> None:
     if s.keep_alive_seconds < 1 or s.max_connections < 1:
         raise SystemExit(
             "hotswap-runtime: HOTSWAP_KEEP_ALIVE_SECONDS and HOTSWAP_MAX_CONNECTIONS must be >= 1"
+        )
+
+
+def _check_grpc(s: Settings) -> None:
+    if min(s.grpc_max_connections, s.grpc_max_streams, s.grpc_receiving) < 1:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_GRPC_MAX_CONNECTIONS, _MAX_STREAMS and _RECEIVING "
+            "must be >= 1"
+        )
+    if s.grpc_receive_seconds <= 0 or s.grpc_min_ping_seconds < 0:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_GRPC_RECEIVE_SECONDS must be positive and "
+            "HOTSWAP_GRPC_MIN_PING_SECONDS not negative"
         )
