@@ -70,7 +70,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo:
     header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
         "authorization"
     )
-    scheme, _, token = (header or "").rpartition(" ")
+    scheme, _, token = (header or "").strip().rpartition(" ")  # the token file's newline
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert,
