@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -425,6 +425,21 @@ class RealNode:
         )
 
     # -- for tests ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def dns_stopped(self) -> Iterator[None]:
+        """The cluster DNS stopped for the block (a CoreDNS outage: pods resolve no
+        name, each query refused at once), started again after it."""
+        if proc := self._procs.pop("cluster-dns", None):
+            procs.stop_group(proc, 10.0)
+        try:
+            yield
+        finally:
+            self._start_dns()
+
+    def dns_running(self) -> bool:
+        proc = self._procs.get("cluster-dns")
+        return proc is not None and proc.poll() is None
 
     def logs_of(self, namespace: str, pod: str, container: str | None = None) -> str:
         """`kubectl logs` of a pod: through the API server and the kubelet, as a user."""

@@ -186,6 +186,9 @@ class OperatorSettings(_Settings):
     lease_seconds: float = Field(default=8.0, gt=0)
     renew_deadline_seconds: float = Field(default=5.0, gt=0)
     retry_seconds: float = Field(default=1.0, gt=0)
+    # a replica whose watches have failed this long (no success since) is blind: it
+    # gives up or never takes the Lease, and its liveness endpoint fails (watchhealth.py)
+    watch_failure_seconds: float = Field(default=30.0, gt=0, le=3600)
     metrics_port: int = Field(default=8082, ge=0, le=65535)  # 0: no /metrics
     metrics_address: str = "127.0.0.1"
 
@@ -199,6 +202,7 @@ _OPERATOR_ENV = {
     "HOTSWAP_LEASE_SECONDS": "lease_seconds",
     "HOTSWAP_RENEW_DEADLINE_SECONDS": "renew_deadline_seconds",
     "HOTSWAP_LEASE_RETRY_SECONDS": "retry_seconds",
+    "HOTSWAP_WATCH_FAILURE_SECONDS": "watch_failure_seconds",
     "HOTSWAP_METRICS_PORT": "metrics_port",
     "POD_IP": "metrics_address",
 }

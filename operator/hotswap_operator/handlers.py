@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 
 from hotswap_contract.wire import API_GROUP, API_VERSION, PLURAL, REPLICA_PLURAL
-from hotswap_operator import config, resources
+from hotswap_operator import config, resources, watchhealth
 from hotswap_operator.context import PodInfo
 from hotswap_operator.controller import Controller, Key, Report
 from hotswap_operator.events import EventRecorder
@@ -30,11 +30,13 @@ from hotswap_operator.kube import Kube, Permission, load_api_client
 from hotswap_operator.leader import LeaderElector, Timing
 from hotswap_operator.metrics import Metrics
 from hotswap_operator.sync import Syncer
+from hotswap_operator.watchhealth import WatchHealth
 
 MD = (API_GROUP, API_VERSION, PLURAL)
 REPLICAS = (API_GROUP, API_VERSION, REPLICA_PLURAL)
 RUNTIME_PODS = {resources.LABEL_NAME: resources.RUNTIME_APP}
 OWNED = {resources.LABEL_MANAGED_BY: resources.MANAGER}
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection to the API server (kopf's requests)
 
 # What kopf itself calls: watching, and posting its own Events (warnings only).
 KOPF_PERMISSIONS: set[Permission] = {
@@ -53,19 +55,22 @@ KOPF_PERMISSIONS: set[Permission] = {
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """$KUBECONFIG when set (the operator run as a process, as tests do), else in-cluster.
+def login(**kwargs: Any) -> kopf.ConnectionInfo:
+    """Through the kubernetes client, as `Kube` connects: $KUBECONFIG when set (the
+    operator run as a process, as tests do), else the in-cluster config.
 
-    The kubeconfig goes through the kubernetes client, which resolves relative paths and
-    reads tokenFile; kopf calls this again on a 401, which re-reads a rotated token.
+    In a pod that is KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT, the address the
+    kubelet gives every pod, with the ServiceAccount's token and CA: never a DNS name
+    (kopf's own in-cluster login connects to https://kubernetes.default.svc, so a
+    cluster DNS outage blinded the watches while the Lease, by address, was renewed).
+    The kubeconfig's relative paths and tokenFile are resolved by the client; kopf
+    calls this again on a 401, which re-reads a rotated token.
     """
-    if not os.environ.get("KUBECONFIG"):
-        return kopf.login_with_service_account(**kwargs)
     cfg = load_api_client().configuration
     header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
         "authorization"
     )
-    scheme, _, token = (header or "").rpartition(" ")
+    scheme, _, token = (header or "").strip().rpartition(" ")  # the token file's newline
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert,
@@ -94,8 +99,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # list/watch on both. The chart installs the CRD before the operator starts.
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300
+    # A connection that never opens fails (and counts against the watch) in bounded time.
+    settings.networking.connect_timeout = CONNECT_TIMEOUT
+    settings.watching.connect_timeout = CONNECT_TIMEOUT
     env = os.environ
     operator = config.operator_settings(env)
+    health = WatchHealth(operator.watch_failure_seconds)
+    memo.watch_health, memo.unwatch_health = health, watchhealth.install(health)
     kube = Kube.from_env()
     metrics = Metrics()
     recorder = EventRecorder(kube, resources.MANAGER, lambda r: metrics.events.labels(r).inc())
@@ -116,7 +126,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         controller.start_leading,
         controller.stop_leading,
         Timing(operator.lease_seconds, operator.renew_deadline_seconds, operator.retry_seconds),
+        blind=health.blind,
     )
+    metrics.blind.set_function(lambda: float(elector.blind_reason is not None))
     if operator.metrics_port:
         metrics.serve(operator.metrics_port, operator.metrics_address)
     controller.start()
@@ -137,6 +149,19 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await controller.stop()
     if getattr(memo, "elector", None) is not None:
         await asyncio.to_thread(memo.elector.release)
+    if getattr(memo, "unwatch_health", None) is not None:
+        memo.unwatch_health()
+
+
+@kopf.on.probe(id="watches", errors=kopf.ErrorsMode.PERMANENT)
+async def watches(memo: kopf.Memo, **_: Any) -> str:
+    """The liveness endpoint fails (HTTP 500, the reason in the log) while this replica
+    is blind: its watches have failed longer than HOTSWAP_WATCH_FAILURE_SECONDS."""
+    health: WatchHealth | None = getattr(memo, "watch_health", None)
+    reason = health.blind() if health is not None else None
+    if reason is not None:
+        raise kopf.PermanentError(f"blind: {reason}")
+    return "ok"
 
 
 @kopf.index("", "v1", "pods", labels=RUNTIME_PODS)

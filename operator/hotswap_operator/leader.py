@@ -9,6 +9,10 @@ own clock (no trust in another machine's clock). A leader that cannot renew with
 that shuts down cleanly releases the Lease, so the next one starts within `retry`.
 Handover after a hard kill takes at most lease + 2 x retry seconds (8 + 2 = 10 s with
 the defaults).
+
+A replica that cannot see (`blind` says why: its watches have failed too long,
+watchhealth.py) does not lead: a leader stops and releases the Lease, so a replica
+that sees takes it within a retry period, and none takes it while blind.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class LeaderElector:
         stopped: Callable[[], None],
         timing: Timing = Timing(),
         clock: Callable[[], float] = time.monotonic,
+        blind: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.kube = kube
         self.path = f"{LEASES.format(namespace=namespace)}/{name}"
@@ -65,6 +70,8 @@ class LeaderElector:
         self.started, self.stopped = started, stopped
         self.timing = timing
         self.clock = clock
+        self.blind = blind
+        self.blind_reason: str | None = None  # why this replica does not lead now
         self.leading = False
         self._renewed = 0.0  # when this replica last renewed (its clock)
         self._observed: tuple[Any, ...] | None = None  # the Lease record last seen
@@ -77,6 +84,8 @@ class LeaderElector:
             await asyncio.sleep(self.timing.retry)
 
     async def step(self) -> None:
+        if await self._stands_aside():
+            return
         try:
             held = await asyncio.to_thread(self.try_acquire_or_renew)
         except KubeError as exc:
@@ -91,6 +100,22 @@ class LeaderElector:
                 self.started()
         elif self.leading and (now - self._renewed > self.timing.renew_deadline or held is None):
             self._stop()
+
+    async def _stands_aside(self) -> bool:
+        """True while this replica is blind: a leader stops and gives the Lease up."""
+        reason = self.blind()
+        if reason is None:
+            if self.blind_reason is not None:
+                log.info("%s sees again; it may lead", self.identity)
+            self.blind_reason = None
+            return False
+        if self.blind_reason is None:
+            log.warning("%s does not lead: %s", self.identity, reason)
+        self.blind_reason = reason
+        if self.leading:
+            self._stop()
+            await asyncio.to_thread(self._give_back)
+        return True
 
     def _stop(self) -> None:
         self.leading = False
@@ -158,6 +183,10 @@ class LeaderElector:
         if not self.leading:
             return
         self.leading = False
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """Empty the Lease's holder if it is still this replica."""
         try:
             lease = self.kube.request("GET", self.path)
             spec = (lease or {}).get("spec") or {}

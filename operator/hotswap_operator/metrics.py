@@ -12,7 +12,9 @@
 * `hotswap_operator_watch_events_total{kind}`: watch events received, by object kind
   (`modeldeployment`, `modelreplica`, `pod`, `configmap`, `deployment`): a flat line
   while pods report means the watch is not delivering;
-* `hotswap_operator_leader`: 1 while this replica holds the leader Lease, else 0.
+* `hotswap_operator_leader`: 1 while this replica holds the leader Lease, else 0;
+* `hotswap_operator_blind`: 1 while this replica's watches have failed longer than
+  `HOTSWAP_WATCH_FAILURE_SECONDS` (it does not lead; its liveness endpoint fails).
 
 Each operator process has its own registry (tests build several in one process).
 """
@@ -67,6 +69,11 @@ class Metrics:
         self.leader = Gauge(
             "hotswap_operator_leader",
             "1 while this replica holds the leader Lease",
+            registry=self.registry,
+        )
+        self.blind = Gauge(
+            "hotswap_operator_blind",
+            "1 while this replica's watches have failed longer than the bound",
             registry=self.registry,
         )
 

@@ -115,3 +115,27 @@ def test_two_replicas_racing_for_a_free_lease_never_both_win(world):
     api.before_write = a_first
     step(b)
     assert a.leading and not b.leading and holder(api) == "a"
+
+
+def test_a_blind_leader_gives_the_lease_up_and_no_blind_replica_takes_it(world):
+    """A replica whose watches failed too long (watchhealth.py) does not lead: the leader
+    stops and releases the Lease at its next step, a blind standby never takes it, and
+    each may lead again once it sees."""
+    api, clock, log, a, b = world
+    blind = {"a": "watches failing", "b": None}
+    a.blind, b.blind = (lambda: blind["a"]), (lambda: blind["b"])
+    blind["a"] = None
+    step(a, b)
+    assert a.leading
+    blind["a"] = blind["b"] = "watches failing"
+    step(a)
+    assert not a.leading and holder(api) == "" and log == ["a started", "a stopped"]
+    assert a.blind_reason == "watches failing"
+    for _ in range(20):  # the Lease is free, but nobody who cannot see takes it
+        clock.now += 1
+        step(a, b)
+    assert holder(api) == "" and not (a.leading or b.leading)
+    blind["b"] = None
+    clock.now += 1
+    step(a, b)
+    assert b.leading and not a.leading and holder(api) == "b" and b.blind_reason is None
