@@ -98,10 +98,10 @@ class Tricklers:
             self._open(selector)
 
 
-def grpc_request() -> pb.ModelInferRequest:
+def grpc_request(samples: int = 1) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="tiny")
-    request.inputs.add(name="input", datatype="FP32", shape=[1, 4])
-    request.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
+    request.inputs.add(name="input", datatype="FP32", shape=[samples, 4])
+    request.raw_input_contents.append(np.ones((samples, 4), dtype=np.float32).tobytes())
     return request
 
 
@@ -186,8 +186,10 @@ def test_fifty_slow_small_bodies_hold_nothing_and_are_cut_off(runtime: RuntimePr
 
 def test_readiness_is_false_while_the_memory_is_spent_and_true_after(tmp_path: Path) -> None:
     """A claim of 27 MiB (a 1 MiB JSON body) on 28 MiB, kept by a client sending at a
-    rate the settings allow: small requests are refused with 503 within the wait, then
-    readiness is 503 / ServerReady false until the client goes."""
+    rate the settings allow: requests that need more than the 1 MiB left are refused
+    with 503 / RESOURCE_EXHAUSTED within the wait (a small gRPC message, which needs no
+    JSON window, still fits), then readiness is 503 / ServerReady false until the
+    client goes."""
     env = {
         "HOTSWAP_CONFIG_DIR": publish(tmp_path),
         "HOTSWAP_MAX_REQUEST_BYTES": str(1 << 20),
@@ -222,8 +224,8 @@ def test_readiness_is_false_while_the_memory_is_spent_and_true_after(tmp_path: P
                 return rt.get("/v2/health/ready").status_code == 503
 
             started = time.monotonic()
-            with pytest.raises(grpc.RpcError) as refused:
-                infer(grpc_request(), timeout=10)
+            with pytest.raises(grpc.RpcError) as refused:  # 768 KiB: 1.5 MiB to decode
+                infer(grpc_request(48 << 10), timeout=10)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
             assert time.monotonic() - started < 3, "refused within the wait, not queued"
             wait_for(unready, 20, "readiness 503 while the memory is spent", interval=0.2)
