@@ -23,6 +23,30 @@ from . import hostile
 REPO = Path(__file__).resolve().parents[2]
 
 
+def status_kib(pid: int, field: str) -> int:
+    """A field of ``/proc/<pid>/status`` in KiB (``VmRSS``, ``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def publish_tiny(root: Path) -> str:
+    """Revision 1 of the tiny model saved and published under ``root``; the config
+    folder for ``HOTSWAP_CONFIG_DIR``."""
+    from devcluster import checkpoints as ck
+    from devcluster import tiny
+
+    sha = ck.save(tiny.weights(1), root / "a.safetensors")
+    ck.publish(root / "config", ck.config(1, ck.revision(1, f"file://{root}/a.safetensors", sha)))
+    return str(root / "config")
+
+
+def reset_peak(pid: int) -> None:
+    """Set process ``pid``'s peak RSS (VmHWM) to its RSS now."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,8 +21,7 @@ import torch
 
 from devcluster import checkpoints as ck
 from devcluster import tiny
-from tests.fixtures_runtime.server import running
-from tests.integration.runtime.test_runtime_oip_memory import status_kib
+from tests.fixtures_runtime.server import reset_peak, running, status_kib
 
 SAMPLES = 8192
 BODY = SAMPLES * tiny.WIDE_FEATURES * 4  # 512 KiB of FP32
@@ -101,7 +100,7 @@ def test_one_request_of_many_samples_runs_in_bounded_passes_under_benign_load(
         pid = runtime.process.pid
         batching = runtime.metadata()["batching"]
         benign = Benign(runtime.url)
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        reset_peak(pid)  # VmHWM := VmRSS
         base = status_kib(pid, "VmHWM")
         benign.start()
         assert benign.started_answering.wait(60), benign.failed

@@ -36,7 +36,13 @@ from devcluster import checkpoints as ck
 from devcluster import tiny
 from hotswap_runtime.serving.grpc_v2 import inference_pb2 as pb
 from tests.fixtures_runtime.h2grpc import MODEL_INFER, RawCall, frame
-from tests.fixtures_runtime.server import RuntimeProcess, running, wait_for
+from tests.fixtures_runtime.server import (
+    RuntimeProcess,
+    reset_peak,
+    running,
+    status_kib,
+    wait_for,
+)
 
 MIB = 1 << 20
 MAX_MESSAGE = 32 * MIB  # HOTSWAP_MAX_REQUEST_BYTES
@@ -150,10 +156,10 @@ def world(tmp_path: Path) -> Iterator[World]:
 def peak_growth(world: World, case: Callable[[], None]) -> int:
     """Bytes the process's peak RSS rose above its RSS before ``case`` ran."""
     pid = world.pid()
-    before = _status(pid, "VmRSS")
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = status_kib(pid, "VmRSS")
+    reset_peak(pid)  # VmHWM := VmRSS
     case()
-    return _status(pid, "VmHWM") - before
+    return (status_kib(pid, "VmHWM") - before) * 1024
 
 
 def assert_served_on(world: World, start: int) -> None:
@@ -161,13 +167,6 @@ def assert_served_on(world: World, start: int) -> None:
     assert world.runtime.process.poll() is None, "the runtime died"
     wait_for(lambda: world.traffic.answers() >= start + 10, 60, "10 more benign answers")
     assert world.traffic.failures == [], world.traffic.failures[:5]
-
-
-def _status(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} for {pid}")
 
 
 # ---- inflated: messages that grow when parsed -----------------------------------------

@@ -21,7 +21,7 @@ import torch
 
 from devcluster import checkpoints as ck
 from devcluster import tiny
-from tests.fixtures_runtime.server import running
+from tests.fixtures_runtime.server import reset_peak, running, status_kib
 
 SAMPLE = (1024, 1024)  # 4 MiB of FP32 per sample
 BATCH = 50  # 200 MiB per request
@@ -29,13 +29,6 @@ BODY = BATCH * 4 * SAMPLE[0] * SAMPLE[1]
 MAX_REQUEST = BODY + 4096
 MEMORY = 2 * MAX_REQUEST + (24 << 20)  # what one binary request of the largest size holds
 MARGIN = 96 << 20
-
-
-def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
 
 
 @pytest.mark.slow
@@ -87,7 +80,7 @@ def test_five_200mb_bodies_at_once_stay_within_the_request_memory(tmp_path: Path
 
     with running(tmp_path, env) as runtime:
         pid = runtime.process.pid
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        reset_peak(pid)  # VmHWM := VmRSS
         base = status_kib(pid, "VmHWM")
         threads = [threading.Thread(target=post, args=(runtime.url,)) for _ in range(5)]
         for thread in threads:

@@ -22,9 +22,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devcluster import checkpoints as ck
-from devcluster import tiny
-from tests.fixtures_runtime.server import RuntimeProcess, running, wait_for
+from tests.fixtures_runtime.server import (
+    RuntimeProcess,
+    publish_tiny,
+    reset_peak,
+    running,
+    status_kib,
+    wait_for,
+)
 
 INFER = "/v2/models/tiny/infer"
 BODY = json.dumps(
@@ -35,17 +40,11 @@ KEEP_ALIVE = 1  # HOTSWAP_KEEP_ALIVE_SECONDS
 REQUEST_LINE = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"
 
 
-def publish(root: Path) -> str:
-    sha = ck.save(tiny.weights(1), root / "a.safetensors")
-    ck.publish(root / "config", ck.config(1, ck.revision(1, f"file://{root}/a.safetensors", sha)))
-    return str(root / "config")
-
-
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
     root = tmp_path_factory.mktemp("heads")
     env = {
-        "HOTSWAP_CONFIG_DIR": publish(root),
+        "HOTSWAP_CONFIG_DIR": publish_tiny(root),
         "HOTSWAP_HEAD_SECONDS": str(HEAD_SECONDS),
         "HOTSWAP_KEEP_ALIVE_SECONDS": str(KEEP_ALIVE),
     }
@@ -103,18 +102,11 @@ def answer(sock: socket.socket) -> bytes:
     return got
 
 
-def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
-
-
 def test_a_10mb_header_is_refused_past_the_bound_and_not_held(runtime: RuntimeProcess) -> None:
     pid = runtime.process.pid
     with benign(runtime.url) as results, connect(runtime) as sock:
         wait_for(lambda: len(results) > 20, 20, "benign requests")  # warmed up
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        reset_peak(pid)  # VmHWM := VmRSS
         base = status_kib(pid, "VmHWM")
         sent, piece = 0, b"a" * (64 << 10)
         try:

@@ -26,10 +26,8 @@ import httpx
 import numpy as np
 import pytest
 
-from devcluster import checkpoints as ck
-from devcluster import tiny
 from hotswap_runtime.serving.grpc_v2 import inference_pb2 as pb
-from tests.fixtures_runtime.server import RuntimeProcess, running, wait_for
+from tests.fixtures_runtime.server import RuntimeProcess, publish_tiny, running, wait_for
 
 INFER = "/v2/models/tiny/infer"
 GRACE = 2.0  # HOTSWAP_BODY_GRACE_SECONDS in these tests
@@ -38,16 +36,10 @@ BODY = json.dumps(
 ).encode()
 
 
-def publish(root: Path) -> str:
-    sha = ck.save(tiny.weights(1), root / "a.safetensors")
-    ck.publish(root / "config", ck.config(1, ck.revision(1, f"file://{root}/a.safetensors", sha)))
-    return str(root / "config")
-
-
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
     root = tmp_path_factory.mktemp("slow")
-    env = {"HOTSWAP_CONFIG_DIR": publish(root), "HOTSWAP_BODY_GRACE_SECONDS": str(GRACE)}
+    env = {"HOTSWAP_CONFIG_DIR": publish_tiny(root), "HOTSWAP_BODY_GRACE_SECONDS": str(GRACE)}
     with running(root, env) as process:
         yield process
 
@@ -191,7 +183,7 @@ def test_readiness_is_false_while_the_memory_is_spent_and_true_after(tmp_path: P
     JSON window, still fits), then readiness is 503 / ServerReady false until the
     client goes."""
     env = {
-        "HOTSWAP_CONFIG_DIR": publish(tmp_path),
+        "HOTSWAP_CONFIG_DIR": publish_tiny(tmp_path),
         "HOTSWAP_MAX_REQUEST_BYTES": str(1 << 20),
         "HOTSWAP_REQUEST_MEMORY_BYTES": str(28 << 20),
         "HOTSWAP_BODY_MIN_RATE": "1",
