@@ -154,3 +154,35 @@ def wide_weights(
     g = torch.Generator().manual_seed(seed)
     shapes = Wide(features, width, classes).state_dict()
     return {k: torch.randint(-1, 2, v.shape, generator=g).float() for k, v in shapes.items()}
+
+
+CONV = "python/devcluster.tiny:make_conv"
+CONV_INPUT = (3, 8, 8)  # channels, height, width of one sample
+
+
+class Conv(nn.Module):
+    """A 2-D convolutional network (served channels-last on the CPU: memory_format.py).
+    With ``conv_weights`` (integers in -1..1) and small integer inputs on CONV_INPUT
+    every output is exact in float32, whatever the memory format."""
+
+    def __init__(self, channels: int = 4, classes: int = CLASSES) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(CONV_INPUT[0], channels, 3, padding=1)
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.relu(self.conv(x)).mean((2, 3))  # 64 pixels: exact in float32
+        out: torch.Tensor = self.fc(pooled)
+        return out
+
+
+def make_conv(channels: int = 4, classes: int = CLASSES) -> nn.Module:
+    return Conv(channels, classes)
+
+
+def conv_weights(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        k: torch.randint(-1, 2, v.shape, generator=g).float()
+        for k, v in Conv().state_dict().items()
+    }

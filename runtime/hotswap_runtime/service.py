@@ -46,6 +46,7 @@ class Runtime:
             forward=ForwardLimits(
                 settings.max_forward_batch, settings.forward_memory_bytes, settings.infer_workers
             ),
+            memory_format=settings.memory_format,
         )
         self.metrics = Metrics(self.device)
         self.budget = MemoryBudget(

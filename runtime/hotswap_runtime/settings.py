@@ -42,6 +42,7 @@ DEFAULT_MAX_FORWARD_BATCH = 1024
 DEFAULT_FORWARD_MEMORY_BYTES = 1024**3
 DEVICES = ("auto", "cuda", "cpu")
 SWAP_MODES = ("auto", "standby", "inplace")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")  # swap/memory_format.py
 _OFF = ("false", "0", "no", "off")
 
 
@@ -66,6 +67,7 @@ class Settings:
     kubeconfig: Path | None = None
     resync_seconds: float = 30.0
     swap_mode: str = "auto"
+    memory_format: str = "auto"
     torch_threads: int | None = None
     api_watch: bool = True
     log_level: str = "info"
@@ -122,6 +124,12 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "kubeconfig": ("KUBECONFIG", Path, "kubeconfig outside a cluster"),
     "resync_seconds": ("HOTSWAP_RESYNC_SECONDS", float, "periodic re-read of model.json"),
     "swap_mode": ("HOTSWAP_SWAP_MODE", str, "auto, standby or inplace"),
+    "memory_format": (
+        "HOTSWAP_MEMORY_FORMAT",
+        str,
+        "auto (channels-last for 2-D convolutional networks on the CPU), contiguous or "
+        "channels_last",
+    ),
     "torch_threads": ("HOTSWAP_TORCH_THREADS", int, "torch intra-op threads"),
     "log_level": ("HOTSWAP_LOG_LEVEL", str, "logging level"),
     "allowed_architectures": (
@@ -292,6 +300,11 @@ def _check(settings: Settings) -> None:
         raise SystemExit(f"hotswap-runtime: device {settings.device!r} is not one of {DEVICES}")
     if settings.swap_mode not in SWAP_MODES:
         raise SystemExit(f"hotswap-runtime: swap mode {settings.swap_mode!r} not in {SWAP_MODES}")
+    if settings.memory_format not in MEMORY_FORMATS:
+        raise SystemExit(
+            f"hotswap-runtime: HOTSWAP_MEMORY_FORMAT {settings.memory_format[:40]!r} not in "
+            f"{MEMORY_FORMATS}"
+        )
     try:
         check_architecture_entries(settings.allowed_architectures)
         parse_networks(settings.fetch_allowed_networks)

@@ -250,10 +250,12 @@ def is_bound(targets: Mapping[str, torch.Tensor], flat: torch.Tensor, layout: Fl
 
 def bindable(targets: Mapping[str, torch.Tensor], layout: FlatLayout) -> bool:
     """A flat buffer can hold these targets: same names, dtypes and shapes, every slot
-    aligned for its dtype, and no ties (tied tensors must stay one tensor)."""
+    aligned for its dtype, no ties (tied tensors must stay one tensor), and every target
+    contiguous (a channels-last one keeps its format: memory_format.py)."""
     return (
         layout_of(targets) == layout.specs()
         and all(slot.aligned for slot in layout.slots)
+        and all(t.is_contiguous() for t in targets.values())
         and not tie_groups(targets)
     )
 

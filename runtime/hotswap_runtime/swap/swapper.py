@@ -81,6 +81,7 @@ from hotswap_runtime.settings import DEFAULT_MAX_CHECKPOINT_BYTES
 from hotswap_runtime.swap.evaluation import EvaluationSet, Scores, judge, key_of
 from hotswap_runtime.swap.footprint import HEADROOM, Footprint, ForwardLimits
 from hotswap_runtime.swap.leases import Leases, LoadedModel
+from hotswap_runtime.swap.memory_format import to_serving_format
 from hotswap_runtime.swap.models import (
     BUILD_FACTOR,
     Blueprint,
@@ -147,6 +148,7 @@ class Swapper:
         max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
         tap: ShadowTap | None = None,
         forward: ForwardLimits | None = None,
+        memory_format: str = "auto",
     ) -> None:
         self.store = store
         self.device = device
@@ -155,6 +157,7 @@ class Swapper:
         self.drain_timeout = drain_timeout
         self.max_model_bytes = max_model_bytes
         self.forward = forward or ForwardLimits()  # bounds forward passes (footprint.py)
+        self.memory_format = memory_format  # the format networks serve in (memory_format.py)
         self._leases = Leases(device, keep_standby=mode != "inplace")
         self._staging = Staging(pin=is_cuda(device))
         self._stream: torch.cuda.Stream | None = (
@@ -340,6 +343,7 @@ class Swapper:
             return plan.target.module
         device = self._device_for(plan)
         module = self._build(revision, device, blueprint)
+        module = to_serving_format(module, revision.model, device, self.memory_format)
         if layout_of(module.state_dict()) != blueprint.layout:
             raise StateDictMismatch(
                 f"{revision.model.architecture} built a different set of tensors than when "
