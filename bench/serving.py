@@ -9,12 +9,12 @@ count in every server. Servers, started one at a time so they never share the CP
   concurrency 32, where the targets ask for 1.5x the peer's throughput;
 * ``kserve``: ``kserve.ModelServer`` serving a ``kserve.Model`` whose ``predict`` runs
   the same network (this file, ``--serve-kserve``), REST and gRPC;
-* ``-tuned`` variants: the same with ``HOTSWAP_MMAP_THRESHOLD_BYTES`` at 32 MiB, so
-  activations of batched forward passes come from the heap, not from fresh mmaps;
+* ``-mmap1m`` variants: the same with ``HOTSWAP_MMAP_THRESHOLD_BYTES`` at 1 MiB (the
+  default before 32 MiB), so every activation over 1 MiB is a fresh mmap;
 * ``hotswap-baseline`` (with ``--baseline REF``): the runtime of another commit of this
   repository (``git archive REF``), default settings, measured beside ``hotswap`` in the
   same run so that a change's cost is read from one run: ``baseline_ratio`` per point;
-* TorchServe is not measured: see ``TORCHSERVE`` below.
+* TorchServe and Triton are not measured: see ``TORCHSERVE`` and ``TRITON`` below.
 
 Points: protocol (REST JSON, REST binary tensor data, gRPC raw contents) x concurrency
 (1, 8, 32 closed-loop clients) x batch (1, 8 samples per request). Per point:
@@ -47,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, Runtime, free_port, percentile, poll, terminate
+from bench.profiles import profiled
 
 MODEL = "resnet18"
 SIZE = 64
@@ -56,6 +57,13 @@ TORCHSERVE = (
     "(no raw_input_contents, what tritonclient and kserve clients send) and its REST path "
     "takes v2 JSON through the kservev2 envelope only, so it cannot serve this load "
     "generator's binary and raw points unchanged; not wired into this benchmark"
+)
+
+TRITON = (
+    "not measured: the in-process tritonserver Python API ships only as wheels inside "
+    "NGC containers (PyPI's tritonserver 0.0.1.dev0 is a placeholder whose install "
+    "raises, pointing there), and no container registry is reachable here; "
+    "tritonclient is used as a client in the tests"
 )
 
 
@@ -88,10 +96,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--protocols", default="json,binary,grpc")
     p.add_argument(
         "--servers",
-        default="hotswap,hotswap-tuned,kserve,hotswap-batching,hotswap-batching-tuned",
-        help="hotswap[-batching][-tuned] (tuned: HOTSWAP_MMAP_THRESHOLD_BYTES=32 MiB), kserve",
+        default="hotswap,kserve,hotswap-batching",
+        help="hotswap[-batching][-mmap1m] (mmap1m: HOTSWAP_MMAP_THRESHOLD_BYTES=1 MiB), kserve",
     )
     p.add_argument("--out", help="also write the full result here")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample each server's stacks (py-spy, native frames) over each measured "
+        "window into DIR; the result gets the top self-time frames per point",
+    )
     p.add_argument(
         "--baseline",
         metavar="REF",
@@ -182,16 +196,27 @@ class Load:
     samples: list[tuple[float, float, bool]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
 
     def run(self, warm: float, window: float) -> list[tuple[float, float, bool]]:
-        threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
-        for thread in threads:
-            thread.start()
+        self.start()
         time.sleep(warm + window)  # the measuring window itself
-        self._stop.set()
-        for thread in threads:
-            thread.join(60)
+        self.finish()
         return self.samples
+
+    def start(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def finish(self) -> int:
+        """Stop the clients; how many requests were answered."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+        return sum(1 for *_, ok in self.samples if ok)
 
     def _client(self) -> None:
         send = self._grpc_sender() if self.protocol == "grpc" else self._rest_sender()
@@ -258,13 +283,16 @@ class Server:
     def start(self) -> None: ...
     def stop(self) -> None: ...
 
+    def pid(self) -> int | None:
+        return None
+
     def metrics(self) -> str:
         return ""
 
 
 class Hotswap(Server):
-    def __init__(self, root: Path, threads: int, batching: bool, tuned: bool) -> None:
-        self.name = "hotswap" + ("-batching" if batching else "") + ("-tuned" if tuned else "")
+    def __init__(self, root: Path, threads: int, batching: bool, mmap1m: bool) -> None:
+        self.name = "hotswap" + ("-batching" if batching else "") + ("-mmap1m" if mmap1m else "")
         env = {
             "HOTSWAP_MODEL_NAME": MODEL,
             "HOTSWAP_CONFIG_DIR": str(root / "config"),
@@ -278,8 +306,8 @@ class Hotswap(Server):
         }
         if batching:
             env |= {"HOTSWAP_MAX_BATCH_SIZE": "32", "HOTSWAP_MAX_QUEUE_DELAY_US": "2000"}
-        if tuned:
-            env |= {"HOTSWAP_MMAP_THRESHOLD_BYTES": str(32 << 20)}
+        if mmap1m:
+            env |= {"HOTSWAP_MMAP_THRESHOLD_BYTES": str(1 << 20)}
         self.runtime = Runtime(env, free_port(), root / f"{self.name}.log")
         self.rest = f"127.0.0.1:{self.runtime.port}"
         self.grpc = f"127.0.0.1:{self.runtime.grpc_port}"
@@ -289,6 +317,9 @@ class Hotswap(Server):
 
     def stop(self) -> None:
         self.runtime.stop()
+
+    def pid(self) -> int | None:
+        return self.runtime.process.pid if self.runtime.process else None
 
     def metrics(self) -> str:
         import httpx
@@ -343,6 +374,9 @@ class KServe(Server):
     def stop(self) -> None:
         terminate(self.process)
 
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
 
 def _serve_kserve(args: argparse.Namespace) -> None:
     """KServe's Python ModelServer with a Model wrapping the same network (a subprocess)."""
@@ -379,6 +413,37 @@ def _serve_kserve(args: argparse.Namespace) -> None:
     ModelServer(http_port=args.port, grpc_port=args.grpc_port).start([model])
 
 
+def write_model(root: Path) -> None:
+    """resnet18 with random weights (seed 0) as safetensors under ``root``, and the
+    model.json every hotswap server reads from ``root/config``."""
+    import hashlib
+
+    import safetensors.torch
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(MODEL, weights=None)
+    path = root / "weights.safetensors"
+    safetensors.torch.save_file(net.state_dict(), str(path))
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    doc = {
+        "name": MODEL,
+        "generation": 1,
+        "stable": {
+            "revision": 1,
+            "model": {
+                "architecture": f"torchvision/{MODEL}",
+                "args": {},
+                "inputShape": [3, SIZE, SIZE],
+            },
+            "checkpoint": {"uri": f"file://{path}", "sha256": sha},
+        },
+    }
+    (root / "config").mkdir()
+    (root / "config" / "model.json").write_text(json.dumps(doc))
+
+
 # ---- the run -------------------------------------------------------------------------
 
 
@@ -391,7 +456,7 @@ class Bench:
         self.protocols = args.protocols.split(",")
 
     def run(self) -> dict[str, Any]:
-        self._model()
+        write_model(self.root)
         servers = self._servers()
         points: list[dict[str, Any]] = []
         phases: dict[str, Any] = {}
@@ -454,7 +519,7 @@ class Bench:
         if not name.startswith("hotswap"):
             raise SystemExit(f"unknown server {name!r}")
         return Hotswap(
-            self.root, self.args.threads, batching="batching" in name, tuned="tuned" in name
+            self.root, self.args.threads, batching="batching" in name, mmap1m="mmap1m" in name
         )
 
     def _baseline(self, ref: str) -> Server:
@@ -467,39 +532,11 @@ class Bench:
             check=True,
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-        server = Hotswap(self.root, self.args.threads, batching=False, tuned=False)
+        server = Hotswap(self.root, self.args.threads, batching=False, mmap1m=False)
         server.name = "hotswap-baseline"
         server.runtime.source = tree
         server.runtime.env["HOTSWAP_CACHE_DIR"] = str(self.root / "cache-baseline")
         return server
-
-    def _model(self) -> None:
-        import hashlib
-
-        import safetensors.torch
-        import torch
-        import torchvision
-
-        torch.manual_seed(0)
-        net = torchvision.models.get_model(MODEL, weights=None)
-        path = self.root / "weights.safetensors"
-        safetensors.torch.save_file(net.state_dict(), str(path))
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        doc = {
-            "name": MODEL,
-            "generation": 1,
-            "stable": {
-                "revision": 1,
-                "model": {
-                    "architecture": f"torchvision/{MODEL}",
-                    "args": {},
-                    "inputShape": [3, SIZE, SIZE],
-                },
-                "checkpoint": {"uri": f"file://{path}", "sha256": sha},
-            },
-        }
-        (self.root / "config").mkdir()
-        (self.root / "config" / "model.json").write_text(json.dumps(doc))
 
     def _point(
         self, server: Server, protocol: str, batch: int, clients: int, phases: dict[str, Any]
@@ -515,7 +552,9 @@ class Bench:
         warm = 1.0
         load = Load(protocol, target, path, body, headers, clients)
         t_start = time.perf_counter()
-        samples = load.run(warm, self.args.window)
+        name = f"{server.name}-{protocol}-c{clients}-b{batch}"
+        with profiled(self.args.profile, server.pid(), name, warm, self.args.window) as top:
+            samples = load.run(warm, self.args.window)
         point = {
             "server": server.name,
             "protocol": protocol,
@@ -524,6 +563,8 @@ class Bench:
             **figures(samples, t_start + warm, self.args.window),
         }
         point["samples_per_s"] = round(point["requests_per_s"] * batch, 2)
+        if top:
+            point["profile_top"] = top
         if before:
             phases[f"{server.name}/{protocol}/c{clients}"] = _phase_means(before, server.metrics())
         return point
@@ -597,6 +638,7 @@ class Bench:
             summary[name] = self._entry(name, mine)
         summary["health_p99_ms_during_64mb_json_decode"] = health.get("p99_ms")
         summary["torchserve"] = TORCHSERVE
+        summary["triton"] = TRITON
         return {"points": points, "phases_batch8": phases, "health": health, "summary": summary}
 
     @staticmethod

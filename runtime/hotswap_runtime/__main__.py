@@ -40,17 +40,20 @@ def quiet_libraries() -> None:
         logger.setLevel(max(logger.getEffectiveLevel(), logging.INFO))
 
 
-def fixed_mmap_threshold(threshold: int = 1 << 20) -> None:
-    """Serve tensors of ``threshold`` bytes and more from mmap and return them to the OS
-    when freed.
+def fixed_mmap_threshold(threshold: int = 32 << 20) -> None:
+    """Serve allocations of ``threshold`` bytes and more from mmap (returned to the OS
+    when freed) and smaller ones from the heap, which keeps at most ``8 x threshold``
+    free at its top for reuse (M_TRIM_THRESHOLD; the rest goes back to the OS).
 
-    glibc raises its mmap threshold after freeing a large mmapped block, so the next
-    checkpoint's tensors land on the heap and the process keeps growing swap after swap.
-    A fixed threshold turns that off. The price is paid by forward passes on CPU: every
-    activation over the threshold is a fresh mmap, zero-filled page by page (resnet18 at
-    batch 8 runs about twice as slow with 1 MiB); ``HOTSWAP_MMAP_THRESHOLD_BYTES`` raises
-    it, and the heap then keeps up to eight times that much free memory for reuse.
-    No-op where libc has no mallopt.
+    glibc's default raises the threshold after freeing a large mmapped block, up to
+    32 MiB; a fixed one keeps the bound the same for the life of the process. Below it,
+    a forward pass's activations reuse freed heap memory instead of fresh, zero-filled
+    mmaps (resnet18 at batch 8 on the CPU runs about 1.7x as fast as with 1 MiB). Host
+    memory stays bounded: live activations by HOTSWAP_FORWARD_MEMORY_BYTES, requests by
+    HOTSWAP_REQUEST_MEMORY_BYTES, weights by the three model copies (serving, standby,
+    staging), whose buffers are reused swap after swap, and the heap is trimmed after
+    every swap (docs/architecture.md, "Serving interface"). No-op where libc has no
+    mallopt.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -58,8 +61,7 @@ def fixed_mmap_threshold(threshold: int = 1 << 20) -> None:
         return
     m_mmap_threshold, m_trim_threshold = -3, -1
     libc.mallopt(m_mmap_threshold, threshold)
-    if threshold > 1 << 20:
-        libc.mallopt(m_trim_threshold, 8 * threshold)
+    libc.mallopt(m_trim_threshold, 8 * threshold)
 
 
 def few_malloc_arenas(arenas: int = 2) -> None:

@@ -82,7 +82,7 @@ class Settings:
     max_queue_delay_us: int = 0
     infer_workers: int = 1
     codec_threads: int = 2
-    mmap_threshold_bytes: int = 1 << 20
+    mmap_threshold_bytes: int = 32 << 20
     drain_seconds: float = 5.0
     # Slow senders and a spent request memory (budget.py, serving/body.py).
     request_wait_seconds: float = 5.0
@@ -174,8 +174,9 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "mmap_threshold_bytes": (
         "HOTSWAP_MMAP_THRESHOLD_BYTES",
         int,
-        "allocations from this size up are mmapped and given back when freed (flat RSS "
-        "across swaps; larger is faster for CPU forward passes)",
+        "allocations from this size up are mmapped and given back when freed; smaller "
+        "ones reuse heap memory (faster CPU forward passes; the heap keeps up to 8 times "
+        "this much free)",
     ),
     "drain_seconds": (
         "HOTSWAP_DRAIN_SECONDS",
