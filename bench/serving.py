@@ -9,8 +9,9 @@ count in every server. Servers, started one at a time so they never share the CP
   concurrency 32, where the targets ask for 1.5x the peer's throughput;
 * ``kserve``: ``kserve.ModelServer`` serving a ``kserve.Model`` whose ``predict`` runs
   the same network (this file, ``--serve-kserve``), REST and gRPC;
-* ``-mmap1m`` variants: the same with ``HOTSWAP_MMAP_THRESHOLD_BYTES`` at 1 MiB (the
-  default before 32 MiB), so every activation over 1 MiB is a fresh mmap;
+* variants, named by suffixes in any order: ``-mmap1m`` (``HOTSWAP_MMAP_THRESHOLD_BYTES``
+  at 1 MiB, the default before 32 MiB: every activation over 1 MiB a fresh mmap) and
+  ``-contiguous`` (``HOTSWAP_MEMORY_FORMAT=contiguous``: no channels-last);
 * ``hotswap-baseline`` (with ``--baseline REF``): the runtime of another commit of this
   repository (``git archive REF``), default settings, measured beside ``hotswap`` in the
   same run so that a change's cost is read from one run: ``baseline_ratio`` per point;
@@ -97,7 +98,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--servers",
         default="hotswap,kserve,hotswap-batching",
-        help="hotswap[-batching][-mmap1m] (mmap1m: HOTSWAP_MMAP_THRESHOLD_BYTES=1 MiB), kserve",
+        help="kserve, hotswap and its variants: hotswap-batching (max batch 32), -mmap1m "
+        "(HOTSWAP_MMAP_THRESHOLD_BYTES=1 MiB), -contiguous (HOTSWAP_MEMORY_FORMAT), combined "
+        "in any order (hotswap-mmap1m-contiguous: the speed settings before 32 MiB and "
+        "channels-last)",
     )
     p.add_argument("--out", help="also write the full result here")
     p.add_argument(
@@ -290,9 +294,21 @@ class Server:
         return ""
 
 
+BASELINE = "hotswap-baseline"
+# Suffixes of a hotswap server's name, and the settings each adds.
+VARIANTS = {
+    "batching": {"HOTSWAP_MAX_BATCH_SIZE": "32", "HOTSWAP_MAX_QUEUE_DELAY_US": "2000"},
+    "mmap1m": {"HOTSWAP_MMAP_THRESHOLD_BYTES": str(1 << 20)},
+    "contiguous": {"HOTSWAP_MEMORY_FORMAT": "contiguous"},
+}
+
+
 class Hotswap(Server):
-    def __init__(self, root: Path, threads: int, batching: bool, mmap1m: bool) -> None:
-        self.name = "hotswap" + ("-batching" if batching else "") + ("-mmap1m" if mmap1m else "")
+    def __init__(self, root: Path, threads: int, name: str = "hotswap") -> None:
+        self.name = name
+        unknown = set(name.split("-")[1:]) - set(VARIANTS)
+        if not name.startswith("hotswap") or unknown:
+            raise SystemExit(f"unknown server {name!r} (variants: {', '.join(VARIANTS)})")
         env = {
             "HOTSWAP_MODEL_NAME": MODEL,
             "HOTSWAP_CONFIG_DIR": str(root / "config"),
@@ -304,10 +320,8 @@ class Hotswap(Server):
             "HOTSWAP_API_WATCH": "false",
             "HOTSWAP_LOG_LEVEL": "warning",
         }
-        if batching:
-            env |= {"HOTSWAP_MAX_BATCH_SIZE": "32", "HOTSWAP_MAX_QUEUE_DELAY_US": "2000"}
-        if mmap1m:
-            env |= {"HOTSWAP_MMAP_THRESHOLD_BYTES": str(1 << 20)}
+        for variant in name.split("-")[1:]:
+            env |= VARIANTS[variant]
         self.runtime = Runtime(env, free_port(), root / f"{self.name}.log")
         self.rest = f"127.0.0.1:{self.runtime.port}"
         self.grpc = f"127.0.0.1:{self.runtime.grpc_port}"
@@ -516,11 +530,7 @@ class Bench:
     def _server(self, name: str) -> Server:
         if name == "kserve":
             return KServe(self.root, self.args.threads)
-        if not name.startswith("hotswap"):
-            raise SystemExit(f"unknown server {name!r}")
-        return Hotswap(
-            self.root, self.args.threads, batching="batching" in name, mmap1m="mmap1m" in name
-        )
+        return Hotswap(self.root, self.args.threads, name)
 
     def _baseline(self, ref: str) -> Server:
         """``hotswap`` as commit ``ref`` has it: its sources unpacked beside the run."""
@@ -532,8 +542,8 @@ class Bench:
             check=True,
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-        server = Hotswap(self.root, self.args.threads, batching=False, mmap1m=False)
-        server.name = "hotswap-baseline"
+        server = Hotswap(self.root, self.args.threads)
+        server.name = BASELINE
         server.runtime.source = tree
         server.runtime.env["HOTSWAP_CACHE_DIR"] = str(self.root / "cache-baseline")
         return server
@@ -665,15 +675,16 @@ class Bench:
 
 
 def _against_baseline(points: list[dict[str, Any]]) -> None:
-    """``baseline_ratio``: hotswap's throughput over hotswap-baseline's at each point."""
+    """``baseline_ratio``: each hotswap server's throughput (batching aside) over
+    hotswap-baseline's at each point."""
     base = {
-        (p["protocol"], p["concurrency"], p["batch"]): p
-        for p in points
-        if p["server"] == "hotswap-baseline"
+        (p["protocol"], p["concurrency"], p["batch"]): p for p in points if p["server"] == BASELINE
     }
     for point in points:
         other = base.get((point["protocol"], point["concurrency"], point["batch"]))
-        if point["server"] == "hotswap" and other is not None:
+        name = point["server"]
+        plain = name.startswith("hotswap") and "batching" not in name and name != BASELINE
+        if plain and other is not None:
             point["baseline_ratio"] = _ratio(point["requests_per_s"], other["requests_per_s"])
 
 

@@ -60,7 +60,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     write_model(root)
-    server = Hotswap(root, args.threads, batching=False, mmap1m=False)
+    server = Hotswap(root, args.threads)
     server.start()
     try:
         pid = server.pid()
