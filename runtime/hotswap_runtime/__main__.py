@@ -61,7 +61,8 @@ def fixed_mmap_threshold(threshold: int = 32 << 20) -> None:
         return
     m_mmap_threshold, m_trim_threshold = -3, -1
     libc.mallopt(m_mmap_threshold, threshold)
-    libc.mallopt(m_trim_threshold, 8 * threshold)
+    if threshold > 1 << 20:  # at 1 MiB and below, glibc's 128 KiB trim threshold stays
+        libc.mallopt(m_trim_threshold, 8 * threshold)
 
 
 def few_malloc_arenas(arenas: int = 2) -> None:
