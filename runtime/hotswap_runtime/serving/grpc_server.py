@@ -166,6 +166,10 @@ def options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.so_reuseport", 0),
         ("grpc.max_allowed_incoming_connections", settings.grpc_max_connections),
         ("grpc.max_concurrent_streams", settings.grpc_max_streams),
+        # Count open streams (what a client obeys), not streams whose memory grpc-core
+        # has yet to free: counting those refuses a client's new call, after its last
+        # one ended, with REFUSED_STREAM (UNAVAILABLE) whenever it keeps the limit busy.
+        ("grpc.http.overload_protection", 0),
         # A stream's window stays at its initial 64 KiB until its message is asked for.
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", STREAM_WINDOW),
