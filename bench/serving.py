@@ -654,19 +654,22 @@ class Bench:
     @staticmethod
     def _entry(name: str, mine: list[dict[str, Any]]) -> dict[str, Any]:
         """One server's line of the summary: its ratios to the peer (and to the baseline)."""
+        clean = all(p["errors"] == 0 for p in mine)  # a failed request misses the target
         entry: dict[str, Any] = {
-            "throughput_ge_peer_everywhere": all(p["throughput_ratio"] >= 1 for p in mine),
-            "p99_le_peer_everywhere": all(p["p99_ratio"] <= 1 for p in mine),
+            "errors": sum(p["errors"] for p in mine),
+            "throughput_ge_peer_everywhere": clean
+            and all(p["throughput_ratio"] >= 1 for p in mine),
+            "p99_le_peer_everywhere": clean and all(p["p99_ratio"] <= 1 for p in mine),
             "worst_throughput_ratio": min(p["throughput_ratio"] for p in mine),
             "worst_p99_ratio": max(p["p99_ratio"] for p in mine),
             "misses": [
                 f"{p['protocol']}/c{p['concurrency']}/b{p['batch']}"
                 for p in mine
-                if p["throughput_ratio"] < 1 or p["p99_ratio"] > 1
+                if p["throughput_ratio"] < 1 or p["p99_ratio"] > 1 or p["errors"]
             ],
         }
         if "batching" in name:
-            entry["target_1_5x_met"] = all(p["throughput_ratio"] >= 1.5 for p in mine)
+            entry["target_1_5x_met"] = clean and all(p["throughput_ratio"] >= 1.5 for p in mine)
         against = [p["baseline_ratio"] for p in mine if "baseline_ratio" in p]
         if against:
             entry["worst_throughput_vs_baseline"] = min(against)
