@@ -65,3 +65,33 @@ def test_baseline_ratio_for_every_plain_hotswap_server() -> None:
         "hotswap-batching": None,
         "kserve": None,
     }
+
+
+def test_summary_without_the_peer_still_judges_the_baseline_and_errors() -> None:
+    from bench.serving import Bench
+
+    points = [
+        {
+            "server": "hotswap",
+            "protocol": "grpc",
+            "concurrency": 1,
+            "batch": 1,
+            "errors": 0,
+            "baseline_ratio": 0.98,
+        },
+        {
+            "server": "hotswap",
+            "protocol": "grpc",
+            "concurrency": 8,
+            "batch": 1,
+            "errors": 2,
+            "baseline_ratio": 1.1,
+        },
+    ]
+    entry = Bench._entry("hotswap", points)
+    assert entry == {
+        "errors": 2,
+        "worst_throughput_vs_baseline": 0.98,
+        "within_3pct_of_baseline_everywhere": False,
+    }
+    assert Bench._entry("hotswap", points[:1])["within_3pct_of_baseline_everywhere"]
