@@ -55,9 +55,10 @@ def poll(condition: Callable[[], Any], timeout: float, what: str, interval: floa
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A memory field of ``/proc/<pid>/status`` in MiB: ``VmRSS``, or ``VmHWM`` (peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

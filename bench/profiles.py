@@ -67,11 +67,10 @@ def summarize(text: str) -> dict[str, Any]:
         match = _LINE.match(line)
         if not match:
             continue
-        head, _, frames_text = match["stack"].partition(";")
-        stack, count = [head, *frames_text.split(";")], int(match["count"])
-        thread = stack[0].split(": ", 1)[-1]  # "thread (tid): name"
-        threads[re.sub(r"[-_ ]?\d+$", "", thread)] += count
-        frames[_frame(stack[-1])] += count
+        head, _, stack = match["stack"].partition(";")  # "thread (tid): name;frame;..."
+        count = int(match["count"])
+        threads[re.sub(r"[-_ ]?\d+$", "", head.split(": ", 1)[-1])] += count
+        frames[_frame(stack.rsplit(";", 1)[-1])] += count
     total = sum(threads.values()) or 1
     return {
         "busy_samples": total,

@@ -107,8 +107,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         metavar="DIR",
-        help="sample each server's stacks (py-spy, native frames) over each measured "
-        "window into DIR; the result gets the top self-time frames per point",
+        help="sample each server's Python stacks (py-spy, bench/profiles.py) over each "
+        "measured window into DIR; the result gets the top running frames per point",
     )
     p.add_argument(
         "--baseline",
@@ -306,8 +306,8 @@ VARIANTS = {
 class Hotswap(Server):
     def __init__(self, root: Path, threads: int, name: str = "hotswap") -> None:
         self.name = name
-        unknown = set(name.split("-")[1:]) - set(VARIANTS)
-        if not name.startswith("hotswap") or unknown:
+        variants = name.split("-")[1:]
+        if not name.startswith("hotswap") or set(variants) - set(VARIANTS):
             raise SystemExit(f"unknown server {name!r} (variants: {', '.join(VARIANTS)})")
         env = {
             "HOTSWAP_MODEL_NAME": MODEL,
@@ -320,7 +320,7 @@ class Hotswap(Server):
             "HOTSWAP_API_WATCH": "false",
             "HOTSWAP_LOG_LEVEL": "warning",
         }
-        for variant in name.split("-")[1:]:
+        for variant in variants:
             env |= VARIANTS[variant]
         self.runtime = Runtime(env, free_port(), root / f"{self.name}.log")
         self.rest = f"127.0.0.1:{self.runtime.port}"

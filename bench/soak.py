@@ -72,7 +72,7 @@ def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         answered = 0
         while time.perf_counter() - t0 < args.seconds:
             answered += _run(server, args.chunk, args.every, pid, readings, t0)
-        peak = _hwm_mb(pid)
+        peak = rss_mb(pid, "VmHWM")
     finally:
         server.stop()
     return _result(args, ready, readings, peak, answered)
@@ -131,13 +131,6 @@ def _result(
         "within_bound": peak <= bound,
         "readings": readings,
     }
-
-
-def _hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 if __name__ == "__main__":

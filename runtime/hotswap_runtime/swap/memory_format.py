@@ -1,8 +1,8 @@
 """The memory format a model serves in (``HOTSWAP_MEMORY_FORMAT``).
 
-On the CPU, oneDNN's 2-D convolutions run on channels-last (NHWC) tensors without the
-reorders an NCHW network pays at every layer: resnet18 at 3x64x64 with one torch
-thread answers in about 0.6x the time at batch 1 and 32 (bench/serving.py). ``auto``
+On the CPU, PyTorch's 2-D convolutions are fastest on channels-last (NHWC) tensors:
+resnet18 at 3x64x64 with one torch thread answers in about 0.7x the time at batch 1
+and 32, about the same at batches 2 to 16 (docs/architecture.md). ``auto``
 (the default) serves such networks channels-last: on the CPU, when the model has a
 ``Conv2d`` and takes one image per sample (3-D ``inputShape``, 4-D batches). A GPU keeps
 the checkpoint's format under ``auto`` (untested here); ``channels_last`` asks for it on
