@@ -15,6 +15,7 @@ image (which never installs torch) can use it.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import math
 import re
@@ -44,6 +45,10 @@ DEPLOYMENT_LABEL = f"{API_GROUP}/model-deployment"  # pods and ModelReplicas: wh
 CONFIG_KEY = "model.json"
 HTTP_PORT = 8080  # OIP v2 REST, health probes and /metrics
 GRPC_PORT = 8081  # the KServe v2 GRPCInferenceService
+PEER_PORT = 8082  # verified cache entries for the pods of the same ModelDeployment
+PEERS_KEY = "peers.json"  # the key of the <name>-peers ConfigMap (Peers)
+MAX_PEERS = 2000  # pods listed in peers.json
+MAX_ORIGIN_CONCURRENCY = 64  # spec.distribution.originConcurrency bound (CRD and runtime)
 MAX_BATCH_SIZE = 1024  # spec.runtime.batching.maxBatchSize bound (CRD and runtime)
 MAX_QUEUE_DELAY_US = 1_000_000  # spec.runtime.batching.maxQueueDelayMicroseconds bound
 MAX_FORWARD_BATCH = 1 << 16  # policy.maxForwardBatch bound (chart and runtime)
@@ -66,6 +71,11 @@ DEFAULT_DTYPE: Dtype = "float32"
 def configmap_name(deployment: str) -> str:
     """Name of the ConfigMap that carries ``model.json`` for a ModelDeployment."""
     return f"{deployment}-model"
+
+
+def peers_configmap_name(deployment: str) -> str:
+    """Name of the ConfigMap that lists a ModelDeployment's pods for peer transfer."""
+    return f"{deployment}-peers"
 
 
 class _Wire(BaseModel):
@@ -289,6 +299,62 @@ def parse_config(text: str | bytes) -> ModelConfig:
         raise ConfigError(f"invalid {CONFIG_KEY}: {problems}{more}") from None
 
 
+class Peer(_Wire):
+    """One runtime pod of a ModelDeployment: its name and the address the kubelet gave
+    it (``status.podIP``), where it serves its verified cache entries on PEER_PORT."""
+
+    name: str = Field(pattern=SECRET_NAME_PATTERN, max_length=253)
+    ip: str = Field(max_length=45)
+
+    @field_validator("ip")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value))  # ValueError: pydantic's message
+
+
+class Peers(_Wire):
+    """The ``peers.json`` key of the ``<name>-peers`` ConfigMap, written by the operator
+    from the Pod objects (never from the pods' own reports): the runtime pods that may
+    exchange cache entries, oldest first. The first ``origin_concurrency`` of them read
+    the store (splitting its files between them); the others take the files from peers
+    and fall back to the store (docs/architecture.md, "Fleet distribution")."""
+
+    name: str
+    generation: int = Field(ge=0)
+    origin_concurrency: int = Field(ge=1, le=MAX_ORIGIN_CONCURRENCY, alias="originConcurrency")
+    peers: tuple[Peer, ...] = Field(default=(), max_length=MAX_PEERS)
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        return tuple(peer.name for peer in self.peers[: self.origin_concurrency])
+
+    def dumps(self) -> str:
+        return json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+
+
+def parse_peers(text: str | bytes) -> Peers:
+    """Parse ``peers.json``, raising ConfigError with a short reason (no values)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{PEERS_KEY} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return Peers.model_validate_json(text)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        where = "; ".join(".".join(str(p) for p in e["loc"])[:80] for e in errors[:5])
+        raise ConfigError(f"invalid {PEERS_KEY}: {where or '<root>'}") from None
+
+
+class Fetched(_Wire):
+    """Where the bytes of a pod's last checkpoint fetch came from: the store, peers (how
+    many distinct ones), or its own cache."""
+
+    store_bytes: int = Field(default=0, ge=0, alias="storeBytes")
+    peer_bytes: int = Field(default=0, ge=0, alias="peerBytes")
+    cached_bytes: int = Field(default=0, ge=0, alias="cachedBytes")
+    peers: int = Field(default=0, ge=0)
+    peer_failures: int = Field(default=0, ge=0, alias="peerFailures")
+
+
 class PodState(str, enum.Enum):  # noqa: UP042 (str() of members stays as it was)
     """Where a pod stands with the revision meant for it."""
 
@@ -354,6 +420,7 @@ class PodReport(_Wire):
     message: str = ""
     config_generation: int | None = Field(default=None, alias="configGeneration")
     analysis: AnalysisFigures | None = None
+    fetched: Fetched | None = None
 
     def to_status(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
