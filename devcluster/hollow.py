@@ -107,6 +107,9 @@ class StandInTarget:
     def analysis(self) -> None:
         return None
 
+    def fetched(self) -> None:
+        return None
+
 
 class HollowPod:
     """One runtime pod: the runtime's `PodControl` around a stand-in target; it marks

@@ -30,6 +30,7 @@ from hotswap_contract.wire import (
     MAX_FORWARD_BATCH,
     MAX_QUEUE_DELAY_US,
     MIN_FORWARD_MEMORY_BYTES,
+    PEER_PORT,
 )
 from hotswap_runtime.budget import decode_cost
 
@@ -103,6 +104,15 @@ class Settings:
     grpc_receiving: int = 4
     grpc_receive_seconds: float = 30.0
     grpc_min_ping_seconds: float = 10.0
+    # Peer transfer (checkpoint/peers; docs/architecture.md, "Fleet distribution")
+    peer_token_file: Path | None = None
+    peers_configmap: str | None = None
+    peer_port: int = PEER_PORT
+    peer_idle_seconds: float = 10.0
+    peer_wait_seconds: float = 600.0
+    peer_max_connections: int = 64
+    peer_max_uploads: int = 4
+    peer_max_bytes_per_second: int = 1 << 30
 
 
 # flag -> (environment variable, type, help)
@@ -142,6 +152,30 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         "HOTSWAP_FETCH_ALLOWED_NETWORKS",
         split_list,
         "CIDRs fetches may reach although loopback, link-local or private",
+    ),
+    "peer_token_file": (
+        "HOTSWAP_PEER_TOKEN_FILE",
+        Path,
+        "the ModelDeployment's peer credential; unset: no peer transfer",
+    ),
+    "peers_configmap": ("HOTSWAP_PEERS_CONFIGMAP", str, "ConfigMap listing the peers"),
+    "peer_port": ("HOTSWAP_PEER_PORT", int, "port serving verified cache entries to peers"),
+    "peer_idle_seconds": (
+        "HOTSWAP_PEER_IDLE_SECONDS",
+        float,
+        "a peer that sends nothing for this long is dropped for the checkpoint",
+    ),
+    "peer_wait_seconds": (
+        "HOTSWAP_PEER_WAIT_SECONDS",
+        float,
+        "longest wait for peers to hold a file before reading the store",
+    ),
+    "peer_max_connections": ("HOTSWAP_PEER_MAX_CONNECTIONS", int, "peer port connections"),
+    "peer_max_uploads": ("HOTSWAP_PEER_MAX_UPLOADS", int, "files sent to peers at once"),
+    "peer_max_bytes_per_second": (
+        "HOTSWAP_PEER_MAX_BYTES_PER_SECOND",
+        int,
+        "bytes per second sent to peers, all uploads together (0: unbounded)",
     ),
     "fetch_idle_seconds": (
         "HOTSWAP_FETCH_IDLE_SECONDS",
@@ -320,6 +354,22 @@ def _check(settings: Settings) -> None:
     _check_serving(settings)
     _check_slow_senders(settings)
     _check_heads(settings)
+    _check_peers(settings)
+
+
+def _check_peers(s: Settings) -> None:
+    if not 0 < s.peer_port < 65536:
+        raise SystemExit("hotswap-runtime: HOTSWAP_PEER_PORT must be 1..65535")
+    if s.peer_idle_seconds <= 0 or s.peer_wait_seconds < 0:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_PEER_IDLE_SECONDS must be positive and "
+            "HOTSWAP_PEER_WAIT_SECONDS not negative"
+        )
+    if min(s.peer_max_connections, s.peer_max_uploads) < 1 or s.peer_max_bytes_per_second < 0:
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_PEER_MAX_CONNECTIONS and HOTSWAP_PEER_MAX_UPLOADS must be "
+            "at least 1, HOTSWAP_PEER_MAX_BYTES_PER_SECOND not negative"
+        )
 
 
 def _check_serving(s: Settings) -> None:

@@ -28,13 +28,14 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from hotswap_contract import schemes
 from hotswap_contract.policy import DEFAULT_FILE_ROOTS
 from hotswap_contract.redact import redact_uri
-from hotswap_contract.wire import Checkpoint, short_sha
+from hotswap_contract.wire import Checkpoint, Fetched, short_sha
 from hotswap_runtime.checkpoint.fetch.credentials import read_secret
 from hotswap_runtime.checkpoint.fetch.file import copy_file
 from hotswap_runtime.checkpoint.fetch.http import open_http, quiet_client_logs
@@ -57,6 +58,7 @@ from hotswap_runtime.checkpoint.manifest import (
     is_manifest,
     read_manifest,
 )
+from hotswap_runtime.checkpoint.peers.peering import Peering, Tally
 from hotswap_runtime.checkpoint.streaming import StreamParser
 from hotswap_runtime.errors import FetchError, FetchRefused, IntegrityError, Superseded, SwapError
 from hotswap_runtime.settings import Settings
@@ -100,8 +102,11 @@ class CheckpointStore:
         file_roots: Sequence[str] = DEFAULT_FILE_ROOTS,
         allowed_networks: Sequence[str] = (),
         idle_seconds: float = 30.0,
+        peering: Peering | None = None,
     ) -> None:
         self.cache_dir = cache_dir
+        self.peering = peering
+        self.last_fetched: Fetched | None = None  # where the last checkpoint's bytes came from
         self.max_bytes = max_bytes
         self.max_checkpoint_bytes = max_checkpoint_bytes
         self.secrets_dir = secrets_dir
@@ -117,7 +122,7 @@ class CheckpointStore:
             stale.unlink(missing_ok=True)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CheckpointStore:
+    def from_settings(cls, settings: Settings, peering: Peering | None = None) -> CheckpointStore:
         return cls(
             settings.cache_dir,
             settings.cache_max_bytes,
@@ -126,6 +131,7 @@ class CheckpointStore:
             file_roots=settings.file_roots,
             allowed_networks=settings.fetch_allowed_networks,
             idle_seconds=settings.fetch_idle_seconds,
+            peering=peering,
         )
 
     def close(self) -> None:
@@ -159,11 +165,27 @@ class CheckpointStore:
         at most MAX_MANIFEST_BYTES) and then each shard it pins, each cached by its own
         sha256. Each file downloaded goes through ``parser`` too (parsed while it
         downloads). Raises what ``fetch`` raises, and ManifestError for a bad manifest."""
+        tally = Tally()
+        if self.peering is not None:
+            self.peering.new_checkpoint()
+        try:
+            return self._fetch_checkpoint(checkpoint, cancelled, parser, tally)
+        finally:
+            self.last_fetched = tally.figures()
+
+    def _fetch_checkpoint(
+        self,
+        checkpoint: Checkpoint,
+        cancelled: Callable[[], bool] | None,
+        parser: StreamParser | None,
+        tally: Tally,
+    ) -> LocalCheckpoint:
         shown = redact_uri(checkpoint.uri)
         if not is_manifest(checkpoint.uri):
             tap = parser.tap(0, shown) if parser is not None else None
-            return LocalCheckpoint(((self.fetch(checkpoint, cancelled, tap_for=tap), shown),))
-        path = self.fetch(checkpoint, cancelled, MAX_MANIFEST_BYTES)
+            path = self.fetch(checkpoint, cancelled, tap_for=tap, tally=tally)
+            return LocalCheckpoint(((path, shown),))
+        path = self.fetch(checkpoint, cancelled, MAX_MANIFEST_BYTES, tally=tally)
         manifest = read_manifest(path, checkpoint, self.max_checkpoint_bytes)
         with self._lock:  # shards of a protected manifest are protected too
             self._shards.pop(checkpoint.sha256, None)
@@ -173,13 +195,16 @@ class CheckpointStore:
                 del self._shards[next(iter(self._shards))]
         if parser is not None:
             parser.shards(manifest.owners)
-        return LocalCheckpoint(self._fetch_shards(manifest, cancelled, parser), manifest)
+        related = (checkpoint.sha256, *shas)
+        files = self._fetch_shards(manifest, cancelled, parser, (tally, related))
+        return LocalCheckpoint(files, manifest)
 
     def _fetch_shards(
         self,
         manifest: Manifest,
         cancelled: Callable[[], bool] | None,
         parser: StreamParser | None,
+        tallied: tuple[Tally, tuple[str, ...]],
     ) -> tuple[tuple[Path, str], ...]:
         """Each shard of ``manifest``, verified and cached, in order. From the network
         ``FILES_IN_FLIGHT`` download at once, so the next one's requests go out while
@@ -193,7 +218,7 @@ class CheckpointStore:
             FILES_IN_FLIGHT if remote else 1, thread_name_prefix="hotswap-shard"
         ) as pool:
             futures = [
-                pool.submit(self._fetch_shard, shard, index, stop, parser)
+                pool.submit(self._fetch_shard, shard, (index, stop), parser, tallied)
                 for index, shard in enumerate(shards)
             ]
         if stop.failure is not None:
@@ -204,14 +229,20 @@ class CheckpointStore:
         )
 
     def _fetch_shard(
-        self, shard: Shard, index: int, stop: _Stop, parser: StreamParser | None
+        self,
+        shard: Shard,
+        place: tuple[int, _Stop],
+        parser: StreamParser | None,
+        tallied: tuple[Tally, tuple[str, ...]],
     ) -> Path:
+        index, stop = place
+        tally, related = tallied
         where = redact_uri(shard.checkpoint.uri)
         tap = parser.tap(index, where) if parser is not None else None
         try:
             if stop():
                 raise Superseded(f"download of {where} stopped: a newer revision is wanted")
-            return self.fetch(shard.checkpoint, stop, shard.size, tap)
+            return self.fetch(shard.checkpoint, stop, shard.size, tap, tally=tally, related=related)
         except BaseException as exc:
             stop.fail(exc)
             raise
@@ -222,24 +253,33 @@ class CheckpointStore:
         cancelled: Callable[[], bool] | None = None,
         limit: int | None = None,
         tap_for: TapFor | None = None,
+        *,
+        tally: Tally | None = None,
+        related: tuple[str, ...] = (),
     ) -> Path:
         """A verified local copy of the one file ``checkpoint``, from the cache or
-        downloaded; at most ``limit`` bytes (the checkpoint limit by default). A
-        download hands its chunks to the tap ``tap_for`` gives once the size is known.
+        downloaded (from a peer when the store has peering, else the source); at most
+        ``limit`` bytes (the checkpoint limit by default). A download hands its chunks
+        to the tap ``tap_for`` gives once the size is known. ``tally`` counts where the
+        bytes came from; ``related``: the sha256 of the checkpoint's other files.
 
         Raises a SwapError: Superseded once ``cancelled()`` turns true, FetchError and
         its kinds, CheckpointTooLarge (for a cached file too, as its download would),
         IntegrityError."""
         shown = redact_uri(checkpoint.uri)
         limit = min(limit or self.max_checkpoint_bytes, self.max_checkpoint_bytes)
+        tally = tally or Tally()
         hit = self.cached(checkpoint.sha256)
         if hit is not None:
-            if hit.stat().st_size > limit:  # a shard its manifest declares smaller
+            size = hit.stat().st_size
+            if size > limit:  # a shard its manifest declares smaller
                 raise too_large(shown, limit)
+            tally.add("cache", size)
             return hit
         tmp = self.cache_dir / f".tmp-{checkpoint.sha256}-{uuid.uuid4().hex}"
         try:
-            total = self._download(checkpoint, shown, tmp, cancelled or _never, limit, tap_for)
+            sink = Sink(tmp.open("xb"), shown, limit, tap_for)
+            total = self._download(checkpoint, sink, cancelled or _never, (tally, related))
             final = self.path_for(checkpoint.sha256)
             tmp.replace(final)
         except SwapError:
@@ -255,16 +295,15 @@ class CheckpointStore:
     def _download(
         self,
         checkpoint: Checkpoint,
-        shown: str,
-        tmp: Path,
+        sink: Sink,
         cancelled: Callable[[], bool],
-        limit: int,
-        tap_for: TapFor | None,
+        tallied: tuple[Tally, tuple[str, ...]],
     ) -> int:
-        """Stream the source into ``tmp`` and verify it; the number of bytes."""
-        with tmp.open("xb") as file:
-            sink = Sink(file, shown, limit, tap_for)
-            self._copy(checkpoint, sink, cancelled)
+        """Stream the source (or a peer) into the sink's file and verify it; the number
+        of bytes."""
+        shown = sink.shown
+        with sink.file as file:
+            self._copy(checkpoint, sink, cancelled, tallied)
             file.flush()
             os.fsync(file.fileno())
         if not sink.matches(checkpoint.sha256):
@@ -274,16 +313,33 @@ class CheckpointStore:
             )
         return sink.total
 
-    def _copy(self, checkpoint: Checkpoint, sink: Sink, cancelled: Callable[[], bool]) -> None:
+    def _copy(
+        self,
+        checkpoint: Checkpoint,
+        sink: Sink,
+        cancelled: Callable[[], bool],
+        tallied: tuple[Tally, tuple[str, ...]],
+    ) -> None:
         uri, shown = checkpoint.uri, sink.shown
+        tally, related = tallied
         scheme = urlsplit(uri).scheme
         if scheme == schemes.FILE:
             copy_file(uri, self.file_roots, sink, cancelled)
+            tally.add("store", sink.total)
             return
         if scheme not in schemes.REMOTE:  # read on the fetch loop
             raise FetchRefused(f"checkpoint {shown}: only {schemes.LISTED} URIs are read")
-        opened = self._open_remote(checkpoint, scheme)
-        self._loop.run(lambda: pump(opened, sink, self.net), cancelled, shown)
+
+        async def from_store() -> None:
+            await pump(self._open_remote(checkpoint, scheme), sink, self.net)
+
+        if self.peering is None:
+            self._loop.run(from_store, cancelled, shown)
+            tally.add("store", sink.total)
+            return
+        peering = self.peering
+        fetched = partial(peering.fetch, checkpoint.sha256, related, sink, from_store, tally)
+        self._loop.run(fetched, cancelled, shown)
 
     def _open_remote(
         self, checkpoint: Checkpoint, scheme: str

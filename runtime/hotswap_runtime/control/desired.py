@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hotswap_contract.redact import clip
-from hotswap_contract.wire import AnalysisFigures, PodState, Revision, short_sha
+from hotswap_contract.wire import AnalysisFigures, Fetched, PodState, Revision, short_sha
 from hotswap_runtime.control.journal import LoadJournal, Recovery
 from hotswap_runtime.control.target import PhaseClock, Serving, SwapTarget, utc_now
 from hotswap_runtime.errors import Superseded, SwapError
@@ -75,6 +75,7 @@ class Status:
     last_swap: SwapRecord | None
     config_generation: int | None
     analysis: AnalysisFigures | None = None  # what judging the target found so far
+    fetched: Fetched | None = None  # where the last checkpoint's bytes came from
 
 
 class Observer(Protocol):
@@ -186,6 +187,7 @@ class Reconciler:
                 last_swap=self._last_swap,
                 config_generation=self._generation,
                 analysis=self.swapper.analysis(),
+                fetched=self.swapper.fetched(),
             )
 
     def wanted(self, key: tuple[int, str]) -> bool:

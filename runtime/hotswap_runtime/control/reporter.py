@@ -209,6 +209,7 @@ def pod_report(status: Status, device: str, env: dict[str, str]) -> PodReport:
         message=_message(status, failure if failed or _config_failure(failure) else None),
         configGeneration=status.config_generation,
         analysis=status.analysis,
+        fetched=status.fetched,
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from hotswap_contract.wire import AnalysisFigures, Revision
+from hotswap_contract.wire import AnalysisFigures, Fetched, Revision
 
 
 def utc_now() -> str:
@@ -73,6 +73,10 @@ class SwapTarget(Protocol):
 
     def analysis(self) -> AnalysisFigures | None:
         """What judging the last target found (evaluation set, shadow), if anything."""
+        ...
+
+    def fetched(self) -> Fetched | None:
+        """Where the bytes of the last checkpoint fetched came from (store, peers, cache)."""
         ...
 
     def release_memory(self) -> None:

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from hotswap_contract.redact import clip, redact_uri
-from hotswap_contract.wire import SWAP_PHASES, AnalysisFigures, Revision, ShadowFigures
+from hotswap_contract.wire import SWAP_PHASES, AnalysisFigures, Fetched, Revision, ShadowFigures
 from hotswap_runtime.checkpoint.finite import non_finite
 from hotswap_runtime.checkpoint.layouts import (
     Expected,
@@ -181,6 +181,10 @@ class Swapper:
         """What judging the last target found (evaluation set, shadow), if anything."""
         found = self._analysis
         return found if found.evaluation is not None or found.shadow is not None else None
+
+    def fetched(self) -> Fetched | None:
+        """Where the bytes of the last checkpoint fetched came from."""
+        return self.store.last_fetched
 
     def lease(self) -> contextlib.AbstractContextManager[LoadedModel]:
         """The current model, guaranteed not to be released until the block ends."""

@@ -87,6 +87,16 @@ class Sink:
         self.tap_for = tap_for
         self.tap: Tap | None = None
 
+    def restart(self) -> None:
+        """Empty the file to take the bytes from another source (a peer failed, or the
+        store after peers). The tap is asked for again: a streaming parser that saw the
+        file's index before turns itself off, and the file is parsed once verified."""
+        self.file.seek(0)
+        self.file.truncate()
+        self.total = 0
+        self.digest = hashlib.sha256()
+        self.tap = None
+
     def declare(self, size: int | None) -> None:
         """Refuse a source whose declared size is over the limit, before reading it."""
         if size is not None and size > self.limit:
