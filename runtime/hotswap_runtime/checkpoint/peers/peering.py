@@ -169,7 +169,8 @@ class Peering:
     ) -> bool:
         """True once ``sink`` holds the file from a peer; False: read the store."""
         sha256, related = wanted
-        deadline = time.monotonic() + self.wait_seconds
+        started = time.monotonic()
+        deadline = started + self.wait_seconds
         tries = 0
         turn = 0
         while time.monotonic() < deadline and tries < MAX_PEER_TRIES:
@@ -185,7 +186,7 @@ class Peering:
                     tries += 1
                     break
             else:
-                if not self._origin_working(plan, listings, related):
+                if not self._worth_waiting(plan, listings, related, started):
                     return False
                 await asyncio.sleep(ROUND_SECONDS)  # a poll of remote peers, bounded above
             turn += 1
@@ -226,14 +227,20 @@ class Peering:
         ]
         return sorted(found, key=lambda p: p in origins)
 
-    def _origin_working(
-        self, plan: _Plan, listings: dict[str, Holdings | None], related: set[str]
+    def _worth_waiting(
+        self,
+        plan: _Plan,
+        listings: dict[str, Holdings | None],
+        related: set[str],
+        started: float,
     ) -> bool:
-        for origin in plan.origins:
-            held = listings.get(origin.name)
-            if held is not None and (held.have | held.fetching) & related:
-                return True
-        return False
+        """Whether an origin will have the file: one holds or downloads a file of the
+        checkpoint, or one answers and has had less than ``idle_seconds`` to start."""
+        answering = [listings.get(o.name) for o in plan.origins if o.name != self.me]
+        if any(held is not None and (held.have | held.fetching) & related for held in answering):
+            return True
+        early = time.monotonic() - started < self.idle_seconds
+        return early and any(held is not None for held in answering)
 
     async def _try(
         self, http: httpx.AsyncClient, peer: PeerAddress, sha256: str, sink: Sink, tally: Tally

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 HEAD_BYTES = 8 << 10
 HEAD_SECONDS = 5.0
 MAX_LISTED = 4096
+STOP_SECONDS = 5.0
 SEND_BYTES = 4 << 20  # one sendfile call; the bandwidth bound is kept between calls
 _BLOB = re.compile(r"^/v1/blobs/([0-9a-f]{64})$")
 _TMP = re.compile(r"^\.tmp-([0-9a-f]{64})-")
@@ -127,13 +128,17 @@ class PeerServer:
         log.info("peer port listening on %s:%d", self.host, self.port)
 
     def stop(self) -> None:
+        """Close the port and every connection, then end the thread."""
         loop, server, thread = self._loop, self._server, self._thread
         if loop is None or server is None or thread is None:
             return
-        loop.call_soon_threadsafe(server.close)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5.0)
         self._loop = self._server = self._thread = None
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_shut(server), loop).result(STOP_SECONDS)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(STOP_SECONDS)
+        if not thread.is_alive():
+            loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._connections >= self.limits.max_connections:
@@ -205,6 +210,14 @@ class PeerServer:
                 sent = await loop.sendfile(writer.transport, file, offset, count)  # type: ignore[arg-type]
             offset += sent
             self.sent_bytes += sent
+
+
+async def _shut(server: asyncio.Server) -> None:
+    server.close()
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 class _HeadTooLargeError(Exception):
