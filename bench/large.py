@@ -35,9 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import LoadGenerator, Runtime, free_port, percentile, poll, rss_mb
-from devcluster.ranges import send_range_head
+from devcluster.capped_store import CappedStore
 
 ARCHITECTURE = "python/hotswap_runtime.examples:mlp"
 FEATURES = 64
@@ -104,8 +101,8 @@ class Large:
         for name, seed in (("a", 1), ("b", 2)):
             self.manifests[name] = self._checkpoint(self.root / name, seed)
         nbytes = sum(p.stat().st_size for p in (self.root / "a").glob("*.safetensors"))
-        with _capped_server(self.root, self.args.mbps) as url:
-            self.url = url
+        with CappedStore(self.root, self.args.mbps) as store:
+            self.url = store.url
             self._publish("a", "file")
             runtime = Runtime(self._env(), free_port(), self.root / "runtime.log")
             runtime.start(wait_ready=False)  # the first load of a few GB takes a while
@@ -354,63 +351,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(8 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-class _Bucket:
-    """A token bucket shared by every connection: at most ``rate`` bytes per second."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.lock = threading.Lock()
-        self.next = time.perf_counter()
-
-    def take(self, n: int) -> None:
-        with self.lock:
-            now = time.perf_counter()
-            self.next = max(self.next, now) + n / self.rate
-            wait = self.next - now - n / self.rate
-        if wait > 0:
-            time.sleep(wait)  # the bandwidth cap itself
-
-
-@contextmanager
-def _capped_server(root: Path, mib_s: float) -> Iterator[str]:
-    """Files under ``root`` over HTTP with byte ranges, ``mib_s`` MiB/s in all."""
-    bucket = _Bucket(mib_s * 2**20)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-        def do_GET(self) -> None:
-            path = root / self.path.lstrip("/")
-            if ".." in self.path or not path.is_file():
-                self.send_error(404)
-                return
-            start, end = send_range_head(self, path.stat().st_size)
-            with path.open("rb") as f:
-                f.seek(start)
-                left = end - start
-                while left:
-                    chunk = f.read(min(256 << 10, left))
-                    bucket.take(len(chunk))
-                    try:
-                        self.wfile.write(chunk)
-                    except OSError:
-                        return
-                    left -= len(chunk)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
