@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from hotswap_contract.wire import configmap_name, peers_configmap_name
+from hotswap_contract.wire import configmap_name
 from hotswap_runtime.budget import MemoryBudget
-from hotswap_runtime.checkpoint.peers.peering import Peering
-from hotswap_runtime.checkpoint.peers.roster import ApiPeers, Roster, read_token
-from hotswap_runtime.checkpoint.peers.server import PeerLimits, PeerServer
+from hotswap_runtime.checkpoint.peers.transfer import PeerTransfer
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.control.desired import Reconciler
 from hotswap_runtime.control.journal import LoadJournal
@@ -39,7 +36,7 @@ class Runtime:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.pod = settings.pod_name or "local"
-        self.peers = _peers(settings, self.pod)
+        self.peers = PeerTransfer.of(settings, self.pod)
         peering = self.peers.peering if self.peers is not None else None
         self.store = CheckpointStore.from_settings(settings, peering)
         tap = ShadowTap()  # the engine offers answered batches, the swapper compares
@@ -121,41 +118,6 @@ class Runtime:
         self.control.connect(self.api, configmap)
         if self.peers is not None:
             self.peers.source.api = self.api
-
-
-@dataclass
-class _Peers:
-    """Peer transfer's parts: the fetch side, the peer port, the peer list's source."""
-
-    peering: Peering
-    server: PeerServer
-    source: ApiPeers
-
-
-def _peers(settings: Settings, pod: str) -> _Peers | None:
-    """Peer transfer, when the pod has a peer credential and a namespace; else None."""
-    s = settings
-    if s.peer_token_file is None or not (s.pod_name and s.pod_namespace):
-        return None
-    try:
-        token = read_token(s.peer_token_file)
-    except (OSError, ValueError) as exc:
-        log.warning("peer transfer is off: %s", exc)
-        return None
-    source = ApiPeers(s.pod_namespace, s.peers_configmap or peers_configmap_name(s.model_name))
-    peering = Peering(
-        pod,
-        Roster(source),
-        token,
-        s.peer_port,
-        idle_seconds=s.peer_idle_seconds,
-        wait_seconds=s.peer_wait_seconds,
-    )
-    limits = PeerLimits(
-        s.peer_max_connections, s.peer_max_uploads, s.peer_max_bytes_per_second, s.peer_idle_seconds
-    )
-    server = PeerServer(s.cache_dir, token, s.host, s.peer_port, limits)
-    return _Peers(peering, server, source)
 
 
 def _engine(settings: Settings, swapper: Swapper, metrics: Metrics, tap: ShadowTap) -> Engine:
