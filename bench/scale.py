@@ -61,6 +61,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,13 +309,17 @@ class Bench:
 
         return wait_for(check, timeout, 1.0, f"{name}: {replicas} pods Ready")
 
-    def swap(self, names: dict[str, int], timeout: float) -> JSON:
-        """Change every named ModelDeployment's checkpoint at once; time it."""
-        refs = {}
+    def swap(
+        self, names: dict[str, int], timeout: float, refs: dict[str, JSON] | None = None
+    ) -> JSON:
+        """Change every named ModelDeployment's checkpoint at once (to ``refs``, else a
+        new reference each); time it."""
+        refs = dict(refs or {})
         targets = {}
         for name, replicas in names.items():
-            refs[name] = checkpoint(self.next_ref)
-            self.next_ref += 1
+            if name not in refs:
+                refs[name] = checkpoint(self.next_ref)
+                self.next_ref += 1
             revision = self.revisions[name] + 1
             targets[name] = (revision, refs[name]["sha256"], replicas)
         processes = {"operator": self.operator_pids(), **self.processes}
@@ -366,8 +371,14 @@ def pods_per_node(args: argparse.Namespace) -> int:
 
 
 def hollow_nodes(
-    cluster: Cluster, count: int, load_seconds: float, max_pods: int, logs: Path
+    cluster: Cluster,
+    count: int,
+    load_seconds: float,
+    max_pods: int,
+    logs: Path,
+    extra: Callable[[int], list[str]] = lambda i: [],
 ) -> Iterator[Any]:
+    """The hollow node processes; ``extra(i)``: more flags for node i."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)])}
     for i in range(count):
         log = (logs / f"hollow-{i}.log").open("ab")
@@ -384,6 +395,7 @@ def hollow_nodes(
                 str(load_seconds),
                 "--max-pods",
                 str(max_pods),
+                *extra(i),
             ],
             env=env,
             stdout=log,
@@ -437,8 +449,16 @@ def figures(swaps: list[JSON], load_seconds: float) -> JSON:
     }
 
 
-def run(args: argparse.Namespace) -> JSON:
-    result: JSON = {"load_seconds": args.load_seconds, "per_size": {}, "runs": {}}
+@contextmanager
+def hollow_cluster(
+    args: argparse.Namespace,
+    result: JSON,
+    max_pods: int,
+    extra: Callable[[int], list[str]] = lambda i: [],
+) -> Iterator[Bench]:
+    """The control plane, the real node with the operator installed by helm (chart
+    values ``args.set``), ``args.nodes`` hollow nodes (``extra(i)``: more flags for node
+    i) and a Bench watching the namespace; the logs are kept in ``args.logs``."""
     real.ensure_binaries()
     real.ensure_images()
     with (
@@ -452,9 +472,8 @@ def run(args: argparse.Namespace) -> JSON:
         )
         result["chart_values"] = args.set
         logs = cluster.root / "logs"
-        max_pods = pods_per_node(args)
         result["pods_per_node"] = max_pods
-        nodes = list(hollow_nodes(cluster, args.nodes, args.load_seconds, max_pods, logs))
+        nodes = list(hollow_nodes(cluster, args.nodes, args.load_seconds, max_pods, logs, extra))
         try:
             bench = Bench(cluster, node, namespace)
             bench.processes = {
@@ -463,10 +482,7 @@ def run(args: argparse.Namespace) -> JSON:
                 "hollow": [proc.pid for proc in nodes],
             }
             result["report_objects"] = bench.has_reports
-            if args.sizes:
-                one_deployment(bench, args, result)
-            if args.fleet:
-                many_deployments(bench, args, result)
+            yield bench
             pids = cluster.pids
             result["apiserver_rss_mb"] = round(rss_mb(pids["apiserver"]))
             result["etcd_rss_mb"] = round(rss_mb(pids["etcd"]))
@@ -476,6 +492,15 @@ def run(args: argparse.Namespace) -> JSON:
             for proc in nodes:
                 proc.wait(30)
             result["logs"] = keep_logs(logs, node, namespace, args.logs)
+
+
+def run(args: argparse.Namespace) -> JSON:
+    result: JSON = {"load_seconds": args.load_seconds, "per_size": {}, "runs": {}}
+    with hollow_cluster(args, result, pods_per_node(args)) as bench:
+        if args.sizes:
+            one_deployment(bench, args, result)
+        if args.fleet:
+            many_deployments(bench, args, result)
     return result
 
 

@@ -19,15 +19,34 @@ What it leaves out: no HTTP server, no file watcher of a mounted model.json (the
 watch is the path that matters at scale), no load journal. The control path imports no
 torch; neither does this module.
 
+With ``--fetch DIR`` (bench/distribution.py) the stand-in really fetches before its
+stand-in load: each pod runs the runtime's settings (`load_settings` of the container's
+env), `CheckpointStore` (download, sha256, cache) and peer transfer
+(`PeerTransfer.of`: the peer-first fetch, the roster read from the `<name>-peers`
+ConfigMap through the pod's OWN API client, and the `PeerServer` bound to the pod's IP),
+so its ModelReplica reports where its bytes came from. The node does what kubelet
+does for the pod's volumes, under ``DIR/<namespace>/<pod>/`` (removed when the pod
+goes): an emptyDir is a folder, a Secret volume is written there as files (read with
+the NODE's client, as kubelet reads it: the runtime's Role may not read Secrets, and a
+hollow pod has no mounts), and env values naming a path under a mount point are pointed
+into that folder (the cache, the peer token file). Pods need addresses they can listen
+on: ``--pod-network 127.100.0.0/16`` gives them loopback ones (all of 127.0.0.0/8
+reaches ``lo`` on Linux); give each node process a network of its own. Under
+``--fetch`` the store's manifest parser imports torch (one import per process).
+
     python -m devcluster.hollow --kubeconfig admin.kubeconfig --node hollow-0
+        [--fetch /var/tmp/hotswap-dist --pod-network 127.100.0.0/16]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime as dt
+import ipaddress
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -36,14 +55,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from devcluster.rest import ApiError, KubeClient, q
-from hotswap_contract.wire import Revision, configmap_name
+from hotswap_contract.wire import Fetched, Revision, configmap_name
 from hotswap_runtime.control.desired import Failure, Status, SwapRecord
 from hotswap_runtime.control.pod import PodControl, PodIdentity
-from hotswap_runtime.control.target import PhaseClock
+from hotswap_runtime.control.target import PhaseClock, SwapTarget
 from hotswap_runtime.errors import Superseded
+
+if TYPE_CHECKING:
+    from hotswap_runtime.checkpoint.peers.transfer import PeerTransfer
+    from hotswap_runtime.checkpoint.store import CheckpointStore
 
 JSON = dict[str, Any]
 TAINT = "hotswap.dev/hollow"
@@ -107,15 +130,58 @@ class StandInTarget:
     def analysis(self) -> None:
         return None
 
-    def fetched(self) -> None:
+    def fetched(self) -> Fetched | None:
         return None
+
+
+class FetchingTarget(StandInTarget):
+    """A stand-in whose swap first fetches the revision's checkpoint with the runtime's
+    store (from peers or the store, verified, cached); only the load is a stand-in."""
+
+    def __init__(self, load_seconds: float, store: CheckpointStore) -> None:
+        super().__init__(load_seconds)
+        self.store = store
+
+    def swap_to(
+        self,
+        revision: Revision,
+        cancelled: Callable[[], bool],
+        clock: PhaseClock,
+        progress: Callable[[], None],
+    ) -> None:
+        with clock("fetch"):
+            self.store.fetch_checkpoint(revision.checkpoint, cancelled)
+        super().swap_to(revision, cancelled, clock, progress)
+
+    def fetched(self) -> Fetched | None:
+        return self.store.last_fetched
+
+
+def container_env(pod: JSON, ip: str) -> dict[str, str]:
+    """The runtime container's environment as kubelet sets it: values, and the
+    downward API fields the runtime reads."""
+    meta = pod["metadata"]
+    fields = {
+        "metadata.name": meta["name"],
+        "metadata.namespace": meta["namespace"],
+        "metadata.uid": meta["uid"],
+        "status.podIP": ip,
+        "spec.nodeName": pod["spec"].get("nodeName", ""),
+    }
+    env: dict[str, str] = {}
+    for var in pod["spec"]["containers"][0].get("env") or []:
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+        elif (ref := (var.get("valueFrom") or {}).get("fieldRef")) is not None:
+            env[var["name"]] = fields.get(ref.get("fieldPath", ""), "")
+    return env
 
 
 class HollowPod:
     """One runtime pod: the runtime's `PodControl` around a stand-in target; it marks
     the Pod ready once the stand-in serves (the readiness probe's part)."""
 
-    def __init__(self, node: HollowNode, pod: JSON, token: str) -> None:
+    def __init__(self, node: HollowNode, pod: JSON, token: str, ip: str) -> None:
         from kubernetes import client
 
         meta = pod["metadata"]
@@ -129,15 +195,44 @@ class HollowPod:
         cfg.api_key = {"authorization": f"Bearer {token}"}
         self.api = client.ApiClient(cfg)
         self.ready = False
+        self.root: Path | None = None  # under --fetch: the pod's volumes
+        self.store: CheckpointStore | None = None
+        self.peers: PeerTransfer | None = None
+        target: SwapTarget = StandInTarget(node.load_seconds)
+        if node.fetch_root is not None:
+            target = self._fetching(pod, ip, node.fetch_root)
         identity = PodIdentity(self.name, self.namespace, model, meta["uid"], "hollow", node.env)
-        self.control = PodControl(StandInTarget(node.load_seconds), identity, [self])
+        self.control = PodControl(target, identity, [self])
         self.control.connect(self.api, configmap_name(model))
+        if self.peers is not None:
+            self.peers.source.api = self.api  # the roster is read as the pod
+
+    def _fetching(self, pod: JSON, ip: str, base: Path) -> FetchingTarget:
+        from hotswap_runtime.checkpoint.peers.transfer import PeerTransfer
+        from hotswap_runtime.checkpoint.store import CheckpointStore
+        from hotswap_runtime.settings import load_settings
+
+        self.root = base / self.namespace / self.name
+        env = self.node.volumes(pod, self.root, container_env(pod, ip))
+        settings = load_settings([], env)
+        self.peers = PeerTransfer.of(settings, self.name)
+        peering = self.peers.peering if self.peers is not None else None
+        self.store = CheckpointStore.from_settings(settings, peering)
+        return FetchingTarget(self.node.load_seconds, self.store)
 
     def start(self) -> None:
+        if self.peers is not None:
+            self.peers.server.start()
         self.control.start()
 
     def stop(self) -> None:
         self.control.stop(timeout=2)
+        if self.peers is not None:
+            self.peers.server.stop()
+        if self.store is not None:
+            self.store.close()
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     # -- desired.Observer ----------------------------------------------------------------
 
@@ -156,10 +251,20 @@ class HollowPod:
 class HollowNode:
     """One fake Node and the hollow pods bound to it."""
 
-    def __init__(self, client: KubeClient, name: str, load_seconds: float, pods: int) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        name: str,
+        load_seconds: float,
+        pods: int,
+        fetch_root: Path | None = None,
+        network: ipaddress.IPv4Network | None = None,
+    ) -> None:
         self.client = client
         self.name = name
         self.load_seconds = load_seconds
+        self.fetch_root = fetch_root
+        self.network = network
         self.capacity = {"cpu": "4000", "memory": "16Ti", "pods": str(pods)}
         self.env = {"python": "hollow", "torch": "none"}
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="hollow-node")
@@ -250,8 +355,9 @@ class HollowNode:
         meta = pod["metadata"]
         try:
             token = self.token(pod)
-            hollow = HollowPod(self, pod, token)
-            self.mark(meta["namespace"], meta["name"], False, pod)
+            ip = self.next_ip()
+            hollow = HollowPod(self, pod, token, ip)
+            self.mark(meta["namespace"], meta["name"], False, pod, ip)
             hollow.start()
             with self._lock:
                 self.pods[meta["uid"]] = hollow
@@ -277,7 +383,48 @@ class HollowNode:
         path = f"/api/v1/namespaces/{q(meta['namespace'])}/serviceaccounts/{q(account)}/token"
         return str(self.client.post(path, body)["status"]["token"])
 
-    def mark(self, namespace: str, name: str, ready: bool, pod: JSON | None = None) -> None:
+    def next_ip(self) -> str:
+        """A new pod address: from ``network`` when given, else 10.200.0.0/13 (never
+        listened on)."""
+        with self._lock:
+            self._ip += 1
+            n = self._ip
+        if self.network is not None:
+            return str(self.network[n])
+        return f"10.{200 + n // 65536 % 50}.{n // 256 % 256}.{n % 256}"
+
+    def volumes(self, pod: JSON, root: Path, env: dict[str, str]) -> dict[str, str]:
+        """The container's volumes made under ``root`` as kubelet makes them (emptyDir: a
+        folder; secret: its keys as files, read with the node's client), and ``env`` with
+        each path under a mount point moved there."""
+        spec = pod["spec"]
+        by_name = {v["name"]: v for v in spec.get("volumes") or []}
+        mounts = spec["containers"][0].get("volumeMounts") or []
+        for mount in mounts:
+            folder = root / mount["mountPath"].lstrip("/")
+            folder.mkdir(parents=True, exist_ok=True)
+            secret = by_name.get(mount["name"], {}).get("secret")
+            if secret is not None:
+                self._write_secret(pod["metadata"]["namespace"], secret["secretName"], folder)
+        points = [m["mountPath"].rstrip("/") for m in mounts]
+        for var, value in env.items():
+            if any(value == p or value.startswith(p + "/") for p in points):
+                env[var] = str(root) + value
+        return env
+
+    def _write_secret(self, namespace: str, name: str, folder: Path) -> None:
+        found = self.client.get(f"/api/v1/namespaces/{q(namespace)}/secrets/{q(name)}")
+        for key, value in (found.get("data") or {}).items():
+            (folder / key).write_bytes(base64.b64decode(value))
+
+    def mark(
+        self,
+        namespace: str,
+        name: str,
+        ready: bool,
+        pod: JSON | None = None,
+        ip: str | None = None,
+    ) -> None:
         """Pod status as kubelet reports it: Running, Ready once the model serves."""
         flag = "True" if ready else "False"
         now = _now()
@@ -294,9 +441,7 @@ class HollowNode:
         }
         if pod is not None:
             container = pod["spec"]["containers"][0]
-            with self._lock:
-                self._ip += 1
-                ip = f"10.{200 + self._ip // 65536 % 50}.{self._ip // 256 % 256}.{self._ip % 256}"
+            ip = ip or self.next_ip()
             status |= {
                 "phase": "Running",
                 "hostIP": "10.199.0.1",
@@ -347,10 +492,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", required=True)
     parser.add_argument("--load-seconds", type=float, default=1.0)
     parser.add_argument("--max-pods", type=int, default=1100)
+    parser.add_argument(
+        "--fetch", type=Path, help="pods fetch checkpoints for real; their volumes go here"
+    )
+    parser.add_argument(
+        "--pod-network", type=ipaddress.IPv4Network, help="pod addresses (e.g. 127.100.0.0/16)"
+    )
     args = parser.parse_args(argv)
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    node = HollowNode(KubeClient(args.kubeconfig), args.node, args.load_seconds, args.max_pods)
+    node = HollowNode(
+        KubeClient(args.kubeconfig),
+        args.node,
+        args.load_seconds,
+        args.max_pods,
+        args.fetch,
+        args.pod_network,
+    )
 
     def terminate(*_: object) -> None:
         node.stop()
