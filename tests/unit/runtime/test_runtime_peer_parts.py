@@ -33,7 +33,7 @@ def test_peer_settings_come_from_the_environment_and_are_checked() -> None:
         },
     )
     assert s.peer_token_file == Path("/var/run/hotswap/peer/token")
-    assert (s.peers_configmap, s.peer_port, s.peer_max_uploads) == ("m-peers", 8082, 2)
+    assert (s.peers_configmap, s.peer_port, s.peer_max_uploads) == ("m-peers", 8083, 2)
     assert s.fetch_proxy == "http://127.0.0.1:65001"
     assert load_settings([], ENV).peer_token_file is None  # no credential: no peers
     for bad in ({"HOTSWAP_PEER_PORT": "0"}, {"HOTSWAP_PEER_MAX_UPLOADS": "0"}):
