@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hotswap_contract.policy import (
     DEFAULT_ARCHITECTURES,
@@ -75,6 +76,7 @@ class Settings:
     allowed_architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES
     file_roots: tuple[str, ...] = DEFAULT_FILE_ROOTS
     fetch_allowed_networks: tuple[str, ...] = ()
+    fetch_proxy: str | None = None
     fetch_idle_seconds: float = 30.0
     max_model_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
@@ -148,6 +150,11 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         "comma separated architectures model.json may name (policy.py)",
     ),
     "file_roots": ("HOTSWAP_FILE_ROOTS", split_list, "folders file:// checkpoints may lie in"),
+    "fetch_proxy": (
+        "HOTSWAP_FETCH_PROXY",
+        str,
+        "HTTP proxy for http(s):// and s3:// downloads (a node's P2P daemon, e.g. Dragonfly)",
+    ),
     "fetch_allowed_networks": (
         "HOTSWAP_FETCH_ALLOWED_NETWORKS",
         split_list,
@@ -349,6 +356,11 @@ def _check(settings: Settings) -> None:
         raise SystemExit(f"hotswap-runtime: {exc}") from None
     if settings.drain_seconds < 0:
         raise SystemExit("hotswap-runtime: HOTSWAP_DRAIN_SECONDS must not be negative")
+    if settings.fetch_proxy and not _is_proxy_url(settings.fetch_proxy):
+        raise SystemExit(
+            "hotswap-runtime: HOTSWAP_FETCH_PROXY must be an http:// or https:// URL "
+            "(scheme, host and port, e.g. http://127.0.0.1:65001)"
+        )
     if settings.fetch_idle_seconds <= 0:
         raise SystemExit("hotswap-runtime: HOTSWAP_FETCH_IDLE_SECONDS must be positive")
     _check_serving(settings)
@@ -443,3 +455,12 @@ def _check_grpc(s: Settings) -> None:
             "hotswap-runtime: HOTSWAP_GRPC_RECEIVE_SECONDS must be positive and "
             "HOTSWAP_GRPC_MIN_PING_SECONDS not negative"
         )
+
+
+def _is_proxy_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        plain = parts.path in ("", "/") and not parts.query
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and plain
+    except ValueError:
+        return False

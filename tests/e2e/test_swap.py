@@ -18,9 +18,11 @@ import yaml
 
 from devcluster.cluster import KubectlError
 from devcluster.fleet import EXAMPLE, Fleet, pod_ids
+from devcluster.node import NODE_IP
 from devcluster.rest import ApiError
 from devcluster.waiting import wait_for
 from examples import checkpoints
+from tests.fixtures_runtime.http import serve
 
 SHAPE = (3, 32, 32)
 MANIFEST = yaml.safe_load(EXAMPLE.read_text())
@@ -88,6 +90,30 @@ def test_three_replica_swap(fleet, made):
         Path(out).write_text(
             f"$ kubectl get nodes -o wide\n{nodes}\n$ kubectl get modeldeployments\n{table}\n"
         )
+
+
+def test_one_pod_reads_the_store_the_others_take_the_bytes_from_it(fleet, made):
+    """An http:// checkpoint served on the node's address (a store outside the cluster):
+    one pod reads it, the two others take it from their peers (their ModelReplicas say
+    so), and not a request fails through the Service meanwhile."""
+    rev = fleet.status()["revision"]
+    version = 3  # in no pod's cache yet: the swap before served v1, then v2
+    path = checkpoints.host_path(made[version][0])
+    with serve(path.parent, host=NODE_IP) as store, fleet.load(SHAPE) as load:
+        spec = {"checkpoint": {"uri": f"{store.url}/{path.name}", "sha256": made[version][1]}}
+        fleet.patch_spec(spec)
+        fleet.wait_serving(rev + 1, 3)
+        load.all_answer(str(rev + 1))
+        assert store.gets == {f"/{path.name}": 1}  # the file left the store once
+    assert not load.failures, load.summary()
+    fetched = {name: report.get("fetched", {}) for name, report in fleet.reports().items()}
+    size = path.stat().st_size
+    readers = [name for name, f in fetched.items() if f.get("storeBytes") == size]
+    assert len(readers) == 1, fetched
+    for name, f in fetched.items():
+        if name not in readers:
+            assert (f.get("storeBytes", 0), f.get("peerBytes")) == (0, size), (name, f)
+            assert f.get("peers") == 1 and f.get("peerFailures", 0) == 0, (name, f)
 
 
 def announced_once(fleet, rev, pods):

@@ -26,7 +26,9 @@ class FileServer:
 
 
 @contextmanager
-def serve(root: Path, token: str = "Bearer s3cret-token") -> Iterator[FileServer]:
+def serve(
+    root: Path, token: str = "Bearer s3cret-token", host: str = "127.0.0.1"
+) -> Iterator[FileServer]:
     state = FileServer(root, token)
 
     class Handler(BaseHTTPRequestHandler):
@@ -77,9 +79,9 @@ def serve(root: Path, token: str = "Bearer s3cret-token") -> Iterator[FileServer
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    state.url = f"http://{host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

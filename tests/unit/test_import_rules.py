@@ -29,11 +29,20 @@ ROOT_MODULES = {"hotswap_runtime.__main__", "hotswap_runtime.service", "hotswap_
 FOLDERS: dict[str, set[str]] = {
     "base": set(),
     "checkpoint.fetch": {"base"},
-    "checkpoint": {"base", "checkpoint.fetch"},
+    "checkpoint.peers": {"base", "checkpoint.fetch"},
+    "checkpoint": {"base", "checkpoint.fetch", "checkpoint.peers"},
     "control": {"base"},
     "swap": {"base", "checkpoint", "checkpoint.fetch", "control"},
     "serving": {"base", "swap", "control"},
-    "root": {"base", "checkpoint", "checkpoint.fetch", "control", "swap", "serving"},
+    "root": {
+        "base",
+        "checkpoint",
+        "checkpoint.fetch",
+        "checkpoint.peers",
+        "control",
+        "swap",
+        "serving",
+    },
 }
 # Folders that must not reach torch, through any chain of imports.
 TORCH_FREE = ("hotswap_contract", "hotswap_operator", "hotswap_runtime.control")
@@ -88,8 +97,8 @@ def folder(module: str) -> str:
     inside = parts if modules()[module].name == "__init__.py" else parts[:-1]
     if not inside:
         return "base"
-    if inside[:2] == ["checkpoint", "fetch"]:
-        return "checkpoint.fetch"
+    if inside[:2] in (["checkpoint", "fetch"], ["checkpoint", "peers"]):
+        return ".".join(inside[:2])
     return inside[0]
 
 

@@ -103,6 +103,7 @@ class CheckpointStore:
         allowed_networks: Sequence[str] = (),
         idle_seconds: float = 30.0,
         peering: Peering | None = None,
+        proxy: str | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.peering = peering
@@ -111,7 +112,7 @@ class CheckpointStore:
         self.max_checkpoint_bytes = max_checkpoint_bytes
         self.secrets_dir = secrets_dir
         self.file_roots = tuple(file_roots)
-        self.net = NetPolicy.of(allowed_networks, idle_seconds)
+        self.net = NetPolicy.of(allowed_networks, idle_seconds, proxy)
         self._loop = FetchLoop()
         self._lock = threading.Lock()
         self._protected: frozenset[str] = frozenset()
@@ -132,6 +133,7 @@ class CheckpointStore:
             allowed_networks=settings.fetch_allowed_networks,
             idle_seconds=settings.fetch_idle_seconds,
             peering=peering,
+            proxy=settings.fetch_proxy,
         )
 
     def close(self) -> None:

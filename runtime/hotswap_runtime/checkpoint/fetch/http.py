@@ -58,7 +58,7 @@ async def open_http(uri: str, authorization: str | None, policy: NetPolicy) -> A
     )
     tls = httpx.create_ssl_context(trust_env=True)  # SSL_CERT_FILE / SSL_CERT_DIR of the pod
     async with httpx.AsyncClient(
-        trust_env=False, follow_redirects=False, timeout=timeout, verify=tls
+        trust_env=False, follow_redirects=False, timeout=timeout, verify=tls, proxy=policy.proxy
     ) as client:
         response = await _follow(client, url, auth, policy, shown)
         try:
@@ -141,7 +141,8 @@ async def _get(
     shown: str,
     extra: dict[str, str],
 ) -> httpx.Response:
-    """Send GET ``url`` to the first allowed address of its host that accepts it."""
+    """Send GET ``url`` to the first allowed address of its host that accepts it (through
+    the admin's proxy, by name, when there is one: the proxy connects)."""
     host = url.raw_host.decode("ascii")
     port = url.port or _PORTS[url.scheme]
     addresses = await allowed_addresses(host, port, policy, redirect, shown)
@@ -150,6 +151,8 @@ async def _get(
         headers["Authorization"] = auth
     extensions = {"sni_hostname": host} if url.scheme == "https" else {}
     client.cookies.clear()  # nothing one hop set travels to the next
+    if policy.proxy:
+        addresses = [host]
     failure: httpx.HTTPError | None = None
     for address in addresses:
         request = client.build_request(

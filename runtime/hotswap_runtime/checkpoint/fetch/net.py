@@ -26,10 +26,13 @@ class NetPolicy:
 
     allowed: tuple[IpNetwork, ...] = ()
     idle_seconds: float = 30.0
+    proxy: str | None = None  # the admin's HTTP proxy for http(s) and s3 (a P2P daemon)
 
     @classmethod
-    def of(cls, allowed_networks: Sequence[str], idle_seconds: float) -> NetPolicy:
-        return cls(parse_networks(allowed_networks), idle_seconds)
+    def of(
+        cls, allowed_networks: Sequence[str], idle_seconds: float, proxy: str | None = None
+    ) -> NetPolicy:
+        return cls(parse_networks(allowed_networks), idle_seconds, proxy or None)
 
     @property
     def connect_seconds(self) -> float:

@@ -156,6 +156,8 @@ def _options(
         "retries": {"total_max_attempts": 1},
         "connector_args": {"resolver": resolver},
     }
+    if policy.proxy:
+        options["config_kwargs"]["proxies"] = {"http": policy.proxy, "https": policy.proxy}
     return options
 
 

@@ -44,8 +44,10 @@ from hotswap_runtime.checkpoint.peers.client import (
 from hotswap_runtime.errors import SwapError
 
 log = logging.getLogger(__name__)
-FANOUT = 6  # peers besides the origins asked per round
-ROUND_SECONDS = 0.25  # between rounds while no peer holds the file
+FANOUT = 4  # peers besides the origins asked per round
+# Between rounds while no peer holds the file: doubling from the first to the last, so
+# a fleet waiting on a slow store asks little (100 pods, 5 peers each: 250 listings/s).
+ROUND_SECONDS = (0.2, 2.0)
 LISTING_TTL = 0.2  # a peer's listing is reused for this long
 MAX_PEER_TRIES = 2  # peers that may fail one file before the store is read
 
@@ -188,7 +190,8 @@ class Peering:
             else:
                 if not self._worth_waiting(plan, listings, related, started):
                     return False
-                await asyncio.sleep(ROUND_SECONDS)  # a poll of remote peers, bounded above
+                first, last = ROUND_SECONDS
+                await asyncio.sleep(min(last, first * 2 ** min(turn, 8)))  # polling peers
             turn += 1
         return False
 
