@@ -108,6 +108,10 @@ def _policy(check: Any, value: Any) -> Any:
         raise ValueError(str(exc)) from None
 
 
+# A URL the chart's policy also pins in CEL: no whitespace, comma, quote or backslash.
+PROXY_PATTERN = r"""^(|https?://[^\s,"'\\]+)$"""
+
+
 class DistributionDefaults(_Settings):
     """The chart's distribution.* values: how many pods read the store when a
     ModelDeployment does not say, and the HTTP(S) proxy the runtime downloads through
@@ -116,7 +120,7 @@ class DistributionDefaults(_Settings):
     origin_concurrency: int = Field(
         default=2, ge=1, le=MAX_ORIGIN_CONCURRENCY, alias="originConcurrency"
     )
-    proxy: str = Field(default="", max_length=2048, pattern=r"^(|https?://[^\s,]+)$")
+    proxy: str = Field(default="", max_length=2048, pattern=PROXY_PATTERN)
 
 
 # Spread each ModelDeployment's pods over nodes where the cluster allows (never

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -205,7 +206,7 @@ class Syncer:
         uids = self._claim(ctx, decision, config)
         first = [m for m in decision.children if m["kind"] not in ("ConfigMap", "Deployment")]
         for manifest in first:  # the pods' access, before anything that starts pods
-            self.kube.apply(manifest, uids[_ref(manifest)])
+            self._write_child(ctx, manifest, uids[_ref(manifest)])
         version = self._write_status(ctx, decision)
         config_version = None
         if config is not None:  # after status: no pod serves what status lacks
@@ -225,6 +226,14 @@ class Syncer:
             events=events,
             decision=decision,
         )
+
+    def _write_child(self, ctx: SyncContext, manifest: Manifest, uid: str | None) -> None:
+        """Apply ``manifest``; the peer token's Secret is created once (a random token)
+        and never written again: a pod that started with it keeps serving its peers."""
+        if manifest["kind"] != "Secret":
+            self.kube.apply(manifest, uid)
+        elif uid is None:
+            self.kube.create(resources.peer_secret(ctx.owner, secrets.token_urlsafe(32)))
 
     def _claim(
         self, ctx: SyncContext, decision: Decision, config: Manifest | None

@@ -232,7 +232,8 @@ def test_child_integrity_knows_every_variable_the_operator_sets(helm_bin):
                         "maxCheckpointBytes": 1024,
                         "maxForwardBatch": 64,
                         "forwardMemoryBytes": 1 << 28,
-                    }
+                    },
+                    "distribution": {"proxy": "http://127.0.0.1:65001"},
                 }
             )
         }
@@ -374,6 +375,10 @@ def test_distribution_values_reach_the_operator(helm_bin):
     distribution = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": raw}).distribution
     assert distribution.origin_concurrency == 5
     assert distribution.proxy == "http://127.0.0.1:65001"
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    chart_proxy = schema["properties"]["distribution"]["properties"]["proxy"]
+    operator_proxy = DistributionDefaults.model_json_schema(by_alias=True)["properties"]["proxy"]
+    assert chart_proxy["pattern"] == operator_proxy["pattern"]  # no quote reaches the CEL
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ versions, merge patches, preconditions) and records every write.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 
@@ -115,7 +116,7 @@ def started(api: FakeApi, spec=SPEC):
 def test_first_sync_writes_access_then_status_once_then_config_then_pods(api):
     md = create(api)
     result = syncer(api).sync(NS, NAME, [], None)
-    assert writes(api) == NEW_REVISION
+    assert writes(api) == [("POST", "secrets/resnet-peer"), *NEW_REVISION]
     (patch,) = status_patches(api)
     assert patch["metadata"] == {"resourceVersion": md["metadata"]["resourceVersion"]}
     assert patch["status"]["revision"] == 1 and patch["status"]["observedGeneration"] == 1
@@ -356,3 +357,42 @@ def test_a_config_map_replaced_by_a_foreign_one_is_refused_before_any_write(api)
         s.sync(NS, NAME, PODS, applied)
     assert writes(api) == [STATUS, ("POST", "events InvalidSpec")]
     assert "data" not in api.obj("configmaps", NS, f"{NAME}-model")  # never taken over
+
+
+def peer_secret_posts(api: FakeApi) -> list[dict]:
+    return [body for method, what, body in api.writes if what == f"secrets/{NAME}-peer"]
+
+
+def test_the_peer_token_is_created_once_and_never_written_again(api):
+    md = create(api)
+    s = syncer(api)
+    s.sync(NS, NAME, PODS, None)
+    (posted,) = peer_secret_posts(api)
+    token = posted["stringData"]["token"]
+    assert len(base64.urlsafe_b64decode(token + "=")) == 32  # token_urlsafe(32)
+    assert posted["type"] == "Opaque"
+    assert posted["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
+    api.writes.clear()
+    api.patch_spec(NS, NAME, {"replicas": 5})  # children due again: every child looked at
+    s.sync(NS, NAME, PODS, None)  # as after a leader change (nothing remembered)
+    assert peer_secret_posts(api) == []
+    assert f"secrets/{NAME}-peer" in api.reads
+    secret = api.obj("secrets", NS, f"{NAME}-peer")
+    assert secret["stringData"]["token"] == token
+
+
+def test_a_peer_secret_hotswap_did_not_create_is_never_taken(api):
+    create(api)
+    foreign = {"metadata": {"name": f"{NAME}-peer", "namespace": NS}, "type": "Opaque"}
+    api.put_object("secrets", {"apiVersion": "v1", "kind": "Secret", **foreign})
+    with pytest.raises(ChildConflictError, match=f"Secret {NS}/{NAME}-peer already exists"):
+        syncer(api).sync(NS, NAME, PODS, None)
+    assert writes(api) == [STATUS, ("POST", "events InvalidSpec")]
+    assert "ownerReferences" not in api.obj("secrets", NS, f"{NAME}-peer")["metadata"]
+
+
+def test_without_peers_no_token_is_made(api):
+    create(api, {**SPEC, "distribution": {"peers": False}})
+    syncer(api).sync(NS, NAME, PODS, None)
+    assert writes(api) == NEW_REVISION
+    assert api.obj("secrets", NS, f"{NAME}-peer") is None
