@@ -12,7 +12,13 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from hotswap_contract.wire import API_GROUP, API_VERSION, PLURAL, configmap_name
+from hotswap_contract.wire import (
+    API_GROUP,
+    API_VERSION,
+    PLURAL,
+    configmap_name,
+    peers_configmap_name,
+)
 from hotswap_operator.errors import SyncError
 from hotswap_operator.resources import (
     MANAGER,
@@ -225,6 +231,12 @@ class Kube:
         return self.request(
             "GET", f"/api/v1/namespaces/{namespace}/configmaps/{configmap_name(name)}"
         )
+
+    @requires(("", "configmaps", "get"))
+    def peers_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """ConfigMap `<name>-peers` of ModelDeployment `name` as stored, or None."""
+        path = f"/api/v1/namespaces/{namespace}/configmaps/{peers_configmap_name(name)}"
+        return self.request("GET", path)
 
     @requires((API_GROUP, PLURAL, "get"))
     def model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -27,8 +27,10 @@ from hotswap_contract.wire import (
     HTTP_PORT,
     KIND,
     PEER_PORT,
+    PEERS_KEY,
     REPLICA_PLURAL,
     ModelConfig,
+    Peers,
     configmap_name,
     peers_configmap_name,
 )
@@ -141,6 +143,17 @@ def config_map(owner: Owner, config: ModelConfig) -> Manifest:
         "kind": "ConfigMap",
         "metadata": _metadata(owner, configmap_name(owner.name)),
         "data": {CONFIG_KEY: config.dumps()},
+    }
+
+
+def peers_config_map(owner: Owner, peers: Peers) -> Manifest:
+    """ConfigMap `<name>-peers` carrying peers.json (peers.py), which runtime pods read
+    through the API (their Role allows get, list and watch of it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, peers_configmap_name(owner.name)),
+        "data": {PEERS_KEY: peers.dumps()},
     }
 
 

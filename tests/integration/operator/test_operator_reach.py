@@ -26,6 +26,7 @@ from devcluster.cluster import Cluster
 from devcluster.helm import template
 from devcluster.rest import STRATEGIC_PATCH, ApiError, KubeClient
 from devcluster.waiting import wait_for
+from hotswap_contract.wire import Peers
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import runtime_defaults
 from hotswap_operator.context import SyncContext
@@ -270,6 +271,8 @@ def test_the_operators_own_children_are_written_updated_and_retired(team):
             team.kube.create(resources.peer_secret(team.owner, "t" * 43))
         else:
             team.kube.apply(manifest)
+    listing = Peers(name="m", generation=1, originConcurrency=2)
+    team.kube.apply(resources.peers_config_map(team.owner, listing))  # peers.json
     deployment = child(team, "Deployment")
     deployment["spec"]["replicas"] = 3
     uid = team.kube.claim([deployment], team.owner)[0]
