@@ -165,7 +165,7 @@ def test_network_policies_admit_inference_and_scrapes_and_reach_only_api_dns_and
     assert reader["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}
     assert "from" not in inference  # any client may send inference requests
     assert scrape["from"] == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
-    # peer transfers: only runtime pods, of this namespace (no namespaceSelector), on 8082
+    # peer transfers: only runtime pods, of this namespace (no namespaceSelector), on PEER_PORT
     assert from_peers["ports"] == [{"protocol": "TCP", "port": "peer"}]
     api, to_peers, dns, store = runtime["egress"]
     assert to_peers["ports"] == [{"protocol": "TCP", "port": PEER_PORT}]

@@ -240,6 +240,10 @@ def test_child_integrity_knows_every_variable_the_operator_sets(helm_bin):
     )
     owner = resources.Owner("m", "ns", "uid")
     assert named == {e["name"] for e in resources.runtime_env(owner, full, defaults)}
+    env = {e["name"]: e.get("value") for e in resources.runtime_env(owner, full, defaults)}
+    for name in ("HOTSWAP_PEER_PORT", "HOTSWAP_PEER_TOKEN_FILE"):  # pinned values
+        (pinned,) = re.findall(rf"'{name}': '([^']*)'", json.dumps(spec))
+        assert pinned == env[name], name
 
 
 FLOW_API = "flowcontrol.apiserver.k8s.io/v1/FlowSchema"

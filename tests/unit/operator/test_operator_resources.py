@@ -3,7 +3,7 @@ import json
 import pytest
 from operator_samples import SHA_B, SPEC, body, sync_context, with_checkpoint
 
-from hotswap_contract.wire import CONFIG_KEY, parse_config
+from hotswap_contract.wire import CONFIG_KEY, PEER_PORT, parse_config
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import RuntimeDefaults, runtime_defaults
 from hotswap_operator.context import SyncContext
@@ -216,7 +216,7 @@ def test_grpc_port_is_declared_on_the_container_and_exposed_by_the_service():
     children = by_kind(build(SPEC)[0])
     (container,) = children["Deployment"]["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8080, "grpc": 8081, "peer": 8082}
+    assert ports == {"http": 8080, "grpc": 8081, "peer": PEER_PORT}
     service = {
         p["name"]: (p["port"], p["targetPort"]) for p in children["Service"]["spec"]["ports"]
     }
@@ -246,7 +246,7 @@ def test_peers_get_their_token_port_and_peers_config_map():
     (container,) = pod["containers"]
     env = env_of(by_kind(children)["Deployment"])
     assert env["HOTSWAP_PEER_TOKEN_FILE"] == "/var/run/hotswap/peer/token"
-    assert env["HOTSWAP_PEER_PORT"] == "8082"
+    assert env["HOTSWAP_PEER_PORT"] == str(PEER_PORT)
     assert env["HOTSWAP_PEERS_CONFIGMAP"] == "resnet-peers"
     assert "HOTSWAP_FETCH_PROXY" not in env
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
@@ -256,7 +256,7 @@ def test_peers_get_their_token_port_and_peers_config_map():
     assert volumes[token["name"]]["secret"] == {"secretName": "resnet-peer", "defaultMode": 0o440}
     # group-readable only, and the runtime user's group owns the files (fsGroup)
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
-    assert {"name": "peer", "containerPort": 8082, "protocol": "TCP"} in container["ports"]
+    assert {"name": "peer", "containerPort": PEER_PORT, "protocol": "TCP"} in container["ports"]
     assert [p["name"] for p in by_kind(children)["Service"]["spec"]["ports"]] == ["http", "grpc"]
     secret = by_kind(children)["Secret"]
     assert secret["metadata"]["name"] == "resnet-peer" and secret["type"] == "Opaque"
