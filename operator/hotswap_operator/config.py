@@ -17,7 +17,11 @@ from hotswap_contract.policy import (
     normalized_root,
     parse_networks,
 )
-from hotswap_contract.wire import MAX_FORWARD_BATCH, MIN_FORWARD_MEMORY_BYTES
+from hotswap_contract.wire import (
+    MAX_FORWARD_BATCH,
+    MAX_ORIGIN_CONCURRENCY,
+    MIN_FORWARD_MEMORY_BYTES,
+)
 from hotswap_operator.spec import DisruptionBudget, PodMetadata, SecretRef, ServiceAccountSpec
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/hotswap-dev/hotswap-runtime:0.1.0"
@@ -104,6 +108,21 @@ def _policy(check: Any, value: Any) -> Any:
         raise ValueError(str(exc)) from None
 
 
+# A URL the chart's policy also pins in CEL: no whitespace, comma, quote or backslash.
+PROXY_PATTERN = r"""^(|https?://[^\s,"'\\]+)$"""
+
+
+class DistributionDefaults(_Settings):
+    """The chart's distribution.* values: how many pods read the store when a
+    ModelDeployment does not say, and the HTTP(S) proxy the runtime downloads through
+    (e.g. a Dragonfly dfdaemon on every node; "": none)."""
+
+    origin_concurrency: int = Field(
+        default=2, ge=1, le=MAX_ORIGIN_CONCURRENCY, alias="originConcurrency"
+    )
+    proxy: str = Field(default="", max_length=2048, pattern=PROXY_PATTERN)
+
+
 # Spread each ModelDeployment's pods over nodes where the cluster allows (never
 # leaving a pod Pending for it); resources.py selects the ModelDeployment's own pods.
 DEFAULT_SPREAD: tuple[dict[str, Any], ...] = (
@@ -138,6 +157,7 @@ class RuntimeDefaults(_Settings):
     pod_disruption_budget: DisruptionBudget = Field(
         default=DisruptionBudget(), alias="podDisruptionBudget"
     )
+    distribution: DistributionDefaults = DistributionDefaults()
 
 
 class ConfigurationError(ValueError):

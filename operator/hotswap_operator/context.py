@@ -12,7 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hotswap_contract.wire import CONFIG_KEY, ConfigError, ModelConfig, parse_config
+from hotswap_contract.wire import (
+    CONFIG_KEY,
+    PEERS_KEY,
+    ConfigError,
+    ModelConfig,
+    Peers,
+    parse_config,
+    parse_peers,
+)
 from hotswap_operator import resources
 from hotswap_operator.commands import Commands, read_commands
 from hotswap_operator.config import RuntimeDefaults
@@ -31,6 +39,8 @@ class PodInfo:
     ready: bool
     terminating: bool = False
     ip: str = ""  # status.podIP: where a bake window reads its /metrics (scrape.py)
+    created: str = ""  # metadata.creationTimestamp (RFC 3339): peers.json lists oldest first
+    finished: bool = False  # phase Succeeded or Failed: its containers will not run again
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> PodInfo:
@@ -38,8 +48,14 @@ class PodInfo:
         conditions = status.get("conditions") or []
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         meta = pod.get("metadata") or {}
-        ip = str(status.get("podIP") or "")
-        return cls(meta["name"], ready, bool(meta.get("deletionTimestamp")), ip)
+        return cls(
+            meta["name"],
+            ready,
+            bool(meta.get("deletionTimestamp")),
+            str(status.get("podIP") or ""),
+            str(meta.get("creationTimestamp") or ""),
+            status.get("phase") in ("Succeeded", "Failed"),
+        )
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,9 @@ class SyncContext:
     defaults: RuntimeDefaults  # the chart's runtime defaults and the admin's policy
     now: str  # this sync's clock (RFC 3339, seconds)
     children_due: bool  # apply every child: this generation's children not applied yet
+    # -- who the pods fetch from: ConfigMap `<name>-peers` as last read or written ------
+    peers: Peers | None = None  # its peers.json when this ModelDeployment controls it
+    peers_uid: str | None = None  # its uid then (apply precondition); None: absent or not ours
     # -- what the sync measured: the Canary bake window that just ended (scrape.py) -----
     window: Window | None = None  # None: no window ended (or none began on this replica)
 
@@ -92,12 +111,14 @@ class SyncContext:
         now: str,
         applied: Applied | None,
         reports: Mapping[str, Any] | None = None,
+        peers_map: Mapping[str, Any] | None = None,
     ) -> SyncContext:
         meta = body["metadata"]
         owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
         generation = int(meta.get("generation") or 0)
         raw_status = dict(body.get("status") or {})
         config, uid, holder = _read_config(config_map, owner)
+        peers, peers_uid = _read_peers(peers_map, owner)
         names = {p.name for p in pods}  # a gone pod's report waits for the GC: ignored
         own = {pod: r for pod, r in (reports or {}).items() if pod in names}
         status = ModelDeploymentStatus.from_raw(raw_status).model_copy(update={"pods": own})
@@ -116,6 +137,8 @@ class SyncContext:
             defaults=defaults,
             now=now,
             children_due=applied != (owner.uid, generation),
+            peers=peers,
+            peers_uid=peers_uid,
         )
 
 
@@ -135,3 +158,15 @@ def _read_config(
         return parse_config(text), uid, None
     except ConfigError:
         return None, uid, None  # rewritten from the spec with a higher generation
+
+
+def _read_peers(cm: Mapping[str, Any] | None, owner: Owner) -> tuple[Peers | None, str | None]:
+    """(peers.json, uid) of ConfigMap `<name>-peers` when ``owner`` controls it; a
+    document that does not parse is written again (generation 1)."""
+    if cm is None or resources.holder(cm, owner) is not None:
+        return None, None
+    uid = str(cm["metadata"]["uid"])
+    try:
+        return parse_peers((cm.get("data") or {}).get(PEERS_KEY) or ""), uid
+    except ConfigError:
+        return None, uid

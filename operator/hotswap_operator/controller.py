@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from hotswap_contract.wire import peers_configmap_name
 from hotswap_operator import resources
 from hotswap_operator.context import Applied, PodInfo
 from hotswap_operator.errors import PermanentError, SyncError
@@ -111,6 +112,12 @@ class Controller:
         """A ConfigMap or Deployment the operator created changed or went away."""
         key = owner_key(body)
         if key is None:
+            return
+        meta = body["metadata"]
+        if body.get("kind") == "ConfigMap" and meta.get("name") == peers_configmap_name(key[1]):
+            version = None if kind == "DELETED" else meta.get("resourceVersion")
+            if self.syncer.peers_changed(key, version):  # not its own write: restored
+                self.trigger(key)
             return
         if kind == "DELETED":
             self.applied.pop(key, None)  # put every child back

@@ -12,7 +12,13 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from hotswap_contract.wire import API_GROUP, API_VERSION, PLURAL, configmap_name
+from hotswap_contract.wire import (
+    API_GROUP,
+    API_VERSION,
+    PLURAL,
+    configmap_name,
+    peers_configmap_name,
+)
 from hotswap_operator.errors import SyncError
 from hotswap_operator.resources import (
     MANAGER,
@@ -42,6 +48,10 @@ KINDS: dict[tuple[str, str], tuple[str, str, str]] = {
         "rbac.authorization.k8s.io",
     ),
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets", "policy"),
+}
+# Children created once and never written again (no patch): the peer token's Secret.
+CREATED: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("v1", "Secret"): ("/api/v1", "secrets", ""),
 }
 MD_PATH = f"/apis/{API_GROUP}/{API_VERSION}"
 
@@ -147,6 +157,8 @@ class Kube:
         With ``uid``, the object must still be that one (a precondition: an object
         deleted and created again by someone else meanwhile is refused, not taken).
         """
+        if (manifest["apiVersion"], manifest["kind"]) not in KINDS:
+            raise ValueError(f"{manifest['kind']} children are created once, never applied")
         path, plural = _path(manifest)
         if uid is not None:
             manifest = {**manifest, "metadata": {**manifest["metadata"], "uid": uid}}
@@ -157,7 +169,20 @@ class Kube:
             raise KubeError(404, f"apply {plural}/{name}: namespace not found")
         return result
 
-    @requires(*((group, plural, "get") for _, plural, group in KINDS.values()))
+    @requires(*((group, plural, "create") for _, plural, group in CREATED.values()))
+    def create(self, manifest: Manifest) -> dict[str, Any]:
+        """Create the child ``manifest`` (ConflictError if the name was taken meanwhile:
+        the sync looks again, and never takes it over)."""
+        path, plural = _path(manifest)
+        created = self.request("POST", path.rsplit("/", 1)[0], manifest)
+        if created is None:
+            name = manifest["metadata"]["name"]
+            raise KubeError(404, f"create {plural}/{name}: namespace not found")
+        return created
+
+    @requires(
+        *((group, plural, "get") for _, plural, group in (*KINDS.values(), *CREATED.values()))
+    )
     def get(self, manifest: Manifest) -> dict[str, Any] | None:
         """The live object that ``manifest`` would be applied to, or None."""
         return self.request("GET", _path(manifest)[0])
@@ -207,6 +232,12 @@ class Kube:
             "GET", f"/api/v1/namespaces/{namespace}/configmaps/{configmap_name(name)}"
         )
 
+    @requires(("", "configmaps", "get"))
+    def peers_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """ConfigMap `<name>-peers` of ModelDeployment `name` as stored, or None."""
+        path = f"/api/v1/namespaces/{namespace}/configmaps/{peers_configmap_name(name)}"
+        return self.request("GET", path)
+
     @requires((API_GROUP, PLURAL, "get"))
     def model_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.request("GET", f"{MD_PATH}/namespaces/{namespace}/{PLURAL}/{name}")
@@ -249,7 +280,8 @@ class Kube:
 
 def _path(manifest: Manifest) -> tuple[str, str]:
     """(API path, plural) of the object ``manifest`` describes."""
-    prefix, plural, _ = KINDS[(manifest["apiVersion"], manifest["kind"])]
+    kind = (manifest["apiVersion"], manifest["kind"])
+    prefix, plural, _ = KINDS[kind] if kind in KINDS else CREATED[kind]
     meta = manifest["metadata"]
     return f"{prefix}/namespaces/{meta['namespace']}/{plural}/{meta['name']}", plural
 

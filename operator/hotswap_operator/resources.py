@@ -26,9 +26,13 @@ from hotswap_contract.wire import (
     GRPC_PORT,
     HTTP_PORT,
     KIND,
+    PEER_PORT,
+    PEERS_KEY,
     REPLICA_PLURAL,
     ModelConfig,
+    Peers,
     configmap_name,
+    peers_configmap_name,
 )
 from hotswap_operator.config import GPU_RESOURCE, Policy, RuntimeDefaults
 from hotswap_operator.spec import DeploymentSpec, DisruptionBudget, SpecError
@@ -49,6 +53,8 @@ PORT = HTTP_PORT
 CONFIG_DIR = "/etc/hotswap/model"
 CACHE_DIR = "/var/cache/hotswap"
 SECRETS_DIR = "/var/run/hotswap/secrets"
+PEER_DIR = "/var/run/hotswap/peer"  # Secret <name>-peer, read-only: the file `token`
+PEER_TOKEN_KEY = "token"
 RUNTIME_UID = 10001
 TMP_SIZE_LIMIT = "512Mi"  # the runtime's /tmp emptyDir: nothing a spec names can fill a node
 
@@ -69,6 +75,10 @@ class Owner:
     @property
     def account_name(self) -> str:
         return f"{self.name}-runtime"
+
+    @property
+    def peer_secret_name(self) -> str:
+        return f"{self.name}-peer"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -136,6 +146,32 @@ def config_map(owner: Owner, config: ModelConfig) -> Manifest:
     }
 
 
+def peers_config_map(owner: Owner, peers: Peers) -> Manifest:
+    """ConfigMap `<name>-peers` carrying peers.json (peers.py), which runtime pods read
+    through the API (their Role allows get, list and watch of it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, peers_configmap_name(owner.name)),
+        "data": {PEERS_KEY: peers.dumps()},
+    }
+
+
+def peer_secret(owner: Owner, token: str | None = None) -> Manifest:
+    """Secret `<name>-peer`: the token every request between this ModelDeployment's pods
+    carries (docs/security.md). Created once with a random token (``token``: the
+    create's body; without it, the object to look for) and never written again."""
+    manifest: Manifest = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(owner, owner.peer_secret_name),
+        "type": "Opaque",
+    }
+    if token is not None:
+        manifest["stringData"] = {PEER_TOKEN_KEY: token}
+    return manifest
+
+
 def account_annotations(spec: DeploymentSpec, defaults: RuntimeDefaults) -> dict[str, str]:
     """The chart's ServiceAccount annotations with the spec's over them, key by key."""
     return {**defaults.service_account.annotations, **spec.runtime.service_account.annotations}
@@ -149,7 +185,8 @@ def service_account(owner: Owner, annotations: Mapping[str, str] | None = None) 
 
 
 def runtime_role_rules(owner: Owner) -> list[dict[str, Any]]:
-    """Runtime pods may read their one ConfigMap and write their own ModelReplica report.
+    """Runtime pods may read their two ConfigMaps (model.json, peers.json) and write
+    their own ModelReplica report.
 
     RBAC cannot name an object before it exists, so "their own" (named after the pod,
     owned by it, labelled with this ModelDeployment) is the chart's admission policy."""
@@ -157,7 +194,7 @@ def runtime_role_rules(owner: Owner) -> list[dict[str, Any]]:
         {
             "apiGroups": [""],
             "resources": ["configmaps"],
-            "resourceNames": [configmap_name(owner.name)],
+            "resourceNames": [configmap_name(owner.name), peers_configmap_name(owner.name)],
             "verbs": ["get", "list", "watch"],
         },
         {
@@ -351,6 +388,7 @@ def runtime_env(
         ]
     if spec.runtime.cache_max_bytes is not None:
         env.append({"name": "HOTSWAP_CACHE_MAX_BYTES", "value": str(spec.runtime.cache_max_bytes)})
+    env += _distribution_env(owner, spec, defaults)
     ours = {e["name"] for e in env}
     clash = sorted(ours & {e.name for e in spec.runtime.env})
     if clash:
@@ -359,6 +397,23 @@ def runtime_env(
             "operator sets itself; use the matching spec field or remove the entry"
         )
     env.extend({"name": e.name, "value": e.value} for e in spec.runtime.env)
+    return env
+
+
+def _distribution_env(
+    owner: Owner, spec: DeploymentSpec, defaults: RuntimeDefaults
+) -> list[dict[str, Any]]:
+    """Peer transfer (its token, port and peers.json) when spec.distribution.peers is
+    on; the chart's download proxy when it sets one."""
+    env = []
+    if spec.distribution.peers:
+        env += [
+            {"name": "HOTSWAP_PEER_TOKEN_FILE", "value": f"{PEER_DIR}/{PEER_TOKEN_KEY}"},
+            {"name": "HOTSWAP_PEER_PORT", "value": str(PEER_PORT)},
+            {"name": "HOTSWAP_PEERS_CONFIGMAP", "value": peers_configmap_name(owner.name)},
+        ]
+    if defaults.distribution.proxy:
+        env.append({"name": "HOTSWAP_FETCH_PROXY", "value": defaults.distribution.proxy})
     return env
 
 
@@ -389,6 +444,10 @@ def _volumes(
     if defaults.model_volume:
         volumes.append({"name": "models", **defaults.model_volume})
         mounts.append({"name": "models", "mountPath": MODELS_DIR, "readOnly": True})
+    if spec.distribution.peers:  # 0440, group fsGroup: readable by the runtime user only
+        secret_source = {"secretName": owner.peer_secret_name, "defaultMode": 0o440}
+        volumes.append({"name": "peer-token", "secret": secret_source})
+        mounts.append({"name": "peer-token", "mountPath": PEER_DIR, "readOnly": True})
     secret = spec.checkpoint.secret_ref
     if secret is not None:
         volumes.append({"name": "checkpoint-secret", "secret": {"secretName": secret.name}})
@@ -423,6 +482,11 @@ def runtime_container(
         "ports": [
             {"name": "http", "containerPort": PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            *(
+                [{"name": "peer", "containerPort": PEER_PORT, "protocol": "TCP"}]
+                if spec.distribution.peers
+                else []
+            ),
         ],
         "resources": sched.resources,
         "volumeMounts": mounts,
@@ -521,10 +585,12 @@ def children(
 ) -> list[Manifest]:
     """Every child, in apply order: the config first (on a checkpoint change it is the
     one object that changes, so pods hear of it one round trip after the spec), then
-    the pods' access, then the pods."""
+    the pods' access (the peer token's Secret: created once, never applied), then the
+    pods."""
     wanted = budget(spec, defaults)
     return [
         config_map(owner, config),
+        *([peer_secret(owner)] if spec.distribution.peers else []),
         service_account(owner, account_annotations(spec, defaults)),
         role(owner),
         role_binding(owner),

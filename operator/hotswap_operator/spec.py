@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hotswap_contract.wire import (
     MAX_BATCH_SIZE,
+    MAX_ORIGIN_CONCURRENCY,
     MAX_QUEUE_DELAY_US,
     SHA256_PATTERN,
     URI_PATTERN,
@@ -283,6 +284,16 @@ class RuntimeSpec(_Spec):
     )
 
 
+class DistributionSpec(_Spec):
+    """How runtime pods get checkpoint files: from each other (peers) or each from the
+    store. ``origin_concurrency`` None: the chart's default (config.DistributionDefaults)."""
+
+    peers: bool = True
+    origin_concurrency: int | None = Field(
+        default=None, ge=1, le=MAX_ORIGIN_CONCURRENCY, alias="originConcurrency"
+    )
+
+
 class DeploymentSpec(_Spec):
     replicas: int = Field(default=1, ge=0)
     model: ModelSpec
@@ -291,6 +302,7 @@ class DeploymentSpec(_Spec):
     analysis: Analysis | None = None  # how pods judge a new revision; never in the digest
     rollout: RolloutSpec = RolloutSpec()
     runtime: RuntimeSpec = RuntimeSpec()
+    distribution: DistributionSpec = DistributionSpec()
 
     def content_digest(self) -> str:
         """A short digest of what a revision is made of: model, checkpoint, validation.

@@ -21,21 +21,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from hotswap_contract.wire import ModelConfig
-from hotswap_operator import analysis, canary, resources, rollout, summary
+from hotswap_contract.wire import ModelConfig, Peers
+from hotswap_operator import analysis, canary, peers, resources, rollout, summary
 from hotswap_operator.admission import admit
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.context import Applied, PodInfo, SyncContext
 from hotswap_operator.events import EventRecorder
-from hotswap_operator.kube import ChildConflictError, Kube
+from hotswap_operator.kube import ChildConflictError, Kube, KubeError
 from hotswap_operator.reasons import Event
 from hotswap_operator.resources import Manifest
-from hotswap_operator.spec import SpecError, parse_spec
+from hotswap_operator.spec import DeploymentSpec, SpecError, parse_spec
 from hotswap_operator.status import ModelDeploymentStatus, merge_patch
 from hotswap_operator.summary import PodMemory
 from hotswap_operator.windows import Windows
@@ -60,6 +61,7 @@ class Decision:
     requeue_after: float | None  # seconds until the next deadline (a Canary step)
     error: SpecError | ChildConflictError | None = None  # why it cannot run (in status)
     retired: list[Manifest] = field(default_factory=list)  # children to delete if ours
+    peers: Peers | None = None  # peers.json to write (None: unchanged, or peers off)
 
 
 def decide(ctx: SyncContext) -> Decision:
@@ -92,7 +94,16 @@ def decide(ctx: SyncContext) -> Decision:
         events=[*plan.events, *summary.transition_events(ctx.status, new)],
         requeue_after=None if deadline is None else _seconds_until(deadline, ctx.now),
         retired=retired,
+        peers=_peers(ctx, spec),
     )
+
+
+def _peers(ctx: SyncContext, spec: DeploymentSpec) -> Peers | None:
+    """peers.json from the pods (peers.py), when the spec turns peer transfer on."""
+    if not spec.distribution.peers:
+        return None
+    origins = spec.distribution.origin_concurrency or ctx.defaults.distribution.origin_concurrency
+    return peers.wanted(ctx.owner.name, ctx.pods, origins, ctx.peers)
 
 
 def refuse(ctx: SyncContext, exc: SpecError | ChildConflictError) -> Decision:
@@ -157,10 +168,27 @@ class Syncer:
         self.clock = clock
         self.memory: dict[tuple[str, str], PodMemory] = {}
         self.windows = windows or Windows()  # Canary bake windows' start readings
+        # ConfigMap `<name>-peers` as last read or written (read once, then remembered:
+        # a sync reads no more than before); dropped when someone else changes it
+        self.peers: dict[tuple[str, str], Mapping[str, Any] | None] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         self.memory.pop((namespace, name), None)
         self.windows.forget((namespace, name))
+        self.peers.pop((namespace, name), None)
+
+    def peers_changed(self, key: tuple[str, str], version: str | None) -> bool:
+        """A watch event of ConfigMap `<name>-peers` (``version``: its resourceVersion,
+        None when deleted): True, and the remembered copy dropped, unless it is this
+        operator's own last write."""
+        held = self.peers.get(key)
+        if (
+            version is not None
+            and (held or {}).get("metadata", {}).get("resourceVersion") == version
+        ):
+            return False
+        self.peers.pop(key, None)
+        return True
 
     def sync(
         self,
@@ -178,8 +206,18 @@ class Syncer:
             self.forget(namespace, name)
             return SyncResult(gone=True)
         config_map = self.kube.config_map(namespace, name)
+        key = (namespace, name)
+        if key not in self.peers:
+            self.peers[key] = self.kube.peers_config_map(namespace, name)
         ctx = SyncContext.build(
-            body, config_map, pods, self.defaults, self.clock(), applied, reports or {}
+            body,
+            config_map,
+            pods,
+            self.defaults,
+            self.clock(),
+            applied,
+            reports or {},
+            self.peers[key],
         )
         window = self.windows.measure((namespace, name), ctx)  # a bake window that ended
         ctx = dataclasses.replace(ctx, window=window) if window is not None else ctx
@@ -202,10 +240,15 @@ class Syncer:
             if decision.config is not None
             else None
         )
-        uids = self._claim(ctx, decision, config)
+        listing = (
+            resources.peers_config_map(ctx.owner, decision.peers)
+            if decision.peers is not None
+            else None
+        )
+        uids = self._claim(ctx, decision, config, listing)
         first = [m for m in decision.children if m["kind"] not in ("ConfigMap", "Deployment")]
         for manifest in first:  # the pods' access, before anything that starts pods
-            self.kube.apply(manifest, uids[_ref(manifest)])
+            self._write_child(ctx, manifest, uids[_ref(manifest)])
         version = self._write_status(ctx, decision)
         config_version = None
         if config is not None:  # after status: no pod serves what status lacks
@@ -214,6 +257,8 @@ class Syncer:
         for manifest in decision.children:
             if manifest["kind"] == "Deployment":  # last: its pods find their ConfigMap
                 self.kube.apply(manifest, uids[_ref(manifest)])
+        if listing is not None:  # who to fetch from, once the pods exist
+            self._write_peers(ctx, listing, uids[_ref(listing)])
         for manifest in decision.retired:  # e.g. a PodDisruptionBudget turned off
             self.kube.retire(manifest, ctx.owner)
         events = self._post_events(ctx, decision)
@@ -226,18 +271,42 @@ class Syncer:
             decision=decision,
         )
 
+    def _write_child(self, ctx: SyncContext, manifest: Manifest, uid: str | None) -> None:
+        """Apply ``manifest``; the peer token's Secret is created once (a random token)
+        and never written again: a pod that started with it keeps serving its peers."""
+        if manifest["kind"] != "Secret":
+            self.kube.apply(manifest, uid)
+        elif uid is None:
+            self.kube.create(resources.peer_secret(ctx.owner, secrets.token_urlsafe(32)))
+
+    def _write_peers(self, ctx: SyncContext, listing: Manifest, uid: str | None) -> None:
+        key = (ctx.owner.namespace, ctx.owner.name)
+        try:
+            self.peers[key] = self.kube.apply(listing, uid)
+        except KubeError:  # read it again next time
+            self.peers.pop(key, None)
+            raise
+
     def _claim(
-        self, ctx: SyncContext, decision: Decision, config: Manifest | None
+        self,
+        ctx: SyncContext,
+        decision: Decision,
+        config: Manifest | None,
+        listing: Manifest | None = None,
     ) -> dict[tuple[str, str], str | None]:
         """Uids of the children about to be written (None: absent). Before any write,
         all or nothing: a name held by another object is refused in status
-        (ChildConflictError). The ConfigMap read by this sync needs no second look."""
+        (ChildConflictError). The ConfigMaps read by this sync need no second look."""
         claiming = list(decision.children)
         if not claiming and config is not None and ctx.config_uid is None:
             claiming = [config]  # absent, or not ours: look before writing
+        if listing is not None and ctx.peers_uid is None:
+            claiming.append(listing)  # peers.json: absent, or not ours
         uids: dict[tuple[str, str], str | None] = {}
         if config is not None and ctx.config_uid is not None:
             uids[_ref(config)] = ctx.config_uid
+        if listing is not None and ctx.peers_uid is not None:
+            uids[_ref(listing)] = ctx.peers_uid
         if not claiming:
             return uids
         try:

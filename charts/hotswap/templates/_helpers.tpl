@@ -35,7 +35,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "hotswap.runtimeDefaults" -}}
 {{- $rt := .Values.runtime -}}
 {{- $image := include "hotswap.image" (dict "image" $rt.image "chart" .Chart) -}}
-{{- $defaults := dict "image" $image "imagePullPolicy" $rt.image.pullPolicy "resources" $rt.resources "gpu" $rt.gpu "policy" .Values.policy -}}
+{{- $defaults := dict "image" $image "imagePullPolicy" $rt.image.pullPolicy "resources" $rt.resources "gpu" $rt.gpu "policy" .Values.policy "distribution" .Values.distribution -}}
 {{- with $rt.modelVolume }}{{ $_ := set $defaults "modelVolume" . }}{{ end -}}
 {{- range $key := list "imagePullSecrets" "priorityClassName" "affinity" "podMetadata" "serviceAccount" "podDisruptionBudget" }}
 {{- with index $rt $key }}{{ $_ := set $defaults $key . }}{{ end -}}

@@ -28,6 +28,7 @@ from devcluster.helm import CHART, CRDS_CHART, template
 from devcluster.openapi_schemas import LOCATION, write_schemas
 from devcluster.rest import ApiError
 from devcluster.waiting import wait_for
+from hotswap_contract.wire import Peers
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.context import SyncContext
@@ -187,6 +188,7 @@ def spec_variants():
             "env": [{"name": "HOTSWAP_LOG_LEVEL", "value": "debug"}],
             "batching": {"maxBatchSize": 8, "maxQueueDelayMicroseconds": 500},
         },
+        "distribution": {"peers": True, "originConcurrency": 3},
     }
     return {"minimal": base, "everything": full}
 
@@ -204,10 +206,18 @@ def test_every_object_the_operator_builds_passes_the_api_servers_validation(
             "gpu": {"enabled": gpu},
             "modelVolume": {"persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
             "resources": {"requests": {"cpu": "1", "memory": "4Gi"}},
+            "distribution": {"proxy": "http://127.0.0.1:65001"},
         }
     )
     owner = resources.Owner("m", namespace, str(uuid.uuid4()))
-    children = resources.children(owner, spec, defaults, plan.config)
+    listing = Peers(
+        name="m", generation=1, originConcurrency=3, peers=[{"name": "m-a", "ip": "10.0.0.1"}]
+    )
+    children = [
+        *resources.children(owner, spec, defaults, plan.config),
+        resources.peer_secret(owner, "t" * 43),  # as created
+        resources.peers_config_map(owner, listing),
+    ]
     for child in children:
         child.setdefault("metadata", {})["namespace"] = namespace
     model_deployment = {

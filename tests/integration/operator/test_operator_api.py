@@ -42,11 +42,13 @@ SPEC = {
     "checkpoint": {"uri": "file:///models/v1.safetensors", "sha256": SHA1},
     "runtime": {"device": "cpu"},
 }
-CHILDREN = {
-    "configmaps": "resnet-model",
-    "serviceaccounts": "resnet-runtime",
-    "services": "resnet",
-}
+CHILDREN = [
+    ("configmaps", "resnet-model"),
+    ("configmaps", "resnet-peers"),  # peers.json (these pods have no address: empty)
+    ("secrets", "resnet-peer"),  # the peer token: created once
+    ("serviceaccounts", "resnet-runtime"),
+    ("services", "resnet"),
+]
 GROUPED = {
     "apps/v1/deployments": "resnet",
     "rbac.authorization.k8s.io/v1/roles": "resnet-runtime",
@@ -104,7 +106,7 @@ def reasons(result: SyncResult) -> list[str]:
 
 
 def child_paths(ns):
-    paths = {f"/api/v1/namespaces/{ns}/{kind}/{name}" for kind, name in CHILDREN.items()}
+    paths = {f"/api/v1/namespaces/{ns}/{kind}/{name}" for kind, name in CHILDREN}
     for prefix, name in GROUPED.items():
         group_version, _, plural = prefix.rpartition("/")
         paths.add(f"/apis/{group_version}/namespaces/{ns}/{plural}/{name}")
@@ -186,6 +188,8 @@ def test_checkpoint_change_touches_only_the_config_map(crd, kube, namespace):
         ({"replicas": -1}, "spec.replicas"),
         ({"rollout": {"strategy": "YOLO"}}, "spec.rollout.strategy"),
         ({"runtime": {"device": "tpu"}}, "spec.runtime.device"),
+        ({"distribution": {"originConcurrency": 0}}, "spec.distribution.originConcurrency"),
+        ({"distribution": {"originConcurrency": 65}}, "spec.distribution.originConcurrency"),
         ({"model": {"architecture": "resnet", "inputShape": [3]}}, "spec.model.architecture"),
     ],
 )

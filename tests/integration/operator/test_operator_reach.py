@@ -26,6 +26,7 @@ from devcluster.cluster import Cluster
 from devcluster.helm import template
 from devcluster.rest import STRATEGIC_PATCH, ApiError, KubeClient
 from devcluster.waiting import wait_for
+from hotswap_contract.wire import Peers
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import runtime_defaults
 from hotswap_operator.context import SyncContext
@@ -266,7 +267,12 @@ def test_the_operators_own_children_are_written_updated_and_retired(team):
     uids = team.kube.claim(team.children, team.owner)
     assert uids == [None] * len(team.children)
     for manifest in team.children:
-        team.kube.apply(manifest)
+        if manifest["kind"] == "Secret":  # the peer token: created once, never applied
+            team.kube.create(resources.peer_secret(team.owner, "t" * 43))
+        else:
+            team.kube.apply(manifest)
+    listing = Peers(name="m", generation=1, originConcurrency=2)
+    team.kube.apply(resources.peers_config_map(team.owner, listing))  # peers.json
     deployment = child(team, "Deployment")
     deployment["spec"]["replicas"] = 3
     uid = team.kube.claim([deployment], team.owner)[0]
@@ -403,6 +409,25 @@ def test_it_creates_only_the_runtime_role(team, installed):
     del every_config["rules"][0]["resourceNames"]
     refused(lambda: apply_as(operator, every_config), "grants only what runtime pods need")
     apply_as(operator, role)
+
+
+def test_it_creates_only_the_peer_token_secret(team, installed):
+    """A service-account-token Secret would be filled by the token controller with a
+    token of any ServiceAccount of the namespace, which the operator could then read."""
+    operator, path = installed.operator, f"/api/v1/namespaces/{team.namespace}/secrets"
+    secret = resources.peer_secret(team.owner, "t" * 43)
+    minted = copy.deepcopy(secret)
+    minted["type"] = "kubernetes.io/service-account-token"
+    minted["metadata"]["annotations"] = {"kubernetes.io/service-account.name": "default"}
+    refused(lambda: operator.post(path, minted), "only Opaque Secrets")
+    named = copy.deepcopy(secret)
+    named["metadata"]["name"] = "m-runtime"
+    refused(lambda: operator.post(path, named), "only children of a ModelDeployment")
+    created = team.kube.create(secret)
+    assert created["metadata"]["name"] == "m-peer"
+    refused(  # RBAC: created once, never changed
+        lambda: operator.patch(f"{path}/m-peer", {"stringData": {"token": "mine"}})
+    )
 
 
 def test_services_and_budgets_cover_only_the_runtime_pods(team, installed):

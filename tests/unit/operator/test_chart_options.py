@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from devcluster.helm import CHART, CRDS_CHART, template
-from hotswap_contract.wire import GRPC_PORT, HTTP_PORT
+from hotswap_contract.wire import GRPC_PORT, HTTP_PORT, PEER_PORT
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.spec import parse_spec
@@ -157,15 +157,23 @@ def test_network_policies_admit_inference_and_scrapes_and_reach_only_api_dns_and
     runtime = next(p for p in policies if p["metadata"]["namespace"] == "team-a")["spec"]
     assert matches(runtime["podSelector"], runtime_pod_labels())
     assert runtime["policyTypes"] == ["Ingress", "Egress"]
-    assert runtime_ports() == {"http": HTTP_PORT, "grpc": GRPC_PORT}
-    inference, bake_reads, scrape = runtime["ingress"]
+    assert runtime_ports() == {"http": HTTP_PORT, "grpc": GRPC_PORT, "peer": PEER_PORT}
+    inference, bake_reads, from_peers, scrape = runtime["ingress"]
     assert {p["port"] for p in inference["ports"]} == {"http", "grpc"}
     assert bake_reads["ports"] == [{"protocol": "TCP", "port": "http"}]  # Canary bake windows
     (reader,) = bake_reads["from"]
     assert reader["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}
     assert "from" not in inference  # any client may send inference requests
     assert scrape["from"] == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
-    api, dns, store = runtime["egress"]
+    # peer transfers: only runtime pods, of this namespace (no namespaceSelector), on PEER_PORT
+    assert from_peers["ports"] == [{"protocol": "TCP", "port": "peer"}]
+    api, to_peers, dns, store = runtime["egress"]
+    assert to_peers["ports"] == [{"protocol": "TCP", "port": PEER_PORT}]
+    for (peers,) in (from_peers["from"], to_peers["to"]):
+        assert list(peers) == ["podSelector"] and matches(
+            peers["podSelector"], runtime_pod_labels()
+        )
+        assert not matches(peers["podSelector"], {})  # not every pod of the namespace
     assert api["to"] == [{"ipBlock": {"cidr": "10.0.0.10/32"}}]
     assert {p["port"] for p in api["ports"]} == {443, 6443}
     assert dns["to"][0]["namespaceSelector"]["matchLabels"] == {

@@ -232,13 +232,18 @@ def test_child_integrity_knows_every_variable_the_operator_sets(helm_bin):
                         "maxCheckpointBytes": 1024,
                         "maxForwardBatch": 64,
                         "forwardMemoryBytes": 1 << 28,
-                    }
+                    },
+                    "distribution": {"proxy": "http://127.0.0.1:65001"},
                 }
             )
         }
     )
     owner = resources.Owner("m", "ns", "uid")
     assert named == {e["name"] for e in resources.runtime_env(owner, full, defaults)}
+    env = {e["name"]: e.get("value") for e in resources.runtime_env(owner, full, defaults)}
+    for name in ("HOTSWAP_PEER_PORT", "HOTSWAP_PEER_TOKEN_FILE"):  # pinned values
+        (pinned,) = re.findall(rf"'{name}': '([^']*)'", json.dumps(spec))
+        assert pinned == env[name], name
 
 
 FLOW_API = "flowcontrol.apiserver.k8s.io/v1/FlowSchema"
@@ -360,3 +365,39 @@ def test_pod_setting_values_reach_the_operator(helm_bin):
     assert defaults.service_account.annotations == {"iam.gke.io/gcp-service-account": "sa@p.iam"}
     assert defaults.pod_disruption_budget.enabled
     assert defaults.pod_disruption_budget.min_available == "50%"
+
+
+def test_distribution_values_reach_the_operator(helm_bin):
+    from hotswap_operator.config import DistributionDefaults
+
+    chart = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": render_defaults(helm_bin)})
+    assert chart.distribution == DistributionDefaults()
+    assert chart.distribution.origin_concurrency == 2 and chart.distribution.proxy == ""
+    sets = ("--set", "distribution.originConcurrency=5")
+    proxy = ("--set", "distribution.proxy=http://127.0.0.1:65001")
+    raw = render_defaults(helm_bin, *sets, *proxy)
+    distribution = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": raw}).distribution
+    assert distribution.origin_concurrency == 5
+    assert distribution.proxy == "http://127.0.0.1:65001"
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    chart_proxy = schema["properties"]["distribution"]["properties"]["proxy"]
+    operator_proxy = DistributionDefaults.model_json_schema(by_alias=True)["properties"]["proxy"]
+    assert chart_proxy["pattern"] == operator_proxy["pattern"]  # no quote reaches the CEL
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "distribution.originConcurrency=0",
+        "distribution.originConcurrency=65",
+        "distribution.proxy=ftp://x",
+    ],
+)
+def test_the_schema_refuses_distribution_values_out_of_range(helm_bin, value):
+    done = subprocess.run(
+        [str(helm_bin), "template", "hs", str(CHART), "--set", value],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0 and "distribution" in done.stderr

@@ -33,6 +33,7 @@ class FakeSyncer:
         self.calls = []
         self.memory = {}
         self.forgotten = []
+        self.peer_events = []
         self.recorder = SimpleNamespace(forget=self.forgotten.append)
 
     def sync(self, namespace, name, pods, applied, reports=None):
@@ -44,6 +45,10 @@ class FakeSyncer:
 
     def forget(self, namespace, name):
         self.forgotten.append((namespace, name))
+
+    def peers_changed(self, key, version):  # Syncer's: its own write is "mine" here
+        self.peer_events.append((key, version))
+        return version != "mine"
 
 
 def md(rv="1"):
@@ -250,3 +255,21 @@ def test_rollout_outcomes_are_counted_from_the_events_of_a_sync():
 
     rolled = Event(EventType.WARNING, Reason.ROLLED_BACK, "revision 2 rolled back")
     run(test, SyncResult(events=[rolled]))
+
+
+def test_peers_json_changed_by_someone_else_brings_a_sync_and_its_own_write_does_not():
+    async def test(c, metrics):
+        c.start_leading()
+        peers = {"kind": "ConfigMap", **POD}
+        peers["metadata"] = {**POD["metadata"], "name": "resnet-peers", "resourceVersion": "mine"}
+        c.on_child("MODIFIED", peers)
+        assert len(c.queue) == 0  # nothing to do: its own write
+        c.applied[KEY] = ("u-1", 1)
+        c.on_child("MODIFIED", {**peers, "metadata": {**peers["metadata"], "resourceVersion": "8"}})
+        assert len(c.queue) == 1
+        c.on_child("DELETED", peers)
+        assert c.syncer.peer_events == [(KEY, "mine"), (KEY, "8"), (KEY, None)]
+        assert c.applied[KEY] == ("u-1", 1)  # only peers.json is written again
+        await settle(c, 1)
+
+    run(test)

@@ -319,3 +319,31 @@ def test_every_schema_node_holds_only_schema_keywords(path):
         if set(node) - SCHEMA_KEYS
     ]
     assert odd == []
+
+
+def test_distribution_schema_matches_the_spec_model(version):
+    from hotswap_operator.spec import DistributionSpec, parse_spec
+
+    distribution = props(props(version["schema"]["openAPIV3Schema"], "spec"), "distribution")
+    assert set(distribution["properties"]) == aliases(DistributionSpec)
+    concurrency = distribution["properties"]["originConcurrency"]
+    assert (concurrency["minimum"], concurrency["maximum"]) == (1, contract.MAX_ORIGIN_CONCURRENCY)
+    assert "default" not in concurrency  # the chart's distribution.originConcurrency
+    assert distribution["properties"]["peers"]["default"] is DistributionSpec().peers is True
+    base = {
+        "model": {"architecture": "torchvision/resnet18", "inputShape": [3, 8, 8]},
+        "checkpoint": {"uri": "file:///models/v1.safetensors", "sha256": "1" * 64},
+    }
+    assert parse_spec(base).distribution == DistributionSpec()
+    for bad in (0, contract.MAX_ORIGIN_CONCURRENCY + 1):
+        with pytest.raises(ValueError, match="originConcurrency"):
+            parse_spec({**base, "distribution": {"originConcurrency": bad}})
+
+
+def test_a_modelreplica_reports_its_fetch_as_the_contract_says():
+    crd = yaml.safe_load(REPLICA_CRD.read_text())
+    (version,) = crd["spec"]["versions"]
+    fetched = props(version["schema"]["openAPIV3Schema"], "status", "fetched")
+    assert set(fetched["properties"]) == aliases(contract.Fetched)
+    for name, node in fetched["properties"].items():
+        assert (node["type"], node["minimum"]) == ("integer", 0), name

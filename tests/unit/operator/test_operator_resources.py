@@ -3,7 +3,7 @@ import json
 import pytest
 from operator_samples import SHA_B, SPEC, body, sync_context, with_checkpoint
 
-from hotswap_contract.wire import CONFIG_KEY, parse_config
+from hotswap_contract.wire import CONFIG_KEY, PEER_PORT, parse_config
 from hotswap_operator import resources, rollout
 from hotswap_operator.config import RuntimeDefaults, runtime_defaults
 from hotswap_operator.context import SyncContext
@@ -29,6 +29,7 @@ def test_every_child_is_owned_by_the_model_deployment():
     # spec), access before the pods, the Deployment last.
     assert [c["kind"] for c in children] == [
         "ConfigMap",
+        "Secret",
         "ServiceAccount",
         "Role",
         "RoleBinding",
@@ -119,7 +120,7 @@ def test_role_allows_only_the_own_config_map_and_writing_reports():
         {
             "apiGroups": [""],
             "resources": ["configmaps"],
-            "resourceNames": ["resnet-model"],
+            "resourceNames": ["resnet-model", "resnet-peers"],
             "verbs": ["get", "list", "watch"],
         },
         {  # which ModelReplica: the chart's admission policy (named after the pod)
@@ -215,7 +216,7 @@ def test_grpc_port_is_declared_on_the_container_and_exposed_by_the_service():
     children = by_kind(build(SPEC)[0])
     (container,) = children["Deployment"]["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8080, "grpc": 8081}
+    assert ports == {"http": 8080, "grpc": 8081, "peer": PEER_PORT}
     service = {
         p["name"]: (p["port"], p["targetPort"]) for p in children["Service"]["spec"]["ports"]
     }
@@ -233,3 +234,59 @@ def test_batching_reaches_pods_as_env_and_is_off_by_default():
     clash = dict(SPEC, runtime={"env": [{"name": "HOTSWAP_GRPC_PORT", "value": "9"}]})
     with pytest.raises(SpecError, match="HOTSWAP_GRPC_PORT"):
         build(clash)
+
+
+def pod_of(children):
+    return by_kind(children)["Deployment"]["spec"]["template"]["spec"]
+
+
+def test_peers_get_their_token_port_and_peers_config_map():
+    children, _ = build(SPEC)
+    pod = pod_of(children)
+    (container,) = pod["containers"]
+    env = env_of(by_kind(children)["Deployment"])
+    assert env["HOTSWAP_PEER_TOKEN_FILE"] == "/var/run/hotswap/peer/token"
+    assert env["HOTSWAP_PEER_PORT"] == str(PEER_PORT)
+    assert env["HOTSWAP_PEERS_CONFIGMAP"] == "resnet-peers"
+    assert "HOTSWAP_FETCH_PROXY" not in env
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    token = mounts["/var/run/hotswap/peer"]
+    assert token["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[token["name"]]["secret"] == {"secretName": "resnet-peer", "defaultMode": 0o440}
+    # group-readable only, and the runtime user's group owns the files (fsGroup)
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    assert {"name": "peer", "containerPort": PEER_PORT, "protocol": "TCP"} in container["ports"]
+    assert [p["name"] for p in by_kind(children)["Service"]["spec"]["ports"]] == ["http", "grpc"]
+    secret = by_kind(children)["Secret"]
+    assert secret["metadata"]["name"] == "resnet-peer" and secret["type"] == "Opaque"
+    assert "data" not in secret and "stringData" not in secret  # the token: created once
+    assert secret["metadata"]["labels"] == by_kind(children)["Service"]["metadata"]["labels"]
+
+
+def test_peers_off_is_the_store_only_pod_of_before():
+    off, _ = build(dict(SPEC, distribution={"peers": False}))
+    pod = pod_of(off)
+    (container,) = pod["containers"]
+    env = env_of(by_kind(off)["Deployment"])
+    assert not [name for name in env if name.startswith("HOTSWAP_PEER")]
+    assert [p["name"] for p in container["ports"]] == ["http", "grpc"]
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    assert "Secret" not in by_kind(off)
+    # originConcurrency reaches the pods through peers.json only: no roll
+    on, _ = build(dict(SPEC, distribution={"originConcurrency": 9}))
+    assert by_kind(on)["Deployment"] == by_kind(build(SPEC)[0])["Deployment"]
+
+
+def test_the_download_proxy_reaches_pods_when_the_chart_sets_one():
+    proxy = runtime_defaults(
+        {"HOTSWAP_RUNTIME_DEFAULTS": json.dumps({"distribution": {"proxy": "http://df:65001"}})}
+    )
+    children = resources.children(
+        OWNER, parse_spec(SPEC), proxy, rollout.plan(sync_context(None), parse_spec(SPEC)).config
+    )
+    assert env_of(by_kind(children)["Deployment"])["HOTSWAP_FETCH_PROXY"] == "http://df:65001"
+    with pytest.raises(ValueError, match="proxy"):
+        runtime_defaults(
+            {"HOTSWAP_RUNTIME_DEFAULTS": json.dumps({"distribution": {"proxy": "ftp://df"}})}
+        )

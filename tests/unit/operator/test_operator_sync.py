@@ -6,7 +6,9 @@ versions, merge patches, preconditions) and records every write.
 
 from __future__ import annotations
 
+import base64
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -115,7 +117,12 @@ def started(api: FakeApi, spec=SPEC):
 def test_first_sync_writes_access_then_status_once_then_config_then_pods(api):
     md = create(api)
     result = syncer(api).sync(NS, NAME, [], None)
-    assert writes(api) == NEW_REVISION
+    assert writes(api) == [
+        ("POST", "secrets/resnet-peer"),
+        *NEW_REVISION[:-1],
+        ("PATCH", "configmaps/resnet-peers"),  # who to fetch from: once the pods can start
+        NEW_REVISION[-1],
+    ]
     (patch,) = status_patches(api)
     assert patch["metadata"] == {"resourceVersion": md["metadata"]["resourceVersion"]}
     assert patch["status"]["revision"] == 1 and patch["status"]["observedGeneration"] == 1
@@ -356,3 +363,129 @@ def test_a_config_map_replaced_by_a_foreign_one_is_refused_before_any_write(api)
         s.sync(NS, NAME, PODS, applied)
     assert writes(api) == [STATUS, ("POST", "events InvalidSpec")]
     assert "data" not in api.obj("configmaps", NS, f"{NAME}-model")  # never taken over
+
+
+def peer_secret_posts(api: FakeApi) -> list[dict]:
+    return [body for method, what, body in api.writes if what == f"secrets/{NAME}-peer"]
+
+
+def test_the_peer_token_is_created_once_and_never_written_again(api):
+    md = create(api)
+    s = syncer(api)
+    s.sync(NS, NAME, PODS, None)
+    (posted,) = peer_secret_posts(api)
+    token = posted["stringData"]["token"]
+    assert len(base64.urlsafe_b64decode(token + "=")) == 32  # token_urlsafe(32)
+    assert posted["type"] == "Opaque"
+    assert posted["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
+    api.writes.clear()
+    api.patch_spec(NS, NAME, {"replicas": 5})  # children due again: every child looked at
+    s.sync(NS, NAME, PODS, None)  # as after a leader change (nothing remembered)
+    assert peer_secret_posts(api) == []
+    assert f"secrets/{NAME}-peer" in api.reads
+    secret = api.obj("secrets", NS, f"{NAME}-peer")
+    assert secret["stringData"]["token"] == token
+
+
+def test_a_peer_secret_hotswap_did_not_create_is_never_taken(api):
+    create(api)
+    foreign = {"metadata": {"name": f"{NAME}-peer", "namespace": NS}, "type": "Opaque"}
+    api.put_object("secrets", {"apiVersion": "v1", "kind": "Secret", **foreign})
+    with pytest.raises(ChildConflictError, match=f"Secret {NS}/{NAME}-peer already exists"):
+        syncer(api).sync(NS, NAME, PODS, None)
+    assert writes(api) == [STATUS, ("POST", "events InvalidSpec")]
+    assert "ownerReferences" not in api.obj("secrets", NS, f"{NAME}-peer")["metadata"]
+
+
+def test_without_peers_no_token_is_made(api):
+    create(api, {**SPEC, "distribution": {"peers": False}})
+    syncer(api).sync(NS, NAME, PODS, None)
+    assert writes(api) == NEW_REVISION
+    assert api.obj("secrets", NS, f"{NAME}-peer") is None
+
+
+def peers_json(api: FakeApi) -> dict:
+    return json.loads(api.obj("configmaps", NS, f"{NAME}-peers")["data"]["peers.json"])
+
+
+PEERS = ("PATCH", "configmaps/resnet-peers")
+T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:00:09Z"
+ADDRESSED = [
+    PodInfo("resnet-c", True, ip="10.0.0.3", created=T1),
+    PodInfo("resnet-b", True, ip="10.0.0.2", created=T0),
+    PodInfo("resnet-a", False, ip="10.0.0.1", created=T1),
+]
+
+
+def test_the_pods_addresses_reach_peers_json_once_per_change(api):
+    s, applied, md = started(api)
+    assert peers_json(api) == {"name": NAME, "generation": 1, "originConcurrency": 2, "peers": []}
+    s.sync(NS, NAME, ADDRESSED, applied)
+    assert writes(api) == [STATUS, PEERS]  # status: the new pods' counts
+    listing = peers_json(api)
+    assert listing["generation"] == 2
+    assert [p["name"] for p in listing["peers"]] == ["resnet-b", "resnet-a", "resnet-c"]
+    assert listing["peers"][0] == {"name": "resnet-b", "ip": "10.0.0.2"}
+    cm = api.obj("configmaps", NS, f"{NAME}-peers")
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
+    api.writes.clear()
+    api.reads.clear()
+    s.sync(NS, NAME, list(reversed(ADDRESSED)), applied)
+    assert api.writes == []
+    assert api.reads == ["modeldeployments/resnet", "configmaps/resnet-model"]  # remembered
+    gone = [ADDRESSED[0], ADDRESSED[1], dataclasses.replace(ADDRESSED[2], terminating=True)]
+    s.sync(NS, NAME, gone, applied)
+    assert writes(api) == [STATUS, PEERS] and peers_json(api)["generation"] == 3
+    assert [p["name"] for p in peers_json(api)["peers"]] == ["resnet-b", "resnet-c"]
+
+
+def test_origin_concurrency_comes_from_the_spec_else_the_chart(api):
+    create(api, {**SPEC, "distribution": {"originConcurrency": 7}})
+    syncer(api).sync(NS, NAME, ADDRESSED, None)
+    assert peers_json(api)["originConcurrency"] == 7
+    api.patch_spec(NS, NAME, {"distribution": {"originConcurrency": None}})
+    chart = RuntimeDefaults.model_validate(
+        {"gpu": {"enabled": False}, "distribution": {"originConcurrency": 3}}
+    )
+    recorder = EventRecorder(api, "hotswap-operator", [].append)
+    CachedSyncer(api, chart, recorder, clock=lambda: NOW).sync(NS, NAME, ADDRESSED, None)
+    assert peers_json(api)["originConcurrency"] == 3 and peers_json(api)["generation"] == 2
+
+
+def test_peers_json_edited_by_someone_else_is_restored_with_a_higher_generation(api):
+    s, applied, _ = started(api)
+    s.sync(NS, NAME, ADDRESSED, applied)
+    mine = api.obj("configmaps", NS, f"{NAME}-peers")
+    assert not s.peers_changed((NS, NAME), mine["metadata"]["resourceVersion"])  # own write
+    cm = api.objects[("configmaps", NS, f"{NAME}-peers")]
+    forged = json.loads(cm["data"]["peers.json"])
+    forged["peers"] = [{"name": "resnet-b", "ip": "203.0.113.7"}]
+    cm["data"]["peers.json"] = json.dumps(forged)
+    cm["metadata"]["resourceVersion"] = "999"
+    assert s.peers_changed((NS, NAME), "999")  # the watch event: forgotten, read again
+    api.writes.clear()
+    s.sync(NS, NAME, ADDRESSED, applied)
+    assert writes(api) == [PEERS]
+    assert "203.0.113.7" not in json.dumps(peers_json(api))
+    assert peers_json(api)["generation"] == forged["generation"] + 1
+    assert s.peers_changed((NS, NAME), None)  # deleted
+    del api.objects[("configmaps", NS, f"{NAME}-peers")]
+    s.sync(NS, NAME, ADDRESSED, applied)
+    assert peers_json(api)["generation"] == 1 and len(peers_json(api)["peers"]) == 3
+
+
+def test_a_peers_config_map_hotswap_did_not_create_is_never_taken(api):
+    create(api)
+    foreign = {"metadata": {"name": f"{NAME}-peers", "namespace": NS}, "data": {"x": "y"}}
+    api.put_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap", **foreign})
+    with pytest.raises(ChildConflictError, match=f"ConfigMap {NS}/{NAME}-peers already exists"):
+        syncer(api).sync(NS, NAME, ADDRESSED, None)
+    assert writes(api) == [STATUS, ("POST", "events InvalidSpec")]
+    assert api.obj("configmaps", NS, f"{NAME}-peers")["data"] == {"x": "y"}
+
+
+def test_without_peers_no_peers_json_is_written(api):
+    create(api, {**SPEC, "distribution": {"peers": False}})
+    s = syncer(api)
+    s.sync(NS, NAME, ADDRESSED, None)
+    assert api.obj("configmaps", NS, f"{NAME}-peers") is None
