@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     result["summary"] = summary(result["per_size"])
     result["load_average"] = os.getloadavg()
     if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(
         json.dumps(
