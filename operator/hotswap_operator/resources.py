@@ -445,7 +445,13 @@ def _volumes(
         volumes.append({"name": "models", **defaults.model_volume})
         mounts.append({"name": "models", "mountPath": MODELS_DIR, "readOnly": True})
     if spec.distribution.peers:  # 0440, group fsGroup: readable by the runtime user only
-        secret_source = {"secretName": owner.peer_secret_name, "defaultMode": 0o440}
+        # optional: a pod started while the Secret is missing (deleted by hand) starts
+        # without a credential and reads the store, instead of waiting to mount it
+        secret_source = {
+            "secretName": owner.peer_secret_name,
+            "defaultMode": 0o440,
+            "optional": True,
+        }
         volumes.append({"name": "peer-token", "secret": secret_source})
         mounts.append({"name": "peer-token", "mountPath": PEER_DIR, "readOnly": True})
     secret = spec.checkpoint.secret_ref

@@ -157,9 +157,9 @@ def start_runtime(
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
-    runtime = RuntimeProcess(
-        process, f"http://127.0.0.1:{port}", model, log_path, f"127.0.0.1:{grpc_port}"
-    )
+    host = full_env["HOTSWAP_HOST"]
+    base, grpc = f"http://{host}:{port}", f"{host}:{grpc_port}"
+    runtime = RuntimeProcess(process, base, model, log_path, grpc)
     path = "/v2/health/ready" if ready else "/v2/health/live"
 
     def up() -> bool:

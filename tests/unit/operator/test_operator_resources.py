@@ -253,7 +253,11 @@ def test_peers_get_their_token_port_and_peers_config_map():
     token = mounts["/var/run/hotswap/peer"]
     assert token["readOnly"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes[token["name"]]["secret"] == {"secretName": "resnet-peer", "defaultMode": 0o440}
+    assert volumes[token["name"]]["secret"] == {
+        "secretName": "resnet-peer",
+        "defaultMode": 0o440,
+        "optional": True,  # a missing Secret: no credential, the store; never stuck
+    }
     # group-readable only, and the runtime user's group owns the files (fsGroup)
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
     assert {"name": "peer", "containerPort": PEER_PORT, "protocol": "TCP"} in container["ports"]

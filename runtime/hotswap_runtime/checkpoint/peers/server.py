@@ -116,15 +116,21 @@ class PeerServer:
         self._server: asyncio.Server | None = None
 
     def start(self) -> None:
-        """Listen (raises OSError when the port is taken) on a thread of its own."""
+        """Listen on a thread of its own (raises OSError when the port is taken); callable
+        from a thread that runs an event loop of its own (the runtime's lifespan)."""
         loop = asyncio.new_event_loop()
-        started = loop.run_until_complete(
-            asyncio.start_server(self._serve, self.host, self.port, limit=HEAD_BYTES)
-        )
-        self._loop, self._server = loop, started
-        self.port = started.sockets[0].getsockname()[1]
-        self._thread = threading.Thread(target=loop.run_forever, name="hotswap-peer", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=loop.run_forever, name="hotswap-peer", daemon=True)
+        thread.start()
+        listening = asyncio.start_server(self._serve, self.host, self.port, limit=HEAD_BYTES)
+        try:
+            server = asyncio.run_coroutine_threadsafe(listening, loop).result(STOP_SECONDS)
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(STOP_SECONDS)
+            loop.close()
+            raise
+        self._loop, self._server, self._thread = loop, server, thread
+        self.port = server.sockets[0].getsockname()[1]
         log.info("peer port listening on %s:%d", self.host, self.port)
 
     def stop(self) -> None:
