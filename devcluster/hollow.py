@@ -405,15 +405,22 @@ class HollowNode:
             folder.mkdir(parents=True, exist_ok=True)
             secret = by_name.get(mount["name"], {}).get("secret")
             if secret is not None:
-                self._write_secret(pod["metadata"]["namespace"], secret["secretName"], folder)
+                self._write_secret(pod["metadata"]["namespace"], secret, folder)
         points = [m["mountPath"].rstrip("/") for m in mounts]
         for var, value in env.items():
             if any(value == p or value.startswith(p + "/") for p in points):
                 env[var] = str(root) + value
         return env
 
-    def _write_secret(self, namespace: str, name: str, folder: Path) -> None:
-        found = self.client.get(f"/api/v1/namespaces/{q(namespace)}/secrets/{q(name)}")
+    def _write_secret(self, namespace: str, source: JSON, folder: Path) -> None:
+        """A Secret volume's keys as files; none for a missing optional Secret."""
+        path = f"/api/v1/namespaces/{q(namespace)}/secrets/{q(source['secretName'])}"
+        try:
+            found = self.client.get(path)
+        except ApiError as err:
+            if err.status == 404 and source.get("optional"):
+                return
+            raise
         for key, value in (found.get("data") or {}).items():
             (folder / key).write_bytes(base64.b64decode(value))
 

@@ -4,6 +4,7 @@ the sizes per N; devcluster/hollow.py's pod environment and volumes under --fetc
 from __future__ import annotations
 
 import base64
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from bench.distribution import (
     summary,
 )
 from devcluster.hollow import HollowNode, container_env
+from devcluster.rest import ApiError
 
 
 def test_phase_figures_ratio_and_percentiles() -> None:
@@ -140,3 +142,18 @@ def test_the_pod_env_and_volumes_as_kubelet_makes_them(tmp_path: Path) -> None:
     assert Path(env["HOTSWAP_PEER_TOKEN_FILE"]).read_bytes() == b"s3cret"
     assert client.read == ["/api/v1/namespaces/ns/secrets/dist-peer"]
     assert Path(env["HOTSWAP_CACHE_DIR"]).is_dir()
+
+
+class NoSecret(Secrets):
+    def get(self, path: str) -> dict[str, Any]:
+        raise ApiError("GET", path, 404, "not found")
+
+
+def test_a_missing_optional_secret_is_no_file(tmp_path: Path) -> None:
+    pod = copy.deepcopy(POD)
+    pod["spec"]["volumes"][1]["secret"]["optional"] = True
+    node = HollowNode(NoSecret(), "hollow-0", 0.0, 10, tmp_path)  # type: ignore[arg-type]
+    env = node.volumes(pod, tmp_path / "pod", container_env(pod, "127.100.0.1"))
+    assert not Path(env["HOTSWAP_PEER_TOKEN_FILE"]).exists()
+    with pytest.raises(ApiError):  # not optional: the pod does not start
+        node.volumes(POD, tmp_path / "pod2", container_env(POD, "127.100.0.1"))
