@@ -110,7 +110,7 @@ class Settings:
     peer_token_file: Path | None = None
     peers_configmap: str | None = None
     peer_port: int = PEER_PORT
-    peer_idle_seconds: float = 10.0
+    peer_idle_seconds: float = 30.0
     peer_wait_seconds: float = 600.0
     peer_max_connections: int = 64
     peer_max_uploads: int = 4

@@ -4,6 +4,7 @@ own), and the checkpoint lies behind a real HTTP server that counts its GETs."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -18,6 +19,16 @@ import pytest
 
 from hotswap_contract.wire import Checkpoint, Peer, Peers
 from hotswap_runtime.checkpoint.fetch.stream import FILES_IN_FLIGHT
+from hotswap_runtime.checkpoint.peers.client import (
+    BUSY,
+    Holdings,
+    PeerAddress,
+    PeerBusy,
+    Unreachable,
+    client,
+    holdings,
+    open_blob,
+)
 from hotswap_runtime.checkpoint.peers.peering import Peering
 from hotswap_runtime.checkpoint.peers.server import PeerLimits, PeerServer
 from hotswap_runtime.checkpoint.store import CheckpointStore
@@ -271,3 +282,45 @@ def test_the_peer_port_answers_only_the_credential_and_only_verified_files(tmp_p
             assert sock.recv(100) == b""  # a head over 8 KiB: closed, nothing answered
     finally:
         server.stop()
+
+
+def test_a_peer_at_its_connection_bound_is_busy_not_gone(tmp_path: Path) -> None:
+    """Past max_connections the peer answers 503 unread: a client lists it as BUSY (alive,
+    so an origin is not given up for the store) and skips it for a file, dropping
+    nothing; only a refused connection means that nothing listens."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    server = PeerServer(cache, TOKEN, "127.0.0.1", 0, PeerLimits(max_connections=1))
+    server.start()
+    peer = PeerAddress("busy", "127.0.0.1", server.port)
+    gone = PeerAddress("gone", "127.0.0.1", free_port())
+
+    async def ask() -> tuple[Holdings, str, str]:
+        async with client(2.0) as http:
+            with socket.create_connection(("127.0.0.1", server.port)):  # holds the one slot
+                listed = await wait_until_busy(http, peer)
+                with pytest.raises(PeerBusy) as blob:
+                    async with open_blob(http, peer, "a" * 64, TOKEN):
+                        pass
+            with pytest.raises(Unreachable) as refused:
+                await holdings(http, gone, TOKEN)
+        return listed, str(blob.value), str(refused.value)
+
+    try:
+        listed, blob, refused = asyncio.run(ask())
+    finally:
+        server.stop()
+    assert listed is BUSY
+    assert "did not answer" in blob or "busy" in blob
+    assert "did not answer" in refused
+
+
+async def wait_until_busy(http: httpx.AsyncClient, peer: PeerAddress) -> Holdings:
+    """The listing once the held connection counts (the server counts it when its
+    handler starts: a poll of the peer, as a client would make)."""
+    for _ in range(100):
+        listed = await holdings(http, peer, TOKEN)
+        if listed.busy:
+            return listed
+        await asyncio.sleep(0.02)
+    raise AssertionError("the peer never reached its connection bound")

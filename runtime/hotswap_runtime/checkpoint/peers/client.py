@@ -30,6 +30,10 @@ class PeerBusy(FetchError):
     """The peer sends as many files as it may at once: ask another."""
 
 
+class PeerSlow(PeerBusy):
+    """The peer did not begin its answer within the idle bound."""
+
+
 class NotHeld(FetchError):
     """The peer does not hold the file (any more)."""
 
@@ -52,10 +56,18 @@ class PeerAddress:
 
 @dataclass(frozen=True)
 class Holdings:
-    """What a peer listed: the files it verified, and those it is downloading."""
+    """What a peer listed: the files it verified, and those it is downloading; or that
+    it is alive but ``busy`` (answered 503, or too slow to answer this time)."""
 
     have: frozenset[str]
     fetching: frozenset[str]
+    busy: bool = False
+
+
+BUSY = Holdings(frozenset(), frozenset(), busy=True)
+# Before any answer: the peer is alive but loaded (or starved of CPU). Only a refused
+# connection says that nothing listens there.
+_NOT_YET = (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError)
 
 
 def client(idle_seconds: float) -> httpx.AsyncClient:
@@ -80,9 +92,12 @@ def _auth(token: str) -> dict[str, str]:
 
 
 async def holdings(http: httpx.AsyncClient, peer: PeerAddress, token: str) -> Holdings:
-    """``GET /v1/have`` of ``peer``; Unreachable or FetchError when it cannot say."""
+    """``GET /v1/have`` of ``peer``; BUSY when it is alive but does not say this time;
+    Unreachable (nothing listens) or FetchError (a wrong answer) otherwise."""
     try:
         async with http.stream("GET", f"{peer.base}/v1/have", headers=_auth(token)) as response:
+            if response.status_code == 503:
+                return BUSY
             if response.status_code != 200:
                 raise FetchError(
                     f"peer {peer.name} answered /v1/have with HTTP {response.status_code}"
@@ -94,6 +109,8 @@ async def holdings(http: httpx.AsyncClient, peer: PeerAddress, token: str) -> Ho
                     raise FetchError(
                         f"peer {peer.name}: its listing is over {MAX_LISTING_BYTES} bytes"
                     )
+    except _NOT_YET:
+        return BUSY
     except httpx.HTTPError as exc:
         raise Unreachable(f"peer {peer.name} did not answer ({type(exc).__name__})") from None
     return _parse_holdings(bytes(raw), peer)
@@ -114,7 +131,9 @@ def _parse_holdings(raw: bytes, peer: PeerAddress) -> Holdings:
 async def open_blob(
     http: httpx.AsyncClient, peer: PeerAddress, sha256: str, token: str
 ) -> AsyncIterator[Body]:
-    """The file ``sha256`` of ``peer`` as a Body (its declared size, its chunks)."""
+    """The file ``sha256`` of ``peer`` as a Body (its declared size, its chunks).
+    PeerBusy when it answers 503 or nothing at all before its answer began (ask
+    another); once its answer began, any failure is its own (Unreachable, FetchError)."""
     url = f"{peer.base}/v1/blobs/{sha256}"
     try:
         async with http.stream("GET", url, headers=_auth(token)) as response:
@@ -126,6 +145,10 @@ async def open_blob(
                 raise FetchError(f"peer {peer.name} answered HTTP {response.status_code}")
             size = _size(response, peer)
             yield Body(size, _chunks(response, peer))
+    except httpx.TimeoutException as exc:
+        raise PeerSlow(f"peer {peer.name} did not answer ({type(exc).__name__})") from None
+    except (*_NOT_YET, httpx.ConnectError) as exc:
+        raise PeerBusy(f"peer {peer.name} did not answer ({type(exc).__name__})") from None
     except httpx.HTTPError as exc:
         raise Unreachable(f"peer {peer.name} broke off ({type(exc).__name__})") from None
 

@@ -37,6 +37,7 @@ from hotswap_runtime.checkpoint.peers.client import (
     NotHeld,
     PeerAddress,
     PeerBusy,
+    PeerSlow,
     client,
     holdings,
     open_blob,
@@ -123,7 +124,7 @@ class Peering:
         token: str,
         port: int,
         *,
-        idle_seconds: float = 10.0,
+        idle_seconds: float = 30.0,
         wait_seconds: float = 600.0,
     ) -> None:
         self.me = me
@@ -134,11 +135,13 @@ class Peering:
         self.wait_seconds = wait_seconds
         self.policy = NetPolicy((), idle_seconds)
         self.dropped: set[str] = set()
+        self._slow: dict[str, int] = {}  # peers that did not begin an answer in time
         self._listings: dict[str, tuple[float, Holdings | None]] = {}
 
     def new_checkpoint(self) -> None:
-        """Forget dropped peers (called once per checkpoint fetched)."""
+        """Forget dropped and slow peers (called once per checkpoint fetched)."""
         self.dropped.clear()
+        self._slow.clear()
 
     async def fetch(
         self,
@@ -240,6 +243,8 @@ class Peering:
         """Whether an origin will have the file: one holds or downloads a file of the
         checkpoint, or one answers and has had less than ``idle_seconds`` to start."""
         answering = [listings.get(o.name) for o in plan.origins if o.name != self.me]
+        if any(held is not None and held.busy for held in answering):
+            return True  # alive and loaded: it says nothing, but it is still there
         if any(held is not None and (held.have | held.fetching) & related for held in answering):
             return True
         early = time.monotonic() - started < self.idle_seconds
@@ -253,6 +258,9 @@ class Peering:
         sink.restart()
         try:
             await pump(open_blob(http, peer, sha256, self.token), sink, self.policy)
+        except PeerSlow as exc:  # alive but silent: twice, and it is dropped
+            self._slow[peer.name] = self._slow.get(peer.name, 0) + 1
+            return self._drop(peer, str(exc), tally) if self._slow[peer.name] >= 2 else None
         except (PeerBusy, NotHeld):
             return None
         except SwapError as exc:

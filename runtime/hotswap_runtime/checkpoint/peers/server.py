@@ -14,7 +14,7 @@ verified entry and a ``.tmp-*`` file is never served. Every request must carry
 operator creates for it and mounts in its pods only), compared in constant time.
 
 Bounds: a request head of at most ``HEAD_BYTES``, read within ``HEAD_SECONDS``; at most
-``max_connections`` connections (more are closed at once) and ``max_uploads`` blobs
+``max_connections`` connections (more are answered 503 and closed, unread) and ``max_uploads`` blobs
 sent at once (more are answered 503, and the client asks another peer); the bytes sent
 per second across all uploads at most ``max_bytes_per_second`` (0: unbounded), and a
 client that takes nothing for ``idle_seconds`` is cut off.
@@ -43,6 +43,7 @@ HEAD_SECONDS = 5.0
 MAX_LISTED = 4096
 STOP_SECONDS = 5.0
 SEND_BYTES = 4 << 20  # one sendfile call; the bandwidth bound is kept between calls
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _BLOB = re.compile(r"^/v1/blobs/([0-9a-f]{64})$")
 _TMP = re.compile(r"^\.tmp-([0-9a-f]{64})-")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -55,7 +56,7 @@ class PeerLimits:
     max_connections: int = 64
     max_uploads: int = 4
     max_bytes_per_second: int = 1 << 30
-    idle_seconds: float = 10.0
+    idle_seconds: float = 30.0
 
 
 class _Bucket:
@@ -148,6 +149,7 @@ class PeerServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._connections >= self.limits.max_connections:
+            writer.write(_BUSY)  # the client asks another peer; nothing is read
             writer.close()
             return
         self._connections += 1
