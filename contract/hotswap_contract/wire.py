@@ -1,10 +1,12 @@
 """Wire formats shared by the operator and the runtime.
 
-Two documents cross the boundary between them:
+Three documents cross the boundary between them:
 
 * ``ModelConfig``: the ``model.json`` key of the ``<name>-model`` ConfigMap. The
   operator writes it; every runtime pod reads it (mounted file and API watch) and
   reconciles toward the revision it names for that pod.
+* ``Peers``: the ``peers.json`` key of the ``<name>-peers`` ConfigMap, the pods that may
+  exchange checkpoint files (written by the operator from the Pod objects).
 * ``PodReport``: what a runtime pod reports, the ``status`` of its own ``ModelReplica``
   object (named after the pod, owned by the pod, labelled with the ModelDeployment).
 
