@@ -6,7 +6,7 @@ installed with helm, the operator in containers on the real node, and HOLLOW run
 pods (devcluster/hollow.py) started with ``--fetch``: each pod runs the runtime's real
 settings, checkpoint store (download, sha256, cache), peer-first fetch (roster read from
 the operator's ``<name>-peers`` ConfigMap with the pod's own token) and peer port (bound
-to the pod's loopback address, with the token from the operator's ``<name>-peer``
+to the pod's loopback address, with the token from the operator's ``<name>-peer-<uid>``
 Secret, which the hollow node writes where kubelet would mount it); only the model load
 is a stand-in. The store is devcluster/capped_store.py: a real HTTP server on loopback
 whose connections share ONE token bucket of ``--store-mib-s`` MiB/s and that counts the

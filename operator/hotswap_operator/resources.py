@@ -78,7 +78,9 @@ class Owner:
 
     @property
     def peer_secret_name(self) -> str:
-        return f"{self.name}-peer"
+        """`<name>-peer-<uid>`: the operator creates it and never reads Secrets, so the
+        name itself is what makes it this ModelDeployment's (docs/security.md)."""
+        return f"{self.name}-peer-{self.uid}"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -158,9 +160,10 @@ def peers_config_map(owner: Owner, peers: Peers) -> Manifest:
 
 
 def peer_secret(owner: Owner, token: str | None = None) -> Manifest:
-    """Secret `<name>-peer`: the token every request between this ModelDeployment's pods
-    carries (docs/security.md). Created once with a random token (``token``: the
-    create's body; without it, the object to look for) and never written again."""
+    """Secret `<name>-peer-<uid>`: the token every request between this
+    ModelDeployment's pods carries (docs/security.md). Created with a random token
+    (``token``: the create's body; without it, the object the sync creates) and never
+    written or read again."""
     manifest: Manifest = {
         "apiVersion": "v1",
         "kind": "Secret",

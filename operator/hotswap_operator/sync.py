@@ -19,6 +19,7 @@ never with the previous spec, so no change is lost whatever failed before it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -33,7 +34,7 @@ from hotswap_operator.admission import admit
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.context import Applied, PodInfo, SyncContext
 from hotswap_operator.events import EventRecorder
-from hotswap_operator.kube import ChildConflictError, Kube, KubeError
+from hotswap_operator.kube import ChildConflictError, ConflictError, Kube, KubeError
 from hotswap_operator.reasons import Event
 from hotswap_operator.resources import Manifest
 from hotswap_operator.spec import DeploymentSpec, SpecError, parse_spec
@@ -248,7 +249,7 @@ class Syncer:
         uids = self._claim(ctx, decision, config, listing)
         first = [m for m in decision.children if m["kind"] not in ("ConfigMap", "Deployment")]
         for manifest in first:  # the pods' access, before anything that starts pods
-            self._write_child(ctx, manifest, uids[_ref(manifest)])
+            self._write_child(ctx, manifest, uids.get(_ref(manifest)))
         version = self._write_status(ctx, decision)
         config_version = None
         if config is not None:  # after status: no pod serves what status lacks
@@ -272,11 +273,14 @@ class Syncer:
         )
 
     def _write_child(self, ctx: SyncContext, manifest: Manifest, uid: str | None) -> None:
-        """Apply ``manifest``; the peer token's Secret is created once (a random token)
-        and never written again: a pod that started with it keeps serving its peers."""
+        """Apply ``manifest``; the peer token's Secret is created (a random token) and
+        never written again: a pod that started with it keeps serving its peers. The
+        operator may not read Secrets, so the create is how it learns the Secret is
+        there (409: created before, the name holds this ModelDeployment's uid)."""
         if manifest["kind"] != "Secret":
             self.kube.apply(manifest, uid)
-        elif uid is None:
+            return
+        with contextlib.suppress(ConflictError):
             self.kube.create(resources.peer_secret(ctx.owner, secrets.token_urlsafe(32)))
 
     def _write_peers(self, ctx: SyncContext, listing: Manifest, uid: str | None) -> None:
@@ -297,7 +301,7 @@ class Syncer:
         """Uids of the children about to be written (None: absent). Before any write,
         all or nothing: a name held by another object is refused in status
         (ChildConflictError). The ConfigMaps read by this sync need no second look."""
-        claiming = list(decision.children)
+        claiming = [m for m in decision.children if m["kind"] != "Secret"]  # created
         if not claiming and config is not None and ctx.config_uid is None:
             claiming = [config]  # absent, or not ours: look before writing
         if listing is not None and ctx.peers_uid is None:

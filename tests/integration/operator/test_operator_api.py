@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ SPEC = {
 CHILDREN = [
     ("configmaps", "resnet-model"),
     ("configmaps", "resnet-peers"),  # peers.json (these pods have no address: empty)
-    ("secrets", "resnet-peer"),  # the peer token: created once
+    ("secrets", "resnet-peer-{uid}"),  # the peer token: created, never read
     ("serviceaccounts", "resnet-runtime"),
     ("services", "resnet"),
 ]
@@ -105,8 +106,9 @@ def reasons(result: SyncResult) -> list[str]:
     return [e.reason.value for e in result.events]
 
 
-def child_paths(ns):
-    paths = {f"/api/v1/namespaces/{ns}/{kind}/{name}" for kind, name in CHILDREN}
+def child_paths(client, ns):
+    uid = get(client, ns)["metadata"]["uid"]
+    paths = {f"/api/v1/namespaces/{ns}/{kind}/{name.format(uid=uid)}" for kind, name in CHILDREN}
     for prefix, name in GROUPED.items():
         group_version, _, plural = prefix.rpartition("/")
         paths.add(f"/apis/{group_version}/namespaces/{ns}/{plural}/{name}")
@@ -131,7 +133,7 @@ def versions(client, ns):
     """What a write by the operator would move: generation where the object has one
     (controllers update a Deployment's status on their own), else resourceVersion."""
     out = {}
-    for path in child_paths(ns):
+    for path in child_paths(client, ns):
         meta = client.get(path)["metadata"]
         out[path] = meta.get("generation") or meta["resourceVersion"]
     return out
@@ -142,7 +144,7 @@ def test_sync_builds_owned_children_and_twice_changes_nothing(crd, kube, namespa
     created = create(client, namespace)
     first = sync(kube, namespace)
     assert reasons(first) == ["RevisionCreated"]
-    for path in child_paths(namespace):
+    for path in child_paths(client, namespace):
         (ref,) = client.get(path)["metadata"]["ownerReferences"]
         assert (ref["kind"], ref["uid"]) == ("ModelDeployment", created["metadata"]["uid"])
     md = get(client, namespace)
@@ -214,8 +216,9 @@ def test_schema_keeps_pod_reports_and_prunes_unknown_fields(crd, namespace):
         "swapSeconds": {"fetch": 0.5, "verify": 0.1},
         "device": "cpu",
         "env": {"torch": "2.14.1"},
-        "message": "",
+        "message": "swapped",
         "configGeneration": 1,
+        "fetched": {"storeBytes": 7, "peerBytes": 93, "cachedBytes": 0, "peers": 2},
     }
     report(client, namespace, "pod-a", {**entry, "bogus": 1})
     assert replica_reports(client, namespace) == {"pod-a": entry}
@@ -224,8 +227,8 @@ def test_schema_keeps_pod_reports_and_prunes_unknown_fields(crd, namespace):
     stored = get(client, namespace)["status"]
     assert "kopf" not in stored and "pods" not in stored and stored["phase"] == "Pending"
     out = crd.kubectl("get", "-n", namespace, "modelreplicas", "-o", "wide").stdout
-    header, row = out.splitlines()
-    assert header.split() == [
+    header, row = (re.split(r"\s{2,}", line.strip()) for line in out.splitlines())
+    assert header == [
         "NAME",
         "MODEL",
         "REVISION",
@@ -233,9 +236,12 @@ def test_schema_keeps_pod_reports_and_prunes_unknown_fields(crd, namespace):
         "TARGET",
         "CHECKPOINT",
         "MESSAGE",
+        "STORE BYTES",
+        "PEER BYTES",
         "AGE",
     ]
-    assert row.split()[:5] == ["pod-a", "resnet", "1", "Serving", "1"]
+    assert row[:6] == ["pod-a", "resnet", "1", "Serving", "1", SHA1]
+    assert row[6:9] == ["swapped", "7", "93"]
 
 
 def test_scale_subresource_sets_spec_replicas(crd, kube, namespace):

@@ -264,10 +264,12 @@ def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_operators_own_children_are_written_updated_and_retired(team):
     """Its own code (Kube.claim, apply, retire) with its token: create, change, retire."""
-    uids = team.kube.claim(team.children, team.owner)
-    assert uids == [None] * len(team.children)
+    applied = [m for m in team.children if m["kind"] != "Secret"]
+    assert team.kube.claim(applied, team.owner) == [None] * len(applied)
+    with pytest.raises(ValueError, match="never read"):  # it may not read Secrets
+        team.kube.claim(team.children, team.owner)
     for manifest in team.children:
-        if manifest["kind"] == "Secret":  # the peer token: created once, never applied
+        if manifest["kind"] == "Secret":  # the peer token: created, never applied
             team.kube.create(resources.peer_secret(team.owner, "t" * 43))
         else:
             team.kube.apply(manifest)
@@ -424,10 +426,13 @@ def test_it_creates_only_the_peer_token_secret(team, installed):
     named["metadata"]["name"] = "m-runtime"
     refused(lambda: operator.post(path, named), "only children of a ModelDeployment")
     created = team.kube.create(secret)
-    assert created["metadata"]["name"] == "m-peer"
-    refused(  # RBAC: created once, never changed
-        lambda: operator.patch(f"{path}/m-peer", {"stringData": {"token": "mine"}})
+    assert created["metadata"]["name"] == f"m-peer-{team.owner.uid}"
+    name = created["metadata"]["name"]
+    refused(  # RBAC: created, never changed nor read back
+        lambda: operator.patch(f"{path}/{name}", {"stringData": {"token": "mine"}})
     )
+    refused(lambda: operator.get(f"{path}/{name}"))
+    refused(lambda: operator.get(path))
 
 
 def test_services_and_budgets_cover_only_the_runtime_pods(team, installed):

@@ -254,7 +254,7 @@ def test_peers_get_their_token_port_and_peers_config_map():
     assert token["readOnly"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes[token["name"]]["secret"] == {
-        "secretName": "resnet-peer",
+        "secretName": "resnet-peer-uid-1",  # the uid: only this ModelDeployment's
         "defaultMode": 0o440,
         "optional": True,  # a missing Secret: no credential, the store; never stuck
     }
@@ -263,7 +263,7 @@ def test_peers_get_their_token_port_and_peers_config_map():
     assert {"name": "peer", "containerPort": PEER_PORT, "protocol": "TCP"} in container["ports"]
     assert [p["name"] for p in by_kind(children)["Service"]["spec"]["ports"]] == ["http", "grpc"]
     secret = by_kind(children)["Secret"]
-    assert secret["metadata"]["name"] == "resnet-peer" and secret["type"] == "Opaque"
+    assert secret["metadata"]["name"] == "resnet-peer-uid-1" and secret["type"] == "Opaque"
     assert "data" not in secret and "stringData" not in secret  # the token: created once
     assert secret["metadata"]["labels"] == by_kind(children)["Service"]["metadata"]["labels"]
 

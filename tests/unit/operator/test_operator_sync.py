@@ -40,6 +40,11 @@ DEPLOYMENT = ("PATCH", "deployments/resnet")
 NEW_REVISION = [*CHILDREN_FIRST, STATUS, CONFIG, DEPLOYMENT, ("POST", "events RevisionCreated")]
 
 
+def token_post(md: dict) -> tuple[str, str]:
+    """The peer token's create, whenever children are written (409 once it exists)."""
+    return ("POST", f"secrets/{NAME}-peer-{md['metadata']['uid']}")
+
+
 def create(api: FakeApi, spec=SPEC) -> dict:
     return api.put_object(
         "modeldeployments",
@@ -118,7 +123,7 @@ def test_first_sync_writes_access_then_status_once_then_config_then_pods(api):
     md = create(api)
     result = syncer(api).sync(NS, NAME, [], None)
     assert writes(api) == [
-        ("POST", "secrets/resnet-peer"),
+        token_post(md),
         *NEW_REVISION[:-1],
         ("PATCH", "configmaps/resnet-peers"),  # who to fetch from: once the pods can start
         NEW_REVISION[-1],
@@ -169,10 +174,10 @@ def test_swaps_are_announced_once_per_pod_and_change(api):
 
 
 def test_a_checkpoint_change_writes_status_before_the_config_map(api):
-    s, applied, _ = started(api)
+    s, applied, md = started(api)
     changed = api.patch_spec(NS, NAME, {"checkpoint": V2})
     s.sync(NS, NAME, PODS, applied)
-    assert writes(api) == NEW_REVISION
+    assert writes(api) == [token_post(md), *NEW_REVISION]
     (patch,) = status_patches(api)
     assert patch["metadata"]["resourceVersion"] == changed["metadata"]["resourceVersion"]
     assert patch["status"]["revision"] == 2 and status(api)["updated"] == "0/3"
@@ -366,42 +371,46 @@ def test_a_config_map_replaced_by_a_foreign_one_is_refused_before_any_write(api)
 
 
 def peer_secret_posts(api: FakeApi) -> list[dict]:
-    return [body for method, what, body in api.writes if what == f"secrets/{NAME}-peer"]
+    return [body for method, what, body in api.writes if what.startswith("secrets/")]
 
 
-def test_the_peer_token_is_created_once_and_never_written_again(api):
+def test_the_peer_token_is_created_and_never_read_or_rewritten(api):
     md = create(api)
     s = syncer(api)
     s.sync(NS, NAME, PODS, None)
     (posted,) = peer_secret_posts(api)
+    uid = md["metadata"]["uid"]
+    assert posted["metadata"]["name"] == f"{NAME}-peer-{uid}"
     token = posted["stringData"]["token"]
     assert len(base64.urlsafe_b64decode(token + "=")) == 32  # token_urlsafe(32)
     assert posted["type"] == "Opaque"
-    assert posted["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
+    assert posted["metadata"]["ownerReferences"][0]["uid"] == uid
     api.writes.clear()
-    api.patch_spec(NS, NAME, {"replicas": 5})  # children due again: every child looked at
-    s.sync(NS, NAME, PODS, None)  # as after a leader change (nothing remembered)
-    assert peer_secret_posts(api) == []
-    assert f"secrets/{NAME}-peer" in api.reads
-    secret = api.obj("secrets", NS, f"{NAME}-peer")
+    api.patch_spec(NS, NAME, {"replicas": 5})  # children due again
+    s.sync(NS, NAME, PODS, None)  # its create answers 409: the Secret is there
+    assert len(peer_secret_posts(api)) == 1
+    assert not [r for r in api.reads if r.startswith("secrets/")]  # never read
+    secret = api.obj("secrets", NS, f"{NAME}-peer-{uid}")
     assert secret["stringData"]["token"] == token
+    assert api.obj("deployments", NS, NAME) is not None  # the 409 stopped nothing
 
 
-def test_a_peer_secret_hotswap_did_not_create_is_never_taken(api):
-    create(api)
+def test_a_secret_of_another_name_is_left_alone_and_not_mounted(api):
+    md = create(api)
     foreign = {"metadata": {"name": f"{NAME}-peer", "namespace": NS}, "type": "Opaque"}
     api.put_object("secrets", {"apiVersion": "v1", "kind": "Secret", **foreign})
-    with pytest.raises(ChildConflictError, match=f"Secret {NS}/{NAME}-peer already exists"):
-        syncer(api).sync(NS, NAME, PODS, None)
-    assert writes(api) == [STATUS, ("POST", "events InvalidSpec")]
+    syncer(api).sync(NS, NAME, PODS, None)
     assert "ownerReferences" not in api.obj("secrets", NS, f"{NAME}-peer")["metadata"]
+    volumes = api.obj("deployments", NS, NAME)["spec"]["template"]["spec"]["volumes"]
+    (token,) = [v["secret"]["secretName"] for v in volumes if v["name"] == "peer-token"]
+    assert token == f"{NAME}-peer-{md['metadata']['uid']}"
 
 
 def test_without_peers_no_token_is_made(api):
     create(api, {**SPEC, "distribution": {"peers": False}})
     syncer(api).sync(NS, NAME, PODS, None)
     assert writes(api) == NEW_REVISION
-    assert api.obj("secrets", NS, f"{NAME}-peer") is None
+    assert peer_secret_posts(api) == []
 
 
 def peers_json(api: FakeApi) -> dict:

@@ -50,7 +50,8 @@ def test_a_reused_buffer_is_written_as_it_was_when_added() -> None:
     assert file.getvalue() == b"".join(bytes([v]) * BIG for v in (1, 2, 3))
     assert sink.matches(expected.hexdigest()) and sink.total == 3 * BIG
     assert len(tapped) == 3
-    assert file.threads == {"hotswap-cache-write_0"}, "large writes go to the writer thread"
+    # the writer pool's threads (which of them depends on the tests that ran before)
+    assert file.threads and all(t.startswith("hotswap-cache-write_") for t in file.threads)
 
 
 def test_small_chunks_are_written_in_place() -> None:
