@@ -21,7 +21,7 @@ from hotswap_contract.wire import (
     parse_config,
     parse_peers,
 )
-from hotswap_operator import resources
+from hotswap_operator import pod_problems, resources
 from hotswap_operator.commands import Commands, read_commands
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.resources import Owner
@@ -41,6 +41,7 @@ class PodInfo:
     ip: str = ""  # status.podIP: where a bake window reads its /metrics (scrape.py)
     created: str = ""  # metadata.creationTimestamp (RFC 3339): peers.json lists oldest first
     finished: bool = False  # phase Succeeded or Failed: its containers will not run again
+    problem: str = ""  # what keeps it from running, in the kubelet's words (pod_problems.py)
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> PodInfo:
@@ -55,6 +56,7 @@ class PodInfo:
             str(status.get("podIP") or ""),
             str(meta.get("creationTimestamp") or ""),
             status.get("phase") in ("Succeeded", "Failed"),
+            pod_problems.problem(pod),
         )
 
 
@@ -84,6 +86,8 @@ class SyncContext:
     peers_uid: str | None = None  # its uid then (apply precondition); None: absent or not ours
     # -- what the sync measured: the Canary bake window that just ended (scrape.py) -----
     window: Window | None = None  # None: no window ended (or none began on this replica)
+    # -- the runtime Deployment, from the controller's watch -----------------------------
+    creating: str = ""  # why it cannot create pods (FailedCreate), or ""
 
     @property
     def commands(self) -> Commands:
@@ -112,6 +116,7 @@ class SyncContext:
         applied: Applied | None,
         reports: Mapping[str, Any] | None = None,
         peers_map: Mapping[str, Any] | None = None,
+        creating: str = "",
     ) -> SyncContext:
         meta = body["metadata"]
         owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
@@ -134,6 +139,7 @@ class SyncContext:
             config_uid=uid,
             config_holder=holder,
             pods=tuple(pods),
+            creating=creating,
             defaults=defaults,
             now=now,
             children_due=applied != (owner.uid, generation),

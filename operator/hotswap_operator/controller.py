@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hotswap_contract.wire import peers_configmap_name
-from hotswap_operator import resources
+from hotswap_operator import pod_problems, resources
 from hotswap_operator.context import Applied, PodInfo
 from hotswap_operator.errors import PermanentError, SyncError
 from hotswap_operator.kube import ConflictError, KubeError
@@ -80,6 +80,7 @@ class Controller:
         self.applied: dict[Key, Applied] = {}  # children applied, per (uid, generation)
         self.written: dict[Key, str] = {}  # resourceVersion of its last status write
         self.written_config: dict[Key, str] = {}  # ... and of its last ConfigMap write
+        self.creating: dict[Key, str] = {}  # why its Deployment cannot create pods
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Future[SyncResult]] = set()  # syncs in their threads
 
@@ -119,6 +120,9 @@ class Controller:
             if self.syncer.peers_changed(key, version):  # not its own write: restored
                 self.trigger(key)
             return
+        if body.get("kind") == "Deployment" and self._creation_changed(kind, key, body):
+            self.trigger(key)  # pods cannot be created, or now can: status says so
+            return
         if kind == "DELETED":
             self.applied.pop(key, None)  # put every child back
             self.trigger(key)
@@ -126,6 +130,15 @@ class Controller:
             "resourceVersion"
         ) != self.written_config.get(key):
             self.trigger(key)  # edited by someone else: the sync restores it
+
+    def _creation_changed(self, kind: str | None, key: Key, body: Mapping[str, Any]) -> bool:
+        """Remember why the Deployment cannot create pods; True when that changed (a
+        deleted Deployment counts as changed: the sync puts it back)."""
+        problem = "" if kind == "DELETED" else pod_problems.creation(body)
+        before = self.creating.pop(key, "")
+        if problem:
+            self.creating[key] = problem
+        return problem != before and kind != "DELETED"
 
     def trigger(self, key: Key) -> None:
         if self.leading:
@@ -198,7 +211,10 @@ class Controller:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         self._last_started[key] = loop.time()
-        running = loop.run_in_executor(None, self.syncer.sync, *key, pods, applied, reports)
+        creating = self.creating.get(key, "")
+        running = loop.run_in_executor(
+            None, self.syncer.sync, *key, pods, applied, reports, creating
+        )
         self._running.add(running)
         running.add_done_callback(self._running.discard)
         try:

@@ -23,6 +23,7 @@ class Phase(enum.StrEnum):
 
 
 class ConditionType(enum.StrEnum):
+    AVAILABLE = "Available"  # enough pods serve some revision: traffic is answered
     READY = "Ready"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
@@ -42,6 +43,9 @@ class Reason(enum.StrEnum):
     ROLLOUT_STALLED = "RolloutStalled"
     NO_FAILURES = "NoFailures"
     NO_REVISION = "NoRevision"
+    MINIMUM_PODS_SERVING = "MinimumPodsServing"  # Available True
+    TOO_FEW_PODS_SERVING = "TooFewPodsServing"  # Available False
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"  # Progressing False: stuck
     INVALID_SPEC = "InvalidSpec"
     # Canary rollouts
     CANARY_STEP = "CanaryStep"

@@ -83,6 +83,11 @@ class Owner:
         return f"{self.name}-peer-{self.uid}"
 
 
+def service_url(owner: Owner) -> str:
+    """The runtime Service's in-cluster URL (`status.url`): HTTP, port `http`."""
+    return f"http://{owner.runtime_name}.{owner.namespace}.svc:{PORT}"
+
+
 def selector_labels(name: str) -> dict[str, str]:
     return {LABEL_NAME: RUNTIME_APP, LABEL_DEPLOYMENT: name}
 

@@ -296,6 +296,10 @@ class DistributionSpec(_Spec):
 
 class DeploymentSpec(_Spec):
     replicas: int = Field(default=1, ge=0)
+    # a rollout without progress this long: Progressing False, ProgressDeadlineExceeded
+    progress_deadline_seconds: int = Field(
+        default=600, ge=10, le=86400, alias="progressDeadlineSeconds"
+    )
     model: ModelSpec
     checkpoint: CheckpointSpec
     validation: Validation | None = None

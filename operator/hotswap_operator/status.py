@@ -99,6 +99,8 @@ class Condition(_Status):
     reason: str = ""
     message: str = ""
     last_transition_time: str | None = Field(default=None, alias="lastTransitionTime")
+    # Progressing only: when the rollout last moved (progressDeadlineSeconds counts from it)
+    last_update_time: str | None = Field(default=None, alias="lastUpdateTime")
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
 
 
@@ -110,6 +112,7 @@ class ConditionValue:
     status: bool
     reason: Reason
     message: str
+    last_update: str | None = None  # Progressing: when the rollout last moved
 
 
 class AnalysisStatus(_Status):
@@ -135,6 +138,8 @@ class ModelDeploymentStatus(_Status):
     updated: str | None = None  # "2/3": pods serving the stable revision / desired
     ready: str | None = None  # "3/3": ready pods / desired
     checkpoint: str | None = None  # short sha256 of the stable checkpoint
+    url: str | None = None  # the Service's in-cluster URL
+    message: str | None = None  # what holds the rollout back, one line (summary.py)
     # counts (and the scale subresource's selector)
     replicas: int | None = None
     selector: str | None = None
@@ -200,6 +205,7 @@ def set_condition(
         reason=value.reason,
         message=value.message,
         lastTransitionTime=since or now,
+        lastUpdateTime=value.last_update,
         observedGeneration=generation,
     )
     others = tuple(c for c in status.conditions if c.type != value.type)

@@ -13,14 +13,17 @@ MAX_FAILURES pods.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from hotswap_contract.redact import clip
 from hotswap_contract.wire import PodReport, PodState, short_sha
 from hotswap_operator import canary
 from hotswap_operator.context import PodInfo
 from hotswap_operator.reasons import ConditionType, Event, EventType, Phase, Reason
+from hotswap_operator.spec import DisruptionBudget
 from hotswap_operator.status import (
     MAX_FAILURES,
     ConditionValue,
@@ -44,6 +47,7 @@ class Summary:
     serving: str | None = None  # revisions the ready pods answer with, "2,3"
     failures: tuple[PodFailure, ...] = ()  # at most MAX_FAILURES, by pod name
     failed: int = 0  # every live pod failing the stable revision
+    message: str | None = None  # what holds the rollout back: failures, else pod problems
 
 
 def _serves(report: PodReport | str | None, stable: RevisionRecord) -> bool:
@@ -85,8 +89,51 @@ def _waiting(pods: Sequence[PodInfo], reports: Mapping[str, PodReport | str]) ->
     for pod in pods[:MAX_FAILURES]:
         report = reports.get(pod.name)
         state = report.state.value if isinstance(report, PodReport) else "no report yet"
-        parts.append(f"{pod.name} ({state})")
+        parts.append(f"{pod.name} ({pod.problem or state})")
     return ", ".join(parts) + _more(len(pods))
+
+
+def minimum_serving(budget: DisruptionBudget, desired: int) -> int:
+    """Pods that must serve for condition Available: the disruption budget's
+    minAvailable, else desired minus maxUnavailable (default 1), percentages rounded as
+    a PodDisruptionBudget rounds them (up); at least one pod unless none is desired."""
+    if desired <= 0:
+        return 0
+    if budget.min_available is not None:
+        wanted = _scaled(budget.min_available, desired)
+    else:
+        unavailable = budget.max_unavailable if budget.max_unavailable is not None else 1
+        wanted = desired - _scaled(unavailable, desired)
+    return min(max(wanted, 1), desired)
+
+
+def _scaled(value: int | str, total: int) -> int:
+    if isinstance(value, int):
+        return value
+    return math.ceil(int(value.rstrip("%")) * total / 100)
+
+
+def _available(
+    live: Sequence[PodInfo], reports: Mapping[str, PodReport | str], required: int
+) -> ConditionValue:
+    """Available: at least `required` ready pods answer with some revision (whichever:
+    a rollout or a refused checkpoint leaves the old one serving)."""
+    answering = sum(
+        pod.ready
+        and isinstance(report := reports.get(pod.name), PodReport)
+        and report.revision is not None
+        for pod in live
+    )
+    message = f"{answering} ready pods serve a revision, {required} needed"
+    if answering >= required:
+        return ConditionValue(C.AVAILABLE, True, Reason.MINIMUM_PODS_SERVING, message)
+    return ConditionValue(C.AVAILABLE, False, Reason.TOO_FEW_PODS_SERVING, message)
+
+
+def _problems(pods: Sequence[PodInfo]) -> str:
+    """The kubelet's or scheduler's reasons the pods do not run, one per distinct cause."""
+    troubled = [(p.name, f"not running ({p.problem})") for p in pods if p.problem]
+    return _failure_message(troubled)
 
 
 def _pod_failures(
@@ -154,11 +201,38 @@ def serving(live: Sequence[PodInfo], reports: Mapping[str, PodReport | str]) -> 
     return ",".join(str(r) for r in sorted(revisions)) or None
 
 
-def summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodInfo]) -> Summary:
-    """Counts, phase and conditions of a ModelDeployment from its pods' reports."""
+def summarize(
+    desired: int,
+    status: ModelDeploymentStatus,
+    pods: Sequence[PodInfo],
+    required: int = 1,
+    creating: str = "",
+) -> Summary:
+    """Counts, phase and conditions of a ModelDeployment from its pods' reports;
+    ``required``: the pods that must serve for Available (`minimum_serving`);
+    ``creating``: why its Deployment cannot create pods (pod_problems.creation)."""
     summary = _summarize(desired, status, pods)
-    live = [p for p in pods if not p.terminating]
-    return replace(summary, serving=serving(live, status.reports()))
+    live = sorted((p for p in pods if not p.terminating), key=lambda p: p.name)
+    reports = status.reports()
+    available = _available(live, reports, min(required, desired))
+    behind = [p for p in live if not (p.ready and isinstance(reports.get(p.name), PodReport))]
+    uncreated = f"pods cannot be created ({creating})" if creating and len(live) < desired else ""
+    conditions = tuple(_with_uncreated(c, uncreated) for c in summary.conditions)
+    held = "; ".join(filter(None, (uncreated, _problems(behind))))
+    return replace(
+        summary,
+        serving=serving(live, reports),
+        conditions=(available, *conditions),
+        message=summary.message or held or None,
+    )
+
+
+def _with_uncreated(value: ConditionValue, uncreated: str) -> ConditionValue:
+    """Progressing says why pods it waits for were never made (pods that exist and do
+    not run are named with their reason among those it waits for)."""
+    if not uncreated or value.type is not C.PROGRESSING or not value.status:
+        return value
+    return replace(value, message=f"{value.message}; {uncreated}")
 
 
 def _summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodInfo]) -> Summary:
@@ -175,7 +249,7 @@ def _summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodIn
             ConditionValue(C.PROGRESSING, not status.error, reason, message),
             ConditionValue(C.DEGRADED, bool(status.error), reason, message),
         )
-        return Summary(len(live), ready, 0, desired, phase, conditions)
+        return Summary(len(live), ready, 0, desired, phase, conditions, message=status.error)
     reports = status.reports()
     updated = sum(_serves(reports.get(p.name), stable) for p in live)
     live = sorted(live, key=lambda p: p.name)
@@ -198,6 +272,7 @@ def _summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodIn
         (),
         failures=_pod_failures(failing, reports, stable),
         failed=len(failures),
+        message=failed_msg or None,
     )
     shown = canary.override(status, phase)  # a Canary rollout says where it stands
     if shown is not None:
@@ -231,12 +306,24 @@ def _canary_summary(base: Summary, counts: str, shown: tuple[Phase, Reason, str]
     return replace(base, phase=phase, conditions=conditions)
 
 
+MESSAGE_CHARS = 2048  # status.message (the CRD allows 4096)
+
+
 def apply(
-    status: ModelDeploymentStatus, summary: Summary, now: str, generation: int
+    status: ModelDeploymentStatus,
+    summary: Summary,
+    now: str,
+    generation: int,
+    deadline: int | None = None,
 ) -> ModelDeploymentStatus:
-    """`status` with the summary's counts, phase and conditions."""
+    """`status` with the summary's counts, phase and conditions; with ``deadline``
+    (spec.progressDeadlineSeconds), a rollout that has not moved for that long is
+    Progressing False, ProgressDeadlineExceeded."""
     for value in summary.conditions:
+        if value.type is C.PROGRESSING and deadline is not None:
+            value = _progress(status, summary, value, now, generation, deadline)
         status = set_condition(status, value, now, generation)
+    message = clip(summary.message, MESSAGE_CHARS) if summary.message else None
     return status.model_copy(
         update={
             "replicas": summary.replicas,
@@ -248,13 +335,66 @@ def apply(
             "phase": summary.phase,
             "failed_replicas": summary.failed,
             "failures": summary.failures or None,
+            "message": message,
         }
     )
 
 
+def _progress(
+    status: ModelDeploymentStatus,
+    summary: Summary,
+    value: ConditionValue,
+    now: str,
+    generation: int,
+    deadline: int,
+) -> ConditionValue:
+    """Progressing with its lastUpdateTime: moved to ``now`` when the rollout moved (a
+    pod newly serving the stable revision or newly ready, a pod more or fewer, a new
+    generation, a rollout starting); False once it has not moved for ``deadline`` s."""
+    if not value.status:
+        return value
+    before = status.condition(C.PROGRESSING)
+    counts = (summary.updated_replicas, summary.ready_replicas, summary.replicas)
+    ongoing = before is not None and (
+        before.status == "True" or before.reason == Reason.PROGRESS_DEADLINE_EXCEEDED
+    )
+    moved = (
+        not ongoing
+        or before is None
+        or before.observed_generation != generation
+        or counts != (status.updated_replicas, status.ready_replicas, status.replicas)
+    )
+    since = now if moved or before is None else (before.last_update_time or now)
+    if moved or _elapsed(since, now) < deadline:
+        return replace(value, last_update=since)
+    message = f"no progress for {deadline}s (spec.progressDeadlineSeconds): {value.message}"
+    return ConditionValue(
+        C.PROGRESSING, False, Reason.PROGRESS_DEADLINE_EXCEEDED, message, last_update=since
+    )
+
+
+def progress_due(status: ModelDeploymentStatus, deadline: int, now: str) -> float | None:
+    """Seconds until a moving rollout's progress deadline passes (None: none pending)."""
+    condition = status.condition(C.PROGRESSING)
+    if condition is None or condition.status != "True" or not condition.last_update_time:
+        return None
+    return max(deadline - _elapsed(condition.last_update_time, now), 0.0) + 1.0
+
+
+def _elapsed(since: str, now: str) -> float:
+    return (_instant(now) - _instant(since)).total_seconds()
+
+
+def _instant(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 def transition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> list[Event]:
-    """Events for a phase change to Ready, Degraded or Failed, and for a new failure
-    message while Degraded."""
+    """Events for a phase change to Ready, Degraded or Failed, for a new failure
+    message while Degraded, and for a rollout passing its progress deadline."""
+    stuck = _newly_stuck(old, new)
+    if stuck is not None:
+        return [stuck]
     ready, degraded = new.condition(C.READY), new.condition(C.DEGRADED)
     if new.phase != old.phase:
         if new.phase is Phase.READY and ready is not None:
@@ -269,6 +409,14 @@ def transition_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus) ->
     ):
         return [Event(EventType.WARNING, Reason(degraded.reason), degraded.message)]
     return []
+
+
+def _newly_stuck(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> Event | None:
+    deadline = Reason.PROGRESS_DEADLINE_EXCEEDED
+    now, before = new.condition(C.PROGRESSING), old.condition(C.PROGRESSING)
+    if now is None or now.reason != deadline or (before is not None and before.reason == deadline):
+        return None
+    return Event(EventType.WARNING, deadline, now.message)
 
 
 PodMemory = dict[str, tuple[int | None, str | None, str, int | None]]

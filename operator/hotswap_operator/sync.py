@@ -83,17 +83,26 @@ def decide(ctx: SyncContext) -> Decision:
         return refuse(ctx, exc)
     selector = ",".join(f"{k}={v}" for k, v in resources.selector_labels(ctx.owner.name).items())
     planned = plan.status.model_copy(
-        update={"error": None, "observed_generation": ctx.generation, "selector": selector}
+        update={
+            "error": None,
+            "observed_generation": ctx.generation,
+            "selector": selector,
+            "url": resources.service_url(ctx.owner),
+        }
     )
-    new = _summarized(ctx, planned, spec.replicas)
+    required = summary.minimum_serving(resources.budget(spec, ctx.defaults), spec.replicas)
+    new = _summarized(ctx, planned, spec.replicas, required, spec.progress_deadline_seconds)
     deadline = canary.step_deadline(new, spec)
+    progress = summary.progress_due(new, spec.progress_deadline_seconds, ctx.now)
     return Decision(
         status=new,
         patch=merge_patch(ctx.raw_status, new),
         config=plan.config if plan.config != ctx.config or ctx.children_due else None,
         children=children,
         events=[*plan.events, *summary.transition_events(ctx.status, new)],
-        requeue_after=None if deadline is None else _seconds_until(deadline, ctx.now),
+        requeue_after=_soonest(
+            None if deadline is None else _seconds_until(deadline, ctx.now), progress
+        ),
         retired=retired,
         peers=_peers(ctx, spec),
     )
@@ -125,11 +134,20 @@ def refuse(ctx: SyncContext, exc: SpecError | ChildConflictError) -> Decision:
 
 
 def _summarized(
-    ctx: SyncContext, status: ModelDeploymentStatus, desired: int
+    ctx: SyncContext,
+    status: ModelDeploymentStatus,
+    desired: int,
+    required: int = 1,
+    progress_deadline: int | None = None,
 ) -> ModelDeploymentStatus:
-    result = summary.summarize(desired, status, ctx.pods)
-    judged = summary.apply(status, result, ctx.now, ctx.generation)
+    result = summary.summarize(desired, status, ctx.pods, required, ctx.creating)
+    judged = summary.apply(status, result, ctx.now, ctx.generation, progress_deadline)
     return judged.model_copy(update={"analysis": analysis.summarize(judged)})
+
+
+def _soonest(*delays: float | None) -> float | None:
+    due = [d for d in delays if d is not None]
+    return min(due) if due else None
 
 
 def _seconds_until(deadline: datetime, now: str) -> float:
@@ -198,6 +216,7 @@ class Syncer:
         pods: Sequence[PodInfo],
         applied: Applied | None = None,
         reports: Mapping[str, Any] | None = None,
+        creating: str = "",
     ) -> SyncResult:
         """One sync. Raises ConflictError when the object changed since it was read (sync
         again), SpecError when the spec cannot run and ChildConflictError when a child's
@@ -219,6 +238,7 @@ class Syncer:
             applied,
             reports or {},
             self.peers[key],
+            creating,
         )
         window = self.windows.measure((namespace, name), ctx)  # a bake window that ended
         ctx = dataclasses.replace(ctx, window=window) if window is not None else ctx

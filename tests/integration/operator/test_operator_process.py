@@ -100,3 +100,51 @@ def test_a_refused_event_loses_no_spec_change(crd, namespace, tmp_path):
     finally:
         if policy:
             allow_events(client, policy)
+
+
+def test_pods_that_cannot_run_say_why_in_status_and_kubectl(crd, namespace, tmp_path):
+    """No node here: the scheduler leaves the pods Unschedulable. A RuntimeClass that
+    does not exist: the API refuses the pods, the Deployment says FailedCreate. Each
+    reason reaches the ModelDeployment's Progressing condition, status.message and
+    `kubectl get modeldeployments -o wide` within 30 s."""
+    client = crd.rest()
+    missing_class = {**SPEC["runtime"], "runtimeClassName": "no-such-class"}
+    specs = {"resnet": SPEC, "classless": {**SPEC, "runtime": missing_class}}
+    with operator_process(crd, namespace, tmp_path / "operator.log"):
+        for name, spec in specs.items():
+            body = {
+                "apiVersion": "hotswap.dev/v1alpha1",
+                "kind": "ModelDeployment",
+                "metadata": {"name": name},
+                "spec": spec,
+            }
+            client.post(MD.format(ns=namespace), body)
+        reasons = {"resnet": "Unschedulable", "classless": "FailedCreate"}
+        for name, reason in reasons.items():
+            status = wait_for(
+                lambda name=name, reason=reason: (
+                    reason
+                    in (
+                        (
+                            st := client.get(f"{MD.format(ns=namespace)}/{name}").get("status")
+                            or {}
+                        ).get("message")
+                        or ""
+                    )
+                    and st
+                ),
+                timeout=30,
+                what=f"{reason} in status.message of {name}",
+            )
+            progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+            assert progressing["status"] == "True" and reason in progressing["message"]
+            available = next(c for c in status["conditions"] if c["type"] == "Available")
+            assert available["status"] == "False"  # nothing answers
+        assert "no-such-class" in status["message"]  # the API server's own words
+        wide = crd.kubectl("get", "-n", namespace, "modeldeployments", "-o", "wide").stdout
+        print(f"\n{wide}")
+        header, *rows = wide.splitlines()
+        assert "URL" in header and "MESSAGE" in header
+        by_name = {row.split()[0]: row for row in rows}
+        assert f"http://resnet.{namespace}.svc:" in by_name["resnet"]
+        assert "Unschedulable" in by_name["resnet"] and "FailedCreate" in by_name["classless"]

@@ -34,10 +34,12 @@ class FakeSyncer:
         self.memory = {}
         self.forgotten = []
         self.peer_events = []
+        self.creating = []
         self.recorder = SimpleNamespace(forget=self.forgotten.append)
 
-    def sync(self, namespace, name, pods, applied, reports=None):
+    def sync(self, namespace, name, pods, applied, reports=None, creating=""):
         self.calls.append(((namespace, name), tuple(pods), applied))
+        self.creating.append(creating)
         outcome = self.outcomes.popleft() if self.outcomes else SyncResult()
         if isinstance(outcome, Exception):
             raise outcome
@@ -271,5 +273,37 @@ def test_peers_json_changed_by_someone_else_brings_a_sync_and_its_own_write_does
         assert c.syncer.peer_events == [(KEY, "mine"), (KEY, "8"), (KEY, None)]
         assert c.applied[KEY] == ("u-1", 1)  # only peers.json is written again
         await settle(c, 1)
+
+    run(test)
+
+
+def test_a_deployment_that_cannot_create_pods_is_synced_with_the_reason():
+    failing = {
+        "kind": "Deployment",
+        **POD,
+        "status": {
+            "conditions": [
+                {
+                    "type": "ReplicaFailure",
+                    "status": "True",
+                    "reason": "FailedCreate",
+                    "message": 'pods "resnet-1" is forbidden: RuntimeClass "nvidia" not found',
+                }
+            ]
+        },
+    }
+
+    async def test(c, metrics):
+        c.start_leading()
+        c.on_child("MODIFIED", failing)
+        await settle(c, 1)
+        c.on_child("MODIFIED", failing)  # unchanged: nothing new to say
+        assert len(c.queue) == 0
+        c.on_child("MODIFIED", {"kind": "Deployment", **POD})  # pods can be created again
+        await settle(c, 2)
+        assert c.syncer.creating == [
+            'FailedCreate: pods "resnet-1" is forbidden: RuntimeClass "nvidia" not found',
+            "",
+        ]
 
     run(test)

@@ -145,6 +145,8 @@ def test_printer_columns_read_printable_status_fields(version):
         "Ready": ".status.ready",
         "Phase": ".status.phase",
         "Checkpoint": ".status.checkpoint",
+        "URL": ".status.url",
+        "Message": ".status.message",
         "Age": ".metadata.creationTimestamp",
     }
     assert all(c.get("description") for c in version["additionalPrinterColumns"][:-1])

@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 from operator_samples import SHA_A, SHA_B, report
 
 from hotswap_operator import summary
 from hotswap_operator.context import PodInfo
 from hotswap_operator.reasons import ConditionType, Reason
+from hotswap_operator.spec import DisruptionBudget
 from hotswap_operator.status import (
     ConditionValue,
     ModelDeploymentStatus,
@@ -168,7 +170,8 @@ def test_unchanged_status_gives_an_empty_patch_and_keeps_transition_times():
     }
     patch = patch_for(degraded, now=LATER)
     times = {c["type"]: c["lastTransitionTime"] for c in patch["conditions"]}
-    assert times == {"Ready": LATER, "Progressing": NOW, "Degraded": LATER}
+    # Available stays: the failed pod still serves the old revision
+    assert times == {"Available": NOW, "Ready": LATER, "Progressing": NOW, "Degraded": LATER}
 
 
 def test_set_condition_keeps_the_transition_time_until_the_status_flips():
@@ -268,3 +271,118 @@ def test_pod_events_are_bounded_however_many_pods_swapped():
     assert events[0].message.startswith("pod p-0000 swapped to revision 2")
     assert (events[-1].type, events[-1].reason) == ("Warning", "SwapFailed")
     assert events[-1].message.startswith("and 991 more pods: 990 loaded or swapped, 1 failed")
+
+
+def test_available_holds_through_a_rollout_and_a_refused_checkpoint():
+    old = {p.name: report(1, SHA_A) for p in PODS}  # revision 2 not taken yet
+    patch = patch_for(st(old))
+    assert cond(patch, "Available")["status"] == "True"
+    assert cond(patch, "Ready")["status"] == "False"  # not every pod on revision 2
+    assert cond(patch, "Progressing")["status"] == "True"
+    refused = {p.name: report(1, SHA_A, "Failed", target=2, message="bad") for p in PODS}
+    patch = patch_for(st(refused))
+    assert cond(patch, "Available")["status"] == "True"  # revision 1 still answers
+    assert cond(patch, "Degraded")["status"] == "True"
+
+
+def test_available_needs_the_budgets_minimum_of_ready_serving_pods():
+    reports = {"p-a": report(2, SHA_B)}  # one pod serves; two have no report yet
+    typed = ModelDeploymentStatus.from_raw(stored(st(reports)))
+    typed = typed.model_copy(update={"pods": reports})
+    for required, holds in ((1, "True"), (2, "False")):
+        result = summary.summarize(3, typed, PODS, required)
+        status = summary.apply(typed, result, NOW, 2)
+        available = status.condition(ConditionType.AVAILABLE)
+        assert available is not None and available.status == holds
+        assert available.message == f"1 ready pods serve a revision, {required} needed"
+    unready = [PodInfo("p-a", False), *PODS[1:]]
+    result = summary.summarize(3, typed, unready, 1)
+    assert result.conditions[0].status is False  # serving but not ready: not answering
+
+
+@pytest.mark.parametrize(
+    "budget, desired, wanted",
+    [
+        ({}, 3, 2),  # maxUnavailable 1 by default
+        ({}, 1, 1),  # never zero pods while one is desired
+        ({}, 0, 0),
+        ({"minAvailable": 2}, 3, 2),
+        ({"minAvailable": "50%"}, 3, 2),  # rounded up, as a PodDisruptionBudget does
+        ({"maxUnavailable": "25%"}, 10, 7),
+        ({"maxUnavailable": 5}, 3, 1),
+        ({"minAvailable": 9}, 3, 3),
+    ],
+)
+def test_minimum_serving_reads_the_disruption_budget(budget, desired, wanted):
+    assert summary.minimum_serving(DisruptionBudget.model_validate(budget), desired) == wanted
+
+
+def test_pods_that_do_not_run_show_the_kubelets_reason():
+    pull = 'ImagePullBackOff: Back-off pulling image "registry.invalid/none"'
+    pods = [
+        PodInfo("p-a", True),
+        PodInfo("p-b", False, problem=pull),
+        PodInfo("p-c", False, problem=pull),
+    ]
+    patch = patch_for(st({"p-a": report(2, SHA_B)}), pods=pods)
+    progressing = cond(patch, "Progressing")["message"]
+    assert f"p-b ({pull})" in progressing and f"p-c ({pull})" in progressing
+    assert patch["message"] == f"pods p-b, p-c not running ({pull})"
+    settled = patch_for(st({p.name: report(2, SHA_B) for p in PODS}))
+    assert "message" not in settled  # nothing holds it back: absent
+
+
+def moving(pods=PODS, now=NOW, raw=None):
+    """A rollout to revision 2 with one pod on it and two loading."""
+    reports = {"p-a": report(2, SHA_B), "p-b": report(1, SHA_A), "p-c": report(1, SHA_A)}
+    raw = raw if raw is not None else st(reports)
+    typed = ModelDeploymentStatus.from_raw(stored(raw)).model_copy(update={"pods": reports})
+    result = summary.summarize(3, typed, pods)
+    return summary.apply(typed, result, now, 2, deadline=600)
+
+
+def later(seconds: int) -> str:
+    return f"2026-01-01T00:{seconds // 60:02d}:{seconds % 60:02d}Z"
+
+
+def test_a_rollout_that_stops_moving_passes_its_progress_deadline():
+    first = moving()
+    progressing = first.condition(ConditionType.PROGRESSING)
+    assert progressing is not None and progressing.last_update_time == NOW
+    assert summary.progress_due(first, 600, NOW) == 601
+    raw = {**st({}), **first.to_raw()}
+    still = moving(raw=raw, now=later(599)).condition(ConditionType.PROGRESSING)
+    assert still is not None and still.status == "True" and still.last_update_time == NOW
+    stuck = moving(raw=raw, now=later(600))
+    condition = stuck.condition(ConditionType.PROGRESSING)
+    assert condition is not None and condition.status == "False"
+    assert condition.reason == "ProgressDeadlineExceeded"
+    assert condition.message.startswith("no progress for 600s (spec.progressDeadlineSeconds)")
+    (event,) = summary.transition_events(ModelDeploymentStatus.from_raw(raw), stuck)
+    assert event.reason is Reason.PROGRESS_DEADLINE_EXCEEDED
+    again = moving(raw={**st({}), **stuck.to_raw()}, now=later(900))
+    assert again.condition(ConditionType.PROGRESSING) == condition  # stays stuck, no Event
+    assert summary.transition_events(stuck, again) == []
+
+
+def test_progress_moves_the_deadline():
+    raw = {**st({}), **moving().to_raw()}
+    unready = [PodInfo("p-a", True), PodInfo("p-b", False), PodInfo("p-c", True)]
+    moved = moving(pods=unready, raw=raw, now=later(599))  # a pod less ready: it moved
+    condition = moved.condition(ConditionType.PROGRESSING)
+    assert condition is not None and condition.last_update_time == later(599)
+    new_spec = {**raw, "conditions": [{**c, "observedGeneration": 1} for c in raw["conditions"]]}
+    fresh = moving(raw=new_spec, now=later(900)).condition(ConditionType.PROGRESSING)
+    assert fresh is not None and fresh.status == "True" and fresh.last_update_time == later(900)
+
+
+def test_pods_the_deployment_cannot_create_are_named_with_the_reason():
+    why = 'FailedCreate: pods "x" is forbidden: pod rejected: RuntimeClass "nvidia" not found'
+    typed = ModelDeploymentStatus.from_raw(stored(st({})))
+    result = summary.summarize(3, typed, [], 1, creating=why)
+    status = summary.apply(typed, result, NOW, 2)
+    assert status.message == f"pods cannot be created ({why})"
+    progressing = status.condition(ConditionType.PROGRESSING)
+    assert progressing is not None and progressing.message.endswith(f"; {status.message}")
+    complete = summary.summarize(3, typed, PODS, 1, creating=why)  # every pod exists
+    assert complete.message is None or "cannot be created" not in complete.message

@@ -134,7 +134,7 @@ def test_first_sync_writes_access_then_status_once_then_config_then_pods(api):
     assert patch["status"]["phase"] == "Pending"
     assert model_json(api)["stable"]["revision"] == 1
     assert result.applied == (md["metadata"]["uid"], 1)
-    assert result.requeue_after is None
+    assert result.requeue_after == 601  # the progress deadline (600 s), then a second
 
 
 def test_a_sync_with_nothing_new_reads_twice_and_writes_nothing(api):
