@@ -74,8 +74,15 @@ def installed(
     """
     stem = re.sub(r"[^a-z0-9]+", "-", request.module.__name__.split(".")[-1].lower())
     namespace = f"{stem.strip('-')[:30]}-{uuid.uuid4().hex[:6]}"
+    extra = getattr(request.module, "HELM_SETS", ())  # a module's own chart values
     helm_install(
-        cluster, helm_bin, RELEASE, namespace, f"watchNamespaces={{{namespace}}}", *E2E_SETS
+        cluster,
+        helm_bin,
+        RELEASE,
+        namespace,
+        f"watchNamespaces={{{namespace}}}",
+        *E2E_SETS,
+        *extra,
     )
     client = cluster.rest()
     wait_for(

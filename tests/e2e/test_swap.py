@@ -54,9 +54,18 @@ def events(fleet, reason):
     return [e["message"] for e in fleet.events(reason)]
 
 
+def available(status):
+    """Condition Available as (status, lastTransitionTime): unchanged means it never
+    flipped between two reads."""
+    found = next(c for c in status["conditions"] if c["type"] == "Available")
+    return found["status"], found["lastTransitionTime"]
+
+
 def test_three_replica_swap(fleet, made):
     assert len(fleet.operators()) == 2  # the chart's default: a leader and a standby
     rev = fleet.status()["revision"]
+    was_available = available(fleet.status())
+    assert was_available[0] == "True"
     before = pod_ids(fleet)
     assert len(before) == 3 and all(restarts == 0 for _, _, restarts in before.values())
     assert all(container for _, container, _ in before.values())
@@ -68,6 +77,7 @@ def test_three_replica_swap(fleet, made):
         load.wait_answers(30)
     assert not load.failures, load.summary()
     assert load.versions[str(rev)] > 0 and load.versions[str(rev + 1)] > 0
+    assert available(status) == was_available  # True all through the rollout
     assert pod_ids(fleet) == before  # same pods, same containers, no restarts
     for pod, report in status["pods"].items():
         assert (report["revision"], report["sha256"], report["state"]) == (
@@ -181,6 +191,7 @@ def parse_metrics(text):
 def test_wrong_sha256_degrades_then_recovers(fleet, made):
     status = fleet.status()
     rev, serving_sha = status["revision"], status["stable"]["sha256"]
+    was_available = available(status)
     fleet.patch_spec(checkpoint(made, 3, sha256="0" * 64))
 
     def all_failed(st):
@@ -207,6 +218,7 @@ def test_wrong_sha256_degrades_then_recovers(fleet, made):
         assert pod in degraded["message"]
     assert f"failed revision {rev + 1}" in degraded["message"]
     assert "sha256" in degraded["message"].lower()
+    assert available(status) == was_available == ("True", was_available[1])  # old one serves
     with fleet.load(SHAPE, clients=1) as load:
         load.all_answer(str(rev))
     assert not load.failures, load.summary()
