@@ -4,6 +4,7 @@ PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
 CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
+HELM3 := .cache/bin/helm3
 KUBECONFORM := .cache/bin/kubeconform
 
 .PHONY: all deps controlplane helm kubeconform crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster e2e-smoke bench bench-quick bench-serving bench-large bench-peer clean
@@ -23,6 +24,7 @@ controlplane:
 
 helm:
 	scripts/install-helm.sh $(HELM)
+	scripts/install-helm.sh $(HELM3) 3
 
 # kubeconform, from its Go module; the tests feed it schemas from the API server.
 kubeconform:

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
+from devcluster import strict_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "hotswap"
@@ -23,4 +23,4 @@ def template(
     done = subprocess.run([*cmd, *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd[1:])} failed:\n{done.stderr or done.stdout}")
-    return [d for d in yaml.safe_load_all(done.stdout) if d]
+    return [d for d in strict_yaml.load_all(done.stdout) if d]  # a repeated key fails

@@ -23,9 +23,10 @@ from devcluster.rest import ApiError
 from devcluster.waiting import wait_for
 
 HELM = REPO / ".cache" / "bin" / "helm"
+HELM3 = REPO / ".cache" / "bin" / "helm3"  # the README's install commands, with Helm 3
 # HOTSWAP_KUBECONFORM: another place for it (a shared .cache/bin left as it is).
 KUBECONFORM = Path(os.environ.get("HOTSWAP_KUBECONFORM", REPO / ".cache" / "bin" / "kubeconform"))
-CLUSTER_FIXTURES = {"cluster", "namespace", "helm_bin", "kubeconform_bin"}
+CLUSTER_FIXTURES = {"cluster", "namespace", "helm_bin", "helm3_bin", "kubeconform_bin"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,13 +48,19 @@ def helm_bin() -> Path:
     return _installed("install-helm.sh", HELM)
 
 
-def _installed(script: str, binary: Path) -> Path:
+@pytest.fixture(scope="session")
+def helm3_bin() -> Path:
+    """Helm 3 (pinned in scripts/install-helm.sh), for the README's install commands."""
+    return _installed("install-helm.sh", HELM3, "3")
+
+
+def _installed(script: str, binary: Path, *args: str) -> Path:
     """Run scripts/<script> (quick when `binary` is current), one process at a time."""
     binary.parent.mkdir(parents=True, exist_ok=True)
     with (binary.parent / f".{binary.name}.install.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = subprocess.run(
-            [str(REPO / "scripts" / script), str(binary)],
+            [str(REPO / "scripts" / script), str(binary), *args],
             capture_output=True,
             text=True,
             check=False,
