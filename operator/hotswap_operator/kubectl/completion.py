@@ -34,9 +34,9 @@ def script(parser: argparse.ArgumentParser, shell: str) -> str:
 
 
 def bash(parser: argparse.ArgumentParser) -> str:
-    subcommands = _subcommands(parser)
-    cases = [_case(name, sub) for name, sub in subcommands.items()]
-    top = _words([*subcommands, *_flags(parser)])
+    commands = subcommands(parser)
+    cases = [_case(name, sub) for name, sub in commands.items()]
+    top = _words([*commands, *_flags(parser)])
     lines = [
         f"# bash completion for {COMMAND}: source <({COMMAND} completion bash)",
         f"{FUNCTION}() {{",
@@ -44,11 +44,11 @@ def bash(parser: argparse.ArgumentParser) -> str:
         '    local cmd="" i',
         "    for ((i = 1; i < COMP_CWORD; i++)); do",
         '        case "${COMP_WORDS[i]}" in',
-        f'            {"|".join(subcommands)}) cmd="${{COMP_WORDS[i]}}"; break ;;',
+        f'            {"|".join(commands)}) cmd="${{COMP_WORDS[i]}}"; break ;;',
         "        esac",
         "    done",
         '    case "$prev" in',
-        *_value_cases(parser, subcommands.values()),
+        *_value_cases(parser, commands.values()),
         "    esac",
         '    case "$cmd" in',
         *cases,
@@ -60,7 +60,8 @@ def bash(parser: argparse.ArgumentParser) -> str:
     return "\n".join(lines)
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each subcommand of `parser` and its own parser, in the order of `--help`."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)

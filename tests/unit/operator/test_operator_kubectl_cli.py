@@ -221,7 +221,7 @@ def test_bash_completion_offers_every_subcommand_its_flags_and_choices(capsys):
     assert cli.main(["completion", "bash"]) == 0
     script = capsys.readouterr().out
     assert script.rstrip().endswith("complete -F _kubectl_hotswap kubectl-hotswap")
-    subcommands = list(completion._subcommands(cli.parser()))
+    subcommands = list(completion.subcommands(cli.parser()))
     assert {"list", "status", "version", "completion"} <= set(subcommands)
     assert complete(script, "kubectl-hotswap ")[: len(subcommands)] == subcommands
     assert complete(script, "kubectl-hotswap st") == ["status"]
