@@ -195,8 +195,8 @@ def list_deployments(session: Session, all_namespaces: bool = False) -> list[dic
     if found is None:
         raise NotFoundError(
             f"the API server at {_host(session)} does not serve {PLURAL}.{API_GROUP}/"
-            f"{API_VERSION}: install the CRDs (helm install hotswap charts/hotswap, or "
-            "kubectl apply --server-side -f crds/)"
+            f"{API_VERSION}: install the CRDs (helm upgrade --install hotswap-crds "
+            "charts/hotswap-crds; README.md, On your own cluster)"
         )
     items: list[dict[str, Any]] = found.get("items") or []
     return items

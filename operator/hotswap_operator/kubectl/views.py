@@ -142,7 +142,8 @@ def version_text(doc: Mapping[str, Any]) -> str:
         group = (
             f"{server['apiGroup']} {', '.join(served)} (preferred {server['preferredVersion']})"
             if served
-            else f"{server['apiGroup']} not served: the CRDs are not installed"
+            else f"{server['apiGroup']} not served: the CRDs are not installed "
+            "(helm upgrade --install hotswap-crds charts/hotswap-crds)"
         )
         lines += [f"Kubernetes:    {_n(server['kubernetes'])}", f"API group:     {group}"]
     return "\n".join(lines)

@@ -4,7 +4,7 @@
 
 Nothing of the dev venv is visible: the venv is made by the system's python3 without
 site packages, and pip fetches from PyPI (through pip's own cache). `--upgrade-deps`
-gives the venv a current pip: the one ensurepip bundles with Python 3.11 took 90-105 s
+gives the venv a current pip: the one ensurepip bundles with Python 3.11 took 87-104 s
 for the same install on the 2-core dev machine under load, a current one 43-66 s. The checkout is
 copied first (the files git knows: tracked, or new and not ignored), so the build writes
 nothing into the working tree. Every subcommand's `--help` must run there: they are read
