@@ -156,3 +156,19 @@ def test_the_plugin_imports_only_what_the_kubectl_extra_installs(venv):
 
 def _name(distribution: str) -> str:
     return distribution.lower().replace("_", "-")
+
+
+def test_the_installed_plugin_reads_the_control_plane(venv, cluster, namespace):
+    """The clean venv's plugin against the real API server: what it serves, and an empty
+    namespace listed (as the cluster's admin)."""
+    cluster.apply_crd(REPO / "crds")
+    kubeconfig = ["--kubeconfig", str(cluster.kubeconfig)]
+    shown = in_venv(venv, "kubectl-hotswap", "version", *kubeconfig)
+    assert shown.returncode == 0, shown.stderr
+    assert f"Kubernetes:    {cluster.version()}" in shown.stdout
+    assert "API group:     hotswap.dev v1alpha1 (preferred v1alpha1)" in shown.stdout
+    listed = in_venv(venv, "kubectl-hotswap", "list", "-n", namespace, *kubeconfig)
+    assert (listed.returncode, listed.stdout) == (
+        0,
+        f"No ModelDeployments found in namespace {namespace}.\n",
+    ), listed.stderr
