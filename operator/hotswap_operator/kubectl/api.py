@@ -53,6 +53,19 @@ class ConfigError(PluginError):
     """No usable kubeconfig or context."""
 
 
+class TransientError(PluginError):
+    """No answer, 429 or a 5xx: the same call may well succeed soon (`status --wait`
+    calls again, with backoff, until its timeout)."""
+
+
+TRANSIENT = {0, 429}  # and every 5xx: see `transient`
+
+
+def transient(status: int) -> bool:
+    """An HTTP status worth calling again for (0: no answer came back)."""
+    return status in TRANSIENT or 500 <= status < 600
+
+
 @dataclass(frozen=True)
 class Session:
     """A connection to one cluster, and the namespace the command works in."""
@@ -136,12 +149,16 @@ def _failed(session: Session, name: str, what: str, err: KubeError) -> PluginErr
             f"The API server said: {err}"
         )
     if err.status == 0:  # no answer: connection refused, TLS, timeout
-        host = getattr(getattr(session.kube.api, "configuration", None), "host", "?")
-        return PluginError(
-            f"{what} {where}: cannot reach the API server at {host} (check --context and "
-            f"--kubeconfig): {clip(str(err.__cause__ or err), 240)}"
+        return TransientError(
+            f"{what} {where}: cannot reach the API server at {_host(session)} (check "
+            f"--context and --kubeconfig): {clip(str(err.__cause__ or err), 240)}"
         )
-    return PluginError(f"{what} {where}: {err}")
+    error = TransientError if transient(err.status) else PluginError
+    return error(f"{what} {where}: {err}")
+
+
+def _host(session: Session) -> str:
+    return str(getattr(getattr(session.kube.api, "configuration", None), "host", "?"))
 
 
 @requires((API_GROUP, PLURAL, "get"))
@@ -157,6 +174,67 @@ def get_deployment(session: Session, name: str) -> dict[str, Any]:
             "lists those there)"
         )
     return found
+
+
+@requires((API_GROUP, PLURAL, "list"))
+def list_deployments(session: Session, all_namespaces: bool = False) -> list[dict[str, Any]]:
+    """The ModelDeployments of the session's namespace, or of every namespace."""
+    scope = "" if all_namespaces else f"/namespaces/{session.namespace}"
+    path = f"/apis/{API_GROUP}/{API_VERSION}{scope}/{PLURAL}"
+    where = "in every namespace" if all_namespaces else f"in namespace {session.namespace}"
+    try:
+        found = session.kube.request("GET", path, None, [("limit", "5000")])
+    except KubeError as err:
+        if err.status == 403:
+            raise PluginError(
+                f"listing {PLURAL}.{API_GROUP} {where}: {_list_fix(all_namespaces)}. "
+                f"The API server said: {err}"
+            ) from None
+        error = TransientError if transient(err.status) else PluginError
+        raise error(f"listing {PLURAL}.{API_GROUP} {where} at {_host(session)}: {err}") from None
+    if found is None:
+        raise NotFoundError(
+            f"the API server at {_host(session)} does not serve {PLURAL}.{API_GROUP}/"
+            f"{API_VERSION}: install the CRDs (helm upgrade --install hotswap-crds "
+            "charts/hotswap-crds; README.md, On your own cluster)"
+        )
+    items: list[dict[str, Any]] = found.get("items") or []
+    return items
+
+
+def _list_fix(all_namespaces: bool) -> str:
+    if all_namespaces:
+        return (
+            f"forbidden; -A needs list on {PLURAL}.{API_GROUP} in every namespace (a "
+            "ClusterRoleBinding to the ClusterRole of examples/kubectl-hotswap-rbac.yaml); "
+            "without one, list a namespace you may read: -n NAMESPACE"
+        )
+    return (
+        f"forbidden; `list` needs list on {PLURAL}.{API_GROUP} in that namespace (a "
+        "RoleBinding to the ClusterRole of examples/kubectl-hotswap-rbac.yaml)"
+    )
+
+
+def server_versions(session: Session) -> dict[str, Any]:
+    """What the cluster serves: Kubernetes' version and the API versions of hotswap.dev
+    (None when the CRDs are not installed). Discovery: every user may read it, so it
+    needs no permission of its own."""
+    try:
+        kubernetes = session.kube.request("GET", "/version") or {}
+        group = session.kube.request("GET", f"/apis/{API_GROUP}")
+    except KubeError as err:
+        error = TransientError if transient(err.status) else PluginError
+        raise error(
+            f"reading the server's version at {_host(session)}: "
+            f"{clip(str(err.__cause__ or err), 240)}"
+        ) from None
+    versions = [v.get("version") for v in (group or {}).get("versions") or ()]
+    return {
+        "kubernetes": kubernetes.get("gitVersion"),
+        "apiGroup": API_GROUP,
+        "servedVersions": versions if group is not None else None,
+        "preferredVersion": ((group or {}).get("preferredVersion") or {}).get("version"),
+    }
 
 
 @requires((API_GROUP, REPLICA_PLURAL, "list"))

@@ -1,15 +1,19 @@
 """`kubectl hotswap`: arguments, subcommands, output format and exit codes.
 
+    kubectl hotswap list [-A] [-o text|json|yaml]
     kubectl hotswap status NAME [--wait [--timeout 5m]] [-o text|json|yaml]
     kubectl hotswap history NAME [-o text|json|yaml]
     kubectl hotswap undo NAME [--to-revision N] [--dry-run] [-o text|json|yaml]
     kubectl hotswap pause NAME | resume NAME
     kubectl hotswap promote NAME [--full] | abort NAME | retry NAME
+    kubectl hotswap version [--client] [-o text|json|yaml]
+    kubectl hotswap completion bash|zsh
     global: -n/--namespace, --kubeconfig, --context (anywhere on the line, as kubectl)
 
 Exit codes: 0 done (or nothing to do), 1 an error (not found, refused, forbidden, a
 conflicting edit, no connection; `status --wait` ending Degraded, Failed, RolledBack or
-past its timeout; stderr says what and the fix), 2 a usage error.
+past its timeout; stderr says what and the fix), 2 a usage error. `status --wait` calls
+again, with backoff, when the API server gives no answer, 429 or a 5xx.
 """
 
 from __future__ import annotations
@@ -19,28 +23,36 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 from typing import Any
 
-from hotswap_operator.kubectl import decisions, edits, views
+from hotswap_operator.kubectl import completion, decisions, edits, views
 from hotswap_operator.kubectl.api import (
     PluginError,
     Session,
+    TransientError,
     connect,
     get_deployment,
+    list_deployments,
     patch_deployment,
+    server_versions,
 )
 from hotswap_operator.kubectl.reports import pod_reports
 
 JSON = dict[str, Any]
 PROG = "kubectl hotswap"
+DISTRIBUTION = "hotswap"  # pyproject.toml's project name: `version` reads its metadata
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        session = connect(args.kubeconfig, args.context, args.namespace)
-        text, doc = args.run(session, args)
-    except UnsettledError as err:  # the status is still worth printing
+        if args.local is not None:  # needs no connection, or makes its own
+            text, doc = args.local(args)
+        else:
+            text, doc = args.run(_connect(args), args)
+    except PartialError as err:  # what was read is still worth printing
         print(render(err.text, err.doc, args.output))
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -49,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(render(text, doc, args.output))
     return 0
+
+
+def _connect(args: argparse.Namespace) -> Session:
+    return connect(args.kubeconfig, args.context, args.namespace)
 
 
 def render(text: str, doc: JSON, output: str) -> str:
@@ -66,13 +82,18 @@ def render(text: str, doc: JSON, output: str) -> str:
 Result = tuple[str, JSON]
 
 
-class UnsettledError(PluginError):
-    """`status --wait` ended without phase Ready: the message says why; text and doc are
-    the last status read."""
+class PartialError(PluginError):
+    """A command failed after reading something worth printing: text and doc (stdout),
+    then the message (stderr), exit 1."""
 
     def __init__(self, message: str, text: str, doc: JSON) -> None:
         super().__init__(message)
         self.text, self.doc = text, doc
+
+
+class UnsettledError(PartialError):
+    """`status --wait` ended without phase Ready: the message says why; text and doc are
+    the last status read."""
 
 
 def status(session: Session, args: argparse.Namespace) -> Result:
@@ -87,15 +108,19 @@ def status(session: Session, args: argparse.Namespace) -> Result:
     return views.status_text(doc), doc
 
 
+MAX_BACKOFF = 16.0  # seconds between calls while the API server does not answer well
+
+
 def wait(
     session: Session, name: str, timeout: float, interval: float = 1.0
 ) -> tuple[JSON, str | None]:
     """Read the ModelDeployment until the operator has taken its spec and it is Ready
     (problem None) or Degraded, Failed or RolledBack, or `timeout` passes (a problem).
-    Polls with `get`, so it needs no `watch` permission."""
+    Polls with `get`, so it needs no `watch` permission; a read that fails for a reason
+    that passes (no answer, 429, 5xx) is made again with backoff until `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
-        md = get_deployment(session, name)
+        md = _read_until(session, name, deadline, timeout, interval)
         settled, problem = views.verdict(md)
         left = deadline - time.monotonic()
         if settled:
@@ -107,6 +132,61 @@ def wait(
                 "`kubectl hotswap status` shows where each pod stands"
             )
         time.sleep(min(interval, left))
+
+
+def _read_until(
+    session: Session, name: str, deadline: float, timeout: float, interval: float
+) -> JSON:
+    """get_deployment, called again after each TransientError (waiting `interval`, then
+    twice as long each time up to MAX_BACKOFF) until `deadline`; one line on stderr says
+    the first failure of a run of them."""
+    failures = 0
+    while True:
+        try:
+            return get_deployment(session, name)
+        except TransientError as err:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PluginError(f"{err} (still failing after --timeout {timeout:g}s)") from None
+            if failures == 0:
+                print(f"warning: {err}; trying again until --timeout", file=sys.stderr)
+            time.sleep(min(backoff(failures, interval), left))
+            failures += 1
+
+
+def backoff(failures: int, interval: float) -> float:
+    """Seconds to wait after `failures` earlier failures in a row (0: the first)."""
+    return float(min(interval * 2**failures, MAX_BACKOFF))
+
+
+def list_(session: Session, args: argparse.Namespace) -> Result:
+    doc = views.list_document(list_deployments(session, args.all_namespaces))
+    return views.list_text(doc, None if args.all_namespaces else session.namespace), doc
+
+
+def version(args: argparse.Namespace) -> Result:
+    """The plugin's version; unless --client, what the cluster serves (the connection
+    failing still prints the plugin's: exit 1, as `kubectl version`)."""
+    doc: JSON = {"client": {"plugin": PROG, "version": plugin_version()}}
+    if args.client:
+        return views.version_text(doc), doc
+    try:
+        doc["server"] = server_versions(_connect(args))
+    except PluginError as err:
+        raise PartialError(str(err), views.version_text(doc), doc) from None
+    return views.version_text(doc), doc
+
+
+def plugin_version() -> str:
+    """The installed hotswap distribution's version (package metadata)."""
+    try:
+        return installed_version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (hotswap is not installed as a package: pip install '.[kubectl]')"
+
+
+def completion_script(args: argparse.Namespace) -> Result:
+    return completion.script(parser(), args.shell), {}
 
 
 def history(session: Session, args: argparse.Namespace) -> Result:
@@ -181,52 +261,91 @@ def _globals(suppress: bool) -> argparse.ArgumentParser:
     return p
 
 
+Local = Callable[[argparse.Namespace], Result]  # no connection, or its own
+LOCAL: dict[str, tuple[Local, str]] = {
+    "version": (version, "the plugin's version, and what the cluster serves"),
+    "completion": (completion_script, "a shell completion script: bash or zsh"),
+}
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog=PROG,
         description="Inspect and steer hotswap ModelDeployments (kubectl plugin).",
         parents=[_globals(suppress=False)],
     )
+    top.set_defaults(local=None, output="text")
     subs = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = _add(subs, "list", "the ModelDeployments of a namespace, or of all (-A)")
+    listing.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="every namespace (as kubectl get -A)"
+    )
+    _output(listing)
+    listing.set_defaults(run=list_)
     for name, (run, summary) in COMMANDS.items():
-        sub = subs.add_parser(name, help=summary, description=summary, parents=[_globals(True)])
+        sub = _add(subs, name, summary)
         sub.add_argument("name", metavar="NAME", help="the ModelDeployment")
-        sub.add_argument(
-            "-o", "--output", choices=("text", "json", "yaml"), default="text", help="format"
-        )
-        if name == "status":
-            sub.add_argument(
-                "-w",
-                "--wait",
-                action="store_true",
-                help="wait until Ready (exit 0), or Degraded, Failed, RolledBack (exit 1)",
-            )
-            sub.add_argument(
-                "--timeout",
-                type=_duration,
-                default=300.0,
-                metavar="DURATION",
-                help="how long --wait waits: 90, 90s, 5m, 1h (default 5m; exit 1 after)",
-            )
-        if name == "promote":
-            sub.add_argument(
-                "--full",
-                action="store_true",
-                help="skip every remaining step and bake: all pods take the candidate",
-            )
-        if name == "undo":
-            sub.add_argument(
-                "--to-revision",
-                type=_positive,
-                default=None,
-                metavar="N",
-                help="revision of `history` to go back to (default: the previous one)",
-            )
-            sub.add_argument(
-                "--dry-run", action="store_true", help="say what would change, write nothing"
-            )
+        _output(sub)
+        _options(name, sub)
         sub.set_defaults(run=run)
+    shown = _add(subs, "version", LOCAL["version"][1])
+    shown.add_argument("--client", action="store_true", help="the plugin's only: no connection")
+    _output(shown)
+    shell = _add(subs, "completion", LOCAL["completion"][1])
+    shell.add_argument(
+        "shell", choices=completion.SHELLS, help="source <(kubectl hotswap completion bash)"
+    )
+    for name, (local, _) in LOCAL.items():
+        subs.choices[name].set_defaults(local=local)
     return top
+
+
+def _add(
+    subs: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> argparse.ArgumentParser:
+    return subs.add_parser(name, help=summary, description=summary, parents=[_globals(True)])
+
+
+def _output(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "-o", "--output", choices=("text", "json", "yaml"), default="text", help="format"
+    )
+
+
+def _options(name: str, sub: argparse.ArgumentParser) -> None:
+    """The options of the subcommands that take a ModelDeployment's NAME."""
+    if name == "status":
+        sub.add_argument(
+            "-w",
+            "--wait",
+            action="store_true",
+            help="wait until Ready (exit 0), or Degraded, Failed, RolledBack (exit 1); "
+            "no answer, 429 or 5xx from the API server: try again until --timeout",
+        )
+        sub.add_argument(
+            "--timeout",
+            type=_duration,
+            default=300.0,
+            metavar="DURATION",
+            help="how long --wait waits: 90, 90s, 5m, 1h (default 5m; exit 1 after)",
+        )
+    if name == "promote":
+        sub.add_argument(
+            "--full",
+            action="store_true",
+            help="skip every remaining step and bake: all pods take the candidate",
+        )
+    if name == "undo":
+        sub.add_argument(
+            "--to-revision",
+            type=_positive,
+            default=None,
+            metavar="N",
+            help="revision of `history` to go back to (default: the previous one)",
+        )
+        sub.add_argument(
+            "--dry-run", action="store_true", help="say what would change, write nothing"
+        )
 
 
 def _duration(text: str) -> float:

@@ -1,4 +1,4 @@
-"""What `status` and `history` show (pure): one document, printed as JSON, YAML or text.
+"""What `status`, `history` and `list` show (pure): one document, printed as JSON, YAML or text.
 
 The document is what `-o json|yaml` prints; the text is a rendering of it. Checkpoint
 URIs are always shown through `redact.redact_uri` (no userinfo, query or fragment: a
@@ -98,6 +98,55 @@ def history_document(
             }
         )
     return {"name": meta.get("name"), "namespace": meta.get("namespace"), "revisions": rows}
+
+
+def list_document(deployments: Sequence[Mapping[str, Any]]) -> JSON:
+    """One row per ModelDeployment (namespace, then name): the columns of `kubectl get
+    modeldeployments -o wide`, read from the status the operator wrote."""
+    rows = []
+    for md in deployments:
+        meta, status = md.get("metadata") or {}, md.get("status") or {}
+        history = status.get("history") or [{}]
+        rows.append(
+            {
+                "namespace": meta.get("namespace"),
+                "name": meta.get("name"),
+                "serving": status.get("serving") or None,
+                "latest": history[-1].get("revision"),
+                "updated": status.get("updated"),
+                "ready": status.get("ready"),
+                "phase": status.get("phase"),
+                "checkpoint": status.get("checkpoint"),
+            }
+        )
+    rows.sort(key=lambda r: (str(r["namespace"]), str(r["name"])))
+    return {"items": rows}
+
+
+def list_text(doc: Mapping[str, Any], namespace: str | None) -> str:
+    """The table of one namespace, or of all (namespace None: a NAMESPACE column)."""
+    if not doc["items"]:
+        return f"No {KIND}s found " + (f"in namespace {namespace}." if namespace else "at all.")
+    keys = ["name", "serving", "latest", "updated", "ready", "phase", "checkpoint"]
+    keys = keys if namespace else ["namespace", *keys]
+    rows = [[_n(item[k]) for k in keys] for item in doc["items"]]
+    return "\n".join(table([k.upper() for k in keys], rows))
+
+
+def version_text(doc: Mapping[str, Any]) -> str:
+    """`version`: the plugin's, then (without --client) what the cluster serves."""
+    lines = [f"Client:        {doc['client']['plugin']} {doc['client']['version']}"]
+    server = doc.get("server")
+    if server is not None:
+        served = server["servedVersions"]
+        group = (
+            f"{server['apiGroup']} {', '.join(served)} (preferred {server['preferredVersion']})"
+            if served
+            else f"{server['apiGroup']} not served: the CRDs are not installed "
+            "(helm upgrade --install hotswap-crds charts/hotswap-crds)"
+        )
+        lines += [f"Kubernetes:    {_n(server['kubernetes'])}", f"API group:     {group}"]
+    return "\n".join(lines)
 
 
 def verdict(deployment: Mapping[str, Any]) -> tuple[bool, str | None]:

@@ -217,6 +217,34 @@ def test_undo_refusals_and_errors_exit_1_and_change_nothing(crd, namespace, alic
     assert world.get()["metadata"]["resourceVersion"] == version
 
 
+def test_list_and_version_with_only_the_documented_role(crd, namespace, alice):
+    two_revisions(crd, namespace)
+    listed = plugin(alice, "list", "-n", namespace)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert rows[0][:3] == ["NAME", "SERVING", "LATEST"]
+    assert [row[:3] for row in rows[1:]] == [[NAME, "1,2", "2"]]  # pod-b failed 2: serves 1
+    assert (
+        json.loads(plugin(alice, "list", "-n", namespace, "-o", "json").stdout)["items"][0][
+            "namespace"
+        ]
+        == namespace
+    )
+    everywhere = plugin(alice, "list", "-A")  # bound in one namespace only
+    assert (everywhere.returncode, everywhere.stdout) == (1, "")
+    assert "forbidden; -A needs list on modeldeployments.hotswap.dev in every namespace" in (
+        everywhere.stderr
+    )
+    shown = plugin(alice, "version", "-o", "json")  # discovery: no permission needed
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["server"] == {
+        "kubernetes": crd.version(),
+        "apiGroup": "hotswap.dev",
+        "servedVersions": ["v1alpha1"],
+        "preferredVersion": "v1alpha1",
+    }
+
+
 def test_a_user_without_patch_is_told_what_is_missing(crd, namespace):
     world = two_revisions(crd, namespace)
     crd.kubectl(
