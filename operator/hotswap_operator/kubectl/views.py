@@ -38,6 +38,10 @@ def status_document(
         "observedGeneration": status.observed_generation,
         "phase": status.phase.value if status.phase else None,
         "error": status.error,
+        "url": status.url,
+        # what holds the rollout back: a failing pod, or the scheduler's or kubelet's
+        # reason a pod does not run (pods without a report have no row below)
+        "message": clip(status.message, 1024) if status.message else None,
         "strategy": (spec.get("rollout") or {}).get("strategy", "AllAtOnce"),
         "paused": bool((spec.get("rollout") or {}).get("paused", False)),
         "replicas": {
@@ -328,6 +332,10 @@ def status_text(doc: Mapping[str, Any]) -> str:
         )
     if stable := doc["stable"]:
         lines.append(f"Checkpoint:    {stable['uri']} (sha256 {short_sha(stable['sha256'])})")
+    if doc.get("url"):
+        lines.append(f"URL:           {doc['url']}")
+    if doc.get("message"):
+        lines.append(f"Held back by:  {doc['message']}")
     if canary := doc["canary"]:
         state = " (paused)" if canary["paused"] else ""
         state = f" (halted: {canary['halted']})" if canary["halted"] else state

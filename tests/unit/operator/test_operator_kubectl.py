@@ -275,3 +275,16 @@ def test_status_shows_what_judging_the_newest_revision_found():
         "Shadow:        revision 2 Failed: 9 of 61 samples disagree by top1 (2 skipped), "
         "worst on pod pod-c" in text
     ), text
+
+
+def test_status_shows_the_url_and_what_holds_the_rollout_back():
+    md = World().body()
+    why = "pods resnet-a, resnet-b not running (ImagePullBackOff: Back-off pulling image)"
+    md["status"] |= {"url": "http://resnet.ml.svc:8080", "message": why}
+    doc = views.status_document(md, {}, None)
+    assert doc["url"] == "http://resnet.ml.svc:8080" and doc["message"] == why
+    text = views.status_text(doc)
+    assert "URL:           http://resnet.ml.svc:8080" in text
+    assert f"Held back by:  {why}" in text
+    settled = views.status_text(views.status_document(World().body(), {}, None))
+    assert "Held back by" not in settled and "URL:" not in settled
