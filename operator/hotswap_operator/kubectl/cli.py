@@ -19,7 +19,9 @@ again, with backoff, when the API server gives no answer, 429 or a 5xx.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +29,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
 from typing import Any
 
-from hotswap_operator.kubectl import completion, decisions, edits, views
+from hotswap_operator.kubectl import completion, decisions, edits, live, views
 from hotswap_operator.kubectl.api import (
     PluginError,
     Session,
@@ -46,7 +48,10 @@ DISTRIBUTION = "hotswap"  # pyproject.toml's project name: `version` reads its m
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(argv)
+    if getattr(args, "watch", False) and args.wait:
+        top.error("status: --watch and --wait do not go together")
     try:
         if args.local is not None:  # needs no connection, or makes its own
             text, doc = args.local(args)
@@ -59,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(render(text, doc, args.output))
+    if not getattr(args, "watch", False):  # it drew as it went
+        print(render(text, doc, args.output))
     return 0
 
 
@@ -97,6 +103,8 @@ class UnsettledError(PartialError):
 
 
 def status(session: Session, args: argparse.Namespace) -> Result:
+    if args.watch:
+        return watch(session, args)
     md, problem = (
         wait(session, args.name, args.timeout)
         if args.wait
@@ -109,6 +117,22 @@ def status(session: Session, args: argparse.Namespace) -> Result:
 
 
 MAX_BACKOFF = 16.0  # seconds between calls while the API server does not answer well
+WATCH_INTERVAL = 2.0  # seconds between reads of `status --watch`
+
+
+def watch(session: Session, args: argparse.Namespace) -> Result:
+    """Redraw the status whenever it changes, until Ctrl-C (exit 0); polls with `get`
+    (no `watch` permission), riding out an API server that does not answer."""
+
+    def read() -> str:
+        md = _read_until(session, args.name, math.inf, math.inf, WATCH_INTERVAL)
+        doc = views.status_document(md, pod_reports(session, md), _digest(md))
+        return render(views.status_text(doc), doc, args.output)
+
+    header = f"Every {WATCH_INTERVAL:g}s: {PROG} status {session.where(args.name)} (Ctrl-C ends)"
+    with contextlib.suppress(KeyboardInterrupt):
+        live.follow(read, sys.stdout, WATCH_INTERVAL, header)
+    return "", {}
 
 
 def wait(
@@ -321,6 +345,12 @@ def _options(name: str, sub: argparse.ArgumentParser) -> None:
             action="store_true",
             help="wait until Ready (exit 0), or Degraded, Failed, RolledBack (exit 1); "
             "no answer, 429 or 5xx from the API server: try again until --timeout",
+        )
+        sub.add_argument(
+            "--watch",
+            action="store_true",
+            help="redraw the status in place whenever it changes, until Ctrl-C "
+            "(plain lines when not on a terminal)",
         )
         sub.add_argument(
             "--timeout",

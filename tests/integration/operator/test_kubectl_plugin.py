@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from replicas import replica_reports, report
 
 from devcluster.cluster import REPO
 from devcluster.rest import MERGE_PATCH
+from devcluster.waiting import wait_for
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.context import PodInfo
@@ -71,8 +73,8 @@ def alice(crd, namespace):
 class World:
     """The ModelDeployment `resnet` in one namespace, synced by the operator's sync."""
 
-    def __init__(self, cluster, namespace, spec=SPEC):
-        self.client, self.ns = cluster.rest(), namespace
+    def __init__(self, cluster, namespace, spec=SPEC, pods=PODS):
+        self.client, self.ns, self.pods = cluster.rest(), namespace, pods
         kube = Kube(cluster.api_client())
         self.syncer = Syncer(kube, CPU, EventRecorder(kube, resources.MANAGER))
         body = {
@@ -90,7 +92,7 @@ class World:
 
     def sync(self):
         reports = replica_reports(self.client, self.ns, NAME)
-        self.syncer.sync(self.ns, NAME, PODS, None, reports)
+        self.syncer.sync(self.ns, NAME, self.pods, None, reports)
         return self.get()
 
     def get(self):
@@ -396,3 +398,49 @@ def test_status_wait_until_ready_degraded_or_timeout(crd, namespace, alice):
     assert bad.returncode == 1, bad
     assert f"ModelDeployment {namespace}/{NAME} is Degraded: " in bad.stderr
     assert "sha256 mismatch" in bad.stderr
+
+
+def tmux(server, *args):
+    return subprocess.run(
+        ["tmux", "-L", server, *args], capture_output=True, text=True, check=False, timeout=30
+    )
+
+
+def test_status_watch_redraws_a_rollout_of_three_pods_in_tmux(crd, namespace, alice):
+    """`status --watch` on a terminal (tmux's): the screen shows the status as it is now,
+    redrawn in place, through a rollout of 3 pods; Ctrl-C ends it."""
+    pods = [PodInfo(f"resnet-pod-{c}", True) for c in "abc"]
+    world = World(crd, namespace, {**SPEC, "replicas": 3}, pods)
+    for pod in pods:
+        world.report(pod.name, 1, SHA1)
+    world.sync()
+    server = f"hotswap-{uuid.uuid4().hex[:8]}"
+    cmd = [str(PLUGIN), "status", NAME, "--watch", "-n", namespace, "--kubeconfig", str(alice)]
+    started = tmux(server, "new-session", "-d", "-x", "160", "-y", "50", shlex.join(cmd))
+    assert started.returncode == 0, started.stderr
+
+    def screen():
+        return tmux(server, "capture-pane", "-p").stdout
+
+    try:
+        wait_for(lambda: "pods serve 1 (3 pods)" in screen(), timeout=30, what="revision 1")
+        world.patch_spec({"checkpoint": {"uri": URI.format(n=2), "sha256": SHA2}})
+        seconds = {"fetch": 0.5, "parse": 0.01, "load": 0.25, "validate": 0.02, "activate": 0.001}
+        for done, pod in enumerate(pods, 1):
+            world.report(pod.name, 2, SHA2, swapSeconds=seconds, targetRevision=2)
+            world.sync()
+            counts = [(1, 3 - done), (2, done)]
+            served = "pods serve " + ", ".join(
+                f"{rev} ({n} pod{'s' if n != 1 else ''})" for rev, n in counts if n
+            )
+            wait_for(lambda s=served: s in screen(), timeout=30, what=served)
+        shown = screen()
+        print(f"\n{shown.rstrip()}")
+        lines = shown.splitlines()
+        assert lines[0].startswith(f"Every 2s: kubectl hotswap status ModelDeployment {namespace}")
+        assert sum(line.startswith("Name:") for line in lines) == 1  # redrawn, not appended
+        assert "Phase:         Ready" in shown and "500ms" in shown  # each pod's fetch
+        tmux(server, "send-keys", "C-c")
+        wait_for(lambda: tmux(server, "has-session").returncode != 0, timeout=15, what="exit")
+    finally:
+        tmux(server, "kill-server")
