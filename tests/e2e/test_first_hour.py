@@ -1,18 +1,26 @@
 """A platform engineer's first hour, end to end on the real node: pods that cannot run
 say why, in the ModelDeployment's status and `kubectl get modeldeployments -o wide`,
-in the scheduler's and the kubelet's own words, within 30 s.
+in the scheduler's and the kubelet's own words, within 30 s; `kubectl port-forward` to a
+pod or the Service reaches the model from the host.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 
+import httpx
+import numpy
 import pytest
+import tritonclient.grpc as grpcclient
 
 from devcluster import checkpoints, tiny
-from devcluster.fleet import Fleet, cpu_deployment
+from devcluster.fleet import Fleet, cpu_deployment, infer_body
 from examples.checkpoints import pod_uri
+from hotswap_contract.wire import GRPC_PORT, HTTP_PORT
 
 SHAPE = (tiny.FEATURES,)
 MISSING_IMAGE = "localhost/hotswap-no-such-image:1"  # allowed by policy, never built
@@ -61,3 +69,55 @@ def test_pods_that_cannot_run_say_why_within_30s(
     else:
         assert "example.com/widget" in status["message"]
     fleet.cluster.kubectl("delete", "modeldeployment", name, "-n", installed, "--wait=false")
+
+
+FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)")
+
+
+@contextlib.contextmanager
+def port_forward(cluster, namespace: str, target: str) -> Iterator[dict[int, int]]:
+    """`kubectl port-forward TARGET :8080 :8081` as a user runs it: the local port of
+    each remote one, once kubectl says it forwards them."""
+    if cluster._kubectl is None:
+        cluster.kubectl("version", "--client")  # finds the binary
+    cmd = [*cluster._kubectl, "--kubeconfig", str(cluster.kubeconfig), "port-forward"]
+    cmd += ["-n", namespace, target, f":{HTTP_PORT}", f":{GRPC_PORT}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ports: dict[int, int] = {}
+    try:
+        assert proc.stdout is not None
+        while len(ports) < 2:
+            line = proc.stdout.readline()
+            assert line, f"kubectl port-forward {target} ended: rc {proc.wait(timeout=10)}"
+            if found := FORWARDING.search(line):
+                ports[int(found[2])] = int(found[1])
+        yield ports
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_port_forward_reaches_the_model_from_the_host(cluster, installed, v1):
+    """What a user does first from a laptop: port-forward to a pod and to the Service,
+    then an inference request over REST and over gRPC (tritonclient)."""
+    name = "reach"
+    fleet = Fleet(cluster, installed, name)
+    fleet.deploy(cpu_deployment(name, 1, tiny.ARCHITECTURE, SHAPE, v1), timeout=300)
+    (pod,) = [p["metadata"]["name"] for p in fleet.pods()]
+    for target in (f"pod/{pod}", f"service/{name}"):
+        with port_forward(cluster, installed, target) as ports:
+            url = f"http://127.0.0.1:{ports[HTTP_PORT]}/v2/models/{name}/infer"
+            reply = httpx.post(url, json=infer_body(SHAPE), timeout=30)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["model_version"] == "1"
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports[GRPC_PORT]}")
+            try:
+                sample = grpcclient.InferInput("input", [1, *SHAPE], "FP32")
+                sample.set_data_from_numpy(numpy.full((1, *SHAPE), 0.5, dtype=numpy.float32))
+                answer = client.infer(name, [sample])
+                assert answer.get_response().model_version == "1"
+                assert answer.as_numpy(answer.get_response().outputs[0].name).shape[0] == 1
+            finally:
+                client.close()
+        print(f"\nport-forward {target}: REST and gRPC answered from 127.0.0.1")
+    cluster.kubectl("delete", "modeldeployment", name, "-n", installed, "--wait=false")
