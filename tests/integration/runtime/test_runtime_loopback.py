@@ -3,8 +3,8 @@
 In a pod HOTSWAP_HOST is the pod IP, and port-forward connects to 127.0.0.1 inside the
 pod's network namespace; here 127.0.0.2 (on ``lo``, not the address port-forward dials)
 stands in for the pod IP. An inference request must succeed through both addresses, on
-REST and on gRPC (serving/listen.py), and only through the pod IP when
-HOTSWAP_LOOPBACK is off.
+REST and on gRPC, and /metrics answer on both (serving/listen.py); only the pod IP
+answers when HOTSWAP_LOOPBACK is off.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ def test_rest_and_grpc_answer_on_the_pod_ip_and_on_loopback(
     rest, grpc_port = ports(runtime)
     assert rest_infer(address, rest) == pytest.approx(expected())
     assert grpc_infer(address, grpc_port) == pytest.approx(expected())
+    metrics = httpx.get(f"http://{address}:{rest}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "hotswap_" in metrics.text
 
 
 def test_loopback_off_serves_the_pod_ip_only(tmp_path: Path) -> None:
