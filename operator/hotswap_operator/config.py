@@ -22,10 +22,15 @@ from hotswap_contract.wire import (
     MAX_ORIGIN_CONCURRENCY,
     MIN_FORWARD_MEMORY_BYTES,
 )
-from hotswap_operator.spec import DisruptionBudget, PodMetadata, SecretRef, ServiceAccountSpec
+from hotswap_operator.spec import (
+    GPU_RESOURCE,
+    DisruptionBudget,
+    PodMetadata,
+    SecretRef,
+    ServiceAccountSpec,
+)
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/hotswap-dev/hotswap-runtime:0.1.0"
-GPU_RESOURCE = "nvidia.com/gpu"
 
 
 class _Settings(BaseModel):

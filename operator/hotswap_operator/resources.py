@@ -34,8 +34,8 @@ from hotswap_contract.wire import (
     configmap_name,
     peers_configmap_name,
 )
-from hotswap_operator.config import GPU_RESOURCE, Policy, RuntimeDefaults
-from hotswap_operator.spec import DeploymentSpec, DisruptionBudget, SpecError
+from hotswap_operator.config import Policy, RuntimeDefaults
+from hotswap_operator.spec import DeploymentSpec, DisruptionBudget, SpecError, is_gpu_resource
 
 Manifest = dict[str, Any]
 
@@ -286,9 +286,11 @@ def scheduling(spec: DeploymentSpec, defaults: RuntimeDefaults) -> Scheduling:
     resources = {kind: dict(values) for kind, values in defaults.resources.items()}
     if gpu is not None and gpu.limits:
         resources["limits"] = {**resources.get("limits", {}), **gpu.limits}
-    if rt.device == "cpu":
-        for values in resources.values():
-            values.pop(GPU_RESOURCE, None)
+    if rt.device == "cpu":  # no whole GPU, no MIG slice
+        resources = {
+            kind: {name: n for name, n in values.items() if not is_gpu_resource(name)}
+            for kind, values in resources.items()
+        }
     return Scheduling(
         image=rt.image or defaults.image,
         image_pull_policy=rt.image_pull_policy or defaults.image_pull_policy,

@@ -253,6 +253,15 @@ class BatchingSpec(_Spec):
     )
 
 
+GPU_RESOURCE = "nvidia.com/gpu"
+MIG_PREFIX = "nvidia.com/mig-"  # a MIG slice, e.g. nvidia.com/mig-1g.10gb
+
+
+def is_gpu_resource(name: str) -> bool:
+    """A whole NVIDIA GPU or a MIG slice of one (the device plugin's resource names)."""
+    return name == GPU_RESOURCE or name.startswith(MIG_PREFIX)
+
+
 class RuntimeSpec(_Spec):
     """Per-deployment overrides of the runtime defaults the chart gives the operator."""
 
@@ -282,6 +291,20 @@ class RuntimeSpec(_Spec):
     pod_disruption_budget: DisruptionBudget | None = Field(
         default=None, alias="podDisruptionBudget"
     )
+
+    @model_validator(mode="after")
+    def _no_gpu_on_cpu(self) -> RuntimeSpec:
+        if self.device != "cpu" or not self.resources:
+            return self
+        gpus = sorted(
+            {n for values in self.resources.values() for n in values if is_gpu_resource(n)}
+        )
+        if gpus:
+            raise ValueError(
+                f"device is cpu but resources asks for {', '.join(gpus)}; remove the GPU "
+                "from resources, or set device to auto or cuda"
+            )
+        return self
 
 
 class DistributionSpec(_Spec):

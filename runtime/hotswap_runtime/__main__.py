@@ -16,6 +16,7 @@ import uvicorn
 from hotswap_runtime.server import create_app
 from hotswap_runtime.service import Runtime
 from hotswap_runtime.serving.head import HeadLimits, bounded_protocol
+from hotswap_runtime.serving.listen import bind_sockets, listen_hosts
 from hotswap_runtime.settings import load_settings
 
 # Libraries that log request headers or signing material at DEBUG: never below INFO, so
@@ -117,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     few_malloc_arenas()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    sockets = bind_sockets(listen_hosts(settings.host, settings.loopback), settings.port)
     app = create_app(Runtime(settings))
     log = logging.getLogger("hotswap_runtime")
 
@@ -135,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         timeout_keep_alive=settings.keep_alive_seconds,
         limit_concurrency=settings.max_connections,
     )
-    DrainingServer(config, settings.drain_seconds, drain).run()
+    DrainingServer(config, settings.drain_seconds, drain).run(sockets=sockets)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class Settings:
     max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES
     device: str = "auto"
     host: str = "127.0.0.1"
+    loopback: bool = True  # REST and gRPC on 127.0.0.1 too (serving/listen.py)
     port: int = HTTP_PORT
     grpc_port: int = GRPC_PORT
     secrets_dir: Path | None = None
@@ -126,7 +127,7 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "cache_max_bytes": ("HOTSWAP_CACHE_MAX_BYTES", int, "cache size bound in bytes"),
     "max_checkpoint_bytes": ("HOTSWAP_MAX_CHECKPOINT_BYTES", int, "largest checkpoint"),
     "device": ("HOTSWAP_DEVICE", str, "auto, cuda or cpu"),
-    "host": ("HOTSWAP_HOST", str, "listen address"),
+    "host": ("HOTSWAP_HOST", str, "listen address (a pod: its IP); see --no-loopback"),
     "port": ("HOTSWAP_PORT", int, "listen port (REST)"),
     "grpc_port": ("HOTSWAP_GRPC_PORT", int, "gRPC listen port; 0 turns gRPC off"),
     "secrets_dir": ("HOTSWAP_SECRETS_DIR", Path, "folder of mounted Secrets"),
@@ -320,6 +321,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env.get("HOTSWAP_API_WATCH", "true").strip().lower() not in _OFF,
         help="do not watch the ConfigMap through the Kubernetes API "
         "(default: on unless $HOTSWAP_API_WATCH is false, 0 or no)",
+    )
+    parser.add_argument(
+        "--no-loopback",
+        dest="loopback",
+        action="store_false",
+        default=env.get("HOTSWAP_LOOPBACK", "true").strip().lower() not in _OFF,
+        help="serve REST and gRPC on --host only, not also on 127.0.0.1 for kubectl "
+        "port-forward (default: also unless $HOTSWAP_LOOPBACK is false, 0 or no)",
     )
     return parser
 

@@ -35,6 +35,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "hotswap.runtimeDefaults" -}}
 {{- $rt := .Values.runtime -}}
 {{- $image := include "hotswap.image" (dict "image" $rt.image "chart" .Chart) -}}
+{{- $limits := $rt.gpu.limits | default dict -}}
+{{- $slices := list -}}
+{{- range $name, $_ := $limits }}{{ if hasPrefix "nvidia.com/mig-" $name }}{{ $slices = append $slices $name }}{{ end }}{{ end -}}
+{{- if and $slices (hasKey $limits "nvidia.com/gpu") -}}
+{{- fail (printf "runtime.gpu.limits asks for nvidia.com/gpu and %s at once: Helm merges the limits you set into the chart's {nvidia.com/gpu: 1}; for a MIG slice also set nvidia.com/gpu: null" (join ", " $slices)) -}}
+{{- end -}}
 {{- $defaults := dict "image" $image "imagePullPolicy" $rt.image.pullPolicy "resources" $rt.resources "gpu" $rt.gpu "policy" .Values.policy "distribution" .Values.distribution -}}
 {{- with $rt.modelVolume }}{{ $_ := set $defaults "modelVolume" . }}{{ end -}}
 {{- range $key := list "imagePullSecrets" "priorityClassName" "affinity" "podMetadata" "serviceAccount" "podDisruptionBudget" }}

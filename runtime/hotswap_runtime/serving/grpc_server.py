@@ -33,6 +33,7 @@ from hotswap_runtime.serving.codec import InferRequest, decode_grpc, encode_grpc
 from hotswap_runtime.serving.dataplane import DataPlane, TensorMetadata
 from hotswap_runtime.serving.grpc_v2 import inference_pb2 as pb
 from hotswap_runtime.serving.grpcwire import scan
+from hotswap_runtime.serving.listen import grpc_address, listen_hosts
 from hotswap_runtime.serving.receiving import Receiving
 from hotswap_runtime.settings import Settings
 
@@ -48,15 +49,17 @@ IDLE_MS = 300_000  # a connection without calls for this long is closed (GOAWAY)
 
 
 class GrpcServer:
-    """GRPCInferenceService over ``plane`` on ``host:port``; built on the event loop
-    that serves it."""
+    """GRPCInferenceService over ``plane`` on ``host:port`` (and 127.0.0.1: see
+    serving/listen.py); built on the event loop that serves it."""
 
     def __init__(self, plane: DataPlane, settings: Settings) -> None:
         self.plane = plane
         self.receiving = Receiving(settings.grpc_receiving, settings.grpc_receive_seconds)
         self.server = aio.server(options=options(settings))
         self.server.add_generic_rpc_handlers((self._handlers(),))
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        self.port = settings.grpc_port
+        for host in listen_hosts(settings.host, settings.loopback):  # serving/listen.py
+            self.port = self.server.add_insecure_port(grpc_address(host, self.port))
 
     async def start(self) -> None:
         await self.server.start()

@@ -102,6 +102,7 @@ def every_option(namespace):
         "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
         "policy.maxCheckpointBytes=1073741824",
         "replicaCount=3",
+        "test.modelDeployment=resnet18",
     )
 
 
@@ -124,7 +125,7 @@ def test_every_rendered_manifest_passes_the_api_servers_validation(
         d["kind"] for d in checked
     }
     if options == "every-option":
-        assert {"NetworkPolicy", "Service"} <= {d["kind"] for d in checked}
+        assert {"NetworkPolicy", "Service", "Pod"} <= {d["kind"] for d in checked}
 
 
 def test_monitors_are_all_the_api_server_cannot_check(cluster, helm_bin, namespace):

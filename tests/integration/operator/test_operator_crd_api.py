@@ -75,7 +75,11 @@ BAD = [
     ({"rollout": {"paused": True}}, "apply to the Canary strategy only"),
     (
         {"runtime": {"device": "cpu", "resources": {"limits": {"nvidia.com/gpu": 1}}}},
-        "device is cpu but spec.runtime.resources asks for nvidia.com/gpu",
+        "device is cpu but spec.runtime.resources asks for a GPU",
+    ),
+    (
+        {"runtime": {"device": "cpu", "resources": {"requests": {"nvidia.com/mig-1g.10gb": 1}}}},
+        "device is cpu but spec.runtime.resources asks for a GPU",
     ),
     (
         {
@@ -127,6 +131,7 @@ GOOD = [
     canary("25%", "100%", paused=True),
     {"rollout": {"strategy": "AllAtOnce"}},
     {"runtime": {"device": "auto", "resources": {"limits": {"nvidia.com/gpu": 1}}}},
+    {"runtime": {"device": "cuda", "resources": {"limits": {"nvidia.com/mig-1g.10gb": 1}}}},
     {
         "runtime": {
             "device": "cpu",

@@ -23,6 +23,7 @@ EVERY_OPTION = (
     "networkPolicy.enabled=true",
     "networkPolicy.apiServer.cidrs={10.0.0.10/32}",
     "replicaCount=3",
+    "test.modelDeployment=resnet18",
 )
 VALUES = {
     "defaults": [],

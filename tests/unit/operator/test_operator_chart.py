@@ -131,7 +131,7 @@ def test_runtime_gpu_defaults_reach_the_operator(helm_bin):
         assert defaults.gpu.enabled is gpu
         if gpu:
             assert json.loads(raw)["gpu"]["limits"] == {"nvidia.com/gpu": 1}
-            assert defaults.gpu.runtime_class_name == "nvidia"
+            assert not defaults.gpu.runtime_class_name  # no RuntimeClass unless set
             assert defaults.gpu.tolerations[0]["key"] == "nvidia.com/gpu"
 
 
