@@ -24,7 +24,8 @@ from hotswap_contract.wire import GRPC_PORT, HTTP_PORT
 
 SHAPE = (tiny.FEATURES,)
 MISSING_IMAGE = "localhost/hotswap-no-such-image:1"  # allowed by policy, never built
-HELM_SETS = (f"policy.images={{{MISSING_IMAGE}}}",)
+REACHED = "reach"  # the ModelDeployment `helm test` sends its request to
+HELM_SETS = (f"policy.images={{{MISSING_IMAGE}}}", f"test.modelDeployment={REACHED}")
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +98,24 @@ def port_forward(cluster, namespace: str, target: str) -> Iterator[dict[int, int
         proc.wait(timeout=10)
 
 
-def test_port_forward_reaches_the_model_from_the_host(cluster, installed, v1):
-    """What a user does first from a laptop: port-forward to a pod and to the Service,
-    then an inference request over REST and over gRPC (tritonclient)."""
-    name = "reach"
+def test_port_forward_and_helm_test_reach_the_model(cluster, installed, helm_bin, v1):
+    """What a user does first: `helm test` (one request through the Service), then from
+    a laptop port-forward to a pod and to the Service, and an inference request over
+    REST and over gRPC (tritonclient)."""
+    name = REACHED
     fleet = Fleet(cluster, installed, name)
     fleet.deploy(cpu_deployment(name, 1, tiny.ARCHITECTURE, SHAPE, v1), timeout=300)
     (pod,) = [p["metadata"]["name"] for p in fleet.pods()]
+    helm_test = ["test", "hotswap", "-n", installed, "--logs", "--timeout", "180s"]
+    tested = subprocess.run(
+        [str(helm_bin), *helm_test, "--kubeconfig", str(cluster.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    print(f"\n$ helm test hotswap --logs\n{tested.stdout}{tested.stderr}")
+    assert tested.returncode == 0 and f"ok: {name}" in tested.stdout
     for target in (f"pod/{pod}", f"service/{name}"):
         with port_forward(cluster, installed, target) as ports:
             url = f"http://127.0.0.1:{ports[HTTP_PORT]}/v2/models/{name}/infer"
