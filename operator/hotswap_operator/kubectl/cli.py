@@ -4,6 +4,7 @@
     kubectl hotswap status NAME [--wait [--timeout 5m]] [-o text|json|yaml]
     kubectl hotswap history NAME [-o text|json|yaml]
     kubectl hotswap undo NAME [--to-revision N] [--dry-run] [-o text|json|yaml]
+    kubectl hotswap set checkpoint NAME URI (--sha256 HEX | --resolve [--from PATH])
     kubectl hotswap pause NAME | resume NAME
     kubectl hotswap promote NAME [--full] | abort NAME | retry NAME
     kubectl hotswap version [--client] [-o text|json|yaml]
@@ -27,9 +28,10 @@ import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
+from pathlib import Path
 from typing import Any
 
-from hotswap_operator.kubectl import completion, decisions, edits, live, views
+from hotswap_operator.kubectl import checksum, completion, decisions, edits, live, views
 from hotswap_operator.kubectl.api import (
     PluginError,
     Session,
@@ -226,6 +228,19 @@ def undo(session: Session, args: argparse.Namespace) -> Result:
     return _write(session, args.name, edit)
 
 
+def set_checkpoint(session: Session, args: argparse.Namespace) -> Result:
+    """spec.checkpoint to URI with --sha256, or with the sha256 --resolve computes by
+    reading the file (from --from PATH, or the URI itself) on this machine."""
+    if args.resolve == (args.sha256 is not None):
+        raise PluginError("set checkpoint: give --sha256 HEX or --resolve (one of them)")
+    if args.copy is not None and not args.resolve:
+        raise PluginError("set checkpoint: --from PATH goes with --resolve")
+    sha = args.sha256 or checksum.sha256_of(args.uri, args.copy)
+    return _write(
+        session, args.name, edits.set_checkpoint(get_deployment(session, args.name), args.uri, sha)
+    )
+
+
 def pause(session: Session, args: argparse.Namespace) -> Result:
     return _write(session, args.name, edits.pause(get_deployment(session, args.name)))
 
@@ -306,6 +321,7 @@ def parser() -> argparse.ArgumentParser:
     )
     _output(listing)
     listing.set_defaults(run=list_)
+    _set_parser(subs)
     for name, (run, summary) in COMMANDS.items():
         sub = _add(subs, name, summary)
         sub.add_argument("name", metavar="NAME", help="the ModelDeployment")
@@ -322,6 +338,31 @@ def parser() -> argparse.ArgumentParser:
     for name, (local, _) in LOCAL.items():
         subs.choices[name].set_defaults(local=local)
     return top
+
+
+def _set_parser(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`set checkpoint NAME URI (--sha256 HEX | --resolve [--from PATH])`."""
+    setting = _add(subs, "set", "change a ModelDeployment's spec: set checkpoint NAME URI")
+    what = setting.add_subparsers(dest="what", required=True, metavar="WHAT")
+    sub = what.add_parser(
+        "checkpoint",
+        help="a new checkpoint: the pods verify it and swap it in",
+        description="Set spec.checkpoint (uri and sha256); every pod verifies the file's "
+        "sha256 and swaps it in without a restart.",
+        parents=[_globals(True)],
+    )
+    sub.add_argument("name", metavar="NAME", help="the ModelDeployment")
+    sub.add_argument("uri", metavar="URI", help="what the pods fetch: s3://, https://, file://")
+    sub.add_argument("--sha256", metavar="HEX", help="the file's sha256 (sha256sum FILE)")
+    sub.add_argument(
+        "--resolve",
+        action="store_true",
+        help="compute the sha256 by reading the file here: --from PATH, else URI itself "
+        "(a local path or file://, http(s), or s3:// with your AWS credentials and boto3)",
+    )
+    sub.add_argument("--from", dest="copy", type=Path, metavar="PATH", help="a local copy to hash")
+    _output(sub)
+    sub.set_defaults(run=set_checkpoint)
 
 
 def _add(

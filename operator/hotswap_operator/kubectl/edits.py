@@ -1,4 +1,5 @@
-"""The spec edits the plugin makes (pure): undo to a revision of history, pause, resume.
+"""The spec edits the plugin makes (pure): undo to a revision of history, pause, resume,
+set a new checkpoint.
 
 `undo` writes back the content of a revision that `status.history` records: the
 checkpoint (uri, sha256) and whichever of the current secretRef and validation gives
@@ -13,6 +14,7 @@ the old checkpoint in its sha256-keyed cache, so going back downloads nothing.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,3 +225,30 @@ def _paused(deployment: Mapping[str, Any], paused: bool) -> Edit:
             )
     patch = {"spec": {"rollout": {"paused": paused}}}
     return Edit(patch, None, message, document)
+
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def set_checkpoint(deployment: Mapping[str, Any], uri: str, sha256: str) -> Edit:
+    """spec.checkpoint's uri and sha256 (its other fields, e.g. secretRef, stay): the
+    operator makes a revision of it and the pods swap it in."""
+    where = _where(deployment)
+    sha = sha256.strip().lower()
+    if not SHA256.match(sha):
+        raise RefusedError(
+            f"{where}: --sha256 must be 64 hex digits (sha256sum FILE prints them), or use "
+            "--resolve to compute it"
+        )
+    current = (deployment.get("spec") or {}).get("checkpoint") or {}
+    shown = f"{redact_uri(uri)} (sha256 {short_sha(sha)})"
+    version = (deployment.get("metadata") or {}).get("resourceVersion")
+    document = {"uri": redact_uri(uri), "sha256": sha}
+    if current.get("uri") == uri and current.get("sha256") == sha:
+        return Edit(None, None, f"{where}: spec.checkpoint is already {shown}", document)
+    patch = {"spec": {"checkpoint": {"uri": uri, "sha256": sha}}}
+    message = (
+        f"{where}: spec.checkpoint set to {shown}; every pod verifies and swaps it in "
+        "without a restart (kubectl hotswap status NAME --watch)"
+    )
+    return Edit(patch, version, message, document)

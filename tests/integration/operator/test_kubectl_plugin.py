@@ -10,6 +10,7 @@ runtime pod writes them (its ModelReplica, named after the pod).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shlex
@@ -444,3 +445,29 @@ def test_status_watch_redraws_a_rollout_of_three_pods_in_tmux(crd, namespace, al
         wait_for(lambda: tmux(server, "has-session").returncode != 0, timeout=15, what="exit")
     finally:
         tmux(server, "kill-server")
+
+
+def test_set_checkpoint_with_a_sha256_or_resolved_from_a_local_copy(
+    crd, namespace, alice, tmp_path
+):
+    world = World(crd, namespace)
+    local = tmp_path / "v2.safetensors"
+    local.write_bytes(b"weights of revision 2" * 1000)
+    sha = hashlib.sha256(local.read_bytes()).hexdigest()
+    uri = "file:///models/v2.safetensors"
+    done = plugin(
+        alice, "set", "checkpoint", NAME, uri, "--resolve", "--from", str(local), "-n", namespace
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"spec.checkpoint set to {uri} (sha256 {sha[:12]})" in done.stdout
+    assert world.get()["spec"]["checkpoint"] == {"uri": uri, "sha256": sha}
+    assert world.sync()["status"]["revision"] == 2  # the operator made a revision of it
+    again = plugin(alice, "set", "checkpoint", NAME, uri, "--sha256", sha, "-n", namespace)
+    assert again.returncode == 0 and "already" in again.stdout
+    bad = plugin(alice, "set", "checkpoint", NAME, uri, "--sha256", "xyz", "-n", namespace)
+    assert bad.returncode == 1 and "64 hex digits" in bad.stderr
+    both = plugin(
+        alice, "set", "checkpoint", NAME, uri, "--sha256", sha, "--resolve", "-n", namespace
+    )
+    assert both.returncode == 1 and "one of them" in both.stderr
+    assert world.get()["spec"]["checkpoint"]["sha256"] == sha  # nothing else written

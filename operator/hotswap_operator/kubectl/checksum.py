@@ -1,0 +1,92 @@
+"""`set checkpoint --resolve`: the sha256 of the checkpoint a user names, read where the
+user can read it (never by the cluster): a local copy (`--from PATH`), a plain path or
+file:// URI on this machine, http(s) streamed, or s3:// with the user's own AWS
+credentials (boto3, when installed). Nothing is kept: the bytes are hashed as they come.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from hotswap_contract.redact import redact_uri
+from hotswap_operator.kubectl.api import PluginError
+
+CHUNK = 1 << 20
+TIMEOUT = 30.0  # seconds without a byte from an http(s) server
+
+
+def sha256_of(uri: str, local: Path | None = None) -> str:
+    """The hex sha256 of the checkpoint: `local` when given, else what `uri` names."""
+    return _hash(_chunks(uri, local))
+
+
+def _hash(chunks: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _chunks(uri: str, local: Path | None) -> Iterator[bytes]:
+    if local is not None:
+        return _file(local)
+    scheme = urlsplit(uri).scheme
+    if scheme in ("", "file"):
+        return _file(Path(urlsplit(uri).path if scheme else uri))
+    if scheme in ("http", "https"):
+        return _http(uri)
+    if scheme == "s3":
+        return _s3(uri)
+    raise PluginError(
+        f"cannot read {redact_uri(uri)} here (scheme {scheme}): hash a local copy with "
+        "--from PATH, or give --sha256 HEX"
+    )
+
+
+def _file(path: Path) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                yield chunk
+    except OSError as err:
+        raise PluginError(f"cannot read {path}: {err.strerror}; check the path") from None
+
+
+def _http(uri: str) -> Iterator[bytes]:
+    try:
+        with urllib.request.urlopen(
+            uri, timeout=TIMEOUT
+        ) as answer:  # http(s) only: _chunks checked the scheme
+            while chunk := answer.read(CHUNK):
+                yield chunk
+    except urllib.error.HTTPError as err:
+        raise PluginError(f"{redact_uri(uri)} answered {err.code}; check the URI") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise PluginError(f"cannot read {redact_uri(uri)}: {_reason(err)}") from None
+
+
+def _s3(uri: str) -> Iterator[bytes]:
+    try:
+        import boto3  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise PluginError(
+            "reading s3:// needs boto3 (pip install boto3, with your AWS credentials as the "
+            "AWS CLI finds them), or hash a local copy with --from PATH"
+        ) from None
+    parts = urlsplit(uri)
+    try:
+        body: Any = boto3.client("s3").get_object(Bucket=parts.netloc, Key=parts.path[1:])["Body"]
+        yield from body.iter_chunks(CHUNK)
+    except Exception as err:  # botocore's errors: a missing object, no credentials
+        raise PluginError(f"cannot read {redact_uri(uri)}: {type(err).__name__}") from None
+
+
+def _reason(err: Exception) -> str:
+    reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
+    return str(reason)
