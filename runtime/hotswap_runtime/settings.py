@@ -314,23 +314,36 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         parser.add_argument(
             "--" + field.replace("_", "-"), type=kind, default=default, help=f"{text} (${var})"
         )
-    parser.add_argument(
-        "--no-api-watch",
-        dest="api_watch",
-        action="store_false",
-        default=env.get("HOTSWAP_API_WATCH", "true").strip().lower() not in _OFF,
-        help="do not watch the ConfigMap through the Kubernetes API "
+    _switch(
+        parser,
+        env,
+        "api_watch",
+        "HOTSWAP_API_WATCH",
+        "do not watch the ConfigMap through the Kubernetes API "
         "(default: on unless $HOTSWAP_API_WATCH is false, 0 or no)",
     )
-    parser.add_argument(
-        "--no-loopback",
-        dest="loopback",
-        action="store_false",
-        default=env.get("HOTSWAP_LOOPBACK", "true").strip().lower() not in _OFF,
-        help="serve REST and gRPC on --host only, not also on 127.0.0.1 for kubectl "
+    _switch(
+        parser,
+        env,
+        "loopback",
+        "HOTSWAP_LOOPBACK",
+        "serve REST and gRPC on --host only, not also on 127.0.0.1 for kubectl "
         "port-forward (default: also unless $HOTSWAP_LOOPBACK is false, 0 or no)",
     )
     return parser
+
+
+def _switch(
+    parser: argparse.ArgumentParser, env: Mapping[str, str], dest: str, var: str, text: str
+) -> None:
+    """`--no-<dest>`: on unless `var` says false, 0, no or off."""
+    parser.add_argument(
+        "--no-" + dest.replace("_", "-"),
+        dest=dest,
+        action="store_false",
+        default=env.get(var, "true").strip().lower() not in _OFF,
+        help=text,
+    )
 
 
 def load_settings(

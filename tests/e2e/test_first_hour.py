@@ -7,21 +7,19 @@ pod or the Service reaches the model from the host.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from devcluster import checkpoints, tiny
-from devcluster.cluster import REPO
 from devcluster.fleet import Fleet, cpu_deployment, infer_body
 from examples.checkpoints import pod_uri
 from hotswap_contract.wire import GRPC_PORT, HTTP_PORT
+from tests.fixtures_runtime import clients
 
 SHAPE = (tiny.FEATURES,)
 MISSING_IMAGE = "localhost/hotswap-no-such-image:1"  # allowed by policy, never built
@@ -102,17 +100,7 @@ def port_forward(cluster, namespace: str, target: str) -> Iterator[dict[int, int
 def triton_grpc(target: str, model: str) -> dict:
     """tritonclient's gRPC client at its defaults, in a process of its own (its protobuf
     package `inference` cannot share a process with the runtime's: clients.py)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.fixtures_runtime.clients", "triton-grpc", "", target, model],
-        input=json.dumps({"data": [[0.5] * SHAPE[0]]}),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"tritonclient failed:\n{done.stderr[-3000:]}"
-    return dict(json.loads(done.stdout.splitlines()[-1]))
+    return clients.ask("triton-grpc", "", target, model, [[0.5] * SHAPE[0]])
 
 
 def test_port_forward_and_helm_test_reach_the_model(cluster, installed, helm_bin, v1):

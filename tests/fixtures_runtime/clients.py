@@ -14,10 +14,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ask(kind: str, url: str, target: str, model: str, data: Any) -> dict[str, Any]:
+    """Run client KIND in a process of its own (this module's main) and return what it
+    printed; ``data`` is the input, a nested list of floats."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.fixtures_runtime.clients", kind, url, target, model],
+        input=json.dumps({"data": data}),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"{kind} failed:\n{done.stderr[-3000:]}"
+    return dict(json.loads(done.stdout.splitlines()[-1]))
 
 
 def triton_http(url: str, _: str, model: str, x: np.ndarray) -> dict[str, Any]:

@@ -7,9 +7,6 @@ must get the tiny model's exact output, from the revision the answer names.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +15,8 @@ import torch
 
 from devcluster import checkpoints as ck
 from devcluster import tiny
-from tests.fixtures_runtime.server import REPO, RuntimeProcess, running
+from tests.fixtures_runtime import clients
+from tests.fixtures_runtime.server import RuntimeProcess, running
 
 X = [[1.0, 2.0, 3.0, 4.0], [-2.0, 0.0, 5.0, 1.0]]
 
@@ -33,25 +31,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess
 
 
 def ask(kind: str, runtime: RuntimeProcess) -> dict:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.fixtures_runtime.clients",
-            kind,
-            runtime.url,
-            runtime.grpc_target,
-            runtime.model,
-        ],
-        input=json.dumps({"data": X}),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"{kind} failed:\n{done.stderr[-3000:]}"
-    return json.loads(done.stdout.splitlines()[-1])
+    return clients.ask(kind, runtime.url, runtime.grpc_target, runtime.model, X)
 
 
 @pytest.mark.parametrize("kind", ["triton-http", "triton-grpc", "kserve-rest", "kserve-grpc"])
