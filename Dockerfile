@@ -53,6 +53,13 @@ COPY runtime /src/runtime
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     pip wheel --cache-dir /root/.cache/pip --no-deps --wheel-dir /wheels /src
 
+# The quickstart's checkpoints (examples/quickstart.yaml), made here as examples/checkpoints.py
+# makes them: seeded resnet18 weights, the same bytes (and sha256) wherever these pins
+# run, so the example works on a default install with no volume and no download.
+FROM runtime-deps AS examples
+COPY examples/checkpoints.py /tmp/checkpoints.py
+RUN python3 /tmp/checkpoints.py --dir /opt/hotswap-examples --versions 1 2
+
 FROM operator-deps AS operator
 COPY --from=app /wheels /tmp/wheels
 RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
@@ -61,6 +68,7 @@ USER 10001:10001
 ENTRYPOINT ["hotswap-operator"]
 
 FROM runtime-deps AS runtime
+COPY --from=examples /opt/hotswap-examples /opt/hotswap-examples
 COPY --from=app /wheels /tmp/wheels
 RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 ENV TORCH_HOME=/tmp/torch

@@ -27,7 +27,8 @@ from collections.abc import Iterable, Sequence
 
 DEFAULT_ARCHITECTURES = ("torchvision", "python/hotswap_runtime.examples")
 MODELS_DIR = "/models"  # where the chart's runtime.modelVolume is mounted, read-only
-DEFAULT_FILE_ROOTS = (MODELS_DIR,)
+EXAMPLES_DIR = "/opt/hotswap-examples"  # the quickstart's checkpoints, in the runtime image
+DEFAULT_FILE_ROOTS = (MODELS_DIR, EXAMPLES_DIR)
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _MODULE = rf"{_IDENT}(?:\.{_IDENT})*"

@@ -1,13 +1,15 @@
 """A platform engineer's first hour, end to end on the real node: pods that cannot run
 say why, in the ModelDeployment's status and `kubectl get modeldeployments -o wide`,
 in the scheduler's and the kubelet's own words, within 30 s; `kubectl port-forward` to a
-pod or the Service reaches the model from the host.
+pod or the Service reaches the model from the host; examples/quickstart.yaml serves and
+swaps as written, with the chart's default policy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -16,12 +18,15 @@ import httpx
 import pytest
 
 from devcluster import checkpoints, tiny
+from devcluster.cluster import REPO
 from devcluster.fleet import Fleet, cpu_deployment, infer_body
+from devcluster.waiting import wait_for
 from examples.checkpoints import pod_uri
 from hotswap_contract.wire import GRPC_PORT, HTTP_PORT
 from tests.fixtures_runtime import clients
 
 SHAPE = (tiny.FEATURES,)
+QUICKSTART_SHAPE = (3, 32, 32)  # examples/quickstart.yaml's inputShape
 MISSING_IMAGE = "localhost/hotswap-no-such-image:1"  # allowed by policy, never built
 REACHED = "reach"  # the ModelDeployment `helm test` sends its request to
 HELM_SETS = (f"policy.images={{{MISSING_IMAGE}}}", f"test.modelDeployment={REACHED}")
@@ -131,3 +136,29 @@ def test_port_forward_and_helm_test_reach_the_model(cluster, installed, helm_bin
             assert answer["version"] == "1" and len(answer["output"]) == 1
         print(f"\nport-forward {target}: REST and gRPC answered from 127.0.0.1")
     cluster.kubectl("delete", "modeldeployment", name, "-n", installed, "--wait=false")
+
+
+def test_the_quickstart_serves_and_swaps_as_written(cluster, installed):
+    """examples/quickstart.yaml on an install with the chart's default policy: applied
+    as written, its two pods serve v1 from the runtime image's own checkpoints; the
+    `kubectl patch` of its comments swaps both to v2 under traffic, with no failed
+    request and no pod restarted."""
+    path = REPO / "examples" / "quickstart.yaml"
+    (patch,) = [
+        shlex.split(line.removeprefix("#").strip())
+        for line in path.read_text().splitlines()
+        if line.startswith("#   kubectl patch modeldeployment quickstart")
+    ]
+    fleet = Fleet(cluster, installed, "quickstart")
+    cluster.kubectl("apply", "-n", installed, "-f", str(path))
+    fleet.wait_serving(1, 2, timeout=300)
+    pods = {p["metadata"]["uid"] for p in fleet.pods()}
+    with fleet.load(QUICKSTART_SHAPE) as load:
+        cluster.kubectl(*patch[1:], "-n", installed)
+        status = fleet.wait_serving(2, 2, timeout=300)
+        wait_for(lambda: load.versions["2"] > 0, timeout=60, what="an answer from v2")
+    print(f"\nquickstart: answers by revision {dict(load.versions)}, failed {len(load.failures)}")
+    assert load.failures == [] and load.versions["1"] > 0
+    assert {p["metadata"]["uid"] for p in fleet.pods()} == pods  # swapped, not restarted
+    assert condition(status, "Available")["status"] == "True"
+    cluster.kubectl("delete", "modeldeployment", "quickstart", "-n", installed, "--wait=false")

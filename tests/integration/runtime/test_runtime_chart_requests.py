@@ -1,5 +1,5 @@
 """The chart's requests, against a real runtime serving the example ModelDeployment
-(examples/resnet18.yaml: resnet18, 10 classes, 3x32x32 inputs) the way its pod does:
+(examples/quickstart.yaml: resnet18, 10 classes, 3x32x32 inputs) the way its pod does:
 HOTSWAP_HOST is a stand-in pod IP (127.0.0.2) and every request goes to 127.0.0.1, where
 `kubectl port-forward` connects inside the pod.
 
@@ -26,7 +26,7 @@ from devcluster.helm import CHART
 from examples import checkpoints as examples
 from tests.fixtures_runtime.server import RuntimeProcess, running
 
-MODEL = "resnet18"
+MODEL = "quickstart"
 SCRIPT = CHART / "files" / "inference-test.py"
 
 

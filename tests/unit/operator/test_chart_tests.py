@@ -31,7 +31,7 @@ def test_no_model_deployment_named_no_test_and_the_notes_say_how(helm_bin):
     assert hook_pods(helm_bin) == []
     text = notes(helm_bin)
     assert "helm test runs nothing until you name a ModelDeployment" in text
-    assert "--set test.modelDeployment=resnet18" in text
+    assert "--set test.modelDeployment=quickstart" in text
 
 
 def test_the_test_pod_asks_the_named_model_through_its_service(helm_bin):
