@@ -103,9 +103,10 @@ def load_api_client() -> Any:
 class Kube:
     """Typed calls to the API server through a kubernetes ApiClient."""
 
-    def __init__(self, api: Any, field_manager: str = MANAGER) -> None:
+    def __init__(self, api: Any, field_manager: str = MANAGER, timeout: float = 30) -> None:
         self.api = api
         self.field_manager = field_manager
+        self.timeout = timeout  # seconds one request may take
 
     @classmethod
     def from_env(cls) -> Kube:
@@ -131,7 +132,7 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         try:
-            resp = self.api.call_api(*req, _request_timeout=30)
+            resp = self.api.call_api(*req, _request_timeout=self.timeout)
             data = resp.read()
         except Exception as exc:  # urllib3 errors: connection refused, timeouts
             raise KubeError(0, f"{method} {path}: {exc}") from exc

@@ -47,5 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(argv)
 
 
+def complete(argv: Sequence[str] | None = None) -> int:
+    """`kubectl_complete-hotswap`: candidates for kubectl's TAB completion (complete.py);
+    without the extra, none (a TAB never prints an error over the line)."""
+    if missing():
+        print(":4")
+        return 0
+    from hotswap_operator.kubectl.complete import main as run
+
+    return run(argv)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -81,7 +81,10 @@ class Session:
 
 
 def connect(
-    kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    namespace: str | None = None,
+    timeout: float = 30,
 ) -> Session:
     """A Session from kubectl's settings (see the module docstring)."""
     from kubernetes import client, config
@@ -108,7 +111,7 @@ def connect(
         raise ConfigError(
             f"no kubeconfig at {files}: pass --kubeconfig or set KUBECONFIG, as for kubectl"
         )
-    return Session(Kube(api, field_manager=MANAGER), namespace or default or "default")
+    return Session(Kube(api, MANAGER, timeout), namespace or default or "default")
 
 
 def _any_exists(files: str) -> bool:
@@ -234,6 +237,46 @@ def server_versions(session: Session) -> dict[str, Any]:
         "apiGroup": API_GROUP,
         "servedVersions": versions if group is not None else None,
         "preferredVersion": ((group or {}).get("preferredVersion") or {}).get("version"),
+    }
+
+
+OPERATOR_SELECTOR = "app.kubernetes.io/name=hotswap-operator"  # the chart's labels
+OPERATORS_FIX = f"kubectl get deployments -A -l {OPERATOR_SELECTOR} (with list on deployments)"
+
+
+def operator_versions(session: Session) -> dict[str, Any]:
+    """The operator Deployments the user may see, in every namespace or else in the
+    session's: each one's version label, image and ready replicas. Optional, so not in
+    PERMISSIONS: a user without list on Deployments gets `error`, not a failure."""
+    found, scope = None, "every namespace"
+    for path in (
+        "/apis/apps/v1/deployments",
+        f"/apis/apps/v1/namespaces/{session.namespace}/deployments",
+    ):
+        try:
+            found = session.kube.request("GET", path, None, [("labelSelector", OPERATOR_SELECTOR)])
+            break
+        except KubeError as err:
+            if err.status != 403:
+                return {"error": f"listing the operator's Deployments: {clip(str(err), 240)}"}
+            scope = f"namespace {session.namespace}"
+    if found is None:
+        return {
+            "error": f"you may not list Deployments in {scope}; an admin can run {OPERATORS_FIX}"
+        }
+    return {"scope": scope, "deployments": [_operator(d) for d in found.get("items") or []]}
+
+
+def _operator(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    meta, spec = deployment.get("metadata") or {}, deployment.get("spec") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or [{}]
+    ready = (deployment.get("status") or {}).get("readyReplicas") or 0
+    return {
+        "namespace": meta.get("namespace"),
+        "name": meta.get("name"),
+        "version": (meta.get("labels") or {}).get("app.kubernetes.io/version"),
+        "image": containers[0].get("image"),
+        "ready": f"{ready}/{spec.get('replicas', 1)}",
     }
 
 

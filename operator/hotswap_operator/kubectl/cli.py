@@ -39,6 +39,7 @@ from hotswap_operator.kubectl.api import (
     connect,
     get_deployment,
     list_deployments,
+    operator_versions,
     patch_deployment,
     server_versions,
 )
@@ -191,13 +192,16 @@ def list_(session: Session, args: argparse.Namespace) -> Result:
 
 
 def version(args: argparse.Namespace) -> Result:
-    """The plugin's version; unless --client, what the cluster serves (the connection
-    failing still prints the plugin's: exit 1, as `kubectl version`)."""
+    """The plugin's version; unless --client, what the cluster serves and the operator
+    Deployments the user may list (the connection failing still prints the plugin's:
+    exit 1, as `kubectl version`)."""
     doc: JSON = {"client": {"plugin": PROG, "version": plugin_version()}}
     if args.client:
         return views.version_text(doc), doc
     try:
-        doc["server"] = server_versions(_connect(args))
+        session = _connect(args)
+        doc["server"] = server_versions(session)
+        doc["operator"] = operator_versions(session)
     except PluginError as err:
         raise PartialError(str(err), views.version_text(doc), doc) from None
     return views.version_text(doc), doc

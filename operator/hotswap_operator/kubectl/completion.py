@@ -4,8 +4,9 @@ keep up to date.
 
 The script completes the `kubectl-hotswap` command (subcommands, each one's flags, the
 values of `-o` and of `completion`, files after `--kubeconfig`). zsh runs the same
-function through bashcompinit. ModelDeployment names are not completed (that would need
-a call to the cluster on each TAB).
+function through bashcompinit. A ModelDeployment's NAME comes from the cluster: the
+script asks `kubectl_complete-hotswap` (complete.py), which kubectl itself runs to
+complete `kubectl hotswap ...` (kubectl 1.26 and later).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Iterable
 
 FUNCTION = "_kubectl_hotswap"
 COMMAND = "kubectl-hotswap"
+COMPLETER = "kubectl_complete-hotswap"  # complete.py: kubectl's plugin completion, names
+ASK = f'COMPREPLY=($({COMPLETER} "${{COMP_WORDS[@]:1:COMP_CWORD}}" 2>/dev/null | grep -v "^:"))'
 SHELLS = ("bash", "zsh")
 
 
@@ -80,7 +83,22 @@ def _case(name: str, sub: argparse.ArgumentParser) -> str:
         for choice in action.choices
     ]
     words = _words([*positional, *_flags(sub)])
-    return f'        {name}) COMPREPLY=($(compgen -W "{words}" -- "$cur")) ;;'
+    offer = f'COMPREPLY=($(compgen -W "{words}" -- "$cur"))'
+    if not _names_ahead(sub):
+        return f"        {name}) {offer} ;;"
+    return f"        {name}) if [[ $cur == -* ]]; then {offer}; else {ASK}; fi ;;"
+
+
+def _names_ahead(sub: argparse.ArgumentParser) -> bool:
+    """Whether a ModelDeployment's NAME is among the subcommand's positionals (`set`:
+    its `checkpoint`'s): those words come from the cluster, through COMPLETER."""
+    nested = [
+        p
+        for a in sub._actions
+        if isinstance(a, argparse._SubParsersAction)
+        for p in a.choices.values()
+    ]
+    return any(a.metavar == "NAME" for p in (sub, *nested) for a in p._actions)
 
 
 def _value_cases(

@@ -150,7 +150,24 @@ def version_text(doc: Mapping[str, Any]) -> str:
             "(helm upgrade --install hotswap-crds charts/hotswap-crds)"
         )
         lines += [f"Kubernetes:    {_n(server['kubernetes'])}", f"API group:     {group}"]
+    operator = doc.get("operator")
+    if operator is not None:
+        lines += _operator_lines(operator)
     return "\n".join(lines)
+
+
+def _operator_lines(operator: Mapping[str, Any]) -> list[str]:
+    """The operator Deployments found, or why none could be read."""
+    if "error" in operator:
+        return [f"Operator:      unknown: {operator['error']}"]
+    if not operator["deployments"]:
+        install = "helm upgrade --install hotswap charts/hotswap"
+        return [f"Operator:      none found in {operator['scope']} ({install})"]
+    return [
+        f"Operator:      {d['version'] or '?'} ({d['namespace']}/{d['name']}, "
+        f"image {d['image']}, {d['ready']} ready)"
+        for d in operator["deployments"]
+    ]
 
 
 def verdict(deployment: Mapping[str, Any]) -> tuple[bool, str | None]:

@@ -120,6 +120,8 @@ def test_version_and_completion_need_no_cluster(venv):
     assert script.returncode == 0 and "complete -F _kubectl_hotswap kubectl-hotswap" in (
         script.stdout
     )
+    offered = in_venv(venv, "kubectl_complete-hotswap", "st")  # kubectl's plugin completion
+    assert (offered.returncode, offered.stdout, offered.stderr) == (0, "status\n:4\n", "")
     lost = in_venv(venv, "kubectl-hotswap", "list", "--kubeconfig", "/nonexistent/config")
     assert lost.returncode == 1 and "Traceback" not in lost.stderr
     assert lost.stderr.startswith("error: kubeconfig /nonexistent/config: ")

@@ -38,6 +38,7 @@ from hotswap_operator.sync import Syncer
 CRD = REPO / "crds" / "modeldeployment.yaml"
 ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"
 PLUGIN = Path(sys.executable).parent / "kubectl-hotswap"
+COMPLETER = PLUGIN.parent / "kubectl_complete-hotswap"  # kubectl runs it on TAB
 MD = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modeldeployments"
 NAME = "resnet"
 SHA1, SHA2, SHA3 = "1" * 64, "2" * 64, "3" * 64
@@ -246,6 +247,40 @@ def test_list_and_version_with_only_the_documented_role(crd, namespace, alice):
         "servedVersions": ["v1alpha1"],
         "preferredVersion": "v1alpha1",
     }
+    assert "you may not list Deployments in namespace " in shown.stdout  # alice: no list
+    assert "Operator:      unknown: you may not list Deployments" in (
+        plugin(alice, "version", "-n", namespace).stdout
+    )
+
+
+def test_version_names_the_operator_deployments_an_admin_may_list(crd, namespace):
+    """The chart's labels find the operator: its version label, image and readiness."""
+    labels = {"app.kubernetes.io/name": "hotswap-operator", "app.kubernetes.io/version": "9.8.7"}
+    container = {"name": "operator", "image": "example.com/hotswap-operator:9.8.7"}
+    crd.rest().post(
+        f"/apis/apps/v1/namespaces/{namespace}/deployments",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "hotswap", "labels": labels},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+            },
+        },
+    )
+    shown = plugin(crd.kubeconfig, "version")
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        f"Operator:      9.8.7 ({namespace}/hotswap, image example.com/hotswap-operator:9.8.7, "
+        "0/2 ready)"
+    ) in shown.stdout.splitlines()
+    doc = json.loads(plugin(crd.kubeconfig, "version", "-o", "json").stdout)["operator"]
+    assert doc["scope"] == "every namespace"
+    assert {"namespace": namespace, "name": "hotswap", "version": "9.8.7"}.items() <= next(
+        d for d in doc["deployments"] if d["namespace"] == namespace
+    ).items()
 
 
 def test_a_user_without_patch_is_told_what_is_missing(crd, namespace):
@@ -471,3 +506,37 @@ def test_set_checkpoint_with_a_sha256_or_resolved_from_a_local_copy(
     )
     assert both.returncode == 1 and "one of them" in both.stderr
     assert world.get()["spec"]["checkpoint"]["sha256"] == sha  # nothing else written
+
+
+def test_tab_completes_modeldeployment_names_as_alice(crd, namespace, alice):
+    """kubectl's own completion of `kubectl hotswap status <TAB>` (it runs
+    kubectl_complete-hotswap from PATH) and the plugin's bash script both offer the
+    namespace's ModelDeployments, read with the user's kubeconfig."""
+    two_revisions(crd, namespace)
+    env = {"KUBECONFIG": str(alice)}
+    environ = {**os.environ, **env, "PATH": f"{PLUGIN.parent}{os.pathsep}{os.environ['PATH']}"}
+    asked = subprocess.run(
+        [str(COMPLETER), "-n", namespace, "status", "r"],
+        capture_output=True,
+        text=True,
+        env=environ,
+    )
+    assert (asked.stdout.splitlines(), asked.stderr) == ([NAME, ":4"], "")
+    kubectl = plugin_kubectl()
+    if kubectl is not None:
+        line = ["__complete", "hotswap", "-n", namespace, "undo", ""]
+        done = plugin(None, *line, env=env, kubectl=kubectl)
+        assert done.stdout.splitlines()[0] == NAME, done.stdout + done.stderr
+    script = plugin(None, "completion", "bash").stdout
+    words = ["kubectl-hotswap", "-n", namespace, "set", "checkpoint", ""]
+    program = "\n".join(
+        [
+            script,
+            f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)})",
+            f"COMP_CWORD={len(words) - 1}",
+            "_kubectl_hotswap",
+            'printf "%s\\n" "${COMPREPLY[@]}"',
+        ]
+    )
+    done = subprocess.run(["bash", "-c", program], capture_output=True, text=True, env=environ)
+    assert done.stdout.split() == [NAME], done.stderr

@@ -20,6 +20,7 @@ import yaml
 
 from hotswap_operator.kube import Kube, KubeError
 from hotswap_operator.kubectl import api, cli, completion
+from hotswap_operator.kubectl import complete as complete_words
 from hotswap_operator.kubectl.api import Session
 
 REPO = Path(__file__).resolve().parents[3]
@@ -124,7 +125,11 @@ def test_version_shows_what_the_cluster_serves(monkeypatch, capsys):
         "versions": [{"version": "v1alpha1"}],
         "preferredVersion": {"version": "v1alpha1"},
     }
-    answers = {"/version": {"gitVersion": "v1.36.0"}, "/apis/hotswap.dev": group}
+    answers = {
+        "/version": {"gitVersion": "v1.36.0"},
+        "/apis/hotswap.dev": group,
+        "/apis/apps/v1/deployments": {"items": []},
+    }
     code, out, _ = run(monkeypatch, capsys, answers, "version", "-o", "yaml")
     assert code == 0
     assert yaml.safe_load(out)["server"] == {
@@ -137,6 +142,28 @@ def test_version_shows_what_the_cluster_serves(monkeypatch, capsys):
     code, out, _ = run(monkeypatch, capsys, answers, "version")
     assert code == 0
     assert "API group:     hotswap.dev not served: the CRDs are not installed" in out
+    assert "Operator:      none found in every namespace (helm upgrade --install" in out
+
+
+def test_version_says_why_the_operator_is_unknown(monkeypatch, capsys):
+    """Forbidden everywhere, then in the namespace: the line says so and names the
+    admin's command; any other error: the API server's words. Exit 0 either way."""
+    forbidden = KubeError(403, "forbidden")
+    answers = {
+        "/version": {"gitVersion": "v1.36.0"},
+        "/apis/hotswap.dev": None,
+        "/apis/apps/v1/deployments": forbidden,
+        "/apis/apps/v1/namespaces/models/deployments": forbidden,
+    }
+    code, out, _ = run(monkeypatch, capsys, answers, "version", "-n", "models")
+    assert code == 0
+    assert (
+        "Operator:      unknown: you may not list Deployments in namespace models; an admin "
+        "can run kubectl get deployments -A -l app.kubernetes.io/name=hotswap-operator"
+    ) in out
+    answers["/apis/apps/v1/deployments"] = KubeError(500, "GET: 500 etcd timeout")
+    code, out, _ = run(monkeypatch, capsys, answers, "version", "-n", "models")
+    assert "Operator:      unknown: listing the operator's Deployments: GET: 500 etcd" in out
 
 
 def test_version_without_a_cluster_prints_the_client_and_exits_1(monkeypatch, capsys):
@@ -237,6 +264,33 @@ def test_bash_completion_offers_every_subcommand_its_flags_and_choices(capsys):
         *complete(script, "kubectl-hotswap completion -"),
     ]
     assert complete(script, "kubectl-hotswap status resnet --timeout ") == []
+
+
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        (["st"], ["status"]),
+        (["-n", "ml", "set", ""], ["checkpoint"]),
+        (["--namespace=ml", "undo", "r", "--to"], ["--to-revision"]),
+        (["status", "r", "-o", "y"], ["yaml"]),
+        (["status", "r", "--timeout", ""], []),  # a value the user types
+        (["completion", ""], ["bash", "zsh"]),
+        (["status", "r", ""], []),  # NAME given: nothing more to name
+        (["set", "checkpoint", "r", ""], []),  # the URI is the user's
+        (["list", "-A", ""], []),
+    ],
+)
+def test_kubectl_complete_offers_what_the_parser_allows(words, expected):
+    """`kubectl_complete-hotswap` (kubectl's plugin completion) for the words before the
+    cursor and the word being typed; names need a cluster (the integration tests)."""
+    assert complete_words.candidates(words[:-1], words[-1]) == expected
+
+
+def test_kubectl_complete_offers_no_names_without_a_cluster(tmp_path, capsys):
+    """No kubeconfig: no candidates and no error, then cobra's no-file-names directive."""
+    missing = str(tmp_path / "none")
+    assert complete_words.main(["--kubeconfig", missing, "status", ""]) == 0
+    assert capsys.readouterr() == (":4\n", "")
 
 
 def test_zsh_completion_is_the_bash_function_through_bashcompinit():
