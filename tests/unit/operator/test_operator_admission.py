@@ -137,7 +137,7 @@ def test_the_policy_reaches_runtime_pods_and_the_model_volume_is_mounted_read_on
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["HOTSWAP_ALLOWED_ARCHITECTURES"] == "torchvision,python/hotswap_runtime.examples"
-    assert env["HOTSWAP_FILE_ROOTS"] == "/models"
+    assert env["HOTSWAP_FILE_ROOTS"] == "/models,/opt/hotswap-examples"
     assert env["HOTSWAP_FETCH_ALLOWED_NETWORKS"] == "10.0.0.0/8"
     assert env["HOTSWAP_MAX_CHECKPOINT_BYTES"] == env["HOTSWAP_MAX_MODEL_BYTES"] == "1000"
     volumes = {v["name"]: v for v in pod["volumes"]}

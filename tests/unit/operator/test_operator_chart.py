@@ -152,7 +152,7 @@ def test_the_policy_values_reach_the_operator(helm_bin):
     defaults = runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": raw})
     assert defaults.policy.architectures == ("torchvision", "python/hotswap_runtime.examples")
     assert defaults.policy.images == ("registry.corp/ml/*",)
-    assert defaults.policy.file_roots == ("/models",)
+    assert defaults.policy.file_roots == ("/models", "/opt/hotswap-examples")
     assert "LD_PRELOAD" not in defaults.policy.runtime_env
     assert defaults.model_volume == {"persistentVolumeClaim": {"claimName": "models"}}
     assert runtime_defaults({"HOTSWAP_RUNTIME_DEFAULTS": render_defaults(helm_bin)}).policy
