@@ -211,9 +211,9 @@ def summarize(
     """Counts, phase and conditions of a ModelDeployment from its pods' reports;
     ``required``: the pods that must serve for Available (`minimum_serving`);
     ``creating``: why its Deployment cannot create pods (pod_problems.creation)."""
-    summary = _summarize(desired, status, pods)
+    reports = status.reports()  # parsed once per sync
+    summary = _summarize(desired, status, pods, reports)
     live = sorted((p for p in pods if not p.terminating), key=lambda p: p.name)
-    reports = status.reports()
     available = _available(live, reports, min(required, desired))
     behind = [p for p in live if not (p.ready and isinstance(reports.get(p.name), PodReport))]
     uncreated = f"pods cannot be created ({creating})" if creating and len(live) < desired else ""
@@ -235,7 +235,12 @@ def _with_uncreated(value: ConditionValue, uncreated: str) -> ConditionValue:
     return replace(value, message=f"{value.message}; {uncreated}")
 
 
-def _summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodInfo]) -> Summary:
+def _summarize(
+    desired: int,
+    status: ModelDeploymentStatus,
+    pods: Sequence[PodInfo],
+    reports: Mapping[str, PodReport | str],
+) -> Summary:
     live = [p for p in pods if not p.terminating]
     ready = sum(p.ready for p in live)
     stable = status.stable
@@ -250,11 +255,10 @@ def _summarize(desired: int, status: ModelDeploymentStatus, pods: Sequence[PodIn
             ConditionValue(C.DEGRADED, bool(status.error), reason, message),
         )
         return Summary(len(live), ready, 0, desired, phase, conditions, message=status.error)
-    reports = status.reports()
     updated = sum(_serves(reports.get(p.name), stable) for p in live)
     live = sorted(live, key=lambda p: p.name)
     failures = [(p.name, f) for p in live if (f := _failure(reports.get(p.name), stable))]
-    failing = [p for p in live if _failure(reports.get(p.name), stable)]
+    failing = [p for p in live if p.name in dict(failures)]
     phase = _phase(desired, live, reports, updated, failures)
     target = f"revision {stable.revision} (sha256 {short_sha(stable.sha256)})"
     counts = f"{updated}/{desired} pods serve {target}, {ready}/{desired} ready"
