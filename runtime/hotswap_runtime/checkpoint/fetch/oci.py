@@ -57,7 +57,7 @@ from hotswap_runtime.checkpoint.fetch.http import (
 )
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy
 from hotswap_runtime.checkpoint.fetch.stream import Body
-from hotswap_runtime.errors import FetchError, IntegrityError
+from hotswap_runtime.errors import FetchError, FetchRefused, IntegrityError
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_TOKEN_BYTES = 64 << 10
@@ -201,9 +201,15 @@ async def _login(
     token_url = realm + ("&" if "?" in realm else "?") + urlencode(query)
     url, _ = parse_url(token_url, shown)
     trusted = url.scheme == "https" or url.host == ref.registry.rsplit(":", 1)[0].lower()
-    status, _, data = await _small(
-        client, token_url, basic if trusted else None, policy, shown, {}, chosen=True
-    )
+    try:
+        status, _, data = await _small(
+            client, token_url, basic if trusted else None, policy, shown, {}, chosen=True
+        )
+    except FetchRefused as exc:  # our own words: name the token server as the place
+        prefix = f"cannot fetch checkpoint {shown}: "
+        raise FetchRefused(
+            f"{prefix}the registry's token server: {str(exc).removeprefix(prefix)}"
+        ) from None
     if status in (401, 403):
         raise FetchError(
             f"cannot fetch checkpoint {shown}: the registry's token server denied access "
