@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from devcluster import checkpoints as ck
-from devcluster import tiny
+from devcluster import oci_registry, tiny
 from hotswap_contract.wire import Checkpoint
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import (
@@ -27,7 +27,7 @@ from hotswap_runtime.errors import (
     Superseded,
 )
 from tests.fixtures_runtime import hostile_http as hostile
-from tests.fixtures_runtime import oci_registry, tcp_relay
+from tests.fixtures_runtime import tcp_relay
 from tests.fixtures_runtime.server import running
 from tests.integration.runtime.test_runtime_fetch_http import cancelled_fetch
 from tests.integration.runtime.test_runtime_remote_stores import infer, output_of, write_secret
@@ -87,9 +87,9 @@ def test_by_tag_title_or_digest_with_the_pull_secret(
     store.path_for(SHA).unlink()
     assert store.fetch(ck_oci(registry.host, "team/tiny:v1")).read_bytes() == DATA
     assert len(registry.issued) == before + 2  # one token per fetch, from the token server
-    logins = [r for r in registry.tokens.requests if r.path.startswith("/token")]
-    assert "repository%3Ateam%2Ftiny%3Apull" in logins[-1].path  # pull only
-    assert logins[-1].headers["Authorization"].startswith("Basic ")
+    path, headers = registry.tokens.requests[-1]
+    assert "repository%3Ateam%2Ftiny%3Apull" in path  # pull only
+    assert headers["Authorization"].startswith("Basic ")
 
 
 def test_a_wrong_sha256_or_an_unknown_file_fails_before_any_blob_is_read(

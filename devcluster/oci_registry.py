@@ -1,4 +1,4 @@
-"""The CNCF distribution registry on loopback for oci:// tests, with token auth.
+"""The CNCF distribution registry on loopback for oci:// tests and benchmarks, with token auth.
 
 ``serve()`` starts ``.cache/bin/registry`` (``make registry``) over TLS (a test CA in
 ``ca``: point ``SSL_CERT_FILE`` at it), its storage in a temporary folder, and a token
@@ -18,13 +18,15 @@ import ipaddress
 import json
 import ssl
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -33,12 +35,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from devcluster.cluster import free_port
 from devcluster.waiting import wait_for
-from tests.fixtures_runtime import hostile_http as hostile
 
-from .server import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = ROOT / ".cache" / "bin" / "registry"
 USER, PASSWORD = "alice", "registry-s3cret-pw"
 SERVICE, ISSUER = "hotswap-test-registry", "hotswap-test-tokens"
@@ -49,20 +49,27 @@ MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 @dataclass
+class TokenServer:
+    url: str
+    requests: list[tuple[str, dict[str, str]]]  # path and headers of each request
+
+
+@dataclass
 class Registry:
     host: str  # 127.0.0.1:PORT
     ca: Path
-    tokens: hostile.Hostile
+    tokens: TokenServer
     issued: list[str]  # every token handed out
 
     def docker_config(self, host: str | None = None) -> str:
         auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         return json.dumps({"auths": {host or self.host: {"auth": auth}}})
 
-    def push(self, repository: str, tag: str, files: dict[str, bytes]) -> str:
-        """Store ``files`` as one artifact tagged ``tag``; its manifest's digest."""
+    def push(self, repository: str, tag: str, files: Mapping[str, bytes | Path]) -> str:
+        """Store ``files`` (contents, or paths streamed from disk) as one artifact tagged
+        ``tag``; its manifest's digest."""
         headers = {"Authorization": "Bearer " + self.token(repository, "pull,push")}
-        with httpx.Client(verify=ssl.create_default_context(cafile=self.ca), timeout=30) as web:
+        with httpx.Client(verify=ssl.create_default_context(cafile=self.ca), timeout=120) as web:
             base = f"https://{self.host}/v2/{repository}"
             config = _blob(web, base, headers, b"{}")
             layers = [
@@ -95,15 +102,33 @@ class Registry:
         return token
 
 
-def _blob(web: httpx.Client, base: str, headers: dict[str, str], data: bytes) -> dict[str, object]:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+def _blob(
+    web: httpx.Client, base: str, headers: dict[str, str], data: bytes | Path
+) -> dict[str, object]:
+    if isinstance(data, Path):
+        with data.open("rb") as file:
+            digest = "sha256:" + hashlib.file_digest(file, "sha256").hexdigest()
+        size = data.stat().st_size
+    else:
+        digest, size = "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
     start = web.post(f"{base}/blobs/uploads/", headers=headers)
     assert start.status_code == 202, start.status_code
     location = str(httpx.URL(base).join(start.headers["location"]))
     separator = "&" if "?" in location else "?"
-    done = web.put(f"{location}{separator}digest={digest}", content=data, headers=headers)
+    sized = {**headers, "Content-Length": str(size)}
+    url = f"{location}{separator}digest={digest}"
+    if isinstance(data, Path):
+        with data.open("rb") as file:
+            done = web.put(url, content=_chunks(file), headers=sized)
+    else:
+        done = web.put(url, content=data, headers=sized)
     assert done.status_code == 201, done.status_code
-    return {"digest": digest, "size": len(data)}
+    return {"digest": digest, "size": size}
+
+
+def _chunks(file: BinaryIO) -> Iterator[bytes]:
+    while chunk := file.read(8 << 20):
+        yield chunk
 
 
 @contextmanager
@@ -115,8 +140,7 @@ def serve(workdir: Path) -> Iterator[Registry]:
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(ca, tls_key)
     issued: list[str] = []
-    with hostile.serve(tls=tls) as tokens:
-        tokens.route("/token", _token_route(signer, signing_key, issued))
+    with _token_server(tls, _token_route(signer, signing_key, issued)) as tokens:
         port = free_port()
         config = workdir / "config.yml"
         config.write_text(_config(workdir, port, ca, tls_key, signer, tokens.url))
@@ -164,7 +188,35 @@ def _config(workdir: Path, port: int, cert: Path, key: Path, signer: Path, token
     )
 
 
-def _token_route(signer: Path, key_path: Path, issued: list[str]) -> hostile.Route:
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+@contextmanager
+def _token_server(tls: ssl.SSLContext, route: Route) -> Iterator[TokenServer]:
+    """An HTTPS server on loopback answering every GET with ``route``."""
+    requests: list[tuple[str, dict[str, str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            requests.append((self.path, dict(self.headers.items())))
+            route(self)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield TokenServer(f"https://127.0.0.1:{server.server_address[1]}", requests)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _token_route(signer: Path, key_path: Path, issued: list[str]) -> Route:
     key = serialization.load_pem_private_key(key_path.read_bytes(), None)
     assert isinstance(key, rsa.RSAPrivateKey)
     cert = x509.load_pem_x509_certificate(signer.read_bytes())
@@ -180,12 +232,17 @@ def _token_route(signer: Path, key_path: Path, issued: list[str]) -> hostile.Rou
                 access.append({"type": kind, "name": name, "actions": actions.split(",")})
         token = _jwt(key, x5c, query.get("service", [""])[0], access)
         issued.append(token)
-        hostile.whole(json.dumps({"token": token}).encode())(h)
+        body = json.dumps({"token": token}).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
 
     return route
 
 
-def _jwt(key: rsa.RSAPrivateKey, x5c: str, audience: str, access: list[object]) -> str:
+def _jwt(key: rsa.RSAPrivateKey, x5c: str, audience: str, access: Sequence[object]) -> str:
     now = int(time.time())
     header = {"alg": "RS256", "typ": "JWT", "x5c": [x5c]}
     claims = {
