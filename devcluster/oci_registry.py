@@ -132,21 +132,22 @@ def _chunks(file: BinaryIO) -> Iterator[bytes]:
 
 
 @contextmanager
-def serve(workdir: Path) -> Iterator[Registry]:
+def serve(workdir: Path, host: str = "127.0.0.1") -> Iterator[Registry]:
+    """The registry and its token server, both on ``host`` (its certificate's name)."""
     assert REGISTRY.is_file(), f"{REGISTRY} is missing: run `make registry`"
     workdir.mkdir(parents=True, exist_ok=True)
-    ca, tls_key = _certificate(workdir, "tls", ipaddress.IPv4Address("127.0.0.1"))
+    ca, tls_key = _certificate(workdir, "tls", ipaddress.IPv4Address(host))
     signer, signing_key = _certificate(workdir, "signer", None)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(ca, tls_key)
     issued: list[str] = []
-    with _token_server(tls, _token_route(signer, signing_key, issued)) as tokens:
+    with _token_server(host, tls, _token_route(signer, signing_key, issued)) as tokens:
         port = free_port()
         config = workdir / "config.yml"
-        config.write_text(_config(workdir, port, ca, tls_key, signer, tokens.url))
+        config.write_text(_config(workdir, f"{host}:{port}", (ca, tls_key), signer, tokens.url))
         log = (workdir / "registry.log").open("wb")
         process = subprocess.Popen([str(REGISTRY), "serve", str(config)], stdout=log, stderr=log)
-        registry = Registry(f"127.0.0.1:{port}", ca, tokens, issued)
+        registry = Registry(f"{host}:{port}", ca, tokens, issued)
         try:
             wait_for(lambda: _answers(registry) or process.poll() is not None, 30, 0.05, "registry")
             assert process.poll() is None, (workdir / "registry.log").read_text()[-2000:]
@@ -165,14 +166,15 @@ def _answers(registry: Registry) -> bool:
         return False
 
 
-def _config(workdir: Path, port: int, cert: Path, key: Path, signer: Path, tokens: str) -> str:
+def _config(workdir: Path, address: str, tls: tuple[Path, Path], signer: Path, tokens: str) -> str:
+    cert, key = tls
     return json.dumps(  # YAML is a superset of JSON
         {
             "version": 0.1,
             "log": {"level": "error", "accesslog": {"disabled": True}},
             "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}},
             "http": {
-                "addr": f"127.0.0.1:{port}",
+                "addr": address,
                 "secret": uuid.uuid4().hex,
                 "tls": {"certificate": str(cert), "key": str(key)},
             },
@@ -192,8 +194,8 @@ Route = Callable[[BaseHTTPRequestHandler], None]
 
 
 @contextmanager
-def _token_server(tls: ssl.SSLContext, route: Route) -> Iterator[TokenServer]:
-    """An HTTPS server on loopback answering every GET with ``route``."""
+def _token_server(host: str, tls: ssl.SSLContext, route: Route) -> Iterator[TokenServer]:
+    """An HTTPS server on ``host`` answering every GET with ``route``."""
     requests: list[tuple[str, dict[str, str]]] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -204,13 +206,13 @@ def _token_server(tls: ssl.SSLContext, route: Route) -> Iterator[TokenServer]:
             requests.append((self.path, dict(self.headers.items())))
             route(self)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
     server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield TokenServer(f"https://127.0.0.1:{server.server_address[1]}", requests)
+        yield TokenServer(f"https://{host}:{server.server_address[1]}", requests)
     finally:
         server.shutdown()
         server.server_close()
