@@ -402,7 +402,7 @@ def _sha256(path: Path) -> str:
 
 
 def _summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    rows = [(d, s, r[s]) for d, r in results.items() for s in ("file", "http")]
+    rows = [(d, s, r[s]) for d, r in results.items() for s in ("file", args.source)]
     return {
         "bench": "large",
         "gb": args.gb,
