@@ -234,3 +234,28 @@ def _challenge(realm: str) -> hostile.Route:
         h.end_headers()
 
     return route
+
+
+def test_a_hostile_registry_s_manifests_are_checked_before_any_blob(
+    store: CheckpointStore, registry: oci_registry.Registry
+) -> None:
+    """A registry answering a digest with other content, an index, an endless manifest
+    or a token with a line break in it: refused, and no blob is asked for."""
+    index = json.dumps({"schemaVersion": 2, "manifests": []}).encode()
+    with hostile.serve(tls=_server_tls(registry)) as fake:
+        host = f"127.0.0.1:{fake.port}"
+        fake.route("/v2/x/manifests/sha256:", hostile.whole(b'{"layers": []}'))
+        with pytest.raises(IntegrityError, match="does not match the URI's digest"):
+            store.fetch(ck_oci(host, f"x@sha256:{'2' * 64}/m.safetensors"))
+        fake.route("/v2/x/manifests/index", hostile.whole(index))
+        with pytest.raises(FetchError, match="is an index"):
+            store.fetch(ck_oci(host, "x:index/m.safetensors"))
+        endless = b"[" * (5 << 20)
+        fake.route("/v2/x/manifests/big", hostile.whole(endless))
+        with pytest.raises(FetchError, match="a registry answer is over"):
+            store.fetch(ck_oci(host, "x:big/m.safetensors"))
+        fake.route("/v2/y/", _challenge(f"{fake.url}/token"))
+        fake.route("/token", hostile.whole(b'{"token": "a\\r\\nX-Injected: 1"}'))
+        with pytest.raises(FetchError, match="without a usable token"):
+            store.fetch(ck_oci(host, "y:v1/m.safetensors"))
+        assert not [r for r in fake.requests if "/blobs/" in r.path]
