@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from hotswap_contract.wire import Checkpoint
 from hotswap_runtime.checkpoint.fetch.credentials import read_secret
 from hotswap_runtime.checkpoint.fetch.hf import parse_hf
 from hotswap_runtime.checkpoint.fetch.oci import parse_oci, registry_login
-from hotswap_runtime.errors import FetchError
+from hotswap_runtime.checkpoint.manifest import read_manifest
+from hotswap_runtime.errors import FetchError, ManifestError
 from tests.unit.runtime.test_runtime_fetch_file import kubelet_secret
 
 DIGEST = "ab" * 32
@@ -69,3 +71,12 @@ def test_registry_login_matches_the_registry_host() -> None:
         with pytest.raises(FetchError, match="is not a docker config") as caught:
             registry_login(bad, "reg", "x")
         assert "s3cret" not in str(caught.value)
+
+
+def test_a_hub_index_without_shards_says_how_to_pin_them(tmp_path: Path) -> None:
+    index = {"metadata": {"total_size": 8}, "weight_map": {"w": "model-1.safetensors"}}
+    path = tmp_path / "model.safetensors.index.json"
+    path.write_text(json.dumps(index))
+    checkpoint = Checkpoint(uri=f"hf://acme/tiny/{path.name}", sha256="0" * 64)
+    with pytest.raises(ManifestError, match=r"pins no shard .* add \"shards\""):
+        read_manifest(path, checkpoint, 10**9)
