@@ -65,6 +65,10 @@ MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
+INDEX_TYPES = (  # accepted only to say clearly that an index is not read
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
 TITLES = ("org.opencontainers.image.title", "org.cncf.model.filepath")
 _HOST = r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(:[0-9]{1,5})?"
 _COMPONENT = r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*"
@@ -160,7 +164,7 @@ async def _manifest(
 ) -> tuple[str | None, dict[str, Any]]:
     """The registry credential to use (None: anonymous) and the checked manifest."""
     url = ref.url("manifests", ref.reference)
-    accept = {"Accept": ", ".join(MANIFEST_TYPES)}
+    accept = {"Accept": ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))}
     status, headers, data = await _small(client, url, None, policy, shown, accept)
     auth = None
     if status == 401:
