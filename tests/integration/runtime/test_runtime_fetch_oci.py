@@ -259,3 +259,17 @@ def test_a_hostile_registry_s_manifests_are_checked_before_any_blob(
         with pytest.raises(FetchError, match="without a usable token"):
             store.fetch(ck_oci(host, "y:v1/m.safetensors"))
         assert not [r for r in fake.requests if "/blobs/" in r.path]
+
+
+def test_a_sharded_artifact_by_digest_asks_for_one_token(
+    tmp_path: Path, store: CheckpointStore, registry: oci_registry.Registry
+) -> None:
+    manifest, sha = ck.save_sharded(tiny.weights(3), tmp_path / "sharded", 3)
+    digest = registry.push(
+        "team/sharded", "v1", {item.name: item for item in sorted((tmp_path / "sharded").iterdir())}
+    )
+    before = len(registry.issued)
+    uri = f"oci://{registry.host}/team/sharded@{digest}/{manifest.name}"
+    local = store.fetch_checkpoint(Checkpoint(uri=uri, sha256=sha, secretRef="pull"))
+    assert len(local.files) == 3
+    assert len(registry.issued) == before + 1  # the manifest and 3 shards: one login

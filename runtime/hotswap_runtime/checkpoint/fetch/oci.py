@@ -37,6 +37,8 @@ import binascii
 import hashlib
 import json
 import re
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -78,6 +80,10 @@ _URI = re.compile(
     r"(:(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(@sha256:(?P<digest>[0-9a-f]{64}))?"
     rf"(/(?P<path>{_SEGMENT}(/{_SEGMENT}){{0,15}}))?"
 )
+Key = tuple[str, str, str, str | None]  # registry, repository, digest, Basic credential
+REUSE_SECONDS = 30.0  # well within a registry token's life (Docker Hub's: 300 s)
+REUSED = 4
+REUSED_BYTES = 256 << 10
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z]+)="([^"]{0,2048})"')
 _TOKEN = re.compile(r"[\x21-\x7e]{1,8192}")
 
@@ -115,11 +121,44 @@ async def open_oci(
     ref = parse_oci(uri)
     shown = redact_uri(uri)
     basic = registry_login(secret.get(DOCKER_CONFIG), ref.registry, shown)
-    async with http_client(policy) as client:
-        auth, manifest = await _manifest(client, ref, basic, policy, shown)
+    key = (ref.registry, ref.repository, ref.reference, basic)
+    resolved = _RESOLVED.recall(key)
+    if resolved is None:
+        async with http_client(policy) as client:
+            resolved = await _manifest(client, ref, basic, policy, shown)
+        _RESOLVED.remember(key, resolved)
+    auth, manifest = resolved
     digest = pick_layer(manifest, ref, sha256, shown)
     async with open_http(ref.url("blobs", digest), auth, policy, shown=shown) as body:
         yield body
+
+
+class _Resolved:
+    """The manifests of digest references (immutable) and the credential that read them,
+    for ``REUSE_SECONDS``: a sharded checkpoint's files, read one after another, ask the
+    token server and the manifest once. At most ``REUSED`` entries of at most
+    ``REUSED_BYTES`` each; used on the fetch loop's one thread only."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[Key, tuple[float, str | None, dict[str, Any]]] = OrderedDict()
+
+    def recall(self, key: Key) -> tuple[str | None, dict[str, Any]] | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1], entry[2]
+
+    def remember(self, key: Key, resolved: tuple[str | None, dict[str, Any]]) -> None:
+        auth, manifest = resolved
+        if not key[2].startswith("sha256:") or len(json.dumps(manifest)) > REUSED_BYTES:
+            return
+        self._entries[key] = (time.monotonic() + REUSE_SECONDS, auth, manifest)
+        self._entries.move_to_end(key)
+        while len(self._entries) > REUSED:
+            self._entries.popitem(last=False)
+
+
+_RESOLVED = _Resolved()
 
 
 def registry_login(config: str | None, registry: str, shown: str) -> str | None:
