@@ -9,7 +9,8 @@ first reuse as the standby), then measures under closed-loop HTTP load:
 
 * ``file``: a swap to A from ``file://``, then ``http``: a swap to B from a local HTTP
   server (byte ranges, ``Accept-Ranges: bytes``) capped at ``--mbps`` MiB/s in all; or,
-  with ``--source oci``, ``oci``: B pushed as an OCI artifact (each file a raw layer) to
+  with ``--source oci``, ``oci``: B pushed as an OCI artifact (each file a raw layer,
+  named by the artifact's digest) to
   the CNCF distribution registry (``make registry``: TLS, token auth) started here, the
   swap from ``oci://`` (no cap: the registry's own speed on loopback).
   The runtime's cache is emptied of the files not serving before each, so each swap
@@ -104,6 +105,7 @@ class Large:
         self.layers = 1 + math.ceil(args.gb * 1e9 / per_layer)  # the first layer is narrow
         self.model = {"features": FEATURES, "hidden": args.hidden, "layers": self.layers}
         self.manifests: dict[str, tuple[Path, str]] = {}
+        self.digests: dict[str, str] = {}  # --source oci: each revision's artifact
 
     def run(self) -> dict[str, Any]:
         self.root.mkdir(parents=True)
@@ -266,7 +268,7 @@ class Large:
         with oci_registry.serve(self.root / "registry") as registry:
             for name in ("a", "b"):
                 files = sorted((self.root / name).iterdir())
-                registry.push(REPOSITORY, name, {f.name: f for f in files})
+                self.digests[name] = registry.push(REPOSITORY, name, {f.name: f for f in files})
             secrets = self.root / "secrets" / "pull"
             secrets.mkdir(parents=True)
             (secrets / ".dockerconfigjson").write_text(registry.docker_config())
@@ -330,7 +332,7 @@ class Large:
         uri = f"file://{manifest}" if source == "file" else f"{self.url}/{name}/{manifest.name}"
         secret = {}
         if source == "oci":
-            uri = f"oci://{self.registry.host}/{REPOSITORY}:{name}/{manifest.name}"
+            uri = f"oci://{self.registry.host}/{REPOSITORY}@{self.digests[name]}/{manifest.name}"
             secret = {"secretRef": "pull"}
         doc = {
             "name": "large",

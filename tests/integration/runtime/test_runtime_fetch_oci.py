@@ -239,8 +239,9 @@ def _challenge(realm: str) -> hostile.Route:
 def test_a_hostile_registry_s_manifests_are_checked_before_any_blob(
     store: CheckpointStore, registry: oci_registry.Registry
 ) -> None:
-    """A registry answering a digest with other content, an index, an endless manifest
-    or a token with a line break in it: refused, and no blob is asked for."""
+    """A registry answering a digest with other content, an index, an endless manifest,
+    a token with a line break in it or an endless token answer: refused, and no blob is
+    asked for."""
     index = json.dumps({"schemaVersion": 2, "manifests": []}).encode()
     with hostile.serve(tls=_server_tls(registry)) as fake:
         host = f"127.0.0.1:{fake.port}"
@@ -258,6 +259,10 @@ def test_a_hostile_registry_s_manifests_are_checked_before_any_blob(
         fake.route("/token", hostile.whole(b'{"token": "a\\r\\nX-Injected: 1"}'))
         with pytest.raises(FetchError, match="without a usable token"):
             store.fetch(ck_oci(host, "y:v1/m.safetensors"))
+        fake.route("/v2/z/", _challenge(f"{fake.url}/big-token"))
+        fake.route("/big-token", hostile.whole(b" " * (70 << 10)))
+        with pytest.raises(FetchError, match="a registry answer is over 65536 bytes"):
+            store.fetch(ck_oci(host, "z:v1/m.safetensors"))
         assert not [r for r in fake.requests if "/blobs/" in r.path]
 
 

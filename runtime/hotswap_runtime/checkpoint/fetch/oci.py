@@ -246,7 +246,7 @@ async def _login(
     trusted = url.scheme == "https" or url.host == ref.registry.rsplit(":", 1)[0].lower()
     try:
         status, _, data = await _small(
-            client, token_url, basic if trusted else None, policy, shown, {}, chosen=True
+            client, token_url, basic if trusted else None, policy, shown, {}, True, MAX_TOKEN_BYTES
         )
     except FetchRefused as exc:  # our own words: name the token server as the place
         prefix = f"cannot fetch checkpoint {shown}: "
@@ -285,8 +285,9 @@ async def _small(
     shown: str,
     extra: dict[str, str],
     chosen: bool = False,
+    limit: int = MAX_MANIFEST_BYTES,
 ) -> tuple[int, httpx.Headers, bytes]:
-    """Status, headers and body (200 only, at most MAX_MANIFEST_BYTES) of GET ``uri``."""
+    """Status, headers and body (200 only, at most ``limit`` bytes) of GET ``uri``."""
     url, _ = parse_url(uri, shown)
     response = await follow(client, url, auth, policy, shown, extra, chosen)
     try:
@@ -295,10 +296,9 @@ async def _small(
         data = bytearray()
         async for chunk in raw_chunks(response, shown, policy):
             data += chunk
-            if len(data) > MAX_MANIFEST_BYTES:
+            if len(data) > limit:
                 raise FetchError(
-                    f"cannot fetch checkpoint {shown}: a registry answer is over "
-                    f"{MAX_MANIFEST_BYTES} bytes"
+                    f"cannot fetch checkpoint {shown}: a registry answer is over {limit} bytes"
                 )
         return 200, response.headers, bytes(data)
     finally:
