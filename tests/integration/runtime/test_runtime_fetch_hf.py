@@ -22,6 +22,7 @@ from hotswap_contract.wire import Checkpoint
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import FetchError, FetchRefused, IntegrityError, Superseded
 from tests.fixtures_runtime import hostile_http as hostile
+from tests.fixtures_runtime import tcp_relay
 from tests.fixtures_runtime.server import running
 from tests.integration.runtime.test_runtime_fetch_http import cancelled_fetch
 from tests.integration.runtime.test_runtime_remote_stores import infer, output_of, write_secret
@@ -174,3 +175,16 @@ def test_a_sharded_repo_swaps_under_the_runtime(tmp_path: Path, hub: hostile.Hos
     assert TOKEN not in log
     shards = [r for r in hub.requests if "model-0000" in r.path]
     assert len({r.path for r in shards}) == 2
+
+
+def test_a_connection_reset_mid_file_resumes(tmp_path: Path, hub: hostile.Hostile) -> None:
+    """A real RST (a TCP relay in front of the Hub, SO_LINGER 0) mid-body: resumed with a
+    range request on a new connection, the file complete."""
+    hub.route("/acme/tiny/resolve/0123abc/rst.safetensors", hostile.ranged(DATA))
+    with tcp_relay.relay(hub.port, after=150_000) as faults:
+        store = make_store(tmp_path, f"http://127.0.0.1:{faults.port}")
+        assert store.fetch(ck_hf("rst.safetensors")).read_bytes() == DATA
+        store.close()
+        assert faults.cut.is_set() and faults.connections >= 2
+    resumed = [r.headers["Range"] for r in hub.requests if "Range" in r.headers]
+    assert resumed and resumed[0].endswith(f"-{len(DATA) - 1}"), resumed
