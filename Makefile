@@ -6,8 +6,9 @@ CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
 HELM3 := .cache/bin/helm3
 KUBECONFORM := .cache/bin/kubeconform
+REGISTRY := .cache/bin/registry
 
-.PHONY: all deps controlplane helm kubeconform crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster e2e-smoke bench bench-quick bench-serving bench-large bench-peer clean
+.PHONY: all deps controlplane helm kubeconform registry crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster e2e-smoke bench bench-quick bench-serving bench-large bench-peer clean
 
 all: deps controlplane helm node images
 
@@ -29,6 +30,10 @@ helm:
 # kubeconform, from its Go module; the tests feed it schemas from the API server.
 kubeconform:
 	scripts/install-kubeconform.sh $(KUBECONFORM)
+
+# The CNCF distribution registry, from its Go module: the oci:// tests start it.
+registry:
+	nice -n 10 scripts/install-registry.sh $(REGISTRY)
 
 # crds/modeldeployment.yaml is the one source of the CRD; the charts carry copies (a test
 # keeps them byte-identical): charts/hotswap/crds/ (installed once by helm) and
@@ -63,7 +68,7 @@ node: node-deps
 images: node-deps
 	nice -n 10 scripts/build-images.sh
 
-test: deps controlplane helm kubeconform node images lint typecheck
+test: deps controlplane helm kubeconform registry node images lint typecheck
 	$(PY) -m pytest
 
 unit: deps

@@ -8,13 +8,18 @@ on loopback, loads revision A, swaps to B, A and B (a fresh build, then each mod
 first reuse as the standby), then measures under closed-loop HTTP load:
 
 * ``file``: a swap to A from ``file://``, then ``http``: a swap to B from a local HTTP
-  server (byte ranges, ``Accept-Ranges: bytes``) capped at ``--mbps`` MiB/s in all.
+  server (byte ranges, ``Accept-Ranges: bytes``) capped at ``--mbps`` MiB/s in all; or,
+  with ``--source oci``, ``oci``: B pushed as an OCI artifact (each file a raw layer,
+  named by the artifact's digest) to
+  the CNCF distribution registry (``make registry``: TLS, token auth) started here, the
+  swap from ``oci://`` (no cap: the registry's own speed on loopback).
   The runtime's cache is emptied of the files not serving before each, so each swap
   reads every byte from its source.
 * ``swap_seconds``: from writing ``model.json`` to the first metadata answer naming the
   new revision; ``fetch_only_seconds``: a plain download of the same bytes in the same
   run (a sequential read of each file; one streaming GET per file through the same
-  capped server); ``swap_over_fetch`` their ratio (target <= 1.15).
+  capped server, or of each blob from the same registry with a pull token);
+  ``swap_over_fetch`` their ratio (target <= 1.15).
 * ``rss_growth_mb``: peak RSS of the runtime during the swap (sampled every 20 ms) minus
   its RSS just before; target <= model size + the fetch window (128 MiB: two shards in
   flight, four 16 MiB parts each).
@@ -31,10 +36,13 @@ import hashlib
 import json
 import math
 import shutil
+import ssl
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +55,7 @@ from devcluster.capped_store import CappedStore
 
 ARCHITECTURE = "python/hotswap_runtime.examples:mlp"
 FEATURES = 64
+REPOSITORY = "bench/large"
 WINDOW_MB = 128  # fetch_stream.WINDOW_BYTES: 2 shards in flight x 4 parts x 16 MiB
 
 
@@ -73,6 +82,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--hidden", type=int, default=8192, help="width of each Linear layer")
     p.add_argument("--mbps", type=float, default=200.0, help="HTTP server cap, MiB/s")
+    p.add_argument("--source", choices=("http", "oci"), default="http", help="remote source")
     p.add_argument("--clients", type=int, default=2, help="0: no load (the pipeline alone)")
     p.add_argument("--steady-seconds", type=float, default=10.0)
     p.add_argument("--dir", default="/var/tmp", help="where checkpoints and the cache go")
@@ -95,14 +105,16 @@ class Large:
         self.layers = 1 + math.ceil(args.gb * 1e9 / per_layer)  # the first layer is narrow
         self.model = {"features": FEATURES, "hidden": args.hidden, "layers": self.layers}
         self.manifests: dict[str, tuple[Path, str]] = {}
+        self.digests: dict[str, str] = {}  # --source oci: each revision's artifact
 
     def run(self) -> dict[str, Any]:
         self.root.mkdir(parents=True)
         for name, seed in (("a", 1), ("b", 2)):
             self.manifests[name] = self._checkpoint(self.root / name, seed)
         nbytes = sum(p.stat().st_size for p in (self.root / "a").glob("*.safetensors"))
-        with CappedStore(self.root, self.args.mbps) as store:
+        with CappedStore(self.root, self.args.mbps) as store, self._registry() as registry:
             self.url = store.url
+            self.registry = registry
             self._publish("a", "file")
             runtime = Runtime(self._env(), free_port(), self.root / "runtime.log")
             runtime.start(wait_ready=False)  # the first load of a few GB takes a while
@@ -121,7 +133,7 @@ class Large:
                 steady = load.since(t0, time.perf_counter())
                 figures = {
                     "file": self._measured(runtime, "a", "file", load, steady),
-                    "http": self._measured(runtime, "b", "http", load, steady),
+                    self.args.source: self._measured(runtime, "b", self.args.source, load, steady),
                 }
                 failed = sum(not s.ok for s in load.samples)
             finally:
@@ -224,11 +236,43 @@ class Large:
                     buffer = bytearray(8 << 20)
                     while f.readinto(buffer):
                         pass
+            elif source == "oci":
+                self._plain_blob(path)
             else:
                 with httpx.stream("GET", f"{self.url}/{name}/{path.name}", timeout=60) as r:
                     for _ in r.iter_raw(1 << 20):
                         pass
         return time.perf_counter() - start
+
+    def _plain_blob(self, path: Path) -> None:
+        """GET one blob from the registry: a pull token, then the blob by its digest."""
+        registry = self.registry
+        assert registry is not None
+        token = registry.token(REPOSITORY, "pull")
+        url = f"https://{registry.host}/v2/{REPOSITORY}/blobs/sha256:{_sha256(path)}"
+        verify = ssl.create_default_context(cafile=registry.ca)
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.stream("GET", url, headers=headers, verify=verify, timeout=60) as r:
+            assert r.status_code == 200, r.status_code
+            for _ in r.iter_raw(1 << 20):
+                pass
+
+    @contextmanager
+    def _registry(self) -> Iterator[Any]:
+        """The registry with both revisions pushed (``--source oci``), else None."""
+        if self.args.source != "oci":
+            yield None
+            return
+        from devcluster import oci_registry
+
+        with oci_registry.serve(self.root / "registry") as registry:
+            for name in ("a", "b"):
+                files = sorted((self.root / name).iterdir())
+                self.digests[name] = registry.push(REPOSITORY, name, {f.name: f for f in files})
+            secrets = self.root / "secrets" / "pull"
+            secrets.mkdir(parents=True)
+            (secrets / ".dockerconfigjson").write_text(registry.docker_config())
+            yield registry
 
     def _drop_cached(self, runtime: Runtime) -> None:
         """Empty the runtime's cache of every file but the serving revision's."""
@@ -286,6 +330,10 @@ class Large:
         self.served[self.revision] = name
         manifest, sha = self.manifests[name]
         uri = f"file://{manifest}" if source == "file" else f"{self.url}/{name}/{manifest.name}"
+        secret = {}
+        if source == "oci":
+            uri = f"oci://{self.registry.host}/{REPOSITORY}@{self.digests[name]}/{manifest.name}"
+            secret = {"secretRef": "pull"}
         doc = {
             "name": "large",
             "generation": self.revision,
@@ -297,7 +345,7 @@ class Large:
                     "inputShape": [FEATURES],
                     "dtype": self.dtype,
                 },
-                "checkpoint": {"uri": uri, "sha256": sha},
+                "checkpoint": {"uri": uri, "sha256": sha, **secret},
             },
         }
         config = self.root / "config"
@@ -323,6 +371,8 @@ class Large:
             "HOTSWAP_TORCH_THREADS": "1",
             "OMP_NUM_THREADS": "1",
             "HOTSWAP_LOG_LEVEL": "info",
+            "HOTSWAP_SECRETS_DIR": str(self.root / "secrets"),
+            **({"SSL_CERT_FILE": str(self.registry.ca)} if self.registry is not None else {}),
         }
 
 
@@ -354,7 +404,7 @@ def _sha256(path: Path) -> str:
 
 
 def _summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    rows = [(d, s, r[s]) for d, r in results.items() for s in ("file", "http")]
+    rows = [(d, s, r[s]) for d, r in results.items() for s in ("file", args.source)]
     return {
         "bench": "large",
         "gb": args.gb,

@@ -91,6 +91,12 @@ def read_manifest(path: Path, checkpoint: Checkpoint, limit: int) -> Manifest:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{bad} is over {MAX_MANIFEST_BYTES} bytes")
     doc = strict_json_object(raw, bad, "manifest", ManifestError)
+    if "weight_map" in doc and "shards" not in doc:
+        raise ManifestError(
+            f"{bad} pins no shard (a Hugging Face index.json as published): add "
+            '"shards": {FILE: {"sha256": ..., "size": ...}} for each shard to the copy the '
+            "URI names, so that spec.checkpoint.sha256 pins every byte"
+        )
     if not set(doc) <= _KEYS or not {"weight_map", "shards"} <= set(doc):
         raise ManifestError(
             f"{bad} must hold weight_map and shards (and optionally metadata), nothing else"

@@ -10,7 +10,8 @@ by evicting the least recently used files, never one that is serving or about to
 Sources, each treated as hostile (docs/architecture.md, "Trust model"):
 
 * ``file://`` under ``HOTSWAP_FILE_ROOTS`` only, regular files only (``fetch_file``);
-* ``http(s)://`` and ``s3://`` on the store's own event-loop thread (``fetch_loop``),
+* ``http(s)://``, ``s3://``, ``oci://`` (a registry's artifact layer) and ``hf://`` (a
+  Hugging Face Hub file) on the store's own event-loop thread (``fetch_loop``),
   where a newer revision stops a download within a poll and no wait outlasts the idle
   bound; every address is checked before it is connected to (``fetch_net``).
 
@@ -38,9 +39,11 @@ from hotswap_contract.redact import redact_uri
 from hotswap_contract.wire import Checkpoint, Fetched, short_sha
 from hotswap_runtime.checkpoint.fetch.credentials import read_secret
 from hotswap_runtime.checkpoint.fetch.file import copy_file
+from hotswap_runtime.checkpoint.fetch.hf import open_hf
 from hotswap_runtime.checkpoint.fetch.http import open_http, quiet_client_logs
 from hotswap_runtime.checkpoint.fetch.loop import FetchLoop
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy
+from hotswap_runtime.checkpoint.fetch.oci import open_oci
 from hotswap_runtime.checkpoint.fetch.s3 import open_s3
 from hotswap_runtime.checkpoint.fetch.stream import (
     FILES_IN_FLIGHT,
@@ -350,6 +353,10 @@ class CheckpointStore:
         secret = read_secret(self.secrets_dir, ref) if ref else {}
         if scheme == "s3":
             return open_s3(checkpoint.uri, secret, self.net)
+        if scheme == "oci":
+            return open_oci(checkpoint.uri, checkpoint.sha256, secret, self.net)
+        if scheme == "hf":
+            return open_hf(checkpoint.uri, secret, self.net)
         return open_http(checkpoint.uri, secret.get("HTTP_AUTHORIZATION"), self.net)
 
     def _evict(self, keep: str) -> None:

@@ -104,7 +104,7 @@ def test_shard_references_with_path_tricks_or_other_hosts_are_refused(ref: str) 
         ),
         (doc({"a.safetensors": entry(), "./a.safetensors": entry()}), "plain names"),
         ({**doc({"a.safetensors": entry()}), "extra": 1}, "nothing else"),
-        ({"weight_map": {"t": "a.safetensors"}}, "nothing else"),
+        ({"weight_map": {"t": "a.safetensors"}}, "pins no shard"),
         (doc({f"s{i}.safetensors": entry() for i in range(MAX_SHARDS + 1)}), "1 to"),
     ],
 )

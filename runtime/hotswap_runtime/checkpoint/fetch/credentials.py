@@ -19,6 +19,8 @@ from hotswap_contract.wire import SECRET_NAME_PATTERN
 from hotswap_runtime.checkpoint.fetch.file import NotRegularError, OutsideRootsError, open_regular
 from hotswap_runtime.errors import FetchError
 
+DOCKER_CONFIG = ".dockerconfigjson"  # a kubernetes.io/dockerconfigjson Secret's one key
+MULTILINE = frozenset({DOCKER_CONFIG})  # JSON: line breaks allowed, other controls not
 KEYS = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -26,9 +28,13 @@ KEYS = (
     "AWS_ENDPOINT_URL",
     "AWS_REGION",
     "HTTP_AUTHORIZATION",
+    "HF_TOKEN",
+    "HF_ENDPOINT",
+    DOCKER_CONFIG,
 )
 MAX_VALUE_BYTES = 64 << 10
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def read_secret(secrets_dir: Path | None, name: str) -> dict[str, str]:
@@ -68,7 +74,7 @@ def _read_key(folder: str, name: str, key: str) -> str | None:
         value = data.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise _bad(name, key, "is not UTF-8 text") from None
-    if _CONTROL.search(value):
+    if (_CONTROL_BUT_LINES if key in MULTILINE else _CONTROL).search(value):
         raise _bad(name, key, "holds control characters (a line break inside the value?)")
     return value
 

@@ -48,11 +48,9 @@ def quiet_client_logs() -> None:
 
 
 @asynccontextmanager
-async def open_http(uri: str, authorization: str | None, policy: NetPolicy) -> AsyncIterator[Body]:
-    """The body of the final response to GET ``uri`` (status 200)."""
-    shown = redact_uri(uri)
-    url, userinfo = _parse(uri, shown)
-    auth = authorization or _basic(userinfo)
+async def http_client(policy: NetPolicy) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for ``follow``: the policy's timeouts and proxy, the pod's CAs, no
+    redirects of its own, nothing from the environment."""
     timeout = httpx.Timeout(
         connect=policy.connect_seconds,
         read=policy.idle_seconds,
@@ -63,9 +61,22 @@ async def open_http(uri: str, authorization: str | None, policy: NetPolicy) -> A
     async with httpx.AsyncClient(
         trust_env=False, follow_redirects=False, timeout=timeout, verify=tls, proxy=policy.proxy
     ) as client:
-        response = await _follow(client, url, auth, policy, shown)
+        yield client
+
+
+@asynccontextmanager
+async def open_http(
+    uri: str, authorization: str | None, policy: NetPolicy, shown: str | None = None
+) -> AsyncIterator[Body]:
+    """The body of the final response to GET ``uri`` (status 200); ``shown`` names the
+    checkpoint in reasons (``uri`` redacted by default)."""
+    shown = shown or redact_uri(uri)
+    url, userinfo = parse_url(uri, shown)
+    auth = authorization or _basic(userinfo)
+    async with http_client(policy) as client:
+        response = await follow(client, url, auth, policy, shown)
         try:
-            _check_status(response.status_code, shown)
+            check_status(response.status_code, shown)
             size = _declared_size(response)
             ranged = response.headers.get("accept-ranges", "").strip().lower() == "bytes"
 
@@ -75,7 +86,7 @@ async def open_http(uri: str, authorization: str | None, policy: NetPolicy) -> A
                 async with _range(client, url, auth, policy, shown, (start, end, size)) as part:
                     yield part
 
-            chunks = _raw(response, shown, policy)
+            chunks = raw_chunks(response, shown, policy)
             yield Body(size, chunks, ranges if ranged and size is not None else None)
         finally:
             await response.aclose()
@@ -96,10 +107,10 @@ async def _range(
     sha256 in any case)."""
     start, end, size = span
     extra = {"Range": f"bytes={start}-{end - 1}"}
-    response = await _follow(client, url, auth, policy, shown, extra)
+    response = await follow(client, url, auth, policy, shown, extra)
     try:
         if response.status_code != 206:
-            _check_status(response.status_code, shown)
+            check_status(response.status_code, shown)
             raise FetchError(
                 f"cannot fetch checkpoint {shown}: the server announced byte ranges but "
                 f"answered a range request with HTTP {response.status_code}"
@@ -109,24 +120,28 @@ async def _range(
                 f"cannot fetch checkpoint {shown}: the server answered a range request with "
                 "another range or size (the object changed?)"
             )
-        yield Body(end - start, _raw(response, shown, policy))
+        yield Body(end - start, raw_chunks(response, shown, policy))
     finally:
         await response.aclose()
 
 
-async def _follow(
+async def follow(
     client: httpx.AsyncClient,
     url: httpx.URL,
     auth: str | None,
     policy: NetPolicy,
     shown: str,
     extra: dict[str, str] | None = None,
+    chosen: bool = False,
 ) -> httpx.Response:
+    """The response to GET ``url`` once redirects are followed, each hop checked: the
+    ``Authorization`` ``auth`` goes to ``url``'s origin only. ``chosen``: the server
+    chose ``url`` (a token realm), so it is checked like a redirect target."""
     origin = _origin(url)
     for hop in range(MAX_REDIRECTS + 1):
         same_origin = _origin(url) == origin
         key = auth if same_origin else None
-        response = await _get(client, url, key, policy, hop > 0, shown, extra or {})
+        response = await _get(client, url, key, policy, chosen or hop > 0, shown, extra or {})
         if response.status_code not in _REDIRECTS:
             return response
         location = response.headers.get("location")
@@ -171,7 +186,7 @@ async def _get(
     raise _failure(failure, shown, policy) from None
 
 
-async def _raw(
+async def raw_chunks(
     response: httpx.Response, shown: str, policy: NetPolicy
 ) -> AsyncGenerator[bytes, None]:
     try:
@@ -185,7 +200,7 @@ async def _raw(
         raise _failure(exc, shown, policy) from None
 
 
-def _parse(uri: str, shown: str) -> tuple[httpx.URL, str]:
+def parse_url(uri: str, shown: str) -> tuple[httpx.URL, str]:
     """``uri`` without userinfo and fragment, and its userinfo (percent-decoded)."""
     try:
         url = httpx.URL(uri)
@@ -240,7 +255,7 @@ def _redirect_target(url: httpx.URL, location: str | None, shown: str) -> httpx.
     return target.copy_with(userinfo=b"", fragment=None)
 
 
-def _check_status(status: int, shown: str) -> None:
+def check_status(status: int, shown: str) -> None:
     if status == 200:
         return
     if status in (404, 410):
