@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install fake-gcs-server (a Google Cloud Storage emulator: the JSON API, media downloads
 # with byte ranges), pinned, with `go install` of its Go module. The gs:// integration
-# tests start it (tests/fixtures_runtime/fake_gcs.py).
+# tests start it (devcluster/fake_gcs.py).
 # Usage: scripts/install-fake-gcs-server.sh [path/to/fake-gcs-server]
 set -euo pipefail
 FAKE_GCS_VERSION=v1.56.1

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from devcluster import azurite, fake_gcs
 from hotswap_contract.wire import Checkpoint
 from hotswap_runtime.checkpoint.fetch import http as fetch_http
 from hotswap_runtime.checkpoint.fetch import stream as fetch_stream
@@ -34,7 +35,7 @@ from hotswap_runtime.errors import (
     IntegrityError,
     Superseded,
 )
-from tests.fixtures_runtime import azurite, fake_gcs, faulty_proxy
+from tests.fixtures_runtime import faulty_proxy
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
+from devcluster.cluster import free_port
 from devcluster.waiting import wait_for
-
-from .server import free_port
 
 ACCOUNT = "devstoreaccount1"  # Azurite's built-in account and key
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -54,8 +54,14 @@ def _create_container(endpoint: str) -> bool:
     return True
 
 
-def upload(endpoint: str, name: str, data: bytes) -> None:
-    client(endpoint).get_blob_client(CONTAINER, name).upload_blob(data, overwrite=True)
+def upload(endpoint: str, name: str, data: bytes | BinaryIO) -> None:
+    blob = client(endpoint).get_blob_client(CONTAINER, name)
+    blob.upload_blob(data, overwrite=True, max_concurrency=2)
+
+
+def blob_url(endpoint: str, name: str) -> str:
+    """A URL that reads blob ``name`` (with a read-only SAS of the container)."""
+    return f"{endpoint}/{CONTAINER}/{name}?{sas()}"
 
 
 def sas() -> str:

@@ -13,28 +13,30 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
 import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from devcluster.cluster import free_port
 from devcluster.waiting import wait_for
-
-from .server import free_port
 
 BUCKET = "models"
 KEY_ID = "hotswap-gcs-test-key-id"
 
 
 @contextmanager
-def serve(binary: Path, folder: Path) -> Iterator[str]:
-    """fake-gcs-server on a free loopback port with bucket BUCKET; its endpoint URL."""
+def serve(binary: Path, folder: Path, backend: str = "memory") -> Iterator[str]:
+    """fake-gcs-server on a free loopback port with bucket BUCKET; its endpoint URL.
+    ``backend="filesystem"`` keeps objects in ``folder`` (the benchmark's gigabytes)."""
     port = free_port()
-    (folder / BUCKET).mkdir(parents=True, exist_ok=True)
+    (folder / "data" / BUCKET).mkdir(parents=True, exist_ok=True)  # the bucket, created
     url = f"http://127.0.0.1:{port}"
     command = [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
-    command += ["-backend", "memory", "-data", str(folder), "-public-host", f"127.0.0.1:{port}"]
+    command += ["-backend", backend, "-filesystem-root", str(folder / "objects")]
+    command += ["-data", str(folder / "data"), "-public-host", f"127.0.0.1:{port}"]
     command += ["-log-level", "error"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -49,10 +51,10 @@ def _ready(url: str) -> bool:
     return httpx.get(f"{url}/storage/v1/b/{BUCKET}", timeout=1).status_code == 200
 
 
-def upload(url: str, name: str, data: bytes) -> None:
+def upload(url: str, name: str, data: bytes | BinaryIO) -> None:
     """Write object ``name`` of BUCKET (a media upload of the JSON API)."""
     target = f"{url}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name={quote(name, safe='')}"
-    httpx.post(target, content=data, timeout=30).raise_for_status()
+    httpx.post(target, content=data, timeout=300).raise_for_status()
 
 
 def service_account_key() -> str:
@@ -74,6 +76,11 @@ def service_account_key() -> str:
             "token_uri": "https://oauth2.googleapis.com/token",
         }
     )
+
+
+def media_url(endpoint: str, name: str) -> str:
+    """The JSON API media download URL of object ``name`` of BUCKET."""
+    return f"{endpoint}/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}?alt=media"
 
 
 def secret(endpoint: str, key: str) -> dict[str, str]:
