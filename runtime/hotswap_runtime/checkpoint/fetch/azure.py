@@ -69,10 +69,10 @@ def _locate(uri: str, secret: dict[str, str], shown: str) -> tuple[str, str, str
     """The account endpoint (no trailing slash), container and blob name of ``uri``."""
     parts = urlsplit(uri)
     if parts.scheme == "az":
-        container, blob = parts.netloc, unquote(parts.path.lstrip("/"))
+        container, blob = parts.netloc, parts.path.lstrip("/")  # literal, as gs:// and s3://
         endpoint = _endpoint(secret, shown)
     else:
-        container, _, blob = unquote(parts.path.lstrip("/")).partition("/")
+        container, _, blob = unquote(parts.path.lstrip("/")).partition("/")  # a URL: decoded
         endpoint = f"https://{parts.netloc}"
     if not container or not blob or parts.fragment or (parts.scheme == "az" and parts.query):
         raise FetchError(f"checkpoint URI {shown} is not az://CONTAINER/BLOB")
