@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import hashlib
+import json
 import logging
 import os
 import time
@@ -36,6 +37,7 @@ from hotswap_runtime.errors import (
     Superseded,
 )
 from tests.fixtures_runtime import faulty_proxy
+from tests.fixtures_runtime import hostile_http as hostile
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -244,3 +246,55 @@ def test_no_credential_in_logs_or_reasons(
         assert secret not in caplog.text, secret
         for reason in reasons:
             assert secret not in reason, (secret, reason)
+
+
+METADATA_TOKEN = "ya29.hotswap-metadata-token"
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (json.dumps({"access_token": METADATA_TOKEN, "expires_in": 3599}).encode(), None),
+        (b"<html>MARKER-METADATA</html>", "the metadata server's answer is not a token"),
+        (b"x" * (70 << 10), "the metadata server's answer is not a token"),
+    ],
+)
+def test_gs_token_from_the_metadata_server_when_the_secret_asks(
+    make_store: MakeStore,
+    gcs: Cloud,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    answer: bytes,
+    error: str | None,
+) -> None:
+    """``GCS_USE_METADATA_SERVER: "true"``: the token comes from the metadata server
+    (here on loopback, named by GCE_METADATA_HOST), asked with ``Metadata-Flavor``;
+    a bad answer fails the fetch without quoting it."""
+    caplog.set_level(logging.DEBUG)
+    secret = {"GCS_ENDPOINT_URL": gcs.endpoint, "GCS_USE_METADATA_SERVER": "true"}
+    with hostile.serve() as metadata:
+        metadata.route("/computeMetadata/v1/", hostile.whole(answer))
+        monkeypatch.setenv("GCE_METADATA_HOST", f"127.0.0.1:{metadata.port}")
+        store = make_store(secret)
+        if error is None:
+            assert store.fetch(ck(gcs)).read_bytes() == DATA
+        else:
+            with pytest.raises(FetchError, match=error) as caught:
+                store.fetch(ck(gcs))
+            assert "MARKER" not in str(caught.value)
+    asked = metadata.requests[0]
+    assert asked.path == "/computeMetadata/v1/instance/service-accounts/default/token"
+    assert asked.headers.get("Metadata-Flavor") == "Google"
+    assert METADATA_TOKEN not in caplog.text
+
+
+def test_gs_metadata_server_is_refused_unless_the_admin_allows_it(
+    make_store: MakeStore, gcs: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GCE_METADATA_HOST", "169.254.169.254")
+    secret = {"GCS_ENDPOINT_URL": gcs.endpoint, "GCS_USE_METADATA_SERVER": "true"}
+    start = time.monotonic()
+    with pytest.raises(FetchRefused, match=r"token from the metadata server.*a link-local") as e:
+        make_store(secret).fetch(ck(gcs))
+    assert time.monotonic() - start < 1.0
+    assert "policy.fetchAllowedNetworks" in str(e.value)

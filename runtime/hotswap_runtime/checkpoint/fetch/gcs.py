@@ -9,8 +9,10 @@ http(s):// has. Ranged parts name the ``generation`` the first response read
 Credentials come from the Secret named by ``checkpoint.secretRef`` only:
 ``GOOGLE_APPLICATION_CREDENTIALS_JSON`` (a service account key) becomes a self-signed
 JWT, signed here by google-auth, with the read-only scope: no token endpoint is called,
-so no address the key names is ever connected to. Without it the request carries no
-token (a public object, or an emulator). ``GCS_ENDPOINT_URL`` replaces
+so no address the key names is ever connected to. ``GCS_USE_METADATA_SERVER: "true"``
+asks the GKE metadata server instead (Workload Identity, ``gcp_metadata.py``: only where
+the admin's address policy allows it). Without either the request carries no token (a
+public object, or an emulator). ``GCS_ENDPOINT_URL`` replaces
 ``https://storage.googleapis.com`` (an emulator, a private endpoint); the address policy
 checks it like any other host.
 """
@@ -23,10 +25,11 @@ from contextlib import asynccontextmanager
 from urllib.parse import quote, urlsplit
 
 import httpx
-from google.auth.exceptions import GoogleAuthError
+from google.auth.exceptions import GoogleAuthError, TransportError
 from google.oauth2 import service_account
 
 from hotswap_contract.redact import redact_uri
+from hotswap_runtime.checkpoint.fetch import gcp_metadata
 from hotswap_runtime.checkpoint.fetch.http import Via, open_http
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy
 from hotswap_runtime.checkpoint.fetch.stream import Body
@@ -43,6 +46,8 @@ async def open_gcs(uri: str, secret: dict[str, str], policy: NetPolicy) -> Async
     shown = redact_uri(uri)
     url = media_url(uri, secret.get("GCS_ENDPOINT_URL") or ENDPOINT, shown)
     token = _token(secret[_KEY], shown) if secret.get(_KEY) else None
+    if token is None and gcp_metadata.wanted(secret):
+        token = await gcp_metadata.metadata_token(shown, policy)
     via = Via(shown, pin=_pin, ranged=True)
     bearer = f"Bearer {token}" if token else None
     async with open_http(url, bearer, policy, via=via) as body:
@@ -93,4 +98,4 @@ class _NoRequest:
     """google-auth's transport, never called: a self-signed JWT needs no token endpoint."""
 
     def __call__(self, *args: object, **kwargs: object) -> None:
-        raise FetchError("a self-signed JWT needs no network call")
+        raise TransportError("a self-signed JWT needs no network call")  # type: ignore[no-untyped-call]
