@@ -41,8 +41,8 @@ from hotswap_runtime.checkpoint.fetch.azure import KEYS as AZURE_KEYS
 from hotswap_runtime.checkpoint.fetch.azure import is_blob_url, open_azure
 from hotswap_runtime.checkpoint.fetch.credentials import read_secret
 from hotswap_runtime.checkpoint.fetch.file import copy_file
-from hotswap_runtime.checkpoint.fetch.hf import open_hf
 from hotswap_runtime.checkpoint.fetch.gcs import open_gcs
+from hotswap_runtime.checkpoint.fetch.hf import open_hf
 from hotswap_runtime.checkpoint.fetch.http import open_http, quiet_client_logs
 from hotswap_runtime.checkpoint.fetch.loop import FetchLoop
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy

@@ -35,7 +35,7 @@ async def metadata_token(shown: str, policy: NetPolicy) -> str:
     where = f"{shown} (its token from the metadata server, {KEY} of the Secret)"
     via = Via(where, headers={"Metadata-Flavor": "Google"})
     answer = bytearray()
-    async with open_http(f"http://{host}{PATH}", None, policy, via) as body:
+    async with open_http(f"http://{host}{PATH}", None, policy, via=via) as body:
         if body.size is not None and body.size > MAX_ANSWER_BYTES:
             raise _bad(where)
         async for chunk in body.chunks:
