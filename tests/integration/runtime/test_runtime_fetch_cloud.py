@@ -2,7 +2,8 @@
 JSON API) and Azurite (the Azure Blob API), each behind a TCP proxy that resets or
 stalls its first connection for the fault cases.
 
-Each cloud: a fetch with the Secret's credentials, ranged parts pinned to one version,
+Each cloud: a runtime process swapping from it (and refusing a wrong sha256 while the
+last revision serves), a fetch with the Secret's credentials, ranged parts pinned to one version,
 a wrong sha256, a reset connection resumed, a stalled one failed within the idle bound,
 a cancelled fetch within a second, refused endpoints, and no credential in logs or
 reasons.
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from devcluster import azurite, fake_gcs
+from devcluster import azurite, checkpoints, fake_gcs, tiny
 from hotswap_contract.wire import Checkpoint
 from hotswap_runtime.checkpoint.fetch import http as fetch_http
 from hotswap_runtime.checkpoint.fetch import stream as fetch_stream
@@ -38,6 +39,7 @@ from hotswap_runtime.errors import (
 )
 from tests.fixtures_runtime import faulty_proxy
 from tests.fixtures_runtime import hostile_http as hostile
+from tests.fixtures_runtime.server import running
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -298,3 +300,40 @@ def test_gs_metadata_server_is_refused_unless_the_admin_allows_it(
         make_store(secret).fetch(ck(gcs))
     assert time.monotonic() - start < 1.0
     assert "policy.fetchAllowedNetworks" in str(e.value)
+
+
+def test_the_runtime_swaps_from_the_store_and_keeps_serving_on_a_wrong_sha256(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    """A runtime process: revision 1 (.safetensors) and 2 (.pt) from the emulator with
+    the Secret's credentials, revision 3 with a wrong sha256 refused while 2 serves; no
+    credential in its log."""
+    sha = {}
+    for seed, name in ((1, "v1.safetensors"), (2, "v2.pt")):
+        sha[seed] = checkpoints.save(tiny.weights(seed), tmp_path / name)
+        data = (tmp_path / name).read_bytes()
+        upload = fake_gcs.upload if cloud.scheme == "gs" else azurite.upload
+        upload(cloud.endpoint, f"swap/{name}", data)
+    secrets = tmp_path / "secrets"
+    (secrets / "store").mkdir(parents=True)
+    for key, value in cloud.secret(cloud.endpoint).items():
+        (secrets / "store" / key).write_text(value)
+    config = tmp_path / "config"
+
+    def rev(n: int, name: str, sha256: str) -> str:
+        uri = cloud.uri(f"swap/{name}")
+        return checkpoints.config(n, checkpoints.revision(n, uri, sha256, secret="store"))
+
+    checkpoints.publish(config, rev(1, "v1.safetensors", sha[1]))
+    env = {"HOTSWAP_CONFIG_DIR": str(config), "HOTSWAP_SECRETS_DIR": str(secrets)}
+    with running(tmp_path, {**env, "HOTSWAP_LOG_LEVEL": "debug"}) as runtime:
+        assert runtime.metadata()["model_version"] == "1"
+        checkpoints.publish(config, rev(2, "v2.pt", sha[2]))
+        runtime.wait_version(2)
+        checkpoints.publish(config, rev(3, "v2.pt", "3" * 64))
+        failure = runtime.wait_failure(3)
+        assert failure["code"] == "sha256_mismatch", failure
+        assert runtime.metadata()["model_version"] == "2"
+        log = runtime.log()
+    for secret in cloud.secrets:
+        assert secret not in log, secret
