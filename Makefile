@@ -7,8 +7,10 @@ HELM := .cache/bin/helm
 HELM3 := .cache/bin/helm3
 KUBECONFORM := .cache/bin/kubeconform
 REGISTRY := .cache/bin/registry
+FAKE_GCS := .cache/bin/fake-gcs-server
+AZURITE := .cache/azurite
 
-.PHONY: all deps controlplane helm kubeconform registry crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster e2e-smoke bench bench-quick bench-serving bench-large bench-peer clean
+.PHONY: all deps controlplane helm kubeconform registry emulators fake-gcs-server azurite crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster e2e-smoke bench bench-quick bench-serving bench-large bench-large-cloud bench-peer clean
 
 all: deps controlplane helm node images
 
@@ -34,6 +36,17 @@ kubeconform:
 # The CNCF distribution registry, from its Go module: the oci:// tests start it.
 registry:
 	nice -n 10 scripts/install-registry.sh $(REGISTRY)
+
+# Storage emulators the gs:// and az:// tests start: fake-gcs-server from its Go module
+# into .cache/bin, Azurite from npm (pinned by devcluster/azurite-npm's
+# package-lock.json) into .cache/azurite.
+emulators: fake-gcs-server azurite
+
+fake-gcs-server:
+	nice -n 10 scripts/install-fake-gcs-server.sh $(FAKE_GCS)
+
+azurite:
+	nice -n 10 scripts/install-azurite.sh $(AZURITE)
 
 # crds/modeldeployment.yaml is the one source of the CRD; the charts carry copies (a test
 # keeps them byte-identical): charts/hotswap/crds/ (installed once by helm) and
@@ -68,7 +81,7 @@ node: node-deps
 images: node-deps
 	nice -n 10 scripts/build-images.sh
 
-test: deps controlplane helm kubeconform registry node images lint typecheck
+test: deps controlplane helm kubeconform registry emulators node images lint typecheck
 	$(PY) -m pytest
 
 unit: deps
@@ -105,6 +118,9 @@ bench-serving: deps
 
 bench-large: deps
 	$(PY) bench/large.py --gb 2 --dtypes float16
+
+bench-large-cloud: deps emulators
+	$(PY) bench/large.py --gb 2 --dtypes float16 --clients 0 --source http,gs,az
 
 # hotswap next to Ray Serve (the optional `peer` extra, installed here, not by `deps`).
 PEER_STAMP := .venv/.peer-installed

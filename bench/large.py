@@ -9,7 +9,11 @@ first reuse as the standby), then measures under closed-loop HTTP load:
 
 * ``file``: a swap to A from ``file://``, then ``http``: a swap to B from a local HTTP
   server (byte ranges, ``Accept-Ranges: bytes``) capped at ``--mbps`` MiB/s in all; or,
-  with ``--source oci``, ``oci``: B pushed as an OCI artifact (each file a raw layer,
+  then each other ``--source`` in turn, swapping between A and B: ``gs``: from
+  fake-gcs-server (its filesystem backend), with a service account key in the Secret;
+  ``az``: from Azurite, with the account key in the Secret (both emulators on loopback,
+  started here from ``make emulators``'s builds, behind a proxy capped at ``--mbps``
+  too); ``oci``: B pushed as an OCI artifact (each file a raw layer,
   named by the artifact's digest) to
   the CNCF distribution registry (``make registry``: TLS, token auth) started here, the
   swap from ``oci://`` (no cap: the registry's own speed on loopback).
@@ -18,7 +22,8 @@ first reuse as the standby), then measures under closed-loop HTTP load:
 * ``swap_seconds``: from writing ``model.json`` to the first metadata answer naming the
   new revision; ``fetch_only_seconds``: a plain download of the same bytes in the same
   run (a sequential read of each file; one streaming GET per file through the same
-  capped server, or of each blob from the same registry with a pull token);
+  capped server or emulator, the JSON API media URL for gs, the blob URL with a SAS for
+  az, or of each blob from the same registry with a pull token);
   ``swap_over_fetch`` their ratio (target <= 1.15).
 * ``rss_growth_mb``: peak RSS of the runtime during the swap (sampled every 20 ms) minus
   its RSS just before; target <= model size + the fetch window (128 MiB: two shards in
@@ -32,6 +37,7 @@ The last line printed is one JSON object with the figures per dtype and source.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -45,17 +51,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import LoadGenerator, Runtime, free_port, percentile, poll, rss_mb
+from devcluster import azurite, fake_gcs
+from devcluster.capped_proxy import CappedProxy
 from devcluster.capped_store import CappedStore
 
 ARCHITECTURE = "python/hotswap_runtime.examples:mlp"
 FEATURES = 64
 REPOSITORY = "bench/large"
+SOURCES = ("http", "oci", "gs", "az")
+REPO = Path(__file__).resolve().parents[1]
 WINDOW_MB = 128  # fetch_stream.WINDOW_BYTES: 2 shards in flight x 4 parts x 16 MiB
 
 
@@ -82,13 +93,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--hidden", type=int, default=8192, help="width of each Linear layer")
     p.add_argument("--mbps", type=float, default=200.0, help="HTTP server cap, MiB/s")
-    p.add_argument("--source", choices=("http", "oci"), default="http", help="remote source")
+    p.add_argument(
+        "--source",
+        default="http",
+        help=f"remote sources after file, comma-separated ({','.join(SOURCES)})",
+    )
     p.add_argument("--clients", type=int, default=2, help="0: no load (the pipeline alone)")
     p.add_argument("--steady-seconds", type=float, default=10.0)
     p.add_argument("--dir", default="/var/tmp", help="where checkpoints and the cache go")
     p.add_argument("--log", help="a folder to keep the runtime's log in")
     args = p.parse_args(argv)
     args.dtypes = args.dtypes.split(",")
+    args.source = args.source.split(",")
+    if not set(args.source) <= set(SOURCES):
+        p.error(f"--source: one or more of {', '.join(SOURCES)}")
     return args
 
 
@@ -112,9 +130,25 @@ class Large:
         for name, seed in (("a", 1), ("b", 2)):
             self.manifests[name] = self._checkpoint(self.root / name, seed)
         nbytes = sum(p.stat().st_size for p in (self.root / "a").glob("*.safetensors"))
-        with CappedStore(self.root, self.args.mbps) as store, self._registry() as registry:
+        with (
+            CappedStore(self.root, self.args.mbps) as store,
+            self._registry() as registry,
+            contextlib.ExitStack() as clouds,
+        ):
             self.url = store.url
             self.registry = registry
+            self.direct = {
+                source: clouds.enter_context(_cloud(source, self.root))
+                for source in self.args.source
+                if source in ("gs", "az")
+            }
+            self._upload()
+            self.clouds = {
+                source: f"http://127.0.0.1:{clouds.enter_context(_capped(url, self.args.mbps))}"
+                + urlsplit(url).path
+                for source, url in self.direct.items()
+            }
+            self._write_secret()
             self._publish("a", "file")
             runtime = Runtime(self._env(), free_port(), self.root / "runtime.log")
             runtime.start(wait_ready=False)  # the first load of a few GB takes a while
@@ -131,9 +165,10 @@ class Large:
                 t0 = time.perf_counter()
                 time.sleep(self.args.steady_seconds)
                 steady = load.since(t0, time.perf_counter())
+                sources = ["file", *self.args.source]
                 figures = {
-                    "file": self._measured(runtime, "a", "file", load, steady),
-                    self.args.source: self._measured(runtime, "b", self.args.source, load, steady),
+                    source: self._measured(runtime, "ab"[i % 2], source, load, steady)
+                    for i, source in enumerate(sources)
                 }
                 failed = sum(not s.ok for s in load.samples)
             finally:
@@ -239,10 +274,41 @@ class Large:
             elif source == "oci":
                 self._plain_blob(path)
             else:
-                with httpx.stream("GET", f"{self.url}/{name}/{path.name}", timeout=60) as r:
+                with httpx.stream("GET", self._plain_url(source, name, path.name), timeout=60) as r:
+                    r.raise_for_status()
                     for _ in r.iter_raw(1 << 20):
                         pass
         return time.perf_counter() - start
+
+    def _plain_url(self, source: str, name: str, file: str) -> str:
+        if source == "gs":
+            return fake_gcs.media_url(self.clouds["gs"], f"{name}/{file}")
+        if source == "az":
+            return azurite.blob_url(self.clouds["az"], f"{name}/{file}")
+        return f"{self.url}/{name}/{file}"
+
+    def _upload(self) -> None:
+        """Every file of A and B into each emulator (directly, not through the cap)."""
+        for source, endpoint in self.direct.items():
+            for path in sorted(self.root.glob("[ab]/*")):
+                name = f"{path.parent.name}/{path.name}"
+                with path.open("rb") as f:
+                    (fake_gcs if source == "gs" else azurite).upload(endpoint, name, f)
+
+    def _write_secret(self) -> None:
+        """The Secret that reaches each emulator through its capped proxy."""
+        if not self.clouds:
+            return
+        folder = self.root / "secrets" / "store"
+        folder.mkdir(parents=True)
+        secret: dict[str, str] = {}
+        for source, endpoint in self.clouds.items():
+            if source == "gs":
+                secret |= fake_gcs.secret(endpoint, fake_gcs.service_account_key())
+            else:
+                secret |= azurite.secret(endpoint)
+        for key, value in secret.items():
+            (folder / key).write_text(value)
 
     def _plain_blob(self, path: Path) -> None:
         """GET one blob from the registry: a pull token, then the blob by its digest."""
@@ -260,7 +326,7 @@ class Large:
     @contextmanager
     def _registry(self) -> Iterator[Any]:
         """The registry with both revisions pushed (``--source oci``), else None."""
-        if self.args.source != "oci":
+        if "oci" not in self.args.source:
             yield None
             return
         from devcluster import oci_registry
@@ -334,6 +400,10 @@ class Large:
         if source == "oci":
             uri = f"oci://{self.registry.host}/{REPOSITORY}@{self.digests[name]}/{manifest.name}"
             secret = {"secretRef": "pull"}
+        if source in ("gs", "az"):
+            bucket = fake_gcs.BUCKET if source == "gs" else azurite.CONTAINER
+            uri = f"{source}://{bucket}/{name}/{manifest.name}"
+            secret = {"secretRef": "store"}
         doc = {
             "name": "large",
             "generation": self.revision,
@@ -404,7 +474,7 @@ def _sha256(path: Path) -> str:
 
 
 def _summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    rows = [(d, s, r[s]) for d, r in results.items() for s in ("file", args.source)]
+    rows = [(d, s, r[s]) for d, r in results.items() for s in ("file", *args.source)]
     return {
         "bench": "large",
         "gb": args.gb,
@@ -417,6 +487,26 @@ def _summary(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
         "p99_ratio": {f"{d}/{s}": f["p99_ratio"] for d, s, f in rows},
         "results": results,
     }
+
+
+@contextlib.contextmanager
+def _capped(url: str, mbps: float) -> Iterator[int]:
+    """A proxy capped at ``mbps`` MiB/s in front of the server of ``url``; its port."""
+    parts = urlsplit(url)
+    with CappedProxy((parts.hostname or "127.0.0.1", parts.port or 80), mbps) as proxy:
+        yield proxy.port
+
+
+@contextlib.contextmanager
+def _cloud(source: str, root: Path) -> Iterator[str]:
+    """The emulator of ``source`` (built by ``make emulators``); its endpoint."""
+    if source == "gs":
+        binary = REPO / ".cache" / "bin" / "fake-gcs-server"
+        with fake_gcs.serve(binary, root / "gcs", backend="filesystem") as url:
+            yield url
+    else:
+        with azurite.serve(REPO / ".cache" / "azurite", root / "azurite") as url:
+            yield url
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from devcluster.waiting import wait_for
 HELM = REPO / ".cache" / "bin" / "helm"
 HELM3 = REPO / ".cache" / "bin" / "helm3"  # the README's install commands, with Helm 3
 # HOTSWAP_KUBECONFORM: another place for it (a shared .cache/bin left as it is).
+FAKE_GCS = REPO / ".cache" / "bin" / "fake-gcs-server"  # scripts/install-fake-gcs-server.sh
+AZURITE = REPO / ".cache" / "azurite"  # scripts/install-azurite.sh (npm ci)
 KUBECONFORM = Path(os.environ.get("HOTSWAP_KUBECONFORM", REPO / ".cache" / "bin" / "kubeconform"))
 CLUSTER_FIXTURES = {"cluster", "namespace", "helm_bin", "helm3_bin", "kubeconform_bin"}
 
@@ -52,6 +54,18 @@ def helm_bin() -> Path:
 def helm3_bin() -> Path:
     """Helm 3 (pinned in scripts/install-helm.sh), for the README's install commands."""
     return _installed("install-helm.sh", HELM3, "3")
+
+
+@pytest.fixture(scope="session")
+def fake_gcs_bin() -> Path:
+    """The pinned fake-gcs-server (GCS emulator), installed with `go install` if missing."""
+    return _installed("install-fake-gcs-server.sh", FAKE_GCS)
+
+
+@pytest.fixture(scope="session")
+def azurite_install() -> Path:
+    """The pinned Azurite (Azure Blob emulator) folder, installed with `npm ci` if missing."""
+    return _installed("install-azurite.sh", AZURITE)
 
 
 def _installed(script: str, binary: Path, *args: str) -> Path:

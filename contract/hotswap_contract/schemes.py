@@ -8,6 +8,6 @@ against that by a test), the operator's admission applies the admin's file roots
 from __future__ import annotations
 
 FILE = "file"  # a path in the pod, under the admin's file roots (policy.path_under)
-REMOTE = ("http", "https", "s3", "oci", "hf")  # over the network, each address checked
+REMOTE = ("http", "https", "s3", "oci", "hf", "gs", "az")  # over the network, each checked
 SCHEMES = (FILE, *REMOTE)  # every scheme a checkpoint URI may have, in this order
-LISTED = f"{', '.join(SCHEMES[:-1])} and {SCHEMES[-1]}"  # "file, http, https, s3, oci and hf"
+LISTED = f"{', '.join(SCHEMES[:-1])} and {SCHEMES[-1]}"  # "file, http, ..., gs and az"

@@ -37,8 +37,11 @@ from hotswap_contract import schemes
 from hotswap_contract.policy import DEFAULT_FILE_ROOTS
 from hotswap_contract.redact import redact_uri
 from hotswap_contract.wire import Checkpoint, Fetched, short_sha
+from hotswap_runtime.checkpoint.fetch.azure import KEYS as AZURE_KEYS
+from hotswap_runtime.checkpoint.fetch.azure import is_blob_url, open_azure
 from hotswap_runtime.checkpoint.fetch.credentials import read_secret
 from hotswap_runtime.checkpoint.fetch.file import copy_file
+from hotswap_runtime.checkpoint.fetch.gcs import open_gcs
 from hotswap_runtime.checkpoint.fetch.hf import open_hf
 from hotswap_runtime.checkpoint.fetch.http import open_http, quiet_client_logs
 from hotswap_runtime.checkpoint.fetch.loop import FetchLoop
@@ -357,6 +360,10 @@ class CheckpointStore:
             return open_oci(checkpoint.uri, checkpoint.sha256, secret, self.net)
         if scheme == "hf":
             return open_hf(checkpoint.uri, secret, self.net)
+        if scheme == "gs":
+            return open_gcs(checkpoint.uri, secret, self.net)
+        if scheme == "az" or (is_blob_url(checkpoint.uri) and secret.keys() & set(AZURE_KEYS)):
+            return open_azure(checkpoint.uri, secret, self.net)
         return open_http(checkpoint.uri, secret.get("HTTP_AUTHORIZATION"), self.net)
 
     def _evict(self, keep: str) -> None:

@@ -67,11 +67,24 @@ def test_every_uri_pattern_accepts_exactly_the_checkpoint_schemes(version):
         props(spec, "validation", "expected", "uri"),
     ]
     assert {uri["pattern"] for uri in uris} == {contract.URI_PATTERN}
-    others = ["ftp", "gs", "hdfs", "httpss", "files", "s3a", "HTTP", "ocis", "hff", ""]
+    others = ["ftp", "gcs", "wasbs", "hdfs", "httpss", "files", "s3a", "HTTP", "ocis", "hff", ""]
     accepted = [
         s for s in [*schemes.SCHEMES, *others] if re.match(contract.URI_PATTERN, f"{s}://m/x")
     ]
-    assert accepted == list(schemes.SCHEMES) == ["file", "http", "https", "s3", "oci", "hf"]
+    assert (
+        accepted
+        == list(schemes.SCHEMES)
+        == [
+            "file",
+            "http",
+            "https",
+            "s3",
+            "oci",
+            "hf",
+            "gs",
+            "az",
+        ]
+    )
 
 
 def walk(schema, path=""):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devcluster import azurite, fake_gcs
 from hotswap_operator.kubectl import checksum, edits
 from hotswap_operator.kubectl.api import PluginError
 from tests.fixtures_runtime import moto_s3
@@ -51,7 +52,7 @@ def test_resolve_reads_a_local_copy_a_path_and_a_file_uri(tmp_path: Path):
     with pytest.raises(PluginError, match=r"cannot read .*missing"):
         checksum.sha256_of(str(tmp_path / "missing"))
     with pytest.raises(PluginError, match="--from PATH"):
-        checksum.sha256_of("gs://bucket/v2.safetensors")
+        checksum.sha256_of("hdfs://bucket/v2.safetensors")
 
 
 class Files(http.server.BaseHTTPRequestHandler):
@@ -92,3 +93,30 @@ def test_resolve_reads_s3_with_the_users_credentials(monkeypatch: pytest.MonkeyP
         assert checksum.sha256_of(f"s3://{moto_s3.BUCKET}/m/v2.pt") == SHA
         with pytest.raises(PluginError, match=r"cannot read s3://models/m/none\.pt: NoSuchKey"):
             checksum.sha256_of(f"s3://{moto_s3.BUCKET}/m/none.pt")
+
+
+def test_resolve_reads_gs_from_an_emulator(
+    monkeypatch: pytest.MonkeyPatch, fake_gcs_bin: Path, tmp_path: Path
+):
+    with fake_gcs.serve(fake_gcs_bin, tmp_path) as url:
+        fake_gcs.upload(url, "m/v2.pt", DATA)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)  # as Google's clients read it
+        assert checksum.sha256_of(f"gs://{fake_gcs.BUCKET}/m/v2.pt") == SHA
+        with pytest.raises(PluginError, match=r"gs://models/m/none\.pt answered 404"):
+            checksum.sha256_of(f"gs://{fake_gcs.BUCKET}/m/none.pt")
+
+
+def test_resolve_reads_az_with_the_users_connection_string(
+    monkeypatch: pytest.MonkeyPatch, azurite_install: Path, tmp_path: Path
+):
+    with azurite.serve(azurite_install, tmp_path) as url:
+        azurite.upload(url, "m/v2.pt", DATA)
+        connection = (
+            f"DefaultEndpointsProtocol=http;AccountName={azurite.ACCOUNT};"
+            f"AccountKey={azurite.KEY};BlobEndpoint={url};"
+        )
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+        assert checksum.sha256_of(f"az://{azurite.CONTAINER}/m/v2.pt") == SHA
+        with pytest.raises(PluginError, match=r"cannot read az://models/m/none\.pt: \w+") as e:
+            checksum.sha256_of(f"az://{azurite.CONTAINER}/m/none.pt")
+        assert azurite.KEY not in str(e.value)

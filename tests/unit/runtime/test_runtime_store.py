@@ -104,5 +104,5 @@ def test_a_newer_revision_stops_a_file_read(tmp_path: Path) -> None:
 
 def test_unknown_scheme_is_refused(tmp_path: Path) -> None:
     ck = Checkpoint.model_construct(uri="ftp://host/x.pt", sha256="a" * 64, secret_ref=None)
-    with pytest.raises(FetchRefused, match="only file, http, https, s3, oci and hf"):
+    with pytest.raises(FetchRefused, match="only file, http, https, s3, oci, hf, gs and az"):
         store(tmp_path).fetch(ck)

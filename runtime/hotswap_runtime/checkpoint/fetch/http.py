@@ -22,8 +22,9 @@ import functools
 import logging
 import os
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 import httpx
@@ -37,6 +38,22 @@ MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PORTS = {"http": 80, "https": 443}
 Origin = tuple[str, str, int]
+# The first response's headers -> what ranged requests add: query parameters and headers
+# that pin them to the version the first response read (gs:// generation, az:// ETag).
+Pin = Callable[[httpx.Headers], tuple[dict[str, str], dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class Via:
+    """How a cloud fetcher (gs://, az://) asks for an object over this client: the URI
+    shown in reasons (its own, not the HTTPS URL), headers every request carries, the
+    pin of ranged requests, and whether the store serves byte ranges whatever the first
+    response announces."""
+
+    shown: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    pin: Pin | None = None
+    ranged: bool = False
 
 
 def quiet_client_logs() -> None:
@@ -66,24 +83,34 @@ async def http_client(policy: NetPolicy) -> AsyncIterator[httpx.AsyncClient]:
 
 @asynccontextmanager
 async def open_http(
-    uri: str, authorization: str | None, policy: NetPolicy, shown: str | None = None
+    uri: str,
+    authorization: str | None,
+    policy: NetPolicy,
+    shown: str | None = None,
+    via: Via | None = None,
 ) -> AsyncIterator[Body]:
     """The body of the final response to GET ``uri`` (status 200); ``shown`` names the
-    checkpoint in reasons (``uri`` redacted by default)."""
-    shown = shown or redact_uri(uri)
+    checkpoint in reasons (``uri`` redacted by default; ``via.shown`` for gs:// and az://)."""
+    shown = (via.shown if via else shown) or redact_uri(uri)
+    fixed = dict(via.headers) if via else {}
     url, userinfo = parse_url(uri, shown)
     auth = authorization or _basic(userinfo)
     async with http_client(policy) as client:
-        response = await follow(client, url, auth, policy, shown)
+        response = await follow(client, url, auth, policy, shown, fixed)
         try:
             check_status(response.status_code, shown)
             size = _declared_size(response)
             ranged = response.headers.get("accept-ranges", "").strip().lower() == "bytes"
+            ranged = ranged or bool(via and via.ranged)
+            params, pinned = via.pin(response.headers) if via and via.pin else ({}, {})
+            part_url = url.copy_merge_params(params) if params else url
 
             @asynccontextmanager
             async def ranges(start: int, end: int) -> AsyncIterator[Body]:
                 assert size is not None
-                async with _range(client, url, auth, policy, shown, (start, end, size)) as part:
+                span = (start, end, size)
+                extra = {**fixed, **pinned}
+                async with _range(client, part_url, auth, policy, shown, span, extra) as part:
                     yield part
 
             chunks = raw_chunks(response, shown, policy)
@@ -100,13 +127,14 @@ async def _range(
     policy: NetPolicy,
     shown: str,
     span: tuple[int, int, int],
+    headers: dict[str, str],
 ) -> AsyncIterator[Body]:
     """Bytes ``[start, end)`` of the ``size``-byte object at ``url``: a GET with
     ``Range`` (redirects followed and checked again), answered 206 with exactly that
     ``Content-Range``; anything else is a FetchError (a changed object fails its
     sha256 in any case)."""
     start, end, size = span
-    extra = {"Range": f"bytes={start}-{end - 1}"}
+    extra = {**headers, "Range": f"bytes={start}-{end - 1}"}
     response = await follow(client, url, auth, policy, shown, extra)
     try:
         if response.status_code != 206:

@@ -1,0 +1,82 @@
+"""Azurite's Blob service (an npm package, installed into .cache/azurite by
+scripts/install-azurite.sh) on loopback for az:// fetch tests: the real Blob REST API,
+shared key and SAS checked, blobs in a temporary folder.
+
+``serve(folder)`` starts it with an empty container CONTAINER and returns the account's
+endpoint URL; ``upload`` writes a blob; ``secret`` is what a Secret holds to point a
+store at it (the emulator's well-known account key, or a SAS made from it).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+
+from devcluster.cluster import free_port
+from devcluster.waiting import wait_for
+
+ACCOUNT = "devstoreaccount1"  # Azurite's built-in account and key
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+CONTAINER = "models"
+
+
+@contextmanager
+def serve(install: Path, workdir: Path) -> Iterator[str]:
+    """Azurite's Blob service on a free loopback port, container CONTAINER created; the
+    account's endpoint URL (http://127.0.0.1:PORT/devstoreaccount1)."""
+    port = free_port()
+    command = [str(install / "node_modules" / ".bin" / "azurite-blob"), "--blobHost", "127.0.0.1"]
+    command += ["--blobPort", str(port), "--location", str(workdir)]
+    command += ["--silent", "--skipApiVersionCheck", "--disableTelemetry"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
+    try:
+        wait_for(lambda: _create_container(endpoint), 60, what="Azurite answering")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def client(endpoint: str) -> BlobServiceClient:
+    key = {"account_name": ACCOUNT, "account_key": KEY}
+    return BlobServiceClient(endpoint, credential=key, retry_total=0)  # wait_for retries
+
+
+def _create_container(endpoint: str) -> bool:
+    client(endpoint).create_container(CONTAINER)
+    return True
+
+
+def upload(endpoint: str, name: str, data: bytes | BinaryIO) -> None:
+    blob = client(endpoint).get_blob_client(CONTAINER, name)
+    blob.upload_blob(data, overwrite=True, max_concurrency=2)
+
+
+def blob_url(endpoint: str, name: str) -> str:
+    """A URL that reads blob ``name`` (with a read-only SAS of the container)."""
+    return f"{endpoint}/{CONTAINER}/{name}?{sas()}"
+
+
+def sas() -> str:
+    """A read-only SAS of the container, valid for an hour."""
+    return generate_container_sas(
+        ACCOUNT,
+        CONTAINER,
+        account_key=KEY,
+        permission=ContainerSasPermissions(read=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+
+
+def secret(endpoint: str, credential: str = "key") -> dict[str, str]:
+    """The keys of a Secret for ``endpoint``: the account key, or a SAS made from it."""
+    if credential == "key":
+        return {"AZURE_STORAGE_ENDPOINT": endpoint, "AZURE_STORAGE_KEY": KEY}
+    return {"AZURE_STORAGE_ENDPOINT": endpoint, "AZURE_STORAGE_SAS_TOKEN": sas()}
