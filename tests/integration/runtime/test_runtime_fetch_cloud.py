@@ -37,7 +37,7 @@ from hotswap_runtime.errors import (
     IntegrityError,
     Superseded,
 )
-from tests.fixtures_runtime import faulty_proxy
+from tests.fixtures_runtime import tcp_relay
 from tests.fixtures_runtime import hostile_http as hostile
 from tests.fixtures_runtime.server import running
 
@@ -166,7 +166,7 @@ def test_ranged_parts_in_parallel_pinned_to_one_version(
 
 
 def test_a_reset_connection_is_resumed(make_store: MakeStore, cloud: Cloud) -> None:
-    with faulty_proxy.serve(("127.0.0.1", cloud.port), "reset", 100_000) as proxy:
+    with tcp_relay.relay(cloud.port, 100_000) as proxy:
         store = make_store(cloud.secret(cloud.via(proxy.port)))
         assert store.fetch(ck(cloud)).read_bytes() == DATA
         assert proxy.cut.is_set() and proxy.connections >= 2
@@ -175,7 +175,7 @@ def test_a_reset_connection_is_resumed(make_store: MakeStore, cloud: Cloud) -> N
 def test_a_stalled_connection_fails_after_the_idle_bound(
     make_store: MakeStore, cloud: Cloud
 ) -> None:
-    with faulty_proxy.serve(("127.0.0.1", cloud.port), "stall", 100_000) as proxy:
+    with tcp_relay.relay(cloud.port, 100_000, stall=True) as proxy:
         store = make_store(cloud.secret(cloud.via(proxy.port)))
         start = time.monotonic()
         with pytest.raises(FetchError, match="no bytes arrived for 1 s") as caught:
@@ -186,7 +186,7 @@ def test_a_stalled_connection_fails_after_the_idle_bound(
 
 
 def test_a_cancelled_fetch_ends_within_a_second(make_store: MakeStore, cloud: Cloud) -> None:
-    with faulty_proxy.serve(("127.0.0.1", cloud.port), "stall", 100_000) as proxy:
+    with tcp_relay.relay(cloud.port, 100_000, stall=True) as proxy:
         store = make_store(cloud.secret(cloud.via(proxy.port)), idle=60)
         wanted = concurrent.futures.ThreadPoolExecutor(1)
         with wanted as pool:
