@@ -7,6 +7,7 @@
     kubectl hotswap set checkpoint NAME URI (--sha256 HEX | --resolve [--from PATH])
     kubectl hotswap pause NAME | resume NAME
     kubectl hotswap promote NAME [--full] | abort NAME | retry NAME
+    kubectl hotswap dashboard NAME [--port N] [--address 127.0.0.1] [--edit]
     kubectl hotswap version [--client] [-o text|json|yaml]
     kubectl hotswap completion bash|zsh
     global: -n/--namespace, --kubeconfig, --context (anywhere on the line, as kubectl)
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hotswap_operator.kubectl import checksum, completion, decisions, edits, live, views
+from hotswap_operator.kubectl.access import may_edit
 from hotswap_operator.kubectl.api import (
     PluginError,
     Session,
@@ -43,7 +45,9 @@ from hotswap_operator.kubectl.api import (
     patch_deployment,
     server_versions,
 )
+from hotswap_operator.kubectl.board import Board
 from hotswap_operator.kubectl.reports import pod_reports
+from hotswap_operator.kubectl.web import Access, Dashboard
 
 JSON = dict[str, Any]
 PROG = "kubectl hotswap"
@@ -67,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if not getattr(args, "watch", False):  # it drew as it went
+    if not getattr(args, "watch", False) and args.command != "dashboard":  # it drew as it went
         print(render(text, doc, args.output))
     return 0
 
@@ -266,6 +270,29 @@ def retry(session: Session, args: argparse.Namespace) -> Result:
     return _write(session, args.name, decisions.retry(get_deployment(session, args.name)))
 
 
+def dashboard(session: Session, args: argparse.Namespace) -> Result:
+    """Serve the dashboard page until Ctrl-C; the URL (with this run's token) on stdout."""
+    get_deployment(session, args.name)  # not found, forbidden: say so before serving
+    access = Access(lambda: may_edit(session, args.name), args.edit)
+    board = Board(session, args.name, access.cached)
+    try:
+        server = Dashboard((args.address, args.port), session, board, access)
+    except OSError as err:
+        raise PluginError(
+            f"dashboard: cannot listen on {args.address}:{args.port} ({err.strerror}); "
+            "pass another --port (0: any free one)"
+        ) from None
+    board.start()
+    mode = "edits where your RBAC allows them" if args.edit else "read-only (--edit: buttons)"
+    print(f"Dashboard of {session.where(args.name)}, {mode}; Ctrl-C ends:", flush=True)
+    print(server.url, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    board.stop()
+    server.server_close()
+    return "", {}
+
+
 def _write(session: Session, name: str, edit: edits.Edit) -> Result:
     if edit.patch is not None:
         patch_deployment(session, name, edit.patch, edit.resource_version)
@@ -291,6 +318,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "promote": (promote, "skip the rest of the step's bake (--full: every step)"),
     "abort": (abort, "roll the running Canary candidate back to stable now"),
     "retry": (retry, "run the rolled-back revision again from step 1"),
+    "dashboard": (dashboard, "a live web page of the pods, swaps and revisions (local)"),
 }
 
 
@@ -404,6 +432,19 @@ def _options(name: str, sub: argparse.ArgumentParser) -> None:
             metavar="DURATION",
             help="how long --wait waits: 90, 90s, 5m, 1h (default 5m; exit 1 after)",
         )
+    if name == "dashboard":
+        sub.add_argument(
+            "--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+        )
+        sub.add_argument(
+            "--port", type=_port, default=0, help="port to listen on (default 0: a free one)"
+        )
+        sub.add_argument(
+            "--edit",
+            action="store_true",
+            help="show pause, resume, promote and undo buttons where your RBAC allows "
+            "patch (a SelfSubjectAccessReview); read-only without it",
+        )
     if name == "promote":
         sub.add_argument(
             "--full",
@@ -432,6 +473,16 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration (90, 90s, 5m, 1h)") from None
     if not 0 <= value <= 86400:
         raise argparse.ArgumentTypeError(f"{text}: give a duration from 0 to 24h")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value}: give a port from 0 to 65535")
     return value
 
 
