@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages for the real node and the images (as root): runc and the CNI plugins
 # that containerd runs, podman/buildah to build images, debootstrap for the local base
-# image, iptables and conntrack for kube-proxy, iproute2 for the node's links.
+# image, iptables and conntrack for kube-proxy, iproute2 for the node's links; chromium
+# and chromium-driver for the dashboard's browser tests (devcluster/browser.py).
 # Quick when everything is installed already.
 set -euo pipefail
-packages=(podman runc containernetworking-plugins debootstrap iptables conntrack iproute2)
+packages=(podman runc containernetworking-plugins debootstrap iptables conntrack iproute2
+  chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

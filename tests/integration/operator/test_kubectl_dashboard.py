@@ -138,12 +138,12 @@ def colours(driver, state, revision):
     )
 
 
-def shows(driver, expected):
-    def check():
-        found = groups(driver)
-        return found if found == expected else None
-
-    return wait_for(check, 30, 0.2, what=f"the page shows {expected} (it shows {groups(driver)})")
+def shows(driver, expected, timeout=30):
+    """Wait until the page's groups are `expected`; else fail with what it shows."""
+    try:
+        return wait_for(lambda: groups(driver) == expected, timeout, 0.2, what=f"{expected}")
+    except TimeoutError:
+        pytest.fail(f"the page shows {groups(driver)}, not {expected}")
 
 
 def test_a_300_pod_canary_in_the_browser_and_its_pause_button(crd, namespace, alice, chrome):
@@ -154,12 +154,10 @@ def test_a_300_pod_canary_in_the_browser_and_its_pause_button(crd, namespace, al
         shows(chrome, {"1|Serving": [PODS, PODS]})
         assert chrome.find_element("id", "total").text == f"{PODS} pods"
 
-        status = fleet.sync() if fleet.client.patch(
-            fleet.path, {"spec": {"checkpoint": {"uri": URI.format(n=2), "sha256": SHA2}}},
-            MERGE_PATCH,
-        ) else None  # fmt: skip
+        revision_2 = {"checkpoint": {"uri": URI.format(n=2), "sha256": SHA2}}
+        fleet.client.patch(fleet.path, {"spec": revision_2}, MERGE_PATCH)
         canary = fleet.sync()["status"]["candidatePods"]
-        assert status is not None and len(canary) == 30
+        assert len(canary) == 30  # step 1: 10%
         for pod in canary[:10]:
             fleet.report(pod, {"revision": 1, "sha256": SHA1, "state": "Loading",
                                "targetRevision": 2})  # fmt: skip
