@@ -18,8 +18,19 @@ shows it. Figures:
   dashboard process);
 * `renders`: the page's draws during the burst (the server coalesces to 4/s).
 
+With `--hollow` the pods are hollow instead (devcluster/hollow.py through
+bench/scale.py's `hollow_cluster`: the real node runs the operator installed by helm,
+`--nodes` hollow node processes run the runtime's real control path per pod, which
+writes the reports). Then one checkpoint change swaps every pod (AllAtOnce) and the
+figures are `hollow_swap`: per pod, seconds from the patch until the bench's own watch
+saw the pod's new report (`watch_s`) and until the page drew it (`page_s`), and
+`page_behind_watch_s` (page minus watch, p50/p95/max over pods); plus the load and
+memory figures above. Needs root and the real node (one per machine: hold
+/run/hotswap-e2e-wait.lock).
+
     PYTHONPATH=contract:operator:runtime:. .venv/bin/python bench/dashboard.py \\
         [--pods 1000] [--samples 20] [--out FILE] [--screenshot FILE]
+        [--hollow [--nodes 8] [--load-seconds 1]]
 
 Prints one JSON object (and writes it to --out).
 """
@@ -61,6 +72,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--screenshot", type=Path, help="also save the page after the burst")
+    parser.add_argument("--hollow", action="store_true", help="hollow pods, the real operator")
+    parser.add_argument("--nodes", type=int, default=8, help="hollow node processes")
+    parser.add_argument("--load-seconds", type=float, default=1.0)
+    parser.add_argument("--setup-timeout", type=float, default=900)
     return parser.parse_args()
 
 
@@ -166,13 +181,58 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         wait_for(lambda: count(driver, 3) == args.pods, 120, 0.05, what="the burst on the page")
         out["burst_to_page_s"] = round(time.time() - last, 3)
         out["renders"] = int(driver.execute_script("return hotswapBoard.applied")) - renders
-        heap = driver.execute_script("return performance.memory.usedJSHeapSize")
-        out["js_heap_mb"] = round(heap / 2**20, 1)
-        out["browser_rss_mb"] = round(browser.browser_rss_bytes(driver) / 2**20, 1)
-        out["plugin_rss_mb"] = round(rss_mb(board.proc.pid), 1)
+        _memory(out, driver, board)
         if args.screenshot:
             shutil.copyfile(browser.screenshot(driver, "bench-dashboard"), args.screenshot)
     return out
+
+
+def hollow(args: argparse.Namespace) -> dict[str, Any]:
+    """1000 hollow pods of one AllAtOnce ModelDeployment; one swap of all of them."""
+    from bench import scale
+
+    args.set, args.logs = [], REPO / "bench" / "results" / "dashboard-hollow-logs"
+    out: dict[str, Any] = {"pods": args.pods, "hollow": True}
+    with scale.hollow_cluster(args, out, -(-args.pods // args.nodes)) as bench:
+        name = "board"
+        body = scale.manifest(name, args.pods, scale.checkpoint(0))
+        bench.client.post(f"{scale.MD_API}/namespaces/{bench.namespace}/modeldeployments", body)
+        bench.ready(name, args.pods, args.setup_timeout)
+        bench.fix_revision(name)
+        revision = bench.revisions[name]
+        kubeconfig = bench.cluster.kubeconfig
+        with (
+            browser.DashboardProcess(kubeconfig, bench.namespace, name) as board,
+            browser.chromium() as driver,
+        ):
+            start = time.time()
+            driver.get(board.url)
+            wait_for(lambda: count(driver, revision) == args.pods, 120, 0.05, what="every pod")
+            out["load_s"] = round(time.time() - start, 3)
+            before = time.time()
+            swap = bench.swap({name: args.pods}, 300)
+            wait_for(lambda: count(driver, revision + 1) == args.pods, 120, 0.05, what="swap")
+            drawn = driver.execute_script("return hotswapBoard.shownAt")
+            page = [float(drawn[p]) / 1000 - before for p in drawn]
+            watch = list(swap["pod_s"])
+            out["hollow_swap"] = {
+                "watch_s": _stats(watch),
+                "page_s": _stats(page),
+                "page_behind_watch_s": {
+                    k: round(_stats(page)[k] - _stats(watch)[k], 3) for k in ("p50", "p95", "max")
+                },
+            }
+            _memory(out, driver, board)
+            if args.screenshot:
+                shutil.copyfile(browser.screenshot(driver, "bench-dashboard"), args.screenshot)
+    return out
+
+
+def _memory(out: dict[str, Any], driver: Any, board: browser.DashboardProcess) -> None:
+    heap = driver.execute_script("return performance.memory.usedJSHeapSize")
+    out["js_heap_mb"] = round(heap / 2**20, 1)
+    out["browser_rss_mb"] = round(browser.browser_rss_bytes(driver) / 2**20, 1)
+    out["plugin_rss_mb"] = round(rss_mb(board.proc.pid), 1)
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -188,8 +248,11 @@ def main() -> None:
     problem = browser.missing()
     if problem:
         raise SystemExit(problem)
-    with Cluster(ensure_binary()) as cluster:
-        result = run(cluster, args)
+    if args.hollow:
+        result = hollow(args)
+    else:
+        with Cluster(ensure_binary()) as cluster:
+            result = run(cluster, args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -116,7 +116,9 @@ class Board:
         failures = 0
         while not self._stop.is_set():
             try:
-                listed: JSON = api.list_namespaced_custom_object(*args, limit=MAX_PODS, **selector)
+                listed: JSON = api.list_namespaced_custom_object(
+                    *args, limit=MAX_PODS, _request_timeout=30, **selector
+                )
                 on("LIST", listed)
                 self.problems.pop(what, None)
                 failures = 0
@@ -125,6 +127,7 @@ class Board:
                     *args,
                     resource_version=listed["metadata"]["resourceVersion"],
                     timeout_seconds=WATCH_SECONDS,
+                    _request_timeout=WATCH_SECONDS + 30,  # a silent connection ends too
                     **selector,
                 )
                 for event in stream:

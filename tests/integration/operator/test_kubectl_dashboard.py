@@ -152,12 +152,13 @@ def test_a_300_pod_canary_in_the_browser_and_its_pause_button(crd, namespace, al
         chrome.get(board.url)
         assert urlsplit(chrome.current_url).query == ""  # the token went into a cookie
         shows(chrome, {"1|Serving": [PODS, PODS]})
-        assert chrome.find_element("id", "total").text == f"{PODS} pods"
+        assert chrome.find_element("id", "total").get_attribute("data-count") == str(PODS)
 
         revision_2 = {"checkpoint": {"uri": URI.format(n=2), "sha256": SHA2}}
         fleet.client.patch(fleet.path, {"spec": revision_2}, MERGE_PATCH)
         canary = fleet.sync()["status"]["candidatePods"]
         assert len(canary) == 30  # step 1: 10%
+        step(chrome, 1)
         for pod in canary[:10]:
             fleet.report(pod, {"revision": 1, "sha256": SHA1, "state": "Loading",
                                "targetRevision": 2})  # fmt: skip
@@ -168,9 +169,13 @@ def test_a_300_pod_canary_in_the_browser_and_its_pause_button(crd, namespace, al
         shows(chrome, {"1|Serving": [270, 270], "2|Serving": [30, 30]})
         one, two = colours(chrome, "Serving", 1), colours(chrome, "Serving", 2)
         assert len(one) == 1 and len(two) == 1 and one != two  # one colour per revision
-        fleet.sync()
-        wait_for(lambda: "canary 2 at step 1 of 3" in chrome.find_element("id", "rollout").text,
-                 30, what="the canary's step on the page")  # fmt: skip
+        wider = fleet.sync()["status"]["candidatePods"]  # step 2: 50%
+        assert len(wider) == 150
+        step(chrome, 2)
+        for pod in sorted(set(wider) - set(canary))[:40]:
+            fleet.report(pod, {"revision": 1, "sha256": SHA1, "state": "Loading",
+                               "targetRevision": 2})  # fmt: skip
+        shows(chrome, {"1|Serving": [230, 230], "2|Loading": [40, 40], "2|Serving": [30, 30]})
 
         chrome.find_element("css selector", f'.pod[data-pod="{canary[0]}"]').click()
         phases = wait_for(
@@ -191,8 +196,14 @@ def test_a_300_pod_canary_in_the_browser_and_its_pause_button(crd, namespace, al
                  30, what="spec.rollout.paused after the Pause button")  # fmt: skip
         wait_for(lambda: chrome.find_element("id", "rollout").get_attribute("data-paused")
                  == "true", 30, what="the page shows the rollout paused")  # fmt: skip
-        assert "paused (revision 2 at step 1 of 3)" in chrome.find_element("id", "said").text
+        assert "paused (revision 2 at step 2 of 3)" in chrome.find_element("id", "said").text
         browser.screenshot(chrome, "dashboard-canary-300-paused")
+
+
+def step(driver, number):
+    """Wait until the page shows the canary at step `number` of 3."""
+    text = f"canary 2 at step {number} of 3"
+    wait_for(lambda: text in driver.find_element("id", "rollout").text, 30, what=text)
 
 
 def _docs_copy():
@@ -225,8 +236,13 @@ def test_token_host_origin_and_rbac_guard_the_dashboard(crd, namespace, alice, r
         assert request(board.url, path="/state")[0] == 401  # no cookie
         assert request(board.url, path="/?token=wrong")[0] == 401
         assert request(board.url, path="/state", headers={**own, "Host": "evil.example"})[0] == 403
-        status, doc = request(board.url, path="/state", headers=own)
-        assert status == 200 and doc["editable"] is True and len(doc["status"]["pods"]) == PODS
+
+        def state():
+            status, doc = request(board.url, path="/state", headers=own)
+            assert status == 200, doc
+            return doc if doc["status"] and len(doc["status"]["pods"]) == PODS else None
+
+        assert wait_for(state, 30, 0.2, what=f"{PODS} pods in /state")["editable"] is True
         post = {**own, "Origin": f"http://{host}", "X-Hotswap-Token": token}
         for bad in ({"Origin": "http://evil.example"}, {"X-Hotswap-Token": "x"},
                     {"Cookie": "hotswap_dashboard=x"}):  # fmt: skip
@@ -235,8 +251,8 @@ def test_token_host_origin_and_rbac_guard_the_dashboard(crd, namespace, alice, r
         assert request(board.url, "POST", "/edit/pause", post)[0] == 200
     with browser.DashboardProcess(reader, namespace, NAME, "--edit") as board:
         chrome.get(board.url)
-        wait_for(lambda: chrome.find_element("id", "total").text == f"{PODS} pods", 30,
-                 what="the page's pods")  # fmt: skip
+        total = chrome.find_element("id", "total")
+        wait_for(lambda: total.get_attribute("data-count") == str(PODS), 30, what="the pods")
         assert not chrome.find_element("id", "buttons").is_displayed()  # RBAC: no patch
         assert chrome.find_element("id", "readonly").is_displayed()
         token = urlsplit(board.url).query.removeprefix("token=")

@@ -94,7 +94,7 @@ function drawPods(pods) {
   if (boxes.some((b, i) => container.children[i] !== b) || container.children.length !== boxes.length) {
     container.replaceChildren(...boxes);
   }
-  $("total").textContent = `${pods.length} pods`;
+  $("total").textContent = `· ${pods.length}`;
   $("total").dataset.count = String(pods.length);
 }
 
