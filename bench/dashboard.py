@@ -14,8 +14,8 @@ shows it. Figures:
 * `burst_to_page_s`: every pod swaps (one write each, as fast as the bench writes):
   from the last write until the page shows every pod on the new revision;
 * `js_heap_mb` (performance.memory, precise), `browser_rss_mb` (chromedriver's
-  Chromium and its processes, /proc) after the burst, `plugin_rss_mb` (the
-  dashboard process);
+  Chromium and its processes, /proc) after the burst, against `blank_rss_mb` (the same
+  Chromium on about:blank, before the page), `plugin_rss_mb` (the dashboard process);
 * `renders`: the page's draws during the burst (the server coalesces to 4/s).
 
 With `--hollow` the pods are hollow instead (devcluster/hollow.py through
@@ -162,6 +162,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         browser.DashboardProcess(cluster.kubeconfig, NS, NAME) as board,
         browser.chromium() as driver,
     ):
+        out["blank_rss_mb"] = round(browser.browser_rss_bytes(driver) / 2**20, 1)
         start = time.time()
         driver.get(board.url)
         wait_for(lambda: count(driver, 1) == args.pods, 120, 0.05, what="every pod on the page")
@@ -205,6 +206,7 @@ def hollow(args: argparse.Namespace) -> dict[str, Any]:
             browser.DashboardProcess(kubeconfig, bench.namespace, name) as board,
             browser.chromium() as driver,
         ):
+            out["blank_rss_mb"] = round(browser.browser_rss_bytes(driver) / 2**20, 1)
             start = time.time()
             driver.get(board.url)
             wait_for(lambda: count(driver, revision) == args.pods, 120, 0.05, what="every pod")

@@ -105,6 +105,7 @@ class DashboardProcess:
             env=environ,
         )
         self.lines: list[str] = []
+        self.errors = ""
         threading.Thread(target=self._read, daemon=True).start()
         self.url: str = wait_for(self._url, 30, what=f"the dashboard's URL ({self.lines})")
 
@@ -115,8 +116,11 @@ class DashboardProcess:
 
     def _url(self) -> str | None:
         if self.proc.poll() is not None:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise RuntimeError(f"kubectl-hotswap dashboard exited {self.proc.returncode}: {err}")
+            if self.proc.stderr and not self.errors:
+                self.errors = self.proc.stderr.read()
+            raise RuntimeError(
+                f"kubectl-hotswap dashboard exited {self.proc.returncode}: {self.errors}"
+            )
         return next((line for line in self.lines if line.startswith("http://")), None)
 
     def stop(self) -> None:
