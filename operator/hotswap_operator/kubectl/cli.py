@@ -357,7 +357,8 @@ def parser() -> argparse.ArgumentParser:
     for name, (run, summary) in COMMANDS.items():
         sub = _add(subs, name, summary)
         sub.add_argument("name", metavar="NAME", help="the ModelDeployment")
-        _output(sub)
+        if name != "dashboard":  # a page, not a document
+            _output(sub)
         _options(name, sub)
         sub.set_defaults(run=run)
     shown = _add(subs, "version", LOCAL["version"][1])

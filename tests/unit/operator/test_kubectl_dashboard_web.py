@@ -8,13 +8,14 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 
 import pytest
 
 from devcluster.waiting import wait_for
 from hotswap_operator.kube import Kube
 from hotswap_operator.kubectl.api import Session
-from hotswap_operator.kubectl.board import Board
+from hotswap_operator.kubectl.board import RENDER_HZ, Board
 from hotswap_operator.kubectl.web import COOKIE, MAX_BODY, Access, Dashboard
 
 MD = {
@@ -131,3 +132,19 @@ def _event(answer):
         line = answer.fp.readline().decode()
         if line.startswith("data: "):
             return line.removeprefix("data: ")
+
+
+def test_a_burst_of_watch_events_makes_few_snapshots(dashboard):
+    board = dashboard.board
+    first = board.wait(0, 10).number
+    began = time.monotonic()
+    for i in range(500):  # 500 events, as fast as they come
+        board.show(MD, [REPLICA, {**REPLICA, "metadata": {"name": f"m-{i}"}}])
+    last = wait_for(lambda: _newest(board, "m-499"), 10, what="the last event's snapshot")
+    spent = time.monotonic() - began
+    assert last.number - first <= 2 + spent * RENDER_HZ, (last.number - first, spent)
+
+
+def _newest(board, pod):
+    snapshot = board.wait(0, 1)
+    return snapshot if pod in [p["name"] for p in snapshot.document["status"]["pods"]] else None
