@@ -174,3 +174,16 @@ def test_the_installed_plugin_reads_the_control_plane(venv, cluster, namespace):
         0,
         f"No ModelDeployments found in namespace {namespace}.\n",
     ), listed.stderr
+
+
+def test_the_dashboard_page_is_installed_with_the_plugin(venv):
+    """The page's files are package data: a wheel without them would serve 500s."""
+    code = (
+        "from importlib.resources import files; "
+        "from hotswap_operator.kubectl.web import STATIC; "
+        "print(*sorted(files('hotswap_operator.kubectl').joinpath('static', name).is_file() "
+        "for name, _ in STATIC.values()))"
+    )
+    found = in_venv(venv, "python", "-c", code)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split() == ["True", "True", "True"]
