@@ -37,8 +37,8 @@ from hotswap_runtime.errors import (
     IntegrityError,
     Superseded,
 )
-from tests.fixtures_runtime import tcp_relay
 from tests.fixtures_runtime import hostile_http as hostile
+from tests.fixtures_runtime import tcp_relay
 from tests.fixtures_runtime.server import running
 
 DATA = os.urandom(300_000)
