@@ -27,6 +27,7 @@ from hotswap_operator.context import Applied, PodInfo
 from hotswap_operator.errors import PermanentError, SyncError
 from hotswap_operator.kube import ConflictError, KubeError
 from hotswap_operator.metrics import Metrics
+from hotswap_operator.object_metrics import object_state
 from hotswap_operator.reasons import Reason
 from hotswap_operator.sync import Syncer, SyncResult
 from hotswap_operator.workqueue import WorkQueue
@@ -158,6 +159,7 @@ class Controller:
     def stop_leading(self) -> None:
         self.leading = False
         self.metrics.leader.set(0)
+        self.metrics.objects.clear()
         self.queue.clear()
 
     # ---- workers -----------------------------------------------------------------------
@@ -244,6 +246,8 @@ class Controller:
         if result.gone:
             self._forget(key, None)
             return
+        if result.decision is not None:
+            self.metrics.objects.set(key, object_state(result.decision.status))
         if result.applied is not None:
             self.applied[key] = result.applied
         if result.resource_version is not None:
@@ -258,6 +262,7 @@ class Controller:
 
     def _forget(self, key: Key, uid: str | None) -> None:
         self.queue.drop(key)
+        self.metrics.objects.drop(key)
         self._last_started.pop(key, None)
         self.applied.pop(key, None)
         self.written.pop(key, None)
