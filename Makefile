@@ -6,8 +6,10 @@ CONTROLPLANE := .cache/bin/controlplane
 HELM := .cache/bin/helm
 HELM3 := .cache/bin/helm3
 KUBECONFORM := .cache/bin/kubeconform
+PROMETHEUS := .cache/bin/prometheus
+LUAHEALTH := .cache/bin/luahealth
 
-.PHONY: all deps controlplane helm kubeconform crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster e2e-smoke bench bench-quick bench-serving bench-large bench-peer clean
+.PHONY: all deps controlplane helm kubeconform prometheus luahealth crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster e2e-smoke bench bench-quick bench-serving bench-large bench-peer clean
 
 all: deps controlplane helm node images
 
@@ -29,6 +31,15 @@ helm:
 # kubeconform, from its Go module; the tests feed it schemas from the API server.
 kubeconform:
 	scripts/install-kubeconform.sh $(KUBECONFORM)
+
+# prometheus and promtool (kubernetes_sd only), from Prometheus' Go module: the e2e
+# test's Prometheus and `promtool test rules` of the chart's alerts.
+prometheus:
+	nice -n 10 scripts/install-prometheus.sh $(PROMETHEUS)
+
+# gopher-lua running the chart's Argo CD health check as Argo CD does.
+luahealth:
+	devcluster/luahealth/build.sh $(LUAHEALTH)
 
 # crds/modeldeployment.yaml is the one source of the CRD; the charts carry copies (a test
 # keeps them byte-identical): charts/hotswap/crds/ (installed once by helm) and
@@ -63,7 +74,7 @@ node: node-deps
 images: node-deps
 	nice -n 10 scripts/build-images.sh
 
-test: deps controlplane helm kubeconform node images lint typecheck
+test: deps controlplane helm kubeconform prometheus luahealth node images lint typecheck
 	$(PY) -m pytest
 
 unit: deps

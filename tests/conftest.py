@@ -26,6 +26,8 @@ HELM = REPO / ".cache" / "bin" / "helm"
 HELM3 = REPO / ".cache" / "bin" / "helm3"  # the README's install commands, with Helm 3
 # HOTSWAP_KUBECONFORM: another place for it (a shared .cache/bin left as it is).
 KUBECONFORM = Path(os.environ.get("HOTSWAP_KUBECONFORM", REPO / ".cache" / "bin" / "kubeconform"))
+PROMETHEUS = REPO / ".cache" / "bin" / "prometheus"  # promtool beside it
+LUAHEALTH = REPO / ".cache" / "bin" / "luahealth"
 CLUSTER_FIXTURES = {"cluster", "namespace", "helm_bin", "helm3_bin", "kubeconform_bin"}
 
 
@@ -52,6 +54,23 @@ def helm_bin() -> Path:
 def helm3_bin() -> Path:
     """Helm 3 (pinned in scripts/install-helm.sh), for the README's install commands."""
     return _installed("install-helm.sh", HELM3, "3")
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> Path:
+    """Pinned prometheus (kubernetes_sd only) and promtool beside it, from Go modules."""
+    return _installed("install-prometheus.sh", PROMETHEUS)
+
+
+@pytest.fixture(scope="session")
+def promtool_bin(prometheus_bin: Path) -> Path:
+    return prometheus_bin.parent / "promtool"
+
+
+@pytest.fixture(scope="session")
+def luahealth_bin() -> Path:
+    """gopher-lua running a health check as Argo CD does (devcluster/luahealth)."""
+    return _installed("../devcluster/luahealth/build.sh", LUAHEALTH)
 
 
 def _installed(script: str, binary: Path, *args: str) -> Path:

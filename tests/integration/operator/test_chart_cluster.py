@@ -40,7 +40,7 @@ CRD_NAME = "modeldeployments.hotswap.dev"
 CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
 # Served by the Prometheus Operator's CRDs, which this cluster does not have (see
 # test_monitors_are_all_the_api_server_cannot_check).
-MONITOR_KINDS = {"ServiceMonitor", "PodMonitor"}
+MONITOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def helm(helm_bin, cluster, *args):
@@ -94,6 +94,8 @@ def every_option(namespace):
         f"watchNamespaces={{{namespace}}}",
         "monitoring.serviceMonitor.enabled=true",
         "monitoring.podMonitor.enabled=true",
+        "monitoring.prometheusRule.enabled=true",
+        "monitoring.grafanaDashboard.enabled=true",
         "networkPolicy.enabled=true",
         "networkPolicy.apiServer.cidrs={10.0.0.10/32}",
         "networkPolicy.checkpointStores[0].cidr=10.20.0.0/16",
