@@ -226,8 +226,15 @@ class Controller:
             return None
         finally:
             self.metrics.sync_seconds.observe(time.monotonic() - started)
+            self._observe(key)
         self._succeeded(key, result)
         return result
+
+    def _observe(self, key: Key) -> None:
+        """The per-object series, from the status this sync decided (written or not)."""
+        status = self.syncer.decided.get(key)
+        if status is not None:
+            self.metrics.objects.set(key, object_state(status))
 
     def _failed(self, key: Key, exc: SyncError) -> None:
         """Count the failure and sync again when `exc` says (errors.py)."""
@@ -246,8 +253,6 @@ class Controller:
         if result.gone:
             self._forget(key, None)
             return
-        if result.decision is not None:
-            self.metrics.objects.set(key, object_state(result.decision.status))
         if result.applied is not None:
             self.applied[key] = result.applied
         if result.resource_version is not None:
