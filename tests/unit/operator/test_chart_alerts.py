@@ -13,11 +13,20 @@ from typing import Any
 
 import yaml
 
+from devcluster import prometheus
 from devcluster.helm import CHART, template
 
 HERE = Path(__file__).resolve().parent
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
 MONITORING_API = "monitoring.coreos.com/v1"
+KUBECONFIG = {
+    "apiVersion": "v1",
+    "kind": "Config",
+    "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+    "users": [{"name": "u", "user": {"token": "t"}}],
+    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+    "current-context": "x",
+}
 ON = (
     "--set",
     "monitoring.prometheusRule.enabled=true",
@@ -108,3 +117,25 @@ def test_the_dashboard_has_its_panels_variables_and_queries() -> None:
     assert {"Revision by pod", "Swap phase latency", "Swap results by reason"} <= titles
     assert {"p99 latency by revision", "Error ratio by revision"} <= titles
     assert {"Operator sync latency", "Operator queue depth"} <= titles
+
+
+def test_the_monitors_translate_into_a_config_prometheus_accepts(
+    helm_bin: Path, promtool_bin: Path, tmp_path: Path
+) -> None:
+    """devcluster/prometheus.py's jobs from the rendered monitors (the e2e test's
+    Prometheus runs them against the real node's pods) pass `promtool check config`."""
+    sets = ("podMonitor.enabled=true", "serviceMonitor.enabled=true", "force=true")
+    args = [a for s in sets for a in ("--set", f"monitoring.{s}")]
+    docs = template(helm_bin, *args, "--set", "watchNamespaces={ml}", namespace="ops")
+    monitors = [d for d in docs if d["kind"] in ("PodMonitor", "ServiceMonitor")]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(KUBECONFIG))
+    jobs = [prometheus.scrape_job(m, kubeconfig, "2s") for m in monitors]
+    (tmp_path / "prometheus.yaml").write_text(yaml.safe_dump({"scrape_configs": jobs}))
+    promtool(promtool_bin, "check", "config", "prometheus.yaml", cwd=tmp_path)
+    (runtime,) = [j for j in jobs if j["job_name"].startswith("PodMonitor/")]
+    assert runtime["relabel_configs"][-1] == {
+        "source_labels": ["__meta_kubernetes_pod_label_hotswap_dev_model_deployment"],
+        "target_label": "modeldeployment",
+        "action": "replace",
+    }
