@@ -132,10 +132,10 @@ def test_every_rendered_manifest_passes_the_api_servers_validation(
 
 def test_monitors_are_all_the_api_server_cannot_check(cluster, helm_bin, namespace):
     """The Prometheus Operator's CRDs are not here: its kinds are the only ones left to
-    the unit tests (tests/unit/operator/test_chart_options.py)."""
+    the unit tests (tests/unit/operator/test_chart_options.py, test_chart_alerts.py)."""
     docs = render(helm_bin, namespace, *every_option(namespace))
     unknown = [d for d in docs if d["kind"] in MONITOR_KINDS]
-    assert len(unknown) == 2
+    assert len(unknown) == 3
     done = server_dry_run(cluster, unknown)
     assert done.returncode != 0
     assert "no matches for kind" in done.stderr
