@@ -9,8 +9,10 @@ KUBECONFORM := .cache/bin/kubeconform
 REGISTRY := .cache/bin/registry
 FAKE_GCS := .cache/bin/fake-gcs-server
 AZURITE := .cache/azurite
+PROMETHEUS := .cache/bin/prometheus
+LUAHEALTH := .cache/bin/luahealth
 
-.PHONY: all deps controlplane helm kubeconform registry emulators fake-gcs-server azurite crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster e2e-smoke bench bench-quick bench-serving bench-large bench-large-cloud bench-peer clean
+.PHONY: all deps controlplane helm kubeconform registry emulators fake-gcs-server azurite prometheus luahealth crds chart-docs manifests node-deps node images test unit lint typecheck demo cluster e2e-smoke bench bench-quick bench-serving bench-large bench-large-cloud bench-peer clean
 
 all: deps controlplane helm node images
 
@@ -48,6 +50,15 @@ fake-gcs-server:
 azurite:
 	nice -n 10 scripts/install-azurite.sh $(AZURITE)
 
+# prometheus and promtool (kubernetes_sd only), from Prometheus' Go module: the e2e
+# test's Prometheus and `promtool test rules` of the chart's alerts.
+prometheus:
+	nice -n 10 scripts/install-prometheus.sh $(PROMETHEUS)
+
+# gopher-lua running the chart's Argo CD health check as Argo CD does.
+luahealth:
+	devcluster/luahealth/build.sh $(LUAHEALTH)
+
 # crds/modeldeployment.yaml is the one source of the CRD; the charts carry copies (a test
 # keeps them byte-identical): charts/hotswap/crds/ (installed once by helm) and
 # charts/hotswap-crds/files/ (templated, so `helm upgrade` upgrades it).
@@ -81,7 +92,7 @@ node: node-deps
 images: node-deps
 	nice -n 10 scripts/build-images.sh
 
-test: deps controlplane helm kubeconform registry emulators node images lint typecheck
+test: deps controlplane helm kubeconform registry emulators prometheus luahealth node images lint typecheck
 	$(PY) -m pytest
 
 unit: deps

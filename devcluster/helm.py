@@ -14,10 +14,14 @@ CRDS_CHART = REPO / "charts" / "hotswap-crds"
 
 
 def template(
-    helm_bin: Path, *args: str, chart: Path = CHART, namespace: str | None = None
+    helm_bin: Path,
+    *args: str,
+    chart: Path = CHART,
+    namespace: str | None = None,
+    release: str = "hs",
 ) -> list[dict[str, Any]]:
-    """The objects of `helm template hs <chart> [--namespace <namespace>] <args>`."""
-    cmd = [str(helm_bin), "template", "hs", str(chart)]
+    """The objects of `helm template <release> <chart> [--namespace <namespace>] <args>`."""
+    cmd = [str(helm_bin), "template", release, str(chart)]
     if namespace is not None:
         cmd += ["--namespace", namespace]
     done = subprocess.run([*cmd, *args], capture_output=True, text=True, check=False)

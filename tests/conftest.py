@@ -28,6 +28,8 @@ HELM3 = REPO / ".cache" / "bin" / "helm3"  # the README's install commands, with
 FAKE_GCS = REPO / ".cache" / "bin" / "fake-gcs-server"  # scripts/install-fake-gcs-server.sh
 AZURITE = REPO / ".cache" / "azurite"  # scripts/install-azurite.sh (npm ci)
 KUBECONFORM = Path(os.environ.get("HOTSWAP_KUBECONFORM", REPO / ".cache" / "bin" / "kubeconform"))
+PROMETHEUS = REPO / ".cache" / "bin" / "prometheus"  # promtool beside it
+LUAHEALTH = REPO / ".cache" / "bin" / "luahealth"
 CLUSTER_FIXTURES = {"cluster", "namespace", "helm_bin", "helm3_bin", "kubeconform_bin"}
 
 
@@ -66,6 +68,23 @@ def fake_gcs_bin() -> Path:
 def azurite_install() -> Path:
     """The pinned Azurite (Azure Blob emulator) folder, installed with `npm ci` if missing."""
     return _installed("install-azurite.sh", AZURITE)
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> Path:
+    """Pinned prometheus (kubernetes_sd only) and promtool beside it, from Go modules."""
+    return _installed("install-prometheus.sh", PROMETHEUS)
+
+
+@pytest.fixture(scope="session")
+def promtool_bin(prometheus_bin: Path) -> Path:
+    return prometheus_bin.parent / "promtool"
+
+
+@pytest.fixture(scope="session")
+def luahealth_bin() -> Path:
+    """gopher-lua running a health check as Argo CD does (devcluster/luahealth)."""
+    return _installed("../devcluster/luahealth/build.sh", LUAHEALTH)
 
 
 def _installed(script: str, binary: Path, *args: str) -> Path:

@@ -27,6 +27,7 @@ from hotswap_operator.context import Applied, PodInfo
 from hotswap_operator.errors import PermanentError, SyncError
 from hotswap_operator.kube import ConflictError, KubeError
 from hotswap_operator.metrics import Metrics
+from hotswap_operator.object_metrics import object_state
 from hotswap_operator.reasons import Reason
 from hotswap_operator.sync import Syncer, SyncResult
 from hotswap_operator.workqueue import WorkQueue
@@ -158,6 +159,7 @@ class Controller:
     def stop_leading(self) -> None:
         self.leading = False
         self.metrics.leader.set(0)
+        self.metrics.objects.clear()
         self.queue.clear()
 
     # ---- workers -----------------------------------------------------------------------
@@ -224,8 +226,15 @@ class Controller:
             return None
         finally:
             self.metrics.sync_seconds.observe(time.monotonic() - started)
+            self._observe(key)
         self._succeeded(key, result)
         return result
+
+    def _observe(self, key: Key) -> None:
+        """The per-object series, from the status this sync decided (written or not)."""
+        status = self.syncer.decided.get(key)
+        if status is not None:
+            self.metrics.objects.set(key, object_state(status))
 
     def _failed(self, key: Key, exc: SyncError) -> None:
         """Count the failure and sync again when `exc` says (errors.py)."""
@@ -258,6 +267,7 @@ class Controller:
 
     def _forget(self, key: Key, uid: str | None) -> None:
         self.queue.drop(key)
+        self.metrics.objects.drop(key)
         self._last_started.pop(key, None)
         self.applied.pop(key, None)
         self.written.pop(key, None)

@@ -14,7 +14,13 @@
   while pods report means the watch is not delivering;
 * `hotswap_operator_leader`: 1 while this replica holds the leader Lease, else 0;
 * `hotswap_operator_blind`: 1 while this replica's watches have failed longer than
-  `HOTSWAP_WATCH_FAILURE_SECONDS` (it does not lead; its liveness endpoint fails).
+  `HOTSWAP_WATCH_FAILURE_SECONDS` (it does not lead; its liveness endpoint fails);
+* per ModelDeployment (the leader only): `hotswap_modeldeployment_info`,
+  `_replicas` and the Canary's `_canary_step`, `_canary_steps`, `_canary_pods`,
+  `_canary_paused` (object_metrics.py).
+
+Prometheus stores each Counter with the suffix `_total` (`hotswap_operator_rollouts_total`)
+and each Histogram as `_bucket`, `_sum` and `_count`.
 
 Each operator process has its own registry (tests build several in one process).
 """
@@ -24,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from hotswap_operator.object_metrics import ObjectCollector
 
 SYNC_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -76,6 +84,9 @@ class Metrics:
             "1 while this replica's watches have failed longer than the bound",
             registry=self.registry,
         )
+
+        self.objects = ObjectCollector()
+        self.registry.register(self.objects)
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))

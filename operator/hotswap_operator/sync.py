@@ -190,9 +190,13 @@ class Syncer:
         # ConfigMap `<name>-peers` as last read or written (read once, then remembered:
         # a sync reads no more than before); dropped when someone else changes it
         self.peers: dict[tuple[str, str], Mapping[str, Any] | None] = {}
+        # the status each object's last sync decided, a refused spec's (phase Failed)
+        # included: the per-object metrics read it (object_metrics.py)
+        self.decided: dict[tuple[str, str], ModelDeploymentStatus] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         self.memory.pop((namespace, name), None)
+        self.decided.pop((namespace, name), None)
         self.windows.forget((namespace, name))
         self.peers.pop((namespace, name), None)
 
@@ -243,6 +247,7 @@ class Syncer:
         window = self.windows.measure((namespace, name), ctx)  # a bake window that ended
         ctx = dataclasses.replace(ctx, window=window) if window is not None else ctx
         decision = decide(ctx)
+        self.decided[key] = decision.status
         if decision.error is not None:
             self._refuse(ctx, decision)
             raise decision.error

@@ -8,6 +8,7 @@ import threading
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from hotswap_contract.wire import PodState
 from hotswap_runtime.control.desired import Failure, Status, SwapRecord
 from hotswap_runtime.devices import gpu_memory
 
@@ -36,6 +37,15 @@ class Metrics:
             registry=r,
         )
         self.revision = Gauge("hotswap_model_revision", "Revision serving now", registry=r)
+        self.state = Gauge(
+            "hotswap_pod_state",
+            "1 for where the pod stands with its target revision: Pending, Loading, "
+            "Serving or Failed (0 for the others)",
+            ["state"],
+            registry=r,
+        )
+        for state in PodState:
+            self.state.labels(state.value).set(0)
         self.model_info = Gauge(
             "hotswap_model_info",
             "1 for the revision and sha256 serving now",
@@ -98,6 +108,8 @@ class Metrics:
         self._set_failure(failure)
 
     def status_changed(self, status: Status) -> None:
+        for state in PodState:
+            self.state.labels(state.value).set(float(state is status.state))
         serving = status.serving
         if serving is None:
             return

@@ -40,7 +40,7 @@ CRD_NAME = "modeldeployments.hotswap.dev"
 CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
 # Served by the Prometheus Operator's CRDs, which this cluster does not have (see
 # test_monitors_are_all_the_api_server_cannot_check).
-MONITOR_KINDS = {"ServiceMonitor", "PodMonitor"}
+MONITOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def helm(helm_bin, cluster, *args):
@@ -94,6 +94,8 @@ def every_option(namespace):
         f"watchNamespaces={{{namespace}}}",
         "monitoring.serviceMonitor.enabled=true",
         "monitoring.podMonitor.enabled=true",
+        "monitoring.prometheusRule.enabled=true",
+        "monitoring.grafanaDashboard.enabled=true",
         "networkPolicy.enabled=true",
         "networkPolicy.apiServer.cidrs={10.0.0.10/32}",
         "networkPolicy.checkpointStores[0].cidr=10.20.0.0/16",
@@ -130,10 +132,10 @@ def test_every_rendered_manifest_passes_the_api_servers_validation(
 
 def test_monitors_are_all_the_api_server_cannot_check(cluster, helm_bin, namespace):
     """The Prometheus Operator's CRDs are not here: its kinds are the only ones left to
-    the unit tests (tests/unit/operator/test_chart_options.py)."""
+    the unit tests (tests/unit/operator/test_chart_options.py, test_chart_alerts.py)."""
     docs = render(helm_bin, namespace, *every_option(namespace))
     unknown = [d for d in docs if d["kind"] in MONITOR_KINDS]
-    assert len(unknown) == 2
+    assert len(unknown) == 3
     done = server_dry_run(cluster, unknown)
     assert done.returncode != 0
     assert "no matches for kind" in done.stderr

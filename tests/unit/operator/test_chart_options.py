@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from devcluster.helm import CHART, CRDS_CHART, template
-from hotswap_contract.wire import GRPC_PORT, HTTP_PORT, PEER_PORT
+from devcluster.prometheus import meta_name
+from hotswap_contract.wire import DEPLOYMENT_LABEL, GRPC_PORT, HTTP_PORT, PEER_PORT
 from hotswap_operator import resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.spec import parse_spec
@@ -16,6 +17,13 @@ from hotswap_operator.spec import parse_spec
 REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "crds" / "modeldeployment.yaml"
 MONITORING_API = "monitoring.coreos.com/v1"
+# Every runtime series gets `modeldeployment` from the pod's label (kubernetes_sd's meta
+# label for it; devcluster/prometheus.py applies it in the e2e test).
+OWNER_RELABELLING = {
+    "sourceLabels": [f"__meta_kubernetes_pod_label_{meta_name(DEPLOYMENT_LABEL)}"],
+    "targetLabel": "modeldeployment",
+    "action": "replace",
+}
 POLICY = ("networkPolicy.enabled=true", "networkPolicy.apiServer.cidrs={10.0.0.10/32}")
 
 
@@ -104,7 +112,7 @@ def test_the_service_monitor_scrapes_every_operator_pod(helm_bin):
     assert matches(monitor["spec"]["selector"], service["metadata"]["labels"])
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
     assert monitor["spec"]["endpoints"] == [
-        {"port": "metrics", "path": "/metrics", "interval": "15s"}
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}
     ]
     assert monitor["metadata"]["labels"]["release"] == "prom"
 
@@ -136,7 +144,8 @@ def test_the_pod_monitor_selects_the_runtime_pods_the_operator_builds(
     assert matches(monitor["spec"]["selector"], runtime_pod_labels())
     assert monitor["spec"]["namespaceSelector"] == selector
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-    assert endpoint == {"port": "http", "path": "/metrics"}
+    assert endpoint == {"port": "http", "path": "/metrics", "relabelings": [OWNER_RELABELLING]}
+    assert runtime_pod_labels()[DEPLOYMENT_LABEL] == "m"  # what the relabelling reads
     assert runtime_ports()["http"] == HTTP_PORT  # the runtime's /metrics
     (operator,) = by_kind(docs, "Deployment")
     assert not matches(

@@ -12,8 +12,9 @@ from hotswap_operator.context import PodInfo
 from hotswap_operator.controller import Controller
 from hotswap_operator.kube import ChildConflictError, ConflictError, KubeError
 from hotswap_operator.metrics import Metrics
-from hotswap_operator.reasons import Event, EventType, Reason
+from hotswap_operator.reasons import Event, EventType, Phase, Reason
 from hotswap_operator.spec import SpecError
+from hotswap_operator.status import ModelDeploymentStatus, RevisionRecord
 from hotswap_operator.sync import SyncResult
 
 KEY = ("ml", "resnet")
@@ -36,9 +37,13 @@ class FakeSyncer:
         self.peer_events = []
         self.creating = []
         self.recorder = SimpleNamespace(forget=self.forgotten.append)
+        self.decided = {}
+        self.statuses = deque()  # what each sync decides, in turn (Syncer.decided)
 
     def sync(self, namespace, name, pods, applied, reports=None, creating=""):
         self.calls.append(((namespace, name), tuple(pods), applied))
+        if self.statuses:
+            self.decided[(namespace, name)] = self.statuses.popleft()
         self.creating.append(creating)
         outcome = self.outcomes.popleft() if self.outcomes else SyncResult()
         if isinstance(outcome, Exception):
@@ -47,6 +52,7 @@ class FakeSyncer:
 
     def forget(self, namespace, name):
         self.forgotten.append((namespace, name))
+        self.decided.pop((namespace, name), None)
 
     def peers_changed(self, key, version):  # Syncer's: its own write is "mine" here
         self.peer_events.append((key, version))
@@ -80,8 +86,8 @@ def run(test, *outcomes, report_batch=0.0, resync=0.0):
     asyncio.run(go())
 
 
-def value(metrics, name, **labels):
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+def value(metrics, metric, **labels):
+    return metrics.registry.get_sample_value(metric, labels) or 0.0
 
 
 def test_only_the_leader_syncs_and_a_new_leader_syncs_everything_it_knows():
@@ -222,6 +228,35 @@ def test_failures_back_off_and_an_invalid_spec_waits_for_a_change():
         assert value(metrics, "hotswap_operator_sync_errors_total", reason="InvalidSpec") == 1
 
     run(test, KubeError(500, "etcd"), SpecError("bad"), SyncResult())
+
+
+def test_each_objects_series_follow_what_its_syncs_decided_a_refused_spec_too():
+    info = "hotswap_modeldeployment_info"
+
+    async def test(c, metrics):
+        c.syncer.statuses.extend(
+            [
+                ModelDeploymentStatus(
+                    phase=Phase.READY, serving="1", stable=RevisionRecord(revision=1)
+                ),
+                ModelDeploymentStatus(
+                    phase=Phase.FAILED, serving="1", stable=RevisionRecord(revision=1)
+                ),
+            ]
+        )
+        c.start_leading()
+        c.on_model_deployment(None, md())
+        await settle(c, 1)
+        labels = dict(namespace="ml", name="resnet", serving="1", stable="1", latest="1")
+        assert value(metrics, info, phase="Ready", **labels) == 1
+        c.on_model_deployment(None, md("2"))
+        await settle(c, 2)
+        assert value(metrics, info, phase="Ready", **labels) == 0  # replaced, not kept
+        assert value(metrics, info, phase="Failed", **labels) == 1
+        c.stop_leading()  # a standby exports none
+        assert value(metrics, info, phase="Failed", **labels) == 0
+
+    run(test, SyncResult(), SpecError("bad"))
 
 
 def test_a_child_conflict_is_retried_after_thirty_seconds():
