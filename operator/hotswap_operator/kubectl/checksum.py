@@ -3,8 +3,10 @@ user can read it (never by the cluster): a local copy (`--from PATH`), a plain p
 file:// URI on this machine, http(s) streamed, s3:// with the user's own AWS
 credentials (boto3, when installed), gs:// with the user's application default
 credentials (google-auth; `STORAGE_EMULATOR_HOST` for an emulator), az:// with
-`AZURE_STORAGE_CONNECTION_STRING` (azure-storage-blob, when installed). Nothing is kept:
-the bytes are hashed as they come.
+`AZURE_STORAGE_CONNECTION_STRING` (azure-storage-blob, when installed), hf:// from
+`HF_ENDPOINT` (default the Hub) with `HF_TOKEN`, as huggingface_hub reads them (the token
+goes to that origin only, never to where it redirects). Nothing is kept: the bytes are
+hashed as they come.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from hotswap_contract.hub import DEFAULT_ENDPOINT, parse_hf
 from hotswap_contract.redact import redact_uri
 from hotswap_operator.kubectl.api import PluginError
 
@@ -51,6 +54,8 @@ def _chunks(uri: str, local: Path | None) -> Iterator[bytes]:
         return _gs(uri)
     if scheme == "az":
         return _az(uri)
+    if scheme == "hf":
+        return _hf(uri)
     raise PluginError(
         f"cannot read {redact_uri(uri)} here (scheme {scheme}): hash a local copy with "
         "--from PATH, or give --sha256 HEX"
@@ -109,7 +114,7 @@ def _gs(uri: str) -> Iterator[bytes]:
     url = f"{base if emulator else 'https://storage.googleapis.com'}{path}?alt=media"
     request = urllib.request.Request(url)
     if not emulator:
-        request.add_header("Authorization", f"Bearer {_google_token(uri)}")
+        request.add_unredirected_header("Authorization", f"Bearer {_google_token(uri)}")
     yield from _http_request(request, uri)
 
 
@@ -155,6 +160,21 @@ def _az(uri: str) -> Iterator[bytes]:
         yield from blob.download_blob().chunks()
     except Exception as err:  # azure-core's errors: a missing blob, a refused key
         raise PluginError(f"cannot read {redact_uri(uri)}: {type(err).__name__}") from None
+
+
+def _hf(uri: str) -> Iterator[bytes]:
+    hub_file = parse_hf(uri)
+    if hub_file is None:
+        raise PluginError(
+            f"{redact_uri(uri)} is not hf://ORG/REPO[@REVISION]/PATH of plain names; fix the URI"
+        )
+    endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    if urlsplit(endpoint).scheme not in ("http", "https"):
+        raise PluginError("HF_ENDPOINT is not an http(s) URL; fix or unset it")
+    request = urllib.request.Request(hub_file.url(endpoint))
+    if token := os.environ.get("HF_TOKEN"):  # unredirected: never sent on to the Hub's CDN
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
+    yield from _http_request(request, uri)
 
 
 def _reason(err: Exception) -> str:

@@ -391,7 +391,8 @@ def _set_parser(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--resolve",
         action="store_true",
         help="compute the sha256 by reading the file here: --from PATH, else URI itself "
-        "(a local path or file://, http(s), or s3:// with your AWS credentials and boto3)",
+        "(a local path or file://, http(s), s3://, gs://, az:// or hf:// with your own "
+        "credentials; not oci://)",
     )
     sub.add_argument("--from", dest="copy", type=Path, metavar="PATH", help="a local copy to hash")
     _output(sub)

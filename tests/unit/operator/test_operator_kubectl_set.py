@@ -120,3 +120,54 @@ def test_resolve_reads_az_with_the_users_connection_string(
         with pytest.raises(PluginError, match=r"cannot read az://models/m/none\.pt: \w+") as e:
             checksum.sha256_of(f"az://{azurite.CONTAINER}/m/none.pt")
         assert azurite.KEY not in str(e.value)
+
+
+class Hub(http.server.BaseHTTPRequestHandler):
+    """The Hub's resolve URL: the file for the right token, redirected to `CDN`, which
+    serves it to a request without a token only."""
+
+    CDN = ""
+
+    def do_GET(self) -> None:
+        token = self.headers.get("Authorization")
+        if self.path == "/blob/v2" and token is None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(DATA)))
+            self.end_headers()
+            self.wfile.write(DATA)
+        elif (
+            self.path == "/acme/tiny/resolve/0123abc/sub/v2.safetensors"
+            and token == "Bearer hf_s3cr3t"
+        ):
+            self.send_response(302)
+            self.send_header("Location", f"{self.CDN}/blob/v2")
+            self.end_headers()
+        else:
+            self.send_error(401 if token is None else 404)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_resolve_reads_hf_with_the_token_for_the_hub_only(monkeypatch: pytest.MonkeyPatch):
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    cdn = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)  # another origin
+    Hub.CDN = f"http://127.0.0.1:{cdn.server_address[1]}"
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (hub, cdn)]
+    for thread in threads:
+        thread.start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
+        monkeypatch.setenv("HF_TOKEN", "hf_s3cr3t")  # as huggingface_hub reads them
+        assert checksum.sha256_of("hf://acme/tiny@0123abc/sub/v2.safetensors") == SHA
+        with pytest.raises(PluginError, match=r"hf://acme/tiny/none answered 404") as err:
+            checksum.sha256_of("hf://acme/tiny/none")
+        assert "s3cr3t" not in str(err.value)
+        with pytest.raises(PluginError, match="is not hf://ORG/REPO"):
+            checksum.sha256_of("hf://acme/tiny/../etc/passwd")
+        monkeypatch.setenv("HF_ENDPOINT", "file:///etc")
+        with pytest.raises(PluginError, match="HF_ENDPOINT is not an http"):
+            checksum.sha256_of("hf://acme/tiny/v2.safetensors")
+    finally:
+        for server in (hub, cdn):
+            server.shutdown()

@@ -1,7 +1,8 @@
 """hf:// checkpoints: a file of a Hugging Face Hub repository, read over its resolve URL.
 
 ``hf://org/repo@revision/path/in/repo`` (``@revision`` optional: ``main``) names the file
-the Hub serves at ``{endpoint}/org/repo/resolve/{revision}/path/in/repo``; the endpoint
+the Hub serves at ``{endpoint}/org/repo/resolve/{revision}/path/in/repo`` (the grammar:
+``hotswap_contract/hub.py``); the endpoint
 is ``https://huggingface.co`` or the Secret's ``HF_ENDPOINT`` (a private mirror), the
 token the Secret's ``HF_TOKEN``, sent as ``Authorization: Bearer`` to the endpoint's
 origin only. The download is ``open_http``'s: every hop's address checked, the Hub's
@@ -13,47 +14,28 @@ A sharded repository is read through a manifest in it (``manifest.py``: the Hub'
 
 from __future__ import annotations
 
-import re
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from hotswap_contract import hub
+from hotswap_contract.hub import DEFAULT_ENDPOINT, HubFile
 from hotswap_contract.redact import redact_uri
 from hotswap_runtime.checkpoint.fetch.http import open_http
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy
 from hotswap_runtime.checkpoint.fetch.stream import Body
 from hotswap_runtime.errors import FetchError
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
-_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
-_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}"
-_URI = re.compile(
-    rf"hf://(?P<org>{_NAME})/(?P<repo>{_NAME})(@(?P<revision>{_SEGMENT}))?"
-    rf"/(?P<path>{_SEGMENT}(/{_SEGMENT}){{0,15}})"
-)
-
-
-@dataclass(frozen=True)
-class HubFile:
-    repo: str  # org/repo
-    revision: str
-    path: str
-
-    def url(self, endpoint: str) -> str:
-        return f"{endpoint.rstrip('/')}/{self.repo}/resolve/{self.revision}/{self.path}"
-
 
 def parse_hf(uri: str) -> HubFile:
-    """The repository, revision and path ``uri`` names; FetchError for anything else
-    (no percent-encoding, no ``..``, no query: each part plain names)."""
-    match = _URI.fullmatch(uri)
-    if match is None:
+    """The repository, revision and path ``uri`` names (``hub.py``); FetchError for
+    anything else."""
+    hub_file = hub.parse_hf(uri)
+    if hub_file is None:
         raise FetchError(
             f"checkpoint URI {redact_uri(uri)} is not hf://ORG/REPO[@REVISION]/PATH of plain "
             "names (letters, digits, '._-', not starting with a dot)"
         )
-    repo = f"{match['org']}/{match['repo']}"
-    return HubFile(repo, match["revision"] or "main", match["path"])
+    return hub_file
 
 
 def open_hf(
