@@ -40,6 +40,7 @@ from hotswap_runtime.errors import (
 from tests.fixtures_runtime import hostile_http as hostile
 from tests.fixtures_runtime import tcp_relay
 from tests.fixtures_runtime.server import running
+from tests.fixtures_runtime.stores import remote_store
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -112,15 +113,7 @@ def make_store(tmp_path: Path) -> Iterator[MakeStore]:
         folder.mkdir(parents=True)
         for key, value in secret.items():
             (folder / key).write_text(value)
-        store = CheckpointStore(
-            tmp_path / f"cache{len(made)}",
-            10**9,
-            10**8,
-            folder.parent,
-            file_roots=(),
-            allowed_networks=("127.0.0.1/32",),
-            idle_seconds=idle,
-        )
+        store = remote_store(tmp_path / f"cache{len(made)}", folder.parent, idle)
         made.append(store)
         return store
 

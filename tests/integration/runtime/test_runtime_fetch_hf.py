@@ -24,6 +24,7 @@ from hotswap_runtime.errors import FetchError, FetchRefused, IntegrityError, Sup
 from tests.fixtures_runtime import hostile_http as hostile
 from tests.fixtures_runtime import tcp_relay
 from tests.fixtures_runtime.server import running
+from tests.fixtures_runtime.stores import remote_store
 from tests.integration.runtime.test_runtime_fetch_http import cancelled_fetch
 from tests.integration.runtime.test_runtime_remote_stores import infer, output_of, write_secret
 
@@ -49,15 +50,7 @@ def make_store(tmp_path: Path, endpoint: str, idle: float = IDLE) -> CheckpointS
     secrets = tmp_path / "secrets"
     if not (secrets / "hub").exists():
         write_secret(secrets / "hub", {"HF_TOKEN": TOKEN + "\n", "HF_ENDPOINT": endpoint})
-    return CheckpointStore(
-        tmp_path / "cache",
-        10**9,
-        10**8,
-        secrets,
-        file_roots=(),
-        allowed_networks=("127.0.0.1/32",),
-        idle_seconds=idle,
-    )
+    return remote_store(tmp_path / "cache", secrets, idle)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from hotswap_runtime.errors import (
 from tests.fixtures_runtime import hostile_http as hostile
 from tests.fixtures_runtime import tcp_relay
 from tests.fixtures_runtime.server import running
+from tests.fixtures_runtime.stores import remote_store
 from tests.integration.runtime.test_runtime_fetch_http import cancelled_fetch
 from tests.integration.runtime.test_runtime_remote_stores import infer, output_of, write_secret
 
@@ -55,15 +56,7 @@ def make_store(
     secrets = tmp_path / "secrets"
     if not (secrets / "pull").exists():
         write_secret(secrets / "pull", {".dockerconfigjson": registry.docker_config(host)})
-    return CheckpointStore(
-        tmp_path / f"cache-{idle:g}",
-        10**9,
-        10**8,
-        secrets,
-        file_roots=(),
-        allowed_networks=("127.0.0.1/32",),
-        idle_seconds=idle,
-    )
+    return remote_store(tmp_path / f"cache-{idle:g}", secrets, idle)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.errors import CheckpointNotFound, FetchError, FetchRefused, Superseded
 from tests.fixtures_runtime import hostile_http as hostile
 from tests.fixtures_runtime import moto_s3
+from tests.fixtures_runtime.stores import remote_store
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -49,15 +50,7 @@ def make_store(tmp_path: Path) -> Iterator[MakeStore]:
         folder.mkdir(parents=True)
         for key, value in moto_s3.secret(endpoint).items():
             (folder / key).write_text(value)
-        store = CheckpointStore(
-            tmp_path / f"cache{len(made)}",
-            10**9,
-            10**8,
-            secrets,
-            file_roots=(),
-            allowed_networks=networks,
-            idle_seconds=idle,
-        )
+        store = remote_store(tmp_path / f"cache{len(made)}", secrets, idle, networks)
         made.append(store)
         return store
 
