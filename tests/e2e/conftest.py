@@ -135,3 +135,15 @@ def _keep_node_state(cluster: Cluster, node: real.RealNode, namespace: str, keep
         shutil.copyfile(log, keep / f"node-{log.name}")
     nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True)
     (keep / "iptables-nat.txt").write_text(nat.stdout + nat.stderr)
+
+
+@pytest.fixture(scope="module")
+def alice(cluster: Cluster, installed: str) -> Path:
+    """A kubeconfig for user alice, bound to the plugin's documented ClusterRole
+    (examples/kubectl-hotswap-rbac.yaml) in the module's namespace only."""
+    cluster.kubectl("apply", "-f", str(REPO / "examples" / "kubectl-hotswap-rbac.yaml"))
+    cluster.kubectl(
+        "create", "rolebinding", "alice-hotswap", "-n", installed,
+        "--clusterrole=hotswap-kubectl", "--user=alice",
+    )  # fmt: skip
+    return cluster.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")

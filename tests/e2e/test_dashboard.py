@@ -8,12 +8,10 @@ under .cache/artifacts/browser/.
 from __future__ import annotations
 
 import shutil
-import uuid
 
 import pytest
 
 from devcluster import browser, checkpoints, tiny
-from devcluster.cluster import REPO
 from devcluster.fleet import Fleet, cpu_deployment
 from devcluster.waiting import wait_for
 from examples.checkpoints import pod_uri
@@ -21,7 +19,6 @@ from examples.checkpoints import pod_uri
 NAME = "board"
 REPLICAS = 3
 SHAPE = (tiny.FEATURES,)
-ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"
 CANARY = {"strategy": "Canary", "steps": [1, "100%"], "bakeSeconds": 600}
 pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))
 
@@ -41,16 +38,6 @@ def files():
 def fleet(cluster, node, installed, files):
     md = cpu_deployment(NAME, REPLICAS, tiny.ARCHITECTURE, SHAPE, files[1], rollout=CANARY)
     return Fleet(cluster, installed, NAME).deploy(md, timeout=420)
-
-
-@pytest.fixture(scope="module")
-def alice(cluster, installed):
-    cluster.kubectl("apply", "-f", str(ROLE))
-    cluster.kubectl(
-        "create", "rolebinding", "alice-hotswap", "-n", installed,
-        "--clusterrole=hotswap-kubectl", "--user=alice",
-    )  # fmt: skip
-    return cluster.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")
 
 
 def groups(driver):

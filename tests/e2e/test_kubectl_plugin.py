@@ -11,14 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devcluster import checkpoints, tiny
-from devcluster.cluster import REPO
 from devcluster.fleet import Fleet, cpu_deployment, pod_ids, summary
 from examples.checkpoints import host_path, pod_uri
 
@@ -26,7 +24,6 @@ NAME = "undo"
 REPLICAS = 3
 SHAPE = (tiny.FEATURES,)
 PLUGIN = Path(sys.executable).parent / "kubectl-hotswap"
-ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"
 JSON = dict[str, Any]
 
 
@@ -48,16 +45,6 @@ def files():
 def fleet(cluster, node, installed, files):
     md = cpu_deployment(NAME, REPLICAS, tiny.ARCHITECTURE, SHAPE, files["v1"])
     return Fleet(cluster, installed, NAME).deploy(md, timeout=420)
-
-
-@pytest.fixture(scope="module")
-def alice(cluster, installed):
-    cluster.kubectl("apply", "-f", str(ROLE))
-    cluster.kubectl(
-        "create", "rolebinding", "alice-hotswap", "-n", installed,
-        "--clusterrole=hotswap-kubectl", "--user=alice",
-    )  # fmt: skip
-    return cluster.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")
 
 
 def hotswap(alice: Path, namespace: str, *args: str) -> str:
