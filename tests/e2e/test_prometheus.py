@@ -127,10 +127,12 @@ def test_prometheus_scrapes_every_pod_with_its_modeldeployment(prom, fleet, inst
     operators = {p["metadata"]["name"] for p in fleet.operators()}
     leading = returns_series(prom, "hotswap_operator_leader == 1")
     assert [s["metric"]["pod"] for s in leading] == [fleet.leader()] and fleet.leader() in operators
-    info = returns_series(
-        prom, f'hotswap_modeldeployment_info{{namespace="{installed}",name="{NAME}"}}'
-    )
-    assert [(s["metric"]["stable"], s["metric"]["latest"]) for s in info] == [("1", "2")]
+    info = f'hotswap_modeldeployment_info{{namespace="{installed}",name="{NAME}"}}'
+    # the scrape before the Canary began holds latest="1": wait for the one after it
+    returns_series(prom, info.replace("}", ',stable="1",latest="2"}'))
+    assert [(s["metric"]["stable"], s["metric"]["latest"]) for s in prom.query(info)] == [
+        ("1", "2")
+    ]
 
 
 def test_every_dashboard_query_returns_series_during_the_swap(prom, fleet, installed) -> None:
@@ -145,10 +147,14 @@ def test_every_dashboard_query_returns_series_during_the_swap(prom, fleet, insta
                 empty.append(f"{panel['title']}: {expr}")
     assert not empty, "queries with no series:\n" + "\n".join(empty)
     p99 = next(p for p in dashboard["panels"] if p["title"] == "p99 latency by revision")
-    revisions = {
-        s["metric"]["revision"] for s in prom.query(expand(p99["targets"][0]["expr"], installed))
-    }
-    assert revisions == {"1", "2"}  # stable against candidate, both answering
+    p99_expr = expand(p99["targets"][0]["expr"], installed)
+
+    def both_revisions() -> set[str] | None:
+        revisions = {s["metric"]["revision"] for s in prom.query(p99_expr)}
+        return revisions if revisions == {"1", "2"} else None
+
+    # stable against candidate, both answering
+    wait_for(both_revisions, timeout=45, interval=2, what=f"revisions 1 and 2 in {p99_expr}")
     for variable in dashboard["templating"]["list"][1:]:
         match = re.fullmatch(
             r"label_values\((.*), (\w+)\)", expand(variable["definition"], installed)
