@@ -10,8 +10,9 @@ count in every server. Servers, started one at a time so they never share the CP
 * ``kserve``: ``kserve.ModelServer`` serving a ``kserve.Model`` whose ``predict`` runs
   the same network (this file, ``--serve-kserve``), REST and gRPC;
 * variants, named by suffixes in any order: ``-mmap1m`` (``HOTSWAP_MMAP_THRESHOLD_BYTES``
-  at 1 MiB, the default before 32 MiB: every activation over 1 MiB a fresh mmap) and
-  ``-contiguous`` (``HOTSWAP_MEMORY_FORMAT=contiguous``: no channels-last);
+  at 1 MiB, the default before 32 MiB: every activation over 1 MiB a fresh mmap),
+  ``-contiguous`` (``HOTSWAP_MEMORY_FORMAT=contiguous``: no channels-last) and
+  ``-eager`` (``HOTSWAP_FREEZE=off``: the eager network, no frozen graph);
 * ``hotswap-baseline`` (with ``--baseline REF``): the runtime of another commit of this
   repository (``git archive REF``), default settings, measured beside ``hotswap`` in the
   same run so that a change's cost is read from one run: ``baseline_ratio`` per point;
@@ -99,9 +100,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--servers",
         default="hotswap,kserve,hotswap-batching",
         help="kserve, hotswap and its variants: hotswap-batching (max batch 32), -mmap1m "
-        "(HOTSWAP_MMAP_THRESHOLD_BYTES=1 MiB), -contiguous (HOTSWAP_MEMORY_FORMAT), combined "
-        "in any order (hotswap-mmap1m-contiguous: the speed settings before 32 MiB and "
-        "channels-last)",
+        "(HOTSWAP_MMAP_THRESHOLD_BYTES=1 MiB), -contiguous (HOTSWAP_MEMORY_FORMAT), -eager "
+        "(HOTSWAP_FREEZE=off), combined "
+        "in any order (hotswap-mmap1m-contiguous-eager: the speed settings before 32 MiB, "
+        "channels-last and frozen graphs)",
     )
     p.add_argument("--out", help="also write the full result here")
     p.add_argument(
@@ -300,6 +302,7 @@ VARIANTS = {
     "batching": {"HOTSWAP_MAX_BATCH_SIZE": "32", "HOTSWAP_MAX_QUEUE_DELAY_US": "2000"},
     "mmap1m": {"HOTSWAP_MMAP_THRESHOLD_BYTES": str(1 << 20)},
     "contiguous": {"HOTSWAP_MEMORY_FORMAT": "contiguous"},
+    "eager": {"HOTSWAP_FREEZE": "off"},
 }
 
 

@@ -51,6 +51,7 @@ class Runtime:
                 settings.max_forward_batch, settings.forward_memory_bytes, settings.infer_workers
             ),
             memory_format=settings.memory_format,
+            freeze=settings.freeze,
         )
         self.metrics = Metrics(self.device)
         self.budget = MemoryBudget(

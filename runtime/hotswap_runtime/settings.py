@@ -45,6 +45,7 @@ DEFAULT_FORWARD_MEMORY_BYTES = 1024**3
 DEVICES = ("auto", "cuda", "cpu")
 SWAP_MODES = ("auto", "standby", "inplace")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")  # swap/memory_format.py
+FREEZE_SETTINGS = ("auto", "off")  # swap/frozen.py
 _OFF = ("false", "0", "no", "off")
 
 
@@ -71,6 +72,7 @@ class Settings:
     resync_seconds: float = 30.0
     swap_mode: str = "auto"
     memory_format: str = "auto"
+    freeze: str = "auto"
     torch_threads: int | None = None
     api_watch: bool = True
     log_level: str = "info"
@@ -142,6 +144,11 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
         str,
         "auto (channels-last for 2-D convolutional networks on the CPU), contiguous or "
         "channels_last",
+    ),
+    "freeze": (
+        "HOTSWAP_FREEZE",
+        str,
+        "auto (2-D convolutional float32 networks on the CPU serve a frozen graph) or off",
     ),
     "torch_threads": ("HOTSWAP_TORCH_THREADS", int, "torch intra-op threads"),
     "log_level": ("HOTSWAP_LOG_LEVEL", str, "logging level"),
@@ -368,6 +375,10 @@ def _check(settings: Settings) -> None:
         raise SystemExit(
             f"hotswap-runtime: HOTSWAP_MEMORY_FORMAT {settings.memory_format[:40]!r} not in "
             f"{MEMORY_FORMATS}"
+        )
+    if settings.freeze not in FREEZE_SETTINGS:
+        raise SystemExit(
+            f"hotswap-runtime: HOTSWAP_FREEZE {settings.freeze[:40]!r} not in {FREEZE_SETTINGS}"
         )
     try:
         check_architecture_entries(settings.allowed_architectures)

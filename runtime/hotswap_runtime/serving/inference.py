@@ -394,11 +394,11 @@ def _forward_all(model: LoadedModel, x: torch.Tensor, limit: int) -> torch.Tenso
     one answer as they come."""
     samples = int(x.shape[0])
     if samples <= limit:
-        return _forward(model.module, x, model.device, model.dtype)
+        return _forward(model.network, x, model.device, model.dtype)
     answer: torch.Tensor | None = None
     for start in range(0, samples, limit):
         size = min(limit, samples - start)
-        piece = _forward(model.module, x[start : start + size], model.device, model.dtype)
+        piece = _forward(model.network, x[start : start + size], model.device, model.dtype)
         if answer is None and piece.ndim > 0:
             answer = torch.empty((samples, *piece.shape[1:]), dtype=piece.dtype)
         if answer is None or piece.shape != (size, *answer.shape[1:]):
@@ -414,7 +414,10 @@ def _forward_all(model: LoadedModel, x: torch.Tensor, limit: int) -> torch.Tenso
 
 
 def _forward(
-    module: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype
+    module: torch.nn.Module | torch.jit.ScriptModule,
+    x: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
     with torch.inference_mode():
         out = module(x.to(device, dtype))  # FP32 requests into a float16/bfloat16 model

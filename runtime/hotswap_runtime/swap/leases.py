@@ -43,7 +43,8 @@ class LoadedModel:
     reuses it, so a later check can tell the architecture's tied tensors from aliasing.
     ``flat``/``flat_layout``: the one buffer holding every target, laid out like a
     checkpoint's data (a reused standby), or None. ``footprint``: what its forward
-    passes may hold (footprint.py), sized by its probe; None only outside the swapper."""
+    passes may hold (footprint.py), sized by its probe; None only outside the swapper.
+    ``frozen``: the graph requests run on instead of ``module`` (frozen.py), or None."""
 
     revision: Revision
     module: nn.Module
@@ -60,6 +61,7 @@ class LoadedModel:
     nbytes: int = 0
     ties: frozenset[frozenset[str]] = frozenset()
     footprint: Footprint | None = None
+    frozen: torch.jit.ScriptModule | None = None
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -73,20 +75,31 @@ class LoadedModel:
         return self.revision.key
 
     @property
+    def network(self) -> nn.Module | torch.jit.ScriptModule:
+        """What requests run on: the frozen graph, else the module."""
+        return self.frozen if self.frozen is not None else self.module
+
+    @property
     def dtype(self) -> torch.dtype:
         """The dtype inputs are given to the module in (``model.dtype``)."""
         return torch_dtype(self.revision.model)
 
     def successor(
-        self, revision: Revision, output_shape: tuple[int, ...], footprint: Footprint
+        self,
+        revision: Revision,
+        output_shape: tuple[int, ...],
+        footprint: Footprint,
+        frozen: torch.jit.ScriptModule | None = None,
     ) -> LoadedModel:
-        """A new entry for ``revision`` on this module and its tensors."""
+        """A new entry for ``revision`` on this module and its tensors (never this
+        entry's frozen graph: it answers with the weights it was built from)."""
         return LoadedModel(
             revision,
             self.module,
             self.device,
             output_shape,
             footprint=footprint,
+            frozen=frozen,
             targets=self.targets,
             flat=self.flat,
             flat_layout=self.flat_layout,
@@ -205,12 +218,14 @@ class Leases:
             if self._draining is model:
                 self._draining = None
             if self.keep_standby and self._standby is None:
+                model.frozen = None  # a standby is filled with new weights, never served
                 self._standby = model
                 self._cond.notify_all()
                 return
         self.discard(model)
 
     def discard(self, model: LoadedModel) -> None:
+        model.frozen = None
         model.targets = {}
         model.flat = None
         del model.module

@@ -80,6 +80,7 @@ from hotswap_runtime.errors import (
 from hotswap_runtime.settings import DEFAULT_MAX_CHECKPOINT_BYTES
 from hotswap_runtime.swap.evaluation import EvaluationSet, Scores, judge, key_of
 from hotswap_runtime.swap.footprint import HEADROOM, Footprint, ForwardLimits
+from hotswap_runtime.swap.frozen import freeze
 from hotswap_runtime.swap.leases import Leases, LoadedModel
 from hotswap_runtime.swap.memory_format import to_serving_format
 from hotswap_runtime.swap.models import (
@@ -149,6 +150,7 @@ class Swapper:
         tap: ShadowTap | None = None,
         forward: ForwardLimits | None = None,
         memory_format: str = "auto",
+        freeze: str = "auto",
     ) -> None:
         self.store = store
         self.device = device
@@ -158,6 +160,7 @@ class Swapper:
         self.max_model_bytes = max_model_bytes
         self.forward = forward or ForwardLimits()  # bounds forward passes (footprint.py)
         self.memory_format = memory_format  # the format networks serve in (memory_format.py)
+        self.freeze = freeze  # whether revisions serve a frozen graph (frozen.py)
         self._leases = Leases(device, keep_standby=mode != "inplace")
         self._staging = Staging(pin=is_cuda(device))
         self._stream: torch.cuda.Stream | None = (
@@ -242,12 +245,13 @@ class Swapper:
             with steps("validate"):
                 shape, footprint = self._validate(module, revision, plan)
                 self._evaluate(module, revision, plan, attempt)
+                frozen = self._freeze(module, revision, plan, blueprint.nbytes)
             _stop_if(cancelled, revision)
             if revision.analysis is not None and revision.analysis.shadow is not None:
                 with steps("shadow"):
                     self._shadow(module, revision, plan, attempt, footprint)
             with steps("activate"):
-                self._activate(plan, revision, module, (shape, footprint), parsed)
+                self._activate(plan, revision, module, (shape, footprint, frozen), parsed)
         except BaseException:
             if plan.target is not None:
                 self._leases.release(plan.target)
@@ -438,6 +442,16 @@ class Swapper:
         )
         return shape, footprint
 
+    def _freeze(
+        self, module: nn.Module, revision: Revision, plan: _Plan, nbytes: int
+    ) -> torch.jit.ScriptModule | None:
+        """The graph ``revision`` serves on (frozen.py); none for an in-place swap, whose
+        checked copy is not what serves."""
+        if plan.kind == "inplace":
+            return None
+        what = f"revision {revision.revision}"
+        return freeze(module, revision.model, self.device, nbytes, self.freeze, what)
+
     def _evaluate(
         self, module: nn.Module, revision: Revision, plan: _Plan, attempt: _Attempt
     ) -> None:
@@ -511,20 +525,22 @@ class Swapper:
         plan: _Plan,
         revision: Revision,
         module: nn.Module,
-        probed: tuple[tuple[int, ...], Footprint],
+        probed: tuple[tuple[int, ...], Footprint, torch.jit.ScriptModule | None],
         parsed: Parsed,
     ) -> None:
+        shape, footprint, frozen = probed
         if plan.kind == "inplace":
             self._leases.replace_in_place(
-                lambda old: self._overwrite(old, revision, probed, parsed)
+                lambda old: self._overwrite(old, revision, (shape, footprint), parsed)
             )
             return
-        shape, footprint = probed
         if plan.target is not None:  # the standby's module and tensors carry over
-            new = plan.target.successor(revision, shape, footprint)
+            new = plan.target.successor(revision, shape, footprint, frozen)
             plan.target.module_handed_on = True
         else:
-            new = LoadedModel(revision, module, self.device, shape, footprint=footprint)
+            new = LoadedModel(
+                revision, module, self.device, shape, footprint=footprint, frozen=frozen
+            )
         self._leases.activate(new)
 
     def _overwrite(

@@ -35,6 +35,8 @@ def test_variants_set_their_settings_in_any_order(tmp_path: Path) -> None:
     assert a["HOTSWAP_MMAP_THRESHOLD_BYTES"] == b["HOTSWAP_MMAP_THRESHOLD_BYTES"] == "1048576"
     assert a["HOTSWAP_MEMORY_FORMAT"] == "contiguous"
     assert "HOTSWAP_MEMORY_FORMAT" not in Hotswap(tmp_path, 1).runtime.env
+    assert Hotswap(tmp_path, 1, "hotswap-eager").runtime.env["HOTSWAP_FREEZE"] == "off"
+    assert "HOTSWAP_FREEZE" not in Hotswap(tmp_path, 1).runtime.env
     with pytest.raises(SystemExit, match="unknown server"):
         Hotswap(tmp_path, 1, "hotswap-fast")
 

@@ -1,0 +1,143 @@
+"""Frozen graphs (frozen.py): what serves after each kind of swap, and when a network
+serves eagerly instead."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from devcluster import checkpoints as ck
+from devcluster import tiny
+from hotswap_contract.wire import ModelSpec, Revision
+from hotswap_runtime.checkpoint.store import CheckpointStore
+from hotswap_runtime.settings import load_settings
+from hotswap_runtime.swap.frozen import MAX_BYTES, freezable, freeze
+from hotswap_runtime.swap.swapper import Swapper
+
+X = torch.randint(0, 3, (2, *tiny.CONV_INPUT), generator=torch.Generator().manual_seed(7)).float()
+CPU = torch.device("cpu")
+CONV_SPEC = ModelSpec.model_validate(
+    {"architecture": tiny.CONV, "inputShape": list(tiny.CONV_INPUT)}
+)
+
+
+def revision(tmp_path: Path, number: int) -> Revision:
+    path = tmp_path / f"r{number}.safetensors"
+    sha = ck.save(tiny.conv_weights(number), path)
+    doc = ck.revision(number, f"file://{path}", sha, tiny.CONV, tiny.CONV_INPUT)
+    return Revision.model_validate(doc)
+
+
+def reference(number: int) -> torch.Tensor:
+    net = tiny.make_conv()
+    net.load_state_dict(tiny.conv_weights(number))
+    with torch.no_grad():
+        return net(X)
+
+
+def swapper(tmp_path: Path, mode: str, setting: str = "auto") -> Swapper:
+    torch.set_num_threads(1)
+    store = CheckpointStore(tmp_path / "cache", 10**8, 10**8, file_roots=(str(tmp_path),))
+    return Swapper(store, CPU, tiny.ALLOWED, mode, freeze=setting)
+
+
+def test_every_revision_serves_a_graph_of_its_own_weights_through_standby_swaps(
+    tmp_path: Path,
+) -> None:
+    """A reused standby gets a graph built from its new weights, never the one it
+    served with before (which would answer with the old revision's weights)."""
+    swap = swapper(tmp_path, "auto")
+    graphs = []
+    for number in range(1, 7):
+        swap.swap_to(revision(tmp_path, number))
+        with swap.lease() as model, torch.inference_mode():
+            assert model.revision.revision == number
+            assert model.frozen is not None and model.network is model.frozen
+            assert torch.allclose(model.network(X), reference(number), atol=1e-5)
+            graphs.append(model.frozen)
+    assert swap.last_kind == "standby"
+    assert len({id(g) for g in graphs}) == len(graphs)
+
+
+def test_an_in_place_swap_serves_the_eager_network_with_the_new_weights(tmp_path: Path) -> None:
+    swap = swapper(tmp_path, "inplace")
+    swap.swap_to(revision(tmp_path, 1))
+    first = swap.current()
+    assert first is not None and first.frozen is not None  # the first load is a fresh build
+    for number in (2, 3):
+        swap.swap_to(revision(tmp_path, number))
+        assert swap.last_kind == "inplace"
+        with swap.lease() as model, torch.inference_mode():
+            assert model.frozen is None and model.network is model.module
+            assert torch.equal(model.network(X), reference(number))
+
+
+def test_off_serves_the_eager_network(tmp_path: Path) -> None:
+    swap = swapper(tmp_path, "auto", "off")
+    for number in (1, 2):
+        swap.swap_to(revision(tmp_path, number))
+        current = swap.current()
+        assert current is not None and current.frozen is None
+
+
+class Unscriptable(nn.Module):
+    """TorchScript cannot compile a forward that takes ``*args``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.conv(args[0]).mean((2, 3))
+
+
+class Noisy(nn.Module):
+    """Answers differently at every call: its graph cannot be checked against it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3)) + torch.rand(1)
+
+
+@pytest.mark.parametrize(
+    ("module", "why"),
+    [(Unscriptable(), "NotSupportedError"), (Noisy(), "differs from the network's")],
+)
+def test_a_network_that_cannot_be_frozen_faithfully_serves_eagerly(
+    module: nn.Module, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hotswap_runtime.swap.frozen")
+    assert freeze(module.eval(), CONV_SPEC, CPU, 10**6, "auto", "revision 4") is None
+    assert "revision 4 serves its eager network: freezing it failed" in caplog.text
+    assert why in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("spec", "device", "nbytes", "expected"),
+    [
+        (CONV_SPEC, "cpu", 10**6, True),
+        (CONV_SPEC, "meta", 10**6, False),  # not a CPU
+        (CONV_SPEC, "cpu", MAX_BYTES + 1, False),  # the graph's copy would cost too much
+        (CONV_SPEC.model_copy(update={"dtype": "float16"}), "cpu", 10**6, False),
+        (CONV_SPEC.model_copy(update={"input_shape": (3, 8)}), "cpu", 10**6, False),
+    ],
+)
+def test_auto_freezes_measured_cases_only(
+    spec: ModelSpec, device: str, nbytes: int, expected: bool
+) -> None:
+    assert freezable(tiny.make_conv(), spec, torch.device(device), nbytes) is expected
+    assert not freezable(tiny.make_model(), CONV_SPEC, CPU, 10**6)  # no convolution
+
+
+def test_an_unknown_setting_is_refused_at_start() -> None:
+    env = {"HOTSWAP_MODEL_NAME": "m", "HOTSWAP_FREEZE": "always"}
+    with pytest.raises(SystemExit, match="HOTSWAP_FREEZE 'always'"):
+        load_settings([], env)
+    assert load_settings([], {"HOTSWAP_MODEL_NAME": "m"}).freeze == "auto"
