@@ -394,11 +394,11 @@ def _forward_all(model: LoadedModel, x: torch.Tensor, limit: int) -> torch.Tenso
     one answer as they come."""
     samples = int(x.shape[0])
     if samples <= limit:
-        return _forward(model.network, x, model.device, model.dtype)
+        return _forward(model.network(samples), x, model.device, model.dtype)
     answer: torch.Tensor | None = None
     for start in range(0, samples, limit):
         size = min(limit, samples - start)
-        piece = _forward(model.network, x[start : start + size], model.device, model.dtype)
+        piece = _forward(model.network(size), x[start : start + size], model.device, model.dtype)
         if answer is None and piece.ndim > 0:
             answer = torch.empty((samples, *piece.shape[1:]), dtype=piece.dtype)
         if answer is None or piece.shape != (size, *answer.shape[1:]):

@@ -1,25 +1,29 @@
-"""A frozen graph of a network, served in its place on the CPU (``HOTSWAP_FREEZE``).
+"""A frozen graph of a network, served in its place where it is faster (``HOTSWAP_FREEZE``).
 
 PyTorch's eager convolutions on the CPU reorder their weights into oneDNN's blocked
 layout at every call and run batch norm as a pass of its own. A frozen TorchScript graph
 (``torch.jit.freeze`` then ``optimize_for_inference``) folds batch norm into the
-convolutions and keeps their weights prepacked: resnet18 at 3x64x64 with one torch
-thread answers batch 8 in about 0.8x the eager time and batch 32 in 0.75x
-(docs/architecture.md, "Serving interface").
+convolutions and keeps their weights prepacked. Which is faster depends on the batch:
+resnet18 at 3x64x64 with one torch thread, channels-last, answers batch 1 faster eagerly
+and batches 8 and 32 faster frozen (docs/architecture.md, "Serving interface").
 
-Under ``auto`` (the default) a revision serves such a graph when the network is a 2-D
-convolutional float32 network on the CPU taking one image per sample, at most
-``MAX_BYTES`` of tensors, that TorchScript compiles, and whose graph answers a seeded
-probe as the eager network does (within float32 rounding). Anything else, or ``off``,
-serves the eager network. The graph is built from the loaded and validated network
-before it is activated, off the serving path, once per revision; it holds its own
-(folded, prepacked) copy of the convolutions' weights, so a serving revision costs up to
-twice its tensors' bytes. An in-place swap serves the eager network: its graph would
-still hold the old weights.
+Under ``auto`` (the default), for a 2-D convolutional float32 network on the CPU taking
+one image per sample, at most ``MAX_BYTES`` of tensors, that TorchScript compiles and
+whose graph answers a seeded probe as the network does (within float32 rounding): both
+are timed at batches of 1, 2, 4 ... ``TIMED_UP_TO`` samples, and a forward pass runs on
+the graph at the sizes where it was faster (a size between two timed ones as the
+smaller; above the largest as the largest). A graph faster at no size is dropped.
+Anything else, or ``off``, serves the network. The timings of one model spec are kept
+for its later revisions: weights do not change which is faster.
 
-TorchScript is deprecated in favour of ``torch.compile``, which needs a C++ compiler
-in the pod and compiles for tens of seconds; where this torch cannot script or freeze a
-network, ``auto`` serves it eagerly and says why in the log.
+The graph is built from the loaded and validated network before it is activated, off
+the serving path, once per revision; it holds its own (folded, prepacked) copy of the
+convolutions' weights, so a serving revision costs up to twice its tensors' bytes. An
+in-place swap serves the network: a graph would still hold the old weights.
+
+TorchScript is deprecated in favour of ``torch.compile``, which needs a C++ compiler in
+the pod and compiles for tens of seconds; where this torch cannot script or freeze a
+network, ``auto`` serves it and says why in the log.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -37,9 +42,25 @@ from hotswap_runtime.swap.models import torch_dtype
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 1024**3  # a larger network serves eagerly: the graph's copy would cost as much
-PROBE_SAMPLES = 2
+TIMED_UP_TO = 32  # samples: the largest batch timed
+TIMINGS = 3  # calls of each per batch size, interleaved; the fastest counts
 PROBE_SEED = 20261207
 RTOL = 1e-4  # of the eager answer's largest magnitude: float32 rounding of folded BN
+
+Network = nn.Module | torch.jit.ScriptModule
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """A revision's graph and the batch sizes (powers of two) it serves."""
+
+    graph: torch.jit.ScriptModule
+    sizes: frozenset[int]
+
+    def serves(self, samples: int) -> bool:
+        """Whether a forward pass of ``samples`` runs on the graph."""
+        timed = min(1 << (max(samples, 1).bit_length() - 1), TIMED_UP_TO)
+        return timed in self.sizes
 
 
 def freezable(module: nn.Module, spec: ModelSpec, device: torch.device, nbytes: int) -> bool:
@@ -53,21 +74,46 @@ def freezable(module: nn.Module, spec: ModelSpec, device: torch.device, nbytes: 
     )
 
 
-def freeze(
-    module: nn.Module, spec: ModelSpec, device: torch.device, nbytes: int, setting: str, what: str
-) -> torch.jit.ScriptModule | None:
-    """``module``'s frozen graph, checked and warmed, or None to serve it eagerly."""
-    if setting == "off" or not freezable(module, spec, device, nbytes):
-        return None
-    start = time.monotonic()
-    try:
-        graph = _compile(module)
-        _check(module, graph, spec)
-    except Exception as exc:  # any refusal of TorchScript's: serve eagerly
-        log.info("%s serves its eager network: freezing it failed: %s", what, _short(exc))
-        return None
-    log.info("%s serves a frozen graph (built in %.2f s)", what, time.monotonic() - start)
-    return graph
+class Freezer:
+    """Builds each revision's graph under one setting on one device, and keeps the batch
+    sizes timed for the last model spec (found faster at none: not timed again)."""
+
+    def __init__(self, setting: str, device: torch.device) -> None:
+        self.setting = setting
+        self.device = device
+        self._timed: tuple[ModelSpec, frozenset[int]] | None = None
+
+    def __call__(
+        self, module: nn.Module, spec: ModelSpec, nbytes: int, limit: int, what: str
+    ) -> Frozen | None:
+        """``module``'s graph, checked and warmed, and the sizes it serves (timed at most
+        ``limit`` samples a pass); None: serve the network."""
+        if self.setting == "off" or not freezable(module, spec, self.device, nbytes):
+            return None
+        known = self._timed[1] if self._timed is not None and self._timed[0] == spec else None
+        if known is not None and not known:
+            return None
+        start = time.monotonic()
+        try:
+            graph = _compile(module)
+            _check(module, graph, spec)
+            sizes = known if known is not None else _faster_sizes(module, graph, spec, limit)
+        except Exception as exc:  # any refusal of TorchScript's: serve eagerly
+            log.info("%s serves its network: freezing it failed: %s", what, _short(exc))
+            return None
+        self._timed = (spec, sizes)
+        if not sizes:
+            log.info("%s serves its network: its frozen graph is faster at no batch size", what)
+            return None
+        if known is not None:
+            _warm(graph, spec, sizes)
+        log.info(
+            "%s serves a frozen graph at batches of %s samples (built in %.2f s)",
+            what,
+            ", ".join(str(s) for s in sorted(sizes)),
+            time.monotonic() - start,
+        )
+        return Frozen(graph, sizes)
 
 
 def _compile(module: nn.Module) -> torch.jit.ScriptModule:
@@ -78,24 +124,59 @@ def _compile(module: nn.Module) -> torch.jit.ScriptModule:
         return torch.jit.optimize_for_inference(frozen)
 
 
-def _check(module: nn.Module, graph: torch.jit.ScriptModule, spec: ModelSpec) -> None:
-    """The graph answers a seeded probe as the eager network does; two more calls
-    (one sample, then the probe) take its first-call costs off the first requests."""
+def _probe(spec: ModelSpec, samples: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(PROBE_SEED)
-    x = torch.randn((PROBE_SAMPLES, *spec.input_shape), generator=generator)
+    return torch.randn((samples, *spec.input_shape), generator=generator)
+
+
+def _check(module: nn.Module, graph: torch.jit.ScriptModule, spec: ModelSpec) -> None:
+    """The graph answers a seeded probe as the network does."""
+    x = _probe(spec, 2)
     with torch.inference_mode():
         eager = module(x)
         frozen = graph(x)
-        if not isinstance(eager, torch.Tensor) or not isinstance(frozen, torch.Tensor):
-            raise TypeError("the network does not answer with one tensor")
-        if frozen.shape != eager.shape or frozen.dtype != eager.dtype:
-            raise ValueError(f"the graph answers {list(frozen.shape)}, not {list(eager.shape)}")
-        scale = max(float(eager.abs().max()), 1.0)
-        error = float((frozen - eager).abs().max())
-        if not error <= RTOL * scale:
-            raise ValueError(f"the graph's answer differs from the network's by {error:.3g}")
-        graph(x[:1])
-        graph(x)
+    if not isinstance(eager, torch.Tensor) or not isinstance(frozen, torch.Tensor):
+        raise TypeError("the network does not answer with one tensor")
+    if frozen.shape != eager.shape or frozen.dtype != eager.dtype:
+        raise ValueError(f"the graph answers {list(frozen.shape)}, not {list(eager.shape)}")
+    scale = max(float(eager.abs().max()), 1.0)
+    error = float((frozen - eager).abs().max())
+    if not error <= RTOL * scale:
+        raise ValueError(f"the graph's answer differs from the network's by {error:.3g}")
+
+
+def _faster_sizes(
+    module: nn.Module, graph: torch.jit.ScriptModule, spec: ModelSpec, limit: int
+) -> frozenset[int]:
+    """The batch sizes (powers of two up to ``limit`` and TIMED_UP_TO) at which the graph
+    answered faster than the network, each timed TIMINGS times, interleaved."""
+    faster = set()
+    size = 1
+    while size <= min(limit, TIMED_UP_TO):
+        x = _probe(spec, size)
+        best = {"graph": float("inf"), "network": float("inf")}
+        with torch.inference_mode():
+            for _ in range(TIMINGS):
+                best["graph"] = min(best["graph"], seconds(graph, x))
+                best["network"] = min(best["network"], seconds(module, x))
+        if best["graph"] < best["network"]:
+            faster.add(size)
+        size *= 2
+    return frozenset(faster)
+
+
+def _warm(graph: torch.jit.ScriptModule, spec: ModelSpec, sizes: frozenset[int]) -> None:
+    """One call at each size the graph serves: its first-call costs, off the requests."""
+    with torch.inference_mode():
+        for size in sorted(sizes):
+            graph(_probe(spec, size))
+
+
+def seconds(network: Network, x: torch.Tensor) -> float:
+    """How long one forward pass of ``network`` on ``x`` took."""
+    start = time.perf_counter()
+    network(x)
+    return time.perf_counter() - start
 
 
 def _short(exc: Exception) -> str:

@@ -31,6 +31,7 @@ from hotswap_runtime.control.target import utc_now
 from hotswap_runtime.devices import release_cached
 from hotswap_runtime.errors import ModelNotReady
 from hotswap_runtime.swap.footprint import Footprint
+from hotswap_runtime.swap.frozen import Frozen, Network
 from hotswap_runtime.swap.models import torch_dtype
 
 
@@ -44,7 +45,8 @@ class LoadedModel:
     ``flat``/``flat_layout``: the one buffer holding every target, laid out like a
     checkpoint's data (a reused standby), or None. ``footprint``: what its forward
     passes may hold (footprint.py), sized by its probe; None only outside the swapper.
-    ``frozen``: the graph requests run on instead of ``module`` (frozen.py), or None."""
+    ``frozen``: the graph forward passes of the sizes it serves run on instead of
+    ``module`` (frozen.py), or None."""
 
     revision: Revision
     module: nn.Module
@@ -61,7 +63,7 @@ class LoadedModel:
     nbytes: int = 0
     ties: frozenset[frozenset[str]] = frozenset()
     footprint: Footprint | None = None
-    frozen: torch.jit.ScriptModule | None = None
+    frozen: Frozen | None = None
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -74,10 +76,11 @@ class LoadedModel:
     def key(self) -> tuple[int, str]:
         return self.revision.key
 
-    @property
-    def network(self) -> nn.Module | torch.jit.ScriptModule:
-        """What requests run on: the frozen graph, else the module."""
-        return self.frozen if self.frozen is not None else self.module
+    def network(self, samples: int) -> Network:
+        """What a forward pass of ``samples`` runs on: the frozen graph where it serves
+        that size, else the module."""
+        frozen = self.frozen
+        return frozen.graph if frozen is not None and frozen.serves(samples) else self.module
 
     @property
     def dtype(self) -> torch.dtype:
@@ -89,7 +92,7 @@ class LoadedModel:
         revision: Revision,
         output_shape: tuple[int, ...],
         footprint: Footprint,
-        frozen: torch.jit.ScriptModule | None = None,
+        frozen: Frozen | None = None,
     ) -> LoadedModel:
         """A new entry for ``revision`` on this module and its tensors (never this
         entry's frozen graph: it answers with the weights it was built from)."""

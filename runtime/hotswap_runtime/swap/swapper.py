@@ -80,7 +80,7 @@ from hotswap_runtime.errors import (
 from hotswap_runtime.settings import DEFAULT_MAX_CHECKPOINT_BYTES
 from hotswap_runtime.swap.evaluation import EvaluationSet, Scores, judge, key_of
 from hotswap_runtime.swap.footprint import HEADROOM, Footprint, ForwardLimits
-from hotswap_runtime.swap.frozen import freeze
+from hotswap_runtime.swap.frozen import Freezer, Frozen
 from hotswap_runtime.swap.leases import Leases, LoadedModel
 from hotswap_runtime.swap.memory_format import to_serving_format
 from hotswap_runtime.swap.models import (
@@ -160,7 +160,7 @@ class Swapper:
         self.max_model_bytes = max_model_bytes
         self.forward = forward or ForwardLimits()  # bounds forward passes (footprint.py)
         self.memory_format = memory_format  # the format networks serve in (memory_format.py)
-        self.freeze = freeze  # whether revisions serve a frozen graph (frozen.py)
+        self._freezer = Freezer(freeze, device)  # the graphs revisions serve on (frozen.py)
         self._leases = Leases(device, keep_standby=mode != "inplace")
         self._staging = Staging(pin=is_cuda(device))
         self._stream: torch.cuda.Stream | None = (
@@ -245,7 +245,7 @@ class Swapper:
             with steps("validate"):
                 shape, footprint = self._validate(module, revision, plan)
                 self._evaluate(module, revision, plan, attempt)
-                frozen = self._freeze(module, revision, plan, blueprint.nbytes)
+                frozen = self._freeze(module, revision, plan, blueprint.nbytes, footprint)
             _stop_if(cancelled, revision)
             if revision.analysis is not None and revision.analysis.shadow is not None:
                 with steps("shadow"):
@@ -443,14 +443,14 @@ class Swapper:
         return shape, footprint
 
     def _freeze(
-        self, module: nn.Module, revision: Revision, plan: _Plan, nbytes: int
-    ) -> torch.jit.ScriptModule | None:
+        self, module: nn.Module, revision: Revision, plan: _Plan, nbytes: int, footprint: Footprint
+    ) -> Frozen | None:
         """The graph ``revision`` serves on (frozen.py); none for an in-place swap, whose
         checked copy is not what serves."""
         if plan.kind == "inplace":
             return None
         what = f"revision {revision.revision}"
-        return freeze(module, revision.model, self.device, nbytes, self.freeze, what)
+        return self._freezer(module, revision.model, nbytes, footprint.forward_batch, what)
 
     def _evaluate(
         self, module: nn.Module, revision: Revision, plan: _Plan, attempt: _Attempt
@@ -525,7 +525,7 @@ class Swapper:
         plan: _Plan,
         revision: Revision,
         module: nn.Module,
-        probed: tuple[tuple[int, ...], Footprint, torch.jit.ScriptModule | None],
+        probed: tuple[tuple[int, ...], Footprint, Frozen | None],
         parsed: Parsed,
     ) -> None:
         shape, footprint, frozen = probed

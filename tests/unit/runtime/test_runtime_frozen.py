@@ -15,7 +15,8 @@ from devcluster import tiny
 from hotswap_contract.wire import ModelSpec, Revision
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.settings import load_settings
-from hotswap_runtime.swap.frozen import MAX_BYTES, freezable, freeze
+from hotswap_runtime.swap import frozen
+from hotswap_runtime.swap.frozen import MAX_BYTES, Freezer, Frozen, freezable
 from hotswap_runtime.swap.swapper import Swapper
 
 X = torch.randint(0, 3, (2, *tiny.CONV_INPUT), generator=torch.Generator().manual_seed(7)).float()
@@ -39,6 +40,22 @@ def reference(number: int) -> torch.Tensor:
         return net(X)
 
 
+@pytest.fixture
+def graph_faster(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every timing finds the graph faster (the tiny network's real timings are noise);
+    the sizes timed, in order."""
+    timed: list[int] = []
+
+    def seconds(network: frozen.Network, x: torch.Tensor) -> float:
+        graph = isinstance(network, torch.jit.ScriptModule)
+        if graph:
+            timed.append(int(x.shape[0]))
+        return 0.0 if graph else 1.0
+
+    monkeypatch.setattr(frozen, "seconds", seconds)
+    return timed
+
+
 def swapper(tmp_path: Path, mode: str, setting: str = "auto") -> Swapper:
     torch.set_num_threads(1)
     store = CheckpointStore(tmp_path / "cache", 10**8, 10**8, file_roots=(str(tmp_path),))
@@ -46,24 +63,64 @@ def swapper(tmp_path: Path, mode: str, setting: str = "auto") -> Swapper:
 
 
 def test_every_revision_serves_a_graph_of_its_own_weights_through_standby_swaps(
-    tmp_path: Path,
+    tmp_path: Path, graph_faster: list[int]
 ) -> None:
     """A reused standby gets a graph built from its new weights, never the one it
-    served with before (which would answer with the old revision's weights)."""
+    served with before (which would answer with the old revision's weights); the
+    sizes are timed once for the spec."""
     swap = swapper(tmp_path, "auto")
     graphs = []
     for number in range(1, 7):
         swap.swap_to(revision(tmp_path, number))
         with swap.lease() as model, torch.inference_mode():
             assert model.revision.revision == number
-            assert model.frozen is not None and model.network is model.frozen
-            assert torch.allclose(model.network(X), reference(number), atol=1e-5)
-            graphs.append(model.frozen)
+            assert model.frozen is not None and model.network(2) is model.frozen.graph
+            assert torch.allclose(model.network(2)(X), reference(number), atol=1e-5)
+            graphs.append(model.frozen.graph)
     assert swap.last_kind == "standby"
     assert len({id(g) for g in graphs}) == len(graphs)
+    assert graph_faster == [s for s in (1, 2, 4, 8, 16, 32) for _ in range(frozen.TIMINGS)]
 
 
-def test_an_in_place_swap_serves_the_eager_network_with_the_new_weights(tmp_path: Path) -> None:
+def test_a_graph_slower_at_every_size_is_dropped_and_not_timed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timed: list[int] = []
+
+    def seconds(network: frozen.Network, x: torch.Tensor) -> float:
+        timed.append(int(x.shape[0]))
+        return 1.0 if isinstance(network, torch.jit.ScriptModule) else 0.0
+
+    monkeypatch.setattr(frozen, "seconds", seconds)
+    swap = swapper(tmp_path, "auto")
+    for number in (1, 2, 3):
+        swap.swap_to(revision(tmp_path, number))
+        with swap.lease() as model:
+            assert model.frozen is None and model.network(8) is model.module
+    assert len(timed) == 2 * frozen.TIMINGS * 6  # the first revision only
+
+
+@pytest.mark.parametrize(
+    ("samples", "graph"),
+    [
+        (1, False),
+        (7, False),
+        (8, True),
+        (15, True),
+        (16, False),
+        (31, False),
+        (32, True),
+        (1000, True),
+    ],
+)
+def test_a_pass_runs_on_the_graph_at_the_timed_sizes_it_won(samples: int, graph: bool) -> None:
+    graph_of = frozen._compile(tiny.make_conv())
+    assert Frozen(graph_of, frozenset({8, 32})).serves(samples) is graph
+
+
+def test_an_in_place_swap_serves_the_eager_network_with_the_new_weights(
+    tmp_path: Path, graph_faster: list[int]
+) -> None:
     swap = swapper(tmp_path, "inplace")
     swap.swap_to(revision(tmp_path, 1))
     first = swap.current()
@@ -72,16 +129,17 @@ def test_an_in_place_swap_serves_the_eager_network_with_the_new_weights(tmp_path
         swap.swap_to(revision(tmp_path, number))
         assert swap.last_kind == "inplace"
         with swap.lease() as model, torch.inference_mode():
-            assert model.frozen is None and model.network is model.module
-            assert torch.equal(model.network(X), reference(number))
+            assert model.frozen is None and model.network(2) is model.module
+            assert torch.equal(model.network(2)(X), reference(number))
 
 
-def test_off_serves_the_eager_network(tmp_path: Path) -> None:
+def test_off_serves_the_eager_network(tmp_path: Path, graph_faster: list[int]) -> None:
     swap = swapper(tmp_path, "auto", "off")
     for number in (1, 2):
         swap.swap_to(revision(tmp_path, number))
         current = swap.current()
         assert current is not None and current.frozen is None
+    assert not graph_faster
 
 
 class Unscriptable(nn.Module):
@@ -114,8 +172,8 @@ def test_a_network_that_cannot_be_frozen_faithfully_serves_eagerly(
     module: nn.Module, why: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="hotswap_runtime.swap.frozen")
-    assert freeze(module.eval(), CONV_SPEC, CPU, 10**6, "auto", "revision 4") is None
-    assert "revision 4 serves its eager network: freezing it failed" in caplog.text
+    assert Freezer("auto", CPU)(module.eval(), CONV_SPEC, 10**6, 32, "revision 4") is None
+    assert "revision 4 serves its network: freezing it failed" in caplog.text
     assert why in caplog.text
 
 
