@@ -151,6 +151,7 @@ def _faster_sizes(
     """The batch sizes (powers of two up to ``limit`` and TIMED_UP_TO) at which the graph
     answered faster than the network, each timed TIMINGS times, interleaved."""
     faster = set()
+    timings = []
     size = 1
     while size <= min(limit, TIMED_UP_TO):
         x = _probe(spec, size)
@@ -161,7 +162,9 @@ def _faster_sizes(
                 best["network"] = min(best["network"], seconds(module, x))
         if best["graph"] < best["network"]:
             faster.add(size)
+        timings.append(f"{size}: {best['graph'] * 1e3:.1f}/{best['network'] * 1e3:.1f}")
         size *= 2
+    log.info("frozen graph against network, ms per pass by samples: %s", ", ".join(timings))
     return frozenset(faster)
 
 
