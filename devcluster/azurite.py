@@ -4,12 +4,20 @@ shared key and SAS checked, blobs in a temporary folder.
 
 ``serve(folder)`` starts it with an empty container CONTAINER and returns the account's
 endpoint URL; ``upload`` writes a blob; ``secret`` is what a Secret holds to point a
-store at it (the emulator's well-known account key, or a SAS made from it).
+store at it (the emulator's well-known account key, or a SAS made from it). With a test
+CA, ``serve`` runs it over HTTPS (a certificate for 127.0.0.1 from that CA) with
+``--oauth basic``: bearer tokens are then accepted when they are JWTs whose ``iss``
+starts with ``https://sts.windows.net/``, whose ``aud`` is ``https://storage.azure.com``
+and whose ``nbf``, ``iat`` and ``exp`` hold now; the signature is not checked (Azurite's
+BlobTokenAuthenticator). ``oauth_token`` makes one.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -18,6 +26,7 @@ from typing import BinaryIO
 
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
+from devcluster.certs import CertificateAuthority
 from devcluster.cluster import free_port
 from devcluster.waiting import wait_for
 
@@ -26,27 +35,56 @@ KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr
 CONTAINER = "models"
 
 
+_TRUSTED: dict[str, str] = {}  # an HTTPS endpoint -> the CA file its certificate is from
+
+
 @contextmanager
-def serve(install: Path, workdir: Path) -> Iterator[str]:
+def serve(install: Path, workdir: Path, ca: CertificateAuthority | None = None) -> Iterator[str]:
     """Azurite's Blob service on a free loopback port, container CONTAINER created; the
-    account's endpoint URL (http://127.0.0.1:PORT/devstoreaccount1)."""
+    account's endpoint URL (http://127.0.0.1:PORT/devstoreaccount1, https:// with
+    ``ca``, which also turns OAuth on)."""
     port = free_port()
     command = [str(install / "node_modules" / ".bin" / "azurite-blob"), "--blobHost", "127.0.0.1"]
     command += ["--blobPort", str(port), "--location", str(workdir)]
     command += ["--silent", "--skipApiVersionCheck", "--disableTelemetry"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
+    if ca is not None:
+        pair = ca.issue(f"azurite-{port}", "127.0.0.1", hosts=("127.0.0.1",), server=True)
+        command += ["--cert", str(pair.cert), "--key", str(pair.key), "--oauth", "basic"]
+        endpoint = f"https://127.0.0.1:{port}/{ACCOUNT}"
+        _TRUSTED[endpoint] = str(ca.cert_path)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: _create_container(endpoint), 60, what="Azurite answering")
         yield endpoint
     finally:
+        _TRUSTED.pop(endpoint, None)
         process.terminate()
         process.wait(10)
 
 
 def client(endpoint: str) -> BlobServiceClient:
     key = {"account_name": ACCOUNT, "account_key": KEY}
-    return BlobServiceClient(endpoint, credential=key, retry_total=0)  # wait_for retries
+    verify: bool | str = _TRUSTED.get(endpoint, True)
+    return BlobServiceClient(  # wait_for retries
+        endpoint, credential=key, retry_total=0, connection_verify=verify
+    )
+
+
+def oauth_token(lifetime: int = 3600, audience: str = "https://storage.azure.com") -> str:
+    """A JWT that Azurite's ``--oauth basic`` accepts (unsigned: it checks no signature)."""
+    now = int(time.time())
+    claims = {
+        "aud": audience,
+        "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000000/",
+        "iat": now - 60,
+        "nbf": now - 60,
+        "exp": now + lifetime,
+        "oid": "11111111-1111-1111-1111-111111111111",
+    }
+    parts = ({"alg": "none", "typ": "JWT"}, claims)
+    encoded = (base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=") for p in parts)
+    return b".".join(encoded).decode() + ".c2lnbmF0dXJl"
 
 
 def _create_container(endpoint: str) -> bool:

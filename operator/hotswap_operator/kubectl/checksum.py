@@ -6,7 +6,8 @@ credentials (google-auth; `STORAGE_EMULATOR_HOST` for an emulator), az:// with
 `AZURE_STORAGE_CONNECTION_STRING` (azure-storage-blob, when installed), hf:// from
 `HF_ENDPOINT` (default the Hub) with `HF_TOKEN`, as huggingface_hub reads them (the token
 goes to that origin only, never to where it redirects). Nothing is kept: the bytes are
-hashed as they come.
+hashed as they come. An oci:// URI is not read here but resolved by ``oci.py`` (the
+layer's digest from the registry's manifest, the URI pinned to that manifest).
 """
 
 from __future__ import annotations

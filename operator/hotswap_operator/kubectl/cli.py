@@ -4,7 +4,8 @@
     kubectl hotswap status NAME [--wait [--timeout 5m]] [-o text|json|yaml]
     kubectl hotswap history NAME [-o text|json|yaml]
     kubectl hotswap undo NAME [--to-revision N] [--dry-run] [-o text|json|yaml]
-    kubectl hotswap set checkpoint NAME URI (--sha256 HEX | --resolve [--from PATH])
+    kubectl hotswap set checkpoint NAME URI (--sha256 HEX | --resolve [--from PATH]
+                                            [--registry-config PATH])
     kubectl hotswap pause NAME | resume NAME
     kubectl hotswap promote NAME [--full] | abort NAME | retry NAME
     kubectl hotswap dashboard NAME [--port N] [--address 127.0.0.1] [--edit]
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -32,7 +34,7 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
-from hotswap_operator.kubectl import checksum, completion, decisions, edits, live, views
+from hotswap_operator.kubectl import checksum, completion, decisions, edits, live, oci, views
 from hotswap_operator.kubectl.access import may_edit
 from hotswap_operator.kubectl.api import (
     PluginError,
@@ -238,15 +240,30 @@ def undo(session: Session, args: argparse.Namespace) -> Result:
 
 def set_checkpoint(session: Session, args: argparse.Namespace) -> Result:
     """spec.checkpoint to URI with --sha256, or with the sha256 --resolve computes by
-    reading the file (from --from PATH, or the URI itself) on this machine."""
+    reading the file (from --from PATH, or the URI itself) on this machine; an oci://
+    URI resolved from its registry is pinned to the manifest's digest."""
     if args.resolve == (args.sha256 is not None):
         raise PluginError("set checkpoint: give --sha256 HEX or --resolve (one of them)")
     if args.copy is not None and not args.resolve:
         raise PluginError("set checkpoint: --from PATH goes with --resolve")
-    sha = args.sha256 or checksum.sha256_of(args.uri, args.copy)
-    return _write(
-        session, args.name, edits.set_checkpoint(get_deployment(session, args.name), args.uri, sha)
-    )
+    if args.registry_config is not None and not args.resolve:
+        raise PluginError("set checkpoint: --registry-config PATH goes with --resolve")
+    uri, note = args.uri, ""
+    if args.resolve and args.copy is None and args.uri.startswith("oci://"):
+        pinned = oci.resolve(args.uri, args.registry_config)
+        uri, sha = pinned.uri, pinned.sha256
+        if uri != args.uri:
+            note = (
+                f"; the URI is pinned to manifest {pinned.manifest} (what its tag named "
+                "now), so a tag moved later does not change the spec"
+            )
+    else:
+        sha = args.sha256 or checksum.sha256_of(args.uri, args.copy)
+    edit = edits.set_checkpoint(get_deployment(session, args.name), uri, sha)
+    if note:
+        document = {**edit.document, "pinnedFrom": args.uri}
+        edit = dataclasses.replace(edit, message=edit.message + note, document=document)
+    return _write(session, args.name, edit)
 
 
 def pause(session: Session, args: argparse.Namespace) -> Result:
@@ -392,9 +409,17 @@ def _set_parser(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="store_true",
         help="compute the sha256 by reading the file here: --from PATH, else URI itself "
         "(a local path or file://, http(s), s3://, gs://, az:// or hf:// with your own "
-        "credentials; not oci://)",
+        "credentials; oci://: the layer's digest from the registry's manifest, and the URI "
+        "pinned to that manifest's digest)",
     )
     sub.add_argument("--from", dest="copy", type=Path, metavar="PATH", help="a local copy to hash")
+    sub.add_argument(
+        "--registry-config",
+        type=Path,
+        metavar="PATH",
+        help="a docker config with your registry login for oci:// (default: "
+        "$DOCKER_CONFIG/config.json, else ~/.docker/config.json; none: anonymous)",
+    )
     _output(sub)
     sub.set_defaults(run=set_checkpoint)
 

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from replicas import replica_reports, report
 
+from devcluster import oci_registry
 from devcluster.cluster import REPO
 from devcluster.rest import MERGE_PATCH
 from devcluster.waiting import wait_for
@@ -506,6 +507,40 @@ def test_set_checkpoint_with_a_sha256_or_resolved_from_a_local_copy(
     )
     assert both.returncode == 1 and "one of them" in both.stderr
     assert world.get()["spec"]["checkpoint"]["sha256"] == sha  # nothing else written
+
+
+def test_set_checkpoint_resolves_oci_and_pins_the_manifest(crd, namespace, alice, tmp_path):
+    """`--resolve` of an oci:// tag as alice, with her docker login for the registry
+    (token auth): the layer's digest becomes the sha256, the URI is written pinned to the
+    manifest's digest, and the output says so; a wrong password writes nothing."""
+    world = World(crd, namespace)
+    data = b"weights of an oci revision" * 1000
+    sha = hashlib.sha256(data).hexdigest()
+    with oci_registry.serve(tmp_path / "registry") as registry:
+        digest = registry.push("team/resnet", "v2", {"w/m.safetensors": data})
+        config = tmp_path / "config.json"
+        config.write_text(registry.docker_config())
+        env = {"SSL_CERT_FILE": str(registry.ca)}
+        uri = f"oci://{registry.host}/team/resnet:v2/w/m.safetensors"
+        line = ["set", "checkpoint", NAME, uri, "--resolve", "-n", namespace]
+        wrong = tmp_path / "wrong.json"
+        login = {"username": oci_registry.USER, "password": "not-the-password"}
+        wrong.write_text(json.dumps({"auths": {registry.host: login}}))
+        denied = plugin(alice, *line, "--registry-config", str(wrong), env=env)
+        assert denied.returncode == 1 and "refused access (HTTP 401)" in denied.stderr
+        assert world.get()["spec"]["checkpoint"]["sha256"] == SHA1  # nothing written
+        done = plugin(alice, *line, "--registry-config", str(config), "-o", "json", env=env)
+        assert done.returncode == 0, done.stderr
+        pinned = f"oci://{registry.host}/team/resnet:v2@{digest}/w/m.safetensors"
+        assert json.loads(done.stdout)["pinnedFrom"] == uri
+        assert world.get()["spec"]["checkpoint"] == {"uri": pinned, "sha256": sha}
+        again = plugin(alice, *line, "--registry-config", str(config), env=env)
+        assert again.returncode == 0, again.stderr
+        assert f"is already {pinned} (sha256 {sha[:12]})" in again.stdout
+        assert f"the URI is pinned to manifest {digest}" in again.stdout
+        for done in (denied, again):
+            assert oci_registry.PASSWORD not in done.stdout + done.stderr
+    assert world.sync()["status"]["revision"] == 2
 
 
 def test_tab_completes_modeldeployment_names_as_alice(crd, namespace, alice):

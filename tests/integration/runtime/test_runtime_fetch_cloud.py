@@ -6,7 +6,9 @@ Each cloud: a runtime process swapping from it (and refusing a wrong sha256 whil
 last revision serves), a fetch with the Secret's credentials, ranged parts pinned to one version,
 a wrong sha256, a reset connection resumed, a stalled one failed within the idle bound,
 a cancelled fetch within a second, refused endpoints, and no credential in logs or
-reasons.
+reasons. az:// with Azure AD workload identity: Azurite over HTTPS with OAuth, a token
+endpoint of the test's own that checks the projected ServiceAccount token, and each way
+the exchange can fail.
 """
 
 from __future__ import annotations
@@ -17,15 +19,20 @@ import hashlib
 import json
 import logging
 import os
+import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
 from devcluster import azurite, checkpoints, fake_gcs, tiny
+from devcluster.certs import CertificateAuthority
 from hotswap_contract.wire import Checkpoint
 from hotswap_runtime.checkpoint.fetch import http as fetch_http
 from hotswap_runtime.checkpoint.fetch import stream as fetch_stream
@@ -330,3 +337,283 @@ def test_the_runtime_swaps_from_the_store_and_keeps_serving_on_a_wrong_sha256(
         log = runtime.log()
     for secret in cloud.secrets:
         assert secret not in log, secret
+
+
+# Azure AD workload identity: Azurite over HTTPS with --oauth basic, and a token endpoint
+# of the test's own (a real HTTPS server) that checks what the runtime posts.
+
+TENANT, CLIENT = "72f988bf-86f1-41af-91ab-2d7cd011db47", "c1d2e3f4-0000-4000-8000-hotswap"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass
+class TokenEndpoint:
+    """Azure AD's token endpoint, on loopback: a token for the projected ServiceAccount
+    token ``expected``, per ``mode``: "issue", "refuse" (a 401 whose text carries a
+    marker), "stall" (nothing until the server stops) or "junk" (200, not JSON)."""
+
+    url: str
+    release: threading.Event
+    expected: str = ""
+    mode: str = "issue"
+    lifetime: int = 3599  # expires_in of the tokens issued
+    forms: list[dict[str, str]] = field(default_factory=list)
+    issued: list[str] = field(default_factory=list)
+
+    def answer(self, form: dict[str, str]) -> tuple[int, bytes]:
+        self.forms.append(form)
+        if self.mode == "stall":
+            self.release.wait()
+            return 500, b""
+        if self.mode == "junk":
+            return 200, b"<html>MARKER-AAD</html>"
+        wanted = {
+            "grant_type": "client_credentials",
+            "client_id": CLIENT,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": self.expected,
+            "scope": "https://storage.azure.com/.default",
+        }
+        if self.mode == "refuse" or form != wanted:
+            return 401, b'{"error": "invalid_client", "error_description": "MARKER-AAD"}'
+        token = azurite.oauth_token()
+        self.issued.append(token)
+        return 200, json.dumps(
+            {"token_type": "Bearer", "expires_in": self.lifetime, "access_token": token}
+        ).encode()
+
+
+@contextmanager
+def token_endpoint(ca: CertificateAuthority) -> Iterator[TokenEndpoint]:
+    pair = ca.issue("aad", "127.0.0.1", hosts=("127.0.0.1",), server=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(pair.cert, pair.key)
+    state: TokenEndpoint
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return None
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            form = dict(parse_qsl(self.rfile.read(length).decode()))
+            path_ok = self.path == f"/{TENANT}/oauth2/v2.0/token"
+            kind = self.headers.get("Content-Type") == "application/x-www-form-urlencoded"
+            status, body = state.answer(form) if path_ok and kind else (404, b"")
+            try:
+                self.send_response(status, "MARKER-AAD")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                pass  # the client gave up on a stalled answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    state = TokenEndpoint(f"https://127.0.0.1:{server.server_address[1]}", threading.Event())
+    try:
+        yield state
+    finally:
+        state.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass(frozen=True)
+class Identity:
+    endpoint: str  # Azurite over HTTPS, OAuth on
+    ca: Path
+    aad: TokenEndpoint
+
+
+@pytest.fixture(scope="module")
+def identity(azurite_install: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Identity]:
+    ca = CertificateAuthority(tmp_path_factory.mktemp("ca"))
+    with azurite.serve(azurite_install, tmp_path_factory.mktemp("azurite-oauth"), ca) as url:
+        azurite.upload(url, NAME, DATA)
+        with token_endpoint(ca) as aad:
+            yield Identity(url, ca.cert_path, aad)
+
+
+@pytest.fixture
+def workload(identity: Identity, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The pod as the azure-workload-identity webhook sets it up: its four variables and
+    a projected ServiceAccount token (a new one per test: tokens are kept per assertion);
+    the path of that token file."""
+    projected = tmp_path / "azure-identity-token"
+    claims = base64.urlsafe_b64encode(os.urandom(300)).rstrip(b"=").decode()
+    projected.write_text(f"eyJhbGciOiJSUzI1NiJ9.{claims}.c2lnbmVk\n")
+    identity.aad.expected = projected.read_text().strip()
+    identity.aad.mode, identity.aad.lifetime = "issue", 3599
+    identity.aad.forms.clear()
+    for name, value in {
+        "AZURE_CLIENT_ID": CLIENT,
+        "AZURE_TENANT_ID": TENANT,
+        "AZURE_FEDERATED_TOKEN_FILE": str(projected),
+        "AZURE_AUTHORITY_HOST": identity.aad.url + "/",
+        "SSL_CERT_FILE": str(identity.ca),
+    }.items():
+        monkeypatch.setenv(name, value)
+    yield projected
+
+
+def wi_secret(identity: Identity) -> dict[str, str]:
+    return {"AZURE_STORAGE_ENDPOINT": identity.endpoint, "AZURE_USE_WORKLOAD_IDENTITY": "true"}
+
+
+def az(name: str = NAME, sha: str = SHA) -> Checkpoint:
+    return Checkpoint(uri=f"az://{azurite.CONTAINER}/{name}", sha256=sha, secretRef="store")
+
+
+def test_az_with_a_workload_identity_token(
+    make_store: MakeStore, identity: Identity, workload: Path
+) -> None:
+    """The projected token is exchanged once for a storage token, which Azurite (OAuth)
+    accepts as a Bearer; the token is kept for the next fetch; without it the same blob
+    is refused."""
+    assert make_store(wi_secret(identity)).fetch(az()).read_bytes() == DATA
+    assert make_store(wi_secret(identity)).fetch(az()).read_bytes() == DATA
+    assert len(identity.aad.forms) == 1  # the second fetch used the kept token
+    with pytest.raises(FetchError):
+        make_store({"AZURE_STORAGE_ENDPOINT": identity.endpoint}).fetch(az())
+    with pytest.raises(CheckpointNotFound, match=r"az://models/tiny/none\.pt does not exist"):
+        make_store(wi_secret(identity)).fetch(az("tiny/none.pt", "1" * 64))
+
+
+def test_az_workload_identity_token_about_to_expire_is_not_kept(
+    make_store: MakeStore, identity: Identity, workload: Path
+) -> None:
+    identity.aad.lifetime = 200  # under the 5 minutes a kept token must still have
+    for _ in range(2):
+        assert make_store(wi_secret(identity)).fetch(az()).read_bytes() == DATA
+    assert len(identity.aad.forms) == 2
+
+
+def test_az_workload_identity_without_a_usable_token_file(
+    make_store: MakeStore, identity: Identity, workload: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing, unset or garbled token file fails before anything is posted; another
+    ServiceAccount's token is refused by Azure AD: each reason names the checkpoint and
+    the fix, and quotes neither token."""
+    store = make_store(wi_secret(identity))
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(workload.parent / "missing"))
+    with pytest.raises(
+        FetchError,
+        match=r"az://models/tiny/v1\.safetensors .*AZURE_FEDERATED_TOKEN_FILE .*cannot be "
+        r"opened \(FileNotFoundError\); label the pods azure\.workload\.identity/use",
+    ):
+        store.fetch(az())
+    monkeypatch.delenv("AZURE_FEDERATED_TOKEN_FILE")
+    with pytest.raises(FetchError, match="the pod has no AZURE_FEDERATED_TOKEN_FILE; label"):
+        store.fetch(az())
+    for bad in (workload.parent, Path("/dev/zero")):
+        monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(bad))
+        with pytest.raises(FetchError, match="is not a service account token"):
+            store.fetch(az())
+    assert identity.aad.forms == []
+    other = workload.parent / "other-token"
+    other.write_text("eyJhbGciOiJSUzI1NiJ9.b3RoZXI.c2ln")
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(other))
+    with pytest.raises(
+        FetchError,
+        match=r"Azure AD refused the pod's service account token \(HTTP 401\); check the "
+        "federated identity credential",
+    ) as refused:
+        store.fetch(az())
+    assert "MARKER" not in str(refused.value) and "b3RoZXI" not in str(refused.value)
+
+
+@pytest.mark.parametrize("mode", ["refuse", "junk", "stall"])
+def test_az_token_endpoint_refusing_garbling_or_stalling(
+    make_store: MakeStore, identity: Identity, workload: Path, mode: str
+) -> None:
+    identity.aad.mode = mode
+    expected = {
+        "refuse": r"Azure AD refused the pod's service account token \(HTTP 401\)",
+        "junk": r"the token endpoint's answer is not a token",
+        "stall": r"no bytes arrived for 1 s",
+    }[mode]
+    start = time.monotonic()
+    with pytest.raises(FetchError, match=expected) as caught:
+        make_store(wi_secret(identity)).fetch(az())
+    assert time.monotonic() - start < IDLE + 2
+    assert "MARKER" not in str(caught.value)
+    assert caught.value.transient  # retried later, as any failed fetch
+
+
+@pytest.mark.parametrize(
+    ("authority", "error", "kind"),
+    [
+        ("https://169.254.169.254", FetchRefused, "a link-local address"),
+        ("https://127.0.0.2:{port}", FetchRefused, "a loopback address"),
+        (
+            "http://127.0.0.1:{port}",
+            FetchError,
+            "AZURE_AUTHORITY_HOST of the pod is not an https URL",
+        ),
+    ],
+)
+def test_az_token_endpoint_outside_the_address_policy_is_never_asked(
+    make_store: MakeStore,
+    identity: Identity,
+    workload: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    authority: str,
+    error: type[Exception],
+    kind: str,
+) -> None:
+    port = urlsplit(identity.aad.url).port
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", authority.format(port=port))
+    start = time.monotonic()
+    with pytest.raises(error, match=kind) as caught:
+        make_store(wi_secret(identity)).fetch(az())
+    assert time.monotonic() - start < 1.0
+    assert "az://models/tiny/v1.safetensors (its token from Azure AD workload identity" in str(
+        caught.value
+    )
+    if error is FetchRefused:
+        assert "policy.fetchAllowedNetworks" in str(caught.value)
+    assert identity.aad.forms == []
+
+
+def test_az_workload_identity_swap_never_shows_a_token(
+    identity: Identity, workload: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A runtime process swaps to a blob read with the workload identity's token, and
+    refuses a wrong sha256 while it serves; neither the storage token nor the projected
+    token is in its log or its report, nor in the reasons or logs of the store here."""
+    caplog.set_level(logging.DEBUG)
+    path = tmp_path / "v2.safetensors"
+    sha2 = checkpoints.save(tiny.weights(2), path)
+    azurite.upload(identity.endpoint, "swap/v2.safetensors", path.read_bytes())
+    secrets = tmp_path / "secrets"
+    (secrets / "store").mkdir(parents=True)
+    for key, value in wi_secret(identity).items():
+        (secrets / "store" / key).write_text(value)
+    config = tmp_path / "config"
+
+    def rev(n: int, sha256: str) -> str:
+        uri = f"az://{azurite.CONTAINER}/swap/v2.safetensors"
+        return checkpoints.config(n, checkpoints.revision(n, uri, sha256, secret="store"))
+
+    checkpoints.publish(config, rev(1, sha2))
+    env = {"HOTSWAP_CONFIG_DIR": str(config), "HOTSWAP_SECRETS_DIR": str(secrets)}
+    with running(tmp_path, {**env, "HOTSWAP_LOG_LEVEL": "debug"}) as runtime:
+        assert runtime.metadata()["model_version"] == "1"
+        checkpoints.publish(config, rev(2, "3" * 64))
+        failure = runtime.wait_failure(2)
+        assert failure["code"] == "sha256_mismatch", failure
+        shown = json.dumps(runtime.metadata())
+        log = runtime.log()
+    reasons = []
+    with pytest.raises(IntegrityError) as wrong:
+        remote_store(tmp_path / "here", secrets, IDLE).fetch(az(sha="4" * 64))
+    reasons.append(str(wrong.value))
+    assert identity.aad.issued
+    for secret in (*identity.aad.issued, workload.read_text().strip()):
+        for text in (log, shown, caplog.text, *reasons):
+            assert secret not in text
+            assert secret.split(".")[1][:40] not in text

@@ -1,20 +1,25 @@
 """`kubectl hotswap set checkpoint`: the edit (pure) and --resolve's sha256, read from a
-local file, a real HTTP server and moto's S3 server on loopback."""
+local file, a real HTTP server, moto's S3 server, the storage emulators and the
+distribution registry (token auth, oci:// pinned to its manifest) on loopback."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devcluster import azurite, fake_gcs
-from hotswap_operator.kubectl import checksum, edits
+from devcluster import azurite, fake_gcs, oci_registry
+from hotswap_contract.wire import Checkpoint
+from hotswap_operator.kubectl import checksum, edits, oci
 from hotswap_operator.kubectl.api import PluginError
 from tests.fixtures_runtime import moto_s3
+from tests.fixtures_runtime.stores import remote_store
 
 DATA = bytes(range(256)) * 9000  # over one CHUNK: read in pieces
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -171,3 +176,107 @@ def test_resolve_reads_hf_with_the_token_for_the_hub_only(monkeypatch: pytest.Mo
     finally:
         for server in (hub, cdn):
             server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[oci_registry.Registry]:
+    """The distribution registry with token auth; team/tiny:v1 holds two files."""
+    with oci_registry.serve(tmp_path_factory.mktemp("registry")) as running:
+        running.push("team/tiny", "v1", {"m.safetensors": DATA, "other.bin": b"other"})
+        yield running
+
+
+@pytest.fixture
+def docker_config(
+    registry: oci_registry.Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """The user's docker config ($DOCKER_CONFIG/config.json) with the registry's login."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(registry.ca))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    (tmp_path / "config.json").write_text(registry.docker_config())
+    return tmp_path / "config.json"
+
+
+def test_resolve_pins_an_oci_tag_to_its_manifest_and_reads_the_layers_digest(
+    registry: oci_registry.Registry, docker_config: Path, tmp_path: Path
+):
+    """The layer's digest is the sha256 (no blob is read), the URI gets the manifest's
+    digest, and the runtime fetches exactly that file with the pinned URI and sha256."""
+    digest = registry.push("team/tiny", "v2", {"m.safetensors": DATA, "other.bin": b"other"})
+    asked = len(registry.tokens.requests)
+    uri = f"oci://{registry.host}/team/tiny:v2/m.safetensors"
+    pinned = oci.resolve(uri)
+    assert (pinned.sha256, pinned.manifest) == (SHA, digest)
+    assert pinned.uri == f"oci://{registry.host}/team/tiny:v2@{digest}/m.safetensors"
+    assert oci.resolve(pinned.uri) == pinned  # a digest reference stays as it is
+    token_requests = registry.tokens.requests[asked:]
+    assert token_requests and all(
+        headers.get("Authorization", "").startswith("Basic ") for _, headers in token_requests
+    )
+    registry.push("team/tiny", "v2", {"m.safetensors": b"moved"})  # the tag moves on
+    assert oci.resolve(uri).sha256 != SHA
+    assert oci.resolve(pinned.uri) == pinned  # the pinned URI does not
+    secrets = tmp_path / "secrets" / "pull"
+    secrets.mkdir(parents=True)
+    (secrets / ".dockerconfigjson").write_text(registry.docker_config())
+    store = remote_store(tmp_path / "cache", secrets.parent, 5.0)
+    try:
+        fetched = store.fetch(Checkpoint(uri=pinned.uri, sha256=pinned.sha256, secretRef="pull"))
+        assert fetched.read_bytes() == DATA
+    finally:
+        store.close()
+
+
+def test_resolve_oci_without_a_path_takes_the_artifacts_only_layer(
+    registry: oci_registry.Registry, docker_config: Path
+):
+    digest = registry.push("team/single", "v1", {"m.safetensors": DATA})
+    pinned = oci.resolve(f"oci://{registry.host}/team/single:v1")
+    assert pinned == oci.Pinned(f"oci://{registry.host}/team/single:v1@{digest}", SHA, digest)
+    with pytest.raises(PluginError, match=r"the artifact has 2 layers in all \(one expected; "):
+        oci.resolve(f"oci://{registry.host}/team/tiny:v1")
+
+
+def test_resolve_oci_says_what_is_wrong(
+    registry: oci_registry.Registry,
+    docker_config: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Wrong credentials, none, a missing tag, a manifest without the file, a bad URI:
+    each a clear error, and no password or token in any of them."""
+    host = registry.host
+    wrong = tmp_path / "wrong.json"
+    login = base64.b64encode(f"{oci_registry.USER}:not-the-password".encode()).decode()
+    wrong.write_text(json.dumps({"auths": {host: {"auth": login}}}))
+    messages = []
+    with pytest.raises(
+        PluginError,
+        match=rf"{host}/team/tiny: the registry refused access \(HTTP 401\) with the login "
+        rf"from {wrong}; run docker login",
+    ) as e:
+        oci.resolve(f"oci://{host}/team/tiny:v1/m.safetensors", wrong)
+    messages.append(str(e.value))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nowhere"))
+    with pytest.raises(
+        PluginError, match=r"refused access \(HTTP 401\) with the login from no docker config"
+    ) as e:
+        oci.resolve(f"oci://{host}/team/tiny:v1/m.safetensors")
+    messages.append(str(e.value))
+    with pytest.raises(
+        PluginError, match=r"team/tiny has no manifest v9 \(HTTP 404\); check the tag"
+    ) as e:
+        oci.resolve(f"oci://{host}/team/tiny:v9/m.safetensors", docker_config)
+    messages.append(str(e.value))
+    with pytest.raises(
+        PluginError,
+        match=r"the artifact has 0 layers titled 'w/none.pt' \(one expected; titles: "
+        r"'m.safetensors', 'other.bin'\)",
+    ) as e:
+        oci.resolve(f"oci://{host}/team/tiny:v1/w/none.pt", docker_config)
+    messages.append(str(e.value))
+    with pytest.raises(PluginError, match="is not oci://REGISTRY/REPOSITORY:TAG"):
+        oci.resolve(f"oci://{host}/Team/tiny:v1/../m.pt", docker_config)
+    for message in messages:
+        assert oci_registry.PASSWORD not in message
+        assert all(token not in message for token in registry.issued)

@@ -13,7 +13,10 @@ endpoint (``AZURE_STORAGE_ENDPOINT``: an emulator, a private endpoint; checked b
 address policy like any host), and a credential: ``AZURE_STORAGE_SAS_TOKEN`` (the query
 of a SAS URL), or ``AZURE_STORAGE_KEY`` (the account key), from which azure-storage-blob
 signs a read-only SAS for this one blob, valid ``SAS_SECONDS``, here: the key itself
-never leaves the pod. Without a credential the request is anonymous (a public container).
+never leaves the pod. Without either, ``AZURE_USE_WORKLOAD_IDENTITY: "true"`` asks Azure
+AD for a token of the pod's workload identity (``azure_identity.py``), sent as
+``Authorization: Bearer`` to the account's https endpoint only. Without a credential the
+request is anonymous (a public container).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import httpx
 from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
 from hotswap_contract.redact import redact_uri
+from hotswap_runtime.checkpoint.fetch import azure_identity
 from hotswap_runtime.checkpoint.fetch.http import Via, open_http
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy
 from hotswap_runtime.checkpoint.fetch.stream import Body
@@ -40,6 +44,7 @@ KEYS = (
     "AZURE_STORAGE_ENDPOINT",
     "AZURE_STORAGE_SAS_TOKEN",
     "AZURE_STORAGE_KEY",
+    azure_identity.KEY,
 )
 
 
@@ -59,9 +64,17 @@ async def open_azure(uri: str, secret: dict[str, str], policy: NetPolicy) -> Asy
     shown = redact_uri(uri)
     endpoint, container, blob = _locate(uri, secret, shown)
     query = _credential(secret, endpoint, container, blob, shown)
+    bearer = None
+    if not query and azure_identity.wanted(secret):
+        if not endpoint.startswith("https://"):
+            raise FetchError(
+                f"cannot fetch checkpoint {shown}: a workload identity token is sent over "
+                "https only, and AZURE_STORAGE_ENDPOINT of the Secret is http; fix the Secret"
+            )
+        bearer = "Bearer " + await azure_identity.workload_token(shown, policy)
     url = f"{endpoint}/{quote(container, safe='')}/{quote(blob, safe='/')}"
     via = Via(shown, headers={"x-ms-version": API_VERSION}, pin=_pin)
-    async with open_http(f"{url}?{query}" if query else url, None, policy, via=via) as body:
+    async with open_http(f"{url}?{query}" if query else url, bearer, policy, via=via) as body:
         yield body
 
 

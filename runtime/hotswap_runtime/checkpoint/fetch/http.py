@@ -25,7 +25,7 @@ import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 import httpx
 
@@ -186,9 +186,11 @@ async def _get(
     redirect: bool,
     shown: str,
     extra: dict[str, str],
+    content: bytes | None = None,
 ) -> httpx.Response:
-    """Send GET ``url`` to the first allowed address of its host that accepts it (through
-    the admin's proxy, by name, when there is one: the proxy connects)."""
+    """Send GET ``url`` (POST ``content`` when given) to the first allowed address of its
+    host that accepts it (through the admin's proxy, by name, when there is one: the
+    proxy connects)."""
     host = url.raw_host.decode("ascii")
     port = url.port or _PORTS[url.scheme]
     addresses = await allowed_addresses(host, port, policy, redirect, shown)
@@ -202,7 +204,11 @@ async def _get(
     failure: httpx.HTTPError | None = None
     for address in addresses:
         request = client.build_request(
-            "GET", url.copy_with(host=address), headers=headers, extensions=extensions
+            "GET" if content is None else "POST",
+            url.copy_with(host=address),
+            headers=headers,
+            content=content,
+            extensions=extensions,
         )
         try:
             return await client.send(request, stream=True)
@@ -212,6 +218,33 @@ async def _get(
             raise _failure(exc, shown, policy) from None
     assert failure is not None
     raise _failure(failure, shown, policy) from None
+
+
+async def post_form(
+    uri: str, form: Mapping[str, str], policy: NetPolicy, shown: str, limit: int
+) -> tuple[int, bytes | None]:
+    """The status of POST ``form`` (urlencoded) to ``uri`` and, for a 200, its body, or
+    None when the body is over ``limit`` bytes. One hop: a redirect is not followed (its
+    status is returned), the address policy as for the spec's own URI, the connect and
+    idle bounds of ``policy``. Nothing the server sent but the status and the body."""
+    url, _ = parse_url(uri, shown)
+    kind = {"Content-Type": "application/x-www-form-urlencoded"}
+    content = urlencode(form).encode()
+    async with http_client(policy) as client:
+        response = await _get(client, url, None, policy, False, shown, kind, content)
+        try:
+            if response.status_code != 200:
+                return response.status_code, None
+            if (_declared_size(response) or 0) > limit:
+                return 200, None
+            data = bytearray()
+            async for chunk in raw_chunks(response, shown, policy):
+                data += chunk
+                if len(data) > limit:
+                    return 200, None
+            return 200, bytes(data)
+        finally:
+            await response.aclose()
 
 
 async def raw_chunks(

@@ -1,7 +1,9 @@
 """oci:// checkpoints: a file stored as one layer of an OCI artifact in a registry.
 
 ``oci://REGISTRY/REPOSITORY:TAG[/PATH]`` or ``oci://REGISTRY/REPOSITORY@sha256:DIGEST[/PATH]``
-(a tag and a digest together: the digest wins). The registry is spoken to over HTTPS
+(a tag and a digest together: the digest wins; the grammar, the manifest types, layer
+titles and docker config logins: ``hotswap_contract/registry.py``, shared with `kubectl
+hotswap set checkpoint --resolve`). The registry is spoken to over HTTPS
 with the distribution API (``/v2/``), every request through ``http.follow``: each hop's
 address checked, redirects (registries send blob GETs to their storage) checked again,
 the credential for the registry's origin only.
@@ -32,8 +34,6 @@ registry sent reaches a reason.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -41,13 +41,14 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
 
+from hotswap_contract import registry
 from hotswap_contract.redact import redact_uri
+from hotswap_contract.registry import ACCEPT, Reference, titled
 from hotswap_runtime.checkpoint.fetch.credentials import DOCKER_CONFIG
 from hotswap_runtime.checkpoint.fetch.http import (
     check_status,
@@ -63,23 +64,6 @@ from hotswap_runtime.errors import FetchError, FetchRefused, IntegrityError
 
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_TOKEN_BYTES = 64 << 10
-MANIFEST_TYPES = (
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
-INDEX_TYPES = (  # accepted only to say clearly that an index is not read
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-)
-TITLES = ("org.opencontainers.image.title", "org.cncf.model.filepath")
-_HOST = r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(:[0-9]{1,5})?"
-_COMPONENT = r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*"
-_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}"
-_URI = re.compile(
-    rf"oci://(?P<registry>{_HOST})/(?P<repository>{_COMPONENT}(/{_COMPONENT}){{0,15}})"
-    r"(:(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(@sha256:(?P<digest>[0-9a-f]{64}))?"
-    rf"(/(?P<path>{_SEGMENT}(/{_SEGMENT}){{0,15}}))?"
-)
 Key = tuple[str, str, str, str | None]  # registry, repository, digest, Basic credential
 REUSE_SECONDS = 30.0  # well within a registry token's life (Docker Hub's: 300 s)
 REUSED = 4
@@ -88,29 +72,16 @@ _CHALLENGE_PARAM = re.compile(r'([A-Za-z]+)="([^"]{0,2048})"')
 _TOKEN = re.compile(r"[\x21-\x7e]{1,8192}")
 
 
-@dataclass(frozen=True)
-class Reference:
-    registry: str  # host[:port]
-    repository: str
-    reference: str  # a tag, or sha256:DIGEST
-    path: str | None  # the layer's title, or None: the layer whose digest is the sha256
-
-    def url(self, kind: str, name: str) -> str:
-        return f"https://{self.registry}/v2/{self.repository}/{kind}/{name}"
-
-
 def parse_oci(uri: str) -> Reference:
-    """What ``uri`` names; FetchError unless it is oci://REGISTRY/REPOSITORY with a tag
-    or digest, and an optional path of plain names."""
-    match = _URI.fullmatch(uri)
-    if match is None or not (match["tag"] or match["digest"]):
+    """What ``uri`` names (``registry.py``); FetchError for anything else."""
+    ref = registry.parse_oci(uri)
+    if ref is None:
         raise FetchError(
             f"checkpoint URI {redact_uri(uri)} is not oci://REGISTRY/REPOSITORY:TAG[/PATH] or "
             "oci://REGISTRY/REPOSITORY@sha256:DIGEST[/PATH] (lowercase repository, path of "
             "plain names)"
         )
-    reference = f"sha256:{match['digest']}" if match["digest"] else match["tag"]
-    return Reference(match["registry"], match["repository"], reference, match["path"])
+    return ref
 
 
 @asynccontextmanager
@@ -161,41 +132,20 @@ class _Resolved:
 _RESOLVED = _Resolved()
 
 
-def registry_login(config: str | None, registry: str, shown: str) -> str | None:
-    """``Basic`` credentials for ``registry`` from a ``.dockerconfigjson`` (its
+def registry_login(config: str | None, host: str, shown: str) -> str | None:
+    """``Basic`` credentials for the registry ``host`` from a ``.dockerconfigjson`` (its
     ``auths`` entry whose key, without scheme and path, is the registry), or None."""
     if not config:
         return None
-    bad = FetchError(
-        f"cannot fetch checkpoint {shown}: key {DOCKER_CONFIG} of the Secret named by "
-        'checkpoint.secretRef is not a docker config ({"auths": {REGISTRY: {"auth": '
-        "...}}}); fix the Secret"
-    )
     try:
-        auths = json.loads(config).get("auths")
-    except (ValueError, AttributeError, RecursionError):
-        raise bad from None
-    if not isinstance(auths, dict):
-        raise bad
-    for key, entry in auths.items():
-        host = key.split("://", 1)[-1].split("/", 1)[0].lower()
-        if host == registry.lower() and isinstance(entry, dict):
-            return _basic(entry, bad)
-    return None
-
-
-def _basic(entry: dict[str, Any], bad: FetchError) -> str | None:
-    user, password = entry.get("username"), entry.get("password")
-    if isinstance(entry.get("auth"), str):
-        try:
-            user, _, password = (
-                base64.b64decode(entry["auth"], validate=True).decode().partition(":")
-            )
-        except (binascii.Error, UnicodeDecodeError):
-            raise bad from None
-    if not isinstance(user, str) or not isinstance(password, str) or not user:
-        return None
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        login = registry.docker_login(config, host)
+    except ValueError:
+        raise FetchError(
+            f"cannot fetch checkpoint {shown}: key {DOCKER_CONFIG} of the Secret named by "
+            'checkpoint.secretRef is not a docker config ({"auths": {REGISTRY: {"auth": '
+            "...}}}); fix the Secret"
+        ) from None
+    return registry.basic(login) if login else None
 
 
 async def _manifest(
@@ -203,7 +153,7 @@ async def _manifest(
 ) -> tuple[str | None, dict[str, Any]]:
     """The registry credential to use (None: anonymous) and the checked manifest."""
     url = ref.url("manifests", ref.reference)
-    accept = {"Accept": ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))}
+    accept = {"Accept": ACCEPT}
     status, headers, data = await _small(client, url, None, policy, shown, accept)
     auth = None
     if status == 401:
@@ -329,7 +279,7 @@ def pick_layer(manifest: dict[str, Any], ref: Reference, sha256: str, shown: str
         matching = [layer for layer in layers if layer.get("digest") == f"sha256:{sha256}"]
         what = "whose digest is spec.checkpoint.sha256"
     else:
-        matching = [layer for layer in layers if _title(layer) == ref.path]
+        matching = titled(manifest, ref.path)
         what = f"titled {ref.path!r}"
     if len(matching) != 1:
         raise FetchError(
@@ -343,11 +293,3 @@ def pick_layer(manifest: dict[str, Any], ref: Reference, sha256: str, shown: str
             "image) rather than the file itself, which hotswap does not read"
         )
     return f"sha256:{sha256}"
-
-
-def _title(layer: dict[str, Any]) -> str | None:
-    annotations = layer.get("annotations")
-    if not isinstance(annotations, dict):
-        return None
-    titles = {annotations.get(key) for key in TITLES} - {None}
-    return titles.pop() if len(titles) == 1 else None
