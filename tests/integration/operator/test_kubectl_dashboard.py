@@ -31,7 +31,6 @@ from hotswap_operator.events import EventRecorder
 from hotswap_operator.kube import Kube
 from hotswap_operator.sync import Syncer
 
-ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"
 MD = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modeldeployments"
 NAME = "fleet"
 PODS = 300
@@ -49,22 +48,6 @@ SWAP = {"fetch": 0.8, "parse": 0.05, "load": 0.4, "validate": 0.12, "activate": 
 DOCS = REPO / "docs" / "dashboard-canary-300.png"
 # HOTSWAP_DOCS_SCREENSHOT=1: the canary screenshot also goes to docs/ (how DOCS was made)
 pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))
-
-
-@pytest.fixture(scope="module")
-def crd(cluster):
-    cluster.apply_crd(REPO / "crds")
-    cluster.kubectl("apply", "-f", str(ROLE))
-    return cluster
-
-
-@pytest.fixture
-def alice(crd, namespace):
-    crd.kubectl(
-        "create", "rolebinding", "alice-hotswap", "-n", namespace,
-        "--clusterrole=hotswap-kubectl", "--user=alice",
-    )  # fmt: skip
-    return crd.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")
 
 
 @pytest.fixture
