@@ -1,5 +1,5 @@
-"""Fixtures of the `kubectl hotswap` tests (test_kubectl_plugin.py, test_kubectl_dashboard.py):
-the CRDs with the plugin's documented role, and user `alice` bound to it.
+"""Fixtures of the `kubectl hotswap` tests (test_kubectl_plugin.py, test_kubectl_dashboard*.py):
+the CRDs with the plugin's documented role, user `alice` bound to it, and a browser.
 
 The operator's own tests here define their own `crd` (the CRDs alone), which wins in
 their modules.
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from devcluster import browser
 from devcluster.cluster import REPO, Cluster
 
 ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"
@@ -37,3 +40,10 @@ def alice(crd: Cluster, namespace: str) -> Path:
         "--clusterrole=hotswap-kubectl", "--user=alice",
     )  # fmt: skip
     return crd.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")
+
+
+@pytest.fixture(scope="module")
+def chrome() -> Iterator[Any]:
+    """Headless Chromium (a Selenium WebDriver) for the dashboard's browser tests."""
+    with browser.chromium() as driver:
+        yield driver

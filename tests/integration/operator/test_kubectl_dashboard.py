@@ -64,12 +64,6 @@ def reader(crd, namespace):
     return crd.user_kubeconfig(f"reader-{uuid.uuid4().hex[:6]}", "reader")
 
 
-@pytest.fixture(scope="module")
-def chrome():
-    with browser.chromium() as driver:
-        yield driver
-
-
 class Fleet:
     """ModelDeployment `fleet` of `pods` pods, its status made by the operator's sync."""
 
