@@ -5,8 +5,9 @@ opens the page that the plugin, run as user `alice` with only
 examples/kubectl-hotswap-rbac.yaml, serves. 300 pods' reports are written the way
 runtime pods write them (their ModelReplicas) and the ModelDeployment's status is made
 by the operator's real sync: the page's grid follows a Canary rollout as the pods swap,
-its pause button pauses the rollout, and a user whose RBAC forbids patch gets no
-buttons. Screenshots are kept under .cache/artifacts/browser/.
+its pause button pauses the rollout, its abort and retry buttons write the annotations
+`kubectl hotswap abort|retry` write, and a user whose RBAC forbids patch gets no
+buttons and a 403 for each edit. Screenshots are kept under .cache/artifacts/browser/.
 """
 
 from __future__ import annotations
