@@ -54,7 +54,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -71,7 +70,7 @@ from bench._common import REPO, percentile, rss_mb
 from devcluster import node as real
 from devcluster.cluster import Cluster, ensure_binary
 from devcluster.fleet import OPERATOR_PODS, helm_install
-from devcluster.hollow import LABEL, TAINT
+from devcluster.hollow import LABEL, TAINT, spawn_nodes
 from devcluster.rest import ApiError, KubeClient
 from devcluster.waiting import wait_for
 
@@ -370,40 +369,6 @@ def pods_per_node(args: argparse.Namespace) -> int:
     return math.ceil(most * 1.2 / int(args.nodes)) + 5
 
 
-def hollow_nodes(
-    cluster: Cluster,
-    count: int,
-    load_seconds: float,
-    max_pods: int,
-    logs: Path,
-    extra: Callable[[int], list[str]] = lambda i: [],
-) -> Iterator[Any]:
-    """The hollow node processes; ``extra(i)``: more flags for node i."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), str(REPO)])}
-    for i in range(count):
-        log = (logs / f"hollow-{i}.log").open("ab")
-        yield subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "devcluster.hollow",
-                "--kubeconfig",
-                str(cluster.kubeconfig),
-                "--node",
-                f"hollow-{i}",
-                "--load-seconds",
-                str(load_seconds),
-                "--max-pods",
-                str(max_pods),
-                *extra(i),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-
 def mean_of(values: list[float | None]) -> float | None:
     """Mean of the values measured (None where an operator process restarted)."""
     known = [v for v in values if v is not None]
@@ -473,7 +438,9 @@ def hollow_cluster(
         result["chart_values"] = args.set
         logs = cluster.root / "logs"
         result["pods_per_node"] = max_pods
-        nodes = list(hollow_nodes(cluster, args.nodes, args.load_seconds, max_pods, logs, extra))
+        nodes = spawn_nodes(
+            cluster.kubeconfig, args.nodes, args.load_seconds, max_pods, logs, extra
+        )
         try:
             bench = Bench(cluster, node, namespace)
             bench.processes = {

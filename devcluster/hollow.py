@@ -1,4 +1,5 @@
-"""Hollow runtime pods, FOR BENCHMARKS ONLY (bench/scale.py): many pods per process.
+"""Hollow runtime pods, for benchmarks (bench/scale.py, bench/dashboard.py --hollow) and
+the dashboard's hollow browser test only: many pods per process.
 
 Kubemark's hollow node, for this project: one process is one fake Node. It registers
 the Node (tainted `hotswap.dev/hollow`, so only pods that tolerate it land here) and
@@ -36,6 +37,8 @@ reaches ``lo`` on Linux); give each node process a network of its own. Under
 
     python -m devcluster.hollow --kubeconfig admin.kubeconfig --node hollow-0
         [--fetch /var/tmp/hotswap-dist --pod-network 127.100.0.0/16]
+
+`spawn_nodes` starts such processes (they never outlive the caller: devcluster/procs.py).
 """
 
 from __future__ import annotations
@@ -46,8 +49,10 @@ import contextlib
 import datetime as dt
 import ipaddress
 import logging
+import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -57,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from devcluster import procs
 from devcluster.rest import ApiError, KubeClient, q
 from hotswap_contract.wire import Fetched, Revision, configmap_name
 from hotswap_runtime.control.desired import Failure, Status, SwapRecord
@@ -78,6 +84,7 @@ HEARTBEAT_SECONDS = 10.0
 SWITCH_INTERVAL_SECONDS = 0.05
 STAND_IN_POLL_SECONDS = 0.5  # how often the stand-in load looks for a newer revision
 MODEL_LABEL = "hotswap.dev/model-deployment"  # resources.LABEL_DEPLOYMENT
+REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("hollow")
 
 
@@ -491,6 +498,33 @@ class HollowNode:
             pods = [p for p in self.pods.values() if p is not None]
         for pod in pods:
             pod.stop()
+
+
+def spawn_nodes(
+    kubeconfig: Path,
+    count: int,
+    load_seconds: float,
+    max_pods: int,
+    logs: Path,
+    extra: Callable[[int], list[str]] = lambda i: [],
+    prefix: str = "hollow",
+) -> list[subprocess.Popen[bytes]]:
+    """``count`` hollow node processes, Nodes ``<prefix>-<i>`` (``extra(i)``: more flags
+    for node i), each logging to ``logs/<prefix>-<i>.log``."""
+    path = [str(REPO / d) for d in ("contract", "runtime")] + [str(REPO)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    flags = ["--kubeconfig", str(kubeconfig), "--load-seconds", str(load_seconds)]
+    flags += ["--max-pods", str(max_pods)]
+    argv = [sys.executable, "-m", "devcluster.hollow", *flags]
+    return [
+        procs.spawn(
+            [*argv, "--node", f"{prefix}-{i}", *extra(i)],
+            log=logs / f"{prefix}-{i}.log",
+            env=env,
+            cwd=REPO,
+        )
+        for i in range(count)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,14 +15,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from devcluster import checkpoints, tiny
 from devcluster import node as real
 from devcluster.cluster import REPO, Cluster, ensure_binary
 from devcluster.fleet import helm_install
 from devcluster.rest import ApiError
 from devcluster.waiting import wait_for
+from examples.checkpoints import pod_uri
 
 RELEASE = "hotswap"
 # The e2e runtime image: the runtime image plus the tiny model (devcluster/tiny.py).
@@ -147,3 +150,23 @@ def alice(cluster: Cluster, installed: str) -> Path:
         "--clusterrole=hotswap-kubectl", "--user=alice",
     )  # fmt: skip
     return cluster.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")
+
+
+@pytest.fixture(scope="module")
+def files(request: pytest.FixtureRequest) -> Iterator[dict[str, dict[str, Any]]]:
+    """The tiny model's checkpoints "v1" and "v2" (seeds 1 and 2), each {uri, sha256},
+    in a folder of the module's own that the runtime pods read; removed after the module.
+    Modules that need other checkpoints define their own `files`."""
+    stem = request.module.__name__.split(".")[-1].removeprefix("test_")
+    folder = checkpoints.local_folder(stem)
+    out = {}
+    try:
+        for seed in (1, 2):
+            path = folder / f"v{seed}.safetensors"
+            out[f"v{seed}"] = {
+                "uri": pod_uri(path),
+                "sha256": checkpoints.save(tiny.weights(seed), path),
+            }
+        yield out
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

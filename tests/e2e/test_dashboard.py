@@ -7,14 +7,11 @@ under .cache/artifacts/browser/.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from devcluster import browser, checkpoints, tiny
+from devcluster import browser, tiny
 from devcluster.fleet import Fleet, cpu_deployment
 from devcluster.waiting import wait_for
-from examples.checkpoints import pod_uri
 
 NAME = "board"
 REPLICAS = 3
@@ -24,19 +21,8 @@ pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=str(browse
 
 
 @pytest.fixture(scope="module")
-def files():
-    folder = checkpoints.local_folder("dashboard")
-    out = {}
-    for seed in (1, 2):
-        path = folder / f"v{seed}.safetensors"
-        out[seed] = {"uri": pod_uri(path), "sha256": checkpoints.save(tiny.weights(seed), path)}
-    yield out
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def fleet(cluster, node, installed, files):
-    md = cpu_deployment(NAME, REPLICAS, tiny.ARCHITECTURE, SHAPE, files[1], rollout=CANARY)
+    md = cpu_deployment(NAME, REPLICAS, tiny.ARCHITECTURE, SHAPE, files["v1"], rollout=CANARY)
     return Fleet(cluster, installed, NAME).deploy(md, timeout=420)
 
 
@@ -64,7 +50,7 @@ def test_the_page_follows_a_canary_on_the_real_node_and_pauses_it(fleet, files, 
     ):
         chrome.get(board.url)
         shows(chrome, {"1|Serving": REPLICAS}, 60)
-        fleet.patch_spec({"checkpoint": files[2]})
+        fleet.patch_spec({"checkpoint": files["v2"]})
         shows(chrome, {"1|Serving": 2, "2|Serving": 1}, 180)  # the canary pod swapped
         canary = chrome.find_element("css selector", '.pod[data-revision="2"]')
         canary.click()

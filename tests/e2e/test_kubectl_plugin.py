@@ -8,7 +8,6 @@ plugin runs as a user whom a RoleBinding gives only examples/kubectl-hotswap-rba
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,29 +15,15 @@ from typing import Any
 
 import pytest
 
-from devcluster import checkpoints, tiny
+from devcluster import tiny
 from devcluster.fleet import Fleet, cpu_deployment, pod_ids, summary
-from examples.checkpoints import host_path, pod_uri
+from examples.checkpoints import host_path
 
 NAME = "undo"
 REPLICAS = 3
 SHAPE = (tiny.FEATURES,)
 PLUGIN = Path(sys.executable).parent / "kubectl-hotswap"
 JSON = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def files():
-    folder = checkpoints.local_folder("plugin")
-    out = {}
-    for seed in (1, 2):
-        path = folder / f"v{seed}.safetensors"
-        out[f"v{seed}"] = {
-            "uri": pod_uri(path),
-            "sha256": checkpoints.save(tiny.weights(seed), path),
-        }
-    yield out
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from devcluster import checkpoints, metric_docs, prometheus, tiny
+from devcluster import metric_docs, prometheus, tiny
 from devcluster.cluster import REPO, Cluster
 from devcluster.fleet import RUNTIME_PORT, Fleet, cpu_deployment
 from devcluster.helm import template
 from devcluster.waiting import wait_for
-from examples.checkpoints import pod_uri
 from tests.e2e.conftest import RELEASE
 
 NAME = "watched"
@@ -35,19 +34,6 @@ DOCS = [
 PACKAGES = {"hotswap_contract", "hotswap_operator", "hotswap_runtime"}
 RATE_INTERVAL = "20s"  # Grafana's $__rate_interval for a 2s scrape
 JSON = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def files() -> dict[str, JSON]:
-    folder = checkpoints.local_folder("prometheus")
-    out = {}
-    for seed in (1, 2):
-        path = folder / f"v{seed}.safetensors"
-        out[f"v{seed}"] = {
-            "uri": pod_uri(path),
-            "sha256": checkpoints.save(tiny.weights(seed), path),
-        }
-    return out
 
 
 def monitors(helm_bin: Path, namespace: str) -> list[JSON]:

@@ -1,5 +1,6 @@
 """The dashboard's state: one ModelDeployment and its pods' reports, kept current by
-two API watches, and the document the page draws (`status` and `history`'s documents).
+two API watches, and the document the page draws (`status` and `history`'s documents,
+and which of its buttons apply now).
 
 Each watch lists, then watches from the list's resourceVersion (a 410 or a dropped
 connection lists again, after a backoff); every event marks the state changed. A
@@ -27,14 +28,24 @@ from hotswap_contract.wire import (
     REPLICA_PLURAL,
     PodReport,
 )
-from hotswap_operator.kubectl import edits, views
-from hotswap_operator.kubectl.api import Session, requires
+from hotswap_operator.kubectl import decisions, edits, views
+from hotswap_operator.kubectl.api import PluginError, Session, requires
 
 JSON = dict[str, Any]
 RENDER_HZ = 4.0  # snapshots a second, at most
 MAX_PODS = 5000  # reports kept: the status list's limit, as `status` reads them
 WATCH_SECONDS = 240  # the API server ends each watch after this; it is made again
 BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0)
+# The page's buttons: each writes what the plugin's subcommand of that name writes.
+Action = Callable[[Mapping[str, Any]], edits.Edit]
+ACTIONS: dict[str, Action] = {
+    "pause": edits.pause,
+    "resume": edits.resume,
+    "promote": decisions.promote,
+    "undo": edits.undo,
+    "abort": decisions.abort,
+    "retry": decisions.retry,
+}
 
 
 @dataclass(frozen=True)
@@ -166,22 +177,39 @@ class Board:
     def _document(self) -> JSON:
         """status's and history's documents, what the user may do, and what fails."""
         md, replicas = self.deployment, list(self.replicas.values())
+        editable = self.editable()
         doc: JSON = {
             "name": self.name,
             "namespace": self.session.namespace,
             "at": time.time(),
-            "editable": self.editable(),
+            "editable": editable,
+            "actions": [],
             "problems": sorted(self.problems.values()),
             "status": None,
             "history": None,
         }
         if md is None:
             return doc
+        doc["actions"] = applicable(md) if editable else []
         reports = dict(sorted((_name(r), _report(r)) for r in replicas))
         digest = _digest(md)
         doc["status"] = views.status_document(md, reports, digest)
         doc["history"] = views.history_document(md, reports, digest)["revisions"]
         return doc
+
+
+def applicable(deployment: Mapping[str, Any]) -> list[str]:
+    """The buttons that would write something now, as their subcommands decide: an edit
+    refused (abort with no Canary running, retry with nothing rolled back) or already
+    made (paused, this abort already asked) shows no button."""
+    shown = []
+    for name, action in ACTIONS.items():
+        try:
+            if action(deployment).patch is not None:
+                shown.append(name)
+        except PluginError:
+            continue
+    return shown
 
 
 def _name(obj: Mapping[str, Any]) -> str:

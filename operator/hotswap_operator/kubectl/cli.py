@@ -469,8 +469,9 @@ def _options(name: str, sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--edit",
             action="store_true",
-            help="show pause, resume, promote and undo buttons where your RBAC allows "
-            "patch (a SelfSubjectAccessReview); read-only without it",
+            help="show pause, resume, promote, undo, abort and retry buttons (each where "
+            "it applies) where your RBAC allows patch (a SelfSubjectAccessReview); "
+            "read-only without it",
         )
     if name == "promote":
         sub.add_argument(

@@ -2,7 +2,8 @@
 
 A stdlib ThreadingHTTPServer on 127.0.0.1 (by default) serves three files from
 `static/` (no CDN, no build step), the document as Server-Sent Events (`/events`), and
-the edits as POSTs (`/edit/pause|resume|undo|promote`). Who may use it:
+the edits as POSTs (`/edit/pause|resume|promote|undo|abort|retry`: `board.ACTIONS`, the
+plugin's own edits). Who may use it:
 
 * a random token per run, given once in the URL the plugin prints; the first load
   trades it for an HttpOnly SameSite=Strict cookie and redirects to a clean URL;
@@ -32,9 +33,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from hotswap_contract.redact import clip
-from hotswap_operator.kubectl import decisions, edits
 from hotswap_operator.kubectl.api import PluginError, Session, get_deployment, patch_deployment
-from hotswap_operator.kubectl.board import Board
+from hotswap_operator.kubectl.board import ACTIONS, Board
 
 COOKIE = "hotswap_dashboard"
 HEADER = "X-Hotswap-Token"
@@ -54,13 +54,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
-}
-Edit = Callable[[dict[str, Any]], edits.Edit]
-EDITS: dict[str, Edit] = {
-    "pause": edits.pause,
-    "resume": edits.resume,
-    "undo": lambda md: edits.undo(md),
-    "promote": lambda md: decisions.promote(md, False),
 }
 
 
@@ -210,7 +203,7 @@ class Handler(BaseHTTPRequestHandler):
         if refused:
             return self._refuse(HTTPStatus.FORBIDDEN, refused)
         action = url.path.removeprefix("/edit/")
-        if not url.path.startswith("/edit/") or action not in EDITS:
+        if not url.path.startswith("/edit/") or action not in ACTIONS:
             return self._refuse(HTTPStatus.NOT_FOUND, f"no edit {clip(url.path, 80)}")
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
@@ -240,7 +233,7 @@ class Handler(BaseHTTPRequestHandler):
     def _edit(self, action: str) -> None:
         session, name = self.server.session, self.server.board.name
         try:
-            edit = EDITS[action](get_deployment(session, name))
+            edit = ACTIONS[action](get_deployment(session, name))
             if edit.patch is not None:
                 patch_deployment(session, name, edit.patch, edit.resource_version)
         except PluginError as err:

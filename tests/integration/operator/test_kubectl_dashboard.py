@@ -5,8 +5,9 @@ opens the page that the plugin, run as user `alice` with only
 examples/kubectl-hotswap-rbac.yaml, serves. 300 pods' reports are written the way
 runtime pods write them (their ModelReplicas) and the ModelDeployment's status is made
 by the operator's real sync: the page's grid follows a Canary rollout as the pods swap,
-its pause button pauses the rollout, and a user whose RBAC forbids patch gets no
-buttons. Screenshots are kept under .cache/artifacts/browser/.
+its pause button pauses the rollout, its abort and retry buttons write the annotations
+`kubectl hotswap abort|retry` write, and a user whose RBAC forbids patch gets no
+buttons and a 403 for each edit. Screenshots are kept under .cache/artifacts/browser/.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ from devcluster import browser
 from devcluster.cluster import REPO
 from devcluster.rest import MERGE_PATCH
 from devcluster.waiting import wait_for
-from hotswap_operator import resources
+from hotswap_operator import commands, resources
 from hotswap_operator.config import RuntimeDefaults
 from hotswap_operator.context import PodInfo
 from hotswap_operator.events import EventRecorder
 from hotswap_operator.kube import Kube
 from hotswap_operator.sync import Syncer
 
-ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"
 MD = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modeldeployments"
 NAME = "fleet"
 PODS = 300
@@ -51,22 +51,6 @@ DOCS = REPO / "docs" / "dashboard-canary-300.png"
 pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))
 
 
-@pytest.fixture(scope="module")
-def crd(cluster):
-    cluster.apply_crd(REPO / "crds")
-    cluster.kubectl("apply", "-f", str(ROLE))
-    return cluster
-
-
-@pytest.fixture
-def alice(crd, namespace):
-    crd.kubectl(
-        "create", "rolebinding", "alice-hotswap", "-n", namespace,
-        "--clusterrole=hotswap-kubectl", "--user=alice",
-    )  # fmt: skip
-    return crd.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")
-
-
 @pytest.fixture
 def reader(crd, namespace):
     """User `reader`: may read and watch, not patch."""
@@ -81,22 +65,16 @@ def reader(crd, namespace):
     return crd.user_kubeconfig(f"reader-{uuid.uuid4().hex[:6]}", "reader")
 
 
-@pytest.fixture(scope="module")
-def chrome():
-    with browser.chromium() as driver:
-        yield driver
-
-
 class Fleet:
-    """ModelDeployment `fleet` of PODS pods, its status made by the operator's sync."""
+    """ModelDeployment `fleet` of `pods` pods, its status made by the operator's sync."""
 
-    def __init__(self, cluster, namespace):
+    def __init__(self, cluster, namespace, pods=PODS):
         self.client, self.ns = cluster.rest(), namespace
-        self.pods = [PodInfo(f"{NAME}-{i:04d}", True) for i in range(PODS)]
+        self.pods = [PodInfo(f"{NAME}-{i:04d}", True) for i in range(pods)]
         kube = Kube(cluster.api_client())
         self.syncer = Syncer(kube, CPU, EventRecorder(kube, resources.MANAGER))
         body = {"apiVersion": "hotswap.dev/v1alpha1", "kind": "ModelDeployment",
-                "metadata": {"name": NAME}, "spec": SPEC}  # fmt: skip
+                "metadata": {"name": NAME}, "spec": {**SPEC, "replicas": pods}}  # fmt: skip
         self.client.post(MD.format(ns=namespace), body)
         for pod in self.pods:
             self.report(pod.name, {"revision": 1, "sha256": SHA1, "state": "Serving"})
@@ -200,6 +178,70 @@ def test_a_300_pod_canary_in_the_browser_and_its_pause_button(crd, namespace, al
         browser.screenshot(chrome, "dashboard-canary-300-paused")
 
 
+def offered(driver):
+    """The edit buttons the page shows now."""
+    buttons = driver.find_elements("css selector", "#buttons button")
+    return [b.get_attribute("data-edit") for b in buttons if b.is_displayed()]
+
+
+def offers(driver, expected):
+    try:
+        return wait_for(lambda: offered(driver) == expected, 30, 0.2, what=f"{expected}")
+    except TimeoutError:
+        pytest.fail(f"the page offers {offered(driver)}, not {expected}")
+
+
+def annotations(fleet):
+    return fleet.client.get(fleet.path)["metadata"].get("annotations") or {}
+
+
+def test_abort_asks_first_and_retry_follows_the_rollback_in_the_browser(
+    crd, namespace, alice, chrome
+):
+    """Abort is offered while the candidate runs, asked again on the page, and writes
+    hotswap.dev/abort; once the operator rolled back, Retry is offered instead and
+    writes hotswap.dev/retry (clearing the abort), as the plugin's subcommands do."""
+    fleet = Fleet(crd, namespace, pods=20)
+    with browser.DashboardProcess(alice, namespace, NAME, "--edit") as board:
+        chrome.get(board.url)
+        shows(chrome, {"1|Serving": [20, 20]})
+        offers(chrome, ["pause"])  # no candidate, no earlier revision, nothing rolled back
+        revision_2 = {"checkpoint": {"uri": URI.format(n=2), "sha256": SHA2}}
+        fleet.client.patch(fleet.path, {"spec": revision_2}, MERGE_PATCH)
+        fleet.sync()
+        step(chrome, 1)
+        offers(chrome, ["pause", "promote", "undo", "abort"])
+
+        button = chrome.find_element("css selector", 'button[data-edit="abort"]')
+        button.click()
+        confirm = chrome.find_element("id", "confirm")
+        assert confirm.is_displayed()
+        assert "Abort revision 2? Every pod returns to revision 1" in confirm.text
+        browser.screenshot(chrome, "dashboard-abort-asked")
+        chrome.find_element("id", "confirm-no").click()
+        assert not confirm.is_displayed() and commands.ABORT not in annotations(fleet)
+        button.click()
+        chrome.find_element("id", "confirm-yes").click()
+        wait_for(lambda: annotations(fleet).get(commands.ABORT) == "2", 30,
+                 what="hotswap.dev/abort after the Abort button")  # fmt: skip
+        offers(chrome, ["pause", "promote", "undo"])  # asked: no second abort
+        assert "revision 2 aborted" in chrome.find_element("id", "said").text
+
+        rollback = fleet.sync()["status"]["rollback"]  # the operator acts on it
+        assert rollback["revision"] == 2
+        offers(chrome, ["pause", "undo", "retry"])
+        browser.screenshot(chrome, "dashboard-rolled-back")
+        chrome.find_element("css selector", 'button[data-edit="retry"]').click()
+        value = commands.retry_value(2, rollback["rolledBackAt"])
+        wait_for(lambda: annotations(fleet).get(commands.RETRY) == value, 30,
+                 what="hotswap.dev/retry after the Retry button")  # fmt: skip
+        assert commands.ABORT not in annotations(fleet)  # the retry cleared it
+        assert "revision 2 runs again from step 1" in chrome.find_element("id", "said").text
+        assert fleet.sync()["status"]["candidate"]["revision"] == 2
+        step(chrome, 1)
+        offers(chrome, ["pause", "promote", "undo", "abort"])
+
+
 def step(driver, number):
     """Wait until the page shows the canary at step `number` of 3."""
     text = f"canary 2 at step {number} of 3"
@@ -227,7 +269,7 @@ def request(url, method="GET", path="/", headers=None):
 
 
 def test_token_host_origin_and_rbac_guard_the_dashboard(crd, namespace, alice, reader, chrome):
-    Fleet(crd, namespace)
+    fleet = Fleet(crd, namespace)
     with browser.DashboardProcess(alice, namespace, NAME, "--edit") as board:
         where = urlsplit(board.url)
         token = where.query.removeprefix("token=")
@@ -249,6 +291,9 @@ def test_token_host_origin_and_rbac_guard_the_dashboard(crd, namespace, alice, r
             status, body = request(board.url, "POST", "/edit/pause", {**post, **bad})
             assert status == 403, body
         assert request(board.url, "POST", "/edit/pause", post)[0] == 200
+    revision_2 = {"checkpoint": {"uri": URI.format(n=2), "sha256": SHA2}}
+    fleet.client.patch(fleet.path, {"spec": revision_2}, MERGE_PATCH)
+    fleet.sync()  # a candidate runs: abort would apply, were patch allowed
     with browser.DashboardProcess(reader, namespace, NAME, "--edit") as board:
         chrome.get(board.url)
         total = chrome.find_element("id", "total")
@@ -259,5 +304,7 @@ def test_token_host_origin_and_rbac_guard_the_dashboard(crd, namespace, alice, r
         host = urlsplit(board.url).netloc
         post = {"Host": host, "Cookie": f"hotswap_dashboard={token}",
                 "Origin": f"http://{host}", "X-Hotswap-Token": token}  # fmt: skip
-        status, body = request(board.url, "POST", "/edit/resume", post)
-        assert status == 403 and "edits are off" in body["error"]
+        for action in ("resume", "abort", "retry"):
+            status, body = request(board.url, "POST", f"/edit/{action}", post)
+            assert status == 403 and "edits are off" in body["error"], action
+        assert not {commands.ABORT, commands.RETRY} & set(annotations(fleet))

@@ -25,7 +25,6 @@ import yaml
 from replicas import replica_reports, report
 
 from devcluster import oci_registry
-from devcluster.cluster import REPO
 from devcluster.rest import MERGE_PATCH
 from devcluster.waiting import wait_for
 from hotswap_operator import resources
@@ -36,8 +35,6 @@ from hotswap_operator.kube import Kube
 from hotswap_operator.kubectl import cli
 from hotswap_operator.sync import Syncer
 
-CRD = REPO / "crds" / "modeldeployment.yaml"
-ROLE = REPO / "examples" / "kubectl-hotswap-rbac.yaml"
 PLUGIN = Path(sys.executable).parent / "kubectl-hotswap"
 COMPLETER = PLUGIN.parent / "kubectl_complete-hotswap"  # kubectl runs it on TAB
 MD = "/apis/hotswap.dev/v1alpha1/namespaces/{ns}/modeldeployments"
@@ -53,24 +50,6 @@ SPEC = {
 }
 PODS = [PodInfo("resnet-pod-a", True), PodInfo("resnet-pod-b", True)]
 CPU = RuntimeDefaults.model_validate({"gpu": {"enabled": False}})
-
-
-@pytest.fixture(scope="module")
-def crd(cluster):
-    cluster.apply_crd(REPO / "crds")  # ModelDeployment and ModelReplica
-    cluster.kubectl("apply", "-f", str(ROLE))
-    assert PLUGIN.exists(), f"{PLUGIN} missing: `pip install -e .` installs the console script"
-    return cluster
-
-
-@pytest.fixture
-def alice(crd, namespace):
-    """A kubeconfig for user alice, bound to the plugin's ClusterRole in `namespace` only."""
-    crd.kubectl(
-        "create", "rolebinding", "alice-hotswap", "-n", namespace,
-        "--clusterrole=hotswap-kubectl", "--user=alice",
-    )  # fmt: skip
-    return crd.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")
 
 
 class World:

@@ -10,6 +10,7 @@ from operator_samples import SHA_A, SHA_B, SPEC, body
 
 from hotswap_operator import commands
 from hotswap_operator.kubectl import decisions, views
+from hotswap_operator.kubectl.board import applicable
 from hotswap_operator.kubectl.edits import RefusedError
 from hotswap_operator.spec import parse_spec
 
@@ -106,6 +107,21 @@ def test_retry_names_the_rollback_and_clears_its_abort():
     other["spec"] = spec("c" * 64)
     with pytest.raises(RefusedError, match="no longer names revision 2"):
         decisions.retry(other)
+
+
+def test_the_dashboard_offers_abort_while_a_candidate_runs_and_retry_after_its_rollback():
+    """The page's buttons are the edits above that would write now."""
+    assert applicable(running()) == ["pause", "promote", "undo", "abort"]
+    asked = running()
+    asked["metadata"]["annotations"] = {commands.ABORT: "2"}
+    assert "abort" not in applicable(asked)  # already asked: the operator rolls back next
+    assert applicable(rolled_back()) == ["pause", "undo", "retry"]
+    other = rolled_back()
+    other["spec"] = spec("c" * 64)  # a new checkpoint since: retry would be refused
+    assert "retry" not in applicable(other)
+    paused = rolled_back()
+    paused["spec"]["rollout"]["paused"] = True
+    assert applicable(paused) == ["resume", "undo", "retry"]
 
 
 def test_status_and_history_show_the_checks_and_their_figures():

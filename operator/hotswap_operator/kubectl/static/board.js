@@ -5,6 +5,11 @@
 "use strict";
 
 const PHASES = ["fetch", "parse", "load", "validate", "shadow", "activate"];
+// Edits asked once more on the page before they are made: [question, the yes button].
+const CONFIRM = {
+  abort: (st) => [`Abort revision ${st.revisions.candidate}? Every pod returns to revision ` +
+    `${st.revisions.stable ?? "-"} now.`, `Abort revision ${st.revisions.candidate}`],
+};
 const TOKEN = document.querySelector('meta[name="hotswap-token"]').content;
 const cells = new Map(); // pod name -> its square
 const groups = new Map(); // "revision|state" -> {box, count, list}
@@ -12,6 +17,7 @@ const board = { applied: 0, shownAt: {}, document: null }; // read by the browse
 window.hotswapBoard = board;
 let pending = null;
 let picked = null;
+let asked = null; // the edit whose confirmation is open
 
 function $(id) { return document.getElementById(id); }
 
@@ -126,6 +132,11 @@ function drawHeader(doc) {
   $("problems").textContent = doc.problems.join(" · ");
   $("buttons").hidden = !doc.editable;
   $("readonly").hidden = doc.editable;
+  const actions = doc.actions || []; // the edits that apply now (the server decides)
+  for (const button of document.querySelectorAll("[data-edit]")) {
+    button.hidden = !actions.includes(button.dataset.edit);
+  }
+  if (asked && !actions.includes(asked)) answer(false); // it no longer applies
 }
 
 function drawHistory(history) {
@@ -207,10 +218,30 @@ async function edit(action) {
   }
 }
 
+function press(action) {
+  if (!CONFIRM[action]) { edit(action); return; }
+  const st = board.document && board.document.status;
+  if (!st) return;
+  const [question, yes] = CONFIRM[action](st);
+  asked = action;
+  $("confirm-text").textContent = question;
+  $("confirm-yes").textContent = yes;
+  $("confirm").hidden = false;
+}
+
+function answer(yes) {
+  const action = asked;
+  asked = null;
+  $("confirm").hidden = true;
+  if (yes && action) edit(action);
+}
+
 function start() {
   for (const button of document.querySelectorAll("[data-edit]")) {
-    button.addEventListener("click", () => edit(button.dataset.edit));
+    button.addEventListener("click", () => press(button.dataset.edit));
   }
+  $("confirm-yes").addEventListener("click", () => answer(true));
+  $("confirm-no").addEventListener("click", () => answer(false));
   const source = new EventSource("/events");
   source.onmessage = receive;
   source.onopen = () => $("live").classList.add("on");
