@@ -17,9 +17,8 @@ from typing import BinaryIO
 from urllib.parse import quote
 
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from devcluster import certs
 from devcluster.cluster import free_port
 from devcluster.waiting import wait_for
 
@@ -59,12 +58,7 @@ def upload(url: str, name: str, data: bytes | BinaryIO) -> None:
 
 def service_account_key() -> str:
     """A service account key (JSON) with a fresh RSA key, as the Google console makes."""
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    pem = certs.key_pem(certs.new_key("rsa")).decode()
     return json.dumps(
         {
             "type": "service_account",
