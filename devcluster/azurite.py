@@ -9,7 +9,6 @@ store at it (the emulator's well-known account key, or a SAS made from it).
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -18,8 +17,8 @@ from typing import BinaryIO
 
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
+from devcluster import procs
 from devcluster.cluster import free_port
-from devcluster.waiting import wait_for
 
 ACCOUNT = "devstoreaccount1"  # Azurite's built-in account and key
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -34,14 +33,11 @@ def serve(install: Path, workdir: Path) -> Iterator[str]:
     command = [str(install / "node_modules" / ".bin" / "azurite-blob"), "--blobHost", "127.0.0.1"]
     command += ["--blobPort", str(port), "--location", str(workdir)]
     command += ["--silent", "--skipApiVersionCheck", "--disableTelemetry"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
-    try:
-        wait_for(lambda: _create_container(endpoint), 60, what="Azurite answering")
+    with procs.serving(
+        "azurite", command, lambda: _create_container(endpoint), logs=workdir, timeout=60
+    ):
         yield endpoint
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def client(endpoint: str) -> BlobServiceClient:

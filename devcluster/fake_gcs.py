@@ -9,7 +9,6 @@ point a store at it (with a service account key whose token the tests look for i
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +17,8 @@ from urllib.parse import quote
 
 import httpx
 
-from devcluster import certs
+from devcluster import certs, procs
 from devcluster.cluster import free_port
-from devcluster.waiting import wait_for
 
 BUCKET = "models"
 KEY_ID = "hotswap-gcs-test-key-id"
@@ -37,13 +35,8 @@ def serve(binary: Path, folder: Path, backend: str = "memory") -> Iterator[str]:
     command += ["-backend", backend, "-filesystem-root", str(folder / "objects")]
     command += ["-data", str(folder / "data"), "-public-host", f"127.0.0.1:{port}"]
     command += ["-log-level", "error"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: _ready(url), 30, what="fake-gcs-server answering")
+    with procs.serving("fake-gcs-server", command, lambda: _ready(url), logs=folder):
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def _ready(url: str) -> bool:

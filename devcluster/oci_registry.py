@@ -15,7 +15,6 @@ import base64
 import hashlib
 import json
 import ssl
-import subprocess
 import threading
 import time
 import uuid
@@ -32,9 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from devcluster import certs
+from devcluster import certs, procs
 from devcluster.cluster import free_port
-from devcluster.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = ROOT / ".cache" / "bin" / "registry"
@@ -143,17 +141,10 @@ def serve(workdir: Path, host: str = "127.0.0.1") -> Iterator[Registry]:
         port = free_port()
         config = workdir / "config.yml"
         config.write_text(_config(workdir, f"{host}:{port}", served, signer.cert, tokens.url))
-        log = (workdir / "registry.log").open("wb")
-        process = subprocess.Popen([str(REGISTRY), "serve", str(config)], stdout=log, stderr=log)
         registry = Registry(f"{host}:{port}", served.cert, tokens, issued)
-        try:
-            wait_for(lambda: _answers(registry) or process.poll() is not None, 30, 0.05, "registry")
-            assert process.poll() is None, (workdir / "registry.log").read_text()[-2000:]
+        argv = [str(REGISTRY), "serve", str(config)]
+        with procs.serving("registry", argv, lambda: _answers(registry), logs=workdir):
             yield registry
-        finally:
-            process.terminate()
-            process.wait(10)
-            log.close()
 
 
 def _answers(registry: Registry) -> bool:
