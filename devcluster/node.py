@@ -335,7 +335,7 @@ class RealNode:
         freed = shutil.disk_usage(STORE).free - free
         print(
             f"node images: removed {len(stale)}, no current image this node imports "
-            f"({', '.join(stale)}): {freed / 1e9:.1f} GB freed on the disk of {STORE}",
+            f"({', '.join(stale)}): {freed / 1e9:.2f} GB freed on the disk of {STORE}",
             flush=True,
         )
 
