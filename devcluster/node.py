@@ -23,8 +23,9 @@ start. Images stay in containerd's content store (`STORE`) between runs: importi
 runtime image with torch takes a minute, so an image is imported again only when its
 podman image id changes. Only the current version of each stays: at start and after each
 import, `_prune_images` removes every other image (a rebuilt image's previous version,
-which containerd's CRI plugin keeps under its `sha256:<id>` name, 6 GB each time), and
-containerd's garbage collector frees their content and snapshots.
+which containerd's CRI plugin keeps under its `sha256:<id>` name, holds the layers it
+does not share with the new one: up to 6 GB for the runtime image), and containerd's
+garbage collector frees their content and snapshots.
 
 One node per machine at a time (fixed interface names): a lock file serializes them.
 
