@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,9 +25,9 @@ from typing import BinaryIO
 
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
+from devcluster import procs
 from devcluster.certs import CertificateAuthority
 from devcluster.cluster import free_port
-from devcluster.waiting import wait_for
 
 ACCOUNT = "devstoreaccount1"  # Azurite's built-in account and key
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -53,14 +52,13 @@ def serve(install: Path, workdir: Path, ca: CertificateAuthority | None = None) 
         command += ["--cert", str(pair.cert), "--key", str(pair.key), "--oauth", "basic"]
         endpoint = f"https://127.0.0.1:{port}/{ACCOUNT}"
         _TRUSTED[endpoint] = str(ca.cert_path)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: _create_container(endpoint), 60, what="Azurite answering")
-        yield endpoint
+        with procs.serving(
+            "azurite", command, lambda: _create_container(endpoint), logs=workdir, timeout=60
+        ):
+            yield endpoint
     finally:
         _TRUSTED.pop(endpoint, None)
-        process.terminate()
-        process.wait(10)
 
 
 def client(endpoint: str) -> BlobServiceClient:

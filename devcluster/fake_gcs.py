@@ -9,7 +9,6 @@ point a store at it (with a service account key whose token the tests look for i
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,11 +16,9 @@ from typing import BinaryIO
 from urllib.parse import quote
 
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from devcluster import certs, procs
 from devcluster.cluster import free_port
-from devcluster.waiting import wait_for
 
 BUCKET = "models"
 KEY_ID = "hotswap-gcs-test-key-id"
@@ -38,13 +35,8 @@ def serve(binary: Path, folder: Path, backend: str = "memory") -> Iterator[str]:
     command += ["-backend", backend, "-filesystem-root", str(folder / "objects")]
     command += ["-data", str(folder / "data"), "-public-host", f"127.0.0.1:{port}"]
     command += ["-log-level", "error"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: _ready(url), 30, what="fake-gcs-server answering")
+    with procs.serving("fake-gcs-server", command, lambda: _ready(url), logs=folder):
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def _ready(url: str) -> bool:
@@ -59,12 +51,7 @@ def upload(url: str, name: str, data: bytes | BinaryIO) -> None:
 
 def service_account_key() -> str:
     """A service account key (JSON) with a fresh RSA key, as the Google console makes."""
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    pem = certs.key_pem(certs.new_key("rsa")).decode()
     return json.dumps(
         {
             "type": "service_account",

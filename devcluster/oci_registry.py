@@ -12,12 +12,9 @@ records the requests it saw. ``push()`` stores files as a ModelPack-style artifa
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
-import ipaddress
 import json
 import ssl
-import subprocess
 import threading
 import time
 import uuid
@@ -33,10 +30,9 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
 
+from devcluster import certs, procs
 from devcluster.cluster import free_port
-from devcluster.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = ROOT / ".cache" / "bin" / "registry"
@@ -136,26 +132,19 @@ def serve(workdir: Path, host: str = "127.0.0.1") -> Iterator[Registry]:
     """The registry and its token server, both on ``host`` (its certificate's name)."""
     assert REGISTRY.is_file(), f"{REGISTRY} is missing: run `make registry`"
     workdir.mkdir(parents=True, exist_ok=True)
-    ca, tls_key = _certificate(workdir, "tls", ipaddress.IPv4Address(host))
-    signer, signing_key = _certificate(workdir, "signer", None)
+    served = certs.self_signed(workdir, "hotswap-test-tls", (host,), algorithm="rsa")
+    signer = certs.self_signed(workdir, "hotswap-test-signer", algorithm="rsa")
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(ca, tls_key)
+    tls.load_cert_chain(served.cert, served.key)
     issued: list[str] = []
-    with _token_server(host, tls, _token_route(signer, signing_key, issued)) as tokens:
+    with _token_server(host, tls, _token_route(signer.cert, signer.key, issued)) as tokens:
         port = free_port()
         config = workdir / "config.yml"
-        config.write_text(_config(workdir, f"{host}:{port}", (ca, tls_key), signer, tokens.url))
-        log = (workdir / "registry.log").open("wb")
-        process = subprocess.Popen([str(REGISTRY), "serve", str(config)], stdout=log, stderr=log)
-        registry = Registry(f"{host}:{port}", ca, tokens, issued)
-        try:
-            wait_for(lambda: _answers(registry) or process.poll() is not None, 30, 0.05, "registry")
-            assert process.poll() is None, (workdir / "registry.log").read_text()[-2000:]
+        config.write_text(_config(workdir, f"{host}:{port}", served, signer.cert, tokens.url))
+        registry = Registry(f"{host}:{port}", served.cert, tokens, issued)
+        argv = [str(REGISTRY), "serve", str(config)]
+        with procs.serving("registry", argv, lambda: _answers(registry), logs=workdir):
             yield registry
-        finally:
-            process.terminate()
-            process.wait(10)
-            log.close()
 
 
 def _answers(registry: Registry) -> bool:
@@ -166,8 +155,7 @@ def _answers(registry: Registry) -> bool:
         return False
 
 
-def _config(workdir: Path, address: str, tls: tuple[Path, Path], signer: Path, tokens: str) -> str:
-    cert, key = tls
+def _config(workdir: Path, address: str, tls: certs.KeyPair, signer: Path, tokens: str) -> str:
     return json.dumps(  # YAML is a superset of JSON
         {
             "version": 0.1,
@@ -176,7 +164,7 @@ def _config(workdir: Path, address: str, tls: tuple[Path, Path], signer: Path, t
             "http": {
                 "addr": address,
                 "secret": uuid.uuid4().hex,
-                "tls": {"certificate": str(cert), "key": str(key)},
+                "tls": {"certificate": str(tls.cert), "key": str(tls.key)},
             },
             "auth": {
                 "token": {
@@ -264,38 +252,3 @@ def _jwt(key: rsa.RSAPrivateKey, x5c: str, audience: str, access: Sequence[objec
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _certificate(
-    workdir: Path, name: str, address: ipaddress.IPv4Address | None
-) -> tuple[Path, Path]:
-    """A self-signed certificate (RSA) and its key: for TLS on ``address``, or to sign."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"hotswap-test-{name}")])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    )
-    if address is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(address)]), critical=False
-        )
-    cert = builder.sign(key, hashes.SHA256())
-    cert_path, key_path = workdir / f"{name}.crt", workdir / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 # Runs in the child before exec: set the parent-death signal, then check that the parent
@@ -148,6 +149,39 @@ def wait_started(
             log = logs / f"{name}.log"
             raise error(f"{name} not ready in time; log {log} ends:\n{tail(log)}")
         time.sleep(interval)
+
+
+class StartError(RuntimeError):
+    """A server that `serving` started exited, or did not answer in time."""
+
+
+@contextmanager
+def serving(
+    name: str,
+    argv: Sequence[str],
+    ready: Callable[[], object],
+    *,
+    logs: Path,
+    timeout: float = 30.0,
+    error: type[Exception] = StartError,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` as child `name` (logging to `logs / f"{name}.log"`) for the block: entered
+    once `ready()` returns a truthy value (exceptions count as "not yet") while the child
+    runs, else `error` with its log's tail; its process group stopped after the block."""
+
+    def answers() -> bool:
+        try:
+            return bool(ready())
+        except Exception:
+            return False
+
+    proc = spawn(argv, log=logs / f"{name}.log")
+    try:
+        deadline = time.monotonic() + timeout
+        wait_started(name, answers, deadline, children={name: proc}, logs=logs, error=error)
+        yield proc
+    finally:
+        stop_group(proc, grace=10)
 
 
 def temp_root(prefix: str) -> Path:

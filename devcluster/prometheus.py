@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,26 +147,15 @@ def running(
         f"--web.listen-address=127.0.0.1:{port}",
         "--storage.tsdb.retention.time=1h",
     ]
-    log = root / "prometheus.log"
-    proc = procs.spawn(argv, log=log)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/-/ready", timeout=2).is_success
-        except httpx.HTTPError:
-            return False
+        return httpx.get(f"{url}/-/ready", timeout=2).is_success
 
     try:
-        procs.wait_started(
-            "prometheus",
-            ready,
-            time.monotonic() + timeout,
-            children={"prometheus": proc},
-            logs=root,
-            error=PrometheusError,
-        )
-        yield Prometheus(url)
+        with procs.serving(
+            "prometheus", argv, ready, logs=root, timeout=timeout, error=PrometheusError
+        ):
+            yield Prometheus(url)
     finally:
-        procs.stop_group(proc, grace=10)
         shutil.rmtree(root, ignore_errors=True)

@@ -8,7 +8,6 @@ stands for "an address nobody allowed".
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import hashlib
 import os
 import ssl
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from devcluster import certs
 from hotswap_contract.wire import Checkpoint
 from hotswap_runtime.checkpoint.fetch import net as fetch_net
 from hotswap_runtime.checkpoint.fetch import stream as fetch_stream
@@ -361,49 +361,16 @@ def test_unreachable_port_fails_fast(store: CheckpointStore) -> None:
     assert caught.value.transient
 
 
-def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_https_checks_the_certificate_against_the_hostname(
     store: CheckpointStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The connection goes to the resolved IP, but SNI and the certificate check use the
     URI's hostname: a certificate for ``localhost`` passes for https://localhost and
     fails for https://127.0.0.1 (same server)."""
-    cert, key = _self_signed(tmp_path, "localhost")
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    pair = certs.self_signed(tmp_path, "localhost", ("localhost",))
+    monkeypatch.setenv("SSL_CERT_FILE", str(pair.cert))
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(cert, key)
+    tls.load_cert_chain(pair.cert, pair.key)
     with hostile.serve(tls=tls) as secure:
         secure.route("/ck", hostile.whole(DATA))
         path = store.fetch(ck(f"https://localhost:{secure.port}/ck"))
