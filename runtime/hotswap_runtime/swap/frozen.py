@@ -12,7 +12,8 @@ one image per sample, at most ``MAX_BYTES`` of tensors, that TorchScript compile
 whose graph answers a seeded probe as the network does (within float32 rounding): both
 are timed at batches of 1, 2, 4 ... ``TIMED_UP_TO`` samples, and a forward pass runs on
 the graph at the sizes where it was faster (a size between two timed ones as the
-smaller; above the largest as the largest). A graph faster at no size is dropped.
+smaller; above the largest as the largest). Timing stops at the next size once it took
+``TIMING_SECONDS``. A graph faster at no size is dropped.
 Anything else, or ``off``, serves the network. The timings of one model spec are kept
 for its later revisions: weights do not change which is faster.
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 MAX_BYTES = 1024**3  # a larger network serves eagerly: the graph's copy would cost as much
 TIMED_UP_TO = 32  # samples: the largest batch timed
 TIMINGS = 3  # calls of each per batch size, interleaved; the fastest counts
+TIMING_SECONDS = 3.0  # no larger size is timed once this much time went to timing
 PROBE_SEED = 20261207
 RTOL = 1e-4  # of the eager answer's largest magnitude: float32 rounding of folded BN
 
@@ -56,10 +58,11 @@ class Frozen:
 
     graph: torch.jit.ScriptModule
     sizes: frozenset[int]
+    largest: int = TIMED_UP_TO  # the largest size timed
 
     def serves(self, samples: int) -> bool:
         """Whether a forward pass of ``samples`` runs on the graph."""
-        timed = min(1 << (max(samples, 1).bit_length() - 1), TIMED_UP_TO)
+        timed = min(1 << (max(samples, 1).bit_length() - 1), self.largest)
         return timed in self.sizes
 
 
@@ -81,7 +84,7 @@ class Freezer:
     def __init__(self, setting: str, device: torch.device) -> None:
         self.setting = setting
         self.device = device
-        self._timed: tuple[ModelSpec, frozenset[int]] | None = None
+        self._timed: tuple[ModelSpec, frozenset[int], int] | None = None  # sizes, largest
 
     def __call__(
         self, module: nn.Module, spec: ModelSpec, nbytes: int, limit: int, what: str
@@ -90,18 +93,19 @@ class Freezer:
         ``limit`` samples a pass); None: serve the network."""
         if self.setting == "off" or not freezable(module, spec, self.device, nbytes):
             return None
-        known = self._timed[1] if self._timed is not None and self._timed[0] == spec else None
-        if known is not None and not known:
+        timed = self._timed
+        known = timed[1:] if timed is not None and timed[0] == spec else None
+        if known is not None and not known[0]:
             return None
         start = time.monotonic()
         try:
             graph = _compile(module)
             _check(module, graph, spec)
-            sizes = known if known is not None else _faster_sizes(module, graph, spec, limit)
+            sizes, largest = known or _faster_sizes(module, graph, spec, limit)
         except Exception as exc:  # any refusal of TorchScript's: serve eagerly
             log.info("%s serves its network: freezing it failed: %s", what, _short(exc))
             return None
-        self._timed = (spec, sizes)
+        self._timed = (spec, sizes, largest)
         if not sizes:
             log.info("%s serves its network: its frozen graph is faster at no batch size", what)
             return None
@@ -113,7 +117,7 @@ class Freezer:
             ", ".join(str(s) for s in sorted(sizes)),
             time.monotonic() - start,
         )
-        return Frozen(graph, sizes)
+        return Frozen(graph, sizes, largest)
 
 
 def _compile(module: nn.Module) -> torch.jit.ScriptModule:
@@ -147,13 +151,18 @@ def _check(module: nn.Module, graph: torch.jit.ScriptModule, spec: ModelSpec) ->
 
 def _faster_sizes(
     module: nn.Module, graph: torch.jit.ScriptModule, spec: ModelSpec, limit: int
-) -> frozenset[int]:
+) -> tuple[frozenset[int], int]:
     """The batch sizes (powers of two up to ``limit`` and TIMED_UP_TO) at which the graph
-    answered faster than the network, each timed TIMINGS times, interleaved."""
+    answered faster than the network, each timed TIMINGS times, interleaved, and the
+    largest size timed: sizes past TIMING_SECONDS of timing are left out (they count as
+    the largest one timed)."""
     faster = set()
     timings = []
     size = 1
-    while size <= min(limit, TIMED_UP_TO):
+    start = time.monotonic()
+    while size <= min(limit, TIMED_UP_TO) and (
+        size == 1 or time.monotonic() - start < TIMING_SECONDS
+    ):
         x = _probe(spec, size)
         best = {"graph": float("inf"), "network": float("inf")}
         with torch.inference_mode():
@@ -165,7 +174,7 @@ def _faster_sizes(
         timings.append(f"{size}: {best['graph'] * 1e3:.1f}/{best['network'] * 1e3:.1f}")
         size *= 2
     log.info("frozen graph against network, ms per pass by samples: %s", ", ".join(timings))
-    return frozenset(faster)
+    return frozenset(faster), size // 2
 
 
 def _warm(graph: torch.jit.ScriptModule, spec: ModelSpec, sizes: frozenset[int]) -> None:

@@ -100,6 +100,19 @@ def test_a_graph_slower_at_every_size_is_dropped_and_not_timed_again(
     assert len(timed) == 2 * frozen.TIMINGS * 6  # the first revision only
 
 
+def test_timing_stops_at_its_time_budget_and_larger_passes_follow_the_largest_size_timed(
+    tmp_path: Path, graph_faster: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(frozen, "TIMING_SECONDS", 0.0)
+    swap = swapper(tmp_path, "auto")
+    swap.swap_to(revision(tmp_path, 1))
+    with swap.lease() as model:
+        assert model.frozen is not None
+        assert (model.frozen.sizes, model.frozen.largest) == ({1}, 1)
+        assert model.network(8) is model.frozen.graph
+    assert set(graph_faster) == {1}
+
+
 @pytest.mark.parametrize(
     ("samples", "graph"),
     [
