@@ -77,6 +77,25 @@ def layer_title(layer: dict[str, Any]) -> str | None:
     return titles.pop() if len(titles) == 1 else None
 
 
+def artifact_manifest(data: bytes) -> dict[str, Any]:
+    """The artifact manifest in a registry's answer; ValueError saying what it is instead
+    (not JSON, an index of several platforms, no layers)."""
+    try:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise ValueError("the registry's manifest is not JSON")
+    if "manifests" in manifest:
+        raise ValueError(
+            "the reference is an index (several platforms); name one artifact manifest by "
+            "its digest"
+        )
+    if not isinstance(manifest.get("layers"), list):
+        raise ValueError("the registry's manifest has no layers")
+    return manifest
+
+
 def titled(manifest: dict[str, Any], path: str) -> list[dict[str, Any]]:
     """The layers of ``manifest`` titled ``path`` (exactly one names a file)."""
     layers = manifest.get("layers")

@@ -31,6 +31,7 @@ from hotswap_contract.redact import redact_uri
 from hotswap_contract.registry import (
     ACCEPT,
     Reference,
+    artifact_manifest,
     basic,
     docker_login,
     layer_title,
@@ -177,19 +178,9 @@ def _get(
 
 def _parse(data: bytes, uri: str) -> dict[str, Any]:
     try:
-        manifest = json.loads(data)
-    except (ValueError, RecursionError):
-        manifest = None
-    if not isinstance(manifest, dict):
-        raise PluginError(f"the registry's manifest for {redact_uri(uri)} is not JSON")
-    if "manifests" in manifest:
-        raise PluginError(
-            f"{redact_uri(uri)} is an index (several platforms); name one artifact "
-            "manifest by its digest"
-        )
-    if not isinstance(manifest.get("layers"), list):
-        raise PluginError(f"the registry's manifest for {redact_uri(uri)} has no layers")
-    return manifest
+        return artifact_manifest(data)
+    except ValueError as err:
+        raise PluginError(f"{redact_uri(uri)}: {err}") from None
 
 
 def _layer_sha256(manifest: dict[str, Any], ref: Reference, uri: str) -> str:

@@ -48,7 +48,7 @@ import httpx
 
 from hotswap_contract import registry
 from hotswap_contract.redact import redact_uri
-from hotswap_contract.registry import ACCEPT, Reference, titled
+from hotswap_contract.registry import ACCEPT, Reference, artifact_manifest, titled
 from hotswap_runtime.checkpoint.fetch.credentials import DOCKER_CONFIG
 from hotswap_runtime.checkpoint.fetch.http import (
     check_status,
@@ -257,19 +257,9 @@ async def _small(
 
 def _parse_manifest(data: bytes, shown: str) -> dict[str, Any]:
     try:
-        manifest = json.loads(data)
-    except (ValueError, RecursionError):
-        manifest = None
-    if not isinstance(manifest, dict):
-        raise FetchError(f"cannot fetch checkpoint {shown}: the registry's manifest is not JSON")
-    if "manifests" in manifest:
-        raise FetchError(
-            f"cannot fetch checkpoint {shown}: the reference is an index (several platforms); "
-            "name one artifact manifest by its digest"
-        )
-    if not isinstance(manifest.get("layers"), list):
-        raise FetchError(f"cannot fetch checkpoint {shown}: the registry's manifest has no layers")
-    return manifest
+        return artifact_manifest(data)
+    except ValueError as err:
+        raise FetchError(f"cannot fetch checkpoint {shown}: {err}") from None
 
 
 def pick_layer(manifest: dict[str, Any], ref: Reference, sha256: str, shown: str) -> str:
