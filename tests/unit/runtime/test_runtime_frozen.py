@@ -10,34 +10,19 @@ import pytest
 import torch
 from torch import nn
 
-from devcluster import checkpoints as ck
 from devcluster import tiny
-from hotswap_contract.wire import ModelSpec, Revision
+from hotswap_contract.wire import ModelSpec
 from hotswap_runtime.checkpoint.store import CheckpointStore
 from hotswap_runtime.settings import load_settings
 from hotswap_runtime.swap import frozen
 from hotswap_runtime.swap.frozen import MAX_BYTES, Freezer, Frozen, freezable
 from hotswap_runtime.swap.swapper import Swapper
+from tests.fixtures_runtime.conv import X, reference, revision
 
-X = torch.randint(0, 3, (2, *tiny.CONV_INPUT), generator=torch.Generator().manual_seed(7)).float()
 CPU = torch.device("cpu")
 CONV_SPEC = ModelSpec.model_validate(
     {"architecture": tiny.CONV, "inputShape": list(tiny.CONV_INPUT)}
 )
-
-
-def revision(tmp_path: Path, number: int) -> Revision:
-    path = tmp_path / f"r{number}.safetensors"
-    sha = ck.save(tiny.conv_weights(number), path)
-    doc = ck.revision(number, f"file://{path}", sha, tiny.CONV, tiny.CONV_INPUT)
-    return Revision.model_validate(doc)
-
-
-def reference(number: int) -> torch.Tensor:
-    net = tiny.make_conv()
-    net.load_state_dict(tiny.conv_weights(number))
-    with torch.no_grad():
-        return net(X)
 
 
 @pytest.fixture
