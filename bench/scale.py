@@ -48,7 +48,6 @@ and the bench goes on to the fleet.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -70,7 +69,7 @@ from bench._common import REPO, percentile, rss_mb
 from devcluster import node as real
 from devcluster.cluster import Cluster, ensure_binary
 from devcluster.fleet import OPERATOR_PODS, helm_install
-from devcluster.hollow import LABEL, TAINT, spawn_nodes
+from devcluster.hollow import deployment, placeholder_checkpoint, spawn_nodes
 from devcluster.rest import ApiError, KubeClient
 from devcluster.waiting import wait_for
 
@@ -85,28 +84,11 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def checkpoint(i: int) -> JSON:
-    """A checkpoint reference (never fetched: the hollow pods' stand-in does not read it)."""
-    sha = hashlib.sha256(f"scale-{i}".encode()).hexdigest()
-    return {"uri": f"file:///models/scale-{i}.safetensors", "sha256": sha}
+    return placeholder_checkpoint(f"scale-{i}")
 
 
 def manifest(name: str, replicas: int, ref: JSON) -> JSON:
-    return {
-        "apiVersion": "hotswap.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "model": {"architecture": "python/hotswap_runtime.examples:mlp", "inputShape": [4]},
-            "checkpoint": ref,
-            "rollout": {"strategy": "AllAtOnce"},
-            "runtime": {
-                "device": "cpu",
-                "nodeSelector": {LABEL: "true"},
-                "tolerations": [{"key": TAINT, "operator": "Exists", "effect": "NoSchedule"}],
-            },
-        },
-    }
+    return deployment(name, replicas, ref)
 
 
 # -- what the API server and the operator spent ------------------------------------------

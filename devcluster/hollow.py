@@ -47,6 +47,7 @@ import argparse
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import ipaddress
 import logging
 import os
@@ -562,3 +563,31 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def placeholder_checkpoint(tag: str) -> dict[str, str]:
+    """A checkpoint reference hollow pods never read (their stand-in load does not fetch),
+    distinct per ``tag``."""
+    sha = hashlib.sha256(tag.encode()).hexdigest()
+    return {"uri": f"file:///models/{tag}.safetensors", "sha256": sha}
+
+
+def deployment(name: str, replicas: int, ref: dict[str, str]) -> dict[str, Any]:
+    """A ModelDeployment of ``replicas`` pods that only hollow nodes take (their label and
+    taint), rolled out AllAtOnce."""
+    return {
+        "apiVersion": "hotswap.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "model": {"architecture": "python/hotswap_runtime.examples:mlp", "inputShape": [4]},
+            "checkpoint": ref,
+            "rollout": {"strategy": "AllAtOnce"},
+            "runtime": {
+                "device": "cpu",
+                "nodeSelector": {LABEL: "true"},
+                "tolerations": [{"key": TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+            },
+        },
+    }

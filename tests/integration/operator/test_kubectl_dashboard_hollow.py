@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import colorsys
 import contextlib
-import hashlib
 import threading
 import time
 import uuid
@@ -27,7 +26,7 @@ import pytest
 from operator_process import operator_process
 
 from devcluster import browser, procs
-from devcluster.hollow import LABEL, TAINT, spawn_nodes
+from devcluster.hollow import deployment, placeholder_checkpoint, spawn_nodes
 from devcluster.rest import ApiError
 from devcluster.waiting import wait_for
 
@@ -45,28 +44,7 @@ pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=str(browse
 
 
 def checkpoint(revision):
-    """A reference the hollow pods never read (their stand-in load does not fetch)."""
-    sha = hashlib.sha256(f"hollow-board-{revision}".encode()).hexdigest()
-    return {"uri": f"file:///models/hollow-{revision}.safetensors", "sha256": sha}
-
-
-def manifest():
-    return {
-        "apiVersion": "hotswap.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": NAME},
-        "spec": {
-            "replicas": PODS,
-            "model": {"architecture": "python/hotswap_runtime.examples:mlp", "inputShape": [4]},
-            "checkpoint": checkpoint(1),
-            "rollout": {"strategy": "AllAtOnce"},
-            "runtime": {
-                "device": "cpu",
-                "nodeSelector": {LABEL: "true"},
-                "tolerations": [{"key": TAINT, "operator": "Exists", "effect": "NoSchedule"}],
-            },
-        },
-    }
+    return placeholder_checkpoint(f"hollow-board-{revision}")
 
 
 @pytest.fixture
@@ -187,7 +165,7 @@ def test_the_page_shows_every_hollow_pod_on_the_new_revision_soon_after_its_repo
     reports = Reports(client, namespace)
     try:
         with operator_process(crd, namespace, tmp_path / "operator.log"):
-            client.post(MD.format(ns=namespace), manifest())
+            client.post(MD.format(ns=namespace), deployment(NAME, PODS, checkpoint(1)))
             wait_for(lambda: reports.last(1, PODS), 300, 1.0, what=f"{PODS} pods serving 1")
             with browser.DashboardProcess(alice, namespace, NAME) as board:
                 chrome.get(board.url)
