@@ -29,6 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -312,6 +313,15 @@ class Cluster:
         return write_kubeconfig(
             path, self.server, self.ca_cert, cert=pair.cert, key=pair.key, user=name
         )
+
+    def bound_user(self, user: str, namespace: str, cluster_role: str) -> Path:
+        """A kubeconfig for ``user``, bound to ``cluster_role`` in ``namespace`` only (a
+        RoleBinding named ``<user>-<cluster_role>``)."""
+        self.kubectl(
+            "create", "rolebinding", f"{user}-{cluster_role}", "-n", namespace,
+            f"--clusterrole={cluster_role}", f"--user={user}",
+        )  # fmt: skip
+        return self.user_kubeconfig(f"{user}-{uuid.uuid4().hex[:6]}", user)
 
     def version(self) -> str:
         """The API server's gitVersion."""

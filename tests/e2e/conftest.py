@@ -145,11 +145,7 @@ def alice(cluster: Cluster, installed: str) -> Path:
     """A kubeconfig for user alice, bound to the plugin's documented ClusterRole
     (examples/kubectl-hotswap-rbac.yaml) in the module's namespace only."""
     cluster.kubectl("apply", "-f", str(REPO / "examples" / "kubectl-hotswap-rbac.yaml"))
-    cluster.kubectl(
-        "create", "rolebinding", "alice-hotswap", "-n", installed,
-        "--clusterrole=hotswap-kubectl", "--user=alice",
-    )  # fmt: skip
-    return cluster.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")
+    return cluster.bound_user("alice", installed, "hotswap-kubectl")
 
 
 @pytest.fixture(scope="module")

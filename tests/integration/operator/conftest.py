@@ -8,7 +8,6 @@ their modules.
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,11 +34,7 @@ def crd(cluster: Cluster) -> Cluster:
 @pytest.fixture
 def alice(crd: Cluster, namespace: str) -> Path:
     """A kubeconfig for user alice, bound to the plugin's ClusterRole in `namespace` only."""
-    crd.kubectl(
-        "create", "rolebinding", "alice-hotswap", "-n", namespace,
-        "--clusterrole=hotswap-kubectl", "--user=alice",
-    )  # fmt: skip
-    return crd.user_kubeconfig(f"alice-{uuid.uuid4().hex[:6]}", "alice")
+    return crd.bound_user("alice", namespace, "hotswap-kubectl")
 
 
 @pytest.fixture(scope="module")
