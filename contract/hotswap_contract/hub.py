@@ -4,7 +4,10 @@
 the Hub serves at ``{endpoint}/org/repo/resolve/{revision}/path/in/repo``. Each part is
 plain names (letters, digits, ``._-``, not starting with a dot): no percent-encoding,
 no ``..``, no query. The runtime fetches it (``fetch/hf.py``) and `kubectl hotswap set
-checkpoint --resolve` hashes it on the user's machine, both through this grammar.
+checkpoint --resolve` hashes it on the user's machine, both through this grammar. A
+revision of 40 lowercase hex digits is a commit id: it names one tree for good, which is
+what lets the runtime take a stock ``model.safetensors.index.json``'s shards from the
+Hub's LFS metadata (``checkpoint/manifest.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+COMMIT = re.compile(r"[0-9a-f]{40}")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 _SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}"
 _URI = re.compile(
@@ -29,6 +33,11 @@ class HubFile:
 
     def url(self, endpoint: str) -> str:
         return f"{endpoint.rstrip('/')}/{self.repo}/resolve/{self.revision}/{self.path}"
+
+    @property
+    def commit(self) -> str | None:
+        """The revision when it is a commit id (immutable), else None (a branch or tag)."""
+        return self.revision if COMMIT.fullmatch(self.revision) else None
 
 
 def parse_hf(uri: str) -> HubFile | None:

@@ -30,6 +30,7 @@ Route = Callable[[BaseHTTPRequestHandler], None]
 class Request:
     path: str
     headers: dict[str, str]
+    method: str = "GET"
 
 
 @dataclass
@@ -63,13 +64,16 @@ def serve(host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Iterato
             return None
 
         def do_GET(self) -> None:
-            state.requests.append(Request(self.path, dict(self.headers.items())))
+            state.requests.append(Request(self.path, dict(self.headers.items()), self.command))
             state.reached.set()
             for prefix, handler in sorted(state.routes.items(), key=lambda kv: -len(kv[0])):
                 if self.path.startswith(prefix):
                     handler(self)
                     return
             self.send_error(404)
+
+        def do_HEAD(self) -> None:
+            self.do_GET()  # routes that serve HEAD look at h.command (hub_lfs)
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
@@ -168,6 +172,30 @@ def redirect(location: str, status: int = 302) -> Route:
     return route
 
 
+def linked(sha256: str, size: int, commit: str) -> list[tuple[str, str]]:
+    """The headers the Hugging Face Hub sends for an LFS file at ``commit``."""
+    return [
+        ("X-Linked-Etag", f'"{sha256}"'),
+        ("X-Linked-Size", str(size)),
+        ("X-Repo-Commit", commit),
+    ]
+
+
+def hub_lfs(location: str, headers: list[tuple[str, str]], status: int = 302) -> Route:
+    """The Hub's answer for an LFS file, to HEAD and GET alike: ``status`` (a redirect to
+    its storage at ``location``) with ``headers`` (``linked``, or broken ones), no body."""
+
+    def route(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(status)
+        h.send_header("Location", location)
+        for name, value in headers:
+            h.send_header(name, value)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    return route
+
+
 def leak(marker: str, status: int = 500) -> Route:
     """An error whose reason phrase, headers and body all carry ``marker``."""
 
@@ -177,7 +205,8 @@ def leak(marker: str, status: int = 500) -> Route:
         h.send_header("X-Debug", marker)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
-        _write(h, body)
+        if h.command != "HEAD":
+            _write(h, body)
 
     return route
 

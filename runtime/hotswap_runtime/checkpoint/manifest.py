@@ -12,6 +12,13 @@ with one more key, ``shards``: shard -> ``{"sha256": ..., "size": ...}``::
      "shards": {"model-00001-of-00002.safetensors": {"sha256": "ab12...", "size": 2100},
                 "model-00002-of-00002.safetensors": {"sha256": "cd34...", "size": 2100}}}
 
+A stock index (``metadata`` and ``weight_map`` only, as the Hub publishes it) is read
+from ``hf://`` at a commit id only (``hf://org/repo@<40 hex>/...``): a commit names one
+tree for good, and the Hub's LFS metadata for it gives each shard's sha256 and size
+(``fetch/hf.py``, asked through the ``pin`` the store passes), which then pin the shard
+as a ``shards`` entry would. Elsewhere, or at a branch or tag, it is refused with the
+fix. A ``shards`` table, when present, wins: no lookup is made.
+
 The manifest is hostile like any file it names. Before any shard is fetched: at most
 ``MAX_MANIFEST_BYTES`` of strict JSON (no duplicate keys, no NaN), exactly these keys,
 1 to ``MAX_SHARDS`` shards, each ``.safetensors`` with a lowercase sha256 and a size,
@@ -28,11 +35,13 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from hotswap_contract.hub import parse_hf
 from hotswap_contract.redact import clip, redact_uri
 from hotswap_contract.wire import MAX_URI_LENGTH, Checkpoint, is_sha256
 from hotswap_runtime.checkpoint.safetensors_file import strict_json_object
@@ -44,6 +53,8 @@ MAX_SEGMENTS = 8
 SHARD_SUFFIX = ".safetensors"
 _SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 _KEYS = {"metadata", "weight_map", "shards"}
+# the shard URIs of a stock index -> the sha256 and size of each, in order
+PinShards = Callable[[tuple[str, ...]], Sequence[tuple[str, int]]]
 
 
 def is_manifest(uri: str) -> bool:
@@ -81,9 +92,12 @@ class LocalCheckpoint:
     manifest: Manifest | None = None
 
 
-def read_manifest(path: Path, checkpoint: Checkpoint, limit: int) -> Manifest:
+def read_manifest(
+    path: Path, checkpoint: Checkpoint, limit: int, pin: PinShards | None = None
+) -> Manifest:
     """The checked manifest in ``path`` (fetched and verified as ``checkpoint``); its
-    shards may sum to at most ``limit`` bytes."""
+    shards may sum to at most ``limit`` bytes. ``pin`` gives the shards of a stock
+    index at an hf:// commit their sha256 and size (none: such an index is refused)."""
     shown = redact_uri(checkpoint.uri)
     bad = f"shard manifest {shown}"
     with path.open("rb") as f:
@@ -91,12 +105,8 @@ def read_manifest(path: Path, checkpoint: Checkpoint, limit: int) -> Manifest:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{bad} is over {MAX_MANIFEST_BYTES} bytes")
     doc = strict_json_object(raw, bad, "manifest", ManifestError)
-    if "weight_map" in doc and "shards" not in doc:
-        raise ManifestError(
-            f"{bad} pins no shard (a Hugging Face index.json as published): add "
-            '"shards": {FILE: {"sha256": ..., "size": ...}} for each shard to the copy the '
-            "URI names, so that spec.checkpoint.sha256 pins every byte"
-        )
+    if "weight_map" in doc and "shards" not in doc and set(doc) <= _KEYS:
+        doc["shards"] = _hub_shards(doc["weight_map"], checkpoint, bad, pin)
     if not set(doc) <= _KEYS or not {"weight_map", "shards"} <= set(doc):
         raise ManifestError(
             f"{bad} must hold weight_map and shards (and optionally metadata), nothing else"
@@ -111,6 +121,34 @@ def read_manifest(path: Path, checkpoint: Checkpoint, limit: int) -> Manifest:
             "raise HOTSWAP_MAX_CHECKPOINT_BYTES if it is right"
         )
     return Manifest(shards, _owners(doc["weight_map"], shards, bad))
+
+
+def _hub_shards(
+    weight_map: Any, checkpoint: Checkpoint, bad: str, pin: PinShards | None
+) -> dict[str, dict[str, Any]]:
+    """The ``shards`` table of a stock index at an hf:// commit: its shards by name,
+    each with the sha256 and size ``pin`` gives (checked as a table's entries are)."""
+    hub_file = parse_hf(checkpoint.uri)
+    if hub_file is None or pin is None:
+        raise ManifestError(
+            f"{bad} pins no shard (a Hugging Face index.json as published): add "
+            '"shards": {FILE: {"sha256": ..., "size": ...}} to the copy the URI names, '
+            "or read it from hf:// at a commit id"
+        )
+    if hub_file.commit is None:
+        raise ManifestError(
+            f"{bad} pins no shard and its revision is not a commit id: pin it to a commit "
+            "(@<40 hex>, as `kubectl hotswap set checkpoint --resolve` does), whose Hub LFS "
+            'metadata pins each shard, or add a "shards" table'
+        )
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ManifestError(f"{bad}: weight_map must be an object of tensor name -> shard")
+    names = sorted(set(weight_map.values()))
+    if not 1 <= len(names) <= MAX_SHARDS:
+        raise ManifestError(f"{bad}: weight_map must name 1 to {MAX_SHARDS} shards")
+    uris = tuple(shard_uri(checkpoint.uri, n, f"{bad}: shard {clip(n, 100)!r}") for n in names)
+    pins = pin(uris)
+    return {n: {"sha256": sha, "size": size} for n, (sha, size) in zip(names, pins, strict=True)}
 
 
 def _shards(entries: Any, checkpoint: Checkpoint, bad: str) -> tuple[Shard, ...]:

@@ -42,7 +42,7 @@ from hotswap_runtime.checkpoint.fetch.azure import is_blob_url, open_azure
 from hotswap_runtime.checkpoint.fetch.credentials import read_secret
 from hotswap_runtime.checkpoint.fetch.file import copy_file
 from hotswap_runtime.checkpoint.fetch.gcs import open_gcs
-from hotswap_runtime.checkpoint.fetch.hf import open_hf
+from hotswap_runtime.checkpoint.fetch.hf import lfs_pins, open_hf
 from hotswap_runtime.checkpoint.fetch.http import open_http, quiet_client_logs
 from hotswap_runtime.checkpoint.fetch.loop import FetchLoop
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy
@@ -60,6 +60,7 @@ from hotswap_runtime.checkpoint.manifest import (
     MAX_MANIFEST_BYTES,
     LocalCheckpoint,
     Manifest,
+    PinShards,
     Shard,
     is_manifest,
     read_manifest,
@@ -71,6 +72,7 @@ from hotswap_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_MANIFESTS_KNOWN = 64  # manifests whose shards eviction spares while they are protected
+MAX_PINS_KEPT = 16  # stock hf:// indexes whose shards' LFS pins are kept (a rollback asks none)
 
 
 def _never() -> bool:
@@ -123,6 +125,8 @@ class CheckpointStore:
         self._lock = threading.Lock()
         self._protected: frozenset[str] = frozenset()
         self._shards: dict[str, frozenset[str]] = {}  # manifest sha256 -> its shards'
+        # a stock hf:// index's (URI, sha256) -> its shards' (sha256, size) from the Hub
+        self._pins: dict[tuple[str, str], tuple[tuple[str, int], ...]] = {}
         quiet_client_logs()
         cache_dir.mkdir(parents=True, exist_ok=True)
         for stale in cache_dir.glob(".tmp-*"):
@@ -194,7 +198,8 @@ class CheckpointStore:
             path = self.fetch(checkpoint, cancelled, tap_for=tap, tally=tally)
             return LocalCheckpoint(((path, shown),))
         path = self.fetch(checkpoint, cancelled, MAX_MANIFEST_BYTES, tally=tally)
-        manifest = read_manifest(path, checkpoint, self.max_checkpoint_bytes)
+        pin = self._hub_pins(checkpoint, cancelled or _never)
+        manifest = read_manifest(path, checkpoint, self.max_checkpoint_bytes, pin)
         with self._lock:  # shards of a protected manifest are protected too
             self._shards.pop(checkpoint.sha256, None)
             shas = frozenset(shard.checkpoint.sha256 for shard in manifest.shards)
@@ -206,6 +211,37 @@ class CheckpointStore:
         related = (checkpoint.sha256, *shas)
         files = self._fetch_shards(manifest, cancelled, parser, (tally, related))
         return LocalCheckpoint(files, manifest)
+
+    def _hub_pins(self, checkpoint: Checkpoint, cancelled: Callable[[], bool]) -> PinShards:
+        """The ``pin`` of a stock index at an hf:// commit: its shards' sha256 and size
+        from the Hub's LFS metadata (``hf.lfs_pins``, on the fetch loop), kept per
+        manifest URI and sha256 (both fix the commit and the shard names)."""
+        key = (checkpoint.uri, checkpoint.sha256)
+        shown = redact_uri(checkpoint.uri)
+
+        def pin(uris: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+            kept = self._pins.get(key)
+            if kept is not None and len(kept) == len(uris):
+                return kept
+            ref = checkpoint.secret_ref
+            secret = read_secret(self.secrets_dir, ref) if ref else {}
+
+            async def lookups() -> list[tuple[str, int]]:
+                return await lfs_pins(uris, secret, self.net, self.max_checkpoint_bytes)
+
+            try:
+                pins = tuple(self._loop.run(lookups, cancelled, shown))
+            except SwapError:
+                raise
+            except Exception as exc:  # a library's own exception: its text may quote the Hub
+                raise FetchError(f"cannot fetch checkpoint {shown}: {type(exc).__name__}") from None
+            with self._lock:
+                self._pins[key] = pins
+                while len(self._pins) > MAX_PINS_KEPT:
+                    del self._pins[next(iter(self._pins))]
+            return pins
+
+        return pin
 
     def _fetch_shards(
         self,

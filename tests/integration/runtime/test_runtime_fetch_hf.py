@@ -1,17 +1,21 @@
 """hf:// fetches against an HTTP server laid out like the Hugging Face Hub on loopback.
 
 The "Hub" serves ``/ORG/REPO/resolve/REVISION/PATH`` and, like the real one, redirects
-large files to its storage ("CDN", another origin on 127.0.0.1). The Secret names the
-mirror (``HF_ENDPOINT``) and the token (``HF_TOKEN``). Each test starts its servers.
+large files to its storage ("CDN", another origin on 127.0.0.1), answering HEAD and GET
+of an LFS file with ``X-Linked-Etag`` (its sha256), ``X-Linked-Size`` and
+``X-Repo-Commit`` (``hostile.hub_lfs``). The Secret names the mirror (``HF_ENDPOINT``)
+and the token (``HF_TOKEN``). Each test starts its servers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,15 @@ from devcluster import checkpoints as ck
 from devcluster import tiny
 from hotswap_contract.wire import Checkpoint
 from hotswap_runtime.checkpoint.store import CheckpointStore
-from hotswap_runtime.errors import FetchError, FetchRefused, IntegrityError, Superseded
+from hotswap_runtime.errors import (
+    CheckpointNotFound,
+    CheckpointTooLarge,
+    FetchError,
+    FetchRefused,
+    IntegrityError,
+    ManifestError,
+    Superseded,
+)
 from tests.fixtures_runtime import hostile_http as hostile
 from tests.fixtures_runtime import tcp_relay
 from tests.fixtures_runtime.server import running
@@ -32,6 +44,7 @@ TOKEN = "hf_s3cretHubToken0123456789"
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
 IDLE = 1.0
+COMMIT = "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567"
 
 
 @pytest.fixture
@@ -181,3 +194,217 @@ def test_a_connection_reset_mid_file_resumes(tmp_path: Path, hub: hostile.Hostil
         assert faults.cut.is_set() and faults.connections >= 2
     resumed = [r.headers["Range"] for r in hub.requests if "Range" in r.headers]
     assert resumed and resumed[0].endswith(f"-{len(DATA) - 1}"), resumed
+
+
+@dataclass
+class StockRepo:
+    """A repository sharded with a stock index.json (no ``shards`` table) on the Hub."""
+
+    checkpoint: Checkpoint
+    shards: dict[str, bytes]  # path in the repository -> bytes
+    base: str  # /acme/tiny/resolve/REVISION
+
+
+def stock_repo(
+    folder: Path,
+    hub: hostile.Hostile,
+    cdn: hostile.Hostile,
+    revision: str = COMMIT,
+    seed: int = 2,
+    links: dict[str, list[tuple[str, str]]] | None = None,
+) -> StockRepo:
+    """``tiny.weights(seed)`` in 3 shards under ``v{seed}/``: the index on the Hub, each
+    shard an LFS file the Hub redirects to the CDN with its ``X-Linked-*`` headers
+    (``links`` replaces a shard's)."""
+    manifest, _ = ck.save_sharded(tiny.weights(seed), folder / f"v{seed}", 3)
+    doc = json.loads(manifest.read_text())
+    del doc["shards"]
+    index = json.dumps(doc).encode()
+    base = f"/acme/tiny/resolve/{revision}"
+    hub.route(f"{base}/v{seed}/{manifest.name}", hostile.ranged(index))
+    shards = {}
+    for name in sorted(set(doc["weight_map"].values())):
+        data = (manifest.parent / name).read_bytes()
+        path = f"v{seed}/{name}"
+        shards[path] = data
+        blob = cdn.route(f"/lfs/{path}", hostile.ranged(data))
+        sha = hashlib.sha256(data).hexdigest()
+        headers = (links or {}).get(name, hostile.linked(sha, len(data), COMMIT))
+        hub.route(f"{base}/{path}", hostile.hub_lfs(blob, headers))
+    uri = f"hf://acme/tiny@{revision}/v{seed}/{manifest.name}"
+    sha = hashlib.sha256(index).hexdigest()
+    return StockRepo(Checkpoint(uri=uri, sha256=sha, secretRef="hub"), shards, base)
+
+
+SHARD = "model-00002-of-00003.safetensors"
+
+
+def test_a_stock_index_at_a_commit_is_pinned_by_the_hubs_lfs_sha256(
+    tmp_path: Path, store: CheckpointStore, hub: hostile.Hostile, cdn: hostile.Hostile
+) -> None:
+    """Each shard's sha256 and size from a HEAD to the Hub (the token to the Hub only,
+    the redirect not followed), then its bytes from the CDN, verified; the pins are kept,
+    so fetching it again asks nothing."""
+    repo = stock_repo(tmp_path, hub, cdn)
+    local = store.fetch_checkpoint(repo.checkpoint)
+    assert [path.read_bytes() for path, _ in local.files] == list(repo.shards.values())
+    assert local.manifest is not None
+    assert [s.size for s in local.manifest.shards] == [len(d) for d in repo.shards.values()]
+    heads = sorted(r.path for r in hub.requests if r.method == "HEAD")
+    assert heads == [f"{repo.base}/{path}" for path in repo.shards]
+    assert {r.headers.get("Authorization") for r in hub.requests} == {f"Bearer {TOKEN}"}
+    assert cdn.requests and all(r.method == "GET" for r in cdn.requests)
+    assert all("Authorization" not in r.headers for r in cdn.requests)
+    asked = len(hub.requests) + len(cdn.requests)
+    assert store.fetch_checkpoint(repo.checkpoint).files == local.files
+    assert len(hub.requests) + len(cdn.requests) == asked
+
+
+def test_a_shards_table_wins_over_the_hub(
+    tmp_path: Path, store: CheckpointStore, hub: hostile.Hostile, cdn: hostile.Hostile
+) -> None:
+    manifest, sha = ck.save_sharded(tiny.weights(3), tmp_path / "v3", 3)
+    for item in sorted(manifest.parent.iterdir()):
+        hub.route(f"/acme/tiny/resolve/{COMMIT}/{item.name}", hostile.ranged(item.read_bytes()))
+    uri = f"hf://acme/tiny@{COMMIT}/{manifest.name}"
+    assert len(store.fetch_checkpoint(Checkpoint(uri=uri, sha256=sha, secretRef="hub")).files) == 3
+    assert [r.method for r in hub.requests] == ["GET"] * 4
+
+
+def test_a_stock_index_at_a_branch_is_refused_with_the_fix(
+    tmp_path: Path, store: CheckpointStore, hub: hostile.Hostile, cdn: hostile.Hostile
+) -> None:
+    repo = stock_repo(tmp_path, hub, cdn, revision="main")
+    with pytest.raises(ManifestError) as refused:
+        store.fetch_checkpoint(repo.checkpoint)
+    reason = str(refused.value)
+    assert reason.startswith("shard manifest hf://acme/tiny@main/v2/model.safetensors.index")
+    assert "not a commit id: pin it to a commit" in reason
+    assert "kubectl hotswap set checkpoint --resolve" in reason and '"shards" table' in reason
+    assert [r.method for r in hub.requests] == ["GET"] and cdn.requests == []
+
+
+def etag_of(value: str) -> list[tuple[str, str]]:
+    return [("X-Linked-Etag", value), ("X-Linked-Size", "300"), ("X-Repo-Commit", COMMIT)]
+
+
+BROKEN_LINKS = {
+    "missing": [("X-Linked-Size", "300"), ("X-Repo-Commit", COMMIT), ("ETag", '"abc"')],
+    "garbled": etag_of('"' + "g" * 64 + '"'),
+    "uppercase": etag_of('"' + "AB" * 32 + '"'),
+    "short": etag_of('"' + "ab" * 31 + '"'),
+    "oversized": etag_of('"' + "ab" * 4000 + '"'),
+    "twice": [*etag_of("ab" * 32), ("X-Linked-Etag", "cd" * 32)],
+    "another commit": [*etag_of("ab" * 32)[:2], ("X-Repo-Commit", "f" * 40)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_LINKS))
+def test_a_shard_without_a_clean_lfs_sha256_is_refused_before_any_byte(
+    tmp_path: Path,
+    store: CheckpointStore,
+    hub: hostile.Hostile,
+    cdn: hostile.Hostile,
+    case: str,
+) -> None:
+    repo = stock_repo(tmp_path, hub, cdn, links={SHARD: BROKEN_LINKS[case]})
+    with pytest.raises(ManifestError, match=f"^shard hf://acme/tiny@{COMMIT}/v2/{SHARD}: the Hub"):
+        store.fetch_checkpoint(repo.checkpoint)
+    assert cdn.requests == []
+    assert {r.method for r in hub.requests if "model-0000" in r.path} == {"HEAD"}
+
+
+def test_a_shard_whose_bytes_are_not_the_hubs_sha256_is_refused(
+    tmp_path: Path, store: CheckpointStore, hub: hostile.Hostile, cdn: hostile.Hostile
+) -> None:
+    other = hashlib.sha256(b"other").hexdigest()
+    links = {SHARD: hostile.linked(other, 1000, COMMIT)}
+    repo = stock_repo(tmp_path, hub, cdn, links=links)
+    with pytest.raises(IntegrityError, match=f"{SHARD}: content does not match .*{other}"):
+        store.fetch_checkpoint(repo.checkpoint)
+    assert not store.path_for(other).exists()
+
+
+@pytest.mark.parametrize(
+    ("size", "reason"),
+    [
+        (10**8 + 1, r"^checkpoint hf://\S+\.safetensors is over the size limit of 100000000"),
+        (4 * 10**7, "its shards take 120000000 bytes"),
+    ],
+)
+def test_sizes_over_the_limit_are_refused_before_any_byte(
+    tmp_path: Path,
+    store: CheckpointStore,
+    hub: hostile.Hostile,
+    cdn: hostile.Hostile,
+    size: int,
+    reason: str,
+) -> None:
+    """One shard over the store's limit (10**8), or three under it summing over it."""
+    repo = stock_repo(tmp_path, hub, cdn)
+    links = {}
+    for path, data in repo.shards.items():
+        sha = hashlib.sha256(data).hexdigest()
+        links[path.split("/")[-1]] = hostile.linked(sha, size, COMMIT)
+    repo = stock_repo(tmp_path / "again", hub, cdn, links=links)
+    with pytest.raises(CheckpointTooLarge, match=reason):
+        store.fetch_checkpoint(repo.checkpoint)
+    assert cdn.requests == []
+
+
+def test_a_refused_lookup_shows_no_token(
+    tmp_path: Path,
+    store: CheckpointStore,
+    hub: hostile.Hostile,
+    cdn: hostile.Hostile,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    repo = stock_repo(tmp_path, hub, cdn)
+    hub.route(f"{repo.base}/v2/{SHARD}", hostile.leak(TOKEN, 401))
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(FetchError, match=r"access denied \(HTTP 401\)") as failure:
+        store.fetch_checkpoint(repo.checkpoint)
+    assert TOKEN not in str(failure.value) and TOKEN not in caplog.text
+    hub.route(f"{repo.base}/v2/{SHARD}", hostile.leak(TOKEN, 404))
+    with pytest.raises(CheckpointNotFound, match=f"{SHARD} does not exist"):
+        store.fetch_checkpoint(repo.checkpoint)
+    assert cdn.requests == []
+
+
+def test_a_stock_index_swaps_and_a_lying_shard_keeps_the_old_model(
+    tmp_path: Path, hub: hostile.Hostile, cdn: hostile.Hostile
+) -> None:
+    """A real runtime swaps from one hf:// file at a commit to a stock index of three
+    shards at that commit; then to one whose shard the CDN serves with other bytes
+    than the Hub's sha256 says: refused, revision 2 keeps serving."""
+    one = ck.save(tiny.weights(1), tmp_path / "v1.safetensors")
+    hub.route(
+        f"/acme/tiny/resolve/{COMMIT}/v1.safetensors",
+        hostile.ranged((tmp_path / "v1.safetensors").read_bytes()),
+    )
+    two = stock_repo(tmp_path, hub, cdn)
+    three = stock_repo(tmp_path, hub, cdn, seed=3)
+    cdn.route(f"/lfs/v3/{SHARD}", hostile.ranged(two.shards[f"v2/{SHARD}"]))
+    secrets = tmp_path / "secrets"
+    write_secret(secrets / "hub", {"HF_TOKEN": TOKEN, "HF_ENDPOINT": hub.url})
+    config = tmp_path / "config"
+
+    def rev(n: int, checkpoint: Checkpoint) -> str:
+        return ck.config(n, ck.revision(n, checkpoint.uri, checkpoint.sha256, secret="hub"))
+
+    ck.publish(
+        config, rev(1, Checkpoint(uri=f"hf://acme/tiny@{COMMIT}/v1.safetensors", sha256=one))
+    )
+    env = {"HOTSWAP_CONFIG_DIR": str(config), "HOTSWAP_SECRETS_DIR": str(secrets)}
+    with running(tmp_path, env) as runtime:
+        assert infer(runtime.url) == ("1", output_of(1))
+        ck.publish(config, rev(2, two.checkpoint))
+        runtime.wait_version(2)
+        assert infer(runtime.url) == ("2", output_of(2))
+        ck.publish(config, rev(3, three.checkpoint))
+        failure = runtime.wait_failure(3)
+        assert failure["code"] == "sha256_mismatch", failure
+        assert f"v3/{SHARD}" in failure["reason"], failure
+        assert infer(runtime.url) == ("2", output_of(2))
+        log = runtime.log()
+    assert TOKEN not in log

@@ -178,6 +178,26 @@ async def follow(
     raise FetchError(f"cannot fetch checkpoint {shown}: more than {MAX_REDIRECTS} redirects")
 
 
+async def head(
+    client: httpx.AsyncClient, url: httpx.URL, auth: str | None, policy: NetPolicy, shown: str
+) -> httpx.Response:
+    """The answer to HEAD ``url``: redirects within ``url``'s origin followed (a renamed
+    repository), each hop checked, ``auth`` sent on all; the first answer that is not
+    one of those returned, a redirect to another origin included (not followed: its
+    own headers are the answer)."""
+    origin = _origin(url)
+    for hop in range(MAX_REDIRECTS + 1):
+        response = await _get(client, url, auth, policy, hop > 0, shown, {}, method="HEAD")
+        if response.status_code not in _REDIRECTS:
+            return response
+        target = _redirect_target(url, response.headers.get("location"), shown)
+        if _origin(target) != origin:
+            return response
+        await response.aclose()
+        url = target
+    raise FetchError(f"cannot fetch checkpoint {shown}: more than {MAX_REDIRECTS} redirects")
+
+
 async def _get(
     client: httpx.AsyncClient,
     url: httpx.URL,
@@ -187,10 +207,11 @@ async def _get(
     shown: str,
     extra: dict[str, str],
     content: bytes | None = None,
+    method: str = "GET",
 ) -> httpx.Response:
-    """Send GET ``url`` (POST ``content`` when given) to the first allowed address of its
-    host that accepts it (through the admin's proxy, by name, when there is one: the
-    proxy connects)."""
+    """Send ``method`` ``url`` (with ``content`` as its body when given) to the first
+    allowed address of its host that accepts it (through the admin's proxy, by name,
+    when there is one: the proxy connects)."""
     host = url.raw_host.decode("ascii")
     port = url.port or _PORTS[url.scheme]
     addresses = await allowed_addresses(host, port, policy, redirect, shown)
@@ -204,7 +225,7 @@ async def _get(
     failure: httpx.HTTPError | None = None
     for address in addresses:
         request = client.build_request(
-            "GET" if content is None else "POST",
+            method,
             url.copy_with(host=address),
             headers=headers,
             content=content,
@@ -231,7 +252,7 @@ async def post_form(
     kind = {"Content-Type": "application/x-www-form-urlencoded"}
     content = urlencode(form).encode()
     async with http_client(policy) as client:
-        response = await _get(client, url, None, policy, False, shown, kind, content)
+        response = await _get(client, url, None, policy, False, shown, kind, content, "POST")
         try:
             if response.status_code != 200:
                 return response.status_code, None
