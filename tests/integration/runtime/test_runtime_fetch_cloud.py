@@ -290,6 +290,27 @@ def test_gs_token_from_the_metadata_server_when_the_secret_asks(
     assert METADATA_TOKEN not in caplog.text
 
 
+def test_gs_metadata_token_is_kept_until_5_minutes_before_it_expires(
+    make_store: MakeStore, gcs: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token said to live 305 s is kept for 5 s: two fetches ask the metadata server
+    once, a fetch after those 5 s asks it again."""
+    secret = {"GCS_ENDPOINT_URL": gcs.endpoint, "GCS_USE_METADATA_SERVER": "true"}
+    answer = json.dumps({"access_token": METADATA_TOKEN, "expires_in": 305}).encode()
+    with hostile.serve() as metadata:
+        metadata.route("/computeMetadata/v1/", hostile.whole(answer))
+        monkeypatch.setenv("GCE_METADATA_HOST", f"127.0.0.1:{metadata.port}")
+        start = time.monotonic()
+        assert make_store(secret).fetch(ck(gcs)).read_bytes() == DATA
+        asked = time.monotonic()
+        assert make_store(secret).fetch(ck(gcs)).read_bytes() == DATA
+        assert time.monotonic() - start < 5.0, "too slow to tell a kept token from a new one"
+        assert len(metadata.requests) == 1
+        time.sleep(max(0.0, asked + 5.1 - time.monotonic()))  # the kept token's 5 s
+        assert make_store(secret).fetch(ck(gcs)).read_bytes() == DATA
+        assert len(metadata.requests) == 2
+
+
 def test_gs_metadata_server_is_refused_unless_the_admin_allows_it(
     make_store: MakeStore, gcs: Cloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:

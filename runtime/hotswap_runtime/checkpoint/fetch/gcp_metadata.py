@@ -6,14 +6,19 @@ then GETs ``http://$GCE_METADATA_HOST/computeMetadata/v1/instance/service-accoun
 ``Metadata-Flavor: Google``, through ``http.open_http``: so the address policy applies,
 and the metadata server's link-local address (169.254.169.254) is refused unless the
 cluster admin allows it in ``policy.fetchAllowedNetworks``. The answer is read up to
-``MAX_ANSWER_BYTES`` within the idle bound; only its ``access_token`` is kept, never
-logged or shown.
+``MAX_ANSWER_BYTES`` within the idle bound; only its ``access_token`` and ``expires_in``
+are kept, the token never logged or shown. A token is kept per metadata URL until
+``REFRESH_SECONDS`` before it expires (as ``azure_identity`` keeps AAD tokens), so the
+shards of a checkpoint, and the next checkpoints, ask the metadata server once an hour
+rather than once a file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from collections import OrderedDict
 
 from hotswap_runtime.checkpoint.fetch.http import Via, open_http
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy
@@ -23,6 +28,10 @@ KEY = "GCS_USE_METADATA_SERVER"
 HOST = "metadata.google.internal"
 PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
 MAX_ANSWER_BYTES = 64 << 10
+REFRESH_SECONDS = 300.0  # a kept token is used until this long before it expires
+MAX_LIFETIME_SECONDS = 3600.0  # Google access tokens live an hour: a longer claim is cut
+KEPT = 4
+_kept: OrderedDict[str, tuple[float, str]] = OrderedDict()  # URL -> (good until, token)
 
 
 def wanted(secret: dict[str, str]) -> bool:
@@ -31,24 +40,41 @@ def wanted(secret: dict[str, str]) -> bool:
 
 async def metadata_token(shown: str, policy: NetPolicy) -> str:
     """The access token of the pod's Google service account."""
-    host = os.environ.get("GCE_METADATA_HOST") or HOST
+    url = f"http://{os.environ.get('GCE_METADATA_HOST') or HOST}{PATH}"
+    kept = _kept.get(url)
+    if kept is not None and kept[0] > time.monotonic():
+        return kept[1]
     where = f"{shown} (its token from the metadata server, {KEY} of the Secret)"
     via = Via(where, headers={"Metadata-Flavor": "Google"})
     answer = bytearray()
-    async with open_http(f"http://{host}{PATH}", None, policy, via=via) as body:
+    async with open_http(url, None, policy, via=via) as body:
         if body.size is not None and body.size > MAX_ANSWER_BYTES:
             raise _bad(where)
         async for chunk in body.chunks:
             answer += chunk
             if len(answer) > MAX_ANSWER_BYTES:
                 raise _bad(where)
+    token, lifetime = _answer(answer, where)
+    if lifetime > REFRESH_SECONDS:
+        _kept[url] = (time.monotonic() + lifetime - REFRESH_SECONDS, token)
+        _kept.move_to_end(url)
+        while len(_kept) > KEPT:
+            _kept.popitem(last=False)
+    return token
+
+
+def _answer(answer: bytes | bytearray, where: str) -> tuple[str, float]:
+    """The token and its lifetime in seconds (0: unknown) from the server's answer."""
     try:
-        token = json.loads(answer)["access_token"]
-    except (ValueError, TypeError, KeyError):
+        document = json.loads(answer)
+        token, lifetime = document["access_token"], document.get("expires_in", 0)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         raise _bad(where) from None
     if not isinstance(token, str) or not token or not (token.isascii() and token.isprintable()):
         raise _bad(where)
-    return token
+    if type(lifetime) is not int or lifetime <= 0:
+        return token, 0.0
+    return token, min(float(lifetime), MAX_LIFETIME_SECONDS)
 
 
 def _bad(where: str) -> FetchError:
