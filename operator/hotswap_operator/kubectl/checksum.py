@@ -5,7 +5,8 @@ credentials (boto3, when installed), gs:// with the user's application default
 credentials (google-auth; `STORAGE_EMULATOR_HOST` for an emulator), az:// with
 `AZURE_STORAGE_CONNECTION_STRING` (azure-storage-blob, when installed), hf:// from
 `HF_ENDPOINT` (default the Hub) with `HF_TOKEN`, as huggingface_hub reads them (the token
-goes to that origin only, never to where it redirects). Nothing is kept: the bytes are
+goes to that origin only, never to where it redirects; ``hf.py`` pins the revision to
+its commit first). Nothing is kept: the bytes are
 hashed as they come. An oci:// URI is not read here but resolved by ``oci.py`` (the
 layer's digest from the registry's manifest, the URI pinned to that manifest).
 """
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from hotswap_contract.hub import DEFAULT_ENDPOINT, parse_hf
 from hotswap_contract.redact import redact_uri
+from hotswap_operator.kubectl import hf
 from hotswap_operator.kubectl.api import PluginError
 
 CHUNK = 1 << 20
@@ -164,18 +165,7 @@ def _az(uri: str) -> Iterator[bytes]:
 
 
 def _hf(uri: str) -> Iterator[bytes]:
-    hub_file = parse_hf(uri)
-    if hub_file is None:
-        raise PluginError(
-            f"{redact_uri(uri)} is not hf://ORG/REPO[@REVISION]/PATH of plain names; fix the URI"
-        )
-    endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
-    if urlsplit(endpoint).scheme not in ("http", "https"):
-        raise PluginError("HF_ENDPOINT is not an http(s) URL; fix or unset it")
-    request = urllib.request.Request(hub_file.url(endpoint))
-    if token := os.environ.get("HF_TOKEN"):  # unredirected: never sent on to the Hub's CDN
-        request.add_unredirected_header("Authorization", f"Bearer {token}")
-    yield from _http_request(request, uri)
+    yield from _http_request(hf.hub_request(uri), uri)
 
 
 def _reason(err: Exception) -> str:

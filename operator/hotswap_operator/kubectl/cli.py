@@ -34,7 +34,7 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
-from hotswap_operator.kubectl import checksum, completion, decisions, edits, live, oci, views
+from hotswap_operator.kubectl import checksum, completion, decisions, edits, hf, live, oci, views
 from hotswap_operator.kubectl.access import may_edit
 from hotswap_operator.kubectl.api import (
     PluginError,
@@ -241,29 +241,42 @@ def undo(session: Session, args: argparse.Namespace) -> Result:
 def set_checkpoint(session: Session, args: argparse.Namespace) -> Result:
     """spec.checkpoint to URI with --sha256, or with the sha256 --resolve computes by
     reading the file (from --from PATH, or the URI itself) on this machine; an oci://
-    URI resolved from its registry is pinned to the manifest's digest."""
+    URI resolved from its registry is pinned to the manifest's digest, an hf:// URI's
+    revision to its commit."""
     if args.resolve == (args.sha256 is not None):
         raise PluginError("set checkpoint: give --sha256 HEX or --resolve (one of them)")
     if args.copy is not None and not args.resolve:
         raise PluginError("set checkpoint: --from PATH goes with --resolve")
     if args.registry_config is not None and not args.resolve:
         raise PluginError("set checkpoint: --registry-config PATH goes with --resolve")
-    uri, note = args.uri, ""
-    if args.resolve and args.copy is None and args.uri.startswith("oci://"):
-        pinned = oci.resolve(args.uri, args.registry_config)
-        uri, sha = pinned.uri, pinned.sha256
-        if uri != args.uri:
-            note = (
-                f"; the URI is pinned to manifest {pinned.manifest} (what its tag named "
-                "now), so a tag moved later does not change the spec"
-            )
-    else:
-        sha = args.sha256 or checksum.sha256_of(args.uri, args.copy)
+    uri, sha, note = _resolved(args)
     edit = edits.set_checkpoint(get_deployment(session, args.name), uri, sha)
     if note:
         document = {**edit.document, "pinnedFrom": args.uri}
         edit = dataclasses.replace(edit, message=edit.message + note, document=document)
     return _write(session, args.name, edit)
+
+
+def _resolved(args: argparse.Namespace) -> tuple[str, str, str]:
+    """The URI and sha256 `set checkpoint` writes, and what the output adds when the
+    URI was pinned (an oci:// tag to its manifest, an hf:// revision to its commit)."""
+    if not args.resolve or args.copy is not None:
+        return args.uri, args.sha256 or checksum.sha256_of(args.uri, args.copy), ""
+    if args.uri.startswith("oci://"):
+        pinned = oci.resolve(args.uri, args.registry_config)
+        note = (
+            f"; the URI is pinned to manifest {pinned.manifest} (what its tag named now), "
+            "so a tag moved later does not change the spec"
+        )
+        return pinned.uri, pinned.sha256, note if pinned.uri != args.uri else ""
+    if args.uri.startswith("hf://"):
+        uri = hf.pin(args.uri)
+        note = (
+            f"; the URI is pinned to commit {hf.hub_file(uri).revision} (what its revision "
+            "named now), so a branch moved later does not change the spec"
+        )
+        return uri, checksum.sha256_of(uri), note if uri != args.uri else ""
+    return args.uri, checksum.sha256_of(args.uri), ""
 
 
 def pause(session: Session, args: argparse.Namespace) -> Result:
@@ -410,7 +423,7 @@ def _set_parser(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="compute the sha256 by reading the file here: --from PATH, else URI itself "
         "(a local path or file://, http(s), s3://, gs://, az:// or hf:// with your own "
         "credentials; oci://: the layer's digest from the registry's manifest, and the URI "
-        "pinned to that manifest's digest)",
+        "pinned to that manifest's digest; hf://: the revision pinned to its commit)",
     )
     sub.add_argument("--from", dest="copy", type=Path, metavar="PATH", help="a local copy to hash")
     sub.add_argument(

@@ -34,6 +34,7 @@ from hotswap_operator.events import EventRecorder
 from hotswap_operator.kube import Kube
 from hotswap_operator.kubectl import cli
 from hotswap_operator.sync import Syncer
+from tests.fixtures_runtime import hostile_http as hostile
 
 PLUGIN = Path(sys.executable).parent / "kubectl-hotswap"
 COMPLETER = PLUGIN.parent / "kubectl_complete-hotswap"  # kubectl runs it on TAB
@@ -519,6 +520,41 @@ def test_set_checkpoint_resolves_oci_and_pins_the_manifest(crd, namespace, alice
         assert f"the URI is pinned to manifest {digest}" in again.stdout
         for done in (denied, again):
             assert oci_registry.PASSWORD not in done.stdout + done.stderr
+    assert world.sync()["status"]["revision"] == 2
+
+
+def test_set_checkpoint_resolves_hf_and_pins_the_commit(crd, namespace, alice, tmp_path):
+    """`--resolve` of an hf:// file on a branch as alice, with her HF_TOKEN: the URI is
+    written at the commit the Hub names for the branch (a HEAD, its redirect not
+    followed), the sha256 that of the file read at that commit; `-o json` says
+    pinnedFrom; the token goes to the Hub only."""
+    world = World(crd, namespace)
+    data = b"weights of an hf revision" * 1000
+    sha = hashlib.sha256(data).hexdigest()
+    commit = "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567"
+    with hostile.serve() as hub, hostile.serve() as cdn:
+        blob = cdn.route("/lfs/m", hostile.ranged(data))
+        lfs = hostile.hub_lfs(blob, hostile.linked(sha, len(data), commit))
+        for revision in ("main", commit):
+            hub.route(f"/team/resnet/resolve/{revision}/w/m.safetensors", lfs)
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_s3cr3t"}
+        uri = "hf://team/resnet/w/m.safetensors"
+        line = ["set", "checkpoint", NAME, uri, "--resolve", "-n", namespace]
+        done = plugin(alice, *line, "-o", "json", env=env)
+        assert done.returncode == 0, done.stderr
+        pinned = f"hf://team/resnet@{commit}/w/m.safetensors"
+        assert json.loads(done.stdout)["pinnedFrom"] == uri
+        assert world.get()["spec"]["checkpoint"] == {"uri": pinned, "sha256": sha}
+        asked = [(r.method, r.path) for r in hub.requests]
+        assert asked == [
+            ("HEAD", "/team/resnet/resolve/main/w/m.safetensors"),
+            ("GET", f"/team/resnet/resolve/{commit}/w/m.safetensors"),
+        ]
+        assert {r.headers.get("Authorization") for r in hub.requests} == {"Bearer hf_s3cr3t"}
+        assert cdn.requests and all("Authorization" not in r.headers for r in cdn.requests)
+        again = plugin(alice, *line, env=env)
+        assert again.returncode == 0, again.stderr
+        assert f"the URI is pinned to commit {commit}" in again.stdout
     assert world.sync()["status"]["revision"] == 2
 
 

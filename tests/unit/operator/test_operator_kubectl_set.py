@@ -11,12 +11,13 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from devcluster import azurite, fake_gcs, oci_registry
 from hotswap_contract.wire import Checkpoint
-from hotswap_operator.kubectl import checksum, edits, oci
+from hotswap_operator.kubectl import checksum, edits, hf, oci
 from hotswap_operator.kubectl.api import PluginError
 from tests.fixtures_runtime import moto_s3
 from tests.fixtures_runtime.stores import remote_store
@@ -127,13 +128,20 @@ def test_resolve_reads_az_with_the_users_connection_string(
         assert azurite.KEY not in str(e.value)
 
 
+COMMIT = "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567"
+HF_FILE = "/sub/v2.safetensors"
+
+
 class Hub(http.server.BaseHTTPRequestHandler):
     """The Hub's resolve URL: the file for the right token, redirected to `CDN`, which
-    serves it to a request without a token only."""
+    serves it to a request without a token only; a HEAD of a branch's file names its
+    commit in X-Repo-Commit (`nocommit` names none, `garbled` a wrong one)."""
 
     CDN = ""
+    seen: ClassVar[list[tuple[str, str]]] = []  # (method, path) of every request
 
     def do_GET(self) -> None:
+        self.seen.append((self.command, self.path))
         token = self.headers.get("Authorization")
         if self.path == "/blob/v2" and token is None:
             self.send_response(200)
@@ -141,7 +149,11 @@ class Hub(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(DATA)
         elif (
-            self.path == "/acme/tiny/resolve/0123abc/sub/v2.safetensors"
+            self.path
+            in (
+                "/acme/tiny/resolve/0123abc/sub/v2.safetensors",
+                f"/acme/tiny/resolve/{COMMIT}{HF_FILE}",
+            )
             and token == "Bearer hf_s3cr3t"
         ):
             self.send_response(302)
@@ -150,32 +162,79 @@ class Hub(http.server.BaseHTTPRequestHandler):
         else:
             self.send_error(401 if token is None else 404)
 
+    def do_HEAD(self) -> None:
+        self.seen.append((self.command, self.path))
+        commits = {"main": COMMIT, "nocommit": None, "garbled": COMMIT.upper()}
+        revision = self.path.removeprefix("/acme/tiny/resolve/").partition("/")[0]
+        if self.headers.get("Authorization") != "Bearer hf_s3cr3t":
+            self.send_error(401)
+        elif self.path.endswith(HF_FILE) and revision in commits:
+            self.send_response(302)
+            self.send_header("Location", f"{self.CDN}/blob/v2")
+            if commit := commits[revision]:
+                self.send_header("X-Repo-Commit", commit)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self.send_error(404)
+
     def log_message(self, *args: object) -> None:
         pass
 
 
-def test_resolve_reads_hf_with_the_token_for_the_hub_only(monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The Hub and its CDN (another origin) on loopback, named by HF_ENDPOINT, with
+    HF_TOKEN set as huggingface_hub reads them."""
     hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     cdn = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)  # another origin
     Hub.CDN = f"http://127.0.0.1:{cdn.server_address[1]}"
+    Hub.seen.clear()
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (hub, cdn)]
     for thread in threads:
         thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
+    monkeypatch.setenv("HF_TOKEN", "hf_s3cr3t")
     try:
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
-        monkeypatch.setenv("HF_TOKEN", "hf_s3cr3t")  # as huggingface_hub reads them
-        assert checksum.sha256_of("hf://acme/tiny@0123abc/sub/v2.safetensors") == SHA
-        with pytest.raises(PluginError, match=r"hf://acme/tiny/none answered 404") as err:
-            checksum.sha256_of("hf://acme/tiny/none")
-        assert "s3cr3t" not in str(err.value)
-        with pytest.raises(PluginError, match="is not hf://ORG/REPO"):
-            checksum.sha256_of("hf://acme/tiny/../etc/passwd")
-        monkeypatch.setenv("HF_ENDPOINT", "file:///etc")
-        with pytest.raises(PluginError, match="HF_ENDPOINT is not an http"):
-            checksum.sha256_of("hf://acme/tiny/v2.safetensors")
+        yield
     finally:
         for server in (hub, cdn):
             server.shutdown()
+
+
+def test_resolve_reads_hf_with_the_token_for_the_hub_only(
+    hub: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert checksum.sha256_of("hf://acme/tiny@0123abc/sub/v2.safetensors") == SHA
+    with pytest.raises(PluginError, match=r"hf://acme/tiny/none answered 404") as err:
+        checksum.sha256_of("hf://acme/tiny/none")
+    assert "s3cr3t" not in str(err.value)
+    with pytest.raises(PluginError, match="is not hf://ORG/REPO"):
+        checksum.sha256_of("hf://acme/tiny/../etc/passwd")
+    monkeypatch.setenv("HF_ENDPOINT", "file:///etc")
+    with pytest.raises(PluginError, match="HF_ENDPOINT is not an http"):
+        checksum.sha256_of("hf://acme/tiny/v2.safetensors")
+
+
+def test_resolve_pins_an_hf_revision_to_the_commit_the_hub_names(hub: None) -> None:
+    """One HEAD with the token, its redirect not followed (the CDN is never asked); a
+    commit id is kept without asking; no usable X-Repo-Commit, or an error, refused."""
+    pinned = f"hf://acme/tiny@{COMMIT}{HF_FILE}"
+    assert hf.pin(f"hf://acme/tiny{HF_FILE}") == pinned
+    assert Hub.seen == [("HEAD", f"/acme/tiny/resolve/main{HF_FILE}")]
+    assert checksum.sha256_of(pinned) == SHA  # what --resolve hashes then
+    Hub.seen.clear()
+    assert hf.pin(pinned) == pinned and Hub.seen == []
+    for revision in ("nocommit", "garbled"):
+        with pytest.raises(
+            PluginError,
+            match=rf"did not say which commit revision '{revision}' of hf://acme/tiny@"
+            r".*; give the URI as hf://ORG/REPO@COMMIT/PATH",
+        ):
+            hf.pin(f"hf://acme/tiny@{revision}{HF_FILE}")
+    with pytest.raises(PluginError, match=r"hf://acme/tiny/none\.safetensors answered 404") as err:
+        hf.pin("hf://acme/tiny/none.safetensors")
+    assert "s3cr3t" not in str(err.value)
 
 
 @pytest.fixture(scope="module")
