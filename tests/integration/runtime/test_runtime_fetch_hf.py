@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,6 +369,18 @@ def test_a_refused_lookup_shows_no_token(
     hub.route(f"{repo.base}/v2/{SHARD}", hostile.leak(TOKEN, 404))
     with pytest.raises(CheckpointNotFound, match=f"{SHARD} does not exist"):
         store.fetch_checkpoint(repo.checkpoint)
+    assert cdn.requests == []
+
+
+def test_a_stalled_lookup_fails_within_the_idle_bound(
+    tmp_path: Path, store: CheckpointStore, hub: hostile.Hostile, cdn: hostile.Hostile
+) -> None:
+    repo = stock_repo(tmp_path, hub, cdn)
+    hub.route(f"{repo.base}/v2/{SHARD}", hostile.stall_before(hub.release))
+    start = time.monotonic()
+    with pytest.raises(FetchError, match=f"{SHARD}: no bytes arrived for {IDLE:g} s"):
+        store.fetch_checkpoint(repo.checkpoint)
+    assert time.monotonic() - start < IDLE + 2.0
     assert cdn.requests == []
 
 
