@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -229,6 +230,7 @@ class CheckpointStore:
             async def lookups() -> list[tuple[str, int]]:
                 return await lfs_pins(uris, secret, self.net, self.max_checkpoint_bytes)
 
+            start = time.monotonic()
             try:
                 pins = tuple(self._loop.run(lookups, cancelled, shown))
             except SwapError:
@@ -239,6 +241,8 @@ class CheckpointStore:
                 self._pins[key] = pins
                 while len(self._pins) > MAX_PINS_KEPT:
                     del self._pins[next(iter(self._pins))]
+            took = time.monotonic() - start
+            log.info("%s: %d shards pinned by the Hub's LFS sha256 (%.3fs)", shown, len(pins), took)
             return pins
 
         return pin

@@ -241,13 +241,19 @@ SHARD = "model-00002-of-00003.safetensors"
 
 
 def test_a_stock_index_at_a_commit_is_pinned_by_the_hubs_lfs_sha256(
-    tmp_path: Path, store: CheckpointStore, hub: hostile.Hostile, cdn: hostile.Hostile
+    tmp_path: Path,
+    store: CheckpointStore,
+    hub: hostile.Hostile,
+    cdn: hostile.Hostile,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Each shard's sha256 and size from a HEAD to the Hub (the token to the Hub only,
     the redirect not followed), then its bytes from the CDN, verified; the pins are kept,
     so fetching it again asks nothing."""
     repo = stock_repo(tmp_path, hub, cdn)
+    caplog.set_level(logging.INFO)
     local = store.fetch_checkpoint(repo.checkpoint)
+    assert f"@{COMMIT}/v2/model.safetensors.index.json: 3 shards pinned by the Hub" in caplog.text
     assert [path.read_bytes() for path, _ in local.files] == list(repo.shards.values())
     assert local.manifest is not None
     assert [s.size for s in local.manifest.shards] == [len(d) for d in repo.shards.values()]
