@@ -5,21 +5,28 @@ One helm install, one 2-replica Canary ModelDeployment of the tiny model under t
 and a real Prometheus (devcluster/prometheus.py: kubernetes_sd against the test API
 server, with the relabelling of the chart's PodMonitor and ServiceMonitor as rendered).
 The Canary's first step bakes for 10 minutes, so every query below runs during a swap:
-one pod serves the candidate, the other the stable revision, both answer traffic.
+one pod serves the candidate, the other the stable revision, both answer traffic. The
+last test draws the dashboard's panels from this scrape (devcluster/panels.py: Grafana
+does not build here) into the artifacts, and into docs/ with HOTSWAP_DOCS_SCREENSHOT=1.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from devcluster import metric_docs, prometheus, tiny
+from devcluster import metric_docs, panels, prometheus, tiny
+from devcluster.browser import ARTIFACTS
 from devcluster.cluster import REPO, Cluster
 from devcluster.fleet import RUNTIME_PORT, Fleet, cpu_deployment
 from devcluster.helm import template
@@ -28,6 +35,7 @@ from tests.e2e.conftest import RELEASE
 
 NAME = "watched"
 DASHBOARD = REPO / "charts" / "hotswap" / "files" / "grafana-dashboard.json"
+PANELS_PNG = REPO / "docs" / "grafana-panels-e2e.png"
 DOCS = [
     REPO / "docs" / n for n in ("observability.md", "architecture.md", "security.md", "analysis.md")
 ]
@@ -199,3 +207,31 @@ def test_the_docs_name_every_series_as_prometheus_stores_it(prom, fleet, install
         "hotswap_requests_total",
         "hotswap_modeldeployment_info",
     } <= in_tsdb
+
+
+def test_the_dashboard_draws_every_panel_from_the_scrape(prom, fleet, installed) -> None:
+    """Every panel's queries over the whole scrape, drawn by panel type: each draws at
+    least one series (a panel whose labels or names do not match draws "no data")."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    started = prom.api("status/runtimeinfo")["startTime"]
+    p99 = next(p for p in dashboard["panels"] if p["title"] == "p99 latency by revision")
+    p99_expr = expand(p99["targets"][0]["expr"], installed)
+
+    def both_drawn() -> bool:
+        """Both revisions' p99 over ten scrapes: enough of the swap to draw lines."""
+        now = time.time()
+        found = prom.api("query_range", query=p99_expr, start=now - 60, end=now, step=2)
+        points = {r["metric"]["revision"]: len(r["values"]) for r in found["result"]}
+        return min(points.get("1", 0), points.get("2", 0)) >= 10
+
+    wait_for(both_drawn, timeout=90, interval=2, what=f"ten points of each revision in {p99_expr}")
+    window = panels.Window(
+        start=datetime.fromisoformat(started).timestamp(), end=time.time(), step=2
+    )
+    out = ARTIFACTS / "grafana-panels-e2e.png"
+    drawn = panels.render(dashboard, prom, lambda e: expand(e, installed), window, out)
+    print(f"panels: {out} {drawn}")
+    assert {title: n for title, n in drawn.items() if n == 0} == {}
+    assert len(drawn) == len(dashboard["panels"])
+    if os.environ.get("HOTSWAP_DOCS_SCREENSHOT") == "1":
+        shutil.copyfile(out, PANELS_PNG)
