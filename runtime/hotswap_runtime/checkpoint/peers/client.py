@@ -152,7 +152,8 @@ async def _get(
 ) -> AsyncIterator[tuple[_Answer, AsyncGenerator[memoryview, None]]]:
     """``GET target`` of ``peer`` on a connection of its own: the answer's head and its
     body's chunks (``pump`` or the caller bounds the wait for each). Before the answer
-    began: Refused, PeerSlow (not within ``idle_seconds``) or PeerBusy (anything else);
+    began: Refused, PeerSlow (no answer within ``idle_seconds``) or PeerBusy (anything
+    else, a connection not accepted within CONNECT_SECONDS included);
     FetchError for an answer without a Content-Length."""
     sock = await _connect(peer, idle_seconds)
     try:
@@ -171,8 +172,8 @@ async def _connect(peer: PeerAddress, idle_seconds: float) -> socket.socket:
             await asyncio.get_running_loop().sock_connect(sock, (peer.ip, peer.port))
     except BaseException as exc:
         sock.close()
-        if isinstance(exc, TimeoutError):
-            raise PeerSlow(f"peer {peer.name} did not answer (connect timeout)") from None
+        if isinstance(exc, TimeoutError):  # its accept queue is full: busy, not slow
+            raise PeerBusy(f"peer {peer.name} did not answer (connect timeout)") from None
         if isinstance(exc, ConnectionRefusedError):
             raise Refused(f"peer {peer.name} did not answer (connection refused)") from None
         if isinstance(exc, OSError):
