@@ -1,8 +1,10 @@
 """Benchmark: fleet distribution — a rollout of one sharded checkpoint to N pods, with
 peer transfer on and off, from a store capped at a fixed bandwidth.
 
-The setup of bench/scale.py (`hollow_cluster`): the real control plane, the chart
-installed with helm, the operator in containers on the real node, and HOLLOW runtime
+The setup of bench/scale.py (`hollow_cluster`): the real control plane, the operator
+(``--operator process``, the default: a process with the runtime defaults the chart
+renders, devcluster/operator_process.py, so no real node, root or images are needed;
+``node``: installed with helm in containers on the real node), and HOLLOW runtime
 pods (devcluster/hollow.py) started with ``--fetch``: each pod runs the runtime's real
 settings, checkpoint store (download, sha256, cache), peer-first fetch (roster read from
 the operator's ``<name>-peers`` ConfigMap with the pod's own token) and peer port (bound
@@ -38,10 +40,10 @@ Between phases the checkpoint's files are deleted from the store folder and from
 pod's cache. ``--checkpoint-mib`` gives one size per N (``auto``: the largest multiple
 of 16 MiB whose N cached copies leave ``--disk-margin-gib`` free on the cache's disk).
 
-    flock /tmp/hotswap-realnode.mutex python bench/distribution.py [--sizes 10,100,300]
-        [--checkpoint-mib 256,256,auto] [--shards 8] [--store-mib-s 100] [--out FILE]
+    python bench/distribution.py [--sizes 10,100,300] [--checkpoint-mib 256,256,auto]
+        [--shards 8] [--store-mib-s 100] [--operator process|node] [--out FILE]
 
-Needs root (the real node); one node per machine. Prints one JSON line per phase; the
+``--operator node`` needs root (the real node; one per machine). Prints one JSON line per phase; the
 last line is the summary: ``pods`` (the largest N measured), ``store_read_ratio`` (peers
 on), ``store_read_ratio_direct``, ``converge_p95_s``, ``converge_p95_s_direct`` at that
 N, and ``per_size`` with both modes' figures at every N.
@@ -358,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="peers, direct or both")
     parser.add_argument("--store-mib-s", type=float, default=100.0)
     parser.add_argument("--nodes", type=int, default=8, help="hollow node processes")
+    parser.add_argument(
+        "--operator",
+        choices=("process", "node"),
+        default="process",
+        help="the operator as a process, or in containers on the real node",
+    )
     parser.add_argument("--load-seconds", type=float, default=0.0, help="the stand-in load")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds a rollout may take")
     parser.add_argument("--setup-timeout", type=float, default=900, help="seconds to settle")

@@ -70,6 +70,7 @@ from devcluster import node as real
 from devcluster.cluster import Cluster, ensure_binary
 from devcluster.fleet import OPERATOR_PODS, helm_install
 from devcluster.hollow import deployment, placeholder_checkpoint, spawn_nodes
+from devcluster.operator_process import chart_runtime_defaults, operator_process
 from devcluster.rest import ApiError, KubeClient
 from devcluster.waiting import wait_for
 
@@ -228,7 +229,9 @@ class Progress:
 
 
 class Bench:
-    def __init__(self, cluster: Cluster, node: real.RealNode, namespace: str) -> None:
+    def __init__(self, cluster: Cluster, node: real.RealNode | None, namespace: str) -> None:
+        """``node``: the real node running the operator pods; None when the operator runs
+        as a process (its pid in ``processes["operator"]``)."""
         self.cluster = cluster
         self.node = node
         self.namespace = namespace
@@ -267,11 +270,12 @@ class Bench:
 
     def operator_pids(self) -> list[int]:
         """Host PIDs of the operator pods' processes (containers on the real node)."""
+        if self.node is None:
+            return self.processes.get("operator", [])
+        node = self.node
         items = self.client.get(f"/api/v1/namespaces/{self.namespace}/pods", OPERATOR_PODS)
         return [
-            pid
-            for p in items["items"]
-            for pid in self.node.pids(self.namespace, p["metadata"]["name"])
+            pid for p in items["items"] for pid in node.pids(self.namespace, p["metadata"]["name"])
         ]
 
     def runtime_pods(self) -> list[JSON]:
@@ -403,9 +407,19 @@ def hollow_cluster(
     max_pods: int,
     extra: Callable[[int], list[str]] = lambda i: [],
 ) -> Iterator[Bench]:
-    """The control plane, the real node with the operator installed by helm (chart
-    values ``args.set``), ``args.nodes`` hollow nodes (``extra(i)``: more flags for node
-    i) and a Bench watching the namespace; the logs are kept in ``args.logs``."""
+    """The control plane, the operator (``args.operator``: "node", in containers on the
+    real node, installed by helm with chart values ``args.set``; "process": as a process
+    with the runtime defaults the chart renders from them, no real node, no images),
+    ``args.nodes`` hollow nodes (``extra(i)``: more flags for node i) and a Bench
+    watching the namespace; the logs are kept in ``args.logs``."""
+    if getattr(args, "operator", "node") == "process":
+        with (
+            _operator_process(args, result) as (cluster, namespace, operator),
+            _hollow_bench(cluster, None, namespace, args, result, max_pods, extra) as bench,
+        ):
+            bench.processes["operator"] = [operator]
+            yield bench
+        return
     real.ensure_binaries()
     real.ensure_images()
     with (
@@ -418,29 +432,61 @@ def hollow_cluster(
             cluster, HELM, "hotswap", namespace, f"watchNamespaces={{{namespace}}}", *args.set
         )
         result["chart_values"] = args.set
-        logs = cluster.root / "logs"
-        result["pods_per_node"] = max_pods
-        nodes = spawn_nodes(
-            cluster.kubeconfig, args.nodes, args.load_seconds, max_pods, logs, extra
-        )
-        try:
-            bench = Bench(cluster, node, namespace)
-            bench.processes = {
-                "apiserver": [cluster.pids["apiserver"]],
-                "etcd": [cluster.pids["etcd"]],
-                "hollow": [proc.pid for proc in nodes],
-            }
-            result["report_objects"] = bench.has_reports
+        with _hollow_bench(cluster, node, namespace, args, result, max_pods, extra) as bench:
             yield bench
-            pids = cluster.pids
-            result["apiserver_rss_mb"] = round(rss_mb(pids["apiserver"]))
-            result["etcd_rss_mb"] = round(rss_mb(pids["etcd"]))
-        finally:
-            for proc in nodes:
-                proc.terminate()
-            for proc in nodes:
-                proc.wait(30)
-            result["logs"] = keep_logs(logs, node, namespace, args.logs)
+
+
+@contextmanager
+def _operator_process(args: argparse.Namespace, result: JSON) -> Iterator[tuple[Cluster, str, int]]:
+    """The control plane with the CRDs, a namespace, and the operator watching it as a
+    process: the cluster, the namespace and the operator's pid."""
+    with Cluster(ensure_binary()) as cluster:
+        cluster.apply_crd(REPO / "crds")
+        namespace = f"scale-{uuid.uuid4().hex[:6]}"
+        cluster.rest().post("/api/v1/namespaces", {"metadata": {"name": namespace}})
+        defaults = chart_runtime_defaults(HELM, *args.set)
+        result["chart_values"] = args.set
+        log = cluster.root / "logs" / "operator.log"
+        with operator_process(cluster, namespace, log, HOTSWAP_RUNTIME_DEFAULTS=defaults) as op:
+            try:
+                yield cluster, namespace, op.proc.pid
+            finally:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                shutil.copy(log, args.logs / "operator.log")
+
+
+@contextmanager
+def _hollow_bench(
+    cluster: Cluster,
+    node: real.RealNode | None,
+    namespace: str,
+    args: argparse.Namespace,
+    result: JSON,
+    max_pods: int,
+    extra: Callable[[int], list[str]],
+) -> Iterator[Bench]:
+    """``args.nodes`` hollow node processes and a Bench watching ``namespace``."""
+    logs = cluster.root / "logs"
+    result["pods_per_node"] = max_pods
+    nodes = spawn_nodes(cluster.kubeconfig, args.nodes, args.load_seconds, max_pods, logs, extra)
+    try:
+        bench = Bench(cluster, node, namespace)
+        bench.processes = {
+            "apiserver": [cluster.pids["apiserver"]],
+            "etcd": [cluster.pids["etcd"]],
+            "hollow": [proc.pid for proc in nodes],
+        }
+        result["report_objects"] = bench.has_reports
+        yield bench
+        pids = cluster.pids
+        result["apiserver_rss_mb"] = round(rss_mb(pids["apiserver"]))
+        result["etcd_rss_mb"] = round(rss_mb(pids["etcd"]))
+    finally:
+        for proc in nodes:
+            proc.terminate()
+        for proc in nodes:
+            proc.wait(30)
+        result["logs"] = keep_logs(logs, node, namespace, args.logs)
 
 
 def run(args: argparse.Namespace) -> JSON:
@@ -453,13 +499,16 @@ def run(args: argparse.Namespace) -> JSON:
     return result
 
 
-def keep_logs(logs: Path, node: real.RealNode, namespace: str, keep: Path) -> str:
+def keep_logs(logs: Path, node: real.RealNode | None, namespace: str, keep: Path) -> str:
     """Copy the hollow nodes' logs out of the cluster's temp folder (which stop()
     removes) and the operator pods' logs (`kubectl logs`, before the node deletes the
-    pods): what a pod that never reported was doing."""
+    pods; without a real node the operator process's log is copied by its starter):
+    what a pod that never reported was doing."""
     keep.mkdir(parents=True, exist_ok=True)
     for log in logs.glob("hollow-*.log"):
         shutil.copy(log, keep / log.name)
+    if node is None:
+        return str(keep)
     pods = node.cluster.rest().get(f"/api/v1/namespaces/{namespace}/pods", OPERATOR_PODS)
     for pod in pods["items"]:
         name = pod["metadata"]["name"]

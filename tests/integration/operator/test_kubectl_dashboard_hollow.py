@@ -5,7 +5,7 @@ Hollow pods (devcluster/hollow.py) stand in for the model here, as in
 Deployment and ReplicaSet controllers for the ModelDeployment, bound by the scheduler to
 two hollow Nodes, each pod running the runtime's real control path (API watch of its
 ConfigMap, desired state, reporter) with a token bound to itself, around a stand-in load
-of LOAD_SECONDS. No kubelet: the operator runs as a process (operator_process.py). The
+of LOAD_SECONDS. No kubelet: the operator runs as a process (devcluster/operator_process.py). The
 plugin serves the page as `alice` (examples/kubectl-hotswap-rbac.yaml only).
 
 One AllAtOnce swap from revision 1 to 2: the page must draw every pod on revision 2
@@ -23,10 +23,10 @@ import uuid
 from collections import Counter
 
 import pytest
-from operator_process import operator_process
 
 from devcluster import browser, procs
 from devcluster.hollow import deployment, placeholder_checkpoint, spawn_nodes
+from devcluster.operator_process import operator_process
 from devcluster.rest import ApiError
 from devcluster.waiting import wait_for
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from operator_process import allow_events, refuse_events
+from refused_events import allow_events, refuse_events
 from replicas import replica_reports, report
 
 from devcluster.cluster import KubectlError

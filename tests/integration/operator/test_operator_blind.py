@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from apiproxy import ApiProxy
-from operator_process import operator_process
 
+from devcluster.operator_process import operator_process
 from devcluster.rest import ApiError, KubeClient
 from devcluster.waiting import wait_for
 
@@ -59,8 +59,8 @@ def test_a_leader_whose_watches_fail_gives_up_the_lease_and_fails_healthz(crd, n
             "KUBECONFIG": str(proxy.kubeconfig(tmp_path)),
             "HOTSWAP_WATCH_FAILURE_SECONDS": str(BOUND),
         }
-        with operator_process(crd, namespace, tmp_path / "operator.log", **env) as environ:
-            url = environ["HOTSWAP_LIVENESS_ENDPOINT"]
+        with operator_process(crd, namespace, tmp_path / "operator.log", **env) as running:
+            url = running.env["HOTSWAP_LIVENESS_ENDPOINT"]
             wait_for(
                 lambda: healthz(url) == 200 and holder(client, namespace),
                 timeout=60,

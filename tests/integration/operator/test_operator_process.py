@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from operator_process import allow_events, operator_process, refuse_events
+from refused_events import allow_events, refuse_events
 
+from devcluster.operator_process import operator_process
 from devcluster.rest import ApiError, KubeClient
 from devcluster.waiting import wait_for
 

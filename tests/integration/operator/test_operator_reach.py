@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_process import operator_process
 
 from devcluster.cluster import Cluster
 from devcluster.helm import template
+from devcluster.operator_process import operator_process
 from devcluster.rest import STRATEGIC_PATCH, ApiError, KubeClient
 from devcluster.waiting import wait_for
 from hotswap_contract.wire import Peers

@@ -10,7 +10,9 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,13 +27,13 @@ from hotswap_runtime.checkpoint.peers.client import (
     PeerAddress,
     PeerBusy,
     Unreachable,
-    client,
     holdings,
     open_blob,
 )
 from hotswap_runtime.checkpoint.peers.peering import Peering
 from hotswap_runtime.checkpoint.peers.server import PeerLimits, PeerServer
 from hotswap_runtime.checkpoint.store import CheckpointStore
+from hotswap_runtime.errors import FetchError
 from tests.fixtures_runtime.http import FileServer, serve
 
 TOKEN = "peer-token-of-this-deployment"
@@ -284,6 +286,41 @@ def test_the_peer_port_answers_only_the_credential_and_only_verified_files(tmp_p
         server.stop()
 
 
+def test_a_request_past_the_upload_bound_waits_its_turn_then_is_told_busy(
+    tmp_path: Path,
+) -> None:
+    """With its one upload taken (a client that reads nothing holds it), a peer keeps the
+    next blob request waiting (a quarter of its idle bound: 0.5 s here), answers it 503
+    when the upload does not end in that time, and serves a waiting one as soon as it
+    ends."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    big, small = "c" * 64, "d" * 64
+    (cache / big).write_bytes(bytes(48 << 20))  # more than the socket buffers hold
+    (cache / small).write_bytes(b"small file")
+    limits = PeerLimits(max_uploads=1, idle_seconds=2.0)
+    server = PeerServer(cache, TOKEN, "127.0.0.1", 0, limits)
+    server.start()
+    url = f"http://127.0.0.1:{server.port}/v1/blobs/{small}"
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as hog:
+            head = f"GET /v1/blobs/{big} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {TOKEN}"
+            hog.sendall(head.encode() + b"\r\n\r\n")
+            assert hog.recv(12) == b"HTTP/1.1 200"  # its upload began, and stalls
+            began = time.monotonic()
+            assert httpx.get(url, headers=good).status_code == 503
+            assert 0.4 < time.monotonic() - began < 1.5
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(httpx.get, url, headers=good)
+                time.sleep(0.2)
+                hog.close()  # the upload ends: the waiting request is served
+                answer = waiting.result(5)
+        assert answer.status_code == 200 and answer.content == b"small file"
+    finally:
+        server.stop()
+
+
 def test_a_peer_at_its_connection_bound_is_busy_not_gone(tmp_path: Path) -> None:
     """Past max_connections the peer answers 503 unread: a client lists it as BUSY (alive,
     so an origin is not given up for the store) and skips it for a file, dropping
@@ -296,14 +333,13 @@ def test_a_peer_at_its_connection_bound_is_busy_not_gone(tmp_path: Path) -> None
     gone = PeerAddress("gone", "127.0.0.1", free_port())
 
     async def ask() -> tuple[Holdings, str, str]:
-        async with client(2.0) as http:
-            with socket.create_connection(("127.0.0.1", server.port)):  # holds the one slot
-                listed = await wait_until_busy(http, peer)
-                with pytest.raises(PeerBusy) as blob:
-                    async with open_blob(http, peer, "a" * 64, TOKEN):
-                        pass
-            with pytest.raises(Unreachable) as refused:
-                await holdings(http, gone, TOKEN)
+        with socket.create_connection(("127.0.0.1", server.port)):  # holds the one slot
+            listed = await wait_until_busy(peer)
+            with pytest.raises(PeerBusy) as blob:
+                async with open_blob(peer, "a" * 64, TOKEN, 2.0):
+                    pass
+        with pytest.raises(Unreachable) as refused:
+            await holdings(gone, TOKEN, 2.0)
         return listed, str(blob.value), str(refused.value)
 
     try:
@@ -315,12 +351,57 @@ def test_a_peer_at_its_connection_bound_is_busy_not_gone(tmp_path: Path) -> None
     assert "did not answer" in refused
 
 
-async def wait_until_busy(http: httpx.AsyncClient, peer: PeerAddress) -> Holdings:
+async def wait_until_busy(peer: PeerAddress) -> Holdings:
     """The listing once the held connection counts (the server counts it when its
     handler starts: a poll of the peer, as a client would make)."""
     for _ in range(100):
-        listed = await holdings(http, peer, TOKEN)
+        listed = await holdings(peer, TOKEN, 2.0)
         if listed.busy:
             return listed
         await asyncio.sleep(0.02)
     raise AssertionError("the peer never reached its connection bound")
+
+
+ANSWERS = {
+    "whole": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    "short": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10,
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "garbage": b"SSH-2.0-OpenSSH\r\n\r\n",
+}
+
+
+def test_the_blob_client_takes_only_a_whole_answer_of_its_declared_length() -> None:
+    """open_blob's own checks, against a peer that answers as told: a body that ends
+    before its Content-Length (the peer closed mid-file) fails as that peer's fault once
+    its answer began (Unreachable: dropped); an answer without a Content-Length is
+    refused before any byte is taken; a head that is not HTTP means a peer not ready to
+    answer (busy: ask another); a whole answer arrives as sent."""
+
+    async def run() -> dict[str, object]:
+        told: dict[str, bytes] = {}
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(told["answer"])
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        peer = PeerAddress("told", "127.0.0.1", server.sockets[0].getsockname()[1])
+        outcomes: dict[str, object] = {}
+        async with server:
+            for kind, raw in ANSWERS.items():
+                told["answer"] = raw
+                try:
+                    async with open_blob(peer, "a" * 64, TOKEN, 2.0) as body:
+                        data = b"".join([bytes(c) async for c in body.chunks])
+                    outcomes[kind] = (body.size, data)
+                except FetchError as exc:
+                    outcomes[kind] = type(exc)
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert outcomes["whole"] == (5, b"hello")
+    assert outcomes["short"] is Unreachable
+    assert outcomes["chunked"] is FetchError
+    assert outcomes["garbage"] is PeerBusy

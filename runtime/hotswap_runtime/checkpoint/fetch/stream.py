@@ -56,6 +56,9 @@ SLICE_BYTES = 1 << 20
 _WRITER = ThreadPoolExecutor(FILES_IN_FLIGHT, thread_name_prefix="hotswap-cache-write")
 
 OpenRange = Callable[[int, int], AbstractAsyncContextManager["Body"]]
+# A fetcher's chunk: bytes of its own, or a view of a buffer it reuses once the next
+# chunk is asked for (the sink is done with a chunk when ``Sink.add`` returns).
+Chunk = bytes | memoryview
 
 
 @dataclass
@@ -64,7 +67,7 @@ class Body:
     open bytes ``[start, end)`` of the same object (None: the source has no ranges)."""
 
     size: int | None
-    chunks: AsyncGenerator[bytes, None]
+    chunks: AsyncGenerator[Chunk, None]
     ranges: OpenRange | None = None
 
 
@@ -104,7 +107,7 @@ class Sink:
         if self.tap_for is not None:
             self.tap = self.tap_for(size)
 
-    def add(self, chunk: bytes | memoryview) -> None:
+    def add(self, chunk: Chunk) -> None:
         """Count, hash, keep and tap ``chunk``, SLICE_BYTES at a time. A large slice is
         written to the cache file on the writer thread while this one hashes and taps it
         (the write is the costliest step: page-cache allocation and copy); it returns
@@ -173,7 +176,7 @@ async def pump(opened: AbstractAsyncContextManager[Body], sink: Sink, policy: Ne
         await _parts(body, body.size, body.ranges, sink, policy)
 
 
-async def _next(chunks: AsyncGenerator[bytes, None], shown: str, policy: NetPolicy) -> bytes | None:
+async def _next(chunks: AsyncGenerator[Chunk, None], shown: str, policy: NetPolicy) -> Chunk | None:
     try:
         async with asyncio.timeout(policy.idle_seconds):
             return await anext(chunks, None)
@@ -216,7 +219,7 @@ async def _part(
     start: int,
     end: int,
     ranges: OpenRange,
-    first: AsyncGenerator[bytes, None] | None,
+    first: AsyncGenerator[Chunk, None] | None,
     shown: str,
     policy: NetPolicy,
     resumes: _Resumes,
@@ -259,7 +262,7 @@ class _Filling:
         return self.got == len(self.buffer)
 
     async def fill(
-        self, chunks: AsyncGenerator[bytes, None], shown: str, policy: NetPolicy
+        self, chunks: AsyncGenerator[Chunk, None], shown: str, policy: NetPolicy
     ) -> None:
         """Read ``chunks`` into the buffer until it is full or they end (or break off)."""
         while not self.full:

@@ -27,8 +27,6 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
-import httpx
-
 from hotswap_contract.wire import Fetched, Peers
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy
 from hotswap_runtime.checkpoint.fetch.stream import Sink, pump
@@ -38,7 +36,6 @@ from hotswap_runtime.checkpoint.peers.client import (
     PeerAddress,
     PeerBusy,
     PeerSlow,
-    client,
     holdings,
     open_blob,
 )
@@ -46,9 +43,9 @@ from hotswap_runtime.errors import SwapError
 
 log = logging.getLogger(__name__)
 FANOUT = 4  # peers besides the origins asked per round
-# Between rounds: the first while peers hold the file but are busy; doubling from it to
-# the last while none holds it, so a fleet waiting on a slow store asks little (100
-# pods, 6 peers each: 300 listings/s).
+# Between rounds: doubling from the first to the last while no peer gave the file (none
+# holds it, or every holder was busy), so a fleet waiting on a slow store or on busy
+# peers asks little (100 pods, 2 files each, 6 peers a round: 600 listings/s at most).
 ROUND_SECONDS = (0.2, 2.0)
 LISTING_TTL = 0.2  # a peer's listing is reused for this long
 MAX_PEER_TRIES = 2  # peers that may fail one file before the store is read
@@ -158,16 +155,14 @@ class Peering:
         roster = self.roster()
         if roster is not None and roster.peers:
             plan = _Plan.of(roster, self.me, self.port, sha256)
-            async with client(self.idle_seconds) as http:
-                if await self._from_peers(http, plan, (sha256, {sha256, *related}), sink, tally):
-                    return
+            if await self._from_peers(plan, (sha256, {sha256, *related}), sink, tally):
+                return
         sink.restart()
         await from_store()
         tally.add("store", sink.total)
 
     async def _from_peers(
         self,
-        http: httpx.AsyncClient,
         plan: _Plan,
         wanted: tuple[str, set[str]],
         sink: Sink,
@@ -179,15 +174,15 @@ class Peering:
         deadline = started + self.wait_seconds
         tries = 0
         turn = 0
-        empty = 0  # rounds in a row in which no peer held the file
+        idle = 0  # rounds in a row in which no peer gave the file
         while time.monotonic() < deadline and tries < MAX_PEER_TRIES:
             asked = plan.origins + self._some_others(plan, turn)
-            listings = await self._listings_of(http, asked)
+            listings = await self._listings_of(asked)
             if self._i_read_store(plan, listings):
                 return False
             holders = self._holders(asked, plan.origins, listings, sha256)
             for holder in holders:
-                outcome = await self._try(http, holder, sha256, sink, tally)
+                outcome = await self._try(holder, sha256, sink, tally)
                 if outcome is True:
                     return True
                 if outcome is False:
@@ -196,9 +191,9 @@ class Peering:
             else:
                 if not holders and not self._worth_waiting(plan, listings, related, started):
                     return False
-                empty = 0 if holders else empty + 1  # busy holders: ask again soon
                 first, last = ROUND_SECONDS
-                await asyncio.sleep(min(last, first * 2 ** min(empty, 8)))  # polling peers
+                await asyncio.sleep(min(last, first * 2 ** min(idle, 8)))  # polling peers
+                idle += 1
             turn += 1
         return False
 
@@ -254,14 +249,12 @@ class Peering:
         early = time.monotonic() - started < self.idle_seconds
         return early and any(held is not None for held in answering)
 
-    async def _try(
-        self, http: httpx.AsyncClient, peer: PeerAddress, sha256: str, sink: Sink, tally: Tally
-    ) -> bool | None:
+    async def _try(self, peer: PeerAddress, sha256: str, sink: Sink, tally: Tally) -> bool | None:
         """True: ``sink`` holds the verified file. None: the peer was busy or no longer
         holds it (ask another). False: it failed this pod and is dropped."""
         sink.restart()
         try:
-            await pump(open_blob(http, peer, sha256, self.token), sink, self.policy)
+            await pump(open_blob(peer, sha256, self.token, self.idle_seconds), sink, self.policy)
         except PeerSlow as exc:  # alive but silent: twice, and it is dropped
             self._slow[peer.name] = self._slow.get(peer.name, 0) + 1
             return self._drop(peer, str(exc), tally) if self._slow[peer.name] >= 2 else None
@@ -280,22 +273,20 @@ class Peering:
         tally.failed()
         return False
 
-    async def _listings_of(
-        self, http: httpx.AsyncClient, peers: list[PeerAddress]
-    ) -> dict[str, Holdings | None]:
+    async def _listings_of(self, peers: list[PeerAddress]) -> dict[str, Holdings | None]:
         now = time.monotonic()
         stale = [
             p for p in peers if now - self._listings.get(p.name, (-1e9, None))[0] > LISTING_TTL
         ]
-        answers = await asyncio.gather(*(self._ask(http, p) for p in stale))
+        answers = await asyncio.gather(*(self._ask(p) for p in stale))
         for peer, answer in zip(stale, answers, strict=True):
             self._listings[peer.name] = (now, answer)
         return {p.name: self._listings[p.name][1] for p in peers}
 
-    async def _ask(self, http: httpx.AsyncClient, peer: PeerAddress) -> Holdings | None:
+    async def _ask(self, peer: PeerAddress) -> Holdings | None:
         if peer.name == self.me:
             return Holdings(frozenset(), frozenset())  # never asked: it reads for itself
         try:
-            return await holdings(http, peer, self.token)
+            return await holdings(peer, self.token, self.idle_seconds)
         except SwapError:
             return None

@@ -15,7 +15,10 @@ operator creates for it and mounts in its pods only), compared in constant time.
 
 Bounds: a request head of at most ``HEAD_BYTES``, read within ``HEAD_SECONDS``; at most
 ``max_connections`` connections (more are answered 503 and closed, unread) and ``max_uploads`` blobs
-sent at once (more are answered 503, and the client asks another peer); the bytes sent
+sent at once (a request for another waits up to ``QUEUE_SECONDS``, a quarter of the idle
+bound at most, for one to end, in the order they came; then it is answered 503 and the
+client asks another peer: a waiting request costs no CPU, where a 503 at once had the
+whole fleet asking again every round); the bytes sent
 per second across all uploads at most ``max_bytes_per_second`` (0: unbounded), and a
 client that takes nothing for ``idle_seconds`` is cut off.
 """
@@ -43,6 +46,7 @@ HEAD_SECONDS = 5.0
 MAX_LISTED = 4096
 STOP_SECONDS = 5.0
 SEND_BYTES = 4 << 20  # one sendfile call; the bandwidth bound is kept between calls
+QUEUE_SECONDS = 2.0  # a blob request waits this long for an upload to end
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _BLOB = re.compile(r"^/v1/blobs/([0-9a-f]{64})$")
 _TMP = re.compile(r"^\.tmp-([0-9a-f]{64})-")
@@ -111,6 +115,7 @@ class PeerServer:
         self.sent_bytes = 0
         self._connections = 0
         self._uploads = 0
+        self._upload_ended = asyncio.Condition()  # made again for each loop (start)
         self._bucket = _Bucket(self.limits.max_bytes_per_second)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -120,6 +125,7 @@ class PeerServer:
         """Listen on a thread of its own (raises OSError when the port is taken); callable
         from a thread that runs an event loop of its own (the runtime's lifespan)."""
         loop = asyncio.new_event_loop()
+        self._upload_ended = asyncio.Condition()  # bound to that loop when first used
         thread = threading.Thread(target=loop.run_forever, name="hotswap-peer", daemon=True)
         thread.start()
         listening = asyncio.start_server(self._serve, self.host, self.port, limit=HEAD_BYTES)
@@ -190,22 +196,38 @@ class PeerServer:
         return False
 
     async def _send_blob(self, sha256: str, replies: _Replies) -> None:
-        if self._uploads >= self.limits.max_uploads:
-            await replies.send(503, b"busy: ask another peer\n")
-            return
         try:
             file = (self.cache_dir / sha256).open("rb")
         except FileNotFoundError:
             await replies.send(404, b"not cached here\n")
             return
-        self._uploads += 1
-        try:
-            with file:
+        with file:
+            if not await self._upload_slot():
+                await replies.send(503, b"busy: ask another peer\n")
+                return
+            try:
                 size = os.fstat(file.fileno()).st_size
                 replies.head(200, size, b"application/octet-stream")
                 await self._send_file(file, size, replies.writer)
-        finally:
-            self._uploads -= 1
+            finally:
+                self._uploads -= 1
+                async with self._upload_ended:
+                    self._upload_ended.notify()
+
+    async def _upload_slot(self) -> bool:
+        """Take one of the ``max_uploads``, waiting at most QUEUE_SECONDS (and a quarter
+        of the idle bound) for one to end; False when none did."""
+        wait = min(QUEUE_SECONDS, self.limits.idle_seconds / 4)
+        async with self._upload_ended:
+            try:
+                async with asyncio.timeout(wait):
+                    await self._upload_ended.wait_for(
+                        lambda: self._uploads < self.limits.max_uploads
+                    )
+            except TimeoutError:
+                return False
+            self._uploads += 1
+            return True
 
     async def _send_file(self, file: object, size: int, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()

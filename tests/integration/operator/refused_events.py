@@ -1,49 +1,12 @@
-"""The operator as a process against the real API server (no kubelet, no helm).
-
-`python -m hotswap_operator --namespace <ns>` with the cluster admin's kubeconfig, as
-the chart would run it minus the pod: for tests of what only the whole operator shows
-(watch triggers, retries, lost updates), where calling the sync directly would not.
-"""
+"""What the operator tests do around the operator process (devcluster/operator_process.py):
+refuse, then allow again, the Events of a namespace."""
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
-from devcluster import procs
-from devcluster.cluster import REPO, Cluster, free_port
 from devcluster.rest import ApiError, KubeClient
 from devcluster.waiting import wait_for
 
-CPU_DEFAULTS = '{"gpu": {"enabled": false}}'
 ADMISSION = "/apis/admissionregistration.k8s.io/v1"
-
-
-@contextmanager
-def operator_process(
-    cluster: Cluster, namespace: str, log: Path, **env: str
-) -> Iterator[dict[str, str]]:
-    """Run the operator watching `namespace`; yields its environment (ports included)."""
-    environ = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("runtime", "operator", ".")),
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "HOTSWAP_RUNTIME_DEFAULTS": CPU_DEFAULTS,
-        "HOTSWAP_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
-        "HOTSWAP_METRICS_PORT": str(free_port()),
-        "POD_IP": "127.0.0.1",
-        "POD_NAMESPACE": namespace,
-        **env,
-    }
-    argv = [sys.executable, "-m", "hotswap_operator", "--namespace", namespace]
-    proc = procs.spawn(argv, log=log, env=environ, cwd=REPO)
-    try:
-        yield environ
-    finally:
-        procs.stop_group(proc, grace=10)
 
 
 def refuse_events(client: KubeClient, namespace: str) -> str:
