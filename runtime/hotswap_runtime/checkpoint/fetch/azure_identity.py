@@ -14,7 +14,7 @@ authority on loopback or link-local only where the admin allows it in
 ``policy.fetchAllowedNetworks``), and the whole exchange within the connect plus the idle
 bound. The answer is hostile: read up to ``MAX_ANSWER_BYTES``, only ``access_token``
 (one visible-ASCII word) and ``expires_in`` kept, a refusal described by its status
-code alone. Tokens are kept per (token URL, client, assertion) until ``REFRESH_SECONDS``
+code alone. Tokens are kept per (token URL, client, assertion) until ``kept_tokens.REFRESH_SECONDS``
 before they expire; neither the token nor the assertion is ever logged or shown.
 """
 
@@ -26,11 +26,10 @@ import json
 import os
 import re
 import stat
-import time
-from collections import OrderedDict
 from urllib.parse import quote, urlsplit
 
 from hotswap_runtime.checkpoint.fetch.http import post_form
+from hotswap_runtime.checkpoint.fetch.kept_tokens import KeptTokens
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy, stalled
 from hotswap_runtime.errors import FetchError
 
@@ -40,7 +39,6 @@ SCOPE = "https://storage.azure.com/.default"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_BYTES = 64 << 10
 MAX_ANSWER_BYTES = 64 << 10
-REFRESH_SECONDS = 300.0  # a kept token is used until this long before it expires
 KEPT = 8
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _TOKEN = re.compile(r"[\x21-\x7e]{1,16384}")
@@ -51,7 +49,7 @@ _FIX = (
     "(spec.runtime.serviceAccount.annotations)"
 )
 Key = tuple[str, str, str]  # token URL, client id, sha256 of the assertion
-_kept: OrderedDict[Key, tuple[float, str]] = OrderedDict()  # -> (good until, token)
+_kept: KeptTokens[Key] = KeptTokens(KEPT)
 
 
 def wanted(secret: dict[str, str]) -> bool:
@@ -65,8 +63,8 @@ async def workload_token(shown: str, policy: NetPolicy) -> str:
     assertion = _assertion(where)
     key = (url, client, hashlib.sha256(assertion.encode()).hexdigest())
     kept = _kept.get(key)
-    if kept is not None and kept[0] > time.monotonic():
-        return kept[1]
+    if kept is not None:
+        return kept
     form = {
         "grant_type": "client_credentials",
         "client_id": client,
@@ -80,11 +78,7 @@ async def workload_token(shown: str, policy: NetPolicy) -> str:
     except TimeoutError:
         raise stalled(where, policy) from None
     token, lifetime = _answer(status, answer, where)
-    if lifetime > REFRESH_SECONDS:
-        _kept[key] = (time.monotonic() + lifetime - REFRESH_SECONDS, token)
-        _kept.move_to_end(key)
-        while len(_kept) > KEPT:
-            _kept.popitem(last=False)
+    _kept.keep(key, token, lifetime)
     return token
 
 

@@ -8,7 +8,7 @@ and the metadata server's link-local address (169.254.169.254) is refused unless
 cluster admin allows it in ``policy.fetchAllowedNetworks``. The answer is read up to
 ``MAX_ANSWER_BYTES`` within the idle bound; only its ``access_token`` and ``expires_in``
 are kept, the token never logged or shown. A token is kept per metadata URL until
-``REFRESH_SECONDS`` before it expires (as ``azure_identity`` keeps AAD tokens), so the
+``kept_tokens.REFRESH_SECONDS`` before it expires (as ``azure_identity`` keeps AAD tokens), so the
 shards of a checkpoint, and the next checkpoints, ask the metadata server once an hour
 rather than once a file.
 """
@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections import OrderedDict
 
 from hotswap_runtime.checkpoint.fetch.http import Via, open_http
+from hotswap_runtime.checkpoint.fetch.kept_tokens import KeptTokens
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy
 from hotswap_runtime.errors import FetchError
 
@@ -28,10 +27,9 @@ KEY = "GCS_USE_METADATA_SERVER"
 HOST = "metadata.google.internal"
 PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
 MAX_ANSWER_BYTES = 64 << 10
-REFRESH_SECONDS = 300.0  # a kept token is used until this long before it expires
 MAX_LIFETIME_SECONDS = 3600.0  # Google access tokens live an hour: a longer claim is cut
 KEPT = 4
-_kept: OrderedDict[str, tuple[float, str]] = OrderedDict()  # URL -> (good until, token)
+_kept: KeptTokens[str] = KeptTokens(KEPT)  # by metadata URL
 
 
 def wanted(secret: dict[str, str]) -> bool:
@@ -42,8 +40,8 @@ async def metadata_token(shown: str, policy: NetPolicy) -> str:
     """The access token of the pod's Google service account."""
     url = f"http://{os.environ.get('GCE_METADATA_HOST') or HOST}{PATH}"
     kept = _kept.get(url)
-    if kept is not None and kept[0] > time.monotonic():
-        return kept[1]
+    if kept is not None:
+        return kept
     where = f"{shown} (its token from the metadata server, {KEY} of the Secret)"
     via = Via(where, headers={"Metadata-Flavor": "Google"})
     answer = bytearray()
@@ -55,11 +53,7 @@ async def metadata_token(shown: str, policy: NetPolicy) -> str:
             if len(answer) > MAX_ANSWER_BYTES:
                 raise _bad(where)
     token, lifetime = _answer(answer, where)
-    if lifetime > REFRESH_SECONDS:
-        _kept[url] = (time.monotonic() + lifetime - REFRESH_SECONDS, token)
-        _kept.move_to_end(url)
-        while len(_kept) > KEPT:
-            _kept.popitem(last=False)
+    _kept.keep(url, token, lifetime)
     return token
 
 
