@@ -11,12 +11,12 @@ first reuse as the standby), then measures under closed-loop HTTP load:
   server (byte ranges, ``Accept-Ranges: bytes``) capped at ``--mbps`` MiB/s in all; or,
   then each other ``--source`` in turn, swapping between A and B: ``gs``: from
   fake-gcs-server (its filesystem backend), with a service account key in the Secret;
-  ``az``: from Azurite, with the account key in the Secret (both emulators on loopback,
-  started here from ``make emulators``'s builds, behind a proxy capped at ``--mbps``
-  too); ``oci``: B pushed as an OCI artifact (each file a raw layer,
-  named by the artifact's digest) to
-  the CNCF distribution registry (``make registry``: TLS, token auth) started here, the
-  swap from ``oci://`` (no cap: the registry's own speed on loopback).
+  ``az``: from Azurite, with the account key in the Secret; ``oci``: B pushed as an OCI
+  artifact (each file a raw layer, named by the artifact's digest) to the CNCF
+  distribution registry (``make registry``: TLS, token auth), the swap from ``oci://``
+  with the pull secret. The emulators and the registry run on loopback, started here
+  from ``make emulators``'s and ``make registry``'s builds, each behind a TCP proxy
+  capped at ``--mbps`` too (TLS passes through it).
   The runtime's cache is emptied of the files not serving before each, so each swap
   reads every byte from its source.
 * ``swap_seconds``: from writing ``model.json`` to the first metadata answer naming the
@@ -137,6 +137,7 @@ class Large:
         ):
             self.url = store.url
             self.registry = registry
+            self.oci_host = self._oci_host(registry, clouds)
             self.direct = {
                 source: clouds.enter_context(_cloud(source, self.root))
                 for source in self.args.source
@@ -315,7 +316,7 @@ class Large:
         registry = self.registry
         assert registry is not None
         token = registry.token(REPOSITORY, "pull")
-        url = f"https://{registry.host}/v2/{REPOSITORY}/blobs/sha256:{_sha256(path)}"
+        url = f"https://{self.oci_host}/v2/{REPOSITORY}/blobs/sha256:{_sha256(path)}"
         verify = ssl.create_default_context(cafile=registry.ca)
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.stream("GET", url, headers=headers, verify=verify, timeout=60) as r:
@@ -335,10 +336,19 @@ class Large:
             for name in ("a", "b"):
                 files = sorted((self.root / name).iterdir())
                 self.digests[name] = registry.push(REPOSITORY, name, {f.name: f for f in files})
-            secrets = self.root / "secrets" / "pull"
-            secrets.mkdir(parents=True)
-            (secrets / ".dockerconfigjson").write_text(registry.docker_config())
             yield registry
+
+    def _oci_host(self, registry: Any, clouds: contextlib.ExitStack) -> str:
+        """Where the runtime reaches the registry (``host:port`` of its capped proxy),
+        and the pull secret that logs in there."""
+        if registry is None:
+            return ""
+        port = clouds.enter_context(_capped(f"https://{registry.host}", self.args.mbps))
+        host = f"127.0.0.1:{port}"
+        secrets = self.root / "secrets" / "pull"
+        secrets.mkdir(parents=True)
+        (secrets / ".dockerconfigjson").write_text(registry.docker_config(host))
+        return host
 
     def _drop_cached(self, runtime: Runtime) -> None:
         """Empty the runtime's cache of every file but the serving revision's."""
@@ -398,7 +408,7 @@ class Large:
         uri = f"file://{manifest}" if source == "file" else f"{self.url}/{name}/{manifest.name}"
         secret = {}
         if source == "oci":
-            uri = f"oci://{self.registry.host}/{REPOSITORY}@{self.digests[name]}/{manifest.name}"
+            uri = f"oci://{self.oci_host}/{REPOSITORY}@{self.digests[name]}/{manifest.name}"
             secret = {"secretRef": "pull"}
         if source in ("gs", "az"):
             bucket = fake_gcs.BUCKET if source == "gs" else azurite.CONTAINER

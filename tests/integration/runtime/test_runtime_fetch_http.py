@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from devcluster import certs
+from devcluster.ranges import send_range_head
 from hotswap_contract.wire import Checkpoint
 from hotswap_runtime.checkpoint.fetch import net as fetch_net
 from hotswap_runtime.checkpoint.fetch import stream as fetch_stream
@@ -422,6 +423,36 @@ def test_large_files_are_read_in_parallel_ranged_parts(
     parts = -(-len(DATA) // 16_000)
     assert len(asked) == parts - 1  # part 0 came from the first GET (which then dropped)
     assert sorted(asked, key=lambda r: int(r[6:].split("-")[0]))[0] == "bytes=16000-31999"
+
+
+def test_the_first_response_is_closed_once_its_part_is_read(
+    store: CheckpointStore, web: hostile.Hostile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first GET asks for the whole file; once its part is read the client closes
+    it, so the store does not go on sending bytes nobody reads (into socket buffers, or
+    billed as egress) while the other parts come as ranges."""
+    monkeypatch.setattr(fetch_stream, "PART_BYTES", 64 << 10)
+    data = os.urandom(8 << 20)
+    events: list[str] = []
+
+    def route(h: BaseHTTPRequestHandler) -> None:
+        ranged = "Range" in h.headers
+        start, end = send_range_head(h, len(data), True)
+        events.append("range" if ranged else "whole")
+        try:
+            for offset in range(start, end, 16 << 10):
+                h.wfile.write(data[offset : min(offset + (16 << 10), end)])
+        except OSError:  # the client closed the connection
+            events.append("range closed" if ranged else "whole closed")
+
+    uri = web.route("/first/", route)
+    path = store.fetch(ck(uri + "m.safetensors", hashlib.sha256(data).hexdigest()))
+    assert path.read_bytes() == data
+    assert events.count("range") == len(data) // (64 << 10) - 1
+    assert "range closed" not in events
+    # closed while ranges were still being asked for, not at the end of the download
+    assert "whole closed" in events
+    assert events.index("whole closed") < len(events) - 8
 
 
 def test_a_resumed_download_that_changed_fails_its_sha256(

@@ -280,6 +280,8 @@ async def raw_chunks(
         ) from None
     except httpx.HTTPError as exc:
         raise _failure(exc, shown, policy) from None
+    finally:
+        await response.aclose()
 
 
 def parse_url(uri: str, shown: str) -> tuple[httpx.URL, str]:

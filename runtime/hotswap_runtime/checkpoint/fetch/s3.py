@@ -183,6 +183,8 @@ async def _chunks(body: Any, shown: str, policy: NetPolicy) -> AsyncGenerator[by
         raise Dropped(f"cannot fetch checkpoint {shown}: S3 broke off the response") from None
     except Exception as exc:
         raise _failure(exc, shown, policy, None) from None
+    finally:
+        body.close()  # closed early: the first response, once its part is read
 
 
 def _failure(

@@ -231,7 +231,10 @@ async def _part(
         try:
             if first is not None:
                 chunks, first = first, None
-                await part.fill(chunks, shown, policy)
+                try:
+                    await part.fill(chunks, shown, policy)
+                finally:
+                    await chunks.aclose()  # the rest of the body: the next parts' ranges
             else:
                 async with (
                     ranges(start + part.got, end) as opened,
