@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -242,6 +243,81 @@ def test_a_stalled_peer_is_dropped_and_a_vanished_one_skipped(tmp_path: Path) ->
         assert figures is not None and 1 <= figures.peer_failures <= FILES_IN_FLIGHT
         assert not files.gets
         assert_verified(pods.stores[2], blobs)
+
+
+@contextmanager
+def resetting_peer(address: str, port: int, blobs: dict[str, bytes]) -> Iterator[list[str]]:
+    """A peer that lists every blob and answers each blob request with its head and half
+    its bytes, then resets the connection (SO_LINGER 0: an RST, not a FIN); the paths
+    asked of it."""
+    asked: list[str] = []
+    listener = socket.create_server((address, port))
+    listener.settimeout(0.2)
+    stopped = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 8192:
+                head += conn.recv(4096) or b"\r\n\r\n"
+            path = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else ""
+            asked.append(path)
+            if path == "/v1/have":
+                body = json.dumps({"have": sorted(blobs), "fetching": []}).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                return
+            data = blobs.get(path.rsplit("/", 1)[-1], b"")
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data))
+            conn.sendall(data[: len(data) // 2])
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def accept() -> None:
+        while not stopped.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield asked
+    finally:
+        stopped.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_a_peer_that_resets_mid_file_costs_one_retry_and_no_wrong_weights(
+    tmp_path: Path,
+) -> None:
+    with fleet(tmp_path, 1, 1) as (pods, files):
+        checkpoint, blobs = write_checkpoint(files, "v1")
+        pods.fetch_all(checkpoint)  # the origin holds every file
+        with resetting_peer(ip(5), pods.port, blobs) as asked:
+            victim = tmp_path / "victim"
+            pods.add(victim, "victim", ip(6))
+            pods.roster = pods.roster.model_copy(
+                update={
+                    "peers": (
+                        *pods.roster.peers,
+                        Peer(name="resetter", ip=ip(5)),
+                        Peer(name="victim", ip=ip(6)),
+                    )
+                }
+            )
+            files.gets.clear()
+            pods.fetch_all(checkpoint, [1])
+        figures = pods.stores[1].last_fetched
+        assert figures is not None
+        blob_requests = [p for p in asked if p.startswith("/v1/blobs/")]
+        # asked first (a holder that is not an origin), reset, dropped: only the files
+        # asked of it before the first reset came back (FILES_IN_FLIGHT) cost a retry
+        assert 1 <= len(blob_requests) <= FILES_IN_FLIGHT
+        assert figures.peer_failures == len(blob_requests)
+        assert not files.gets  # the bytes came from the origin
+        assert_verified(pods.stores[1], blobs)
 
 
 def test_with_no_origin_answering_a_pod_reads_the_store(tmp_path: Path) -> None:
