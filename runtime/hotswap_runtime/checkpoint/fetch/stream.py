@@ -7,7 +7,8 @@ most the idle bound for each chunk and never bounding the whole file, so a slow 
 steady download finishes and a stalled one fails.
 
 A source with ranges and more than one ``PART_BYTES`` is read in parts: the first from
-the response already open, the next ones with ranged requests, at most ``PARALLEL``
+the response already open (closed once that part is read, so the server stops sending
+the rest), the next ones with ranged requests, at most ``PARALLEL``
 parts in flight, handed to the sink in order. So the bytes one download holds besides
 the sink's file are at most ``PARALLEL * PART_BYTES`` (64 MiB); the store downloads at
 most ``FILES_IN_FLIGHT`` shards at once, so a swap holds at most ``WINDOW_BYTES``
