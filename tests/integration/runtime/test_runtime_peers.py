@@ -259,7 +259,10 @@ def resetting_peer(address: str, port: int, blobs: dict[str, bytes]) -> Iterator
         with conn:
             head = b""
             while b"\r\n\r\n" not in head and len(head) < 8192:
-                head += conn.recv(4096) or b"\r\n\r\n"
+                got = conn.recv(4096)
+                if not got:  # the client went away before its head ended
+                    return
+                head += got
             path = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else ""
             asked.append(path)
             if path == "/v1/have":
