@@ -32,6 +32,7 @@ import httpx
 from hotswap_contract.redact import redact_uri
 from hotswap_runtime.checkpoint.fetch.net import NetPolicy, allowed_addresses, stalled
 from hotswap_runtime.checkpoint.fetch.stream import Body
+from hotswap_runtime.checkpoint.fetch.transport import Transport
 from hotswap_runtime.errors import CheckpointNotFound, Dropped, FetchError, FetchRefused, SwapError
 
 MAX_REDIRECTS = 5
@@ -67,7 +68,8 @@ def quiet_client_logs() -> None:
 @asynccontextmanager
 async def http_client(policy: NetPolicy) -> AsyncIterator[httpx.AsyncClient]:
     """A client for ``follow``: the policy's timeouts and proxy, the pod's CAs, no
-    redirects of its own, nothing from the environment."""
+    redirects of its own, nothing from the environment; connections through
+    ``transport.Transport``."""
     timeout = httpx.Timeout(
         connect=policy.connect_seconds,
         read=policy.idle_seconds,
@@ -75,8 +77,9 @@ async def http_client(policy: NetPolicy) -> AsyncIterator[httpx.AsyncClient]:
         pool=policy.connect_seconds,
     )
     tls = tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    transport = Transport(tls, policy.proxy)
     async with httpx.AsyncClient(
-        trust_env=False, follow_redirects=False, timeout=timeout, verify=tls, proxy=policy.proxy
+        trust_env=False, follow_redirects=False, timeout=timeout, transport=transport
     ) as client:
         yield client
 
@@ -114,7 +117,8 @@ async def open_http(
                     yield part
 
             chunks = raw_chunks(response, shown, policy)
-            yield Body(size, chunks, ranges if ranged and size is not None else None)
+            opened = ranges if ranged and size is not None else None
+            yield Body(size, chunks, opened, idle_bounded=True)
         finally:
             await response.aclose()
 
@@ -148,7 +152,7 @@ async def _range(
                 f"cannot fetch checkpoint {shown}: the server answered a range request with "
                 "another range or size (the object changed?)"
             )
-        yield Body(end - start, raw_chunks(response, shown, policy))
+        yield Body(end - start, raw_chunks(response, shown, policy), idle_bounded=True)
     finally:
         await response.aclose()
 
