@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +19,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from devcluster import certs
 from hotswap_contract.wire import Checkpoint
 from hotswap_runtime.checkpoint.store import CheckpointStore
-from hotswap_runtime.errors import FetchRefused, IntegrityError
+from hotswap_runtime.errors import FetchError, FetchRefused, IntegrityError
 from tests.fixtures_runtime.http import serve
 
 DATA = os.urandom(300_000)
@@ -34,9 +36,10 @@ class Proxy:
 
 
 @contextmanager
-def forward_proxy(tamper: bool = False) -> Iterator[Proxy]:
+def forward_proxy(tamper: bool = False, tls: ssl.SSLContext | None = None) -> Iterator[Proxy]:
     """A forward HTTP proxy on loopback: GET with an absolute URI, relayed to the origin
-    (``tamper``: the body's first byte changed)."""
+    (``tamper``: the body's first byte changed; ``tls``: the proxy itself is
+    https://localhost)."""
     relayed: list[str] = []
 
     class Relay(BaseHTTPRequestHandler):
@@ -60,9 +63,13 @@ def forward_proxy(tamper: bool = False) -> Iterator[Proxy]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    url = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
     try:
-        yield Proxy(f"http://127.0.0.1:{server.server_address[1]}", relayed)
+        yield Proxy(url, relayed)
     finally:
         server.shutdown()
         server.server_close()
@@ -117,3 +124,35 @@ def test_the_address_policy_still_holds_through_the_proxy(tmp_path: Path) -> Non
         finally:
             store.close()
         assert proxy.relayed == []  # refused before anything was sent
+
+
+def test_an_https_proxy_is_trusted_by_the_pods_cas_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An https:// proxy's certificate is checked against the pod's CAs, like an
+    origin's: trusted through SSL_CERT_FILE it carries the download, and a proxy whose
+    certificate nothing trusts is refused before any request reaches it."""
+    root = tmp_path / "files"
+    root.mkdir()
+    (root / "m.pt").write_bytes(DATA)
+    pair = certs.self_signed(tmp_path / "proxy", "localhost", ("localhost",))
+    other = certs.self_signed(tmp_path / "other", "localhost", ("localhost",))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(pair.cert, pair.key)
+    with serve(root) as files, forward_proxy(tls=tls) as proxy:
+        monkeypatch.setenv("SSL_CERT_FILE", str(other.cert))
+        store = store_with(tmp_path / "untrusted", proxy.url)
+        try:
+            with pytest.raises(FetchError, match="TLS verification failed"):
+                store.fetch(Checkpoint(uri=f"{files.url}/m.pt", sha256=SHA))
+        finally:
+            store.close()
+        assert proxy.relayed == []
+        monkeypatch.setenv("SSL_CERT_FILE", str(pair.cert))
+        store = store_with(tmp_path / "trusted", proxy.url)
+        try:
+            path = store.fetch(Checkpoint(uri=f"{files.url}/m.pt", sha256=SHA))
+        finally:
+            store.close()
+        assert path.read_bytes() == DATA
+        assert proxy.relayed == [f"{files.url}/m.pt"]
