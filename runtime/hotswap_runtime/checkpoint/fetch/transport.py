@@ -208,7 +208,7 @@ def _raising(timeout: type[Exception], error: type[Exception]) -> Iterator[None]
         yield
     except TimeoutError:
         raise timeout("timed out") from None
-    except (OSError, EOFError, ssl.SSLError) as exc:
+    except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
         raise error(type(exc).__name__) from None
 
 
